@@ -1,0 +1,60 @@
+"""Small binary helpers shared by the export format and the sync protocol: unsigned LEB128 varints and
+length-prefixed byte strings. Decoding never raises anything but ``MalformedUpdate``-style ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Reader", "write_bytes", "write_varuint"]
+
+
+def write_varuint(out: bytearray, n: int) -> None:
+    if n < 0:
+        raise ValueError("varuint must be >= 0")
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return
+
+
+def write_bytes(out: bytearray, data: bytes) -> None:
+    write_varuint(out, len(data))
+    out += data
+
+
+class Reader:
+    """Reads varuints and length-prefixed bytes; raises ``ValueError`` on truncated or absurd input."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def varuint(self) -> int:
+        n = shift = 0
+        while True:
+            if self.pos >= len(self.data):
+                raise ValueError("truncated varuint")
+            b = self.data[self.pos]
+            self.pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return n
+            shift += 7
+            if shift > 63:
+                raise ValueError("varuint longer than 64 bits")
+
+    def bytes(self) -> bytes:
+        n = self.varuint()
+        if n > len(self.data) - self.pos:
+            raise ValueError(f"length {n} runs past the end of the input")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out

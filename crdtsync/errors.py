@@ -1,0 +1,163 @@
+"""The exceptions crdtsync raises.
+
+Errors split the way h11 splits them: ``LocalError`` means *you* misused the API (a write that breaks the
+schema, a record that does not exist, a wrong key); ``RemoteError`` means a *peer* sent something we cannot
+accept (garbage bytes, an update that breaks the schema, a refusal from the relay). Every error carries a
+message that says what to do about it.
+
+::
+
+    CrdtSyncError
+    ├── LocalError                      the caller misused the API
+    │   ├── ValidationError             a write breaks the schema (nothing was stored)
+    │   ├── SchemaError                 the schema itself is malformed
+    │   ├── RecordNotFound              no such record
+    │   ├── RecordExists                create() with an id that is already taken
+    │   ├── RecordDeleted               update() of a deleted record (restore it first)
+    │   ├── RecordBlocked               the record holds an errored change: fix or discard it first
+    │   ├── NoSuchConflict              resolve() of a field that has no open conflict
+    │   ├── StoreClosed                 the replica or store was closed
+    │   └── EncryptionError             the store is encrypted and the key is missing
+    │       └── WrongKeyError           the key does not open this store
+    ├── RemoteError                     a peer sent something we cannot accept
+    │   ├── MalformedUpdate             bytes that do not decode (nothing was applied)
+    │   ├── RemoteValidationError       an update whose content breaks the schema (nothing was applied)
+    │   ├── RemoteProtocolError         a frame that breaks the sync protocol
+    │   └── Rejected                    the relay refused a change (invalid, forbidden, gone)
+    ├── LocalProtocolError              the sync protocol API was driven in the wrong order
+    └── SyncError                       a sync run failed (offline, auth refused, timed out)
+        └── AuthError                   the relay refused the token
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "CrdtSyncError",
+    "EncryptionError",
+    "LocalError",
+    "LocalProtocolError",
+    "MalformedUpdate",
+    "NoSuchConflict",
+    "RecordBlocked",
+    "RecordDeleted",
+    "RecordExists",
+    "RecordNotFound",
+    "Rejected",
+    "RemoteError",
+    "RemoteProtocolError",
+    "RemoteValidationError",
+    "SchemaError",
+    "StoreClosed",
+    "SyncError",
+    "ValidationError",
+    "WrongKeyError",
+]
+
+
+class CrdtSyncError(Exception):
+    """Root of every error crdtsync raises on purpose."""
+
+
+class LocalError(CrdtSyncError):
+    """The caller misused the API; nothing was changed."""
+
+
+class SchemaError(LocalError):
+    """The schema is malformed (unknown type, bad limits, unknown collection in a Ref...)."""
+
+
+class ValidationError(LocalError):
+    """A value breaks the schema. Raised before anything is stored.
+
+    ``collection``, ``record`` and ``field`` say where; ``reason`` says what is wrong.
+    """
+
+    def __init__(self, collection: str, record: str | None, field: str | None, reason: str) -> None:
+        self.collection = collection
+        self.record = record
+        self.field = field
+        self.reason = reason
+        where = collection
+        if record is not None:
+            where += f"/{record}"
+        if field is not None:
+            where += f".{field}"
+        super().__init__(f"{where}: {reason}")
+
+
+class RecordNotFound(LocalError):
+    """No record with this id in this collection."""
+
+
+class RecordExists(LocalError):
+    """``create()`` was given an id that already names a record."""
+
+
+class RecordDeleted(LocalError):
+    """The record is deleted; ``restore()`` it before editing it."""
+
+
+class RecordBlocked(LocalError):
+    """The record has a change the relay rejected; fix or discard it before editing further."""
+
+
+class NoSuchConflict(LocalError):
+    """``resolve()`` was called for a field that has no open conflict and no such field exists."""
+
+
+class StoreClosed(LocalError):
+    """The replica or store was closed."""
+
+
+class EncryptionError(LocalError):
+    """The store is encrypted and no key was given, or a key was given for a plain store."""
+
+
+class WrongKeyError(EncryptionError):
+    """The key given does not decrypt this store. Nothing was read or changed."""
+
+
+class RemoteError(CrdtSyncError):
+    """A peer sent something we cannot accept; nothing of it was applied."""
+
+
+class MalformedUpdate(RemoteError):
+    """Bytes that do not decode as a crdtsync export or a Yjs update."""
+
+
+class RemoteValidationError(RemoteError):
+    """An update from a peer whose content breaks the schema."""
+
+    def __init__(self, collection: str, record: str, field: str | None, reason: str) -> None:
+        self.collection = collection
+        self.record = record
+        self.field = field
+        self.reason = reason
+        where = f"{collection}/{record}" + (f".{field}" if field else "")
+        super().__init__(f"{where}: {reason}")
+
+
+class RemoteProtocolError(RemoteError):
+    """A frame from the peer breaks the sync protocol; the session ends with this reason."""
+
+
+class Rejected(RemoteError):
+    """The relay refused a change. ``code`` is ``invalid``, ``forbidden`` or ``gone``."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(f"{code}: {reason}")
+
+
+class LocalProtocolError(CrdtSyncError):
+    """The protocol object was driven in an order its state machine does not allow."""
+
+
+class SyncError(CrdtSyncError):
+    """A sync run failed; ``reason`` is what an app can show."""
+
+
+class AuthError(SyncError):
+    """The relay refused the device's token."""

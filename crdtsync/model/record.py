@@ -1,0 +1,307 @@
+"""One record as a pycrdt document, and the writes a device can make to it. No I/O.
+
+Layout of the document (root types merge field by field, so two devices creating the same record id
+offline merge instead of one replacing the other):
+
+- ``f`` (Map): slots, ``field\\x1fwriter -> JSON {v, t, d, u, c}`` (see ``slots.py``). Text, counter and set
+  fields keep a slot too, as a marker of who touched them when (and, for counters, the writer's total).
+- ``s`` (Map): add-wins set entries, ``field\\x1felement-json\\x1fwriter -> JSON {a, r}``.
+- ``t:<field>`` (Text): one per text field, merged character by character.
+- ``h`` (Array): the history, one JSON entry per field change, for audit.
+
+Every write returns the Yjs update it produced; the caller stores and sends those bytes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from pycrdt import Array, Doc, Map, Text, TransactionEvent
+
+from ..errors import MalformedUpdate, RemoteValidationError
+from ..schema import Collection, Invalid
+from .slots import DELETED, SEP, Slot
+from .state import HistoryEntry, RecordState, SetEntry, compute_state
+
+__all__ = ["RecordDoc", "text_edits"]
+
+_DIFF_LIMIT = 20_000  # above this many characters, a single-region diff instead of difflib
+
+
+def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
+    """Edits ``(start, end, insert)`` turning ``old`` into ``new``, last first so indices stay valid.
+
+    Small edits keep concurrent edits elsewhere in the text intact when merged.
+    """
+    if old == new:
+        return []
+    if len(old) + len(new) > _DIFF_LIMIT:
+        p = 0
+        while p < min(len(old), len(new)) and old[p] == new[p]:
+            p += 1
+        s = 0
+        while s < min(len(old), len(new)) - p and old[-1 - s] == new[-1 - s]:
+            s += 1
+        return [(p, len(old) - s, new[p:len(new) - s])]
+    ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+    return [(i1, i2, new[j1:j2]) for tag, i1, i2, j1, j2 in reversed(ops) if tag != "equal"]
+
+
+def _parse_slot(key: str, raw: Any) -> Slot:
+    name, _, writer = key.partition(SEP)
+    if not name or not writer or not isinstance(raw, str):
+        raise ValueError(f"bad slot key {key!r}")
+    p = orjson.loads(raw)
+    t, d, u, c = p["t"], p["d"], p["u"], p["c"]
+    if not (isinstance(t, int) and t > 0 and isinstance(d, str) and isinstance(u, str)
+            and isinstance(c, dict) and all(isinstance(v, int) for v in c.values())):
+        raise ValueError(f"bad slot {key!r}")
+    return Slot(name, writer, p.get("v"), t, d, u, c)
+
+
+def _parse_set(key: str, raw: Any) -> SetEntry:
+    name, element, writer = key.split(SEP)
+    p = orjson.loads(raw)
+    a, r = p["a"], p["r"]
+    if not (isinstance(a, int) and a >= 0 and isinstance(r, dict) and all(isinstance(v, int) for v in r.values())):
+        raise ValueError(f"bad set entry {key!r}")
+    return SetEntry(name, element, writer, a, r)
+
+
+class RecordDoc:
+    """A record's Yjs document plus the device's identity, with typed writes and a cached merged state."""
+
+    def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
+                 client_id: int, updates: Iterable[bytes] = ()) -> None:
+        self.collection = collection
+        self.id = record_id
+        self.writer = writer
+        self.device = device
+        self.user = user
+        self.doc: Doc[Any] = Doc(client_id=client_id)
+        self._slots: Map[Any] = self.doc.get("f", type=Map)
+        self._sets: Map[Any] = self.doc.get("s", type=Map)
+        self._hist: Array[Any] = self.doc.get("h", type=Array)
+        for u in updates:
+            self.doc.apply_update(u)
+        self._state: RecordState | None = None
+        self._parsed: dict[str, Slot] | None = None
+        self._captured: list[bytes] = []
+        self.doc.observe(self._on_txn)
+
+    def _on_txn(self, event: TransactionEvent) -> None:
+        self._captured.append(event.update)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def slots(self) -> dict[str, Slot]:
+        if self._parsed is None:
+            self._parsed = {k: _parse_slot(k, v) for k, v in self._slots.items()}
+        return self._parsed
+
+    def set_entries(self) -> list[SetEntry]:
+        return [_parse_set(k, v) for k, v in self._sets.items()]
+
+    def text(self, name: str) -> Text:
+        text: Text = self.doc.get(f"t:{name}", type=Text)
+        return text
+
+    def state(self) -> RecordState:
+        if self._state is None:
+            texts = {n: str(self.text(n)) for n, f in self.collection.fields.items() if f.merge == "text"}
+            self._state = compute_state(self.collection, self.id, self.slots().values(), self.set_entries(),
+                                        texts)
+        return self._state
+
+    def vector(self) -> dict[str, int]:
+        return dict(self.state().vector)
+
+    def history(self) -> list[HistoryEntry]:
+        out = []
+        for raw in self._hist:
+            try:
+                p = orjson.loads(raw)
+                out.append(HistoryEntry(p["f"], p["o"], p.get("v"), p["d"], p["u"], p["t"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+        out.sort(key=lambda h: (h.time, h.device))
+        return out
+
+    def full_update(self) -> bytes:
+        return self.doc.get_update()
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def diff(self, state_vector: bytes | None) -> bytes:
+        return self.doc.get_update(state_vector) if state_vector else self.doc.get_update()
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def _write(self, body: Callable[[], None]) -> bytes:
+        self._captured.clear()
+        with self.doc.transaction(origin="local"):
+            body()
+        self._state = None
+        out = self._captured[:]
+        self._captured.clear()
+        if not out:
+            return b""
+        if len(out) == 1:
+            return out[0]
+        from pycrdt import merge_updates
+        return merge_updates(*out)
+
+    def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
+        key = f"{name}{SEP}{self.writer}"
+        self._slots[key] = orjson.dumps({"v": value, "t": t, "d": self.device, "u": self.user, "c": seen}).decode()
+        if self._parsed is not None:
+            self._parsed[key] = Slot(name, self.writer, value, t, self.device, self.user, seen)
+
+    def _log(self, name: str, op: str, value: Any, t: int) -> None:
+        self._hist.append(orjson.dumps({"f": name, "o": op, "v": value, "d": self.device, "u": self.user,
+                                        "t": t}).decode())
+
+    def write(self, values: Mapping[str, Any], t: int, *, op: str = "set", full_seen: bool = False,
+              alive: bool = False) -> bytes:
+        """Write checked values (decoded Python values) at HLC time ``t``; return the Yjs update.
+
+        ``full_seen`` is for resolve: the write covers every value of the record, so nothing it replaces
+        stays a conflict. ``alive`` (for create) also marks the record as not deleted, so a record with no
+        field set still exists.
+        """
+        state = self.state()
+        seen = dict(state.vector)
+        slots = self.slots()
+        if full_seen:
+            for s in slots.values():
+                seen[s.writer] = max(seen.get(s.writer, 0), s.t)
+
+        def body() -> None:
+            if alive:
+                self._put_slot(DELETED, False, t, seen)
+            for name, value in values.items():
+                f = self.collection.fields[name]
+                if f.merge == "register":
+                    enc = f.encode(value)
+                    self._put_slot(name, enc, t, seen)
+                    self._log(name, op, enc, t)
+                elif f.merge == "text":
+                    text = self.text(name)
+                    for start, end, insert in text_edits(str(text), value):
+                        if end > start:
+                            del text[start:end]
+                        if insert:
+                            text.insert(start, insert)
+                    self._put_slot(name, None, t, seen)
+                    self._log(name, "text", value, t)
+                elif f.merge == "counter":
+                    delta = value - state.fields.get(name, 0)
+                    own = slots.get(f"{name}{SEP}{self.writer}")
+                    total = (int(own.value or 0) if own else 0) + delta
+                    self._put_slot(name, total, t, seen)
+                    self._log(name, "inc", delta, t)
+                else:
+                    self._write_set(name, frozenset(value), state.fields.get(name, frozenset()), t, seen)
+
+        return self._write(body)
+
+    def _write_set(self, name: str, new: frozenset[Any], old: frozenset[Any], t: int,
+                   seen: Mapping[str, int]) -> None:
+        of = self.collection.fields[name].of  # type: ignore[attr-defined]
+        entries: dict[str, list[SetEntry]] = {}
+        for e in self.set_entries():
+            if e.field == name:
+                entries.setdefault(e.element, []).append(e)
+        for value in sorted(new - old, key=repr):
+            element = orjson.dumps(of.encode(value)).decode()
+            mine = next((e for e in entries.get(element, []) if e.writer == self.writer), None)
+            adds = (mine.adds if mine else 0) + 1
+            removed = dict(mine.removed) if mine else {}
+            self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps({"a": adds, "r": removed}).decode()
+            self._log(name, "add", of.encode(value), t)
+        for value in sorted(old - new, key=repr):
+            element = orjson.dumps(of.encode(value)).decode()
+            es = entries.get(element, [])
+            mine = next((e for e in es if e.writer == self.writer), None)
+            removed = dict(mine.removed) if mine else {}
+            for e in es:
+                removed[e.writer] = max(removed.get(e.writer, 0), e.adds)
+            self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps(
+                {"a": mine.adds if mine else 0, "r": removed}).decode()
+            self._log(name, "remove", of.encode(value), t)
+        self._put_slot(name, None, t, seen)
+
+    def set_deleted(self, deleted: bool, t: int, *, full_seen: bool = True) -> bytes:
+        """Delete (or restore) the record at time ``t``. A delete covers every write it has seen."""
+        seen = dict(self.state().vector)
+
+        def body() -> None:
+            self._put_slot(DELETED, deleted, t, seen)
+            self._log("deleted", "delete" if deleted else "restore", deleted, t)
+
+        return self._write(body)
+
+    # -- merging -------------------------------------------------------------------------------------------
+
+    def apply(self, update: bytes) -> bytes:
+        """Apply a remote update; return the part that was new to this document (b"" if none)."""
+        self._captured.clear()
+        try:
+            self.doc.apply_update(update)
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        out = self._captured[:]
+        self._captured.clear()
+        if out:
+            self._state = None
+            self._parsed = None
+        if not out:
+            return b""
+        if len(out) == 1:
+            return out[0]
+        from pycrdt import merge_updates
+        return merge_updates(*out)
+
+    def check(self) -> None:
+        """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""
+        coll = self.collection
+        for key, raw in self._slots.items():
+            try:
+                s = _parse_slot(key, raw)
+            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
+                raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
+            if s.field == DELETED:
+                if not isinstance(s.value, bool):
+                    raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
+                continue
+            f = coll.fields.get(s.field)
+            if f is None:
+                raise RemoteValidationError(coll.name, self.id, s.field, "unknown field")
+            try:
+                if f.merge == "register":
+                    f.decode(s.value)
+                elif f.merge == "counter":
+                    f.check(s.value)
+                elif s.value is not None:
+                    raise Invalid("markers hold no value")
+            except Invalid as e:
+                raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
+        for key, raw in self._sets.items():
+            try:
+                entry = _parse_set(key, raw)
+                f = coll.fields.get(entry.field)
+                if f is None or f.merge != "set":
+                    raise Invalid("unknown set field")
+                f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
+            except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
+                raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+
+    def max_time(self) -> int:
+        return max((s.t for s in self.slots().values()), default=0)
+
+    def writers(self) -> set[str]:
+        return {s.writer for s in self.slots().values()}

@@ -1,0 +1,214 @@
+"""What a record looks like to an app: its fields, conflicts, deletion and history, computed from slots.
+
+Pure: no pycrdt, no I/O. ``compute_state`` is the one place where merge rules become values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..clock import hlc_wall_ms
+from ..schema import Collection, Invalid
+from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
+
+__all__ = ["Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state"]
+
+ConflictKind = Literal["concurrent-write", "edit-vs-delete", "delete-vs-edit"]
+
+
+def _wall(t: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(hlc_wall_ms(t) / 1000, tz=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One value a field could have, with who wrote it and when (HLC ``time``; ``at`` is its wall part)."""
+
+    value: Any
+    device: str
+    user: str
+    time: int
+
+    @property
+    def at(self) -> dt.datetime:
+        return _wall(self.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """An open conflict on one field: ``candidates[0]`` is the value in effect, the rest lost but kept.
+
+    ``kind`` is ``concurrent-write`` (two devices wrote the field without seeing each other),
+    ``edit-vs-delete`` (the record was deleted while this field was edited; restore to keep the edit) or
+    ``delete-vs-edit`` (field ``deleted``: the record came back because of a concurrent edit; delete it
+    again to confirm the delete).
+    """
+
+    collection: str
+    record: str
+    field: str
+    kind: ConflictKind
+    candidates: tuple[Candidate, ...]
+
+    @property
+    def value(self) -> Any:
+        return self.candidates[0].value
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One field change: what was done (``set``, ``text``, ``inc``, ``add``, ``remove``, ``delete``,
+    ``restore``, ``resolve``), the value, and who did it when."""
+
+    field: str
+    op: str
+    value: Any
+    device: str
+    user: str
+    time: int
+
+    @property
+    def at(self) -> dt.datetime:
+        return _wall(self.time)
+
+
+@dataclass(frozen=True, slots=True)
+class SetEntry:
+    """One writer's adds of one set element and the adds it had seen removed."""
+
+    field: str
+    element: str  # the element's JSON
+    writer: str
+    adds: int
+    removed: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """A record's merged state. ``fields`` holds decoded Python values."""
+
+    collection: str
+    id: str
+    fields: dict[str, Any]
+    deleted: bool
+    conflicts: tuple[Conflict, ...]
+    vector: dict[str, int]
+    exists: bool
+    updated: int
+    changed_by: dict[str, Candidate] = field(default_factory=dict)
+
+
+def _decode(coll: Collection, name: str, raw: Any) -> Any:
+    f = coll.fields.get(name)
+    if f is None:
+        return raw
+    try:
+        return f.decode(raw)
+    except Invalid:
+        return raw
+
+
+def _cand(coll: Collection, s: Slot) -> Candidate:
+    value = s.value if s.field == DELETED else _decode(coll, s.field, s.value)
+    return Candidate(value, s.device, s.user, s.t)
+
+
+def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets: Iterable[SetEntry],
+                  texts: Mapping[str, str]) -> RecordState:
+    by_field: dict[str, list[Slot]] = defaultdict(list)
+    vector: dict[str, int] = {}
+    for s in slots:
+        by_field[s.field].append(s)
+        if s.t > vector.get(s.writer, 0):
+            vector[s.writer] = s.t
+    values: dict[str, Any] = {}
+    changed_by: dict[str, Candidate] = {}
+    conflicts: list[Conflict] = []
+    live: dict[str, list[Slot]] = {}
+    for name, f in coll.fields.items():
+        fs = by_field.get(name, [])
+        front = frontier(fs)
+        live[name] = front
+        latest = winner(fs)
+        if latest is not None:
+            changed_by[name] = Candidate(None, latest.device, latest.user, latest.t)
+        if f.merge == "register":
+            w = winner(front)
+            values[name] = None if w is None else _decode(coll, name, w.value)
+            if w is not None and len(front) > 1:
+                losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
+                conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
+                                          tuple(_cand(coll, s) for s in [w, *losers])))
+        elif f.merge == "counter":
+            values[name] = sum(int(s.value or 0) for s in fs)
+        elif f.merge == "text":
+            values[name] = texts.get(name, "")
+        else:
+            values[name] = frozenset()
+    values.update(_set_values(coll, sets))
+
+    deleted = False
+    dels = frontier(by_field.get(DELETED, []))
+    active = [d for d in dels if d.value is True]
+    restores = [d for d in dels if d.value is not True]
+    edits = [s for front in live.values() for s in front]
+    clashing = [(d, s) for d in active for s in edits if mutually_concurrent(d, s)]
+    if coll.delete_policy == "delete-wins":
+        deleted = bool(active)
+        if deleted:
+            d0 = winner(active)
+            assert d0 is not None
+            del_cand = Candidate(True, d0.device, d0.user, d0.t)
+            edited: dict[str, list[Slot]] = defaultdict(list)
+            for _, s in clashing:
+                if s not in edited[s.field]:
+                    edited[s.field].append(s)
+            for r in restores:
+                edited[DELETED].append(r)
+            for name, ss in sorted(edited.items()):
+                ss.sort(key=lambda s: s.order, reverse=True)
+                conflicts.append(Conflict(coll.name, record_id, "deleted" if name == DELETED else name,
+                                          "edit-vs-delete", (del_cand, *(_cand(coll, s) for s in ss))))
+    else:
+        deleted = bool(active) and not clashing and not restores
+        if active and not deleted:
+            keep = [s for _, s in clashing] + restores
+            k0 = winner(keep)
+            assert k0 is not None
+            cands = [Candidate(False, k0.device, k0.user, k0.t)]
+            cands += [Candidate(True, d.device, d.user, d.t) for d in sorted(active, key=lambda d: d.order,
+                                                                          reverse=True)]
+            conflicts.append(Conflict(coll.name, record_id, "deleted", "delete-vs-edit", tuple(cands)))
+    exists = bool(vector)
+    updated = max(vector.values(), default=0)
+    return RecordState(coll.name, record_id, values, deleted, tuple(conflicts), vector, exists, updated,
+                       changed_by)
+
+
+def _set_values(coll: Collection, entries: Iterable[SetEntry]) -> dict[str, frozenset[Any]]:
+    """Add-wins sets: an element is present while some writer's adds exceed what every remover had seen."""
+    import orjson
+
+    grouped: dict[tuple[str, str], list[SetEntry]] = defaultdict(list)
+    for e in entries:
+        grouped[(e.field, e.element)].append(e)
+    out: dict[str, set[Any]] = defaultdict(set)
+    for (name, element), es in grouped.items():
+        removed: dict[str, int] = {}
+        for e in es:
+            for w, n in e.removed.items():
+                if n > removed.get(w, 0):
+                    removed[w] = n
+        if any(e.adds > removed.get(e.writer, 0) for e in es):
+            f = coll.fields.get(name)
+            of = getattr(f, "of", None)
+            raw = orjson.loads(element)
+            try:
+                out[name].add(of.decode(raw) if of is not None else raw)
+            except Invalid:
+                out[name].add(raw)
+    return {n: frozenset(v) for n, v in out.items()}

@@ -1,0 +1,201 @@
+"""Records on a byte store: lazy loading, an LRU cache, and the snapshot/compaction policy.
+
+Used by the device replica and by the relay alike. Layout under the store:
+
+- ``("snap", collection, id)``: the record's compacted Yjs state (only changes nobody may still discard);
+- ``("upd", collection, id, n)``: updates since the snapshot, one per write or merge. The first byte says
+  whose: ``0`` merged/confirmed, ``1`` a local change still pending (followed by its 8-byte change id).
+- ``("rmeta", collection, id)``: only for records whose local changes were discarded: the fresh Yjs
+  client id and writer tag used since, so discarded changes can never collide with new ones.
+
+A record is loaded from its snapshot and updates on first use and evicted when the cache is full;
+compaction folds the updates into the snapshot once there are ``compact_after`` of them and none is pending.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from ..model.record import RecordDoc
+from ..schema import Schema
+from ..store.base import Batch, ByteStore
+
+__all__ = ["LoadedRecord", "RecordDocs"]
+
+_CONFIRMED = b"\x00"
+_PENDING = b"\x01"
+
+
+@dataclass
+class LoadedRecord:
+    doc: RecordDoc
+    next_n: int
+    confirmed: list[int] = field(default_factory=list)
+    pending: dict[int, int] = field(default_factory=dict)  # upd index -> change id
+
+
+class RecordDocs:
+    """Loads, caches, appends to and compacts record documents kept in a byte store."""
+
+    def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str, client_id: int,
+                 new_client_id: Callable[[], int], cache_size: int = 2000, compact_after: int = 64) -> None:
+        self.store = store
+        self.schema = schema
+        self.device = device
+        self.user = user
+        self.client_id = client_id
+        self.new_client_id = new_client_id
+        self.cache_size = cache_size
+        self.compact_after = compact_after
+        self._cache: OrderedDict[tuple[str, str], LoadedRecord] = OrderedDict()
+
+    def exists(self, collection: str, record_id: str) -> bool:
+        key = (collection, record_id)
+        if key in self._cache:
+            return self._cache[key].doc.state().exists
+        return (self.store.load(("snap", collection, record_id)) is not None
+                or bool(self.store.load_range(("upd", collection, record_id), limit=1)))
+
+    def get(self, collection: str, record_id: str) -> LoadedRecord:
+        key = (collection, record_id)
+        lr = self._cache.get(key)
+        if lr is not None:
+            self._cache.move_to_end(key)
+            return lr
+        lr = self._load(collection, record_id)
+        self._cache[key] = lr
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return lr
+
+    def _identity(self, collection: str, record_id: str) -> tuple[str, int]:
+        raw = self.store.load(("rmeta", collection, record_id))
+        if raw is None:
+            return self.device, self.client_id
+        meta = orjson.loads(raw)
+        return f"{self.device}#{meta['epoch']}", int(meta["client"])
+
+    def _load(self, collection: str, record_id: str, skip: frozenset[int] = frozenset()) -> LoadedRecord:
+        coll = self.schema.collection(collection)
+        writer, client = self._identity(collection, record_id)
+        updates: list[bytes] = []
+        snap = self.store.load(("snap", collection, record_id))
+        if snap is not None:
+            updates.append(snap)
+        confirmed: list[int] = []
+        pending: dict[int, int] = {}
+        next_n = 0
+        for key, raw in self.store.load_range(("upd", collection, record_id)):
+            n = int(key[3])
+            next_n = n + 1
+            if n in skip:
+                continue
+            if raw[:1] == _PENDING:
+                pending[n] = int.from_bytes(raw[1:9], "big", signed=True)
+                updates.append(raw[9:])
+            else:
+                confirmed.append(n)
+                updates.append(raw[1:])
+        doc = RecordDoc(coll, record_id, writer=writer, device=self.device, user=self.user, client_id=client,
+                        updates=updates)
+        return LoadedRecord(doc, next_n, confirmed, pending)
+
+    def scratch(self, collection: str, record_id: str) -> RecordDoc:
+        """A copy of the record's document to try a merge on before committing to it."""
+        key = (collection, record_id)
+        lr = self._cache.get(key)
+        if lr is None:
+            return self._load(collection, record_id).doc
+        src = lr.doc
+        return RecordDoc(src.collection, record_id, writer=src.writer, device=self.device, user=self.user,
+                         client_id=src.doc.client_id, updates=[src.full_update()])
+
+    def append(self, batch: Batch, collection: str, record_id: str, update: bytes,
+               change_id: int | None = None) -> None:
+        """Stage an update of the record (already applied to its cached doc) into ``batch``."""
+        lr = self.get(collection, record_id)
+        n = lr.next_n
+        lr.next_n += 1
+        if change_id is None:
+            batch.save(("upd", collection, record_id, n), _CONFIRMED + update)
+            lr.confirmed.append(n)
+        else:
+            batch.save(("upd", collection, record_id, n), _PENDING + change_id.to_bytes(8, "big", signed=True)
+                       + update)
+            lr.pending[n] = change_id
+        self.maybe_compact(batch, collection, record_id)
+
+    def replace(self, collection: str, record_id: str, doc: RecordDoc) -> None:
+        """Put a merged scratch document in place of the cached one (after its update was staged)."""
+        lr = self._cache.get((collection, record_id))
+        if lr is None:
+            lr = self.get(collection, record_id)
+        lr.doc = doc
+
+    def confirm(self, batch: Batch, collection: str, record_id: str, change_ids: set[int]) -> None:
+        """Mark local changes as accepted by the relay: they can no longer be discarded."""
+        lr = self.get(collection, record_id)
+        for n, cid in list(lr.pending.items()):
+            if cid in change_ids:
+                raw = self.store.load(("upd", collection, record_id, n))
+                if raw is not None:
+                    batch.save(("upd", collection, record_id, n), _CONFIRMED + raw[9:])
+                del lr.pending[n]
+                lr.confirmed.append(n)
+        self.maybe_compact(batch, collection, record_id)
+
+    def maybe_compact(self, batch: Batch, collection: str, record_id: str) -> None:
+        lr = self.get(collection, record_id)
+        if lr.pending or len(lr.confirmed) < self.compact_after:
+            return
+        self.compact(batch, collection, record_id)
+
+    def compact(self, batch: Batch, collection: str, record_id: str) -> None:
+        """Fold every update into the snapshot (only when no local change is pending)."""
+        lr = self.get(collection, record_id)
+        if lr.pending:
+            return
+        batch.remove_range(("upd", collection, record_id))
+        batch.save(("snap", collection, record_id), lr.doc.full_update())
+        lr.confirmed.clear()
+
+    def discard(self, batch: Batch, collection: str, record_id: str, change_ids: set[int]) -> LoadedRecord:
+        """Drop local pending changes from the record and rebuild it without them.
+
+        Yjs needs a client's updates without gaps, so the caller passes the record's later pending changes
+        too. The record gets a fresh Yjs client id and writer tag: discarded changes that already left the
+        device (an export) then show up as concurrent values and never silently overwrite new ones.
+        """
+        lr = self.get(collection, record_id)
+        drop = frozenset(n for n, cid in lr.pending.items() if cid in change_ids)
+        for n in drop:
+            batch.remove(("upd", collection, record_id, n))
+        raw = self.store.load(("rmeta", collection, record_id))
+        epoch = (orjson.loads(raw)["epoch"] if raw else 0) + 1
+        client = self.new_client_id()
+        batch.save(("rmeta", collection, record_id), orjson.dumps({"epoch": epoch, "client": client}))
+        fresh = self._load(collection, record_id, skip=drop)
+        doc = RecordDoc(fresh.doc.collection, record_id, writer=f"{self.device}#{epoch}", device=self.device,
+                        user=self.user, client_id=client, updates=[fresh.doc.full_update()])
+        fresh.doc = doc
+        self._cache[(collection, record_id)] = fresh
+        return fresh
+
+    def reload(self, collection: str, record_id: str) -> None:
+        self._cache.pop((collection, record_id), None)
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+    def record_ids(self, collection: str) -> list[str]:
+        """Every record id of a collection, from the store (snapshots and updates)."""
+        ids: set[str] = set()
+        for key, _ in self.store.iter_range(("snap", collection)):
+            ids.add(str(key[2]))
+        for key, _ in self.store.iter_range(("upd", collection)):
+            ids.add(str(key[2]))
+        return sorted(ids)

@@ -1,0 +1,129 @@
+"""The outbox: every local change ("draft") until the relay acknowledges it, persisted in order.
+
+An entry lives at ``("out", change_id)``, where the change id is the change's HLC time (unique on this
+device and increasing), so key order is the order changes were made. Its value is a JSON header
+(collection, record, op, fields, status, error) and the Yjs update, length-prefixed. The outbox keeps an
+index of its headers in memory: it is small (only unsynced changes), and status queries must be cheap.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, cast
+
+import orjson
+
+from ..codec import Reader, write_bytes
+from ..store.base import Batch, ByteStore
+from .types import ChangeStatus, PendingChange
+
+__all__ = ["Outbox", "OutboxEntry"]
+
+
+class OutboxEntry:
+    __slots__ = ("collection", "error", "fields", "id", "op", "record", "status")
+
+    def __init__(self, id: int, collection: str, record: str, op: str, fields: dict[str, Any],
+                 status: ChangeStatus = "pending", error: tuple[str, str] | None = None) -> None:
+        self.id = id
+        self.collection = collection
+        self.record = record
+        self.op = op
+        self.fields = fields
+        self.status: ChangeStatus = status
+        self.error = error
+
+    def header(self) -> bytes:
+        return orjson.dumps({"c": self.collection, "r": self.record, "o": self.op, "f": self.fields,
+                             "s": self.status, "e": list(self.error) if self.error else None})
+
+    def public(self) -> PendingChange:
+        return PendingChange(self.id, self.collection, self.record, self.op, dict(self.fields), self.status,
+                             self.error)
+
+
+def _encode(entry: OutboxEntry, update: bytes) -> bytes:
+    out = bytearray()
+    write_bytes(out, entry.header())
+    write_bytes(out, update)
+    return bytes(out)
+
+
+def _decode(change_id: int, raw: bytes) -> tuple[OutboxEntry, bytes]:
+    r = Reader(raw)
+    h = orjson.loads(r.bytes())
+    update = r.bytes()
+    err = tuple(h["e"]) if h.get("e") else None
+    return OutboxEntry(change_id, h["c"], h["r"], h["o"], h["f"], cast(ChangeStatus, h["s"]),
+                       cast("tuple[str, str] | None", err)), update
+
+
+class Outbox:
+    def __init__(self, store: ByteStore) -> None:
+        self.store = store
+        self._entries: dict[int, OutboxEntry] = {}
+        self._by_record: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for key, raw in store.iter_range(("out",)):
+            entry, _ = _decode(int(key[1]), raw)
+            # a sync cut short by a crash left entries "syncing": they are pending again
+            if entry.status == "syncing":
+                entry.status = "pending"
+            self._index(entry)
+
+    def _index(self, entry: OutboxEntry) -> None:
+        self._entries[entry.id] = entry
+        self._by_record[(entry.collection, entry.record)].append(entry.id)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def last_id(self) -> int:
+        return max(self._entries, default=0)
+
+    def add(self, batch: Batch, entry: OutboxEntry, update: bytes) -> None:
+        batch.save(("out", entry.id), _encode(entry, update))
+        self._index(entry)
+
+    def entries(self) -> list[OutboxEntry]:
+        return [self._entries[i] for i in sorted(self._entries)]
+
+    def get(self, change_id: int) -> OutboxEntry | None:
+        return self._entries.get(change_id)
+
+    def for_record(self, collection: str, record: str) -> list[OutboxEntry]:
+        return [self._entries[i] for i in sorted(self._by_record.get((collection, record), ()))]
+
+    def update_bytes(self, change_id: int) -> bytes:
+        raw = self.store.load(("out", change_id))
+        if raw is None:
+            raise KeyError(change_id)
+        return _decode(change_id, raw)[1]
+
+    def set_status(self, batch: Batch | None, ids: Iterable[int], status: ChangeStatus,
+                   error: tuple[str, str] | None = None) -> None:
+        """Change the status of entries. ``syncing`` is kept in memory only (a crash makes it pending)."""
+        for i in ids:
+            e = self._entries.get(i)
+            if e is None:
+                continue
+            e.status = status
+            e.error = error
+            if batch is not None:
+                raw = self.store.load(("out", i))
+                if raw is not None:
+                    batch.save(("out", i), _encode(e, _decode(i, raw)[1]))
+
+    def remove(self, batch: Batch, ids: Iterable[int]) -> list[OutboxEntry]:
+        removed = []
+        for i in ids:
+            e = self._entries.pop(i, None)
+            if e is None:
+                continue
+            batch.remove(("out", i))
+            lst = self._by_record[(e.collection, e.record)]
+            lst.remove(i)
+            if not lst:
+                del self._by_record[(e.collection, e.record)]
+            removed.append(e)
+        return removed

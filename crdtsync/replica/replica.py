@@ -1,0 +1,583 @@
+"""The replica: a device's records, schema, outbox and sync status, on a local byte store.
+
+Every local write is checked against the schema first (a bad write raises ``ValidationError`` and stores
+nothing), then applied to the record's document, and its update, outbox entry and materialised row are
+committed in one transaction before the call returns: a process killed at any point loses no change that
+a call returned from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pycrdt import get_state, get_update, merge_updates
+
+from ..clock import Hlc
+from ..codec import Reader, write_bytes
+from ..errors import (
+    EncryptionError,
+    LocalError,
+    MalformedUpdate,
+    NoSuchConflict,
+    RecordBlocked,
+    RecordDeleted,
+    RecordExists,
+    RecordNotFound,
+    RemoteValidationError,
+    ValidationError,
+)
+from ..model.record import RecordDoc
+from ..model.state import Conflict, HistoryEntry
+from ..schema import Collection, Invalid, Schema, Set
+from ..store.base import Batch, ByteStore
+from ..store.encrypted import EncryptedStore, is_encrypted
+from ..store.memory import MemoryStore
+from ..store.sqlite import SQLiteStore, Synchronous
+from .docs import RecordDocs
+from .outbox import Outbox, OutboxEntry
+from .rows import Rows, Where
+from .types import ChangeEvent, PendingChange, Record, RecordStatus
+
+__all__ = ["Replica"]
+
+log = logging.getLogger("crdtsync.replica")
+
+_EXPORT_MAGIC = b"CSX1"
+_VECTOR_MAGIC = b"CSV1"
+_EMPTY_UPDATE = b"\x00\x00"
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_name(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 100 or any(ord(ch) < 32 for ch in value) \
+            or "#" in value:
+        raise LocalError(f"{kind} must be a str of 1 to 100 printable characters without '#', got {value!r}")
+    return value
+
+
+class Replica:
+    """A device's copy of the records. Open it with ``Replica.open(path, schema, device=, user=)``."""
+
+    def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str,
+                 wall: Callable[[], int] = _wall_ms, random_bytes: Callable[[int], bytes] = os.urandom,
+                 cache_size: int = 2000, compact_after: int = 64) -> None:
+        self.schema = schema
+        self.device = _check_name("device", device)
+        self.user = _check_name("user", user)
+        self.store = store
+        self._random = random_bytes
+        self._wall = wall
+        ident = store.load(("meta", "identity"))
+        if ident is None:
+            client_id = self._new_client_id()
+            store.save(("meta", "identity"), orjson.dumps({"device": device, "client_id": client_id}))
+        else:
+            meta = orjson.loads(ident)
+            if meta["device"] != device:
+                raise LocalError(f"this store belongs to device {meta['device']!r}, not {device!r}; "
+                                 "each device needs its own store")
+            client_id = int(meta["client_id"])
+        self.outbox = Outbox(store)
+        raw_hlc = store.load(("meta", "hlc"))
+        self.clock = Hlc(wall, max(int(raw_hlc) if raw_hlc else 0, self.outbox.last_id()))
+        self.docs = RecordDocs(store, schema, device=device, user=user, client_id=client_id,
+                               new_client_id=self._new_client_id, cache_size=cache_size,
+                               compact_after=compact_after)
+        self.rows = Rows(store)
+        self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | Path, schema: Schema, *, device: str, user: str, key: bytes | str | None = None,
+             synchronous: Synchronous = "FULL", **kwargs: Any) -> Replica:
+        """Open (or create) a replica stored at ``path`` (a SQLite file, or ``":memory:"``).
+
+        ``key`` encrypts the store at rest (AES-GCM); a wrong key raises ``WrongKeyError``.
+        """
+        inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(path, synchronous=synchronous)
+        try:
+            if key is not None:
+                store: ByteStore = EncryptedStore(inner, key)
+            elif is_encrypted(inner):
+                raise EncryptionError(f"{path} is encrypted: open it with its key")
+            else:
+                store = inner
+            return cls(store, schema, device=device, user=user, **kwargs)
+        except BaseException:
+            inner.close()
+            raise
+
+    def _new_client_id(self) -> int:
+        return int.from_bytes(self._random(4), "big") & 0x7FFFFFFF or 1
+
+    def new_id(self) -> str:
+        """A fresh record id made on the device: time-ordered, 26 characters, 80 random bits."""
+        n = (self._wall() << 80) | int.from_bytes(self._random(10), "big")
+        chars = []
+        for _ in range(26):
+            chars.append(_ID_ALPHABET[n & 31])
+            n >>= 5
+        return "".join(reversed(chars))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.store.close()
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- events --------------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` after every change to a record; returns a function that unsubscribes.
+
+        A callback that raises is logged and does not disturb the write, which is already stored.
+        """
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _emit(self, events: Iterable[ChangeEvent]) -> None:
+        for ev in events:
+            for cb in list(self._listeners):
+                try:
+                    cb(ev)
+                except Exception:
+                    log.exception("change listener %r failed on %s/%s", cb, ev.collection, ev.id)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _coll(self, name: str) -> Collection:
+        return self.schema.collection(name)
+
+    def _status(self, coll: str, rid: str, has_conflicts: bool) -> tuple[RecordStatus, str | None]:
+        entries = self.outbox.for_record(coll, rid)
+        for e in entries:
+            if e.status == "error":
+                code, reason = e.error or ("error", "")
+                return "error", f"{code}: {reason}"
+        if has_conflicts:
+            return "conflict", None
+        if any(e.status == "syncing" for e in entries):
+            return "syncing", None
+        if entries:
+            return "pending", None
+        return "synced", None
+
+    def _save_row(self, batch: Batch, coll: Collection, doc: RecordDoc) -> Record:
+        state = doc.state()
+        status, error = self._status(coll.name, doc.id, bool(state.conflicts))
+        from .rows import decode_row
+        raw = self.rows.save(batch, coll, state, status, error)
+        return decode_row(coll, doc.id, raw)
+
+    def _check_id(self, coll: Collection, rid: object) -> str:
+        if not isinstance(rid, str) or not 0 < len(rid) <= 200 or any(ord(ch) < 32 for ch in rid):
+            raise ValidationError(coll.name, repr(rid), None, "record ids are str of 1 to 200 printable characters")
+        return rid
+
+    def _row(self, coll: Collection, rid: str) -> Record | None:
+        return self.rows.load(coll, rid)
+
+    def _writable(self, coll: Collection, rid: str) -> Record:
+        rec = self._row(coll, rid)
+        if rec is None:
+            raise RecordNotFound(f"{coll.name}/{rid} does not exist")
+        if rec.deleted:
+            raise RecordDeleted(f"{coll.name}/{rid} is deleted; restore() it first")
+        if rec.status == "error":
+            raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({rec.error}); "
+                                "fix it with resolve_error() or discard_record() first")
+        return rec
+
+    def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
+                      write: Callable[[RecordDoc, int], bytes]) -> None:
+        lr = self.docs.get(coll.name, rid)
+        t = self.clock.now()
+        update = write(lr.doc, t)
+        if not update:
+            return
+        entry = OutboxEntry(t, coll.name, rid, op, shown)
+        batch = Batch()
+        try:
+            self.outbox.add(batch, entry, update)
+            self.docs.append(batch, coll.name, rid, update, change_id=t)
+            rec = self._save_row(batch, coll, lr.doc)
+            self.store.commit(batch)
+        except BaseException:
+            # the store is the truth: drop what memory holds of this failed write
+            self.outbox.remove(Batch(), [t])
+            self.docs.reload(coll.name, rid)
+            raise
+        self._emit([ChangeEvent(coll.name, rid, "local", rec)])
+
+    @staticmethod
+    def _shown(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n, v in values.items():
+            f = coll.fields[n]
+            out[n] = sorted((f.of.encode(x) for x in v), key=repr) if isinstance(f, Set) else f.encode(v)
+        return out
+
+    # -- local writes --------------------------------------------------------------------------------------
+
+    def create(self, collection: str, values: Mapping[str, Any], *, id: str | None = None) -> str:
+        """Create a record; returns its id (made on the device unless given)."""
+        coll = self._coll(collection)
+        rid = self.new_id() if id is None else self._check_id(coll, id)
+        checked = coll.check(rid, values, create=True)
+        if self._row(coll, rid) is not None:
+            raise RecordExists(f"{collection}/{rid} already exists")
+        self._commit_local(coll, rid, "create", self._shown(coll, checked),
+                           lambda doc, t: doc.write(checked, t, op="create", alive=True))
+        return rid
+
+    def update(self, collection: str, id: str, values: Mapping[str, Any]) -> None:
+        """Change some fields. Text fields get a character diff; sets their added/removed elements;
+        counters the difference (use ``increment`` for concurrent-safe counting)."""
+        coll = self._coll(collection)
+        checked = coll.check(id, values, create=False)
+        self._writable(coll, id)
+        if checked:
+            self._commit_local(coll, id, "update", self._shown(coll, checked),
+                               lambda doc, t: doc.write(checked, t))
+
+    def increment(self, collection: str, id: str, field: str, by: int = 1) -> None:
+        """Add ``by`` to a counter field; increments made concurrently on several devices all count."""
+        coll = self._coll(collection)
+        f = coll.field(id, field)
+        if f.merge != "counter":
+            raise ValidationError(collection, id, field, f"is a {f.kind} field, not a counter")
+        try:
+            f.check(by)
+        except Invalid as e:
+            raise ValidationError(collection, id, field, str(e)) from None
+        self._writable(coll, id)
+
+        def write(doc: RecordDoc, t: int) -> bytes:
+            current = doc.state().fields.get(field, 0)
+            total = current + by
+            try:
+                f.check(total)
+            except Invalid as e:
+                raise ValidationError(collection, id, field, f"incrementing by {by}: {e}") from None
+            return doc.write({field: total}, t, op="inc")
+
+        self._commit_local(coll, id, "increment", {field: by}, write)
+
+    def delete(self, collection: str, id: str) -> None:
+        coll = self._coll(collection)
+        rec = self._row(coll, id)
+        if rec is None:
+            raise RecordNotFound(f"{collection}/{id} does not exist")
+        if rec.deleted and not rec.conflicts:
+            return
+        self._commit_local(coll, id, "delete", {}, lambda doc, t: doc.set_deleted(True, t))
+
+    def restore(self, collection: str, id: str) -> None:
+        """Bring back a deleted record, with every edit made to it concurrently with the delete."""
+        coll = self._coll(collection)
+        rec = self._row(coll, id)
+        if rec is None:
+            raise RecordNotFound(f"{collection}/{id} does not exist")
+        if not rec.deleted and not any(c.field == "deleted" for c in rec.conflicts):
+            return
+        self._commit_local(coll, id, "restore", {}, lambda doc, t: doc.set_deleted(False, t))
+
+    def resolve(self, collection: str, id: str, field: str, value: Any) -> None:
+        """Settle a conflict: ``value`` (one of the candidates, or a new one) replaces every value seen.
+
+        For the ``deleted`` pseudo-field, ``True`` confirms the delete and ``False`` restores the record.
+        The resolution is a change like any other: it syncs and clears the conflict on every device.
+        """
+        coll = self._coll(collection)
+        rec = self._row(coll, id)
+        if rec is None:
+            raise RecordNotFound(f"{collection}/{id} does not exist")
+        if field == "deleted":
+            if not isinstance(value, bool):
+                raise ValidationError(collection, id, field, "resolve 'deleted' with True or False")
+            self._commit_local(coll, id, "resolve", {"deleted": value},
+                               lambda doc, t: doc.set_deleted(value, t))
+            return
+        if not any(c.field == field for c in rec.conflicts) and field not in coll.fields:
+            raise NoSuchConflict(f"{collection}/{id} has no field {field!r}")
+        checked = coll.check(id, {field: value}, create=False)
+        self._commit_local(coll, id, "resolve", self._shown(coll, checked),
+                           lambda doc, t: doc.write(checked, t, op="resolve", full_seen=True))
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def get(self, collection: str, id: str) -> Record | None:
+        """The record, or None if it does not exist here. Deleted records are returned with ``deleted``."""
+        return self._row(self._coll(collection), id)
+
+    def query(self, collection: str, where: Where = None, *, include_deleted: bool = False,
+              order_by: str | None = None, descending: bool = False, limit: int | None = None) -> list[Record]:
+        """Records of a collection from the materialised rows. ``where`` maps fields to the values they
+        must equal, or is a predicate on ``Record``."""
+        return self.rows.query(self._coll(collection), where, include_deleted=include_deleted,
+                               order_by=order_by, descending=descending, limit=limit)
+
+    def conflicts(self, collection: str | None = None) -> list[Conflict]:
+        """Every open conflict (of one collection, or all)."""
+        out: list[Conflict] = []
+        for coll in [self._coll(collection)] if collection else list(self.schema):
+            for rec in self.rows.scan(coll):
+                out.extend(rec.conflicts)
+        return out
+
+    def history(self, collection: str, id: str) -> list[HistoryEntry]:
+        """Every field change of the record known here, oldest first, with device, user and time."""
+        coll = self._coll(collection)
+        if self._row(coll, id) is None:
+            raise RecordNotFound(f"{collection}/{id} does not exist")
+        return self.docs.get(collection, id).doc.history()
+
+    def status(self, collection: str, id: str) -> RecordStatus:
+        rec = self.get(collection, id)
+        if rec is None:
+            raise RecordNotFound(f"{collection}/{id} does not exist")
+        return rec.status
+
+    # -- the outbox ----------------------------------------------------------------------------------------
+
+    def pending(self) -> list[PendingChange]:
+        """Every local change not yet acknowledged by the relay, oldest first."""
+        return [e.public() for e in self.outbox.entries()]
+
+    def discard(self, change_id: int) -> list[PendingChange]:
+        """Throw away a pending change, and the later pending changes of the same record (they build on
+        it). The record goes back to what it was without them. Returns what was discarded."""
+        e = self.outbox.get(change_id)
+        if e is None:
+            raise LocalError(f"no pending change {change_id}")
+        ids = [x.id for x in self.outbox.for_record(e.collection, e.record) if x.id >= change_id]
+        return self._discard(e.collection, e.record, ids)
+
+    def discard_record(self, collection: str, id: str) -> list[PendingChange]:
+        """Throw away every pending change of a record (for instance one the relay rejected)."""
+        ids = [x.id for x in self.outbox.for_record(collection, id)]
+        return self._discard(collection, id, ids)
+
+    def _discard(self, collection: str, rid: str, ids: list[int]) -> list[PendingChange]:
+        if not ids:
+            return []
+        coll = self._coll(collection)
+        batch = Batch()
+        gone = [e.public() for e in self.outbox.entries() if e.id in set(ids)]
+        try:
+            self.outbox.remove(batch, ids)
+            lr = self.docs.discard(batch, collection, rid, set(ids))
+            rec: Record | None = None
+            if lr.doc.state().exists:
+                rec = self._save_row(batch, coll, lr.doc)
+            else:
+                batch.remove(("row", collection, rid))
+            self.store.commit(batch)
+        except BaseException:
+            self.docs.reload(collection, rid)
+            self.outbox = Outbox(self.store)
+            raise
+        self._emit([ChangeEvent(collection, rid, "local", rec)])
+        return gone
+
+    # -- sync hooks (used by SyncClient and the simulator) -------------------------------------------------
+
+    def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None
+                 ) -> list[tuple[PendingChange, bytes]]:
+        """Pending changes ready to send, in order: a record with a rejected change holds its later ones."""
+        wanted = set(collections) if collections is not None else None
+        held: set[tuple[str, str]] = set()
+        out: list[tuple[PendingChange, bytes]] = []
+        for e in self.outbox.entries():
+            key = (e.collection, e.record)
+            if e.status == "error":
+                held.add(key)
+                continue
+            if key in held or (wanted is not None and e.collection not in wanted):
+                continue
+            out.append((e.public(), self.outbox.update_bytes(e.id)))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _restatus(self, ids: Iterable[int], status: str, error: tuple[str, str] | None = None,
+                  persist: bool = False) -> None:
+        touched = {(e.collection, e.record) for i in ids if (e := self.outbox.get(i)) is not None}
+        batch = Batch()
+        self.outbox.set_status(batch if persist else None, ids, status, error)  # type: ignore[arg-type]
+        events = []
+        for c, rid in sorted(touched):
+            coll = self._coll(c)
+            rec = self._row(coll, rid)
+            if rec is None:
+                continue
+            st, err = self._status(c, rid, bool(rec.conflicts))
+            if (st, err) != (rec.status, rec.error):
+                lr = self.docs.get(c, rid)
+                rec = self._save_row(batch, coll, lr.doc)
+                events.append(ChangeEvent(c, rid, "status", rec))
+        self.store.commit(batch)
+        self._emit(events)
+
+    def mark_syncing(self, ids: Iterable[int]) -> None:
+        self._restatus(list(ids), "syncing")
+
+    def mark_pending(self, ids: Iterable[int]) -> None:
+        self._restatus(list(ids), "pending")
+
+    def reject(self, change_id: int, code: str, reason: str) -> None:
+        """The relay refused a change: keep it, marked ``error``; its record holds later changes."""
+        self._restatus([change_id], "error", (code, reason), persist=True)
+
+    def retry(self, collection: str, id: str) -> None:
+        """Put a record's rejected changes back in the queue (after access was granted again, say)."""
+        ids = [e.id for e in self.outbox.for_record(collection, id) if e.status == "error"]
+        self._restatus(ids, "pending", None, persist=True)
+
+    def acknowledge(self, ids: Iterable[int]) -> None:
+        """The relay stored these changes: they leave the outbox; their records become ``synced``."""
+        ids = list(ids)
+        batch = Batch()
+        removed = self.outbox.remove(batch, ids)
+        by_record: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for e in removed:
+            by_record[(e.collection, e.record)].add(e.id)
+        events = []
+        for (c, rid), cids in sorted(by_record.items()):
+            self.docs.confirm(batch, c, rid, cids)
+            coll = self._coll(c)
+            rec = self._save_row(batch, coll, self.docs.get(c, rid).doc)
+            events.append(ChangeEvent(c, rid, "status", rec))
+        batch.save(("meta", "hlc"), str(self.clock.last).encode())
+        self.store.commit(batch)
+        self._emit(events)
+
+    def apply_remote(self, items: Iterable[tuple[str, str, bytes]]) -> list[Record]:
+        """Merge updates from peers: all of them, or (if any is malformed or breaks the schema) none.
+
+        Returns the records that changed.
+        """
+        grouped: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        for c, rid, update in items:
+            if c not in self.schema.collections:
+                raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
+            grouped[(c, rid)].append(update)
+        touched: list[tuple[str, str]] = []
+        fresh: dict[tuple[str, str], bytes] = {}
+        try:
+            for (c, rid), updates in grouped.items():
+                doc = self.docs.get(c, rid).doc
+                touched.append((c, rid))
+                new = [part for u in updates if (part := doc.apply(u))]
+                if new:
+                    doc.check()
+                    fresh[(c, rid)] = new[0] if len(new) == 1 else merge_updates(*new)
+            batch = Batch()
+            changed: list[Record] = []
+            for (c, rid), update in fresh.items():
+                doc = self.docs.get(c, rid).doc
+                self.docs.append(batch, c, rid, update)
+                self.clock.observe(doc.max_time())
+                changed.append(self._save_row(batch, self._coll(c), doc))
+            if fresh:
+                batch.save(("meta", "hlc"), str(self.clock.last).encode())
+                self.store.commit(batch)
+        except BaseException:
+            for c, rid in touched:
+                self.docs.reload(c, rid)
+            raise
+        self._emit(ChangeEvent(r.collection, r.id, "remote", r) for r in changed)
+        return changed
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self.store.load(("meta", "app", name))
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        self.store.save(("meta", "app", name), value)
+
+    # -- merging by hand -----------------------------------------------------------------------------------
+
+    def _stored_update(self, collection: str, rid: str) -> bytes:
+        parts = []
+        snap = self.store.load(("snap", collection, rid))
+        if snap is not None:
+            parts.append(snap)
+        parts += [raw[9:] if raw[:1] == b"\x01" else raw[1:]
+                  for _, raw in self.store.load_range(("upd", collection, rid))]
+        if not parts:
+            return _EMPTY_UPDATE
+        return parts[0] if len(parts) == 1 else merge_updates(*parts)
+
+    def export_updates(self, collections: Iterable[str] | None = None, since: bytes | None = None) -> bytes:
+        """Everything this replica knows (of some collections), as one blob for ``import_updates``.
+
+        With ``since`` (another replica's ``state_vectors()``), only what that replica lacks.
+        """
+        vectors = self._parse(since, _VECTOR_MAGIC) if since is not None else {}
+        out = bytearray(_EXPORT_MAGIC)
+        for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
+            for rid in self.docs.record_ids(coll.name):
+                update = self._stored_update(coll.name, rid)
+                sv = vectors.get((coll.name, rid))
+                if sv is not None:
+                    update = get_update(update, sv)
+                    if update == _EMPTY_UPDATE:
+                        continue
+                write_bytes(out, orjson.dumps([coll.name, rid]))
+                write_bytes(out, update)
+        return bytes(out)
+
+    def state_vectors(self, collections: Iterable[str] | None = None) -> bytes:
+        """What this replica has, per record, for a peer's ``export_updates(since=...)``."""
+        out = bytearray(_VECTOR_MAGIC)
+        for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
+            for rid in self.docs.record_ids(coll.name):
+                write_bytes(out, orjson.dumps([coll.name, rid]))
+                write_bytes(out, get_state(self._stored_update(coll.name, rid)))
+        return bytes(out)
+
+    @staticmethod
+    def _parse(blob: bytes, magic: bytes) -> dict[tuple[str, str], bytes]:
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise MalformedUpdate(f"expected bytes, got {type(blob).__name__}")
+        blob = bytes(blob)
+        if blob[:4] != magic:
+            raise MalformedUpdate(f"not a crdtsync {'export' if magic == _EXPORT_MAGIC else 'state vector'} "
+                                  f"(starts with {blob[:4]!r})")
+        r = Reader(blob, 4)
+        out: dict[tuple[str, str], bytes] = {}
+        try:
+            while not r.done():
+                head = orjson.loads(r.bytes())
+                body = r.bytes()
+                if not (isinstance(head, list) and len(head) == 2 and all(isinstance(x, str) for x in head)):
+                    raise ValueError(f"bad entry header {head!r}")
+                key = (head[0], head[1])
+                out[key] = merge_updates(out[key], body) if key in out and magic == _EXPORT_MAGIC else body
+        except (ValueError, orjson.JSONDecodeError) as e:
+            raise MalformedUpdate(f"malformed blob at byte {r.pos}: {e}") from None
+        return out
+
+    def import_updates(self, blob: bytes) -> list[Record]:
+        """Merge a blob from another replica's ``export_updates``. Idempotent, in any order, any number
+        of times. A malformed blob, or one whose content breaks the schema, raises and changes nothing.
+        Returns the records that changed."""
+        entries = self._parse(blob, _EXPORT_MAGIC)
+        return self.apply_remote((c, rid, u) for (c, rid), u in entries.items())
+

@@ -1,0 +1,116 @@
+"""Materialised rows: one plain JSON row per record at ``("row", collection, id)``.
+
+Reads (``get``, ``query``, ``conflicts``) come from rows, never from the Yjs documents, so a replica
+with 100k records answers queries without loading a single document. Rows are derived data: they are
+rewritten in the same transaction as the change they reflect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
+
+import orjson
+
+from ..model.state import Candidate, Conflict, RecordState
+from ..schema import Collection, Field, Invalid
+from ..store.base import Batch, ByteStore
+from .types import Record, RecordStatus
+
+__all__ = ["Rows", "Where"]
+
+Where = Mapping[str, Any] | Callable[[Record], bool] | None
+
+
+def _enc(f: Field | None, value: Any) -> Any:
+    if f is None:
+        return value
+    if f.merge == "set":
+        of = f.of  # type: ignore[attr-defined]
+        return sorted((of.encode(v) for v in value), key=repr)
+    return f.encode(value)
+
+
+def _dec(f: Field | None, raw: Any) -> Any:
+    if f is None:
+        return raw
+    try:
+        if f.merge == "set":
+            return frozenset(f.of.decode(v) for v in raw)  # type: ignore[attr-defined]
+        if f.merge in ("counter", "text"):
+            return raw
+        return f.decode(raw)
+    except (Invalid, TypeError):
+        return raw
+
+
+def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error: str | None) -> bytes:
+    return orjson.dumps({
+        "f": {n: _enc(coll.fields.get(n), v) for n, v in state.fields.items()},
+        "d": state.deleted,
+        "s": status,
+        "e": error,
+        "u": state.updated,
+        "b": {n: [c.device, c.user, c.time] for n, c in state.changed_by.items()},
+        "c": [{"f": c.field, "k": c.kind,
+               "v": [[_enc(coll.fields.get(c.field), x.value), x.device, x.user, x.time] for x in c.candidates]}
+              for c in state.conflicts],
+    })
+
+
+def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
+    r = orjson.loads(raw)
+    fields = {n: _dec(coll.fields.get(n), v) for n, v in r["f"].items()}
+    conflicts = tuple(
+        Conflict(coll.name, record_id, c["f"], c["k"],
+                 tuple(Candidate(_dec(coll.fields.get(c["f"]), v), d, u, t) for v, d, u, t in c["v"]))
+        for c in r["c"])
+    by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items()}
+    return Record(coll.name, record_id, fields, cast(RecordStatus, r["s"]), conflicts, r["d"], r["e"], r["u"], by)
+
+
+class Rows:
+    def __init__(self, store: ByteStore) -> None:
+        self.store = store
+
+    def save(self, batch: Batch, coll: Collection, state: RecordState, status: RecordStatus,
+             error: str | None) -> bytes:
+        raw = encode_row(coll, state, status, error)
+        batch.save(("row", coll.name, state.id), raw)
+        return raw
+
+    def load(self, coll: Collection, record_id: str) -> Record | None:
+        raw = self.store.load(("row", coll.name, record_id))
+        return None if raw is None else decode_row(coll, record_id, raw)
+
+    def scan(self, coll: Collection) -> Iterator[Record]:
+        for key, raw in self.store.iter_range(("row", coll.name)):
+            yield decode_row(coll, str(key[2]), raw)
+
+    def query(self, coll: Collection, where: Where = None, *, include_deleted: bool = False,
+              order_by: str | None = None, descending: bool = False, limit: int | None = None) -> list[Record]:
+        if where is not None and not callable(where):
+            for name in where:
+                coll.field(None, name)
+        out: list[Record] = []
+        for rec in self.scan(coll):
+            if rec.deleted and not include_deleted:
+                continue
+            if where is not None:
+                if callable(where):
+                    if not where(rec):
+                        continue
+                elif any(rec.fields.get(k) != v for k, v in where.items()):
+                    continue
+            out.append(rec)
+            if limit is not None and order_by is None and len(out) >= limit:
+                break
+        if order_by is not None:
+            coll.field(None, order_by)
+            present = [r for r in out if r.fields.get(order_by) is not None]
+            missing = [r for r in out if r.fields.get(order_by) is None]
+            present.sort(key=lambda r: r.fields[order_by], reverse=descending)
+            out = present + missing
+            if limit is not None:
+                out = out[:limit]
+        return out

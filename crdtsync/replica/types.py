@@ -1,0 +1,64 @@
+"""What the replica hands to apps: records, pending changes, change events."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..clock import hlc_wall_ms
+from ..model.state import Candidate, Conflict
+
+__all__ = ["ChangeEvent", "PendingChange", "Record", "RecordStatus"]
+
+RecordStatus = Literal["pending", "syncing", "synced", "conflict", "error"]
+ChangeStatus = Literal["pending", "syncing", "error"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record as the app sees it. ``status`` is its sync status; ``error`` the relay's reason, if any."""
+
+    collection: str
+    id: str
+    fields: dict[str, Any]
+    status: RecordStatus
+    conflicts: tuple[Conflict, ...] = ()
+    deleted: bool = False
+    error: str | None = None
+    updated: int = 0
+    changed_by: dict[str, Candidate] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.fields[name]
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """One local change not yet acknowledged by the relay (a "draft"), oldest first in ``pending()``.
+
+    ``id`` is the change's HLC time: unique on this device, and the order changes were made in.
+    ``error`` holds ``(code, reason)`` when the relay rejected it (code: invalid, forbidden, gone).
+    """
+
+    id: int
+    collection: str
+    record: str
+    op: str
+    fields: dict[str, Any]
+    status: ChangeStatus
+    error: tuple[str, str] | None = None
+
+    @property
+    def at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(hlc_wall_ms(self.id) / 1000, tz=dt.UTC)
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """Something changed a record: a local write, a merge from a peer, or its sync status."""
+
+    collection: str
+    id: str
+    origin: Literal["local", "remote", "status"]
+    record: Record | None

@@ -1,0 +1,484 @@
+"""Schemas: collections of typed fields, validation, and the JSON form shipped to a relay.
+
+A field type does three things, all pure: ``check()`` a Python value (returning it normalised or raising
+``Invalid`` with a reason), ``encode()`` it to a JSON value, and ``decode()`` it back. Values are encoded
+by crdtsync itself (orjson) and stored in pycrdt as strings, so an int stays an int (pycrdt alone turns 5
+into 5.0) and nothing pycrdt cannot hold ever reaches it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from .errors import SchemaError, ValidationError
+
+__all__ = [
+    "Bool",
+    "Collection",
+    "Counter",
+    "Date",
+    "DateTime",
+    "DeletePolicy",
+    "Field",
+    "Float",
+    "Int",
+    "Invalid",
+    "Ref",
+    "Schema",
+    "Set",
+    "Str",
+    "Strategy",
+    "Text",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+DeletePolicy = Literal["delete-wins", "edit-wins"]
+Strategy = Literal["crdt", "lww-field", "lww-record"]
+STRATEGIES: tuple[str, ...] = ("crdt", "lww-field", "lww-record")
+DELETE_POLICIES: tuple[str, ...] = ("delete-wins", "edit-wins")
+
+
+class Invalid(Exception):
+    """Internal: a value broke a field's rule; the caller adds collection/record/field."""
+
+
+def _check_str(value: Any, what: str = "a str") -> str:
+    if not isinstance(value, str):
+        raise Invalid(f"expected {what}, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid("string is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    """Base of all field types. ``merge`` says how concurrent writes combine."""
+
+    kind: ClassVar[str] = ""
+    merge: ClassVar[Literal["register", "text", "counter", "set"]] = "register"
+    required: bool = field(default=False, kw_only=True)
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` normalised, or raise ``Invalid``. ``None`` clears an optional field."""
+        if value is None:
+            if self.required:
+                raise Invalid("is required and cannot be None")
+            return None
+        return self._check(value)
+
+    def _check(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def encode(self, value: Any) -> Any:
+        """The JSON form of a checked value."""
+        return value
+
+    def decode(self, raw: Any) -> Any:
+        """The Python value of a JSON form produced by ``encode`` (checked again: it may come from a peer)."""
+        if raw is None:
+            return None
+        return self._check(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.kind}
+        for name, value in self.__dict__.items():
+            if value is None or (value is False and name == "required"):
+                continue
+            if isinstance(value, Field):
+                d[name] = value.to_dict()
+            elif isinstance(value, frozenset | tuple):
+                d[name] = sorted(value, key=repr) if isinstance(value, frozenset) else list(value)
+            else:
+                d[name] = value
+        return d
+
+
+def _choices(values: Iterable[Any] | None) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(values)
+
+
+@dataclass(frozen=True)
+class Str(Field):
+    """A short string: names, emails, codes. ``choices`` limits it to allowed values."""
+
+    kind: ClassVar[str] = "str"
+    max_length: int | None = None
+    min_length: int | None = None
+    choices: tuple[str, ...] | None = None
+    pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", _choices(self.choices))
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise SchemaError(f"Str pattern {self.pattern!r} does not compile: {e}") from None
+
+    def _check(self, value: Any) -> str:
+        s = _check_str(value)
+        if self.max_length is not None and len(s) > self.max_length:
+            raise Invalid(f"is {len(s)} characters long, more than max_length={self.max_length}")
+        if self.min_length is not None and len(s) < self.min_length:
+            raise Invalid(f"is {len(s)} characters long, less than min_length={self.min_length}")
+        if self.choices is not None and s not in self.choices:
+            raise Invalid(f"{s!r} is not one of the allowed values {list(self.choices)}")
+        if self.pattern is not None and re.fullmatch(self.pattern, s) is None:
+            raise Invalid(f"{s!r} does not match pattern {self.pattern!r}")
+        return s
+
+
+@dataclass(frozen=True)
+class Int(Field):
+    """A 64-bit signed integer; it stays an int through every round trip."""
+
+    kind: ClassVar[str] = "int"
+    min: int | None = None
+    max: int | None = None
+    choices: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", _choices(self.choices))
+
+    def _check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected an int, got {type(value).__name__}")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise Invalid(f"{value} does not fit in 64 bits")
+        if self.min is not None and value < self.min:
+            raise Invalid(f"{value} is less than min={self.min}")
+        if self.max is not None and value > self.max:
+            raise Invalid(f"{value} is more than max={self.max}")
+        if self.choices is not None and value not in self.choices:
+            raise Invalid(f"{value} is not one of the allowed values {list(self.choices)}")
+        return value
+
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+@dataclass(frozen=True)
+class Float(Field):
+    """A float. NaN and infinities are refused unless ``allow_nan=True``."""
+
+    kind: ClassVar[str] = "float"
+    min: float | None = None
+    max: float | None = None
+    allow_nan: bool = False
+
+    def _check(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"expected a float, got {type(value).__name__}")
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            raise Invalid(f"{value} is too large")
+        f = float(value)
+        if not math.isfinite(f):
+            if not self.allow_nan:
+                raise Invalid(f"{f} is not allowed (the field does not allow NaN or infinity)")
+            return f
+        if self.min is not None and f < self.min:
+            raise Invalid(f"{f} is less than min={self.min}")
+        if self.max is not None and f > self.max:
+            raise Invalid(f"{f} is more than max={self.max}")
+        return f
+
+    def encode(self, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        return value
+
+    def decode(self, raw: Any) -> Any:
+        if isinstance(raw, str) and raw in _NONFINITE:
+            return self._check(_NONFINITE[raw])
+        return super().decode(raw)
+
+
+@dataclass(frozen=True)
+class Bool(Field):
+    kind: ClassVar[str] = "bool"
+
+    def _check(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise Invalid(f"expected a bool, got {type(value).__name__}")
+        return value
+
+
+@dataclass(frozen=True)
+class Date(Field):
+    """A calendar date (``datetime.date``), stored as ISO 8601."""
+
+    kind: ClassVar[str] = "date"
+
+    def _check(self, value: Any) -> dt.date:
+        if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+            raise Invalid(f"expected a datetime.date, got {type(value).__name__}")
+        return value
+
+    def encode(self, value: Any) -> Any:
+        return None if value is None else value.isoformat()
+
+    def decode(self, raw: Any) -> Any:
+        if raw is None:
+            return None
+        try:
+            return dt.date.fromisoformat(_check_str(raw, "an ISO date"))
+        except ValueError:
+            raise Invalid(f"{raw!r} is not an ISO date") from None
+
+
+@dataclass(frozen=True)
+class DateTime(Field):
+    """A point in time (``datetime.datetime``), stored as ISO 8601 with its UTC offset if it has one."""
+
+    kind: ClassVar[str] = "datetime"
+
+    def _check(self, value: Any) -> dt.datetime:
+        if not isinstance(value, dt.datetime):
+            raise Invalid(f"expected a datetime.datetime, got {type(value).__name__}")
+        return value
+
+    def encode(self, value: Any) -> Any:
+        return None if value is None else value.isoformat()
+
+    def decode(self, raw: Any) -> Any:
+        if raw is None:
+            return None
+        try:
+            return dt.datetime.fromisoformat(_check_str(raw, "an ISO datetime"))
+        except ValueError:
+            raise Invalid(f"{raw!r} is not an ISO datetime") from None
+
+
+@dataclass(frozen=True)
+class Ref(Field):
+    """The id of a record in ``collection`` (which may have been created offline on this device)."""
+
+    kind: ClassVar[str] = "ref"
+    collection: str = ""
+
+    def _check(self, value: Any) -> str:
+        s = _check_str(value, "a record id (str)")
+        if not 0 < len(s) <= 200:
+            raise Invalid("a record id must be 1 to 200 characters long")
+        return s
+
+
+@dataclass(frozen=True)
+class Text(Field):
+    """Long text (notes) merged character by character (Y.Text): concurrent edits interleave."""
+
+    kind: ClassVar[str] = "text"
+    merge: ClassVar[Literal["register", "text", "counter", "set"]] = "text"
+    max_length: int | None = None
+
+    def _check(self, value: Any) -> str:
+        s = _check_str(value)
+        if self.max_length is not None and len(s) > self.max_length:
+            raise Invalid(f"is {len(s)} characters long, more than max_length={self.max_length}")
+        return s
+
+    def check(self, value: Any) -> Any:
+        if value is None:
+            value = ""
+        s = self._check(value)
+        if self.required and not s:
+            raise Invalid("is required and cannot be empty")
+        return s
+
+
+@dataclass(frozen=True)
+class Counter(Field):
+    """An integer that merges by adding: concurrent increments on several devices all count."""
+
+    kind: ClassVar[str] = "counter"
+    merge: ClassVar[Literal["register", "text", "counter", "set"]] = "counter"
+
+    def _check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected an int, got {type(value).__name__}")
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise Invalid(f"{value} does not fit in 64 bits")
+        return value
+
+    def check(self, value: Any) -> Any:
+        return self._check(0 if value is None else value)
+
+
+@dataclass(frozen=True)
+class Set(Field):
+    """A set of plain values (tags) that merges add-wins: a concurrent add beats a remove."""
+
+    kind: ClassVar[str] = "set"
+    merge: ClassVar[Literal["register", "text", "counter", "set"]] = "set"
+    of: Field = field(default_factory=lambda: Str())
+    max_items: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.of.merge != "register" or isinstance(self.of, Float):
+            raise SchemaError(f"Set elements must be Str, Int, Bool, Date, DateTime or Ref, not {self.of.kind}")
+        if self.of.required:
+            raise SchemaError("Set elements cannot be 'required'")
+
+    def _check(self, value: Any) -> frozenset[Any]:
+        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+            raise Invalid(f"expected a set, got {type(value).__name__}")
+        out = set()
+        for item in value:
+            if item is None:
+                raise Invalid("a set cannot hold None")
+            out.add(self.of.check(item))
+        if self.max_items is not None and len(out) > self.max_items:
+            raise Invalid(f"holds {len(out)} items, more than max_items={self.max_items}")
+        return frozenset(out)
+
+    def check(self, value: Any) -> Any:
+        return self._check(() if value is None else value)
+
+
+_TYPES: dict[str, type[Field]] = {
+    t.kind: t for t in (Str, Int, Float, Bool, Date, DateTime, Ref, Text, Counter, Set)
+}
+
+
+def field_from_dict(d: Mapping[str, Any]) -> Field:
+    """Build a field type from its ``to_dict()`` form."""
+    d = dict(d)
+    kind = d.pop("type", None)
+    if kind not in _TYPES:
+        raise SchemaError(f"unknown field type {kind!r}; known: {sorted(_TYPES)}")
+    if "of" in d:
+        d["of"] = field_from_dict(d["of"])
+    for key in ("choices",):
+        if key in d and d[key] is not None:
+            d[key] = tuple(d[key])
+    try:
+        return _TYPES[kind](**d)
+    except TypeError as e:
+        raise SchemaError(f"bad options for a {kind} field: {e}") from None
+
+
+RESERVED_FIELDS = frozenset({"id", "deleted"})
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A named kind of record and its fields.
+
+    ``delete_policy`` decides what a delete that meets a concurrent edit does: ``delete-wins`` keeps the
+    record deleted and surfaces the edit as a conflict it can be restored from; ``edit-wins`` brings the
+    record back and surfaces the delete. ``strategy`` picks the merge strategy (see docs/strategies.md).
+    """
+
+    name: str
+    fields: Mapping[str, Field]
+    delete_policy: DeletePolicy = "delete-wins"
+    strategy: Strategy = "crdt"
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise SchemaError(f"collection name {self.name!r} must match {_NAME.pattern}")
+        for name, f in self.fields.items():
+            if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_FIELDS:
+                raise SchemaError(f"{self.name}: field name {name!r} must match {_NAME.pattern} "
+                                  f"and not be one of {sorted(RESERVED_FIELDS)}")
+            if not isinstance(f, Field):
+                raise SchemaError(f"{self.name}.{name}: {f!r} is not a field type")
+        if self.delete_policy not in DELETE_POLICIES:
+            raise SchemaError(f"{self.name}: delete_policy must be one of {DELETE_POLICIES}")
+        if self.strategy not in STRATEGIES:
+            raise SchemaError(f"{self.name}: strategy must be one of {STRATEGIES}")
+        object.__setattr__(self, "fields", dict(self.fields))
+
+    def field(self, record: str | None, name: str) -> Field:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise ValidationError(self.name, record, name,
+                                  f"unknown field; {self.name} has {sorted(self.fields)}") from None
+
+    def check(self, record: str | None, values: Mapping[str, Any], *, create: bool) -> dict[str, Any]:
+        """Check a whole write; returns the normalised values or raises ``ValidationError``."""
+        if not isinstance(values, Mapping):
+            raise ValidationError(self.name, record, None, f"expected a mapping of fields, got {type(values).__name__}")
+        out: dict[str, Any] = {}
+        for name, value in values.items():
+            if not isinstance(name, str):
+                raise ValidationError(self.name, record, repr(name), "field names must be str")
+            f = self.field(record, name)
+            try:
+                out[name] = f.check(value)
+            except Invalid as e:
+                raise ValidationError(self.name, record, name, str(e)) from None
+        if create:
+            for name, f in self.fields.items():
+                if f.required and name not in out:
+                    raise ValidationError(self.name, record, name, "is required")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "delete_policy": self.delete_policy, "strategy": self.strategy,
+                "fields": {n: f.to_dict() for n, f in self.fields.items()}}
+
+
+class Schema:
+    """The collections an app keeps. ``Schema.from_dict(s.to_dict())`` gives an equal schema."""
+
+    def __init__(self, *collections: Collection) -> None:
+        self.collections: dict[str, Collection] = {}
+        for c in collections:
+            if c.name in self.collections:
+                raise SchemaError(f"collection {c.name!r} is defined twice")
+            self.collections[c.name] = c
+        for c in collections:
+            for name, f in c.fields.items():
+                targets = [f] + ([f.of] if isinstance(f, Set) else [])
+                for t in targets:
+                    if isinstance(t, Ref) and t.collection not in self.collections:
+                        raise SchemaError(f"{c.name}.{name} refers to unknown collection {t.collection!r}")
+
+    def __getitem__(self, name: str) -> Collection:
+        return self.collection(name)
+
+    def __iter__(self) -> Any:
+        return iter(self.collections.values())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schema) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_dict()))
+
+    def collection(self, name: str) -> Collection:
+        try:
+            return self.collections[name]
+        except (KeyError, TypeError):
+            raise ValidationError(str(name), None, None,
+                                  f"unknown collection; the schema has {sorted(self.collections)}") from None
+
+    def with_strategy(self, strategy: Strategy) -> Schema:
+        """The same schema with every collection on ``strategy`` (for comparisons)."""
+        return Schema(*(Collection(c.name, c.fields, c.delete_policy, strategy) for c in self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": 1, "collections": [c.to_dict() for c in self]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Schema:
+        try:
+            if d.get("version") != 1:
+                raise SchemaError(f"unsupported schema version {d.get('version')!r}")
+            return cls(*(Collection(c["name"], {n: field_from_dict(f) for n, f in c["fields"].items()},
+                                    c.get("delete_policy", "delete-wins"), c.get("strategy", "crdt"))
+                         for c in d["collections"]))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SchemaError(f"malformed schema dict: {e!r}") from None

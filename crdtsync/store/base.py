@@ -1,0 +1,93 @@
+"""The byte store interface: bytes under tuple keys, nothing more.
+
+Modelled on automerge-repo's storage adapters. A backend knows nothing of records, snapshots or
+compaction; that policy lives in ``crdtsync.replica.docs``. A backend must make ``commit`` atomic and
+durable: when it returns, every save and remove of the batch is on disk together, or none is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .keys import Key
+
+__all__ = ["Batch", "ByteStore"]
+
+
+@dataclass
+class Batch:
+    """Writes to commit together: saves, removes of single keys, and removes of key ranges."""
+
+    saves: dict[Key, bytes] = field(default_factory=dict)
+    removes: set[Key] = field(default_factory=set)
+    range_removes: list[Key] = field(default_factory=list)
+
+    def save(self, key: Key, data: bytes) -> None:
+        self.removes.discard(key)
+        self.saves[key] = bytes(data)
+
+    def remove(self, key: Key) -> None:
+        self.saves.pop(key, None)
+        self.removes.add(key)
+
+    def remove_range(self, prefix: Key) -> None:
+        n = len(prefix)
+        for k in [k for k in self.saves if k[:n] == prefix]:
+            del self.saves[k]
+        self.range_removes.append(prefix)
+
+    def __bool__(self) -> bool:
+        return bool(self.saves or self.removes or self.range_removes)
+
+
+class ByteStore(ABC):
+    """Bytes under tuple keys. ``commit`` applies range removes, then removes, then saves, atomically."""
+
+    @abstractmethod
+    def load(self, key: Key) -> bytes | None:
+        """The bytes under ``key``, or None."""
+
+    @abstractmethod
+    def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
+                   reverse: bool = False) -> list[tuple[Key, bytes]]:
+        """Every (key, bytes) whose key starts with ``prefix``, in key order (``reverse`` for descending).
+
+        ``start`` (a full key under ``prefix``) skips keys before it (after it, when reversed);
+        ``limit`` caps the number returned.
+        """
+
+    def iter_range(self, prefix: Key, *, batch: int = 1000) -> Iterator[tuple[Key, bytes]]:
+        """Like ``load_range`` but in pages, so a large range is never all in memory."""
+        start: Key | None = None
+        while True:
+            page = self.load_range(prefix, start=start, limit=batch + (1 if start is not None else 0))
+            if start is not None and page and page[0][0] == start:
+                page = page[1:]
+            if not page:
+                return
+            yield from page
+            start = page[-1][0]
+
+    @abstractmethod
+    def commit(self, batch: Batch) -> None:
+        """Apply a batch atomically and durably."""
+
+    def save(self, key: Key, data: bytes) -> None:
+        b = Batch()
+        b.save(key, data)
+        self.commit(b)
+
+    def remove(self, key: Key) -> None:
+        b = Batch()
+        b.remove(key)
+        self.commit(b)
+
+    def remove_range(self, prefix: Key) -> None:
+        b = Batch()
+        b.remove_range(prefix)
+        self.commit(b)
+
+    def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
+        """Release the backend's resources."""

@@ -1,0 +1,98 @@
+"""Encryption at rest: a byte store wrapper that seals every value with AES-GCM.
+
+The app provides the key: 16, 24 or 32 raw bytes, or a passphrase (str) stretched with scrypt and a
+random salt kept beside the data. Each value gets a fresh 96-bit nonce, and its key is bound in as
+associated data, so values cannot be swapped between keys unnoticed. Keys themselves (collection names,
+record ids, sequence numbers) are not encrypted: they order the data. Opening with the wrong key raises
+``WrongKeyError`` before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from ..errors import EncryptionError, WrongKeyError
+from .base import Batch, ByteStore
+from .keys import Key, encode_key
+
+__all__ = ["CRYPTO_KEY", "EncryptedStore", "is_encrypted"]
+
+CRYPTO_KEY: Key = ("_crypto",)
+_CHECK = b"crdtsync key check v1"
+
+
+def is_encrypted(store: ByteStore) -> bool:
+    return store.load(CRYPTO_KEY) is not None
+
+
+def _derive(key: bytes | str, salt: bytes) -> bytes:
+    if isinstance(key, str):
+        if not key:
+            raise EncryptionError("an empty passphrase is not a key")
+        return Scrypt(salt=salt, length=32, n=2**14, r=8, p=1).derive(key.encode("utf-8"))
+    if len(key) not in (16, 24, 32):
+        raise EncryptionError(f"a raw key must be 16, 24 or 32 bytes, not {len(key)}")
+    return bytes(key)
+
+
+class EncryptedStore(ByteStore):
+    """Wraps ``inner``; values are encrypted before they reach it and checked when read back."""
+
+    def __init__(self, inner: ByteStore, key: bytes | str) -> None:
+        self.inner = inner
+        meta_raw = inner.load(CRYPTO_KEY)
+        if meta_raw is None:
+            if inner.load_range((), limit=1):
+                raise EncryptionError("this store holds unencrypted data; it cannot be opened with a key")
+            salt = os.urandom(16)
+            self._aead = AESGCM(_derive(key, salt))
+            meta = {"v": 1, "kdf": "scrypt" if isinstance(key, str) else "raw", "salt": salt.hex(),
+                    "check": self._seal(CRYPTO_KEY, _CHECK).hex()}
+            inner.save(CRYPTO_KEY, orjson.dumps(meta))
+            return
+        meta = orjson.loads(meta_raw)
+        kind = "scrypt" if isinstance(key, str) else "raw"
+        if meta.get("kdf") != kind:
+            raise WrongKeyError(f"this store was encrypted with a {meta.get('kdf')} key, not a {kind} key")
+        self._aead = AESGCM(_derive(key, bytes.fromhex(meta["salt"])))
+        try:
+            ok = self._open(CRYPTO_KEY, bytes.fromhex(meta["check"])) == _CHECK
+        except InvalidTag:
+            ok = False
+        if not ok:
+            raise WrongKeyError("the key does not open this store")
+
+    def _seal(self, key: Key, data: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, data, encode_key(key))
+
+    def _open(self, key: Key, data: bytes) -> bytes:
+        return self._aead.decrypt(data[:12], data[12:], encode_key(key))
+
+    def _read(self, key: Key, data: bytes) -> bytes:
+        try:
+            return self._open(key, data)
+        except InvalidTag:
+            raise WrongKeyError(f"value under {key!r} does not decrypt: corrupted or tampered") from None
+
+    def load(self, key: Key) -> bytes | None:
+        data = self.inner.load(key)
+        return None if data is None else self._read(key, data)
+
+    def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
+                   reverse: bool = False) -> list[tuple[Key, bytes]]:
+        rows = self.inner.load_range(prefix, start=start, limit=limit, reverse=reverse)
+        return [(k, self._read(k, v)) for k, v in rows if k != CRYPTO_KEY]
+
+    def commit(self, batch: Batch) -> None:
+        sealed = Batch(saves={k: self._seal(k, v) for k, v in batch.saves.items()},
+                       removes=set(batch.removes), range_removes=list(batch.range_removes))
+        self.inner.commit(sealed)
+
+    def close(self) -> None:
+        self.inner.close()

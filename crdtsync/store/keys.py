@@ -1,0 +1,65 @@
+"""Order-preserving encoding of tuple keys (``("rec", "accounts", "a1", 3)``) into bytes.
+
+Each segment is self-delimiting, so the encoding of a prefix tuple is a byte prefix of the encoding of
+every key that starts with it, and byte order equals tuple order within one segment type. That lets every
+backend implement ``load_range`` as one range scan.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Key", "decode_key", "encode_key", "prefix_end"]
+
+Key = tuple[str | int, ...]
+
+_STR = 0x02
+_INT = 0x03
+_OFFSET = 1 << 63
+
+
+def encode_key(key: Key) -> bytes:
+    out = bytearray()
+    for seg in key:
+        if isinstance(seg, bool):
+            raise TypeError("key segments are str or int, not bool")
+        if isinstance(seg, str):
+            out.append(_STR)
+            out += seg.encode("utf-8").replace(b"\x00", b"\x00\xff")
+            out += b"\x00\x00"
+        elif isinstance(seg, int):
+            if not -_OFFSET <= seg < _OFFSET:
+                raise ValueError(f"int key segment {seg} does not fit in 64 bits")
+            out.append(_INT)
+            out += (seg + _OFFSET).to_bytes(8, "big")
+        else:
+            raise TypeError(f"key segments are str or int, not {type(seg).__name__}")
+    return bytes(out)
+
+
+def decode_key(data: bytes) -> Key:
+    out: list[str | int] = []
+    i, n = 0, len(data)
+    while i < n:
+        tag = data[i]
+        i += 1
+        if tag == _INT:
+            out.append(int.from_bytes(data[i:i + 8], "big") - _OFFSET)
+            i += 8
+        elif tag == _STR:
+            buf = bytearray()
+            while True:
+                j = data.index(b"\x00", i)
+                buf += data[i:j]
+                if data[j + 1] == 0x00:
+                    i = j + 2
+                    break
+                buf.append(0)
+                i = j + 2
+            out.append(buf.decode("utf-8"))
+        else:
+            raise ValueError(f"bad key tag {tag:#x}")
+    return tuple(out)
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest byte string greater than every string that starts with ``prefix``."""
+    return prefix + b"\xff"
