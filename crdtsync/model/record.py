@@ -50,6 +50,20 @@ def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
     return [(i1, i2, new[j1:j2]) for tag, i1, i2, j1, j2 in reversed(ops) if tag != "equal"]
 
 
+class Unreadable(ValueError):
+    """A map entry that Yrs lists but cannot return (seen with corrupted updates)."""
+
+
+def _items(m: Map[Any]) -> list[tuple[str, Any]]:
+    out = []
+    for k in m.keys():
+        try:
+            out.append((k, m[k]))
+        except KeyError:
+            raise Unreadable(f"entry {k!r} is listed but unreadable") from None
+    return out
+
+
 def _parse_slot(key: str, raw: Any) -> Slot:
     name, _, writer = key.partition(SEP)
     if not name or not writer or not isinstance(raw, str):
@@ -90,7 +104,6 @@ class RecordDoc:
         self._state: RecordState | None = None
         self._parsed: dict[str, Slot] | None = None
         self._captured: list[bytes] = []
-        self.doc.observe(self._on_txn)
 
     def _on_txn(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)
@@ -99,11 +112,11 @@ class RecordDoc:
 
     def slots(self) -> dict[str, Slot]:
         if self._parsed is None:
-            self._parsed = {k: _parse_slot(k, v) for k, v in self._slots.items()}
+            self._parsed = {k: _parse_slot(k, v) for k, v in _items(self._slots)}
         return self._parsed
 
     def set_entries(self) -> list[SetEntry]:
-        return [_parse_set(k, v) for k, v in self._sets.items()]
+        return [_parse_set(k, v) for k, v in _items(self._sets)]
 
     def text(self, name: str) -> Text:
         text: Text = self.doc.get(f"t:{name}", type=Text)
@@ -142,9 +155,15 @@ class RecordDoc:
     # -- writing -------------------------------------------------------------------------------------------
 
     def _write(self, body: Callable[[], None]) -> bytes:
+        # Subscribe only around the transaction: a lasting subscription keeps the document alive forever
+        # (the Rust side holds the callback), which would defeat the record cache's eviction.
         self._captured.clear()
-        with self.doc.transaction(origin="local"):
-            body()
+        sub = self.doc.observe(self._on_txn)
+        try:
+            with self.doc.transaction(origin="local"):
+                body()
+        finally:
+            self.doc.unobserve(sub)
         self._state = None
         out = self._captured[:]
         self._captured.clear()
@@ -250,10 +269,13 @@ class RecordDoc:
     def apply(self, update: bytes) -> bytes:
         """Apply a remote update; return the part that was new to this document (b"" if none)."""
         self._captured.clear()
+        sub = self.doc.observe(self._on_txn)
         try:
             self.doc.apply_update(update)
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        finally:
+            self.doc.unobserve(sub)
         out = self._captured[:]
         self._captured.clear()
         if out:
@@ -269,7 +291,11 @@ class RecordDoc:
     def check(self) -> None:
         """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""
         coll = self.collection
-        for key, raw in self._slots.items():
+        try:
+            slots, sets = _items(self._slots), _items(self._sets)
+        except Unreadable as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
+        for key, raw in slots:
             try:
                 s = _parse_slot(key, raw)
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
@@ -290,7 +316,7 @@ class RecordDoc:
                     raise Invalid("markers hold no value")
             except Invalid as e:
                 raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
-        for key, raw in self._sets.items():
+        for key, raw in sets:
             try:
                 entry = _parse_set(key, raw)
                 f = coll.fields.get(entry.field)

@@ -1,0 +1,26 @@
+"""The short, seeded fuzz pass CI runs (long campaigns: see fuzz/README.md)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz.run import mutation_loop
+from fuzz.targets import import_target, seed_corpus
+
+LONG = os.environ.get("CRDTSYNC_LONG") == "1"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_import_survives_mutated_exports(seed: int) -> None:
+    n = mutation_loop(import_target(), seed_corpus(), seed=seed, iterations=3000 if LONG else 150, seconds=None)
+    assert n == (3000 if LONG else 150)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_import_survives_random_bytes(data: bytes) -> None:
+    import_target()(b"CSX1" + data)
