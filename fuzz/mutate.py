@@ -7,7 +7,8 @@ import random
 
 __all__ = ["mutate"]
 
-_INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\xff\x0f", b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"]
+_INTERESTING = [b"\x00", b"\xff", b"\x7f", b"\x80", b"\xff\xff\xff\xff\x0f",
+                b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"]
 
 
 def mutate(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:

@@ -56,7 +56,7 @@ class Unreadable(ValueError):
 
 def _items(m: Map[Any]) -> list[tuple[str, Any]]:
     out = []
-    for k in m.keys():
+    for k in m:
         try:
             out.append((k, m[k]))
         except KeyError:
