@@ -56,7 +56,7 @@ class Unreadable(ValueError):
 
 def _items(m: Map[Any]) -> list[tuple[str, Any]]:
     out = []
-    for k in m:
+    for k in list(m.keys()):
         try:
             out.append((k, m[k]))
         except KeyError:

@@ -64,6 +64,9 @@ class Outbox:
         self.store = store
         self._entries: dict[int, OutboxEntry] = {}
         self._by_record: dict[tuple[str, str], list[int]] = defaultdict(list)
+        # per record: how many entries are in each status, so a record's status costs O(1) to find
+        self._counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"pending": 0, "syncing": 0,
+                                                                                  "error": 0})
         for key, raw in store.iter_range(("out",)):
             entry, _ = _decode(int(key[1]), raw)
             # a sync cut short by a crash left entries "syncing": they are pending again
@@ -73,7 +76,22 @@ class Outbox:
 
     def _index(self, entry: OutboxEntry) -> None:
         self._entries[entry.id] = entry
-        self._by_record[(entry.collection, entry.record)].append(entry.id)
+        key = (entry.collection, entry.record)
+        ids = self._by_record[key]
+        ids.append(entry.id)
+        if len(ids) > 1 and ids[-2] > entry.id:
+            ids.sort()
+        self._counts[key][entry.status] += 1
+
+    def counts(self, collection: str, record: str) -> dict[str, int]:
+        """How many of the record's entries are pending, syncing and in error."""
+        key = (collection, record)
+        return self._counts.get(key, {"pending": 0, "syncing": 0, "error": 0})
+
+    def first_error(self, collection: str, record: str) -> OutboxEntry | None:
+        if not self.counts(collection, record)["error"]:
+            return None
+        return next((e for e in self.for_record(collection, record) if e.status == "error"), None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -92,7 +110,7 @@ class Outbox:
         return self._entries.get(change_id)
 
     def for_record(self, collection: str, record: str) -> list[OutboxEntry]:
-        return [self._entries[i] for i in sorted(self._by_record.get((collection, record), ()))]
+        return [self._entries[i] for i in self._by_record.get((collection, record), ())]
 
     def update_bytes(self, change_id: int) -> bytes:
         raw = self.store.load(("out", change_id))
@@ -107,6 +125,9 @@ class Outbox:
             e = self._entries.get(i)
             if e is None:
                 continue
+            counts = self._counts[(e.collection, e.record)]
+            counts[e.status] -= 1
+            counts[status] += 1
             e.status = status
             e.error = error
             if batch is not None:
@@ -121,9 +142,12 @@ class Outbox:
             if e is None:
                 continue
             batch.remove(("out", i))
-            lst = self._by_record[(e.collection, e.record)]
+            key = (e.collection, e.record)
+            lst = self._by_record[key]
             lst.remove(i)
+            self._counts[key][e.status] -= 1
             if not lst:
-                del self._by_record[(e.collection, e.record)]
+                del self._by_record[key]
+                del self._counts[key]
             removed.append(e)
         return removed

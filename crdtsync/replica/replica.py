@@ -165,16 +165,16 @@ class Replica:
         return self.schema.collection(name)
 
     def _status(self, coll: str, rid: str, has_conflicts: bool) -> tuple[RecordStatus, str | None]:
-        entries = self.outbox.for_record(coll, rid)
-        for e in entries:
-            if e.status == "error":
-                code, reason = e.error or ("error", "")
-                return "error", f"{code}: {reason}"
+        counts = self.outbox.counts(coll, rid)
+        if counts["error"]:
+            e = self.outbox.first_error(coll, rid)
+            code, reason = (e.error if e is not None and e.error else ("error", ""))
+            return "error", f"{code}: {reason}"
         if has_conflicts:
             return "conflict", None
-        if any(e.status == "syncing" for e in entries):
+        if counts["syncing"]:
             return "syncing", None
-        if entries:
+        if counts["pending"]:
             return "pending", None
         return "synced", None
 
