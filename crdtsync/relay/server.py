@@ -298,9 +298,8 @@ class _Session:
                         bucket.warned = True
                     await asyncio.sleep(delay)
                 if isinstance(message, str):
-                    self.conn.receive_data(message.encode("utf-8", "replace"))
-                    if self.conn.state is not State.CLOSED:
-                        self.conn.close(4400, "text frames are not part of the protocol")
+                    log.warning("text frame from %s (%s)", self.device or "?", self.ws.remote_address)
+                    self.conn.close(4400, "text frames are not part of the protocol: frames are binary")
                 else:
                     self.conn.receive_data(message)
                 for ev in self.conn.events_received():
