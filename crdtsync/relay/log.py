@@ -30,6 +30,7 @@ from pycrdt import merge_updates
 
 from ..codec import Reader, write_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
+from ..model.record import RecordDoc
 from ..model.slots import Slot
 from ..model.state import SetEntry
 from ..protocol.events import Change, Item, Rejection
@@ -173,28 +174,35 @@ class RelayLog:
             raise _Refused("forbidden", f"user {grant.user!r} may not write {c!r}")
         if not 0 < len(rid) <= 200 or any(ord(x) < 32 for x in rid):
             raise _Refused("invalid", "bad record id")
-        doc = self.docs.scratch(c, rid)
+        lr = self.docs.get(c, rid)
+        doc = lr.doc
         before = doc.state()
         if before.exists and not grant.in_scope(c, before.fields):
             raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
         slots_before: dict[str, Slot] = dict(doc.slots())
         sets_before = _set_map(doc.set_entries())
+        saved = doc.full_update()  # applied in place (the common case is accepted); restored if refused
         try:
-            new = doc.apply(ch.update)
-            if not new:
-                return None  # nothing new (already stored): acknowledged, nothing to log
-            doc.check()
-        except (MalformedUpdate, RemoteValidationError) as e:
-            raise _Refused("invalid", str(e)) from None
-        for k, s in doc.slots().items():
-            if slots_before.get(k) != s and not (is_own_writer(s.writer, device) and s.device == device):
-                raise _Refused("forbidden", f"writes the slot of writer {s.writer!r} ({s.field}), not its own")
-        for sk, entry in _set_map(doc.set_entries()).items():
-            if sets_before.get(sk) != entry and not is_own_writer(entry.writer, device):
-                raise _Refused("forbidden", f"writes the set entry of writer {entry.writer!r}, not its own")
-        if not grant.in_scope(c, doc.state().fields):
-            raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may write")
-        self.docs.replace(c, rid, doc)
+            try:
+                new = doc.apply(ch.update)
+                if not new:
+                    return None  # nothing new (already stored): acknowledged, nothing to log
+                doc.check()
+            except (MalformedUpdate, RemoteValidationError) as e:
+                raise _Refused("invalid", str(e)) from None
+            for k, s in doc.slots().items():
+                if slots_before.get(k) != s and not (is_own_writer(s.writer, device) and s.device == device):
+                    raise _Refused("forbidden", f"writes the slot of writer {s.writer!r} ({s.field}), not its own")
+            for sk, entry in _set_map(doc.set_entries()).items():
+                if sets_before.get(sk) != entry and not is_own_writer(entry.writer, device):
+                    raise _Refused("forbidden", f"writes the set entry of writer {entry.writer!r}, not its own")
+            if not grant.in_scope(c, doc.state().fields):
+                raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
+                                            "write")
+        except BaseException:
+            lr.doc = RecordDoc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
+                               client_id=doc.doc.client_id, updates=[saved])
+            raise
         self.docs.append(batch, c, rid, new)
         self.head += 1
         a = Accepted(self.head, c, rid, device, ch.change_id, new)

@@ -149,3 +149,14 @@ async def test_queue_waits_offline_and_can_be_discarded(make_replica: Callable[.
             raise AssertionError("a discarded request must not complete")
         except SyncError as e:
             assert "discarded" in str(e)
+
+
+async def test_scheduled_syncs_run_by_themselves(make_relay: RelayFactory,
+                                                 make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay()
+    a = make_replica("a")
+    async with client(a, relay.url, interval=0.05) as ca:
+        w = Watch(ca)
+        for _ in range(3):  # the one on connect, then at least two from the schedule
+            await w.wait(lambda s: s.kind == "completed")
+    assert w.kinds().count("completed") >= 3
