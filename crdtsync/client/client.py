@@ -29,7 +29,7 @@ from ..errors import AuthError, MalformedUpdate, RemoteValidationError, SyncErro
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
 from ..protocol.frames import MAX_FRAME
-from ..replica import Record, Replica
+from ..replica import PendingChange, Record, Replica
 from .backoff import Backoff
 from .status import SyncResult, SyncStatus
 
@@ -342,7 +342,10 @@ class SyncClient:
         total = len(r.outgoing(collections))
         done = uploaded = rejected = held = 0
         while True:
-            batch = r.outgoing(collections, limit=self.batch_size)
+            batch = self._fit(r.outgoing(collections, limit=self.batch_size))
+            if batch is None:  # a change too large for any frame was set aside as an error
+                rejected += 1
+                continue
             if not batch:
                 break
             ids = [pc.id for pc, _ in batch]
@@ -371,6 +374,23 @@ class SyncClient:
             total = max(total, done)
             self._emit(SyncStatus("progress", phase="upload", done=done, total=total))
         return uploaded, rejected, held
+
+    def _fit(self, batch: list[tuple[PendingChange, bytes]]) -> list[tuple[PendingChange, bytes]] | None:
+        """The longest prefix of ``batch`` that fits in half a frame; None if its first change can never
+        be sent (it is then rejected locally, kept as ``error`` for the user to export or discard)."""
+        budget = self.max_frame // 2
+        size = 0
+        for n, (pc, update) in enumerate(batch):
+            size += len(update) + 64 + len(pc.collection) + len(pc.record)
+            if size > budget:
+                if n == 0:
+                    reason = f"the change is {len(update)} bytes, more than a frame may carry"
+                    self.replica.reject(pc.id, "invalid", reason)
+                    self._emit(SyncStatus("error", reason, collection=pc.collection, record=pc.record,
+                                          change_id=pc.id, code="invalid"))
+                    return None
+                return batch[:n]
+        return batch
 
     def _cursor(self) -> tuple[str | None, dict[str, int]]:
         raw = self.replica.get_meta(_CURSOR)

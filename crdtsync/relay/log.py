@@ -190,6 +190,12 @@ class RelayLog:
                 doc.check()
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise _Refused("invalid", str(e)) from None
+            except BaseException as e:
+                # pycrdt can panic (PanicException derives from BaseException) on hostile updates
+                if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                    raise
+                log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
+                raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
             for k, s in doc.slots().items():
                 if slots_before.get(k) != s and not (is_own_writer(s.writer, device) and s.device == device):
                     raise _Refused("forbidden", f"writes the slot of writer {s.writer!r} ({s.field}), not its own")
@@ -269,19 +275,18 @@ class RelayLog:
         seen: set[tuple[str, str]] = set()
         for key, raw in self.store.load_range(("log",), start=("log", since + 1), limit=max_items):
             a = _decode_entry(int(key[1]), raw)
-            to = a.seq
-            if a.device == device or (collections is not None and a.collection not in collections):
+            if a.device == device or (collections is not None and a.collection not in collections) \
+                    or (grant.limited(a.collection) and (a.collection, a.record) in seen):
+                to = a.seq  # skipped: its own change, another collection, or a whole state already sent
                 continue
-            if grant.limited(a.collection) and (a.collection, a.record) in seen:
-                continue  # the whole state already went in this page
             item = self.item_for(grant, a)
-            if item is None:
-                continue
-            seen.add((a.collection, a.record))
-            items.append(item)
-            size += len(item.update)
-            if size >= max_bytes:
-                break
+            if item is not None:
+                if items and size + len(item.update) > max_bytes:
+                    break  # the next page starts with this entry
+                seen.add((a.collection, a.record))
+                items.append(item)
+                size += len(item.update)
+            to = a.seq
         return items, to
 
     def scope_records(self, grant: Grant, collections: frozenset[str] | None) -> Iterator[tuple[str, str, int]]:

@@ -364,7 +364,8 @@ class _Session:
                 to = since = ev.since
                 while True:
                     items, to = lg.delta(self.grant, self.device, since, wanted,
-                                         max_items=self.relay.limits.page_items)
+                                         max_items=self.relay.limits.page_items,
+                                         max_bytes=self.relay.limits.max_frame // 4)
                     more = since < to < lg.head
                     done = to - ev.since
                     await self._put(Changes(ev.id, tuple(items), done, max(lg.head - ev.since, done), to, more))
@@ -375,6 +376,9 @@ class _Session:
                 self._go_live(to, wanted)
         except ConnectionClosed:
             pass
+        except Exception:
+            log.exception("serving pull %d to %s failed", ev.id, self.device)
+            self.abort(1011, "internal error while serving the pull")
 
     async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
         """A full resync of the scope: every record's whole state, then the cursor ``head``."""
@@ -386,12 +390,19 @@ class _Session:
         if total == 0:
             await self._put(Changes(ev.id, (), 0, 0, head, False, True))
             return head
-        for start in range(0, total, page):
-            chunk = records[start:start + page]
-            items = tuple(Item(c, r, seq, lg.record_update(c, r)) for c, r, seq in chunk)
-            last = start + page >= total
-            await self._put(Changes(ev.id, items, min(start + page, total), total, head if last else None,
-                                    not last, True))
+        budget = self.relay.limits.max_frame // 4
+        done = 0
+        chunk: list[Item] = []
+        size = 0
+        for c, r, seq in records:
+            item = Item(c, r, seq, lg.record_update(c, r))
+            if chunk and (len(chunk) >= page or size + len(item.update) > budget):
+                done += len(chunk)
+                await self._put(Changes(ev.id, tuple(chunk), done, total, None, True, True))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item.update)
+        await self._put(Changes(ev.id, tuple(chunk), total, total, head, False, True))
         return head
 
     def _go_live(self, to: int, wanted: frozenset[str] | None) -> None:
@@ -399,7 +410,8 @@ class _Session:
         between, so no fan-out can slip past) whatever was stored while the last page was on its way."""
         lg = self.relay.log
         while to < lg.head and self._closing is None:
-            items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items)
+            items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items,
+                                  max_bytes=self.relay.limits.max_frame // 4)
             if nxt <= to:
                 break
             to = nxt

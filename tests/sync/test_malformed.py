@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Replica
-from crdtsync.protocol import Kind, Pull, encode_frame
+from crdtsync.protocol import Ack, Change, Kind, Pull, Push, encode_frame
 from crdtsync.relay import Limits
 
 from .conftest import BOUND, RawClient, RelayFactory, client, sync
@@ -69,3 +69,38 @@ async def test_out_of_order_pull_closes_with_a_reason(make_relay: RelayFactory) 
             while True:
                 await asyncio.wait_for(ws.recv(), BOUND)
         assert ws.close_code == 4400 and ws.close_reason and "in flight" in ws.close_reason
+
+
+async def test_a_push_of_garbage_updates_is_rejected_per_change(make_relay: RelayFactory,
+                                                                make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay()
+    good = make_replica("good")
+    rid = good.create("accounts", {"name": "fine"})
+    [(pc, update)] = good.outgoing()
+    async with connect(relay.url) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("good")
+        raw.conn.send(Push(1, (Change(1, "accounts", "x", os.urandom(50)), Change(2, "nope", "y", update),
+                               Change(3, "accounts", "x", update), Change(pc.id, "accounts", rid, update))))
+        await raw.flush()
+        [ack] = await raw.next_events()
+    assert isinstance(ack, Ack)
+    assert [(r.change_id, r.code) for r in ack.rejected] == [(1, "invalid"), (2, "gone")]
+    assert ack.held == (3,)  # behind the rejected change 1 of the same record
+    assert ack.ok == (pc.id,)
+    assert relay.relay is not None and relay.relay.log.head == 1
+
+
+async def test_a_change_too_large_for_any_frame_is_kept_as_error(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay(limits=Limits(max_frame=64 * 1024))
+    r = make_replica("big")
+    rid = r.create("accounts", {"name": "big", "notes": "x" * 100_000})
+    small = r.create("accounts", {"name": "small"})
+    async with client(r, relay.url, max_frame=64 * 1024) as c:
+        res = await sync(c)
+    assert (res.uploaded, res.rejected) == (1, 1)
+    rec = r.get("accounts", rid)
+    assert rec is not None and rec.status == "error" and rec.error is not None and "frame" in rec.error
+    got = r.get("accounts", small)
+    assert got is not None and got.status == "synced"
