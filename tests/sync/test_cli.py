@@ -25,3 +25,16 @@ def test_bad_schema_and_tokens_are_clear_errors(tmp_path: Path, capsys: pytest.C
     assert main(["relay", "--db", str(tmp_path / "r.db"), "--schema", "tests.sync.conftest:SCHEMA",
                  "--tokens", str(bad)]) == 2
     assert "needs a user" in capsys.readouterr().err
+
+
+def test_schema_from_json(tmp_path: Path) -> None:
+    import orjson
+
+    from crdtsync.relay.cli import load_schema
+
+    from .conftest import SCHEMA
+
+    path = tmp_path / "schema.json"
+    path.write_bytes(orjson.dumps(SCHEMA.to_dict()))
+    assert load_schema(str(path)) == SCHEMA
+    assert load_schema("tests.sync.conftest:SCHEMA") == SCHEMA

@@ -104,3 +104,19 @@ async def test_a_change_too_large_for_any_frame_is_kept_as_error(
     assert rec is not None and rec.status == "error" and rec.error is not None and "frame" in rec.error
     got = r.get("accounts", small)
     assert got is not None and got.status == "synced"
+
+
+async def test_a_connection_over_the_rate_limit_is_slowed_and_logged(
+        make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
+    relay = await make_relay(limits=Limits(rate=100.0, burst=2))
+    async with connect(relay.url) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("fast")
+        for i in range(8):
+            raw.conn.send(Push(i, ()))
+        await raw.flush()
+        acks: list[object] = []
+        while len(acks) < 8:
+            acks += await raw.next_events()
+    assert all(isinstance(a, Ack) for a in acks)  # slowed down, nothing dropped
+    assert any("over the rate limit" in r.getMessage() for r in caplog.records)

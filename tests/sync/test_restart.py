@@ -45,7 +45,8 @@ async def test_relay_restarted_mid_sync(make_relay: RelayFactory, make_replica: 
         result = await sync(ca)
         await asyncio.wait_for(restarted, BOUND)
     kinds = w.kinds()
-    assert "failed" in kinds and kinds.index("failed") < len(kinds) - 1 - kinds[::-1].index("completed")
+    assert "offline" in kinds and "failed" in kinds
+    assert kinds.index("failed") < len(kinds) - 1 - kinds[::-1].index("completed")  # failed, then completed
     assert result.uploaded < N  # the run that completed was the retry
     assert a.pending() == []
     async with client(b, relay.url) as cb:
