@@ -170,6 +170,7 @@ class SyncClient:
             raise self._fatal
         if self._closed.is_set():
             raise SyncError("client closed")
+        await self.start()
         fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
         self._enqueue(None if collections is None else frozenset(collections), fut)
         return await fut
@@ -316,10 +317,11 @@ class SyncClient:
             req.running = True
             try:
                 result = await self._run(session, req.collections)
-            except _Lost as e:
+            except _Lost as e:  # the request stays queued and runs again after reconnecting
                 req.running = False
+                session.fail(str(e))
                 self._emit(SyncStatus("failed", str(e), collections=_names(req.collections)))
-                raise
+                return
             except Exception as e:
                 req.running = False
                 self._emit(SyncStatus("failed", repr(e), collections=_names(req.collections)))
