@@ -322,6 +322,13 @@ class SyncClient:
                 session.fail(str(e))
                 self._emit(SyncStatus("failed", str(e), collections=_names(req.collections)))
                 return
+            except SyncError as e:  # refused for good (e.g. a sync unit the user may not read)
+                self._queue.popleft()
+                for f in req.futures:
+                    if not f.done():
+                        f.set_exception(e)
+                self._emit(SyncStatus("failed", str(e), collections=_names(req.collections)))
+                continue
             except Exception as e:
                 req.running = False
                 self._emit(SyncStatus("failed", repr(e), collections=_names(req.collections)))
@@ -334,6 +341,11 @@ class SyncClient:
 
     async def _run(self, session: _Session, collections: frozenset[str] | None) -> SyncResult:
         names = _names(collections)
+        assert session.welcome is not None
+        readable = session.welcome.read
+        refused = sorted(c for c in collections or () if readable != "*" and c not in readable)
+        if refused:
+            raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
         uploaded, rejected, held = await self._upload(session, collections)
         downloaded, conflicts, reset, cursor = await self._download(session, collections)

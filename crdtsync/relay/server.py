@@ -325,6 +325,11 @@ class _Session:
         elif isinstance(ev, Push):
             self._on_push(ev)
         elif isinstance(ev, Pull):
+            refused = [c for c in ev.collections or () if not self.grant.can_read(c)]
+            if refused:
+                log.warning("refused %s a pull of %s", self.device, refused)
+                self.conn.close(4403, f"user {self.grant.user!r} may not read {', '.join(map(repr, refused))}")
+                return
             self._pull_task = asyncio.create_task(self._serve_pull(ev))
         elif isinstance(ev, Bye):
             self._closing = (1000, "bye")

@@ -11,9 +11,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Replica
-from crdtsync.errors import AuthError, RecordBlocked
+from crdtsync.errors import AuthError, RecordBlocked, SyncError
 from crdtsync.model.record import RecordDoc
-from crdtsync.protocol import Ack, Change, Push
+from crdtsync.protocol import Ack, Bye, Change, Pull, Push
 from crdtsync.relay import Grant, Tokens, load_tokens
 
 from .conftest import BOUND, RawClient, RelayFactory, RelayHandle, client, sync
@@ -202,3 +202,23 @@ async def test_room_grants(make_relay: RelayFactory, grants: dict[str, Grant]) -
     assert code == 4403 and reason is not None and "may not join room 'private'" in reason
     assert grants["tok-rita"].can_join_room("lobby") and not grants["tok-rita"].can_write_room("lobby")
     assert grants["tok-alice"].can_write_room("anything")
+
+
+async def test_a_sync_unit_outside_the_grant_is_refused_with_a_reason(
+        make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay(grants)
+    a = make_replica("alice-phone")
+    async with client(a, relay.url, token="tok-alice") as c:
+        with pytest.raises(SyncError, match="may not read 'secrets'"):
+            await sync(c, ["secrets"])
+        await sync(c, ["contacts"])  # the client goes on
+    async with connect(relay.url, additional_headers={"Authorization": "Bearer tok-alice"}) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("alice-phone")
+        raw.conn.send(Pull(1, 0, None, ("accounts", "secrets")))
+        await raw.flush()
+        reason = "user 'alice' may not read 'secrets'"
+        assert await raw.next_events() == [Bye(4403, reason)]
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), BOUND)
+        assert ws.close_code == 4403 and ws.close_reason == reason
