@@ -355,9 +355,11 @@ class _Session:
         self.relay.submit(_Job(self.device, self.grant, ev.changes, done))
 
     async def _put(self, ev: Event) -> None:
+        """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
+        live frames go through the bounded queue. Live frames only start after the last page was sent."""
         self.conn.send(ev)
         for data in self.conn.data_to_send():
-            await self.out.put(data)
+            await self.ws.send(data)
 
     async def _serve_pull(self, ev: Pull) -> None:
         lg = self.relay.log
