@@ -335,6 +335,10 @@ class _Session:
             self._closing = (1000, "bye")
 
     def _on_hello(self, ev: Hello) -> None:
+        if "#" in ev.device or any(ord(ch) < 32 for ch in ev.device):
+            # "device#N" is the writer tag of a device's records after a discard: not a device id
+            self.conn.close(4400, "device ids are printable and contain no '#'")
+            return
         if not self.relay.log.bind_device(ev.device, self.grant.user):
             log.warning("refused device %r for user %r: it belongs to another user", ev.device, self.grant.user)
             self.conn.close(4403, f"device {ev.device!r} belongs to another user")
