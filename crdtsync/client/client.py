@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from ..errors import AuthError, MalformedUpdate, RemoteValidationError, SyncError
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
-from ..protocol.frames import MAX_FRAME
+from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..replica import PendingChange, Record, Replica
 from .backoff import Backoff
 from .status import SyncResult, SyncStatus
@@ -96,7 +96,7 @@ class SyncClient:
         self.url = url
         self.token = token
         self.interval = interval
-        self.batch_size = batch_size
+        self.batch_size = max(1, min(batch_size, MAX_PUSH))
         self.backoff = backoff or Backoff()
         self.max_frame = max_frame
         self.open_timeout = open_timeout

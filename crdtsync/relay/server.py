@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
-from ..protocol.frames import MAX_FRAME
+from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant, Tokens
@@ -49,7 +49,7 @@ class Limits:
     burst: int = 1000
     send_queue: int = 1024
     page_items: int = 500
-    group_changes: int = 2000
+    group_changes: int = 2000  # a write group stops growing here (plus at most one push of MAX_PUSH changes)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Relay:
         self.schema = schema
         self.tokens = tokens
         self.limits = limits
-        self.log = RelayLog(store, schema, keep=keep_log)
+        self.log = RelayLog(store, schema, keep=keep_log, cache_size=max(4096, limits.group_changes + MAX_PUSH + 1))
         self.sessions: set[_Session] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
