@@ -210,11 +210,15 @@ class RecordDoc:
                     self._log(name, op, enc, t)
                 elif f.merge == "text":
                     text = self.text(name)
-                    for start, end, insert in text_edits(str(text), value):
-                        if end > start:
-                            del text[start:end]
+                    old = str(text)
+                    # pycrdt indexes Text by UTF-8 byte offsets, not by code points
+                    for start, end, insert in text_edits(old, value):
+                        b_start = len(old[:start].encode("utf-8"))
+                        b_end = b_start + len(old[start:end].encode("utf-8"))
+                        if b_end > b_start:
+                            del text[b_start:b_end]
                         if insert:
-                            text.insert(start, insert)
+                            text.insert(b_start, insert)
                     self._put_slot(name, None, t, seen)
                     self._log(name, "text", value, t)
                 elif f.merge == "counter":
