@@ -1,0 +1,1 @@
+"""Sync protocol cores, sans I/O: bytes in, events and bytes out (see STYLE.md)."""

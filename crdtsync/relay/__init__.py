@@ -1,0 +1,1 @@
+"""The websocket relay and its parts."""
