@@ -349,6 +349,15 @@ class YjsRooms:
             except Exception:
                 log.exception("yjs room %r: compaction on unload failed (its updates stay stored)", room.name)
 
+    async def wait_idle(self) -> None:
+        """Wait until no connection is served and every room's updates are stored and unloaded."""
+        while self._serving or self._rooms:
+            await self._all_done.wait()
+            for room in list(self._rooms.values()):
+                await room.idle.wait()
+            if self._serving == 0 and self._rooms:
+                await asyncio.sleep(0)  # a room's unload (last connection's finally) is still running
+
     async def close(self) -> None:
         """Close every connection (1001, clients reconnect later), store what is pending, stop the worker."""
         self._closed = True

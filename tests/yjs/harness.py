@@ -172,7 +172,8 @@ class PyYClient:
         async def wait() -> None:
             async with self.changed:
                 await self.changed.wait_for(lambda: condition() or self.closed)
-            assert condition(), f"connection closed first: {self.ws and self.ws.close_code} {self.ws and self.ws.close_reason}"
+            ws = self.ws
+            assert condition(), f"connection closed first: {ws and ws.close_code} {ws and ws.close_reason}"
         await asyncio.wait_for(wait(), timeout)
 
     async def wait_synced(self, timeout: float = TIMEOUT) -> None:
