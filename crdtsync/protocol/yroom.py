@@ -39,6 +39,7 @@ from .ywebsocket import (
     AwarenessEntry,
     AwarenessMessage,
     QueryAwareness,
+    Reader,
     SyncMessage,
     awareness_message,
     decode_state_vector,
@@ -120,6 +121,11 @@ class YRoom:
     @staticmethod
     def check_update(update: bytes) -> None:
         """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update."""
+        # Yrs sizes a table by the update's first count before reading on: four bytes claiming 2**28
+        # clients cost a second and hundreds of MB. Each client takes at least 3 bytes, so refuse early.
+        clients = Reader(update, "update").var_uint()
+        if clients > len(update) // 3:
+            raise RemoteProtocolError(f"update claims {clients} clients in {len(update)} bytes")
         try:
             get_state(update)
         except BaseException as e:

@@ -351,12 +351,7 @@ class YjsRooms:
 
     async def wait_idle(self) -> None:
         """Wait until no connection is served and every room's updates are stored and unloaded."""
-        while self._serving or self._rooms:
-            await self._all_done.wait()
-            for room in list(self._rooms.values()):
-                await room.idle.wait()
-            if self._serving == 0 and self._rooms:
-                await asyncio.sleep(0)  # a room's unload (last connection's finally) is still running
+        await self._all_done.wait()  # set once the last serve() returned, after its room was stored
 
     async def close(self) -> None:
         """Close every connection (1001, clients reconnect later), store what is pending, stop the worker."""

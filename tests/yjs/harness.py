@@ -110,7 +110,10 @@ class PyYClient:
         await self.close()
 
     async def close(self) -> None:
+        """Send every local change still queued, then close (as WebsocketProvider's buffered socket does)."""
         if self.ws is not None:
+            if not self.closed and self._tasks and not self._tasks[1].done():
+                await asyncio.wait_for(self._out.join(), TIMEOUT)
             await self.ws.close()
         for t in self._tasks:
             t.cancel()
@@ -127,7 +130,11 @@ class PyYClient:
         assert self.ws is not None
         with contextlib.suppress(websockets.ConnectionClosed):
             while True:
-                await self.ws.send(await self._out.get())
+                frame = await self._out.get()
+                try:
+                    await self.ws.send(frame)
+                finally:
+                    self._out.task_done()
 
     async def _read(self) -> None:
         assert self.ws is not None
