@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from crdtsync.store.memory import MemoryStore
 from crdtsync.store.sqlite import SQLiteStore
 from tests.interop.nodeclient import NodeClient, node_missing
 from tests.yjs.harness import PyYClient, yjs_server
@@ -137,3 +138,11 @@ async def test_awareness_is_relayed_and_removed_when_a_client_leaves(tmp_path: P
             await b.command({"op": "awareness", "state": {"user": "bob"}})
             await a.wait(awareness_count=2)
         await a.wait(awareness_count=1)  # b's state went when b left
+
+
+async def test_room_name_as_the_provider_puts_it_in_the_url() -> None:
+    """WebsocketProvider appends the room name unencoded; the URL parser percent-encodes what it must."""
+    async with yjs_server(MemoryStore()) as srv, NodeClient(srv.url, "café/ü 1") as a:
+        assert (await a.expect("url"))["url"] == f"{srv.url}/café/ü 1?token=rw"
+        await a.synced()
+        assert srv.rooms.loaded_rooms() == ["café/ü 1"]

@@ -191,3 +191,19 @@ async def test_room_name_is_the_unquoted_path(path: str) -> None:
         async with websockets.connect(base + path.replace(" ", "%20").replace("é", "%C3%A9") + "?token=rw") as ws:
             await asyncio.wait_for(ws.recv(), 10)
             assert srv.rooms.loaded_rooms() == ["café room"]
+
+
+async def test_large_updates_pass_and_oversized_ones_close_the_sender() -> None:
+    """serve() lifts websockets' 1 MiB default to ``max_message``; beyond it the sender alone is closed."""
+    async with yjs_server(MemoryStore(), max_message=3 * 2**20) as srv, \
+            PyYClient(srv.room_url("big")) as a, PyYClient(srv.room_url("big")) as b:
+        await asyncio.gather(a.wait_synced(), b.wait_synced())
+        a.text.insert(0, "x" * (2 * 2**20))
+        await b.wait_until(lambda: len(str(b.text)) == 2 * 2**20)
+        b.text.insert(0, "y" * (4 * 2**20))
+        code, _ = await b.wait_closed()
+        assert code == 1009
+        a.map["still"] = "here"
+        async with PyYClient(srv.room_url("big")) as c:
+            await c.wait_until(lambda: "still" in c.map)
+            assert not str(c.text).startswith("y")
