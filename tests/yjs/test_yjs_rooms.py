@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,47 @@ async def test_large_updates_pass_and_oversized_ones_close_the_sender() -> None:
         async with PyYClient(srv.room_url("big")) as c:
             await c.wait_until(lambda: "still" in c.map)
             assert not str(c.text).startswith("y")
+
+
+async def _raw_ws_that_never_reads(url: str) -> socket.socket:
+    """A websocket opened by hand on a socket with a small receive buffer, which then reads nothing."""
+    host_port, path = url.removeprefix("ws://").split("/", 1)
+    host, port = host_port.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # no autotuning up to 32 MiB
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, (f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+                                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_closed_and_holds_nobody_up() -> None:
+    """Its queue fills, fan-out waits ``send_timeout``, then it is closed (1013) and the room moves on."""
+    chunk = 1 << 20
+    async with yjs_server(MemoryStore(), queue_size=2, send_timeout=0.5) as srv, \
+            PyYClient(srv.room_url("slow")) as writer, PyYClient(srv.room_url("slow")) as reader:
+        await asyncio.gather(writer.wait_synced(), reader.wait_synced())
+        stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
+        try:
+            for i in range(24):  # 24 MiB: far more than the socket buffers hold
+                writer.array.append("x" * chunk + str(i))
+            await reader.wait_until(lambda: len(reader.array) == 24, timeout=30)
+            # now read what the server had sent to the stalled client: it ends with a close frame
+            reason = b"client too slow to read; reconnect to resync"
+            close_frame = bytes([0x88, 2 + len(reason)]) + (1013).to_bytes(2, "big") + reason
+            data = bytearray()
+            loop = asyncio.get_running_loop()
+            while not data.endswith(close_frame):
+                more = await asyncio.wait_for(loop.sock_recv(stalled, 1 << 20), 10)
+                assert more, f"EOF without the close frame; got {len(data)} bytes"
+                data += more
+            assert len(data) < 20 * chunk  # it did not get everything: it was cut off, not waited for
+        finally:
+            stalled.close()
