@@ -1,1 +1,3 @@
-"""The websocket relay and its parts."""
+"""The websocket relay and its parts (``yjs``: plain Yjs rooms over the y-websocket protocol)."""
+
+__all__: list[str] = []
