@@ -55,6 +55,7 @@ __all__ = [
     "CLOSE_SERVER_ERROR",
     "CLOSE_TOO_SLOW",
     "EMPTY_UPDATE",
+    "MAX_READ_ONLY_CHECKS",
     "CloseRequest",
     "Outcome",
     "YRoom",
@@ -68,6 +69,11 @@ CLOSE_MALFORMED = 4400
 CLOSE_READ_ONLY = 4403
 
 EMPTY_UPDATE = b"\x00\x00"
+
+# A read-only WebsocketProvider sends one step 2 a connection (the answer to ours) and updates only when
+# it is edited, which is refused. Checking an update that brings no new items costs a copy of the room,
+# so a reader sending more than this many non-empty ones is closed rather than served.
+MAX_READ_ONLY_CHECKS = 8
 
 
 def _is_pycrdt_error(exc: BaseException) -> bool:
@@ -201,6 +207,7 @@ class YSession:
         self.controlled: set[int] = set()
         self.closed: CloseRequest | None = None
         self.received = 0
+        self.read_only_checks = 0
 
     def opening(self) -> list[bytes]:
         """The frames to send as soon as the connection is in the room."""
@@ -233,6 +240,10 @@ class YSession:
             if msg.payload == EMPTY_UPDATE:
                 return Outcome()
             if not self.can_write:
+                self.read_only_checks += 1
+                if self.read_only_checks > MAX_READ_ONLY_CHECKS:
+                    reason = "read-only: too many update messages"
+                    return self._fail(CLOSE_READ_ONLY, reason, RemoteProtocolError(reason))
                 if not self.room.is_news(msg.payload):
                     return Outcome()
                 reason = f"read-only: this token may read room {self.room.name!r} but not change it"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pycrdt import Decoder, Doc, Map, Text, write_var_uint
 
 from crdtsync.errors import RemoteProtocolError
-from crdtsync.protocol.yroom import CLOSE_MALFORMED, CLOSE_READ_ONLY, YRoom, YSession
+from crdtsync.protocol.yroom import CLOSE_MALFORMED, CLOSE_READ_ONLY, MAX_READ_ONLY_CHECKS, YRoom, YSession
 from crdtsync.protocol.ywebsocket import (
     MAX_SAFE_INT,
     MESSAGE_AWARENESS,
@@ -155,6 +155,17 @@ def test_read_only_session_refuses_changes_but_not_what_the_room_has() -> None:
     out = YSession(room, can_write=False).receive(sync_message(SYNC_UPDATE, d2.get_update()))
     assert out.close is not None and out.close.code == CLOSE_READ_ONLY
     assert "k" not in room.doc.get("m", type=Map)
+
+
+def test_read_only_session_that_keeps_sending_harmless_updates_is_closed() -> None:
+    w = _doc_with("abc")
+    del w.get("t", type=Text)[0:1]
+    room = YRoom("r", w.get_update())
+    ro = YSession(room, can_write=False)
+    for _ in range(MAX_READ_ONLY_CHECKS):
+        assert ro.receive(sync_message(SYNC_STEP2, w.get_update())).close is None
+    out = ro.receive(sync_message(SYNC_STEP2, w.get_update()))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY and "too many" in out.close.reason
 
 
 def test_awareness_rules_follow_y_protocols() -> None:
