@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
+from pycrdt import Array, Doc
 
 from crdtsync.store.memory import MemoryStore
 from crdtsync.store.sqlite import SQLiteStore
@@ -146,3 +148,23 @@ async def test_room_name_as_the_provider_puts_it_in_the_url() -> None:
         assert (await a.expect("url"))["url"] == f"{srv.url}/café/ü 1?token=rw"
         await a.synced()
         assert srv.rooms.loaded_rooms() == ["café/ü 1"]
+
+
+async def test_burst_from_a_node_client_reaches_every_reader_and_the_store(tmp_path: Path) -> None:
+    """2,000 updates in a tight loop, tiny server queues: live readers get all of them, none dropped."""
+    n = 2000
+    store = SQLiteStore(tmp_path / "relay.db", synchronous="NORMAL")
+    async with yjs_server(store, queue_size=4, max_pending=16) as srv, \
+            NodeClient(srv.url, "burst") as reader, PyYClient(srv.room_url("burst")) as py:
+        await asyncio.gather(reader.synced(), py.wait_synced())
+        async with NodeClient(srv.url, "burst") as writer:
+            await writer.synced()
+            await writer.command({"op": "burst", "n": n, "prefix": "b"})
+        await reader.wait(array_len=n, timeout=30)
+        await py.wait_until(lambda: len(py.array) == n, timeout=30)
+        assert (await reader.dump())["a"] == list(py.array) == [f"b{i}" for i in range(n)]
+    stored: Doc[Any] = Doc()
+    for _, update in store.load_range(("yjs", "burst")):
+        stored.apply_update(update)
+    assert len(stored.get("a", type=Array)) == n
+    store.close()
