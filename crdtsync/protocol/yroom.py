@@ -128,7 +128,7 @@ class YRoom:
     def check_update(update: bytes) -> None:
         """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update."""
         # Yrs sizes a table by the update's first count before reading on: four bytes claiming 2**28
-        # clients cost a second and hundreds of MB. Each client takes at least 3 bytes, so refuse early.
+        # clients cost over a second. Each client takes at least 3 bytes, so refuse such counts early.
         clients = Reader(update, "update").var_uint()
         if clients > len(update) // 3:
             raise RemoteProtocolError(f"update claims {clients} clients in {len(update)} bytes")
@@ -140,7 +140,7 @@ class YRoom:
             raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
 
     def is_news(self, update: bytes) -> bool:
-        """Whether applying ``update`` would change the document (it must decode)."""
+        """Whether applying ``update`` would change the document; ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
         mine = decode_state_vector(self.doc.get_state())
@@ -154,6 +154,10 @@ class YRoom:
         sub = scratch.observe(lambda _event: changed.append(True))
         try:
             scratch.apply_update(update)
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
         finally:
             scratch.unobserve(sub)
         return bool(changed)
