@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -56,40 +57,53 @@ def room_key(room: str, *rest: str | int) -> Key:
 
 
 class _Conn:
-    """One websocket with its bounded send queue and the task that drains it."""
+    """One websocket with its bounded send queue and the task that drains it.
+
+    Whoever queues a frame waits while the queue is full (backpressure); when the connection dies every
+    waiter is released at once, and one that waited ``send_timeout`` closes the connection instead.
+    """
 
     def __init__(self, ws: ServerConnection, queue_size: int, send_timeout: float) -> None:
         self.ws = ws
+        self.queue_size = queue_size
         self.send_timeout = send_timeout
-        self.queue: asyncio.Queue[bytes | CloseRequest] = asyncio.Queue(queue_size)
+        self.queue: deque[bytes | CloseRequest] = deque()
+        self.space = asyncio.Event()  # set when a frame left the queue, or the connection died
+        self.ready = asyncio.Event()  # set when the queue holds a frame
         self.dead = False
         self.closing: asyncio.Task[None] | None = None
         self.writer = asyncio.create_task(self._write())
 
     async def put(self, frame: bytes | CloseRequest) -> None:
         """Queue a frame; waits while the queue is full, and gives up on a client that stopped reading."""
-        if self.dead:
-            return
-        try:
-            self.queue.put_nowait(frame)
-            return
-        except asyncio.QueueFull:
-            pass
-        try:
-            await asyncio.wait_for(self.queue.put(frame), self.send_timeout)
-        except TimeoutError:
-            self.abandon(CloseRequest(CLOSE_TOO_SLOW, "client too slow to read; reconnect to resync"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.send_timeout
+        while len(self.queue) >= self.queue_size and not self.dead:
+            self.space.clear()
+            try:
+                await asyncio.wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self.abandon(CloseRequest(CLOSE_TOO_SLOW, "client too slow to read; reconnect to resync"))
+        if not self.dead:
+            self.queue.append(frame)
+            self.ready.set()
 
     def offer(self, frame: bytes) -> None:
         """Queue a frame if there is room (for ephemeral awareness removals sent while leaving)."""
-        if not self.dead:
-            with contextlib.suppress(asyncio.QueueFull):
-                self.queue.put_nowait(frame)
+        if not self.dead and len(self.queue) < self.queue_size:
+            self.queue.append(frame)
+            self.ready.set()
+
+    def die(self) -> None:
+        """Mark the connection gone: drop the queue and release everyone waiting to queue."""
+        self.dead = True
+        self.queue.clear()
+        self.space.set()
 
     def abandon(self, req: CloseRequest) -> None:
         """Close now, dropping whatever is queued: the client will reconnect and resync from the room."""
         if self.closing is None:
-            self.dead = True
+            self.die()
             self.writer.cancel()
             self.closing = asyncio.create_task(self.ws.close(req.code, req.reason))
 
@@ -104,7 +118,11 @@ class _Conn:
     async def _write(self) -> None:
         try:
             while True:
-                item = await self.queue.get()
+                while not self.queue:
+                    self.ready.clear()
+                    await self.ready.wait()
+                item = self.queue.popleft()
+                self.space.set()
                 if isinstance(item, CloseRequest):
                     await self.ws.close(item.code, item.reason)
                     return
@@ -112,9 +130,7 @@ class _Conn:
         except ConnectionClosed:
             pass
         finally:
-            self.dead = True
-            while not self.queue.empty():  # wake anyone waiting on a full queue
-                self.queue.get_nowait()
+            self.die()
 
 
 class _Room:
@@ -216,7 +232,7 @@ class YjsRooms:
         finally:
             room.conns.pop(conn, None)
             self._conns.discard(conn)
-            conn.dead = True
+            conn.die()
             if not conn.writer.done() and conn.closing is None:
                 conn.writer.cancel()
             for frame in session.leave():
