@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+from urllib.parse import unquote, urlsplit
 
 from pycrdt import merge_updates
 from websockets.asyncio.server import ServerConnection
@@ -45,10 +46,23 @@ from ..protocol.ywebsocket import SYNC_UPDATE, sync_message
 from ..store.base import Batch, ByteStore
 from ..store.keys import Key
 
-__all__ = ["YjsRooms", "room_key"]
+__all__ = ["YjsRooms", "room_from_path", "room_key"]
 
 log = logging.getLogger("crdtsync.relay.yjs")
 T = TypeVar("T")
+
+
+def room_from_path(path: str, prefix: str = "/yjs/") -> str | None:
+    """The room a y-websocket client asks for with the request path ``path``, or None if not under ``prefix``.
+
+    ``WebsocketProvider`` opens ``serverUrl + "/" + room + "?" + params`` without encoding the room
+    (the URL parser percent-encodes spaces and non-ASCII; apps encode ``?#%`` themselves), so the room is
+    the path after ``prefix``, without the query string, percent-decoded. An empty name is refused.
+    """
+    route = urlsplit(path).path
+    if not route.startswith(prefix) or len(route) == len(prefix):
+        return None
+    return unquote(route[len(prefix):])
 
 
 def room_key(room: str, *rest: str | int) -> Key:

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
@@ -32,7 +32,7 @@ from crdtsync.protocol.ywebsocket import (
     decode_awareness,
     sync_message,
 )
-from crdtsync.relay.yjs import YjsRooms
+from crdtsync.relay.yjs import YjsRooms, room_from_path
 from crdtsync.store.base import ByteStore
 
 __all__ = ["PyYClient", "YjsServer", "yjs_server"]
@@ -56,12 +56,11 @@ async def yjs_server(store: ByteStore, **options: Any) -> AsyncIterator[YjsServe
 
     async def handler(ws: ServerConnection) -> None:
         assert ws.request is not None
-        url = urlsplit(ws.request.path)
-        if not url.path.startswith("/yjs/") or len(url.path) == len("/yjs/"):
+        room = room_from_path(ws.request.path)
+        if room is None:
             await ws.close(4404, "no such path")
             return
-        room = unquote(url.path[len("/yjs/"):])
-        token = parse_qs(url.query).get("token", [""])[0]
+        token = parse_qs(urlsplit(ws.request.path).query).get("token", [""])[0]
         await rooms.serve(ws, room, can_write=token != "ro")
 
     try:

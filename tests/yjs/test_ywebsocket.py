@@ -32,6 +32,7 @@ from crdtsync.protocol.ywebsocket import (
     var_string,
     var_uint,
 )
+from crdtsync.relay.yjs import room_from_path
 
 
 @settings(derandomize=True, max_examples=300)
@@ -213,3 +214,15 @@ def test_awareness_message_layout_is_lib0s() -> None:
     data = awareness_message([AwarenessEntry(1, 2, '"é"')])
     assert data == bytes([MESSAGE_AWARENESS, 8, 1, 1, 2, 4]) + '"é"'.encode()
     assert decode_awareness(data[2:]) == (AwarenessEntry(1, 2, '"é"'),)
+
+
+@pytest.mark.parametrize(("path", "room"), [
+    ("/yjs/notes?token=a%20b", "notes"),
+    ("/yjs/caf%C3%A9/%C3%BC%201", "café/ü 1"),
+    ("/yjs/a%3Fb%23c%25?token=x", "a?b#c%"),
+    ("/yjs/", None),
+    ("/yjs", None),
+    ("/sync/notes", None),
+])
+def test_room_from_path_matches_how_websocketprovider_builds_urls(path: str, room: str | None) -> None:
+    assert room_from_path(path) == room
