@@ -2,7 +2,10 @@
 
 ``yjs_server`` is the one place that starts a server: a websockets server on 127.0.0.1, port 0, that
 routes ``/yjs/<room>?token=...`` to ``YjsRooms.serve`` (token ``ro`` is read-only, anything else may
-write). Once the real relay routes ``/yjs/`` itself, swap this function's body for the relay's.
+write). Once the real relay routes ``/yjs/`` itself, swap this function's body for the relay's: it must
+yield an object with ``url`` (``ws://127.0.0.1:PORT/yjs``), ``room_url(room, token)`` and ``rooms`` (the
+relay's ``YjsRooms``, built with ``**options``), with a tokens file holding a read-write token ``rw`` and
+a read-only token ``ro`` for every room.
 """
 
 from __future__ import annotations
