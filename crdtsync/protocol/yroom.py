@@ -1,0 +1,268 @@
+"""A y-websocket room and one connection's session in it, sans I/O: bytes in, an ``Outcome`` out.
+
+``YRoom`` holds a room's document (a pycrdt ``Doc``) and its awareness states. ``YSession`` is one
+websocket connection to that room: feed it each binary message with ``receive()`` and carry out the
+``Outcome`` it returns, in this order:
+
+1. send ``reply`` frames to this connection;
+2. send ``to_all`` frames (awareness) to every connection of the room, this one included: y-websocket
+   clients drop a connection that has received nothing for 30 s, and a lone client's own awareness
+   echo (renewed every 15 s) is what keeps it alive, exactly as with the reference server;
+3. store each of ``updates`` durably, then ``YRoom.apply()`` it and send ``sync_message(SYNC_UPDATE, u)``
+   to the room's other connections: the document only ever holds what is on disk;
+4. if ``close`` is set, send what is queued and close the connection with its code and reason.
+
+It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
+the current awareness states; it answers a client's step 1 with step 2; it relays awareness and drops a
+leaving connection's awareness states. It also answers query-awareness, which the reference ignores.
+
+A read-only session may read and may publish awareness (presence), but a step 2 or update that would
+change the document is refused: it is not applied, the client is told why (a y-protocols permission-denied
+message, which ``WebsocketProvider`` logs) and closed with code 4403. Updates that bring nothing new, like
+the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room, are fine.
+
+Close codes: 4400-4499 tell ``WebsocketProvider`` (y-websocket 3.1+) not to reconnect, which is right for
+a client that sends garbage or writes without permission; 1011 and 1013 make it reconnect and resync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycrdt import Doc, get_state
+
+from ..errors import RemoteProtocolError
+from .ywebsocket import (
+    SYNC_STEP1,
+    SYNC_STEP2,
+    AwarenessEntry,
+    AwarenessMessage,
+    QueryAwareness,
+    Reader,
+    SyncMessage,
+    awareness_message,
+    decode_state_vector,
+    parse_message,
+    permission_denied_message,
+    sync_message,
+)
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_MALFORMED",
+    "CLOSE_READ_ONLY",
+    "CLOSE_SERVER_ERROR",
+    "CLOSE_TOO_SLOW",
+    "EMPTY_UPDATE",
+    "MAX_READ_ONLY_CHECKS",
+    "CloseRequest",
+    "Outcome",
+    "YRoom",
+    "YSession",
+]
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_SERVER_ERROR = 1011
+CLOSE_TOO_SLOW = 1013
+CLOSE_MALFORMED = 4400
+CLOSE_READ_ONLY = 4403
+
+EMPTY_UPDATE = b"\x00\x00"
+
+# A read-only WebsocketProvider sends one step 2 a connection (the answer to ours) and updates only when
+# it is edited, which is refused. Checking an update that brings no new items costs a copy of the room,
+# so a reader sending more than this many non-empty ones is closed rather than served.
+MAX_READ_ONLY_CHECKS = 8
+
+
+def _is_pycrdt_error(exc: BaseException) -> bool:
+    """A Yrs error or panic: pyo3's ``PanicException`` derives from BaseException, not Exception."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    code: int
+    reason: str
+
+
+@dataclass
+class Outcome:
+    """What the shell must do after one message (see the module docstring for the order)."""
+
+    reply: list[bytes] = field(default_factory=list)
+    to_all: list[bytes] = field(default_factory=list)
+    updates: list[bytes] = field(default_factory=list)
+    close: CloseRequest | None = None
+    error: RemoteProtocolError | None = None
+
+
+class YRoom:
+    """A room's document and awareness. ``state`` is its stored state (one merged Yjs update)."""
+
+    def __init__(self, name: str, state: bytes | None = None) -> None:
+        self.name = name
+        self.doc: Doc[Any] = Doc()
+        if state:
+            self.doc.apply_update(state)
+        self.awareness: dict[int, AwarenessEntry] = {}
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def full_state(self) -> bytes:
+        return self.doc.get_update()
+
+    def diff(self, state_vector: bytes) -> bytes:
+        """What a peer at ``state_vector`` lacks (sync step 2); ``RemoteProtocolError`` if it is garbage."""
+        decode_state_vector(state_vector)
+        try:
+            return self.doc.get_update(state_vector)
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            raise RemoteProtocolError(f"state vector rejected by Yrs: {e}") from None
+
+    @staticmethod
+    def check_update(update: bytes) -> None:
+        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update."""
+        # Yrs sizes a table by the update's first count before reading on: four bytes claiming 2**28
+        # clients cost over a second. Each client takes at least 3 bytes, so refuse such counts early.
+        clients = Reader(update, "update").var_uint()
+        if clients > len(update) // 3:
+            raise RemoteProtocolError(f"update claims {clients} clients in {len(update)} bytes")
+        try:
+            get_state(update)
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
+
+    def is_news(self, update: bytes) -> bool:
+        """Whether applying ``update`` would change the document; ``RemoteProtocolError`` if Yrs refuses it."""
+        if update == EMPTY_UPDATE:
+            return False
+        mine = decode_state_vector(self.doc.get_state())
+        theirs = decode_state_vector(get_state(update))
+        if any(clock > mine.get(client, 0) for client, clock in theirs.items()):
+            return True
+        # Only deletions can be new: try them on a scratch copy, which costs a copy of the room.
+        scratch: Doc[Any] = Doc()
+        scratch.apply_update(self.doc.get_update())
+        changed: list[bool] = []
+        sub = scratch.observe(lambda _event: changed.append(True))
+        try:
+            scratch.apply_update(update)
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
+        finally:
+            scratch.unobserve(sub)
+        return bool(changed)
+
+    def apply(self, update: bytes) -> str | None:
+        """Apply a stored update; returns None, or why Yrs refused it (the document is then unchanged)."""
+        try:
+            self.doc.apply_update(update)
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            return f"Yrs refused an update: {e}"
+        return None
+
+    def awareness_states(self) -> list[AwarenessEntry]:
+        return [e for e in self.awareness.values() if not e.removed]
+
+    def apply_awareness(self, entries: tuple[AwarenessEntry, ...], controlled: set[int]) -> list[AwarenessEntry]:
+        """y-protocols' ``applyAwarenessUpdate`` rules; returns the entries that took effect."""
+        changed = []
+        for e in entries:
+            cur = self.awareness.get(e.client)
+            cur_clock = 0 if cur is None else cur.clock
+            if cur_clock < e.clock or (cur_clock == e.clock and e.removed and cur is not None and not cur.removed):
+                self.awareness[e.client] = e
+                changed.append(e)
+                if e.removed:
+                    controlled.discard(e.client)
+                else:
+                    controlled.add(e.client)
+        return changed
+
+    def remove_awareness(self, clients: set[int]) -> list[AwarenessEntry]:
+        """Drop the states of ``clients`` (a connection left); returns the removal entries to relay."""
+        out = []
+        for client in sorted(clients):
+            cur = self.awareness.get(client)
+            if cur is not None and not cur.removed:
+                gone = AwarenessEntry(client, cur.clock, "null")
+                self.awareness[client] = gone
+                out.append(gone)
+        return out
+
+
+class YSession:
+    """One connection to a room. ``closed`` is set once the session asked to close."""
+
+    def __init__(self, room: YRoom, *, can_write: bool) -> None:
+        self.room = room
+        self.can_write = can_write
+        self.controlled: set[int] = set()
+        self.closed: CloseRequest | None = None
+        self.received = 0
+        self.read_only_checks = 0
+
+    def opening(self) -> list[bytes]:
+        """The frames to send as soon as the connection is in the room."""
+        frames = [sync_message(SYNC_STEP1, self.room.state_vector())]
+        states = self.room.awareness_states()
+        if states:
+            frames.append(awareness_message(states))
+        return frames
+
+    def receive(self, data: bytes) -> Outcome:
+        """Handle one binary message. Never raises for peer garbage: that becomes ``close``/``error``."""
+        if self.closed is not None:
+            return Outcome()
+        self.received += 1
+        try:
+            return self._receive(data)
+        except RemoteProtocolError as e:
+            return self._fail(CLOSE_MALFORMED, f"malformed message: {e}", e)
+
+    def _fail(self, code: int, reason: str, error: RemoteProtocolError, reply: list[bytes] | None = None) -> Outcome:
+        self.closed = CloseRequest(code, reason)
+        return Outcome(reply=reply or [], close=self.closed, error=error)
+
+    def _receive(self, data: bytes) -> Outcome:
+        msg = parse_message(data)
+        if isinstance(msg, SyncMessage):
+            if msg.step == SYNC_STEP1:
+                return Outcome(reply=[sync_message(SYNC_STEP2, self.room.diff(msg.payload))])
+            self.room.check_update(msg.payload)
+            if msg.payload == EMPTY_UPDATE:
+                return Outcome()
+            if not self.can_write:
+                self.read_only_checks += 1
+                if self.read_only_checks > MAX_READ_ONLY_CHECKS:
+                    reason = "read-only: too many update messages"
+                    return self._fail(CLOSE_READ_ONLY, reason, RemoteProtocolError(reason))
+                if not self.room.is_news(msg.payload):
+                    return Outcome()
+                reason = f"read-only: this token may read room {self.room.name!r} but not change it"
+                return self._fail(CLOSE_READ_ONLY, reason, RemoteProtocolError(f"{reason} ({msg.name} refused)"),
+                                  reply=[permission_denied_message(reason)])
+            return Outcome(updates=[msg.payload])
+        if isinstance(msg, AwarenessMessage):
+            changed = self.room.apply_awareness(msg.entries, self.controlled)
+            return Outcome(to_all=[awareness_message(changed)] if changed else [])
+        assert isinstance(msg, QueryAwareness)
+        states = self.room.awareness_states()
+        return Outcome(reply=[awareness_message(states)] if states else [])
+
+    def leave(self) -> list[bytes]:
+        """Frames for the room's other connections when this one goes: its awareness states removed."""
+        gone = self.room.remove_awareness(self.controlled)
+        self.controlled.clear()
+        return [awareness_message(gone)] if gone else []

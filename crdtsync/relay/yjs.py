@@ -1,0 +1,397 @@
+"""Plain Yjs rooms over websockets: the y-websocket protocol, served from a byte store.
+
+The relay routes ``/yjs/<room>`` here: ``await rooms.serve(ws, room, can_write=...)`` runs one connection
+until it closes. The protocol logic lives in ``crdtsync.protocol.yroom`` (no I/O); this module is the
+asyncio shell around it, and it owns three policies:
+
+- **Durable before visible.** An update from a client is committed to the store, then applied to the
+  room's document and sent to the others. Commits are batched per room: while one is on disk, the next
+  updates gather and go in one transaction. Store calls run on one worker thread, never on the event loop,
+  and in submission order.
+- **Backpressure, never drops.** Each connection has a bounded send queue; a full queue makes whoever sends
+  to it wait, and a room admits at most ``max_pending`` (count and bytes) updates in flight, after which it
+  stops reading from its clients. A client that has not read for ``send_timeout`` seconds is closed (code
+  1013, "reconnect"): a Yjs client that reconnects resyncs the whole document, so nothing is lost.
+- **Lazy rooms, compaction.** A room is loaded on its first connection (concurrent first connections share
+  one load) and unloaded after its last leaves, once its updates are stored. Layout under the store:
+  ``("yjs", room, "s")`` the snapshot, one merged Yjs update; ``("yjs", room, "u", n)`` updates since.
+  Once ``compact_after`` updates pile up, and when the room unloads, they are folded into the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from pycrdt import merge_updates
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from ..protocol.yroom import (
+    CLOSE_GOING_AWAY,
+    CLOSE_MALFORMED,
+    CLOSE_SERVER_ERROR,
+    CLOSE_TOO_SLOW,
+    CloseRequest,
+    YRoom,
+    YSession,
+)
+from ..protocol.ywebsocket import SYNC_UPDATE, sync_message
+from ..store.base import Batch, ByteStore
+from ..store.keys import Key
+
+__all__ = ["YjsRooms", "room_from_path", "room_key"]
+
+log = logging.getLogger("crdtsync.relay.yjs")
+T = TypeVar("T")
+
+
+def room_from_path(path: str, prefix: str = "/yjs/") -> str | None:
+    """The room a y-websocket client asks for with the request path ``path``, or None if not under ``prefix``.
+
+    ``WebsocketProvider`` opens ``serverUrl + "/" + room + "?" + params`` without encoding the room
+    (the URL parser percent-encodes spaces and non-ASCII; apps encode ``?#%`` themselves), so the room is
+    the path after ``prefix``, without the query string, percent-decoded. An empty name is refused.
+    """
+    route = urlsplit(path).path
+    if not route.startswith(prefix) or len(route) == len(prefix):
+        return None
+    return unquote(route[len(prefix):])
+
+
+def room_key(room: str, *rest: str | int) -> Key:
+    """The store key of a room's data: ``("yjs", room, "s")`` or ``("yjs", room, "u", n)``."""
+    return ("yjs", room, *rest)
+
+
+class _Conn:
+    """One websocket with its bounded send queue and the task that drains it.
+
+    Whoever queues a frame waits while the queue is full (backpressure); when the connection dies every
+    waiter is released at once, and one that waited ``send_timeout`` closes the connection instead.
+    """
+
+    def __init__(self, ws: ServerConnection, queue_size: int, send_timeout: float) -> None:
+        self.ws = ws
+        self.queue_size = queue_size
+        self.send_timeout = send_timeout
+        self.queue: deque[bytes | CloseRequest] = deque()
+        self.space = asyncio.Event()  # set when a frame left the queue, or the connection died
+        self.ready = asyncio.Event()  # set when the queue holds a frame
+        self.dead = False
+        self.closing: asyncio.Task[None] | None = None
+        self.writer = asyncio.create_task(self._write())
+
+    async def put(self, frame: bytes | CloseRequest) -> None:
+        """Queue a frame; waits while the queue is full, and gives up on a client that stopped reading."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.send_timeout
+        while len(self.queue) >= self.queue_size and not self.dead:
+            self.space.clear()
+            try:
+                await asyncio.wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self.abandon(CloseRequest(CLOSE_TOO_SLOW, "client too slow to read; reconnect to resync"))
+        if not self.dead:
+            self.queue.append(frame)
+            self.ready.set()
+
+    def offer(self, frame: bytes) -> None:
+        """Queue a frame if there is room (for ephemeral awareness removals sent while leaving)."""
+        if not self.dead and len(self.queue) < self.queue_size:
+            self.queue.append(frame)
+            self.ready.set()
+
+    def die(self) -> None:
+        """Mark the connection gone: drop the queue and release everyone waiting to queue."""
+        self.dead = True
+        self.queue.clear()
+        self.space.set()
+
+    def abandon(self, req: CloseRequest) -> None:
+        """Close now, dropping whatever is queued: the client will reconnect and resync from the room."""
+        if self.closing is None:
+            self.die()
+            self.writer.cancel()
+            self.closing = asyncio.create_task(self.ws.close(req.code, req.reason))
+
+    async def close_after_queue(self, req: CloseRequest) -> None:
+        """Send what is queued, then close with ``req``."""
+        await self.put(req)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self.writer), self.send_timeout)
+        if not self.writer.done():
+            self.abandon(req)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                while not self.queue:
+                    self.ready.clear()
+                    await self.ready.wait()
+                item = self.queue.popleft()
+                self.space.set()
+                if isinstance(item, CloseRequest):
+                    await self.ws.close(item.code, item.reason)
+                    return
+                await self.ws.send(item)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.die()
+
+
+class _Room:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state: YRoom | None = None
+        self.loading: asyncio.Future[None] | None = None
+        self.conns: dict[_Conn, None] = {}
+        self.refs = 0
+        self.pending: list[tuple[bytes, _Conn | None]] = []
+        self.inflight = 0
+        self.inflight_bytes = 0
+        self.room_for_more = asyncio.Condition()
+        self.flusher: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.stored = 0
+        self.next_n = 0
+
+
+class YjsRooms:
+    """Serves y-websocket rooms kept in ``store``; see the module docstring for the policies."""
+
+    def __init__(self, store: ByteStore, *, max_message: int = 16 * 2**20, queue_size: int = 64,
+                 send_timeout: float = 30.0, max_pending: int = 256, max_pending_bytes: int = 32 * 2**20,
+                 compact_after: int = 200) -> None:
+        self.store = store
+        self.max_message = max_message
+        self.queue_size = queue_size
+        self.send_timeout = send_timeout
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.compact_after = compact_after
+        self._rooms: dict[str, _Room] = {}
+        self._conns: set[_Conn] = set()
+        self._serving = 0
+        self._all_done = asyncio.Event()
+        self._all_done.set()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdtsync-yjs-store")
+
+    def loaded_rooms(self) -> list[str]:
+        """Names of the rooms held in memory (the rooms with connections, or still being stored)."""
+        return sorted(self._rooms)
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- one connection ---------------------------------------------------------------------------------
+
+    async def serve(self, ws: ServerConnection, room: str, *, can_write: bool) -> None:
+        """Run the y-websocket protocol on ``ws`` for ``room`` until the connection closes."""
+        if self._closed:
+            await ws.close(CLOSE_GOING_AWAY, "the relay is shutting down")
+            return
+        ws.protocol.max_message_size = self.max_message
+        self._serving += 1
+        self._all_done.clear()
+        try:
+            await self._serve(ws, room, can_write)
+        finally:
+            self._serving -= 1
+            if self._serving == 0:
+                self._all_done.set()
+
+    async def _serve(self, ws: ServerConnection, name: str, can_write: bool) -> None:
+        try:
+            room = await self._enter(name)
+        except Exception:
+            log.exception("yjs room %r could not be loaded", name)
+            await ws.close(CLOSE_SERVER_ERROR, "the room could not be loaded")
+            return
+        assert room.state is not None
+        conn = _Conn(ws, self.queue_size, self.send_timeout)
+        session = YSession(room.state, can_write=can_write)
+        room.conns[conn] = None
+        self._conns.add(conn)
+        try:
+            for frame in session.opening():
+                await conn.put(frame)
+            async for data in ws:
+                if isinstance(data, str):
+                    await conn.close_after_queue(CloseRequest(CLOSE_MALFORMED, "text frame: y-websocket is binary"))
+                    break
+                out = session.receive(data)
+                for frame in out.reply:
+                    await conn.put(frame)
+                for frame in out.to_all:
+                    for other in list(room.conns):
+                        await other.put(frame)
+                for update in out.updates:
+                    await self._submit(room, update, conn)
+                if out.close is not None:
+                    log.info("yjs room %r: closing a connection: %s", name, out.close.reason)
+                    await conn.close_after_queue(out.close)
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            room.conns.pop(conn, None)
+            self._conns.discard(conn)
+            conn.die()
+            if not conn.writer.done() and conn.closing is None:
+                conn.writer.cancel()
+            for frame in session.leave():
+                for other in list(room.conns):
+                    other.offer(frame)
+            await self._leave(room)
+
+    # -- rooms: load, store, unload ---------------------------------------------------------------------
+
+    async def _enter(self, name: str) -> _Room:
+        room = self._rooms.get(name)
+        if room is None:
+            room = _Room(name)
+            self._rooms[name] = room
+            room.loading = asyncio.ensure_future(self._load(room))
+            room.loading.add_done_callback(lambda f: f.cancelled() or f.exception())
+        room.refs += 1
+        assert room.loading is not None
+        try:
+            await asyncio.shield(room.loading)
+        except BaseException:
+            room.refs -= 1
+            raise
+        return room
+
+    async def _load(self, room: _Room) -> None:
+        def read() -> tuple[list[bytes], bytes | None, int, int]:
+            snap = self.store.load(room_key(room.name, "s"))
+            ups = self.store.load_range(room_key(room.name, "u"))
+            parts = ([snap] if snap is not None else []) + [v for _, v in ups]
+            merged: bytes | None = None
+            if len(parts) == 1:
+                merged = parts[0]
+            elif parts:
+                try:
+                    merged = merge_updates(*parts)
+                except Exception:  # a stored update Yrs cannot read: fall back to one by one
+                    merged = None
+            next_n = int(ups[-1][0][-1]) + 1 if ups else 0
+            return parts, merged, len(ups), next_n
+
+        try:
+            parts, merged, room.stored, room.next_n = await self._io(read)
+            state = YRoom(room.name)
+            if merged is None or state.apply(merged) is not None:
+                for i, part in enumerate(parts):
+                    err = state.apply(part)
+                    if err is not None:
+                        log.error("yjs room %r: stored part %d skipped: %s", room.name, i, err)
+            room.state = state
+        except BaseException:
+            if self._rooms.get(room.name) is room:
+                del self._rooms[room.name]
+            raise
+
+    async def _submit(self, room: _Room, update: bytes, sender: _Conn) -> None:
+        """Queue an update for the next commit; waits while the room has too much in flight."""
+        async with room.room_for_more:
+            await room.room_for_more.wait_for(
+                lambda: room.inflight == 0 or (room.inflight < self.max_pending
+                                               and room.inflight_bytes + len(update) <= self.max_pending_bytes))
+            room.inflight += 1
+            room.inflight_bytes += len(update)
+        room.pending.append((update, sender))
+        room.idle.clear()
+        if room.flusher is None:
+            room.flusher = asyncio.create_task(self._flush(room))
+
+    async def _done(self, room: _Room, nbytes: int) -> None:
+        async with room.room_for_more:
+            room.inflight -= 1
+            room.inflight_bytes -= nbytes
+            room.room_for_more.notify_all()
+
+    async def _flush(self, room: _Room) -> None:
+        """Commit pending updates in batches; after each commit, apply them and fan them out."""
+        assert room.state is not None
+        try:
+            while room.pending:
+                items, room.pending = room.pending, []
+                batch = Batch()
+                compact = room.stored >= self.compact_after
+                if compact:
+                    batch.save(room_key(room.name, "s"), room.state.full_state())
+                    batch.remove_range(room_key(room.name, "u"))
+                for update, _ in items:
+                    batch.save(room_key(room.name, "u", room.next_n), update)
+                    room.next_n += 1
+                try:
+                    await self._io(self.store.commit, batch)
+                except Exception:
+                    log.exception("yjs room %r: storing %d updates failed", room.name, len(items))
+                    for update, sender in items:
+                        if sender is not None:
+                            sender.abandon(CloseRequest(CLOSE_SERVER_ERROR,
+                                                        "the relay could not store an update; reconnect to retry"))
+                        await self._done(room, len(update))
+                    continue
+                room.stored = (0 if compact else room.stored) + len(items)
+                for update, sender in items:
+                    err = room.state.apply(update)
+                    if err is not None:
+                        log.error("yjs room %r: %s", room.name, err)
+                    else:
+                        frame = sync_message(SYNC_UPDATE, update)
+                        for other in list(room.conns):
+                            if other is not sender:
+                                await other.put(frame)
+                    await self._done(room, len(update))
+        finally:
+            room.flusher = None
+            if room.pending:  # cancelled mid-way: nothing more will run; do not leave waiters hanging
+                room.pending.clear()
+            room.idle.set()
+
+    async def _leave(self, room: _Room) -> None:
+        room.refs -= 1
+        if room.refs > 0:
+            return
+        await room.idle.wait()
+        if room.refs > 0 or self._rooms.get(room.name) is not room:
+            return
+        del self._rooms[room.name]
+        if room.state is not None and room.stored > 0:
+            batch = Batch()
+            batch.save(room_key(room.name, "s"), room.state.full_state())
+            batch.remove_range(room_key(room.name, "u"))
+            try:
+                await self._io(self.store.commit, batch)  # queued before any later load of this room
+            except Exception:
+                log.exception("yjs room %r: compaction on unload failed (its updates stay stored)", room.name)
+
+    async def wait_idle(self) -> None:
+        """Wait until no connection is served and every room's updates are stored and unloaded."""
+        await self._all_done.wait()  # set once the last serve() returned, after its room was stored
+
+    async def close(self) -> None:
+        """Close every connection (1001, clients reconnect later), store what is pending, stop the worker."""
+        self._closed = True
+        for conn in list(self._conns):
+            conn.abandon(CloseRequest(CLOSE_GOING_AWAY, "the relay is shutting down"))
+        closing = [c.closing for c in self._conns if c.closing is not None]
+        if closing:
+            await asyncio.gather(*closing, return_exceptions=True)
+        await self._all_done.wait()
+        for room in list(self._rooms.values()):
+            await room.idle.wait()
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)

@@ -1,0 +1,170 @@
+"""Interop: real Node Yjs clients (y-websocket's WebsocketProvider) against the Yjs rooms.
+
+Skipped, with the reason, when node or tests/interop/node_modules is missing (.ci/run runs ``npm ci``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from pycrdt import Array, Doc
+
+from crdtsync.store.memory import MemoryStore
+from crdtsync.store.sqlite import SQLiteStore
+from tests.interop.nodeclient import NodeClient, node_missing
+from tests.yjs.harness import PyYClient, yjs_server
+
+pytestmark = pytest.mark.skipif(node_missing() is not None, reason=str(node_missing()))
+
+
+async def test_node_and_python_clients_edit_concurrently_and_converge(tmp_path: Path) -> None:
+    async with yjs_server(SQLiteStore(tmp_path / "relay.db")) as srv, \
+            NodeClient(srv.url, "shared") as n1, NodeClient(srv.url, "shared") as n2, \
+            PyYClient(srv.room_url("shared")) as py:
+        url = await n1.expect("url")
+        assert url["url"] == f"{srv.url}/shared?token=rw"
+        await asyncio.gather(n1.synced(), n2.synced(), py.wait_synced())
+        # concurrent edits: nobody waits for anyone before writing
+        await asyncio.gather(
+            n1.command({"op": "set", "key": "n1", "value": "één"}),
+            n1.command({"op": "insert", "index": 0, "text": "[n1 ✓]"}),
+            n1.command({"op": "burst", "n": 50, "prefix": "n1-"}),
+            n2.command({"op": "set", "key": "n2", "value": "deux"}),
+            n2.command({"op": "insert", "index": 0, "text": "[n2 ü]"}),
+            n2.command({"op": "burst", "n": 50, "prefix": "n2-"}),
+        )
+        py.map["py"] = "trois 🐍"
+        py.text.insert(0, "[py ß]")
+        for i in range(50):
+            py.array.append(f"py-{i}")
+        want = {"map_keys": ["n1", "n2", "py"], "array_len": 150, "text_includes": ["[n1 ✓]", "[n2 ü]", "[py ß]"]}
+        await asyncio.gather(n1.wait(**want), n2.wait(**want))
+        await py.wait_until(lambda: len(py.array) == 150 and {"n1", "n2"} <= set(py.map.keys())
+                            and all(s in str(py.text) for s in want["text_includes"]))
+        d1, d2 = await n1.dump(), await n2.dump()
+        assert d1 == d2 == py.content()
+        assert d1["m"] == {"n1": "één", "n2": "deux", "py": "trois 🐍"}
+        assert sorted(d1["a"]) == sorted([f"{p}-{i}" for p in ("n1", "n2", "py") for i in range(50)])
+        assert not n1.saw("connection-close") and not n2.saw("connection-close")
+
+
+async def test_late_client_loads_stored_state_also_after_restart(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = SQLiteStore(db)
+    async with yjs_server(store) as srv:
+        async with NodeClient(srv.url, "notes") as a, NodeClient(srv.url, "notes") as b:
+            await asyncio.gather(a.synced(), b.synced())
+            await a.command({"op": "set", "key": "a", "value": "1"})
+            await b.command({"op": "insert", "index": 0, "text": "hello"})
+            await asyncio.gather(a.wait(map_keys=["a"], text_includes=["hello"]),
+                                 b.wait(map_keys=["a"], text_includes=["hello"]))
+            before = await a.dump()
+        # A writer that leaves at once after a burst (pycrdt-websocket stored 15 of 2,000 here).
+        async with NodeClient(srv.url, "notes") as quick:
+            await quick.synced()
+            await quick.command({"op": "burst", "n": 500, "prefix": "q"})
+        await srv.rooms.wait_idle()
+        assert srv.rooms.loaded_rooms() == []
+        async with NodeClient(srv.url, "notes") as late:
+            await late.synced()
+            later = await late.dump()
+        assert later["m"] == before["m"] and later["t"] == before["t"] == "hello"
+        assert later["a"] == [f"q{i}" for i in range(500)]
+    store.close()
+    store2 = SQLiteStore(db)
+    assert store2.load(("yjs", "notes", "s")) is not None  # compacted when the room unloaded
+    async with yjs_server(store2) as srv2, NodeClient(srv2.url, "notes") as again:
+        await again.synced()
+        assert await again.dump() == later
+    store2.close()
+
+
+async def test_read_only_token_reads_but_cannot_write(tmp_path: Path) -> None:
+    async with yjs_server(SQLiteStore(tmp_path / "relay.db")) as srv:
+        async with NodeClient(srv.url, "ro-room", "rw") as writer, NodeClient(srv.url, "ro-room", "ro") as reader:
+            await asyncio.gather(writer.synced(), reader.synced())
+            await writer.command({"op": "set", "key": "w", "value": "by writer"})
+            await reader.wait(map_keys=["w"])  # reads the room and its live updates
+            await reader.command({"op": "set", "key": "ro", "value": "sneaky"})
+            denied = await reader.expect("denied")  # logged by WebsocketProvider as "Permission denied"
+            assert "read-only" in denied["reason"]
+            closed = await reader.expect("closed")  # WebsocketProvider gave up: no reconnect loop
+            assert closed["code"] == 4403 and "read-only" in closed["reason"]
+            await writer.command({"op": "set", "key": "w2", "value": "still fine"})
+            doc = await writer.dump()
+            assert "ro" not in doc["m"] and not writer.saw("connection-close")
+        await srv.rooms.wait_idle()
+        async with NodeClient(srv.url, "ro-room") as late:
+            await late.synced()
+            assert (await late.dump())["m"] == {"w": "by writer", "w2": "still fine"}  # not persisted
+
+
+GARBAGE: list[bytes | str] = [
+    b"\xff\xff\xff",                         # truncated varuint
+    b"\x07",                                 # unknown message kind
+    b"\x00\x09\x00",                         # unknown sync step
+    b"\x00\x02\x05\x01\x02\x03\x04\x05",     # update that is not a Yjs update
+    b"\x00\x00\x10\x01",                     # step 1 whose payload is cut short
+    b"\x01\x0a\x01\x01\x01\x07{broken",      # awareness state that is not JSON
+    b"\x00\x00\x01\x00\x00",                 # step 1 with a trailing byte
+    "a text frame",
+]
+
+
+async def test_malformed_messages_close_only_that_connection(tmp_path: Path) -> None:
+    async with yjs_server(SQLiteStore(tmp_path / "relay.db")) as srv, \
+            NodeClient(srv.url, "room") as a, NodeClient(srv.url, "room") as b:
+        await asyncio.gather(a.synced(), b.synced())
+        for i, garbage in enumerate(GARBAGE):
+            async with websockets.connect(srv.room_url("room")) as bad:
+                await bad.send(garbage)
+                with pytest.raises(websockets.ConnectionClosed):
+                    while True:
+                        await asyncio.wait_for(bad.recv(), 10)
+                assert bad.close_code == 4400, garbage
+                assert bad.close_reason and ("malformed" in bad.close_reason or "text frame" in bad.close_reason)
+            await a.command({"op": "set", "key": f"after{i}", "value": "ok"})
+            await b.wait(map_keys=[f"after{i}"])
+        assert not a.saw("connection-close") and not b.saw("connection-close")
+
+
+async def test_awareness_is_relayed_and_removed_when_a_client_leaves(tmp_path: Path) -> None:
+    async with yjs_server(SQLiteStore(tmp_path / "relay.db")) as srv, NodeClient(srv.url, "aw") as a:
+        await a.synced()
+        async with NodeClient(srv.url, "aw") as b:
+            await b.synced()
+            await b.command({"op": "awareness", "state": {"user": "bob"}})
+            await a.wait(awareness_count=2)
+        await a.wait(awareness_count=1)  # b's state went when b left
+
+
+async def test_room_name_as_the_provider_puts_it_in_the_url() -> None:
+    """WebsocketProvider appends the room name unencoded; the URL parser percent-encodes what it must."""
+    async with yjs_server(MemoryStore()) as srv, NodeClient(srv.url, "café/ü 1") as a:
+        assert (await a.expect("url"))["url"] == f"{srv.url}/café/ü 1?token=rw"
+        await a.synced()
+        assert srv.rooms.loaded_rooms() == ["café/ü 1"]
+
+
+async def test_burst_from_a_node_client_reaches_every_reader_and_the_store(tmp_path: Path) -> None:
+    """2,000 updates in a tight loop, tiny server queues: live readers get all of them, none dropped."""
+    n = 2000
+    store = SQLiteStore(tmp_path / "relay.db", synchronous="NORMAL")
+    async with yjs_server(store, queue_size=4, max_pending=16) as srv, \
+            NodeClient(srv.url, "burst") as reader, PyYClient(srv.room_url("burst")) as py:
+        await asyncio.gather(reader.synced(), py.wait_synced())
+        async with NodeClient(srv.url, "burst") as writer:
+            await writer.synced()
+            await writer.command({"op": "burst", "n": n, "prefix": "b"})
+        await reader.wait(array_len=n, timeout=30)
+        await py.wait_until(lambda: len(py.array) == n, timeout=30)
+        assert (await reader.dump())["a"] == list(py.array) == [f"b{i}" for i in range(n)]
+    stored: Doc[Any] = Doc()
+    for _, update in store.load_range(("yjs", "burst")):
+        stored.apply_update(update)
+    assert len(stored.get("a", type=Array)) == n
+    store.close()

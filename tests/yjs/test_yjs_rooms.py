@@ -1,0 +1,254 @@
+"""YjsRooms over real websockets on 127.0.0.1 with Python y-websocket clients (pycrdt docs)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+import websockets
+from pycrdt import Doc, Text
+
+from crdtsync.protocol.ywebsocket import (
+    MESSAGE_AWARENESS,
+    Reader,
+    decode_awareness,
+    query_awareness_message,
+)
+from crdtsync.store.base import Batch
+from crdtsync.store.memory import MemoryStore
+from crdtsync.store.sqlite import SQLiteStore
+from tests.yjs.harness import PyYClient, yjs_server
+
+
+def stored_keys(store: MemoryStore | SQLiteStore, room: str) -> list[tuple[str | int, ...]]:
+    return [k for k, _ in store.load_range(("yjs", room))]
+
+
+async def test_two_clients_converge(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    async with yjs_server(store) as srv, PyYClient(srv.room_url("r1")) as a, PyYClient(srv.room_url("r1")) as b:
+        await a.wait_synced()
+        await b.wait_synced()
+        a.map["x"] = "from a"
+        b.map["y"] = "from b"
+        await a.wait_until(lambda: "y" in a.map)
+        await b.wait_until(lambda: "x" in b.map)
+        assert a.content() == b.content() == {"m": {"x": "from a", "y": "from b"}, "a": [], "t": ""}
+    store.close()
+
+
+async def test_many_clients_opening_a_new_room_at_once_all_sync(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    store.save(("yjs", "busy", "u", 0), _text_update("stored before"))
+    async with yjs_server(store) as srv:
+        clients = [PyYClient(srv.room_url("busy")) for _ in range(12)]
+        await asyncio.gather(*(c.__aenter__() for c in clients))
+        try:
+            await asyncio.gather(*(c.wait_synced() for c in clients))
+            assert all(str(c.text) == "stored before" for c in clients)
+            assert srv.rooms.loaded_rooms() == ["busy"]
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+    store.close()
+
+
+def _text_update(s: str) -> bytes:
+    d: Doc[Text] = Doc()
+    d.get("t", type=Text).insert(0, s)
+    return d.get_update()
+
+
+async def test_burst_is_neither_dropped_nor_lost_when_the_writer_leaves_at_once(tmp_path: Path) -> None:
+    """Tiny queues and in-flight limits: a burst of 2,000 updates must slow down, not drop."""
+    store = SQLiteStore(tmp_path / "relay.db", synchronous="NORMAL")
+    n = 2000
+    async with yjs_server(store, queue_size=2, max_pending=8, compact_after=300) as srv:
+        async with PyYClient(srv.room_url("burst")) as reader:
+            await reader.wait_synced()
+            async with PyYClient(srv.room_url("burst")) as writer:
+                await writer.wait_synced()
+                for i in range(n):
+                    writer.array.append(i)  # one transaction, so one update message, each
+            await reader.wait_until(lambda: len(reader.array) == n, timeout=30)
+            assert list(reader.array) == list(range(n))
+        await srv.rooms.wait_idle()
+        assert srv.rooms.loaded_rooms() == []
+        assert stored_keys(store, "burst") == [("yjs", "burst", "s")]  # compacted into one snapshot
+        async with PyYClient(srv.room_url("burst")) as late:
+            await late.wait_synced()
+            assert list(late.array) == list(range(n))
+    store.close()
+
+
+async def test_room_state_survives_a_restart_on_the_same_file(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = SQLiteStore(db)
+    async with yjs_server(store, compact_after=5) as srv, PyYClient(srv.room_url("doc")) as a:
+        await a.wait_synced()
+        for i in range(12):
+            a.map[f"k{i}"] = f"v{i}"
+        async with PyYClient(srv.room_url("doc")) as b:
+            await b.wait_until(lambda: len(b.map) == 12)
+        keys = stored_keys(store, "doc")
+        assert ("yjs", "doc", "s") in keys and len(keys) <= 1 + 5 + 2  # compaction ran while serving
+    store.close()
+    store2 = SQLiteStore(db)
+    async with yjs_server(store2) as srv2, PyYClient(srv2.room_url("doc")) as c:
+        await c.wait_synced()
+        assert dict(c.map) == {f"k{i}": f"v{i}" for i in range(12)}
+    store2.close()
+
+
+async def test_read_only_reconnect_with_known_deletions_is_accepted_new_ones_refused() -> None:
+    store = MemoryStore()
+    async with yjs_server(store) as srv, PyYClient(srv.room_url("ro")) as w:
+        await w.wait_synced()
+        w.text.insert(0, "hello world")
+        del w.text[0:6]
+        async with PyYClient(srv.room_url("ro", "ro")) as r1:
+            await r1.wait_until(lambda: str(r1.text) == "world")
+            copy = r1.doc.get_update()
+        # a reader coming back with its copy: its step 2 carries the delete set the room already has
+        r2 = PyYClient(srv.room_url("ro", "ro"))
+        r2.doc.apply_update(copy)
+        async with r2:
+            await r2.wait_synced()
+            w.text.insert(5, "!")
+            await r2.wait_until(lambda: str(r2.text) == "world!")
+            assert not r2.closed
+            del r2.text[0:1]  # a new deletion: refused
+            code, reason = await r2.wait_closed()
+            assert code == 4403 and reason is not None and "read-only" in reason
+            assert r2.denied and "read-only" in r2.denied[0]
+        w.map["after"] = "x"
+        async with PyYClient(srv.room_url("ro")) as check:
+            await check.wait_until(lambda: "after" in check.map)
+            assert str(check.text) == "world!"
+
+
+async def test_awareness_relayed_echoed_queried_and_removed() -> None:
+    async with yjs_server(MemoryStore()) as srv, PyYClient(srv.room_url("aw")) as a:
+        await a.wait_synced()
+        async with PyYClient(srv.room_url("aw")) as b:
+            await b.wait_synced()
+            b.set_awareness('{"name":"bö"}', clock=1)
+            await a.wait_until(lambda: b.doc.client_id in a.awareness)
+            await b.wait_until(lambda: b.doc.client_id in b.awareness)  # echoed: keeps a lone client alive
+            assert a.awareness[b.doc.client_id].state == '{"name":"bö"}'
+            b.set_awareness('{"name":"old"}', clock=1)  # same clock: ignored, not relayed
+            async with websockets.connect(srv.room_url("aw")) as raw:
+                await raw.send(query_awareness_message())
+                while True:
+                    data = await asyncio.wait_for(raw.recv(), 10)
+                    assert isinstance(data, bytes)
+                    r = Reader(data)
+                    if r.var_uint() == MESSAGE_AWARENESS:
+                        entries = decode_awareness(r.var_bytes())
+                        break
+                assert [(e.client, e.state) for e in entries] == [(b.doc.client_id, '{"name":"bö"}')]
+        await a.wait_until(lambda: a.awareness[b.doc.client_id].removed)
+
+
+class _FailingStore(MemoryStore):
+    """A disk that fails on demand: the one fault here that cannot be caused for real."""
+
+    fail = False
+
+    def commit(self, batch: Batch) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        super().commit(batch)
+
+
+async def test_failed_commit_closes_the_writer_and_nothing_is_applied() -> None:
+    store = _FailingStore()
+    async with yjs_server(store) as srv, PyYClient(srv.room_url("f")) as a, PyYClient(srv.room_url("f")) as b:
+        await asyncio.gather(a.wait_synced(), b.wait_synced())
+        a.map["ok"] = "1"
+        await b.wait_until(lambda: "ok" in b.map)
+        store.fail = True
+        a.map["lost?"] = "2"
+        code, reason = await a.wait_closed()
+        assert code == 1011 and reason is not None and "store" in reason
+        store.fail = False
+        b.map["later"] = "3"
+        async with PyYClient(srv.room_url("f")) as c:
+            await c.wait_until(lambda: "later" in c.map)
+            assert "lost?" not in c.map  # never visible: it was not durable
+        # the writer still has its change; reconnecting sends it again (as WebsocketProvider does)
+        again = PyYClient(srv.room_url("f"))
+        again.doc.apply_update(a.doc.get_update())
+        async with again:
+            await again.wait_synced()
+            await b.wait_until(lambda: "lost?" in b.map)
+
+
+@pytest.mark.parametrize("path", ["/yjs/caf%C3%A9%20room", "/yjs/café room"])
+async def test_room_name_is_the_unquoted_path(path: str) -> None:
+    async with yjs_server(MemoryStore()) as srv:
+        base = srv.url.removesuffix("/yjs")
+        async with websockets.connect(base + path.replace(" ", "%20").replace("é", "%C3%A9") + "?token=rw") as ws:
+            await asyncio.wait_for(ws.recv(), 10)
+            assert srv.rooms.loaded_rooms() == ["café room"]
+
+
+async def test_large_updates_pass_and_oversized_ones_close_the_sender() -> None:
+    """serve() lifts websockets' 1 MiB default to ``max_message``; beyond it the sender alone is closed."""
+    async with yjs_server(MemoryStore(), max_message=3 * 2**20) as srv, \
+            PyYClient(srv.room_url("big")) as a, PyYClient(srv.room_url("big")) as b:
+        await asyncio.gather(a.wait_synced(), b.wait_synced())
+        a.text.insert(0, "x" * (2 * 2**20))
+        await b.wait_until(lambda: len(str(b.text)) == 2 * 2**20)
+        b.text.insert(0, "y" * (4 * 2**20))
+        code, _ = await b.wait_closed()
+        assert code == 1009
+        a.map["still"] = "here"
+        async with PyYClient(srv.room_url("big")) as c:
+            await c.wait_until(lambda: "still" in c.map)
+            assert not str(c.text).startswith("y")
+
+
+async def _raw_ws_that_never_reads(url: str) -> socket.socket:
+    """A websocket opened by hand on a socket with a small receive buffer, which then reads nothing."""
+    host_port, path = url.removeprefix("ws://").split("/", 1)
+    host, port = host_port.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # no autotuning up to 32 MiB
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    await loop.sock_sendall(sock, (f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+                                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+async def test_a_client_that_stops_reading_is_closed_and_holds_nobody_up() -> None:
+    """Its queue fills, fan-out waits ``send_timeout``, then it is closed (1013) and the room moves on."""
+    chunk = 1 << 20
+    async with yjs_server(MemoryStore(), queue_size=2, send_timeout=0.5) as srv, \
+            PyYClient(srv.room_url("slow")) as writer, PyYClient(srv.room_url("slow")) as reader:
+        await asyncio.gather(writer.wait_synced(), reader.wait_synced())
+        stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
+        try:
+            for i in range(24):  # 24 MiB: far more than the socket buffers hold
+                writer.array.append("x" * chunk + str(i))
+            await reader.wait_until(lambda: len(reader.array) == 24, timeout=30)
+            # now read what the server had sent to the stalled client: it ends with a close frame
+            reason = b"client too slow to read; reconnect to resync"
+            close_frame = bytes([0x88, 2 + len(reason)]) + (1013).to_bytes(2, "big") + reason
+            data = bytearray()
+            loop = asyncio.get_running_loop()
+            while not data.endswith(close_frame):
+                more = await asyncio.wait_for(loop.sock_recv(stalled, 1 << 20), 10)
+                assert more, f"EOF without the close frame; got {len(data)} bytes"
+                data += more
+            assert len(data) < 20 * chunk  # it did not get everything: it was cut off, not waited for
+        finally:
+            stalled.close()

@@ -1,0 +1,228 @@
+"""The y-websocket wire format and room session, sans I/O: bytes in, outcomes out, no sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pycrdt import Decoder, Doc, Map, Text, write_var_uint
+
+from crdtsync.errors import RemoteProtocolError
+from crdtsync.protocol.yroom import CLOSE_MALFORMED, CLOSE_READ_ONLY, MAX_READ_ONLY_CHECKS, YRoom, YSession
+from crdtsync.protocol.ywebsocket import (
+    MAX_SAFE_INT,
+    MESSAGE_AWARENESS,
+    SYNC_STEP1,
+    SYNC_STEP2,
+    SYNC_UPDATE,
+    AwarenessEntry,
+    AwarenessMessage,
+    QueryAwareness,
+    Reader,
+    SyncMessage,
+    awareness_message,
+    decode_awareness,
+    decode_state_vector,
+    parse_message,
+    permission_denied_message,
+    query_awareness_message,
+    sync_message,
+    var_string,
+    var_uint,
+)
+from crdtsync.relay.yjs import room_from_path
+
+
+@settings(derandomize=True, max_examples=300)
+@given(st.integers(min_value=0, max_value=MAX_SAFE_INT))
+def test_var_uint_round_trips_and_matches_pycrdt(n: int) -> None:
+    assert var_uint(n) == write_var_uint(n)
+    r = Reader(var_uint(n))
+    assert r.var_uint() == n and r.at_end()
+
+
+@settings(derandomize=True, max_examples=200)
+@given(st.text())
+def test_var_string_counts_bytes_not_characters(s: str) -> None:
+    data = var_string(s)
+    r = Reader(data)
+    assert r.var_string() == s and r.at_end()
+    assert data.startswith(var_uint(len(s.encode("utf-8"))))
+
+
+def test_var_string_non_ascii_is_what_lib0_writes() -> None:
+    assert var_string("é✓") == bytes([5]) + "é✓".encode()
+    # pycrdt's own decoder reads what we write
+    assert Decoder(var_string("é✓ 🐍")).read_var_string() == "é✓ 🐍"
+
+
+def test_var_uint_refuses_what_javascript_cannot_read() -> None:
+    with pytest.raises(ValueError):
+        var_uint(2**53)
+    with pytest.raises(RemoteProtocolError, match="2\\*\\*53"):
+        Reader(b"\xff" * 8 + b"\x7f").var_uint()
+
+
+def test_parse_each_message_kind() -> None:
+    assert parse_message(sync_message(SYNC_STEP1, b"\x00")) == SyncMessage(SYNC_STEP1, b"\x00")
+    assert parse_message(sync_message(SYNC_UPDATE, b"\x00\x00")) == SyncMessage(SYNC_UPDATE, b"\x00\x00")
+    e = AwarenessEntry(2**32 - 1, 7, '{"user":"é"}')
+    assert parse_message(awareness_message([e])) == AwarenessMessage((e,))
+    assert parse_message(query_awareness_message()) == QueryAwareness()
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    (b"", "empty"),
+    (b"\x80", "truncated"),
+    (b"\x05", "unknown message kind 5"),
+    (b"\x00\x03\x00", "unknown sync step 3"),
+    (b"\x00\x00\x05\x00", "truncated"),
+    (b"\x00\x00\x01\x00\x00", "trailing"),
+    (b"\x03\x00", "trailing"),
+    (permission_denied_message("no"), "server to client"),
+    (awareness_message([AwarenessEntry(1, 1, "{nope")]), "not JSON"),
+    (b"\x01\x05\x01\x01\x01\x01\xff", "UTF-8"),
+    (b"\x01\x03\x7f\x01\x01", "claims 127 entries"),
+])
+def test_parse_refuses_garbage_with_a_reason(data: bytes, match: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=match):
+        parse_message(data)
+
+
+def test_state_vector_decoding() -> None:
+    d: Doc[Any] = Doc(client_id=42)
+    d.get("t", type=Text).insert(0, "abc")
+    assert decode_state_vector(d.get_state()) == {42: 3}
+    with pytest.raises(RemoteProtocolError):
+        decode_state_vector(b"\x02\x01")
+
+
+def _doc_with(text: str, client_id: int = 1) -> Doc[Any]:
+    d: Doc[Any] = Doc(client_id=client_id)
+    d.get("t", type=Text).insert(0, text)
+    return d
+
+
+def test_session_opens_with_step1_and_known_awareness() -> None:
+    room = YRoom("r", _doc_with("hi").get_update())
+    s = YSession(room, can_write=True)
+    assert s.opening() == [sync_message(SYNC_STEP1, room.state_vector())]
+    room.apply_awareness((AwarenessEntry(9, 1, '{"a":1}'),), set())
+    frames = YSession(room, can_write=True).opening()
+    assert frames[1] == awareness_message([AwarenessEntry(9, 1, '{"a":1}')])
+
+
+def test_step1_is_answered_with_what_the_peer_lacks() -> None:
+    room = YRoom("r", _doc_with("hello").get_update())
+    peer: Doc[Any] = Doc()
+    out = YSession(room, can_write=True).receive(sync_message(SYNC_STEP1, peer.get_state()))
+    assert len(out.reply) == 1 and not out.updates and out.close is None
+    msg = parse_message(out.reply[0])
+    assert isinstance(msg, SyncMessage) and msg.step == SYNC_STEP2
+    peer.apply_update(msg.payload)
+    assert str(peer.get("t", type=Text)) == "hello"
+
+
+def test_writer_updates_are_handed_out_for_storage_not_applied() -> None:
+    room = YRoom("r")
+    upd = _doc_with("new").get_update()
+    out = YSession(room, can_write=True).receive(sync_message(SYNC_UPDATE, upd))
+    assert out.updates == [upd] and out.close is None
+    assert str(room.doc.get("t", type=Text)) == ""  # the shell applies it once it is durable
+    assert room.apply(upd) is None
+    assert str(room.doc.get("t", type=Text)) == "new"
+    assert YSession(room, can_write=True).receive(sync_message(SYNC_STEP2, b"\x00\x00")).updates == []
+
+
+def test_read_only_session_refuses_changes_but_not_what_the_room_has() -> None:
+    w = _doc_with("hello world", client_id=5)
+    del w.get("t", type=Text)[0:6]
+    room = YRoom("r", w.get_update())
+    ro = YSession(room, can_write=False)
+    for harmless in (b"\x00\x00", w.get_update(), w.get_update(room.state_vector())):
+        out = ro.receive(sync_message(SYNC_STEP2, harmless))
+        assert out.close is None and not out.updates
+    w.get("m", type=Map)["k"] = "v"
+    out = ro.receive(sync_message(SYNC_UPDATE, w.get_update()))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY and not out.updates
+    assert out.reply == [permission_denied_message(out.close.reason)]
+    assert ro.receive(sync_message(SYNC_STEP1, b"\x00")) == type(out)()  # closed: nothing more
+    # a deletion only, with no new items, is a change too
+    d2: Doc[Any] = Doc()
+    d2.apply_update(room.full_state())
+    del d2.get("t", type=Text)[0:1]
+    out = YSession(room, can_write=False).receive(sync_message(SYNC_UPDATE, d2.get_update()))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY
+    assert "k" not in room.doc.get("m", type=Map)
+
+
+def test_read_only_session_that_keeps_sending_harmless_updates_is_closed() -> None:
+    w = _doc_with("abc")
+    del w.get("t", type=Text)[0:1]
+    room = YRoom("r", w.get_update())
+    ro = YSession(room, can_write=False)
+    for _ in range(MAX_READ_ONLY_CHECKS):
+        assert ro.receive(sync_message(SYNC_STEP2, w.get_update())).close is None
+    out = ro.receive(sync_message(SYNC_STEP2, w.get_update()))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY and "too many" in out.close.reason
+
+
+def test_awareness_rules_follow_y_protocols() -> None:
+    room = YRoom("r")
+    mine: set[int] = set()
+    s = YSession(room, can_write=False)  # read-only clients may still show presence
+    s.controlled = mine
+    out = s.receive(awareness_message([AwarenessEntry(3, 2, '{"n":1}')]))
+    assert out.to_all == [awareness_message([AwarenessEntry(3, 2, '{"n":1}')])] and mine == {3}
+    assert s.receive(awareness_message([AwarenessEntry(3, 1, '{"n":0}')])).to_all == []  # older clock
+    assert s.receive(awareness_message([AwarenessEntry(3, 2, "null")])).to_all  # removal at same clock
+    assert mine == set()
+    s.receive(awareness_message([AwarenessEntry(3, 3, '{"n":2}')]))
+    q = s.receive(query_awareness_message())
+    assert q.reply == [awareness_message([AwarenessEntry(3, 3, '{"n":2}')])]
+    assert s.leave() == [awareness_message([AwarenessEntry(3, 3, "null")])]
+    assert room.awareness_states() == []
+
+
+@settings(derandomize=True, max_examples=400, deadline=None)
+@given(st.one_of(
+    st.binary(max_size=64),
+    st.builds(lambda k, b: var_uint(k) + b, st.integers(0, 4), st.binary(max_size=40)),
+    st.builds(lambda s, b: bytes([0, s]) + var_uint(len(b)) + b, st.integers(0, 3), st.binary(max_size=40)),
+))
+def test_garbage_never_raises_out_of_a_session(data: bytes) -> None:
+    room = YRoom("r", _doc_with("keep").get_update())
+    before = room.full_state()
+    for can_write in (True, False):
+        s = YSession(room, can_write=can_write)
+        out = s.receive(data)
+        if out.close is not None:
+            assert out.close.code in (CLOSE_MALFORMED, CLOSE_READ_ONLY) and out.close.reason
+            assert not out.updates and out.error is not None
+    assert room.full_state() == before
+
+
+def test_update_claiming_huge_counts_is_refused_before_yrs_sees_it() -> None:
+    room = YRoom("r")
+    out = YSession(room, can_write=True).receive(sync_message(SYNC_UPDATE, b"\xff\xff\xff\x7f"))
+    assert out.close is not None and "claims 268435455 clients" in out.close.reason
+
+
+def test_awareness_message_layout_is_lib0s() -> None:
+    data = awareness_message([AwarenessEntry(1, 2, '"é"')])
+    assert data == bytes([MESSAGE_AWARENESS, 8, 1, 1, 2, 4]) + '"é"'.encode()
+    assert decode_awareness(data[2:]) == (AwarenessEntry(1, 2, '"é"'),)
+
+
+@pytest.mark.parametrize(("path", "room"), [
+    ("/yjs/notes?token=a%20b", "notes"),
+    ("/yjs/caf%C3%A9/%C3%BC%201", "café/ü 1"),
+    ("/yjs/a%3Fb%23c%25?token=x", "a?b#c%"),
+    ("/yjs/", None),
+    ("/yjs", None),
+    ("/sync/notes", None),
+])
+def test_room_from_path_matches_how_websocketprovider_builds_urls(path: str, room: str | None) -> None:
+    assert room_from_path(path) == room
