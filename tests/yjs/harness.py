@@ -15,11 +15,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import websockets
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
-from websockets.asyncio.server import ServerConnection, serve
 
 from crdtsync.errors import RemoteProtocolError
 from crdtsync.protocol.ywebsocket import (
@@ -35,7 +33,10 @@ from crdtsync.protocol.ywebsocket import (
     decode_awareness,
     sync_message,
 )
-from crdtsync.relay.yjs import YjsRooms, room_from_path
+from crdtsync.relay.auth import Grant, Tokens
+from crdtsync.relay.server import Relay
+from crdtsync.relay.yjs import YjsRooms
+from crdtsync.schema import Schema
 from crdtsync.store.base import ByteStore
 
 __all__ = ["PyYClient", "YjsServer", "yjs_server"]
@@ -54,24 +55,18 @@ class YjsServer:
 
 @contextlib.asynccontextmanager
 async def yjs_server(store: ByteStore, **options: Any) -> AsyncIterator[YjsServer]:
-    """A relay stand-in serving ``/yjs/<room>`` from ``store``; stops the server and the rooms on exit."""
-    rooms = YjsRooms(store, **options)
-
-    async def handler(ws: ServerConnection) -> None:
-        assert ws.request is not None
-        room = room_from_path(ws.request.path)
-        if room is None:
-            await ws.close(4404, "no such path")
-            return
-        token = parse_qs(urlsplit(ws.request.path).query).get("token", [""])[0]
-        await rooms.serve(ws, room, can_write=token != "ro")
-
+    """The real crdtsync ``Relay`` serving ``/yjs/<room>`` from ``store``, with two tokens: ``rw`` may
+    write every room, ``ro`` may only read. ``options`` tune the relay's ``YjsRooms``."""
+    tokens = Tokens({"rw": Grant("writer", rooms=frozenset({"*"})),
+                     "ro": Grant("reader", rooms_read_only=frozenset({"*"}))})
+    relay = Relay(store, Schema(), tokens)
+    if options:
+        relay.rooms = YjsRooms(store, **options)
+    _, port = await relay.start("127.0.0.1", 0)
     try:
-        async with serve(handler, "127.0.0.1", 0) as server:
-            port = next(iter(server.sockets)).getsockname()[1]
-            yield YjsServer(f"ws://127.0.0.1:{port}/yjs", rooms)
+        yield YjsServer(f"ws://127.0.0.1:{port}/yjs", relay.rooms)
     finally:
-        await rooms.close()
+        await relay.stop()
 
 
 class PyYClient:
@@ -116,7 +111,8 @@ class PyYClient:
         if self.ws is not None:
             if not self.closed and self._tasks and not self._tasks[1].done():
                 await asyncio.wait_for(self._out.join(), TIMEOUT)
-            await self.ws.close()
+            if not self.closed:  # closing a connection the server already closed can trip websockets
+                await self.ws.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
