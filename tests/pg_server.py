@@ -61,8 +61,9 @@ def _free_port() -> int:
 class PgServer:
     """One PostgreSQL cluster under ``base``; ``conninfo`` reaches its test database over TCP."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, *, fsync: bool = False) -> None:
         self.bindir = bindir
+        self.fsync = fsync  # off for tests (nothing here survives the run); on for benchmarks
         self.base = Path(tempfile.mkdtemp(prefix="crdtsync-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "server.log"
@@ -95,7 +96,7 @@ class PgServer:
             raise RuntimeError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
         for _attempt in range(3):  # another process may take the free port before the server binds it
             self.port = _free_port()
-            opts = f"-F -p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
+            opts = f"{'' if self.fsync else '-F '}-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
             r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60",
                           "start", timeout=90)
             if r.returncode == 0:

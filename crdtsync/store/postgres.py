@@ -129,7 +129,8 @@ class PostgresStore(ByteStore):
             db = self._conn()
             if not batch and not notes:
                 return
-            with db.transaction():
+            # One pipeline: the whole transaction costs one round trip to the server, not one per statement.
+            with db.pipeline(), db.transaction():
                 for lo in ranges:
                     db.execute(self._sql["remove_range"], (lo, prefix_end(lo)))
                 if removes:
