@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import uuid
@@ -117,6 +118,9 @@ def test_listener_and_closed_store(pg_server: str, schema: str) -> None:
         s.notify("ch", "é" * 10)
         got = next(iter(listener))
         assert got.payload == "é" * 10 and got.channel == "ch"
+        # Several notifications in one packet: none may be lost between two get() calls.
+        s.commit(Batch(), notify=[("ch", str(i)) for i in range(5)])
+        assert [n.payload for n in (listener.get(timeout=10) for _ in range(5)) if n] == ["0", "1", "2", "3", "4"]
     with pytest.raises(StoreClosed):
         listener.get(timeout=0)
     with pytest.raises(ValueError):
@@ -126,6 +130,30 @@ def test_listener_and_closed_store(pg_server: str, schema: str) -> None:
         s.listen("ch")
     with pytest.raises(StoreClosed):
         s.notify("ch")
+
+
+async def test_async_listener_hears_two_relays(pg_server: str, schema: str) -> None:
+    """Two relay processes on one database: what one commits, the other hears of and can read."""
+    relay_a = PostgresStore(pg_server, schema=schema)
+    relay_b = PostgresStore(pg_server, schema=schema)
+    try:
+        async with await relay_b.alisten("fanout") as heard:
+            for i in range(3):
+                b = Batch()
+                b.save(("upd", "accounts", "a1", i), f"u{i}".encode())
+                relay_a.commit(b, notify=[("fanout", f"accounts/a1/{i}")])
+            got = [await asyncio.wait_for(heard.get(timeout=10), 15) for _ in range(3)]
+            assert [n.payload if n else None for n in got] == [f"accounts/a1/{i}" for i in range(3)]
+            assert [v for _, v in relay_b.load_range(("upd", "accounts", "a1"))] == [b"u0", b"u1", b"u2"]
+            relay_a.notify("fanout", "last")
+            async for n in heard:
+                assert n.payload == "last"
+                break
+        with pytest.raises(StoreClosed):
+            await heard.get(timeout=0)
+    finally:
+        relay_a.close()
+        relay_b.close()
 
 
 def test_a_replica_runs_on_postgres(pg_server: str, schema: str) -> None:

@@ -8,7 +8,8 @@ ranges are one index scan with the same order as every other backend. ``commit``
 Several relay processes sharing one database can tell each other about new data with LISTEN/NOTIFY:
 ``commit(batch, notify=[(channel, payload)])`` sends the notifications in the commit's own transaction (so
 a listener never hears of data it cannot read yet, and a failed commit notifies nobody), and
-``listen(channel)`` returns a :class:`Listener` on a connection of its own.
+``listen(channel)`` returns a :class:`Listener` on a connection of its own (``alisten`` an
+:class:`AsyncListener`, for an asyncio relay).
 
 Install with the ``postgres`` extra (``pip install "crdtsync[postgres]"``). Like ``SQLiteStore``, one
 store holds one connection, shared by threads under a lock. A lost connection is not re-established:
@@ -18,7 +19,8 @@ operations raise psycopg's ``OperationalError``; open a new store.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ from .keys import Key, decode_key, encode_key, prefix_end
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["Listener", "Notification", "PostgresStore"]
+__all__ = ["AsyncListener", "Listener", "Notification", "PostgresStore"]
 
 # Any constant will do: it only serialises CREATE SCHEMA/TABLE IF NOT EXISTS between processes, which race.
 _DDL_LOCK = 0x63726474
@@ -149,6 +151,11 @@ class PostgresStore(ByteStore):
         self._conn()
         return Listener(self.conninfo, channels)
 
+    async def alisten(self, *channels: str) -> AsyncListener:
+        """An :class:`AsyncListener` for ``channels``, on a new asyncio connection to the same database."""
+        self._conn()
+        return await AsyncListener.open(self.conninfo, channels)
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -170,6 +177,7 @@ class Listener:
         self.channels = tuple(channels)
         if not self.channels:
             raise ValueError("listen to at least one channel")
+        self._pending: deque[Notification] = deque()
         self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True)
         for ch in self.channels:
             self._db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
@@ -179,15 +187,21 @@ class Listener:
             raise StoreClosed("the listener is closed")
         return self._db
 
-    def get(self, timeout: float) -> Notification | None:
-        """The next notification, waiting at most ``timeout`` seconds; None if none came."""
-        for n in self._conn().notifies(timeout=timeout, stop_after=1):
-            return Notification(n.channel, n.payload, n.pid)
-        return None
+    def get(self, timeout: float | None) -> Notification | None:
+        """The next notification, waiting at most ``timeout`` seconds (None: for ever); None if none came."""
+        conn = self._conn()
+        if not self._pending:
+            # Drain psycopg's generator: it stops after the packet holding the first notification, and
+            # whatever else that packet held would be lost if we left the generator early.
+            self._pending.extend(Notification(n.channel, n.payload, n.pid)
+                                 for n in conn.notifies(timeout=timeout, stop_after=1))
+        return self._pending.popleft() if self._pending else None
 
     def __iter__(self) -> Iterator[Notification]:
-        for n in self._conn().notifies():
-            yield Notification(n.channel, n.payload, n.pid)
+        while True:
+            n = self.get(None)
+            if n is not None:
+                yield n
 
     def close(self) -> None:
         if self._db is not None:
@@ -199,3 +213,62 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncListener:
+    """Like :class:`Listener`, for asyncio: ``await get(timeout)``, ``async for``, ``async with``.
+
+    Make one with ``await store.alisten(channel)`` or ``await AsyncListener.open(conninfo, channels)``.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], channels: tuple[str, ...]) -> None:
+        self._db: psycopg.AsyncConnection[Any] | None = conn
+        self.channels = channels
+        self._pending: deque[Notification] = deque()
+
+    @classmethod
+    async def open(cls, conninfo: str, channels: Iterable[str]) -> AsyncListener:
+        pg = _psycopg()
+        from psycopg import sql
+
+        chans = tuple(channels)
+        if not chans:
+            raise ValueError("listen to at least one channel")
+        conn = await pg.AsyncConnection.connect(conninfo, autocommit=True)
+        try:
+            for ch in chans:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, chans)
+
+    def _conn(self) -> psycopg.AsyncConnection[Any]:
+        if self._db is None:
+            raise StoreClosed("the listener is closed")
+        return self._db
+
+    async def get(self, timeout: float | None) -> Notification | None:
+        """The next notification, waiting at most ``timeout`` seconds (None: for ever); None if none came."""
+        conn = self._conn()
+        if not self._pending:  # drained for the reason given in Listener.get
+            self._pending.extend([Notification(n.channel, n.payload, n.pid)
+                                  async for n in conn.notifies(timeout=timeout, stop_after=1)])
+        return self._pending.popleft() if self._pending else None
+
+    async def __aiter__(self) -> AsyncIterator[Notification]:
+        while True:
+            n = await self.get(None)
+            if n is not None:
+                yield n
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> AsyncListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
