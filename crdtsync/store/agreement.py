@@ -34,6 +34,7 @@ _SEGMENTS = st.one_of(
 )
 _KEYS = st.lists(_SEGMENTS, min_size=1, max_size=3).map(tuple)
 _PREFIXES = st.lists(_SEGMENTS, max_size=2).map(tuple)
+_RANGES = st.lists(_SEGMENTS, min_size=1, max_size=2).map(tuple)  # () clears all: left to commit_raw
 _VALUES = st.one_of(st.sampled_from([b"", b"\x00", b"\xff" * 3]), st.binary(max_size=24))
 _LIMITS = st.one_of(st.none(), st.integers(0, 4))
 _counter = itertools.count()
@@ -91,7 +92,7 @@ def agreement_machine(factories: Mapping[str, StoreFactory]) -> type[RuleBasedSt
                 s.remove(key)
             self.model.pop(key, None)
 
-        @rule(prefix=_PREFIXES)
+        @rule(prefix=_RANGES)
         def remove_range(self, prefix: Key) -> None:
             for s in self.stores.values():
                 s.remove_range(prefix)
@@ -111,7 +112,7 @@ def agreement_machine(factories: Mapping[str, StoreFactory]) -> type[RuleBasedSt
                     b.remove(key)
                     model.pop(key, None)
                 else:
-                    prefix = key[:-1]
+                    prefix = key[:-1] or key
                     b.remove_range(prefix)
                     model = {k: v for k, v in model.items() if k[:len(prefix)] != prefix}
             for s in self.stores.values():
