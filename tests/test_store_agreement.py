@@ -34,7 +34,7 @@ def test_every_backend_agrees(tmp_path: Path, request: pytest.FixtureRequest) ->
         schema = f"agree_{uuid.uuid4().hex[:12]}"
         factories["postgres"] = StoreFactory(lambda n: PostgresStore(conninfo, schema=schema, table=n),
                                              persistent=True)
-    run_agreement(factories, max_examples=30, steps=25)
+    run_agreement(factories, max_examples=25, steps=20)
 
 
 class _SavesFirst(MemoryStore):

@@ -55,7 +55,12 @@ class Notification:
 
 
 class PostgresStore(ByteStore):
-    """Bytes under tuple keys in one PostgreSQL table. ``conninfo`` is a libpq string or URL."""
+    """Bytes under tuple keys in one PostgreSQL table.
+
+    ``conninfo`` is a libpq string or URL (empty: libpq's ``PG*`` environment variables). ``commit``
+    takes an extra ``notify``; through a wrapper such as ``EncryptedStore`` call ``notify`` after the
+    commit instead (a listener may then hear of it before a crash loses it: it must check the data).
+    """
 
     def __init__(self, conninfo: str = "", *, table: str = "kv", schema: str | None = None,
                  connect_timeout: int = 10) -> None:
