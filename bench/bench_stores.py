@@ -3,10 +3,11 @@
 Measures, for each backend: commits per second of one small save (a device recording one change),
 rows per second in batches of 100 saves (a relay storing a burst), rows per second of a full range scan
 over 20,000 keys (iter_range, as on startup and compaction), and short range scans per second (the 10
-updates of one record, as when a record is loaded). The machine is noisy: read the ratios, not the
-absolute numbers, and run it twice.
+updates of one record, as when a record is loaded). The machine is noisy (shared disk and cores): every
+round measures each backend in turn on a fresh store, ratios are taken within a round, and the median
+over rounds is printed.
 
-    PYTHONPATH=$PWD python bench/bench_stores.py [--quick]
+    PYTHONPATH=$PWD python bench/bench_stores.py [--quick] [--rounds 3]
 
 PostgreSQL is included when ``CRDTSYNC_PG_DSN`` names a database (it gets a fresh schema), or when server
 binaries are found: then a throwaway cluster is started with fsync on, so it is compared fairly with
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -95,38 +97,48 @@ def measure(store: ByteStore, quick: bool) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller workload (a smoke run)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; the median is printed (default 3)")
     args = ap.parse_args(argv)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crdtsync-bench-")))
-        backends: dict[str, Callable[[], ByteStore]] = {
-            "sqlite FULL (baseline)": lambda: SQLiteStore(tmp / "full.db"),
-            "sqlite NORMAL": lambda: SQLiteStore(tmp / "normal.db", synchronous="NORMAL"),
-            "memory": MemoryStore,
-            "encrypted sqlite FULL": lambda: EncryptedStore(SQLiteStore(tmp / "enc.db"), KEY),
+        backends: dict[str, Callable[[str], ByteStore]] = {
+            "sqlite FULL (baseline)": lambda r: SQLiteStore(tmp / f"full{r}.db"),
+            "sqlite NORMAL": lambda r: SQLiteStore(tmp / f"normal{r}.db", synchronous="NORMAL"),
+            "memory": lambda r: MemoryStore(),
+            "encrypted sqlite FULL": lambda r: EncryptedStore(SQLiteStore(tmp / f"enc{r}.db"), KEY),
         }
         conninfo = stack.enter_context(postgres_conninfo())
         if conninfo is not None:
             from crdtsync.store.postgres import PostgresStore
 
             schema = f"bench_{uuid.uuid4().hex[:8]}"
-            backends["postgres"] = lambda: PostgresStore(conninfo, schema=schema)
-            backends["encrypted postgres"] = lambda: EncryptedStore(PostgresStore(conninfo, schema=schema,
-                                                                                  table="enc"), KEY)
+            backends["postgres"] = lambda r: PostgresStore(conninfo, schema=schema, table=f"kv{r}")
+            backends["encrypted postgres"] = lambda r: EncryptedStore(PostgresStore(conninfo, schema=schema,
+                                                                                    table=f"enc{r}"), KEY)
         else:
             print("(no PostgreSQL: set CRDTSYNC_PG_DSN or install the server to include it)")
-        results: dict[str, dict[str, float]] = {}
-        for name, make in backends.items():
-            store = make()
-            try:
-                results[name] = measure(store, args.quick)
-            finally:
-                store.close()
-    base = results["sqlite FULL (baseline)"]
-    cols = list(base)
+        rounds: list[dict[str, dict[str, float]]] = []
+        for r in range(args.rounds):
+            results: dict[str, dict[str, float]] = {}
+            for name, make in backends.items():
+                store = make(str(r))
+                try:
+                    results[name] = measure(store, args.quick)
+                finally:
+                    store.close()
+            rounds.append(results)
+    base = "sqlite FULL (baseline)"
+    cols = list(rounds[0][base])
     print(f"{'backend':<24}" + "".join(f"{c:>22}" for c in cols))
-    for name, r in results.items():
-        print(f"{name:<24}" + "".join(f"{r[c]:>12.0f} ({r[c] / base[c]:5.2f}x)" for c in cols))
-    print("ratios: higher is faster than SQLiteStore FULL measured in this run")
+    for name in backends:
+        cells = []
+        for c in cols:
+            value = statistics.median(res[name][c] for res in rounds)
+            ratio = statistics.median(res[name][c] / res[base][c] for res in rounds)
+            cells.append(f"{value:>12.0f} ({ratio:5.2f}x)")
+        print(f"{name:<24}" + "".join(cells))
+    print(f"medians of {args.rounds} rounds; ratios (taken within each round): higher is faster than "
+          "SQLiteStore FULL")
     return 0
 
 
