@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from crdtsync.store.conformance import CHECKS, ByteStoreConformance, Conformance
 KEY = bytes(range(32))
 
 
-def test_every_backend_agrees(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.fixture
+def every_backend(tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, StoreFactory]:
     factories = {
         "memory": StoreFactory(lambda n: MemoryStore()),
         "sqlite": StoreFactory(lambda n: SQLiteStore(tmp_path / f"{n}.db", synchronous="NORMAL"), persistent=True),
@@ -34,7 +36,16 @@ def test_every_backend_agrees(tmp_path: Path, request: pytest.FixtureRequest) ->
         schema = f"agree_{uuid.uuid4().hex[:12]}"
         factories["postgres"] = StoreFactory(lambda n: PostgresStore(conninfo, schema=schema, table=n),
                                              persistent=True)
-    run_agreement(factories, max_examples=25, steps=20)
+    return factories
+
+
+def test_every_backend_agrees(every_backend: dict[str, StoreFactory]) -> None:
+    run_agreement(every_backend, max_examples=25, steps=20)
+
+
+@pytest.mark.skipif(not os.environ.get("CRDTSYNC_LONG"), reason="long run: set CRDTSYNC_LONG=1")
+def test_every_backend_agrees_long(every_backend: dict[str, StoreFactory]) -> None:
+    run_agreement(every_backend, max_examples=400, steps=50)
 
 
 class _SavesFirst(MemoryStore):
