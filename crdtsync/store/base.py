@@ -55,11 +55,13 @@ class ByteStore(ABC):
         """Every (key, bytes) whose key starts with ``prefix``, in key order (``reverse`` for descending).
 
         ``start`` (a full key under ``prefix``) skips keys before it (after it, when reversed);
-        ``limit`` caps the number returned.
+        ``limit`` (0 or more; a negative limit is a ValueError) caps the number returned.
         """
 
     def iter_range(self, prefix: Key, *, batch: int = 1000) -> Iterator[tuple[Key, bytes]]:
         """Like ``load_range`` but in pages, so a large range is never all in memory."""
+        if batch < 1:
+            raise ValueError(f"iter_range needs a page size of at least 1, not {batch}")
         start: Key | None = None
         while True:
             page = self.load_range(prefix, start=start, limit=batch + (1 if start is not None else 0))

@@ -5,6 +5,9 @@ random salt kept beside the data. Each value gets a fresh 96-bit nonce, and its 
 associated data, so values cannot be swapped between keys unnoticed. Keys themselves (collection names,
 record ids, sequence numbers) are not encrypted: they order the data. Opening with the wrong key raises
 ``WrongKeyError`` before anything is read or written.
+
+The salt and key check live under the reserved key ``("_crypto",)``: the wrapper never shows it, refuses
+writes to it, and keeps it through a ``remove_range`` that covers it (such as ``remove_range(())``).
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ class EncryptedStore(ByteStore):
             self._aead = AESGCM(_derive(key, salt))
             meta = {"v": 1, "kdf": "scrypt" if isinstance(key, str) else "raw", "salt": salt.hex(),
                     "check": self._seal(CRYPTO_KEY, _CHECK).hex()}
-            inner.save(CRYPTO_KEY, orjson.dumps(meta))
+            self._meta = orjson.dumps(meta)
+            inner.save(CRYPTO_KEY, self._meta)
             return
+        self._meta = meta_raw
         meta = orjson.loads(meta_raw)
         kind = "scrypt" if isinstance(key, str) else "raw"
         if meta.get("kdf") != kind:
@@ -81,17 +86,28 @@ class EncryptedStore(ByteStore):
             raise WrongKeyError(f"value under {key!r} does not decrypt: corrupted or tampered") from None
 
     def load(self, key: Key) -> bytes | None:
+        if key == CRYPTO_KEY:
+            return None
         data = self.inner.load(key)
         return None if data is None else self._read(key, data)
 
     def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
                    reverse: bool = False) -> list[tuple[Key, bytes]]:
-        rows = self.inner.load_range(prefix, start=start, limit=limit, reverse=reverse)
-        return [(k, self._read(k, v)) for k, v in rows if k != CRYPTO_KEY]
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be 0 or more, not {limit}")
+        # One more row than asked for, in case the hidden CRYPTO_KEY is among them.
+        rows = self.inner.load_range(prefix, start=start, limit=None if limit is None else limit + 1,
+                                     reverse=reverse)
+        out = [(k, self._read(k, v)) for k, v in rows if k != CRYPTO_KEY]
+        return out if limit is None else out[:limit]
 
     def commit(self, batch: Batch) -> None:
+        if CRYPTO_KEY in batch.saves or CRYPTO_KEY in batch.removes:
+            raise ValueError(f"{CRYPTO_KEY!r} is reserved for the encryption metadata")
         sealed = Batch(saves={k: self._seal(k, v) for k, v in batch.saves.items()},
                        removes=set(batch.removes), range_removes=list(batch.range_removes))
+        if any(CRYPTO_KEY[:len(p)] == p for p in batch.range_removes):
+            sealed.saves[CRYPTO_KEY] = self._meta  # saves come after range removes: the key survives
         self.inner.commit(sealed)
 
     def close(self) -> None:

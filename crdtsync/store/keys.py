@@ -61,5 +61,6 @@ def decode_key(data: bytes) -> Key:
 
 
 def prefix_end(prefix: bytes) -> bytes:
-    """The smallest byte string greater than every string that starts with ``prefix``."""
+    """A byte string greater than every encoded key that extends ``prefix`` (their next byte is a segment
+    tag, 0x02 or 0x03), and smaller than every key that does not start with ``prefix`` but sorts after it."""
     return prefix + b"\xff"

@@ -30,6 +30,8 @@ class MemoryStore(ByteStore):
     def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
                    reverse: bool = False) -> list[tuple[Key, bytes]]:
         self._check()
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be 0 or more, not {limit}")
         lo_b = encode_key(prefix)
         hi_b = prefix_end(lo_b)
         if start is not None:
@@ -48,19 +50,20 @@ class MemoryStore(ByteStore):
 
     def commit(self, batch: Batch) -> None:
         self._check()
-        for prefix in batch.range_removes:
-            lo_b = encode_key(prefix)
+        # Encode every key before changing anything: a bad key must leave the store as it was.
+        ranges = [encode_key(prefix) for prefix in batch.range_removes]
+        removes = [encode_key(key) for key in batch.removes]
+        saves = [(encode_key(key), data) for key, data in batch.saves.items()]
+        for lo_b in ranges:
             lo = bisect.bisect_left(self._keys, lo_b)
             hi = bisect.bisect_left(self._keys, prefix_end(lo_b))
             for k in self._keys[lo:hi]:
                 del self._data[k]
             del self._keys[lo:hi]
-        for key in batch.removes:
-            kb = encode_key(key)
+        for kb in removes:
             if self._data.pop(kb, None) is not None:
                 self._keys.pop(bisect.bisect_left(self._keys, kb))
-        for key, data in batch.saves.items():
-            kb = encode_key(key)
+        for kb, data in saves:
             if kb not in self._data:
                 bisect.insort(self._keys, kb)
             self._data[kb] = data

@@ -45,6 +45,8 @@ class SQLiteStore(ByteStore):
 
     def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
                    reverse: bool = False) -> list[tuple[Key, bytes]]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be 0 or more, not {limit}")
         lo = encode_key(prefix)
         hi = prefix_end(lo)
         if start is not None:
@@ -62,10 +64,10 @@ class SQLiteStore(ByteStore):
         return [(decode_key(bytes(k)), bytes(v)) for k, v in rows]
 
     def commit(self, batch: Batch) -> None:
-        if not batch:
-            return
         with self._lock:
             db = self._conn()
+            if not batch:
+                return
             db.execute("BEGIN IMMEDIATE")
             try:
                 for prefix in batch.range_removes:
