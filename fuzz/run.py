@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fuzz.mutate import mutate
-from fuzz.targets import TARGETS, seed_corpus
+from fuzz.targets import TARGETS, frame_corpus, seed_corpus
 
 __all__ = ["main", "mutation_loop"]
 
@@ -49,7 +49,7 @@ def main() -> int:
     p.add_argument("--no-atheris", action="store_true", help="use the seeded mutation loop")
     args, rest = p.parse_known_args()
     target = TARGETS[args.target]()
-    corpus = seed_corpus() if args.target == "import" else []
+    corpus = seed_corpus() if args.target == "import" else frame_corpus()
     try:
         if args.no_atheris:
             raise ImportError

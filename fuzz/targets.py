@@ -27,7 +27,7 @@ from crdtsync import (
     Text,
 )
 
-__all__ = ["SCHEMA", "TARGETS", "import_target", "seed_corpus"]
+__all__ = ["SCHEMA", "TARGETS", "frame_corpus", "frames_target", "import_target", "seed_corpus"]
 
 SCHEMA = Schema(
     Collection("accounts", {"name": Str(required=True, max_length=50), "n": Int(min=0), "x": Float(),
@@ -89,4 +89,79 @@ def import_target() -> Callable[[bytes], None]:
     return run
 
 
-TARGETS: dict[str, Callable[[], Callable[[bytes], None]]] = {"import": import_target}
+def frame_corpus() -> list[bytes]:
+    """Valid frames of every kind, produced by a client and a relay core talking to each other."""
+    from crdtsync.protocol import (
+        Ack,
+        Change,
+        Changes,
+        Connection,
+        Hello,
+        Item,
+        Live,
+        Pull,
+        Push,
+        Role,
+        Welcome,
+    )
+
+    update = seed_corpus()[0][-60:]
+    client, relay = Connection(Role.CLIENT), Connection(Role.RELAY)
+    frames: list[bytes] = []
+
+    def move(src: Connection, dst: Connection) -> None:
+        for data in src.data_to_send():
+            frames.append(data)
+            dst.receive_data(data)
+        dst.events_received()
+
+    client.send(Hello("dev-a"))
+    move(client, relay)
+    relay.send(Welcome("u", "log-1", 3, 0, ("accounts",), ("accounts",)))
+    move(relay, client)
+    client.send(Push(1, (Change(7, "accounts", "r1", update), Change(8, "accounts", "r2", update))))
+    client.send(Pull(2, 0, "log-1", ("accounts",), True))
+    move(client, relay)
+    relay.send(Ack(1, (7, 8)))
+    relay.send(Changes(2, (Item("accounts", "r1", 4, update),), 1, 1, 4, False))
+    relay.send(Live((Item("accounts", "r3", 5, update),)))
+    move(relay, client)
+    return frames
+
+
+def frames_target() -> Callable[[bytes], None]:
+    """Feed bytes, as one frame or split in two, to both ends of the protocol core after a valid opening."""
+    from crdtsync.protocol import Connection, Hello, Role, State, decode_frame
+    from crdtsync.protocol.frames import FrameError
+
+    opening = frame_corpus()[:2]  # the client's HELLO and the relay's WELCOME
+
+    def run(data: bytes) -> None:
+        try:
+            decode_frame(data)
+        except FrameError:
+            pass
+        except Exception as e:  # pragma: no cover - the bug being hunted
+            raise AssertionError(f"decode_frame raised {type(e).__name__}: {e}") from e
+        for role in (Role.RELAY, Role.CLIENT):
+            conn = Connection(role)
+            if role is Role.CLIENT:
+                conn.send(Hello("dev-a", "fuzz"))
+                conn.data_to_send()
+                conn.receive_data(opening[1])
+            else:
+                conn.receive_data(opening[0])
+            conn.events_received()
+            try:
+                conn.receive_data(data)
+                conn.receive_data(data[: len(data) // 2])
+            except Exception as e:  # pragma: no cover - the bug being hunted
+                raise AssertionError(f"{role.value} core raised {type(e).__name__}: {e}") from e
+            assert conn.state in set(State)
+            conn.events_received()
+            conn.data_to_send()
+
+    return run
+
+
+TARGETS: dict[str, Callable[[], Callable[[bytes], None]]] = {"import": import_target, "frames": frames_target}

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz.run import mutation_loop
-from fuzz.targets import import_target, seed_corpus
+from fuzz.targets import frame_corpus, frames_target, import_target, seed_corpus
 
 LONG = os.environ.get("CRDTSYNC_LONG") == "1"
 
@@ -24,3 +24,11 @@ def test_import_survives_mutated_exports(seed: int) -> None:
 @given(st.binary(max_size=300))
 def test_import_survives_random_bytes(data: bytes) -> None:
     import_target()(b"CSX1" + data)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_protocol_core_survives_mutated_frames(seed: int) -> None:
+    corpus = frame_corpus()
+    assert len(corpus) == 7
+    n = mutation_loop(frames_target(), corpus, seed=seed, iterations=20000 if LONG else 1000, seconds=None)
+    assert n == (20000 if LONG else 1000)
