@@ -29,23 +29,25 @@ from .procs import server_process
 
 __all__ = ["LEGS", "main", "run"]
 
-LEGS = ("bare", "pycrdt", "pycrdt-sqlite", "crdtsync")
+LEGS = ("bare", "pycrdt", "pycrdt-sqlite", "crdtsync", "crdtsync-client")
 
 
 async def _run_leg(leg: str, args: argparse.Namespace, tmp: Path) -> LegResult:
     if leg == "bare":
         async with server_process(["-m", "bench.fanout.servers", "bare"]) as srv:
-            return await bare_leg(srv.port, args.updates, args.readers, args.timeout, srv.cpu)
+            return await bare_leg(srv.port, args.updates, args.readers, args.timeout, srv.cpu, idle=args.idle)
     if leg in ("pycrdt", "pycrdt-sqlite"):
         db = str(tmp / "ystore.db") if leg == "pycrdt-sqlite" else None
         argv = ["-m", "bench.fanout.servers", "pycrdt"] + (["--store", db] if db else [])
         name = "pycrdt-websocket+sqlite" if db else "pycrdt-websocket"
         async with server_process(argv) as srv:
             return await pycrdt_leg(name, srv.port, args.updates, args.readers, args.timeout, srv.cpu,
-                                    store_db=db, concurrent_open=args.concurrent_open)
-    if leg == "crdtsync":
+                                    store_db=db, concurrent_open=args.concurrent_open, idle=args.idle)
+    if leg in ("crdtsync", "crdtsync-client"):
         from .fanout.crdtsync_leg import crdtsync_leg
-        return await crdtsync_leg(args.updates, args.readers, args.timeout, tmp)
+        return await crdtsync_leg(args.updates, args.readers, args.timeout, tmp, idle=args.idle,
+                                  records=args.records, writer_mode="push" if leg == "crdtsync" else "client",
+                                  profile=f"{args.profile_relay}.{leg}" if args.profile_relay else None)
     raise ValueError(f"unknown leg {leg!r}")
 
 
@@ -81,9 +83,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--readers", type=int, default=10, help="live readers (default 10)")
     p.add_argument("--legs", default=",".join(LEGS),
                    help=f"comma-separated servers to run, from {','.join(LEGS)} (default: all)")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds to wait for every reader after the last write (default 60)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="cap, in seconds, on the wait for every reader to have every update (default 120)")
+    p.add_argument("--idle", type=float, default=10.0,
+                   help="give up once no reader received anything for this many seconds: what is missing "
+                        "then was dropped (default 10)")
+    p.add_argument("--records", type=int, default=100,
+                   help="crdtsync: records the updates are spread over (default 100)")
     p.add_argument("--repeat", type=int, default=1, help="runs per server; the best is reported (default 1)")
+    p.add_argument("--profile-relay", metavar="PATH",
+                   help="run the crdtsync relay under cProfile, writing PATH.<leg> (read with python -m pstats)")
     p.add_argument("--concurrent-open", action="store_true",
                    help="pycrdt-websocket: open the new room with all clients at once (shows its hang)")
     args = p.parse_args(argv)

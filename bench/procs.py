@@ -1,8 +1,9 @@
 """Server subprocesses for the benchmarks: start one, learn its port, read its CPU time, stop it.
 
 Every server under test runs in its own process, started the same way, so that on a two-core machine the
-server gets one core and the clients the other, whichever server it is. A server announces itself with a
-first stdout line ``PORT <n>`` (it listens on port 0, loopback only); waits are bounded.
+server gets one core and the clients the other, whichever server it is. A server announces itself on stdout
+with ``PORT <n>`` (the baselines) or ``listening on ws://HOST:<n>`` (``crdtsync relay``); it listens on port 0,
+loopback only. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -17,8 +19,9 @@ from pathlib import Path
 
 __all__ = ["ROOT", "ServerProcess", "cpu_seconds", "server_process"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).absolute().parent.parent
 _TICKS = os.sysconf("SC_CLK_TCK")
+_PORT_LINE = re.compile(r"^(?:PORT (\d+)|listening on ws://[^\s]+:(\d+))")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -59,7 +62,7 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def server_process(argv: Sequence[str], *, timeout: float = 30.0) -> AsyncIterator[ServerProcess]:
-    """Run ``python <argv>`` from the repository root until it prints ``PORT <n>``; stop it on exit."""
+    """Run ``python <argv>`` from the repository root until it says its port; stop it on exit."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -74,10 +77,10 @@ async def server_process(argv: Sequence[str], *, timeout: float = 30.0) -> Async
                     assert proc.stderr is not None
                     err = (await proc.stderr.read()).decode(errors="replace")
                     raise RuntimeError(f"server {' '.join(argv)} exited before listening:\n{err}")
-                text = line.decode(errors="replace").strip()
-                if text.startswith("PORT "):
+                m = _PORT_LINE.match(line.decode(errors="replace").strip())
+                if m:
                     break
-        server = ServerProcess(proc, int(text.split()[1]))
+        server = ServerProcess(proc, int(m.group(1) or m.group(2)))
         yield server
     finally:
         if server is None:

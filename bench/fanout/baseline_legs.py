@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .channel import WebsocketsChannel
 from .result import LegResult
+from .waiting import wait_readers
 
 __all__ = ["bare_leg", "pycrdt_leg"]
 
@@ -38,7 +39,7 @@ async def _close_all(conns: list[ClientConnection]) -> None:
 
 
 async def bare_leg(port: int, updates: int, readers: int, timeout: float,
-                   server_cpu: Callable[[], float]) -> LegResult:
+                   server_cpu: Callable[[], float], *, idle: float = 10.0) -> LegResult:
     """Writer sends ``updates`` numbered messages; each reader counts the distinct numbers it got."""
     path = f"/bare-{uuid.uuid4().hex[:8]}"
     writer = await _connect(port, path)
@@ -73,13 +74,9 @@ async def bare_leg(port: int, updates: int, readers: int, timeout: float,
         t0 = time.perf_counter()
         for n in range(updates):
             await writer.send(_UPDATE + n.to_bytes(4, "big") + _FILLER)
-        finished, _ = await asyncio.wait(done, timeout=timeout)
-        end = max((f.result() for f in finished), default=time.perf_counter())
-        timed_out = len(finished) < readers
-        if timed_out:
-            end = time.perf_counter()
-        return LegResult("bare-broadcast", updates, end - t0, counts, [len(s) for s in seen], timed_out,
-                         server_cpu() - srv0, time.process_time() - cpu0)
+        end, why = await wait_readers(done, lambda: sum(counts), idle=idle, cap=timeout)
+        return LegResult("bare-broadcast", updates, end - t0, counts, [len(s) for s in seen], why is not None,
+                         server_cpu() - srv0, time.process_time() - cpu0, notes=[why] if why else [])
     finally:
         for t in tasks:
             t.cancel()
@@ -130,7 +127,8 @@ def _stored(db: str | None) -> int | None:
 
 async def pycrdt_leg(name: str, port: int, updates: int, readers: int, timeout: float,
                      server_cpu: Callable[[], float], *, store_db: str | None = None,
-                     concurrent_open: bool = False, connect_timeout: float = 10.0) -> LegResult:
+                     concurrent_open: bool = False, connect_timeout: float = 10.0, idle: float = 10.0
+                     ) -> LegResult:
     """Writer Doc sets ``updates`` keys of a Map, one transaction each; readers count the keys they see.
 
     The writer joins the new room first and the readers after it, because pycrdt-websocket can hang when
@@ -171,9 +169,12 @@ async def pycrdt_leg(name: str, port: int, updates: int, readers: int, timeout: 
         t0 = time.perf_counter()
         for n in range(updates):
             writer.map[f"k{n}"] = n
-        finished, _ = await asyncio.wait([c.done for c in reader_clients], timeout=timeout)
-        timed_out = len(finished) < readers
-        end = time.perf_counter() if timed_out else max(f.result() for f in finished)
+        end, why = await wait_readers([c.done for c in reader_clients],
+                                      lambda: sum(c.channel.updates_received for c in reader_clients),
+                                      idle=idle, cap=timeout)
+        if why:
+            notes.append(why)
+        timed_out = why is not None
         stored_at_done = _stored(store_db)
         received = [c.channel.updates_received for c in reader_clients]
         visible = [c.visible for c in reader_clients]

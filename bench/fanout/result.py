@@ -51,12 +51,13 @@ def _ratio(a: float, b: float) -> str:
 
 def format_table(results: list[LegResult], *, readers: int) -> str:
     """The per-server table, then the ratios of the first crdtsync leg against the baselines."""
-    lines = [f"{'server':<28} {'seconds':>8} {'updates/s':>10} {'srv cpu':>8} {'cli cpu':>8} "
+    lines = [f"{'server':<28} {'seconds':>8} {'updates/s':>10} {'srv cpu':>8} {'µs/upd':>7} {'cli cpu':>8} "
              f"{'missing/reader':>22} {'stored@done':>12} {'stored':>8}"]
     for r in results:
         miss = ",".join(str(m) for m in r.missing) if r.missing_total else f"0 x{len(r.visible)}"
         lines.append(
-            f"{r.name:<28} {r.seconds:>8.3f} {r.rate:>10.0f} {r.server_cpu:>8.2f} {r.client_cpu:>8.2f} "
+            f"{r.name:<28} {r.seconds:>8.3f} {r.rate:>10.0f} {r.server_cpu:>8.2f} "
+            f"{r.server_cpu / r.updates * 1e6:>7.0f} {r.client_cpu:>8.2f} "
             f"{miss:>22} {'-' if r.stored_at_done is None else r.stored_at_done:>12} "
             f"{'-' if r.stored_final is None else r.stored_final:>8}"
             + ("  TIMEOUT" if r.timed_out else ""))
@@ -78,5 +79,12 @@ def format_table(results: list[LegResult], *, readers: int) -> str:
             ok = bare.rate > 0 and crdt.rate >= 0.5 * bare.rate
             lines.append(f"{crdt.name}/bare-broadcast throughput: {ratio}   "
                          f"(target >= 0.50: {'MET' if ok else 'NOT MET'})")
-    lines.append(f"({readers} readers; updates/s = updates / seconds, 0 when a reader missed updates or timed out)")
+        for base in (pyws, bare):
+            if base is not None and crdt.server_cpu > 0:
+                lines.append(f"  server CPU per update: {crdt.name} {crdt.server_cpu / crdt.updates * 1e6:.0f} µs, "
+                             f"{base.name} {base.server_cpu / base.updates * 1e6:.0f} µs "
+                             f"(CPU ratio {base.server_cpu / crdt.server_cpu:.2f}: what the throughput ratio would be "
+                             "if each server had a core to itself)")
+    lines.append(f"({readers} readers; updates/s = updates / seconds, 0 when a reader missed updates or timed out; "
+                 "srv cpu = the server process's CPU seconds during the timed part, µs/upd the same per update)")
     return "\n".join(lines)
