@@ -42,7 +42,8 @@ async def _run_leg(leg: str, args: argparse.Namespace, tmp: Path) -> LegResult:
         name = "pycrdt-websocket+sqlite" if db else "pycrdt-websocket"
         async with server_process(argv) as srv:
             return await pycrdt_leg(name, srv.port, args.updates, args.readers, args.timeout, srv.cpu,
-                                    store_db=db, concurrent_open=args.concurrent_open, idle=args.idle)
+                                    store_db=db, concurrent_open=args.concurrent_open, idle=args.idle,
+                                    writer_mode=args.pycrdt_writer)
     if leg in ("crdtsync", "crdtsync-client"):
         from .fanout.crdtsync_leg import crdtsync_leg
         return await crdtsync_leg(args.updates, args.readers, args.timeout, tmp, idle=args.idle,
@@ -93,6 +94,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs per server; the best is reported (default 1)")
     p.add_argument("--profile-relay", metavar="PATH",
                    help="run the crdtsync relay under cProfile, writing PATH.<leg> (read with python -m pstats)")
+    p.add_argument("--pycrdt-writer", choices=["raw", "provider"], default="raw",
+                   help="pycrdt-websocket legs: send pre-made update messages back to back (raw, like the crdtsync "
+                        "writer) or make them live through pycrdt's Provider (default raw)")
     p.add_argument("--concurrent-open", action="store_true",
                    help="pycrdt-websocket: open the new room with all clients at once (shows its hang)")
     args = p.parse_args(argv)

@@ -115,6 +115,19 @@ class _YClient:
             await asyncio.wait_for(self.task, 5)
 
 
+def y_update_messages(updates: int) -> list[bytes]:
+    """The writer's ``updates`` map sets, made on a Doc of their own, as y-websocket update messages."""
+    from pycrdt import Doc, Map, create_update_message
+
+    doc: Any = Doc()
+    m = doc.get("m", type=Map)
+    out: list[bytes] = []
+    doc.observe(lambda event: out.append(create_update_message(event.update)))
+    for n in range(updates):
+        m[f"k{n}"] = n
+    return out
+
+
 def _stored(db: str | None) -> int | None:
     if db is None:
         return None
@@ -127,9 +140,13 @@ def _stored(db: str | None) -> int | None:
 
 async def pycrdt_leg(name: str, port: int, updates: int, readers: int, timeout: float,
                      server_cpu: Callable[[], float], *, store_db: str | None = None,
-                     concurrent_open: bool = False, connect_timeout: float = 10.0, idle: float = 10.0
-                     ) -> LegResult:
+                     concurrent_open: bool = False, connect_timeout: float = 10.0, idle: float = 10.0,
+                     writer_mode: str = "raw") -> LegResult:
     """Writer Doc sets ``updates`` keys of a Map, one transaction each; readers count the keys they see.
+
+    ``writer_mode="raw"`` (the default) makes the updates before the clock starts and sends them back to
+    back as y-websocket update messages, as the crdtsync writer does with its pushes; ``"provider"`` makes
+    them during the timed part and lets pycrdt's Provider send them (one message per transaction).
 
     The writer joins the new room first and the readers after it, because pycrdt-websocket can hang when
     two clients open a new room at the same moment; ``concurrent_open`` opens them all at once instead, to
@@ -165,10 +182,15 @@ async def pycrdt_leg(name: str, port: int, updates: int, readers: int, timeout: 
                          "(hung on opening the room)")
         for c in reader_clients:
             c.expected = updates
+        messages = y_update_messages(updates) if writer_mode == "raw" else []
         cpu0, srv0 = time.process_time(), server_cpu()
         t0 = time.perf_counter()
-        for n in range(updates):
-            writer.map[f"k{n}"] = n
+        if writer_mode == "raw":
+            for msg in messages:
+                await writer.ws.send(msg)
+        else:
+            for n in range(updates):
+                writer.map[f"k{n}"] = n
         end, why = await wait_readers([c.done for c in reader_clients],
                                       lambda: sum(c.channel.updates_received for c in reader_clients),
                                       idle=idle, cap=timeout)

@@ -39,12 +39,13 @@ __all__ = ["crdtsync_leg", "make_updates", "relay_argv"]
 _WINDOW = 64  # the protocol core's max_pushes_in_flight
 
 
-def relay_argv(db: Path, *, rate: float = 1e9, synchronous: str = "FULL", profile: str | None = None
-               ) -> list[str]:
+def relay_argv(db: Path, *, rate: float = 1e9, synchronous: str = "FULL", profile: str | None = None,
+               keep_log: int | None = None) -> list[str]:
     """``crdtsync relay`` on ``db``, port 0, open (loopback only); under cProfile when ``profile`` is a path."""
     head = ["-m", "bench.profiled", profile] if profile else ["-m", "crdtsync"]
+    keep = ["--keep-log", str(keep_log)] if keep_log is not None else []
     return [*head, "relay", "--port", "0", "--db", str(db), "--schema", "bench.schema:SCHEMA",
-            "--rate", str(rate), "--synchronous", synchronous]
+            "--rate", str(rate), "--synchronous", synchronous, *keep]
 
 
 def make_updates(replica: Replica, records: int, updates: int) -> tuple[list[Change], list[Change]]:
