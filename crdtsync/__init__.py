@@ -4,9 +4,11 @@ See README.md for a quick start and docs/ for the design.
 """
 
 from . import clock, errors, model, replica, schema, store
+from .client import SyncClient, SyncResult, SyncStatus
 from .clock import *  # noqa: F403
 from .errors import *  # noqa: F403
 from .model import Candidate, Conflict, HistoryEntry
+from .relay import Relay
 from .replica import ChangeEvent, PendingChange, Record, RecordStatus, Replica
 from .schema import *  # noqa: F403
 from .store import ByteStore, EncryptedStore, MemoryStore, SQLiteStore
@@ -25,8 +27,12 @@ __all__ = [
     "PendingChange",
     "Record",
     "RecordStatus",
+    "Relay",
     "Replica",
     "SQLiteStore",
+    "SyncClient",
+    "SyncResult",
+    "SyncStatus",
 ]
 
 __version__ = "0.1.0"

@@ -1,19 +1,26 @@
-"""``crdtsync demo``: two devices edit one account offline and merge by exchanging update blobs.
+"""``crdtsync demo``: a relay and three devices; two go offline, edit the same records, and come back.
 
-Shows what users of offline field apps care about: edits to different fields both survive, a same-field
-clash is surfaced with who and when (and resolved), text merges by character, counters add up.
+Everything is real: a relay on a loopback port with tokens, three replicas on their own SQLite files,
+websockets in between. Shows what users of offline field apps care about: edits to different fields all
+survive, a same-field clash is surfaced with who and when, a delete that met an edit keeps the edit
+visible, and each device reports its sync status as it goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import tempfile
 from pathlib import Path
 
+from .client import SyncClient, SyncStatus
+from .relay import Grant, Relay, Tokens
 from .replica import Record, Replica
 from .schema import Collection, Counter, Int, Ref, Schema, Set, Str, Text
+from .store import SQLiteStore
 
-__all__ = ["DEMO_SCHEMA", "add_arguments", "run"]
+__all__ = ["DEMO_SCHEMA", "add_arguments", "run", "show"]
 
 DEMO_SCHEMA = Schema(
     Collection("accounts", {"name": Str(required=True, max_length=120), "employees": Int(min=0),
@@ -23,12 +30,16 @@ DEMO_SCHEMA = Schema(
                delete_policy="delete-wins"),
 )
 
+_EVERYTHING = frozenset({"*"})
+_USERS = {"phone-1": ("alice", "tok-alice"), "laptop-2": ("bob", "tok-bob"), "tablet-3": ("carol", "tok-carol")}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=None, help="where to keep the devices' SQLite files")
+    parser.add_argument("--dir", type=Path, default=None, help="where to keep the SQLite files (default: temp)")
 
 
 def show(rec: Record | None, indent: str = "    ") -> str:
+    """A record, readably: its fields, status, and each open conflict with who wrote what when."""
     if rec is None:
         return indent + "(missing)"
     lines = [f"{indent}{rec.collection}/{rec.id}  status={rec.status}" + ("  DELETED" if rec.deleted else "")]
@@ -40,50 +51,110 @@ def show(rec: Record | None, indent: str = "    ") -> str:
         lines.append(f"{indent}  CONFLICT on {c.field!r} ({c.kind}):")
         for i, cand in enumerate(c.candidates):
             mark = "in effect" if i == 0 else "kept, lost"
-            lines.append(f"{indent}    {cand.value!r:<24} by {cand.user}@{cand.device} at "
+            shown = "(deleted)" if c.kind == "edit-vs-delete" and cand.value is True else repr(cand.value)
+            lines.append(f"{indent}    {shown:<24} by {cand.user}@{cand.device} at "
                          f"{cand.at:%H:%M:%S.%f}"[:-3] + f"  [{mark}]")
     return "\n".join(lines)
 
 
+class _Device:
+    def __init__(self, base: Path, name: str, url: str) -> None:
+        self.name = name
+        self.user, self.token = _USERS[name]
+        self.replica = Replica.open(base / f"{name}.db", DEMO_SCHEMA, device=name, user=self.user)
+        self.url = url
+        self.events: list[str] = []
+        self.client: SyncClient | None = None
+
+    def _record(self, st: SyncStatus) -> None:
+        if st.kind != "progress" or st.done == st.total:  # keep the log short: last progress step only
+            self.events.append(str(st))
+
+    async def connect(self) -> None:
+        self.client = SyncClient(self.replica, self.url, token=self.token)
+        self.client.subscribe(self._record)
+        await self.client.start()
+
+    async def disconnect(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+            self.events.append("offline (disconnected by the demo)")
+
+    async def sync(self) -> None:
+        assert self.client is not None
+        await asyncio.wait_for(self.client.sync_now(), 30)
+
+
+async def _demo(base: Path) -> int:
+    store = SQLiteStore(base / "relay.db", synchronous="NORMAL")
+    tokens = Tokens({tok: Grant(user, _EVERYTHING, _EVERYTHING) for user, tok in _USERS.values()})
+    relay = Relay(store, DEMO_SCHEMA, tokens)
+    host, port = await relay.start("127.0.0.1", 0)
+    url = f"ws://{host}:{port}"
+    print(f"Relay listening on {url}; three devices connect: phone-1 (alice), laptop-2 (bob), tablet-3 (carol)\n")
+    phone, laptop, tablet = devices = [_Device(base, n, url) for n in _USERS]
+    try:
+        for d in devices:
+            await d.connect()
+        acct = phone.replica.create("accounts", {"name": "Acme", "employees": 100, "tags": {"lead"}})
+        contact = phone.replica.create("contacts", {"name": "Dana", "account": acct})
+        await phone.sync()
+        for d in (laptop, tablet):
+            await d.sync()
+        print("The phone created an account and a contact; all three devices have them.")
+        print("laptop-2 and tablet-3 go offline and edit the same records:\n")
+        await laptop.disconnect()
+        await tablet.disconnect()
+        laptop.replica.update("accounts", acct, {"employees": 120, "name": "ACME Inc."})
+        laptop.replica.update("contacts", contact, {"email": "dana@acme.example"})
+        tablet.replica.update("accounts", acct, {"phone": "+1 555 0100", "name": "Acme Corp",
+                                                 "tags": {"lead", "vip"}})
+        tablet.replica.delete("contacts", contact)
+        print("  laptop-2 (bob):   employees=120, name='ACME Inc.', Dana's email")
+        print("  tablet-3 (carol): phone, name='Acme Corp', tag 'vip', deletes the contact Dana\n")
+        print(f"  pending on laptop-2: {len(laptop.replica.pending())}, on tablet-3: "
+              f"{len(tablet.replica.pending())}\n")
+        print("Both reconnect; each uploads its pending changes, then downloads what changed.\n")
+        for d in (laptop, tablet):
+            await d.connect()
+            await d.sync()
+        for d in devices:  # one more round so every device has seen everything
+            await d.sync()
+        a = phone.replica.get("accounts", acct)
+        print("Merged account (on phone-1):")
+        print(show(a))
+        print("\nMerged contact (delete vs edit; contacts are delete-wins, the edit stays visible):")
+        print(show(phone.replica.get("contacts", contact)))
+        same = all(d.replica.get("accounts", acct) == a and
+                   d.replica.get("contacts", contact) == phone.replica.get("contacts", contact) for d in devices)
+        print(f"\nIdentical on all three devices: {same}")
+        if a is not None:
+            for c in a.conflicts:
+                win = c.candidates[0]
+                print(f"Conflict surfaced on {c.field!r}: {win.value!r} ({win.user}@{win.device}, "
+                      f"{win.at:%H:%M:%S}) wins by its later clock; "
+                      + ", ".join(f"{x.value!r} ({x.user}@{x.device}, {x.at:%H:%M:%S})" for x in c.candidates[1:])
+                      + " is kept for the user to pick.")
+        print("\nSync events per device:")
+        for d in devices:
+            print(f"  {d.name}:")
+            for e in d.events:
+                print(f"    {e}")
+        print(f"\nPending changes left: {sum(len(d.replica.pending()) for d in devices)}; relay log head: "
+              f"{relay.log.head}")
+    finally:
+        for d in devices:
+            await d.disconnect()
+            d.replica.close()
+        await relay.stop()
+        store.close()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    logging.getLogger("crdtsync").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         base = args.dir or Path(tmp)
         base.mkdir(parents=True, exist_ok=True)
-        phone = Replica.open(base / "phone.db", DEMO_SCHEMA, device="phone-1", user="alice")
-        laptop = Replica.open(base / "laptop.db", DEMO_SCHEMA, device="laptop-2", user="bob")
-        with phone, laptop:
-            acct = phone.create("accounts", {"name": "Acme", "notes": "Met the buyer.", "tags": {"lead"}})
-            laptop.import_updates(phone.export_updates())
-            print("Both devices have the account; now both go offline and edit it:\n")
-            phone.update("accounts", acct, {"employees": 120, "name": "Acme Corp",
-                                            "notes": "Met the buyer. Wants a demo."})
-            phone.increment("accounts", acct, "visits", 1)
-            contact = phone.create("contacts", {"name": "Dana", "account": acct})
-            laptop.update("accounts", acct, {"phone": "+1 555 0100", "name": "ACME Inc.",
-                                             "tags": {"lead", "vip"}, "notes": "Important: Met the buyer."})
-            laptop.increment("accounts", acct, "visits", 2)
-            print("  phone (alice):  employees=120, name='Acme Corp', notes appended, +1 visit, new contact")
-            print("  laptop (bob):   phone, name='ACME Inc.', tag 'vip', notes prefixed, +2 visits\n")
-            print("They meet again and exchange updates (export_updates -> import_updates, both ways).\n")
-            laptop.import_updates(phone.export_updates(since=laptop.state_vectors()))
-            phone.import_updates(laptop.export_updates(since=phone.state_vectors()))
-            a, b = phone.get("accounts", acct), laptop.get("accounts", acct)
-            assert a is not None and b is not None
-            print("Merged account on the phone:")
-            print(show(a))
-            print(f"\nIdentical on both devices: {a.fields == b.fields and a.conflicts == b.conflicts}")
-            print("\nThe contact created offline on the phone, referring to the account, reached the laptop:")
-            print(show(laptop.get("contacts", contact)))
-            winner = a.conflicts[0].candidates[0]
-            print("\nAlice resolves the name conflict by typing a new value; the resolution syncs like any edit.")
-            phone.resolve("accounts", acct, "name", "Acme Corporation")
-            laptop.import_updates(phone.export_updates(since=laptop.state_vectors()))
-            print(show(laptop.get("accounts", acct)))
-            print(f"\n(the winner before resolving was {winner.value!r} by {winner.user}: latest HLC time, "
-                  "ties broken by device id)")
-            print("\nHistory of the name field, from the laptop:")
-            for h in laptop.history("accounts", acct):
-                if h.field == "name":
-                    print(f"    {h.at:%H:%M:%S} {h.user}@{h.device} {h.op} {h.value!r}")
-            print(f"\nPending changes on the phone (not yet acknowledged by a relay): {len(phone.pending())}")
-    return 0
+        return asyncio.run(_demo(base))

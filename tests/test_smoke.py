@@ -36,4 +36,5 @@ def test_demo_runs_and_shows_a_conflict(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "CONFLICT on 'name'" in out
-    assert "Identical on both devices: True" in out
+    assert "Identical on all three devices: True" in out
+    assert "progress upload" in out and "completed:" in out

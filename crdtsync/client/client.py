@@ -1,0 +1,474 @@
+"""``SyncClient``: keeps a replica in sync with a relay over websockets.
+
+It connects (and reconnects, with exponential backoff and jitter), and runs sync runs one at a time from a
+queue: automatically each time the connection comes (back), on demand (``sync_now``, optionally limited
+to some collections), and on a schedule (``interval``). A run uploads the replica's pending changes first,
+in order, and waits for the relay to store them; then it downloads what changed since the device's cursor,
+page by page, storing the cursor after each page. After a full run the relay streams changes live.
+
+A run cut short by a lost connection is not lost: its changes go back to ``pending`` and the same request
+runs again after reconnecting (a resend is recognised by the relay). Only a refused token (or a device id
+that belongs to another user) stops the client: ``sync_now`` then raises ``AuthError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from ..errors import AuthError, MalformedUpdate, RemoteValidationError, SyncError
+from ..protocol.connection import Connection, Role, State
+from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
+from ..protocol.frames import MAX_FRAME
+from ..replica import PendingChange, Record, Replica
+from .backoff import Backoff
+from .status import SyncResult, SyncStatus
+
+__all__ = ["SyncClient"]
+
+log = logging.getLogger("crdtsync.client")
+
+_CURSOR = "sync.cursor"
+_FATAL = {4401, 4403}
+
+
+class _Lost(Exception):
+    """The connection went away (or broke the protocol) in the middle of something."""
+
+
+@dataclass
+class _Request:
+    collections: frozenset[str] | None
+    futures: list[asyncio.Future[SyncResult]] = field(default_factory=list)
+    running: bool = False
+
+
+class _Session:
+    """One live connection: the protocol core, acks awaited, the pull being received."""
+
+    def __init__(self, ws: ClientConnection, max_frame: int) -> None:
+        self.ws = ws
+        self.conn = Connection(Role.CLIENT, max_frame=max_frame)
+        self.acks: dict[int, asyncio.Future[Ack]] = {}
+        self.pages: asyncio.Queue[Changes | _Lost] = asyncio.Queue()
+        self.welcome: Welcome | None = None
+        self.welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
+        self.lost: _Lost | None = None
+
+    async def send(self, ev: Event) -> None:
+        if self.lost is not None:
+            raise self.lost
+        self.conn.send(ev)
+        try:
+            for data in self.conn.data_to_send():
+                await self.ws.send(data)
+        except ConnectionClosed as e:
+            raise _Lost(f"connection lost: {e}") from None
+
+    def fail(self, reason: str) -> None:
+        if self.lost is None:
+            self.lost = _Lost(reason)
+        for f in self.acks.values():
+            if not f.done():
+                f.set_exception(self.lost)
+        self.acks.clear()
+        self.pages.put_nowait(self.lost)
+        if not self.welcomed.done():
+            self.welcomed.set_exception(self.lost)
+
+
+class SyncClient:
+    """Sync ``replica`` with the relay at ``url``. Use as ``async with SyncClient(...) as client:``."""
+
+    def __init__(self, replica: Replica, url: str, *, token: str | None = None, interval: float | None = None,
+                 batch_size: int = 200, backoff: Backoff | None = None, max_frame: int = MAX_FRAME,
+                 open_timeout: float = 10.0) -> None:
+        self.replica = replica
+        self.url = url
+        self.token = token
+        self.interval = interval
+        self.batch_size = batch_size
+        self.backoff = backoff or Backoff()
+        self.max_frame = max_frame
+        self.open_timeout = open_timeout
+        self.status: SyncStatus = SyncStatus("offline", "not started")
+        self.user: str | None = None
+        self._listeners: list[Callable[[SyncStatus], None]] = []
+        self._queue: deque[_Request] = deque()
+        self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._fatal: SyncError | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: _Session | None = None
+        self._ids = itertools.count(1)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SyncClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self._connect_loop(), name="crdtsync-client"))
+            if self.interval is not None:
+                self._tasks.append(asyncio.create_task(self._schedule_loop(), name="crdtsync-schedule"))
+
+    async def close(self) -> None:
+        """Disconnect and stop; queued sync requests fail with ``SyncError("client closed")``."""
+        self._closed.set()
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        self._fail_queue(SyncError("client closed"))
+
+    @property
+    def online(self) -> bool:
+        return self._session is not None and self._session.welcome is not None and self._session.lost is None
+
+    # -- status events -------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
+        """Call ``callback`` with every status event; returns a function that unsubscribes."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _emit(self, st: SyncStatus) -> None:
+        if st.kind in ("offline", "online", "started", "completed", "failed"):
+            self.status = st
+        for cb in list(self._listeners):
+            try:
+                cb(st)
+            except Exception:
+                log.exception("status listener %r failed", cb)
+
+    # -- the queue -----------------------------------------------------------------------------------------
+
+    async def sync_now(self, collections: Iterable[str] | None = None) -> SyncResult:
+        """Queue a sync run (of some collections: sync units, or all) and wait for it to complete.
+
+        While offline the request waits for the connection; bound the wait with ``asyncio.wait_for``.
+        Raises ``AuthError`` if the relay refused the token, ``SyncError`` if the queue was discarded.
+        """
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closed.is_set():
+            raise SyncError("client closed")
+        fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
+        self._enqueue(None if collections is None else frozenset(collections), fut)
+        return await fut
+
+    def _enqueue(self, collections: frozenset[str] | None, fut: asyncio.Future[SyncResult] | None) -> None:
+        for req in self._queue:
+            if req.collections == collections and not req.running:
+                if fut is not None:
+                    req.futures.append(fut)
+                return
+        self._queue.append(_Request(collections, [fut] if fut is not None else []))
+        self._wake.set()
+
+    def pending_requests(self) -> int:
+        return len(self._queue)
+
+    def discard_queue(self) -> int:
+        """Drop the sync requests that have not started; their ``sync_now`` raise ``SyncError``."""
+        keep = [r for r in self._queue if r.running]
+        dropped = [r for r in self._queue if not r.running]
+        self._queue = deque(keep)
+        for r in dropped:
+            for f in r.futures:
+                if not f.done():
+                    f.set_exception(SyncError("sync request discarded"))
+        return len(dropped)
+
+    def _fail_queue(self, err: SyncError) -> None:
+        while self._queue:
+            for f in self._queue.popleft().futures:
+                if not f.done():
+                    f.set_exception(err)
+
+    # -- connection ----------------------------------------------------------------------------------------
+
+    async def _connect_loop(self) -> None:
+        while not self._closed.is_set():
+            reason = await self._connect_once()
+            if self._fatal is not None or self._closed.is_set():
+                break
+            self._emit(SyncStatus("offline", reason))
+            delay = self.backoff.next()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay)
+        if self._fatal is not None:
+            self._emit(SyncStatus("failed", str(self._fatal)))
+            self._fail_queue(self._fatal)
+
+    async def _connect_once(self) -> str:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            ws = await connect(self.url, additional_headers=headers, max_size=self.max_frame + 1024,
+                               open_timeout=self.open_timeout, compression=None)
+        except (OSError, InvalidHandshake, TimeoutError) as e:
+            return f"cannot reach the relay: {e}"
+        session = _Session(ws, self.max_frame)
+        self._session = session
+        reader = asyncio.create_task(self._read_loop(session))
+        worker: asyncio.Task[None] | None = None
+        try:
+            await session.send(Hello(self.replica.device))
+            welcome = await asyncio.wait_for(asyncio.shield(session.welcomed), self.open_timeout)
+            self.user = welcome.user
+            self.backoff.reset()
+            self._emit(SyncStatus("online"))
+            self._enqueue(None, None)  # the connection came (back): sync
+            worker = asyncio.create_task(self._work_loop(session))
+            await asyncio.wait([reader, worker], return_when=asyncio.FIRST_COMPLETED)
+            if worker.done() and not worker.cancelled() and worker.exception() is not None:
+                log.error("sync worker failed", exc_info=worker.exception())
+                session.fail(f"sync worker failed: {worker.exception()!r}")
+        except (_Lost, TimeoutError) as e:
+            session.fail(str(e) or "no welcome from the relay")
+        finally:
+            for t in (reader, worker):
+                if t is not None and not t.done():
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await t
+            with contextlib.suppress(Exception):
+                await ws.close()
+            self._session = None
+        return str(session.lost) if session.lost is not None else "closed"
+
+    async def _read_loop(self, session: _Session) -> None:
+        ws = session.ws
+        reason = "connection closed"
+        try:
+            async for message in ws:
+                session.conn.receive_data(message if isinstance(message, bytes) else message.encode())
+                for ev in session.conn.events_received():
+                    self._on_event(session, ev)
+                for data in session.conn.data_to_send():
+                    await ws.send(data)
+                if session.conn.state is State.CLOSED:
+                    await ws.close(session.conn.close_code or 1000, session.conn.close_reason or "")
+                    reason = f"closed: {session.conn.close_code} {session.conn.close_reason}"
+                    break
+        except ConnectionClosed:
+            pass
+        rcvd = ws.close_code
+        if rcvd is not None and session.conn.state is not State.CLOSED:
+            reason = f"relay closed the connection: {rcvd} {ws.close_reason or ''}".strip()
+        if rcvd in _FATAL:
+            self._fatal = AuthError(f"the relay refused this device: {rcvd} {ws.close_reason}")
+        session.fail(reason)
+
+    def _on_event(self, session: _Session, ev: Event) -> None:
+        if isinstance(ev, Welcome):
+            session.welcome = ev
+            if not session.welcomed.done():
+                session.welcomed.set_result(ev)
+        elif isinstance(ev, Ack):
+            fut = session.acks.pop(ev.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(ev)
+        elif isinstance(ev, Changes):
+            session.pages.put_nowait(ev)
+        elif isinstance(ev, Live):
+            self._apply_live(ev.items)
+        elif isinstance(ev, ProtocolError):
+            log.warning("protocol error from the relay: %s", ev.reason)
+        elif isinstance(ev, Bye):
+            log.info("relay said goodbye: %d %s", ev.code, ev.reason)
+
+    # -- sync runs -----------------------------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        assert self.interval is not None
+        while not self._closed.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), self.interval)
+            if self.online:
+                self._enqueue(None, None)
+
+    async def _work_loop(self, session: _Session) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                if self._closed.is_set():
+                    return
+            req = self._queue[0]
+            req.running = True
+            try:
+                result = await self._run(session, req.collections)
+            except _Lost as e:
+                req.running = False
+                self._emit(SyncStatus("failed", str(e), collections=_names(req.collections)))
+                raise
+            except Exception as e:
+                req.running = False
+                self._emit(SyncStatus("failed", repr(e), collections=_names(req.collections)))
+                raise
+            self._queue.popleft()
+            for f in req.futures:
+                if not f.done():
+                    f.set_result(result)
+            self._emit(SyncStatus("completed", collections=result.collections, result=result))
+
+    async def _run(self, session: _Session, collections: frozenset[str] | None) -> SyncResult:
+        names = _names(collections)
+        self._emit(SyncStatus("started", collections=names))
+        uploaded, rejected, held = await self._upload(session, collections)
+        downloaded, conflicts, reset, cursor = await self._download(session, collections)
+        return SyncResult(names, uploaded, rejected, held, downloaded, conflicts, reset, cursor)
+
+    async def _upload(self, session: _Session, collections: frozenset[str] | None) -> tuple[int, int, int]:
+        r = self.replica
+        total = len(r.outgoing(collections))
+        done = uploaded = rejected = held = 0
+        while True:
+            batch = self._fit(r.outgoing(collections, limit=self.batch_size))
+            if batch is None:  # a change too large for any frame was set aside as an error
+                rejected += 1
+                continue
+            if not batch:
+                break
+            ids = [pc.id for pc, _ in batch]
+            r.mark_syncing(ids)
+            push = Push(next(self._ids), tuple(Change(pc.id, pc.collection, pc.record, u) for pc, u in batch))
+            fut: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+            session.acks[push.id] = fut
+            try:
+                await session.send(push)
+                ack = await fut
+            except BaseException:
+                r.mark_pending(ids)
+                raise
+            r.acknowledge(ack.ok)
+            by_id = {pc.id: pc for pc, _ in batch}
+            for rej in ack.rejected:
+                r.reject(rej.change_id, rej.code, rej.reason)
+                pc = by_id[rej.change_id]
+                self._emit(SyncStatus("error", rej.reason, collection=pc.collection, record=pc.record,
+                                      change_id=rej.change_id, code=rej.code))
+            r.mark_pending(ack.held)
+            uploaded += len(ack.ok)
+            rejected += len(ack.rejected)
+            held += len(ack.held)
+            done += len(batch)
+            total = max(total, done)
+            self._emit(SyncStatus("progress", phase="upload", done=done, total=total))
+        return uploaded, rejected, held
+
+    def _fit(self, batch: list[tuple[PendingChange, bytes]]) -> list[tuple[PendingChange, bytes]] | None:
+        """The longest prefix of ``batch`` that fits in half a frame; None if its first change can never
+        be sent (it is then rejected locally, kept as ``error`` for the user to export or discard)."""
+        budget = self.max_frame // 2
+        size = 0
+        for n, (pc, update) in enumerate(batch):
+            size += len(update) + 64 + len(pc.collection) + len(pc.record)
+            if size > budget:
+                if n == 0:
+                    reason = f"the change is {len(update)} bytes, more than a frame may carry"
+                    self.replica.reject(pc.id, "invalid", reason)
+                    self._emit(SyncStatus("error", reason, collection=pc.collection, record=pc.record,
+                                          change_id=pc.id, code="invalid"))
+                    return None
+                return batch[:n]
+        return batch
+
+    def _cursor(self) -> tuple[str | None, dict[str, int]]:
+        raw = self.replica.get_meta(_CURSOR)
+        if raw is None:
+            return None, {}
+        d = orjson.loads(raw)
+        return d.get("relay"), {str(k): int(v) for k, v in d.get("c", {}).items()}
+
+    def _save_cursor(self, relay: str, cursors: dict[str, int]) -> None:
+        self.replica.set_meta(_CURSOR, orjson.dumps({"relay": relay, "c": cursors}))
+
+    async def _download(self, session: _Session, collections: frozenset[str] | None
+                        ) -> tuple[int, int, bool, int]:
+        assert session.welcome is not None
+        relay_id = session.welcome.relay
+        stored_relay, cursors = self._cursor()
+        if stored_relay != relay_id:
+            cursors = {}
+        wanted = sorted(collections) if collections is not None else [c.name for c in self.replica.schema]
+        since = min((cursors.get(c, 0) for c in wanted), default=0)
+        pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),
+                    live=collections is None)
+        await session.send(pull)
+        downloaded = 0
+        conflicted: set[tuple[str, str]] = set()
+        reset = False
+        to = since
+        while True:
+            page = await session.pages.get()
+            if isinstance(page, _Lost):
+                raise page
+            reset = reset or page.reset
+            for rec in self._apply(page.items):
+                if rec.conflicts:
+                    conflicted.add((rec.collection, rec.id))
+                    self._emit(SyncStatus("conflict", collection=rec.collection, record=rec.id,
+                                          conflicts=rec.conflicts))
+            downloaded += len(page.items)
+            if page.to is not None:
+                to = page.to
+                _, cursors = self._cursor()
+                for c in wanted:
+                    cursors[c] = to if page.reset else max(cursors.get(c, 0), to)
+                self._save_cursor(relay_id, cursors)
+            self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
+            if not page.more:
+                return downloaded, len(conflicted), reset, to
+
+    def _apply(self, items: tuple[Item, ...]) -> list[Record]:
+        """Merge a page: all at once, or item by item if one is bad (it is reported and skipped)."""
+        if not items:
+            return []
+        try:
+            return self.replica.apply_remote((i.collection, i.record, i.update) for i in items)
+        except (MalformedUpdate, RemoteValidationError):
+            out: list[Record] = []
+            for i in items:
+                try:
+                    out += self.replica.apply_remote([(i.collection, i.record, i.update)])
+                except (MalformedUpdate, RemoteValidationError) as e:
+                    log.error("skipped a bad update of %s/%s from the relay: %s", i.collection, i.record, e)
+                    self._emit(SyncStatus("error", f"bad update from the relay: {e}", collection=i.collection,
+                                          record=i.record, code="invalid"))
+            return out
+
+    def _apply_live(self, items: tuple[Item, ...]) -> None:
+        if not items or self._session is None or self._session.welcome is None:
+            return
+        for rec in self._apply(items):
+            if rec.conflicts:
+                self._emit(SyncStatus("conflict", collection=rec.collection, record=rec.id, conflicts=rec.conflicts))
+        top = max(i.seq for i in items)
+        _, cursors = self._cursor()
+        for c in self.replica.schema:
+            cursors[c.name] = max(cursors.get(c.name, 0), top)
+        self._save_cursor(self._session.welcome.relay, cursors)
+
+
+def _names(collections: frozenset[str] | None) -> tuple[str, ...] | None:
+    return None if collections is None else tuple(sorted(collections))
+

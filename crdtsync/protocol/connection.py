@@ -1,0 +1,327 @@
+"""The sync connection state machine, with no I/O: fed bytes, it hands back events and bytes to send.
+
+Modelled on h11 and the sans-I/O core of websockets. Both ends use the same class with a different
+``Role``. Every allowed (role, state, direction, frame kind) is one row of ``TRANSITIONS``; anything else is
+refused: by ``LocalProtocolError`` when *this* side tries it (a bug in the caller), by a ``ProtocolError``
+event plus a BYE frame when the *peer* does it (the core then is ``CLOSED`` and ignores further input)::
+
+    client: IDLE --send HELLO--> AWAIT_WELCOME --recv WELCOME--> READY (send PUSH/PULL, recv ACK/CHANGES/LIVE)
+    relay:  IDLE --recv HELLO--> HELLO_RECEIVED --send WELCOME--> READY (recv PUSH/PULL, send ACK/CHANGES/LIVE)
+    any state but CLOSED --send or recv BYE, or peer garbage--> CLOSED
+
+Beyond the table, the core checks the order of requests and answers: an ACK must answer a push in flight
+and account for each of its changes exactly once; CHANGES must answer the pull in flight; a peer may not
+reuse a push id that is still in flight or start a second pull before the first one finished.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from ..errors import LocalProtocolError
+from .events import (
+    Ack,
+    Bye,
+    Change,
+    Changes,
+    Event,
+    Hello,
+    Item,
+    Live,
+    ProtocolError,
+    Pull,
+    Push,
+    Rejection,
+    Welcome,
+)
+from .frames import MAX_FRAME, Frame, FrameError, Kind, decode_frame, encode_frame
+
+__all__ = ["CLOSE_CODES", "TRANSITIONS", "Connection", "Direction", "Role", "State"]
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    RELAY = "relay"
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    AWAIT_WELCOME = "await-welcome"
+    HELLO_RECEIVED = "hello-received"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class Direction(enum.Enum):
+    SEND = "send"
+    RECV = "recv"
+
+
+C, R = Role.CLIENT, Role.RELAY
+S, V = Direction.SEND, Direction.RECV
+
+# (role, state, direction, kind) -> next state. BYE is added below for every state but CLOSED.
+TRANSITIONS: dict[tuple[Role, State, Direction, Kind], State] = {
+    (C, State.IDLE, S, Kind.HELLO): State.AWAIT_WELCOME,
+    (C, State.AWAIT_WELCOME, V, Kind.WELCOME): State.READY,
+    (C, State.READY, S, Kind.PUSH): State.READY,
+    (C, State.READY, S, Kind.PULL): State.READY,
+    (C, State.READY, V, Kind.ACK): State.READY,
+    (C, State.READY, V, Kind.CHANGES): State.READY,
+    (C, State.READY, V, Kind.LIVE): State.READY,
+    (R, State.IDLE, V, Kind.HELLO): State.HELLO_RECEIVED,
+    (R, State.HELLO_RECEIVED, S, Kind.WELCOME): State.READY,
+    (R, State.READY, V, Kind.PUSH): State.READY,
+    (R, State.READY, V, Kind.PULL): State.READY,
+    (R, State.READY, S, Kind.ACK): State.READY,
+    (R, State.READY, S, Kind.CHANGES): State.READY,
+    (R, State.READY, S, Kind.LIVE): State.READY,
+}
+for _role in Role:
+    for _state in State:
+        if _state is not State.CLOSED:
+            for _dir in Direction:
+                TRANSITIONS[(_role, _state, _dir, Kind.BYE)] = State.CLOSED
+
+# close codes used by crdtsync (4000-4999 are free for applications in RFC 6455)
+CLOSE_CODES: dict[int, str] = {
+    1000: "normal closure",
+    1001: "going away (relay shutting down)",
+    1009: "frame too large",
+    4400: "protocol error (malformed or out-of-order frame)",
+    4401: "unauthorized (missing or unknown token)",
+    4403: "forbidden (not granted)",
+    4408: "too slow (fell behind the live stream; reconnect to catch up)",
+    4429: "rate limit exceeded",
+}
+
+_EVENT_KIND: dict[type[Any], Kind] = {Hello: Kind.HELLO, Welcome: Kind.WELCOME, Push: Kind.PUSH, Ack: Kind.ACK,
+                                      Pull: Kind.PULL, Changes: Kind.CHANGES, Live: Kind.LIVE, Bye: Kind.BYE}
+
+
+def _names(v: Any) -> Any:
+    return "*" if v == "*" else tuple(v)
+
+
+def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
+    if isinstance(ev, Hello):
+        return Kind.HELLO, {"device": ev.device, "client": ev.client}, []
+    if isinstance(ev, Welcome):
+        return Kind.WELCOME, {"user": ev.user, "relay": ev.relay, "head": ev.head, "floor": ev.floor,
+                              "read": ev.read if ev.read == "*" else list(ev.read),
+                              "write": ev.write if ev.write == "*" else list(ev.write)}, []
+    if isinstance(ev, Push):
+        return (Kind.PUSH, {"id": ev.id, "changes": [[c.change_id, c.collection, c.record] for c in ev.changes]},
+                [c.update for c in ev.changes])
+    if isinstance(ev, Ack):
+        return Kind.ACK, {"id": ev.id, "ok": list(ev.ok), "held": list(ev.held),
+                          "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}, []
+    if isinstance(ev, Pull):
+        return Kind.PULL, {"id": ev.id, "since": ev.since, "relay": ev.relay, "live": ev.live,
+                           "collections": None if ev.collections is None else list(ev.collections)}, []
+    if isinstance(ev, Changes):
+        return (Kind.CHANGES, {"id": ev.id, "items": [[i.collection, i.record, i.seq] for i in ev.items],
+                               "done": ev.done, "total": ev.total, "to": ev.to, "more": ev.more,
+                               "reset": ev.reset}, [i.update for i in ev.items])
+    if isinstance(ev, Live):
+        return Kind.LIVE, {"items": [[i.collection, i.record, i.seq] for i in ev.items]}, [i.update for i in ev.items]
+    if isinstance(ev, Bye):
+        return Kind.BYE, {"code": ev.code, "reason": ev.reason}, []
+    raise LocalProtocolError(f"{type(ev).__name__} is not a frame that can be sent")
+
+
+def _from_frame(f: Frame) -> Event:
+    h, b = f.header, f.blobs
+    if f.kind is Kind.HELLO:
+        return Hello(h["device"], h["client"])
+    if f.kind is Kind.WELCOME:
+        return Welcome(h["user"], h["relay"], h["head"], h["floor"], _names(h["read"]), _names(h["write"]))
+    if f.kind is Kind.PUSH:
+        return Push(h["id"], tuple(Change(c[0], c[1], c[2], u) for c, u in zip(h["changes"], b, strict=True)))
+    if f.kind is Kind.ACK:
+        return Ack(h["id"], tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]), tuple(h["held"]))
+    if f.kind is Kind.PULL:
+        cs = h["collections"]
+        return Pull(h["id"], h["since"], h["relay"], None if cs is None else tuple(cs), h["live"])
+    if f.kind is Kind.CHANGES:
+        return Changes(h["id"], tuple(Item(i[0], i[1], i[2], u) for i, u in zip(h["items"], b, strict=True)),
+                       h["done"], h["total"], h["to"], h["more"], h["reset"])
+    if f.kind is Kind.LIVE:
+        return Live(tuple(Item(i[0], i[1], i[2], u) for i, u in zip(h["items"], b, strict=True)))
+    return Bye(h["code"], h["reason"])
+
+
+class Connection:
+    """One end of a sync connection. ``send(event)`` queues a frame; ``receive_data(bytes)`` takes one
+    frame from the peer; ``events_received()`` and ``data_to_send()`` hand back what came of them."""
+
+    def __init__(self, role: Role, *, max_frame: int = MAX_FRAME, max_pushes_in_flight: int = 64) -> None:
+        self.role = role
+        self.state = State.IDLE
+        self.max_frame = max_frame
+        self.max_pushes_in_flight = max_pushes_in_flight
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._pushes: dict[int, frozenset[int]] = {}  # push id -> its change ids, until acknowledged
+        self._pull: int | None = None  # the pull in flight
+
+    # -- output ------------------------------------------------------------------------------------------
+
+    def events_received(self) -> list[Event]:
+        out, self._events = self._events, []
+        return out
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    @property
+    def pushes_in_flight(self) -> int:
+        return len(self._pushes)
+
+    @property
+    def pull_in_flight(self) -> int | None:
+        return self._pull
+
+    # -- this side -----------------------------------------------------------------------------------------
+
+    def send(self, event: Event) -> None:
+        """Queue a frame. Raises ``LocalProtocolError`` if the state machine does not allow it now."""
+        kind = _EVENT_KIND.get(type(event))
+        if kind is None:
+            raise LocalProtocolError(f"{type(event).__name__} is not a frame that can be sent")
+        nxt = TRANSITIONS.get((self.role, self.state, Direction.SEND, kind))
+        if nxt is None:
+            raise LocalProtocolError(f"a {self.role.value} cannot send {kind.name} in state {self.state.value}")
+        self._guard_send(event)
+        k, header, blobs = _to_frame(event)
+        try:
+            data = encode_frame(k, header, blobs)
+        except FrameError as e:
+            raise LocalProtocolError(f"cannot encode {kind.name}: {e}") from None
+        if len(data) > self.max_frame:
+            raise LocalProtocolError(f"{kind.name} of {len(data)} bytes exceeds the frame limit {self.max_frame}")
+        self._commit_send(event)
+        self._out.append(data)
+        self.state = nxt
+        if isinstance(event, Bye):
+            self.close_code, self.close_reason = event.code, event.reason
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Say goodbye (if not closed yet); the shell then closes the websocket with the same code."""
+        if self.state is not State.CLOSED:
+            self.send(Bye(code, reason[:500]))
+
+    def _guard_send(self, ev: Event) -> None:
+        if isinstance(ev, Push):
+            if ev.id in self._pushes:
+                raise LocalProtocolError(f"push {ev.id} is still in flight")
+            if len(self._pushes) >= self.max_pushes_in_flight:
+                raise LocalProtocolError("too many pushes in flight; wait for their acks")
+            ids = [c.change_id for c in ev.changes]
+            if len(set(ids)) != len(ids):
+                raise LocalProtocolError("a push holds the same change id twice")
+        elif isinstance(ev, Pull):
+            if self._pull is not None:
+                raise LocalProtocolError(f"pull {self._pull} is still in flight")
+        elif isinstance(ev, Ack):
+            expected = self._pushes.get(ev.id)
+            if expected is None:
+                raise LocalProtocolError(f"no push {ev.id} to acknowledge")
+            if not _accounts_for(ev, expected):
+                raise LocalProtocolError(f"ack {ev.id} must list each change of the push exactly once")
+        elif isinstance(ev, Changes) and ev.id != self._pull:
+            raise LocalProtocolError(f"no pull {ev.id} in flight")
+
+    def _commit_send(self, ev: Event) -> None:
+        if isinstance(ev, Push):
+            self._pushes[ev.id] = frozenset(c.change_id for c in ev.changes)
+        elif isinstance(ev, Pull):
+            self._pull = ev.id
+        elif isinstance(ev, Ack):
+            del self._pushes[ev.id]
+        elif isinstance(ev, Changes) and not ev.more:
+            self._pull = None
+
+    # -- the peer ------------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Take one frame (one websocket message) from the peer. Never raises on what the peer sent."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            frame = decode_frame(data, max_size=self.max_frame)
+        except FrameError as e:
+            too_big = isinstance(data, bytes | bytearray) and len(data) > self.max_frame
+            self._fail(1009 if too_big else 4400, str(e))
+            return
+        nxt = TRANSITIONS.get((self.role, self.state, Direction.RECV, frame.kind))
+        if nxt is None:
+            self._fail(4400, f"unexpected {frame.kind.name} from the {_peer(self.role)} in state {self.state.value}")
+            return
+        try:
+            event = _from_frame(frame)
+        except (TypeError, ValueError) as e:  # decode_frame checked the header: this is a safety net
+            self._fail(4400, f"bad {frame.kind.name}: {e}")
+            return
+        problem = self._guard_recv(event)
+        if problem is not None:
+            self._fail(4400, problem)
+            return
+        self.state = nxt
+        if isinstance(event, Bye):
+            self.close_code, self.close_reason = event.code, event.reason
+        self._events.append(event)
+
+    def _guard_recv(self, ev: Event) -> str | None:
+        if isinstance(ev, Push):
+            if ev.id in self._pushes:
+                return f"push {ev.id} reused while still in flight"
+            if len(self._pushes) >= self.max_pushes_in_flight:
+                return "too many pushes in flight"
+            ids = [c.change_id for c in ev.changes]
+            if len(set(ids)) != len(ids):
+                return f"push {ev.id} holds the same change id twice"
+            self._pushes[ev.id] = frozenset(ids)
+        elif isinstance(ev, Pull):
+            if self._pull is not None:
+                return f"pull {ev.id} sent while pull {self._pull} is in flight"
+            self._pull = ev.id
+        elif isinstance(ev, Ack):
+            expected = self._pushes.get(ev.id)
+            if expected is None:
+                return f"ack {ev.id} answers no push in flight"
+            if not _accounts_for(ev, expected):
+                return f"ack {ev.id} does not account for each change of the push exactly once"
+            del self._pushes[ev.id]
+        elif isinstance(ev, Changes):
+            if ev.id != self._pull:
+                return f"changes {ev.id} answer no pull in flight"
+            if ev.done > ev.total:
+                return f"changes {ev.id} claim {ev.done} done of {ev.total}"
+            if not ev.more:
+                self._pull = None
+        return None
+
+    def _fail(self, code: int, reason: str) -> None:
+        reason = reason[:500]
+        self._events.append(ProtocolError(code, reason))
+        self._out.append(encode_frame(Kind.BYE, {"code": code, "reason": reason}))
+        self.state = State.CLOSED
+        self.close_code, self.close_reason = code, reason
+
+    def ack_for(self, push_id: int) -> frozenset[int] | None:
+        """The change ids of a push still waiting for its ack (relay side), or None."""
+        return self._pushes.get(push_id)
+
+
+def _accounts_for(ack: Ack, expected: frozenset[int]) -> bool:
+    got = [*ack.ok, *(r.change_id for r in ack.rejected), *ack.held]
+    return len(got) == len(expected) and set(got) == expected
+
+
+def _peer(role: Role) -> str:
+    return "relay" if role is Role.CLIENT else "client"

@@ -1,0 +1,136 @@
+"""What the protocol core hands back: one event per frame received, plus ``ProtocolError`` for garbage.
+
+Events are plain frozen dataclasses; the same classes are given to ``Connection.send`` to emit frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Ack", "Bye", "Change", "Changes", "Event", "Hello", "Item", "Live", "ProtocolError", "Pull", "Push",
+           "Rejection", "Welcome"]
+
+Names = tuple[str, ...] | Literal["*"]
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Client to relay, first frame: who the device is."""
+
+    device: str
+    client: str = "crdtsync/0.1"
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """Relay to client, after HELLO: the user the token belongs to, the relay's identity (cursors are only
+    meaningful for one relay log), its head and floor sequence numbers, and the collections granted."""
+
+    user: str
+    relay: str
+    head: int
+    floor: int
+    read: Names
+    write: Names
+
+
+@dataclass(frozen=True)
+class Change:
+    """One pending change of a device: its change id (HLC time), record, and Yjs update."""
+
+    change_id: int
+    collection: str
+    record: str
+    update: bytes
+
+
+@dataclass(frozen=True)
+class Push:
+    """Client to relay: pending changes, in the order they were made."""
+
+    id: int
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    change_id: int
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Relay to client, once a push is durably stored: every change of it is ``ok`` (stored), ``rejected``
+    (with a code: invalid, forbidden, gone) or ``held`` (not stored because an earlier change of the same
+    record was rejected; it stays pending)."""
+
+    id: int
+    ok: tuple[int, ...]
+    rejected: tuple[Rejection, ...] = ()
+    held: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pull:
+    """Client to relay: send what changed since ``since`` (in these collections, or all readable ones).
+    ``relay`` is the relay id the cursor belongs to; ``live`` asks for live changes once caught up."""
+
+    id: int
+    since: int
+    relay: str | None = None
+    collections: tuple[str, ...] | None = None
+    live: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    """One record update from the relay, at log sequence number ``seq``."""
+
+    collection: str
+    record: str
+    seq: int
+    update: bytes
+
+
+@dataclass(frozen=True)
+class Changes:
+    """Relay to client, one page of a pull: ``done`` of ``total`` log entries covered so far; ``to`` is the
+    cursor the client may store once the page is applied (None on the pages of a full resync but the last);
+    ``more`` says more pages follow; ``reset`` that this is a full resync of the scope."""
+
+    id: int
+    items: tuple[Item, ...]
+    done: int
+    total: int
+    to: int | None
+    more: bool
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class Live:
+    """Relay to client: changes just stored, from other devices, within the client's scope."""
+
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Either way: the sender is closing, with a websocket-style close code and a reason."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    """Not a frame: the peer sent garbage or broke the protocol. The core has queued a BYE with the same
+    code and reason and is now closed."""
+
+    code: int
+    reason: str
+
+
+Event = Hello | Welcome | Push | Ack | Pull | Changes | Live | Bye | ProtocolError

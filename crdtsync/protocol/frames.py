@@ -1,0 +1,219 @@
+"""The sync protocol's binary frames: encoding, and a strict decoder that never trusts its input. No I/O.
+
+One frame is one websocket binary message::
+
+    byte 0       protocol version (1)
+    byte 1       frame kind (``Kind``)
+    varuint      length of the header, then the header: an orjson object whose fields depend on the kind
+    blobs        ``header["n"]`` times: varuint length, then that many bytes (Yjs updates, kept as bytes)
+
+Nothing may follow the last blob. ``decode_frame`` checks the version, the kind, every header field's type
+and range, and the blob count against the header, and raises ``FrameError`` (with a reason a peer can be
+told) for anything else: callers turn it into a protocol error, never a crash.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..codec import Reader, write_bytes
+
+__all__ = ["MAX_FRAME", "MAX_ITEMS", "VERSION", "Frame", "FrameError", "Kind", "check_header", "decode_frame",
+           "encode_frame"]
+
+VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024
+MAX_ITEMS = 10_000
+_MAX_HEADER = 4 * 1024 * 1024
+_MAX_INT = (1 << 63) - 1
+_MAX_NAME = 200
+_MAX_REASON = 500
+
+
+class Kind(enum.IntEnum):
+    """Frame kinds. Client to relay: HELLO, PUSH, PULL. Relay to client: WELCOME, ACK, CHANGES, LIVE.
+    Either way: BYE (the sender is closing, with a code and a reason)."""
+
+    HELLO = 1
+    WELCOME = 2
+    PUSH = 3
+    ACK = 4
+    PULL = 5
+    CHANGES = 6
+    LIVE = 7
+    BYE = 8
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded or breaks the header rules; ``str()`` is the reason for the peer."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: Kind
+    header: dict[str, Any]
+    blobs: tuple[bytes, ...] = ()
+
+
+# -- header validators: each returns None when fine, or raises FrameError -----------------------------------
+
+def _int(v: Any, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= _MAX_INT:
+        raise FrameError(f"{what} must be an int in 0..2**63-1")
+    return v
+
+
+def _name(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not 0 < len(v) <= _MAX_NAME:
+        raise FrameError(f"{what} must be a str of 1 to {_MAX_NAME} characters")
+    return v
+
+
+def _opt_name(v: Any, what: str) -> None:
+    if v is not None:
+        _name(v, what)
+
+
+def _bool(v: Any, what: str) -> None:
+    if not isinstance(v, bool):
+        raise FrameError(f"{what} must be a bool")
+
+
+def _list(v: Any, what: str) -> list[Any]:
+    if not isinstance(v, list) or len(v) > MAX_ITEMS:
+        raise FrameError(f"{what} must be a list of at most {MAX_ITEMS} items")
+    return v
+
+
+def _names(v: Any, what: str) -> None:
+    if v == "*":
+        return
+    for x in _list(v, what):
+        _name(x, what)
+
+
+def _opt_names(v: Any, what: str) -> None:
+    if v is not None:
+        _names(v, what)
+
+
+def _ints(v: Any, what: str) -> None:
+    for x in _list(v, what):
+        _int(x, what)
+
+
+def _triples(kinds: str) -> Callable[[Any, str], None]:
+    """A list of fixed-length tuples; ``kinds`` gives each position: i(nt), n(ame), r(eason)."""
+
+    def check(v: Any, what: str) -> None:
+        for t in _list(v, what):
+            if not isinstance(t, list) or len(t) != len(kinds):
+                raise FrameError(f"{what} entries must be lists of {len(kinds)}")
+            for k, x in zip(kinds, t, strict=True):
+                if k == "i":
+                    _int(x, what)
+                elif k == "n":
+                    _name(x, what)
+                elif not isinstance(x, str) or len(x) > _MAX_REASON:
+                    raise FrameError(f"{what}: reasons are str of at most {_MAX_REASON} characters")
+    return check
+
+
+def _reason(v: Any, what: str) -> None:
+    if not isinstance(v, str) or len(v) > _MAX_REASON:
+        raise FrameError(f"{what} must be a str of at most {_MAX_REASON} characters")
+
+
+def _opt_int(v: Any, what: str) -> None:
+    if v is not None:
+        _int(v, what)
+
+
+_Check = Callable[[Any, str], Any]
+
+# kind -> (required header fields and their checks, which list holds one entry per blob)
+_HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
+    Kind.HELLO: ({"device": _name, "client": _reason}, None),
+    Kind.WELCOME: ({"user": _name, "relay": _name, "head": _int, "floor": _int, "read": _names,
+                    "write": _names}, None),
+    Kind.PUSH: ({"id": _int, "changes": _triples("inn")}, "changes"),
+    Kind.ACK: ({"id": _int, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
+    Kind.PULL: ({"id": _int, "since": _int, "relay": _opt_name, "collections": _opt_names, "live": _bool},
+                None),
+    Kind.CHANGES: ({"id": _int, "items": _triples("nni"), "done": _int, "total": _int, "to": _opt_int,
+                    "more": _bool, "reset": _bool}, "items"),
+    Kind.LIVE: ({"items": _triples("nni")}, "items"),
+    Kind.BYE: ({"code": _int, "reason": _reason}, None),
+}
+
+
+def check_header(kind: Kind, header: Any) -> dict[str, Any]:
+    if not isinstance(header, dict):
+        raise FrameError(f"{kind.name} header must be an object")
+    fields, _ = _HEADERS[kind]
+    for name, check in fields.items():
+        if name not in header:
+            raise FrameError(f"{kind.name} header lacks {name!r}")
+        check(header[name], f"{kind.name}.{name}")
+    extra = set(header) - set(fields)
+    if extra:
+        raise FrameError(f"{kind.name} header has unknown fields {sorted(extra)}")
+    return header
+
+
+def encode_frame(kind: Kind, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
+    """Encode a frame. The header is checked as strictly as the decoder would (a bad one is a bug here)."""
+    check_header(kind, header)
+    _, listed = _HEADERS[kind]
+    if listed is not None and len(header[listed]) != len(blobs):
+        raise FrameError(f"{kind.name} has {len(header[listed])} {listed} but {len(blobs)} blobs")
+    if listed is None and blobs:
+        raise FrameError(f"{kind.name} carries no blobs")
+    out = bytearray((VERSION, kind))
+    write_bytes(out, orjson.dumps(header))
+    for b in blobs:
+        write_bytes(out, b)
+    return bytes(out)
+
+
+def decode_frame(data: bytes, *, max_size: int = MAX_FRAME) -> Frame:
+    """Decode one frame, or raise ``FrameError`` saying what is wrong with it."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FrameError("frames are binary messages, not text")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
+    if len(data) < 2:
+        raise FrameError("truncated frame")
+    if data[0] != VERSION:
+        raise FrameError(f"unsupported protocol version {data[0]} (this end speaks {VERSION})")
+    try:
+        kind = Kind(data[1])
+    except ValueError:
+        raise FrameError(f"unknown frame kind {data[1]}") from None
+    r = Reader(data, 2)
+    try:
+        raw = r.bytes()
+        if len(raw) > _MAX_HEADER:
+            raise FrameError("header too large")
+        try:
+            header = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise FrameError(f"{kind.name} header is not JSON: {e}") from None
+        check_header(kind, header)
+        _, listed = _HEADERS[kind]
+        count = len(header[listed]) if listed is not None else 0
+        blobs = tuple(r.bytes() for _ in range(count))
+    except FrameError:
+        raise
+    except ValueError as e:
+        raise FrameError(f"truncated {kind.name} frame: {e}") from None
+    if not r.done():
+        raise FrameError(f"{len(data) - r.pos} unexpected bytes after the {kind.name} frame")
+    return Frame(kind, header, blobs)
+

@@ -1,0 +1,374 @@
+"""The relay's durable state on a byte store: the change log, per-record merged documents, validation.
+
+Layout (only the ``ByteStore`` interface is used, so another byte store can replace SQLite):
+
+- ``("log", seq)``: each accepted change, in the order the relay stored it: JSON
+  ``[collection, record, device, change_id]`` then the Yjs update (the part new to the relay), length-prefixed;
+- ``("dedup", device, change_id)``: the seq a change was stored at, so a resend after a lost ack is not
+  stored twice (Yjs would ignore it anyway; this keeps the log free of empty entries);
+- ``("recs", collection, record)``: the seq of the record's latest change: the index a full resync walks;
+- ``("relay", "id" | "head" | "floor")``: the relay's identity (cursors belong to one relay log), the last
+  seq stored, and the last seq compacted away (a cursor below it gets a full resync of its scope);
+- ``("relay", "device", device)``: the user a device id belongs to (a token may not speak for another
+  user's device);
+- ``snap`` / ``upd`` / ``rmeta``: each record's merged document, kept by ``RecordDocs`` (snapshots +
+  compaction), so a full resync sends one update per record however long its history.
+
+``stage`` validates and applies one device's changes into a batch; the caller commits batches (grouped)
+off the event loop and calls ``committed`` after.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pycrdt import Map, merge_updates
+
+from ..codec import Reader, write_bytes
+from ..errors import MalformedUpdate, RemoteValidationError
+from ..model.record import RecordDoc
+from ..model.slots import SEP
+from ..protocol.events import Change, Item, Rejection
+from ..replica.docs import RecordDocs
+from ..schema import Schema
+from ..store.base import Batch, ByteStore
+from .auth import Grant
+
+__all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
+
+log = logging.getLogger("crdtsync.relay")
+
+_EMPTY_UPDATE = b"\x00\x00"
+
+
+def is_own_writer(writer: str, device: str) -> bool:
+    """A device writes slots tagged with its id, or ``device#N`` after it discarded changes of a record."""
+    if writer == device:
+        return True
+    head, sep, tail = writer.rpartition("#")
+    return bool(sep) and head == device and tail.isdigit()
+
+
+@dataclass(frozen=True)
+class Accepted:
+    seq: int
+    collection: str
+    record: str
+    device: str
+    change_id: int
+    update: bytes
+
+
+@dataclass
+class Outcome:
+    """What became of one push: stored, rejected with a reason, or held behind a rejected change."""
+
+    ok: list[int] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+def _encode_entry(a: Accepted) -> bytes:
+    out = bytearray()
+    write_bytes(out, orjson.dumps([a.collection, a.record, a.device, a.change_id]))
+    write_bytes(out, a.update)
+    return bytes(out)
+
+
+def _decode_entry(seq: int, raw: bytes) -> Accepted:
+    r = Reader(raw)
+    c, rid, dev, cid = orjson.loads(r.bytes())
+    return Accepted(seq, c, rid, dev, cid, r.bytes())
+
+
+class RelayLog:
+    """The relay's records and change log. ``keep`` is how many log entries compaction keeps."""
+
+    def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096) -> None:
+        self.store = store
+        self.schema = schema
+        self.keep = keep
+        raw = store.load(("relay", "id"))
+        if raw is None:
+            raw = os.urandom(8).hex().encode()
+            store.save(("relay", "id"), raw)
+        self.relay_id = raw.decode()
+        self.head = int(store.load(("relay", "head")) or b"0")
+        self.floor = int(store.load(("relay", "floor")) or b"0")
+        last = store.load_range(("log",), reverse=True, limit=1)
+        if last:  # head is saved with every batch; this only guards against an older layout
+            self.head = max(self.head, int(last[0][0][1]))
+
+        def ids() -> int:
+            return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
+
+        # The writer's documents (only ``stage`` touches them) and a separate read cache, refreshed after
+        # each commit, so readers never see (or cache) a document half-way through a group commit.
+        self.docs = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
+                               cache_size=cache_size)
+        self.reader = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
+                                 cache_size=cache_size)
+        self._staged_dedup: dict[tuple[str, int], int] = {}
+
+    # -- devices -------------------------------------------------------------------------------------------
+
+    def device_owner(self, device: str) -> str | None:
+        raw = self.store.load(("relay", "device", device))
+        return None if raw is None else raw.decode()
+
+    def bind_device(self, device: str, user: str) -> bool:
+        """Tie a device id to the first user it connects as; False if it belongs to another user."""
+        owner = self.device_owner(device)
+        if owner is None:
+            self.store.save(("relay", "device", device), user.encode())
+            return True
+        return owner == user
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def stage(self, batch: Batch, device: str, grant: Grant, changes: Sequence[Change]) -> Outcome:
+        """Validate and apply one push's changes, in order, staging the accepted ones into ``batch``."""
+        out = Outcome()
+        refused: set[tuple[str, str]] = set()
+        for ch in changes:
+            key = (ch.collection, ch.record)
+            if key in refused:
+                out.held.append(ch.change_id)
+                continue
+            if self._seen(device, ch.change_id):
+                out.ok.append(ch.change_id)
+                continue
+            try:
+                accepted = self._stage_one(batch, device, grant, ch)
+            except _Refused as e:
+                refused.add(key)
+                out.rejected.append(Rejection(ch.change_id, e.code, e.reason))
+                log.info("rejected %s change %d of %s/%s: %s: %s", device, ch.change_id, ch.collection,
+                         ch.record, e.code, e.reason)
+                continue
+            out.ok.append(ch.change_id)
+            if accepted is not None:
+                out.accepted.append(accepted)
+        return out
+
+    def _seen(self, device: str, change_id: int) -> bool:
+        return (device, change_id) in self._staged_dedup or self.store.load(("dedup", device, change_id)) is not None
+
+    def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change) -> Accepted | None:
+        c, rid = ch.collection, ch.record
+        if c not in self.schema.collections:
+            raise _Refused("gone", f"collection {c!r} does not exist on the relay")
+        if not grant.can_write(c):
+            raise _Refused("forbidden", f"user {grant.user!r} may not write {c!r}")
+        if not 0 < len(rid) <= 200 or any(ord(x) < 32 for x in rid):
+            raise _Refused("invalid", "bad record id")
+        lr = self.docs.get(c, rid)
+        doc = lr.doc
+        limited = grant.limited(c)
+        if limited:
+            before = doc.state()
+            if before.exists and not grant.in_scope(c, before.fields):
+                raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
+        saved = doc.full_update()  # applied in place (the common case is accepted); restored if refused
+        try:
+            try:
+                with _Touched(doc) as touched:
+                    new = doc.apply(ch.update)
+                if not new:
+                    return None  # nothing new (already stored): acknowledged, nothing to log
+                doc.check()
+            except (MalformedUpdate, RemoteValidationError) as e:
+                raise _Refused("invalid", str(e)) from None
+            except BaseException as e:
+                # pycrdt can panic (PanicException derives from BaseException) on hostile updates
+                if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                    raise
+                log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
+                raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
+            _check_own(doc, touched, device)
+            if limited and not grant.in_scope(c, doc.state().fields):
+                raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
+                                            "write")
+        except BaseException:
+            lr.doc = RecordDoc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
+                               client_id=doc.doc.client_id, updates=[saved])
+            raise
+        self.docs.append(batch, c, rid, new)
+        self.head += 1
+        a = Accepted(self.head, c, rid, device, ch.change_id, new)
+        batch.save(("log", a.seq), _encode_entry(a))
+        batch.save(("dedup", device, ch.change_id), str(a.seq).encode())
+        batch.save(("recs", c, rid), str(a.seq).encode())
+        batch.save(("relay", "head"), str(self.head).encode())
+        self._staged_dedup[(device, ch.change_id)] = a.seq
+        return a
+
+    def committed(self, accepted: Iterable[Accepted]) -> None:
+        """After the batch holding ``accepted`` is durable: readers see the new state of those records."""
+        for a in accepted:
+            self.reader.reload(a.collection, a.record)
+        self._staged_dedup.clear()
+
+    def abandon(self) -> None:
+        """A commit failed: forget everything staged (the store is the truth)."""
+        self.docs.forget()
+        self.reader.forget()
+        self._staged_dedup.clear()
+        self.head = int(self.store.load(("relay", "head")) or b"0")
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def needs_reset(self, since: int, relay: str | None) -> bool:
+        """A cursor from another relay log, from before compaction, or a first sync: full resync."""
+        return (relay is not None and relay != self.relay_id) or since < self.floor or (since == 0 and self.head > 0) \
+            or since > self.head
+
+    def record_update(self, collection: str, record: str) -> bytes:
+        """The record's whole merged state as one update, from the store."""
+        parts = []
+        snap = self.store.load(("snap", collection, record))
+        if snap is not None:
+            parts.append(snap)
+        parts += [raw[1:] for _, raw in self.store.load_range(("upd", collection, record))]
+        if not parts:
+            return _EMPTY_UPDATE
+        return parts[0] if len(parts) == 1 else merge_updates(*parts)
+
+    def _visible(self, grant: Grant, collection: str, record: str) -> bool:
+        if not grant.limited(collection):
+            return True
+        return grant.in_scope(collection, self.reader.get(collection, record).doc.state().fields)
+
+    def item_for(self, grant: Grant, a: Accepted) -> Item | None:
+        """How a stored change reaches a device with this grant: the update itself, or (for collections
+        limited by ``where``, where the device may never have seen the record) its whole state; None when
+        it is out of the device's scope."""
+        if not grant.can_read(a.collection) or not self._visible(grant, a.collection, a.record):
+            return None
+        if grant.limited(a.collection):
+            return Item(a.collection, a.record, a.seq, self.record_update(a.collection, a.record))
+        return Item(a.collection, a.record, a.seq, a.update)
+
+    def delta(self, grant: Grant, device: str, since: int, collections: frozenset[str] | None, *,
+              max_items: int = 500, max_bytes: int = 4 << 20) -> tuple[list[Item], int]:
+        """One page of changes after ``since`` within the scope; returns the items and the seq the page
+        covers up to (the device's next cursor). Its own changes are skipped: the device has them."""
+        items: list[Item] = []
+        size = 0
+        to = since
+        seen: set[tuple[str, str]] = set()
+        for key, raw in self.store.load_range(("log",), start=("log", since + 1), limit=max_items):
+            a = _decode_entry(int(key[1]), raw)
+            if a.device == device or (collections is not None and a.collection not in collections) \
+                    or (grant.limited(a.collection) and (a.collection, a.record) in seen):
+                to = a.seq  # skipped: its own change, another collection, or a whole state already sent
+                continue
+            item = self.item_for(grant, a)
+            if item is not None:
+                if items and size + len(item.update) > max_bytes:
+                    break  # the next page starts with this entry
+                seen.add((a.collection, a.record))
+                items.append(item)
+                size += len(item.update)
+            to = a.seq
+        return items, to
+
+    def scope_records(self, grant: Grant, collections: frozenset[str] | None) -> Iterator[tuple[str, str, int]]:
+        """Every record (collection, id, last seq) in the grant's read scope, for a full resync."""
+        for coll in self.schema:
+            c = coll.name
+            if not grant.can_read(c) or (collections is not None and c not in collections):
+                continue
+            for key, raw in self.store.iter_range(("recs", c)):
+                rid = str(key[2])
+                if self._visible(grant, c, rid):
+                    yield c, rid, int(raw)
+
+    # -- compaction ----------------------------------------------------------------------------------------
+
+    def compact(self, *, chunk: int = 5000) -> Batch | None:
+        """A batch that drops the oldest log entries beyond ``keep`` (and their dedup keys), raising the
+        floor; None when there is nothing to drop. Records keep their merged state, so a device whose
+        cursor falls below the floor gets a full resync of its scope instead."""
+        target = self.head - self.keep
+        if target <= self.floor:
+            return None
+        batch = Batch()
+        new_floor = self.floor
+        for key, raw in self.store.load_range(("log",), start=("log", self.floor + 1), limit=chunk):
+            seq = int(key[1])
+            if seq > target:
+                break
+            a = _decode_entry(seq, raw)
+            batch.remove(("log", seq))
+            batch.remove(("dedup", a.device, a.change_id))
+            new_floor = seq
+        if new_floor == self.floor:
+            return None
+        batch.save(("relay", "floor"), str(new_floor).encode())
+        return batch
+
+    def compacted(self, batch: Batch) -> None:
+        raw = batch.saves.get(("relay", "floor"))
+        if raw is not None:
+            self.floor = int(raw)
+
+
+class _Touched:
+    """Records which keys of the slot map ``f`` and the set map ``s`` an update changes while it is applied
+    (pycrdt map observers), so that only those need checking."""
+
+    def __init__(self, doc: RecordDoc) -> None:
+        self.slots: list[str] = []
+        self.sets: list[str] = []
+        self._maps: list[tuple[Map[Any], Any]] = []
+        for name, keys in (("f", self.slots), ("s", self.sets)):
+            m: Map[Any] = doc.doc.get(name, type=Map)
+            self._maps.append((m, m.observe(self._collector(keys))))
+
+    @staticmethod
+    def _collector(keys: list[str]) -> Any:
+        def collect(ev: Any) -> None:
+            keys.extend(ev.keys)
+        return collect
+
+    def __enter__(self) -> _Touched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m, sub in self._maps:
+            m.unobserve(sub)
+        self._maps.clear()
+
+
+def _check_own(doc: RecordDoc, touched: _Touched, device: str) -> None:
+    """Anti-impersonation: every slot or set entry the update changed must be the device's own.
+
+    Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
+    its device in ``d``. A device may write only under its own writer tag (``device`` or ``device#N``).
+    """
+    slots: Map[Any] = doc.doc.get("f", type=Map)
+    for key in touched.slots:
+        writer = key.rpartition(SEP)[2]
+        if not is_own_writer(writer, device):
+            raise _Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
+                                        "not its own")
+        raw = slots.get(key)
+        if raw is not None and orjson.loads(raw).get("d") != device:
+            raise _Refused("forbidden", f"a slot of {writer!r} claims another device")
+    for key in touched.sets:
+        writer = key.rpartition(SEP)[2]
+        if not is_own_writer(writer, device):
+            raise _Refused("forbidden", f"writes the set entry of writer {writer!r}, not its own")

@@ -1,0 +1,442 @@
+"""The relay: a websockets server around the protocol core and the relay log.
+
+Each connection is authenticated from its token (``Authorization: Bearer ...`` or ``?token=``) before
+anything is read; a bad or missing token gets close code 4401. Pushes from every connection go through one
+writer task, which validates and applies them in order, commits them to the store in groups (one durable
+commit for many changes, off the event loop), and only then acknowledges them and fans them out to the
+connected devices whose scope covers them. Readers (delta sync) only see committed changes.
+
+Paths: ``/`` (or ``/sync``) speaks the crdtsync protocol; ``/yjs/<room>`` is handed to the plain Yjs rooms
+(``crdtsync.relay.yjs``) after the room grants are checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ..protocol.connection import Connection, Role, State
+from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
+from ..protocol.frames import MAX_FRAME
+from ..schema import Schema
+from ..store.base import Batch, ByteStore
+from .auth import Grant, Tokens
+from .log import Accepted, Outcome, RelayLog
+
+__all__ = ["Limits", "Relay"]
+
+log = logging.getLogger("crdtsync.relay")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits. A connection over ``rate`` frames per second (bursts of ``burst``) is slowed
+    down, not dropped; one whose live queue fills up (a reader slower than the writers) is closed with 4408
+    and catches up by delta sync when it reconnects: nothing is ever dropped silently."""
+
+    max_frame: int = MAX_FRAME
+    rate: float = 500.0
+    burst: int = 1000
+    send_queue: int = 1024
+    page_items: int = 500
+    group_changes: int = 2000
+
+
+@dataclass
+class _Job:
+    device: str
+    grant: Grant
+    changes: tuple[Change, ...]
+    done: Callable[[Outcome], None]
+
+
+@dataclass
+class _Bucket:
+    rate: float
+    burst: int
+    tokens: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+    warned: bool = False
+
+    def delay(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        self.tokens -= 1
+        return -self.tokens / self.rate
+
+
+def _load_yjs() -> Any:
+    try:
+        return importlib.import_module("crdtsync.relay.yjs")
+    except ImportError:
+        return None
+
+
+class Relay:
+    """A crdtsync relay over a byte store. ``await relay.start(host, port)``, then ``await relay.stop()``."""
+
+    def __init__(self, store: ByteStore, schema: Schema, tokens: Tokens, *, limits: Limits = Limits(),
+                 keep_log: int = 100_000) -> None:
+        self.store = store
+        self.schema = schema
+        self.tokens = tokens
+        self.limits = limits
+        self.log = RelayLog(store, schema, keep=keep_log)
+        self.sessions: set[_Session] = set()
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._server: Server | None = None
+        self._stopped = asyncio.Event()
+        yjs = _load_yjs()
+        self.rooms: Any = yjs.YjsRooms(store) if yjs is not None else None
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 8765) -> tuple[str, int]:
+        if self.tokens.open:
+            log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
+        self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
+        self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
+                                   compression=None)
+        sock = next(iter(self._server.sockets))
+        self.address = sock.getsockname()[:2]
+        log.info("relay %s listening on ws://%s:%d (log head %d, floor %d)", self.log.relay_id, *self.address,
+                 self.log.head, self.log.floor)
+        return self.address
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection (1001), finish and commit queued pushes, close rooms."""
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+            self._server = None
+        if self._writer is not None:
+            await self._queue.put(None)
+            await self._writer
+            self._writer = None
+        if self.rooms is not None:
+            await self.rooms.close()
+        self._stopped.set()
+        log.info("relay stopped at log head %d", self.log.head)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- the writer ----------------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            job = await self._queue.get()
+            jobs: list[_Job] = []
+            count = 0
+            while True:
+                if job is None:
+                    stopping = True
+                else:
+                    jobs.append(job)
+                    count += len(job.changes)
+                if stopping or count >= self.limits.group_changes or self._queue.empty():
+                    break
+                job = self._queue.get_nowait()
+            if jobs:
+                await self._commit_group(jobs)
+            await self._maybe_compact()
+
+    async def _commit_group(self, jobs: list[_Job]) -> None:
+        batch = Batch()
+        outcomes = [self.log.stage(batch, j.device, j.grant, j.changes) for j in jobs]
+        accepted = [a for o in outcomes for a in o.accepted]
+        try:
+            if batch:
+                await asyncio.to_thread(self.store.commit, batch)
+        except Exception:
+            log.exception("commit of %d changes failed; the relay stops", len(accepted))
+            self.log.abandon()
+            for s in list(self.sessions):
+                s.abort(1011, "relay storage failure")
+            raise
+        self.log.committed(accepted)
+        if accepted:
+            log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
+        for j, o in zip(jobs, outcomes, strict=True):
+            j.done(o)
+        if accepted:
+            for s in list(self.sessions):
+                s.fan_out(accepted)
+
+    async def _maybe_compact(self) -> None:
+        batch = self.log.compact()
+        if batch is not None:
+            await asyncio.to_thread(self.store.commit, batch)
+            self.log.compacted(batch)
+            log.info("compacted the log: floor now %d", self.log.floor)
+
+    def submit(self, job: _Job) -> None:
+        self._queue.put_nowait(job)
+
+    # -- connections ---------------------------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        target = urlsplit(request.path if request is not None else "/")
+        query = parse_qs(target.query)
+        token = query.get("token", [None])[0]
+        if request is not None and token is None:
+            auth = request.headers.get("Authorization", "")
+            if auth.startswith("Bearer "):
+                token = auth[7:]
+        peer = ws.remote_address
+        grant = self.tokens.grant(token)
+        if grant is None:
+            log.warning("refused %s: %s token", peer, "missing" if not token else "unknown")
+            await ws.close(4401, "missing token" if not token else "unknown token")
+            return
+        path = target.path
+        if path.startswith("/yjs/"):
+            await self._handle_room(ws, grant, unquote(path[5:]))
+            return
+        if path not in ("/", "/sync"):
+            await ws.close(4404, f"no such endpoint {path!r}")
+            return
+        session = _Session(self, ws, grant)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def _handle_room(self, ws: ServerConnection, grant: Grant, room: str) -> None:
+        if not room:
+            await ws.close(4400, "no room name in the path")
+            return
+        if not grant.can_join_room(room):
+            log.warning("refused %s room %r for %s", ws.remote_address, room, grant.user)
+            await ws.close(4403, f"user {grant.user!r} may not join room {room!r}")
+            return
+        if self.rooms is None:
+            await ws.close(4404, "plain Yjs rooms are not available on this relay")
+            return
+        await self.rooms.serve(ws, room, can_write=grant.can_write_room(room))
+
+
+class _Session:
+    """One device's connection: feeds its frames to a protocol core and acts on the events."""
+
+    def __init__(self, relay: Relay, ws: ServerConnection, grant: Grant) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.grant = grant
+        self.device = ""
+        self.conn = Connection(Role.RELAY, max_frame=relay.limits.max_frame)
+        self.out: asyncio.Queue[bytes | None] = asyncio.Queue(relay.limits.send_queue)
+        self.live = False
+        self.sent_to = 0  # highest seq this device has been sent (or skipped)
+        self.live_collections: frozenset[str] | None = None
+        self._pull_task: asyncio.Task[None] | None = None
+        self._closing: tuple[int, str] | None = None
+
+    def _flush(self) -> None:
+        for data in self.conn.data_to_send():
+            try:
+                self.out.put_nowait(data)
+            except asyncio.QueueFull:
+                self.abort(4408, "too slow: fell behind the live stream; reconnect to catch up")
+                return
+        if self.conn.state is State.CLOSED and self._closing is None:
+            self._closing = (self.conn.close_code or 1000, self.conn.close_reason or "")
+            self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.out.put_nowait(None)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close this connection with a code and reason, without waiting for queued frames."""
+        if self._closing is None:
+            log.warning("closing %s (%s): %d %s", self.device or "?", self.ws.remote_address, code, reason)
+            self._closing = (code, reason)
+            self.live = False
+            while not self.out.empty():
+                self.out.get_nowait()
+            self._wake_sender()
+
+    async def _send_loop(self) -> None:
+        while True:
+            data = await self.out.get()
+            if data is None:
+                break
+            await self.ws.send(data)
+        code, reason = self._closing or (1000, "")
+        await self.ws.close(code, reason)
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        bucket = _Bucket(self.relay.limits.rate, self.relay.limits.burst, float(self.relay.limits.burst))
+        try:
+            async for message in self.ws:
+                if self._closing is not None:
+                    break
+                delay = bucket.delay()
+                if delay > 0:
+                    if not bucket.warned:
+                        log.warning("%s (%s) is over the rate limit; slowing it down", self.device or "?",
+                                    self.ws.remote_address)
+                        bucket.warned = True
+                    await asyncio.sleep(delay)
+                if isinstance(message, str):
+                    log.warning("text frame from %s (%s)", self.device or "?", self.ws.remote_address)
+                    self.conn.close(4400, "text frames are not part of the protocol: frames are binary")
+                else:
+                    self.conn.receive_data(message)
+                for ev in self.conn.events_received():
+                    self._on_event(ev)
+                self._flush()
+                if self._closing is not None:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.live = False
+            if self._pull_task is not None:
+                self._pull_task.cancel()
+            self._wake_sender()
+            with contextlib.suppress(ConnectionClosed):
+                await sender
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, ProtocolError):
+            log.warning("protocol error from %s (%s): %s", self.device or "?", self.ws.remote_address, ev.reason)
+        elif isinstance(ev, Hello):
+            self._on_hello(ev)
+        elif isinstance(ev, Push):
+            self._on_push(ev)
+        elif isinstance(ev, Pull):
+            self._pull_task = asyncio.create_task(self._serve_pull(ev))
+        elif isinstance(ev, Bye):
+            self._closing = (1000, "bye")
+
+    def _on_hello(self, ev: Hello) -> None:
+        if not self.relay.log.bind_device(ev.device, self.grant.user):
+            log.warning("refused device %r for user %r: it belongs to another user", ev.device, self.grant.user)
+            self.conn.close(4403, f"device {ev.device!r} belongs to another user")
+            return
+        self.device = ev.device
+        lg = self.relay.log
+        self.conn.send(Welcome(self.grant.user, lg.relay_id, lg.head, lg.floor, self.grant.names("read"),
+                               self.grant.names("write")))
+        log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
+
+    def _on_push(self, ev: Push) -> None:
+        def done(o: Outcome) -> None:
+            if self.conn.state is State.CLOSED or self._closing is not None:
+                return
+            self.conn.send(Ack(ev.id, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
+            self._flush()
+
+        self.relay.submit(_Job(self.device, self.grant, ev.changes, done))
+
+    async def _put(self, ev: Event) -> None:
+        self.conn.send(ev)
+        for data in self.conn.data_to_send():
+            await self.out.put(data)
+
+    async def _serve_pull(self, ev: Pull) -> None:
+        lg = self.relay.log
+        wanted = None if ev.collections is None else frozenset(ev.collections)
+        try:
+            if lg.needs_reset(ev.since, ev.relay):
+                to = await self._serve_reset(ev, wanted)
+            else:
+                to = since = ev.since
+                while True:
+                    items, to = lg.delta(self.grant, self.device, since, wanted,
+                                         max_items=self.relay.limits.page_items,
+                                         max_bytes=self.relay.limits.max_frame // 4)
+                    more = since < to < lg.head
+                    done = to - ev.since
+                    await self._put(Changes(ev.id, tuple(items), done, max(lg.head - ev.since, done), to, more))
+                    if not more:
+                        break
+                    since = to
+            if ev.live:
+                self._go_live(to, wanted)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("serving pull %d to %s failed", ev.id, self.device)
+            self.abort(1011, "internal error while serving the pull")
+
+    async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
+        """A full resync of the scope: every record's whole state, then the cursor ``head``."""
+        lg = self.relay.log
+        head = lg.head
+        records = list(lg.scope_records(self.grant, wanted))
+        total = len(records)
+        page = self.relay.limits.page_items
+        if total == 0:
+            await self._put(Changes(ev.id, (), 0, 0, head, False, True))
+            return head
+        budget = self.relay.limits.max_frame // 4
+        done = 0
+        chunk: list[Item] = []
+        size = 0
+        for c, r, seq in records:
+            item = Item(c, r, seq, lg.record_update(c, r))
+            if chunk and (len(chunk) >= page or size + len(item.update) > budget):
+                done += len(chunk)
+                await self._put(Changes(ev.id, tuple(chunk), done, total, None, True, True))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item.update)
+        await self._put(Changes(ev.id, tuple(chunk), total, total, head, False, True))
+        return head
+
+    def _go_live(self, to: int, wanted: frozenset[str] | None) -> None:
+        """Switch to live changes after a pull that ended at ``to``, first sending (with no await in
+        between, so no fan-out can slip past) whatever was stored while the last page was on its way."""
+        lg = self.relay.log
+        while to < lg.head and self._closing is None:
+            items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items,
+                                  max_bytes=self.relay.limits.max_frame // 4)
+            if nxt <= to:
+                break
+            to = nxt
+            if items:
+                self.conn.send(Live(tuple(items)))
+                self._flush()
+        self.sent_to = max(self.sent_to, to) if self.live else to
+        self.live, self.live_collections = True, wanted
+
+    def fan_out(self, accepted: list[Accepted]) -> None:
+        """Send changes just stored by others to this device, if in its scope (never twice)."""
+        if not self.live or self._closing is not None or self.conn.state is not State.READY:
+            return
+        items = []
+        for a in accepted:
+            if a.seq <= self.sent_to:
+                continue
+            self.sent_to = a.seq
+            if a.device == self.device:
+                continue
+            if self.live_collections is not None and a.collection not in self.live_collections:
+                continue
+            item = self.relay.log.item_for(self.grant, a)
+            if item is not None:
+                items.append(item)
+        if items:
+            self.conn.send(Live(tuple(items)))
+            self._flush()
