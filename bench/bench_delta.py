@@ -111,8 +111,8 @@ class _Rig:
         self.remote = st.enter_context(Replica.open(":memory:", SCHEMA, device="remote", user="dev"))
         self.device = st.enter_context(Replica.open(self.tmp / "device.db", SCHEMA, device="phone", user="dev",
                                                     synchronous=self.device_sync))
-        self.srv = srv = await st.enter_async_context(server_process(relay_argv(self.tmp / "relay.db", keep_log=self.keep_log,
-                                                                     profile=self.profile)))
+        argv = relay_argv(self.tmp / "relay.db", keep_log=self.keep_log, profile=self.profile)
+        self.srv = srv = await st.enter_async_context(server_process(argv))
         self.proxy = await st.enter_async_context(CountingProxy(srv.port))
         self.pusher = await ProtoClient.open(f"ws://127.0.0.1:{srv.port}/sync", "remote")
         st.push_async_callback(self.pusher.close)

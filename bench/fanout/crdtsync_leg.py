@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crdtsync.protocol.events import Ack, Change, Item
-
 from crdtsync.replica import Replica
 
 from ..procs import server_process
