@@ -48,7 +48,8 @@ async def _run_leg(leg: str, args: argparse.Namespace, tmp: Path) -> LegResult:
         from .fanout.crdtsync_leg import crdtsync_leg
         return await crdtsync_leg(args.updates, args.readers, args.timeout, tmp, idle=args.idle,
                                   records=args.records, writer_mode="push" if leg == "crdtsync" else "client",
-                                  profile=f"{args.profile_relay}.{leg}" if args.profile_relay else None)
+                                  profile=f"{args.profile_relay}.{leg}" if args.profile_relay else None,
+                                  synchronous=args.relay_sync)
     raise ValueError(f"unknown leg {leg!r}")
 
 
@@ -93,7 +94,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="crdtsync: records the updates are spread over (default 100)")
     p.add_argument("--repeat", type=int, default=1, help="runs per server; the best is reported (default 1)")
     p.add_argument("--profile-relay", metavar="PATH",
-                   help="run the crdtsync relay under cProfile, writing PATH.<leg> (read with python -m pstats)")
+                   help="run the crdtsync relay under cProfile, writing PATH.<leg> (read with python -m pstats); "
+                        "profiling slows the relay about 2x: do not compare figures of such a run")
+    p.add_argument("--relay-sync", choices=["FULL", "NORMAL"], default="FULL",
+                   help="the crdtsync relay's SQLite synchronous mode (default FULL: durable, as the issue asks)")
     p.add_argument("--pycrdt-writer", choices=["raw", "provider"], default="raw",
                    help="pycrdt-websocket legs: send pre-made update messages back to back (raw, like the crdtsync "
                         "writer) or make them live through pycrdt's Provider (default raw)")

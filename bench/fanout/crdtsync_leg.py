@@ -86,7 +86,8 @@ async def _push_all(writer: ProtoClient, changes: Sequence[Change], per_push: in
 
 
 async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *, idle: float = 10.0,
-                       records: int = 100, writer_mode: str = "push", profile: str | None = None) -> LegResult:
+                       records: int = 100, writer_mode: str = "push", profile: str | None = None,
+                       synchronous: str = "FULL") -> LegResult:
     name = "crdtsync" if writer_mode == "push" else "crdtsync-client"
     replica: Replica | None = None
     if writer_mode == "push":
@@ -96,7 +97,10 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
         creates, changes = make_updates(replica, records, updates)
     notes = [f"{updates} updates of {sum(len(c.update) for c in changes) / max(1, len(changes)):.0f} bytes "
              f"on average, over {records} records; relay rate limit lifted"]
-    async with server_process(relay_argv(tmp / "relay.db", profile=profile)) as srv:
+    if synchronous != "FULL":
+        name += f"({synchronous})"
+        notes.append(f"relay SQLite synchronous={synchronous}: not durable against power loss")
+    async with server_process(relay_argv(tmp / "relay.db", profile=profile, synchronous=synchronous)) as srv:
         url = f"ws://127.0.0.1:{srv.port}/sync"
         clients: list[ProtoClient] = []
         try:
