@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from ..errors import AuthError, MalformedUpdate, RemoteValidationError, SyncError
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
-from ..protocol.frames import MAX_FRAME
+from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..replica import PendingChange, Record, Replica
 from .backoff import Backoff
 from .status import SyncResult, SyncStatus
@@ -96,7 +96,7 @@ class SyncClient:
         self.url = url
         self.token = token
         self.interval = interval
-        self.batch_size = batch_size
+        self.batch_size = max(1, min(batch_size, MAX_PUSH))
         self.backoff = backoff or Backoff()
         self.max_frame = max_frame
         self.open_timeout = open_timeout
@@ -170,6 +170,7 @@ class SyncClient:
             raise self._fatal
         if self._closed.is_set():
             raise SyncError("client closed")
+        await self.start()
         fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
         self._enqueue(None if collections is None else frozenset(collections), fut)
         return await fut
@@ -316,10 +317,18 @@ class SyncClient:
             req.running = True
             try:
                 result = await self._run(session, req.collections)
-            except _Lost as e:
+            except _Lost as e:  # the request stays queued and runs again after reconnecting
                 req.running = False
+                session.fail(str(e))
                 self._emit(SyncStatus("failed", str(e), collections=_names(req.collections)))
-                raise
+                return
+            except SyncError as e:  # refused for good (e.g. a sync unit the user may not read)
+                self._queue.popleft()
+                for f in req.futures:
+                    if not f.done():
+                        f.set_exception(e)
+                self._emit(SyncStatus("failed", str(e), collections=_names(req.collections)))
+                continue
             except Exception as e:
                 req.running = False
                 self._emit(SyncStatus("failed", repr(e), collections=_names(req.collections)))
@@ -332,6 +341,11 @@ class SyncClient:
 
     async def _run(self, session: _Session, collections: frozenset[str] | None) -> SyncResult:
         names = _names(collections)
+        assert session.welcome is not None
+        readable = session.welcome.read
+        refused = sorted(c for c in collections or () if readable != "*" and c not in readable)
+        if refused:
+            raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
         uploaded, rejected, held = await self._upload(session, collections)
         downloaded, conflicts, reset, cursor = await self._download(session, collections)

@@ -35,7 +35,7 @@ from .events import (
     Rejection,
     Welcome,
 )
-from .frames import MAX_FRAME, Frame, FrameError, Kind, decode_frame, encode_frame
+from .frames import MAX_FRAME, MAX_PUSH, Frame, FrameError, Kind, decode_frame, encode_frame
 
 __all__ = ["CLOSE_CODES", "TRANSITIONS", "Connection", "Direction", "Role", "State"]
 
@@ -156,8 +156,10 @@ class Connection:
     """One end of a sync connection. ``send(event)`` queues a frame; ``receive_data(bytes)`` takes one
     frame from the peer; ``events_received()`` and ``data_to_send()`` hand back what came of them."""
 
-    def __init__(self, role: Role, *, max_frame: int = MAX_FRAME, max_pushes_in_flight: int = 64) -> None:
+    def __init__(self, role: Role, *, max_frame: int = MAX_FRAME, max_pushes_in_flight: int = 64,
+                 max_push: int = MAX_PUSH) -> None:
         self.role = role
+        self.max_push = max_push
         self.state = State.IDLE
         self.max_frame = max_frame
         self.max_pushes_in_flight = max_pushes_in_flight
@@ -224,6 +226,8 @@ class Connection:
             ids = [c.change_id for c in ev.changes]
             if len(set(ids)) != len(ids):
                 raise LocalProtocolError("a push holds the same change id twice")
+            if len(ids) > self.max_push:
+                raise LocalProtocolError(f"a push may hold at most {self.max_push} changes")
         elif isinstance(ev, Pull):
             if self._pull is not None:
                 raise LocalProtocolError(f"pull {self._pull} is still in flight")
@@ -285,6 +289,8 @@ class Connection:
             ids = [c.change_id for c in ev.changes]
             if len(set(ids)) != len(ids):
                 return f"push {ev.id} holds the same change id twice"
+            if len(ids) > self.max_push:
+                return f"push {ev.id} holds {len(ids)} changes, more than the limit of {self.max_push}"
             self._pushes[ev.id] = frozenset(ids)
         elif isinstance(ev, Pull):
             if self._pull is not None:

@@ -23,12 +23,13 @@ import orjson
 
 from ..codec import Reader, write_bytes
 
-__all__ = ["MAX_FRAME", "MAX_ITEMS", "VERSION", "Frame", "FrameError", "Kind", "check_header", "decode_frame",
-           "encode_frame"]
+__all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "VERSION", "Frame", "FrameError", "Kind", "check_header",
+           "decode_frame", "encode_frame"]
 
 VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
 MAX_ITEMS = 10_000
+MAX_PUSH = 1000  # changes per push: keeps one relay write group within its document cache
 _MAX_HEADER = 4 * 1024 * 1024
 _MAX_INT = (1 << 63) - 1
 _MAX_NAME = 200

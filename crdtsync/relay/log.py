@@ -115,7 +115,9 @@ class RelayLog:
             return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
 
         # The writer's documents (only ``stage`` touches them) and a separate read cache, refreshed after
-        # each commit, so readers never see (or cache) a document half-way through a group commit.
+        # each commit, so readers never see (or cache) a document half-way through a group commit. The
+        # writer's cache must hold every record of one write group (Limits.group_changes + MAX_PUSH): a
+        # record evicted with staged, uncommitted updates would be reloaded without them.
         self.docs = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
                                cache_size=cache_size)
         self.reader = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
-from ..protocol.frames import MAX_FRAME
+from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant, Tokens
@@ -49,7 +49,7 @@ class Limits:
     burst: int = 1000
     send_queue: int = 1024
     page_items: int = 500
-    group_changes: int = 2000
+    group_changes: int = 2000  # a write group stops growing here (plus at most one push of MAX_PUSH changes)
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Relay:
         self.schema = schema
         self.tokens = tokens
         self.limits = limits
-        self.log = RelayLog(store, schema, keep=keep_log)
+        self.log = RelayLog(store, schema, keep=keep_log, cache_size=max(4096, limits.group_changes + MAX_PUSH + 1))
         self.sessions: set[_Session] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -325,11 +325,20 @@ class _Session:
         elif isinstance(ev, Push):
             self._on_push(ev)
         elif isinstance(ev, Pull):
+            refused = [c for c in ev.collections or () if not self.grant.can_read(c)]
+            if refused:
+                log.warning("refused %s a pull of %s", self.device, refused)
+                self.conn.close(4403, f"user {self.grant.user!r} may not read {', '.join(map(repr, refused))}")
+                return
             self._pull_task = asyncio.create_task(self._serve_pull(ev))
         elif isinstance(ev, Bye):
             self._closing = (1000, "bye")
 
     def _on_hello(self, ev: Hello) -> None:
+        if "#" in ev.device or any(ord(ch) < 32 for ch in ev.device):
+            # "device#N" is the writer tag of a device's records after a discard: not a device id
+            self.conn.close(4400, "device ids are printable and contain no '#'")
+            return
         if not self.relay.log.bind_device(ev.device, self.grant.user):
             log.warning("refused device %r for user %r: it belongs to another user", ev.device, self.grant.user)
             self.conn.close(4403, f"device {ev.device!r} belongs to another user")
@@ -350,9 +359,11 @@ class _Session:
         self.relay.submit(_Job(self.device, self.grant, ev.changes, done))
 
     async def _put(self, ev: Event) -> None:
+        """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
+        live frames go through the bounded queue. Live frames only start after the last page was sent."""
         self.conn.send(ev)
         for data in self.conn.data_to_send():
-            await self.out.put(data)
+            await self.ws.send(data)
 
     async def _serve_pull(self, ev: Pull) -> None:
         lg = self.relay.log

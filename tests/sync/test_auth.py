@@ -11,9 +11,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Replica
-from crdtsync.errors import AuthError, RecordBlocked
+from crdtsync.errors import AuthError, RecordBlocked, SyncError
 from crdtsync.model.record import RecordDoc
-from crdtsync.protocol import Ack, Change, Push
+from crdtsync.protocol import Ack, Bye, Change, Pull, Push
 from crdtsync.relay import Grant, Tokens, load_tokens
 
 from .conftest import BOUND, RawClient, RelayFactory, RelayHandle, client, sync
@@ -202,3 +202,52 @@ async def test_room_grants(make_relay: RelayFactory, grants: dict[str, Grant]) -
     assert code == 4403 and reason is not None and "may not join room 'private'" in reason
     assert grants["tok-rita"].can_join_room("lobby") and not grants["tok-rita"].can_write_room("lobby")
     assert grants["tok-alice"].can_write_room("anything")
+
+
+async def test_a_sync_unit_outside_the_grant_is_refused_with_a_reason(
+        make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay(grants)
+    a = make_replica("alice-phone")
+    async with client(a, relay.url, token="tok-alice") as c:
+        with pytest.raises(SyncError, match="may not read 'secrets'"):
+            await sync(c, ["secrets"])
+        await sync(c, ["contacts"])  # the client goes on
+    async with connect(relay.url, additional_headers={"Authorization": "Bearer tok-alice"}) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("alice-phone")
+        raw.conn.send(Pull(1, 0, None, ("accounts", "secrets")))
+        await raw.flush()
+        reason = "user 'alice' may not read 'secrets'"
+        assert await raw.next_events() == [Bye(4403, reason)]
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), BOUND)
+        assert ws.close_code == 4403 and ws.close_reason == reason
+
+
+async def test_a_record_entering_a_scope_arrives_whole(
+        make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
+    grants = {**grants, "tok-admin": Grant("admin", frozenset({"*"}), frozenset({"*"}))}
+    relay = await make_relay(grants)
+    admin, a, b = make_replica("admin-pc"), make_replica("alice-phone"), make_replica("alice-tablet")
+    rid = admin.create("accounts", {"name": "handed over", "employees": 9, "owner": "bob"})
+    admin.update("accounts", rid, {"phone": "123"})
+    async with client(admin, relay.url, token="tok-admin") as cadm, \
+            client(a, relay.url, token="tok-alice") as ca:
+        await sync(cadm)
+        await sync(ca)
+        async with client(b, relay.url, token="tok-alice") as cb:
+            await sync(cb)  # the tablet has a cursor now: its next sync is a delta
+        assert a.get("accounts", rid) is None  # bob's: not in alice's scope
+        got: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        a.subscribe(lambda ev: got.done() or ev.id != rid or got.set_result(None))
+        admin.update("accounts", rid, {"owner": "alice"})  # only this change is in the log entry
+        await sync(cadm)
+        await asyncio.wait_for(got, BOUND)  # live: the whole record, not just the owner change
+    rec = a.get("accounts", rid)
+    assert rec is not None and (rec["name"], rec["employees"], rec["phone"], rec["owner"]) == (
+        "handed over", 9, "123", "alice")
+    async with client(b, relay.url, token="tok-alice") as cb:
+        res = await sync(cb)  # and the same by delta sync
+    assert not res.reset and res.downloaded == 1
+    got_b = b.get("accounts", rid)
+    assert got_b is not None and got_b.fields == rec.fields

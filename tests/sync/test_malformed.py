@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Replica
-from crdtsync.protocol import Ack, Change, Kind, Pull, Push, encode_frame
+from crdtsync.protocol import Ack, Bye, Change, Hello, Kind, Pull, Push, encode_frame
 from crdtsync.relay import Limits
 
 from .conftest import BOUND, RawClient, RelayFactory, client, sync
@@ -120,3 +120,13 @@ async def test_a_connection_over_the_rate_limit_is_slowed_and_logged(
             acks += await raw.next_events()
     assert all(isinstance(a, Ack) for a in acks)  # slowed down, nothing dropped
     assert any("over the rate limit" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_device_id_that_mimics_a_writer_tag_is_refused(make_relay: RelayFactory) -> None:
+    relay = await make_relay()
+    async with connect(relay.url) as ws:
+        raw = RawClient(ws)
+        raw.conn.send(Hello("victim#1"))
+        await raw.flush()
+        [bye] = await raw.next_events()
+        assert isinstance(bye, Bye) and bye.code == 4400 and "'#'" in bye.reason

@@ -219,3 +219,24 @@ def test_core_never_raises_and_stays_consistent(role: Role, inputs: list[bytes],
         if any(isinstance(e, Bye) for e in events):
             assert conn.state is State.CLOSED
         closed = conn.state is State.CLOSED
+
+
+def test_a_push_over_the_size_limit_is_refused_both_ways() -> None:
+    c, r = pair()
+    big = Push(1, tuple(Change(i, "a", "r", b"") for i in range(4)))
+    small_c = Connection(Role.CLIENT, max_push=3)
+    small_c.send(Hello("d"))
+    small_c.receive_data(encode_frame(Kind.WELCOME, {"user": "u", "relay": "r", "head": 0, "floor": 0,
+                                                     "read": "*", "write": "*"}))
+    with pytest.raises(LocalProtocolError, match="at most 3"):
+        small_c.send(big)
+    small_r = Connection(Role.RELAY, max_push=3)
+    small_r.receive_data(encode_frame(Kind.HELLO, {"device": "d", "client": "c"}))
+    small_r.send(Welcome("u", "r", 0, 0, "*", "*"))
+    small_r.events_received()
+    c.send(big)
+    for data in c.data_to_send():
+        small_r.receive_data(data)
+    [ev] = small_r.events_received()
+    assert isinstance(ev, ProtocolError) and "more than the limit of 3" in ev.reason
+    del r
