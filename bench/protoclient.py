@@ -12,10 +12,11 @@ import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 
-from crdtsync.protocol.connection import Connection, Role
-from crdtsync.protocol.events import Ack, Change, Changes, Event, Hello, Item, Live, Pull, Push, Welcome
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from crdtsync.protocol.connection import Connection, Role
+from crdtsync.protocol.events import Ack, Change, Changes, Event, Hello, Item, Live, Pull, Push, Welcome
 
 __all__ = ["ProtoClient"]
 
@@ -68,7 +69,8 @@ class ProtoClient:
             if not self.closed.done():
                 self.closed.set_result(reason)
             err = ConnectionError(reason)
-            for fut in [self.welcome, *self.acks.values()]:
+            waiting: list[asyncio.Future[Welcome] | asyncio.Future[Ack]] = [self.welcome, *self.acks.values()]
+            for fut in waiting:
                 if not fut.done():
                     fut.set_exception(err)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crdtsync.protocol.events import Ack, Change, Item
@@ -115,7 +115,7 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
             loop = asyncio.get_running_loop()
             done: list[asyncio.Future[float]] = [loop.create_future() for _ in range(readers)]
 
-            def counter(i: int) -> object:
+            def counter(i: int) -> Callable[[Sequence[Item]], None]:
                 def on_items(items: Sequence[Item]) -> None:
                     fresh = [it.seq for it in items if it.seq > base]
                     received[i] += len(fresh)
@@ -127,7 +127,7 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
             async def join(i: int) -> ProtoClient:
                 c = await ProtoClient.open(url, f"reader-{i}")
                 clients.append(c)
-                c.on_items = counter(i)  # type: ignore[assignment]
+                c.on_items = counter(i)
                 await c.pull(0, None, live=True)  # first sync (the creates), then live
                 return c
 
@@ -135,16 +135,19 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
             cpu0, srv0 = time.process_time(), srv.cpu()
             t0 = time.perf_counter()
             if replica is None:
-                pushing = asyncio.ensure_future(_push_all(writer, changes, 1))
+                pushing = asyncio.ensure_future(_push_writer(writer, changes))
             else:
-                pushing = asyncio.ensure_future(_sync_client(replica, url))
+                pushing = asyncio.ensure_future(_sync_client(replica, url, timeout))
             end, why = await wait_readers(done, lambda: sum(received), idle=idle, cap=timeout)
             if why:
                 notes.append(why)
-            acks = await asyncio.wait_for(pushing, 30)
-            rejected = sum(len(a.rejected) + len(a.held) for a in acks) if isinstance(acks, list) else 0
-            if rejected:
-                notes.append(f"the relay refused or held {rejected} changes")
+            try:
+                refused = await asyncio.wait_for(pushing, 30)
+            except TimeoutError:
+                notes.append("the writer's changes were not all acknowledged 30 s after the readers finished")
+                refused = 0
+            if refused:
+                notes.append(f"the relay refused or held {refused} changes")
             closed = [c.device for c in clients if c.closed.done()]
             if closed:
                 notes.append(f"closed by the relay: {closed}")
@@ -156,9 +159,17 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
                 replica.close()
 
 
-async def _sync_client(replica: Replica, url: str) -> list[Ack]:
+async def _push_writer(writer: ProtoClient, changes: Sequence[Change]) -> int:
+    """One change per push, pipelined; returns how many changes the relay refused or held."""
+    acks = await _push_all(writer, changes, 1)
+    return sum(len(a.rejected) + len(a.held) for a in acks)
+
+
+async def _sync_client(replica: Replica, url: str, timeout: float) -> int:
+    """Sync the writer's replica once (its pending changes go up in pushes of 200, each awaiting its ack);
+    returns how many changes the relay refused or held."""
     from crdtsync.client.client import SyncClient
 
     async with SyncClient(replica, url) as client:
-        await asyncio.wait_for(client.sync_now(), 120)
-    return []
+        result = await asyncio.wait_for(client.sync_now(), timeout)
+    return result.rejected + result.held

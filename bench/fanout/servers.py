@@ -30,10 +30,10 @@ __all__ = ["main", "run_bare", "run_pycrdt"]
 
 
 async def _until_terminated() -> None:
-    stop = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    await stop
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 async def run_bare() -> None:
