@@ -1,0 +1,47 @@
+"""The benchmarks still run, at toy sizes (they are not timed here: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from bench import bench_delta, bench_fanout
+
+HAS_PYCRDT_WEBSOCKET = importlib.util.find_spec("pycrdt.websocket") is not None
+
+
+def _rows(out: str, names: set[str]) -> dict[str, str]:
+    return {line.split()[0]: line for line in out.splitlines() if line.split()[:1] and line.split()[0] in names}
+
+
+def test_fanout_crdtsync_legs_deliver_everything_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_fanout.main(["--updates", "50", "--readers", "2", "--records", "10", "--timeout", "30",
+                              "--legs", "bare,crdtsync,crdtsync-client"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out, {"bare-broadcast", "crdtsync", "crdtsync-client"})
+    assert set(rows) == {"bare-broadcast", "crdtsync", "crdtsync-client"}
+    for line in rows.values():
+        assert "0 x2" in line and "TIMEOUT" not in line, line
+    assert "crdtsync/bare-broadcast throughput" in out
+
+
+@pytest.mark.skipif(not HAS_PYCRDT_WEBSOCKET, reason="the baselines need pycrdt-websocket (dev extra)")
+def test_fanout_pycrdt_websocket_legs_deliver_everything_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_fanout.main(["--updates", "50", "--readers", "2", "--timeout", "30",
+                              "--legs", "pycrdt,pycrdt-sqlite"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out, {"pycrdt-websocket", "pycrdt-websocket+sqlite"})
+    assert set(rows) == {"pycrdt-websocket", "pycrdt-websocket+sqlite"}
+    for line in rows.values():
+        assert "0 x2" in line and "TIMEOUT" not in line, line
+
+
+def test_delta_catches_up_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_delta.main(["--sizes", "30,120", "--changes", "10", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = _rows(out, {"30", "120"})
+    assert set(rows) == {"30", "120"}
+    for line in rows.values():
+        assert line.split()[-2] == "10", line  # the device downloaded exactly the 10 remote changes
+    assert "time(120) / time(30)" in out and "bytes downloaded / bytes of the changes' updates" in out
