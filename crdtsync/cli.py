@@ -12,6 +12,7 @@ __all__ = ["main"]
 # name -> (module, help). A module provides add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("crdtsync.demo", "devices editing offline and merging, with a surfaced conflict"),
+    "simulate": ("crdtsync.sim.cli", "compare conflict strategies on a seeded simulated workload"),
 }
 
 
