@@ -72,3 +72,20 @@ def test_lww_field_and_patch_keep_independent_fields_and_record_does_not() -> No
     assert results["lww-record"].independent_lost > 0
     assert results["crdt"].conflicts_surfaced > 0
     assert all(r.conflicts_surfaced == 0 for s, r in results.items() if s != "crdt")
+
+
+def test_output_does_not_depend_on_the_hash_seed(tmp_path: object) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    outs = []
+    for hs in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hs, PYTHONPATH=str(root))
+        proc = subprocess.run([sys.executable, "-m", "crdtsync", "simulate", "--seed", "5", "--devices", "3",
+                               "--records", "8", "--edits", "60", "--strategies", "crdt,lww-record", "--json",
+                               "--no-cpu"], env=env, cwd=root, capture_output=True, timeout=120, check=True)
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1] and b"lost_updates" in outs[0]

@@ -219,9 +219,12 @@ class _Run:
         self.healing = True
         self.net.faults_off()
         for d in self.devices:
+            back = not d.online or not d.up
             d.online = True
             if not d.up:
                 d.start()
+            if back:
+                self.sync(d)  # sync when the connection comes back
 
     def quiet(self) -> bool:
         head = self.server.head
@@ -266,15 +269,8 @@ def play(plan: Plan, strategy: Strategy) -> Outcome:
     run.schedule()
     run.q.run_until(plan.end)
     run.heal()
-    p = plan.params
-    step = max(1, p.sync_every_ms // 2)
-    deadline = plan.end + p.heal_max_ms
-    t = plan.end
-    while t <= deadline:
-        if run.check():
-            break
-        t += step
-        run.q.run_until(t)
+    if not run.check():
+        run.q.run_until(plan.end + plan.params.heal_max_ms, stop=run.check)
     conv = run.converged_at
     return Outcome(run.writes, run.notified, run.states(), None if conv is None else conv - plan.end, run)
 

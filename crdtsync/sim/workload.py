@@ -138,7 +138,8 @@ def make_plan(p: Params) -> Plan:
             created[d].append(rid)
             ids.append(rid)
         elif r < p.p_create + p.p_delete:
-            ops.append(Op(n, t, d, "delete", rng.choice(ids)))
+            # hot records are where same-field clashes happen; deleting them would end the clashes early
+            ops.append(Op(n, t, d, "delete", rng.choice(ids[len(hot):] or ids)))
         else:
             rid = rng.choice(hot) if rng.random() < 0.5 else rng.choice(ids)
             k = rng.randint(1, max(1, p.fields_per_edit))
