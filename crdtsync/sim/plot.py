@@ -49,6 +49,7 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     small = params.but(edits=sweep_edits if sweep_edits is not None else max(1, params.edits // 5))
     sw = sweep(small, strategies, progress)
@@ -64,15 +65,15 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
     lost = [mean(results[s], "lost_updates") for s in names]
     silent = [mean(results[s], "silently_lost") for s in names]
     xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], lost, 0.4, label="lost", color=[colors[s] for s in names])
-    ax.bar([x + 0.2 for x in xs], silent, 0.4, label="silently lost", color=[colors[s] for s in names],
-           alpha=0.5, hatch="//")
+    ax.bar([x - 0.2 for x in xs], lost, 0.4, color=[colors[s] for s in names])
+    ax.bar([x + 0.2 for x in xs], silent, 0.4, color=[colors[s] for s in names], alpha=0.5, hatch="//")
     for x, v in zip(xs, lost, strict=True):
         ax.annotate(f"{v:g}", (x - 0.2, v), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("field writes")
     ax.set_title(f"Lost updates ({params.edits} edits)")
-    ax.legend()
+    ax.legend(handles=[Patch(facecolor="grey", label="lost"),
+                       Patch(facecolor="lightgrey", hatch="//", label="of which silently")])
 
     ax = axes[0][1]
     conv = [mean(results[s], "convergence_ms") / 1000 for s in names]
@@ -89,6 +90,8 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
     for s in names:
         ax.plot(xo, [r.lost_updates for r in sw["offline"][s]], marker="o", label=s, color=colors[s])
     ax.set_xscale("log")
+    ax.set_xticks(xo, [f"{x:g}" for x in xo])
+    ax.minorticks_off()
     ax.set_xlabel("mean offline period (s)")
     ax.set_ylabel("lost updates")
     ax.set_title(f"As offline time grows ({small.edits} edits)")
@@ -99,7 +102,9 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
     for s in names:
         ax.plot(xk, [r.lost_updates for r in sw["skew"][s]], marker="o", label=s, color=colors[s])
     ax.set_xscale("log")
-    ax.set_xlabel("max clock skew (s; 0 drawn at 0.1)")
+    ax.set_xticks(xk, [f"{s / 1000:g}" for s in SKEWS_MS])
+    ax.minorticks_off()
+    ax.set_xlabel("max clock skew of a device (s)")
     ax.set_ylabel("lost updates")
     ax.set_title(f"As clock skew grows ({small.edits} edits)")
     ax.legend()

@@ -66,13 +66,17 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, key: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 10 else f"{v:,.1f}"
+        if key in ("independent_survival", "converged"):
+            return f"{v:.3f}"
+        if key == "cpu_s":
+            return f"{v:.1f}"
+        return f"{int(v):,}" if v.is_integer() else f"{v:,.1f}"
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
@@ -81,7 +85,7 @@ def _fmt(v: Any) -> str:
 def table(params: Params, results: dict[str, list[StrategyResult]], *, cpu: bool = True) -> str:
     rows = [aggregate(s, rs, cpu=cpu) for s, rs in results.items()]
     cols = [(k, h) for k, h in _COLUMNS if cpu or k != "cpu_s"]
-    cells = [[h for _, h in cols]] + [[_fmt(r.get(k)) for k, _ in cols] for r in rows]
+    cells = [[h for _, h in cols]] + [[_fmt(r.get(k), k) for k, _ in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = []
     runs = rows[0]["runs"] if rows else 0
@@ -94,6 +98,6 @@ def table(params: Params, results: dict[str, list[StrategyResult]], *, cpu: bool
             lines.append("  ".join("-" * w for w in widths))
     if rows:
         r0 = rows[0]
-        lines.append(f"field writes {_fmt(r0['field_writes'])}, deletes {_fmt(r0['deletes'])}, "
-                     f"ops skipped {_fmt(r0['ops_skipped'])} (per strategy; see --json)")
+        lines.append(f"{r0['strategy']}: field writes {_fmt(r0['field_writes'])}, deletes {_fmt(r0['deletes'])}, "
+                     f"actions skipped {_fmt(r0['ops_skipped'])} (each strategy's own in --json)")
     return "\n".join(lines) + "\n"

@@ -182,6 +182,8 @@ class _Run:
             return
         self.ops_done += 1
         self.writes.extend(made)
+        if self.plan.params.sync_on_write:
+            self.sync(d)
 
     def _tick(self, d: SimDevice) -> None:
         self.sync(d)

@@ -41,6 +41,7 @@ class Params:
     p_delete: float = 0.02
     p_create: float = 0.05
     sync_every_ms: int = 10_000       # a device online syncs this often
+    sync_on_write: bool = True        # and right after each local change, as the apps do when online
     online_mean_ms: int = 120_000     # devices alternate online / offline periods (exponential lengths)
     offline_mean_ms: int = 60_000
     skew_ms: int = 10_000             # each device's clock is off by a uniform draw in [-skew, +skew]
