@@ -42,6 +42,8 @@ def test_json_has_one_object_per_strategy_with_the_metrics(capsys: pytest.Captur
 def test_bad_strategy_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--strategies", "crdt,nope"]) == 2
     assert "unknown strategy" in capsys.readouterr().err
+    assert main(["simulate", "--loss", "1.5"]) == 2
+    assert "--loss in [0, 1]" in capsys.readouterr().err
 
 
 def _clash_params(seed: int) -> Params:

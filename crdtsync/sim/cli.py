@@ -75,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if bad or not strategies:
         print(f"crdtsync simulate: unknown strategy {bad}; choose from {', '.join(STRATEGIES)}", file=sys.stderr)
         return 2
-    if args.runs < 1 or args.devices < 1 or args.records < 1 or args.edits < 0:
-        print("crdtsync simulate: --runs, --devices and --records must be >= 1, --edits >= 0", file=sys.stderr)
+    if args.runs < 1 or args.devices < 1 or args.records < 1 or args.edits < 0 or args.skew_ms < 0 \
+            or args.offline_ms < 0 or not 0 <= args.loss <= 1:
+        print("crdtsync simulate: --runs, --devices and --records must be >= 1, --edits, --skew-ms and "
+              "--offline-ms >= 0, --loss in [0, 1]", file=sys.stderr)
         return 2
     params = Params(seed=args.seed, devices=args.devices, records=args.records, edits=args.edits,
                     skew_ms=args.skew_ms, offline_mean_ms=args.offline_ms, loss=args.loss)
