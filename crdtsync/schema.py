@@ -41,8 +41,8 @@ INT64_MAX = 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 DeletePolicy = Literal["delete-wins", "edit-wins"]
-Strategy = Literal["crdt", "lww-field", "lww-record"]
-STRATEGIES: tuple[str, ...] = ("crdt", "lww-field", "lww-record")
+Strategy = Literal["crdt", "lww-field", "lww-record", "lww-patch"]
+STRATEGIES: tuple[str, ...] = ("crdt", "lww-field", "lww-record", "lww-patch")
 DELETE_POLICIES: tuple[str, ...] = ("delete-wins", "edit-wins")
 
 

@@ -1,8 +1,11 @@
 """The record model: per-field CRDT records on pycrdt, with no I/O."""
 
+from .drafts import DraftRecordDoc
+from .lww import LwwFieldDoc
 from .record import RecordDoc, text_edits
 from .slots import DELETED, Slot, frontier, winner
 from .state import Candidate, Conflict, HistoryEntry, RecordState, compute_state
+from .strategies import new_record_doc
 
-__all__ = ["DELETED", "Candidate", "Conflict", "HistoryEntry", "RecordDoc", "RecordState", "Slot",
-           "compute_state", "frontier", "text_edits", "winner"]
+__all__ = ["DELETED", "Candidate", "Conflict", "DraftRecordDoc", "HistoryEntry", "LwwFieldDoc", "RecordDoc",
+           "RecordState", "Slot", "compute_state", "frontier", "new_record_doc", "text_edits", "winner"]

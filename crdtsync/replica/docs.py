@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from ..model.record import RecordDoc
+from ..model.strategies import new_record_doc
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 
@@ -42,7 +43,8 @@ class RecordDocs:
     """Loads, caches, appends to and compacts record documents kept in a byte store."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str, client_id: int,
-                 new_client_id: Callable[[], int], cache_size: int = 2000, compact_after: int = 64) -> None:
+                 new_client_id: Callable[[], int], cache_size: int = 2000, compact_after: int = 64,
+                 wall: Callable[[], int] | None = None) -> None:
         self.store = store
         self.schema = schema
         self.device = device
@@ -51,6 +53,7 @@ class RecordDocs:
         self.new_client_id = new_client_id
         self.cache_size = cache_size
         self.compact_after = compact_after
+        self.wall = wall  # the device's wall clock, for strategies that stamp it (lww-field)
         self._cache: OrderedDict[tuple[str, str], LoadedRecord] = OrderedDict()
 
     def exists(self, collection: str, record_id: str) -> bool:
@@ -100,8 +103,8 @@ class RecordDocs:
             else:
                 confirmed.append(n)
                 updates.append(raw[1:])
-        doc = RecordDoc(coll, record_id, writer=writer, device=self.device, user=self.user, client_id=client,
-                        updates=updates)
+        doc = new_record_doc(coll, record_id, writer=writer, device=self.device, user=self.user,
+                             client_id=client, updates=updates, wall=self.wall)
         return LoadedRecord(doc, next_n, confirmed, pending)
 
     def scratch(self, collection: str, record_id: str) -> RecordDoc:
@@ -111,8 +114,8 @@ class RecordDocs:
         if lr is None:
             return self._load(collection, record_id).doc
         src = lr.doc
-        return RecordDoc(src.collection, record_id, writer=src.writer, device=self.device, user=self.user,
-                         client_id=src.doc.client_id, updates=[src.full_update()])
+        return new_record_doc(src.collection, record_id, writer=src.writer, device=self.device, user=self.user,
+                              client_id=src.doc.client_id, updates=[src.full_update()], wall=self.wall)
 
     def append(self, batch: Batch, collection: str, record_id: str, update: bytes,
                change_id: int | None = None) -> None:
@@ -179,8 +182,9 @@ class RecordDocs:
         client = self.new_client_id()
         batch.save(("rmeta", collection, record_id), orjson.dumps({"epoch": epoch, "client": client}))
         fresh = self._load(collection, record_id, skip=drop)
-        doc = RecordDoc(fresh.doc.collection, record_id, writer=f"{self.device}#{epoch}", device=self.device,
-                        user=self.user, client_id=client, updates=[fresh.doc.full_update()])
+        doc = new_record_doc(fresh.doc.collection, record_id, writer=f"{self.device}#{epoch}",
+                             device=self.device, user=self.user, client_id=client,
+                             updates=[fresh.doc.full_update()], wall=self.wall)
         fresh.doc = doc
         self._cache[(collection, record_id)] = fresh
         return fresh

@@ -93,7 +93,7 @@ class Replica:
         self.clock = Hlc(wall, max(int(raw_hlc) if raw_hlc else 0, self.outbox.last_id()))
         self.docs = RecordDocs(store, schema, device=device, user=user, client_id=client_id,
                                new_client_id=self._new_client_id, cache_size=cache_size,
-                               compact_after=compact_after)
+                               compact_after=compact_after, wall=wall)
         self.rows = Rows(store)
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._closed = False

@@ -1,0 +1,99 @@
+"""``crdtsync simulate``: run one seeded workload under each strategy and report, plot, or print JSON.
+
+Output on stdout is reproducible from the arguments, except the ``cpu s`` column / ``cpu_s`` field, which
+``--no-cpu`` leaves out. The progress bar goes to stderr, and only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import cast
+
+from ..schema import STRATEGIES, Strategy
+from .report import table, to_json
+from .run import StrategyResult, run_plan
+from .workload import Params, make_plan
+
+__all__ = ["add_arguments", "run", "simulate"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Params()
+    parser.add_argument("--seed", type=int, default=d.seed, help="the seed; a seed reproduces a run exactly")
+    parser.add_argument("--devices", type=int, default=d.devices)
+    parser.add_argument("--records", type=int, default=d.records)
+    parser.add_argument("--edits", type=int, default=d.edits)
+    parser.add_argument("--strategies", default="crdt,lww-field,lww-record",
+                        help=f"comma-separated, from {','.join(STRATEGIES)}")
+    parser.add_argument("--runs", type=int, default=1, help="runs with seeds seed, seed+1, ...; means reported")
+    parser.add_argument("--skew-ms", type=int, default=d.skew_ms, help="max clock skew of a device")
+    parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms, help="mean offline period")
+    parser.add_argument("--loss", type=float, default=d.loss, help="message loss probability")
+    parser.add_argument("--json", action="store_true", help="print JSON (one object per strategy)")
+    parser.add_argument("--no-cpu", action="store_true", help="leave out CPU time (byte-for-byte output)")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the comparison (matplotlib)")
+    parser.add_argument("--sweep-edits", type=int, default=None,
+                        help="edits per run in the plot's offline/skew sweeps (default: edits/5)")
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, total)
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.tty:
+            n = 30 * self.done // self.total
+            sys.stderr.write(f"\r[{'#' * n}{'.' * (30 - n)}] {self.done}/{self.total} {label:<24}")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def simulate(params: Params, strategies: list[Strategy], runs: int = 1,
+             progress: Progress | None = None) -> dict[str, list[StrategyResult]]:
+    """Every strategy on the plans of seeds ``params.seed`` .. ``params.seed + runs - 1``."""
+    results: dict[str, list[StrategyResult]] = {s: [] for s in strategies}
+    for i in range(runs):
+        plan = make_plan(params.but(seed=params.seed + i))
+        for s in strategies:
+            results[s].append(run_plan(plan, s))
+            if progress is not None:
+                progress.step(f"seed {params.seed + i} {s}")
+    return results
+
+
+def run(args: argparse.Namespace) -> int:
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        print(f"crdtsync simulate: unknown strategy {bad}; choose from {', '.join(STRATEGIES)}", file=sys.stderr)
+        return 2
+    if args.runs < 1 or args.devices < 1 or args.records < 1 or args.edits < 0 or args.skew_ms < 0 \
+            or args.offline_ms < 0 or not 0 <= args.loss <= 1:
+        print("crdtsync simulate: --runs, --devices and --records must be >= 1, --edits, --skew-ms and "
+              "--offline-ms >= 0, --loss in [0, 1]", file=sys.stderr)
+        return 2
+    params = Params(seed=args.seed, devices=args.devices, records=args.records, edits=args.edits,
+                    skew_ms=args.skew_ms, offline_mean_ms=args.offline_ms, loss=args.loss)
+    chosen = cast(list[Strategy], strategies)
+    sweep_runs = 0
+    if args.plot is not None:
+        from .plot import SWEEP_POINTS
+        sweep_runs = 2 * SWEEP_POINTS * len(chosen)
+    progress = Progress(args.runs * len(chosen) + sweep_runs)
+    results = simulate(params, chosen, args.runs, progress)
+    cpu = not args.no_cpu
+    sys.stdout.write(to_json(params, results, cpu=cpu) + "\n" if args.json else table(params, results, cpu=cpu))
+    if args.plot is not None:
+        from .plot import plot
+        plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress)
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 0

@@ -1,0 +1,117 @@
+"""Plots of a comparison (matplotlib, imported only here): lost updates and convergence time by strategy,
+and lost updates as offline periods and clock skew grow (sweeps over smaller runs of the same seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..schema import Strategy
+from .run import StrategyResult, run_plan
+from .workload import Params, make_plan
+
+__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "plot", "sweep"]
+
+OFFLINE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)      # times the mean offline period
+SKEWS_MS = (0, 1_000, 10_000, 60_000, 300_000)    # max clock skew
+SWEEP_POINTS = len(OFFLINE_FACTORS)
+assert len(SKEWS_MS) == SWEEP_POINTS
+
+
+class _Step(Protocol):
+    def step(self, label: str) -> None: ...
+
+
+def sweep(base: Params, strategies: Sequence[Strategy], progress: _Step | None = None
+          ) -> dict[str, dict[str, list[StrategyResult]]]:
+    """Runs of ``base`` with the offline mean scaled, and with the skew set, per strategy."""
+    out: dict[str, dict[str, list[StrategyResult]]] = {"offline": {}, "skew": {}}
+    variants = {"offline": [base.but(offline_mean_ms=int(base.offline_mean_ms * f)) for f in OFFLINE_FACTORS],
+                "skew": [base.but(skew_ms=s) for s in SKEWS_MS]}
+    for axis, params in variants.items():
+        for s in strategies:
+            out[axis][s] = []
+        for p in params:
+            plan = make_plan(p)
+            for s in strategies:
+                out[axis][s].append(run_plan(plan, s))
+                if progress is not None:
+                    progress.step(f"{axis} sweep {s}")
+    return out
+
+
+def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: dict[str, list[StrategyResult]],
+         *, sweep_edits: int | None = None, progress: _Step | None = None) -> None:
+    """Write a 2x2 figure to ``path``: two bar charts of ``results`` and two sweeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    small = params.but(edits=sweep_edits if sweep_edits is not None else max(1, params.edits // 5))
+    sw = sweep(small, strategies, progress)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    names = list(strategies)
+    colors: dict[str, Any] = {s: f"C{i}" for i, s in enumerate(names)}
+
+    def mean(rs: list[StrategyResult], key: str) -> float:
+        vals = [getattr(r, key) for r in rs if getattr(r, key) is not None]
+        return sum(vals) / len(vals) if vals else 0.0
+
+    ax = axes[0][0]
+    lost = [mean(results[s], "lost_updates") for s in names]
+    silent = [mean(results[s], "silently_lost") for s in names]
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], lost, 0.4, color=[colors[s] for s in names])
+    ax.bar([x + 0.2 for x in xs], silent, 0.4, color=[colors[s] for s in names], alpha=0.5, hatch="//")
+    for x, v in zip(xs, lost, strict=True):
+        ax.annotate(f"{v:g}", (x - 0.2, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("field writes")
+    ax.set_title(f"Lost updates ({params.edits} edits)")
+    ax.legend(handles=[Patch(facecolor="grey", label="lost"),
+                       Patch(facecolor="lightgrey", hatch="//", label="of which silently")])
+
+    ax = axes[0][1]
+    conv = [mean(results[s], "convergence_ms") / 1000 for s in names]
+    ax.bar(list(xs), conv, 0.6, color=[colors[s] for s in names])
+    for x, s in zip(xs, names, strict=True):
+        if not all(r.converged for r in results[s]):
+            ax.annotate("did not converge", (x, 0), ha="center", va="bottom", fontsize=8, color="red")
+    ax.set_xticks(list(xs), names)
+    ax.set_ylabel("seconds after the last edit")
+    ax.set_title("Convergence time (faults off after the workload)")
+
+    ax = axes[1][0]
+    xo = [params.offline_mean_ms * f / 1000 for f in OFFLINE_FACTORS]
+    for s in names:
+        ax.plot(xo, [r.lost_updates for r in sw["offline"][s]], marker="o", label=s, color=colors[s])
+    ax.set_xscale("log")
+    ax.set_xticks(xo, [f"{x:g}" for x in xo])
+    ax.minorticks_off()
+    ax.set_xlabel("mean offline period (s)")
+    ax.set_ylabel("lost updates")
+    ax.set_title(f"As offline time grows ({small.edits} edits)")
+    ax.legend()
+
+    ax = axes[1][1]
+    xk = [max(s, 100) / 1000 for s in SKEWS_MS]
+    for s in names:
+        ax.plot(xk, [r.lost_updates for r in sw["skew"][s]], marker="o", label=s, color=colors[s])
+    ax.set_xscale("log")
+    ax.set_xticks(xk, [f"{s / 1000:g}" for s in SKEWS_MS])
+    ax.minorticks_off()
+    ax.set_xlabel("max clock skew of a device (s)")
+    ax.set_ylabel("lost updates")
+    ax.set_title(f"As clock skew grows ({small.edits} edits)")
+    ax.legend()
+
+    fig.suptitle(f"crdtsync simulate --seed {params.seed} --devices {params.devices} --records {params.records} "
+                 f"--edits {params.edits}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
