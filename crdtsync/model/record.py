@@ -191,11 +191,14 @@ class RecordDoc:
                     self._log(name, op, enc, t)
                 elif f.merge == "text":
                     text = self.text(name)
-                    for start, end, insert in text_edits(str(text), value):
+                    old = str(text)
+                    # pycrdt's Text counts UTF-8 bytes, not characters: "é" is 2, an emoji 4
+                    for start, end, insert in text_edits(old, value):
+                        at = len(old[:start].encode("utf-8"))
                         if end > start:
-                            del text[start:end]
+                            del text[at:at + len(old[start:end].encode("utf-8"))]
                         if insert:
-                            text.insert(start, insert)
+                            text.insert(at, insert)
                     self._put_slot(name, None, t, seen)
                     self._log(name, "text", value, t)
                 elif f.merge == "counter":

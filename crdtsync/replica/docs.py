@@ -115,9 +115,16 @@ class RecordDocs:
                          client_id=src.doc.client_id, updates=[src.full_update()])
 
     def append(self, batch: Batch, collection: str, record_id: str, update: bytes,
-               change_id: int | None = None) -> None:
-        """Stage an update of the record (already applied to its cached doc) into ``batch``."""
-        lr = self.get(collection, record_id)
+               change_id: int | None = None, lr: LoadedRecord | None = None) -> None:
+        """Stage an update of the record (already applied to its doc) into ``batch``.
+
+        Pass ``lr``, the record the update was applied to, when other records were loaded since: the
+        cache may have evicted it, and a reload from the store would not hold the update yet.
+        """
+        if lr is None:
+            lr = self.get(collection, record_id)
+        else:
+            self._pin(collection, record_id, lr)
         n = lr.next_n
         lr.next_n += 1
         if change_id is None:
@@ -127,7 +134,15 @@ class RecordDocs:
             batch.save(("upd", collection, record_id, n), _PENDING + change_id.to_bytes(8, "big", signed=True)
                        + update)
             lr.pending[n] = change_id
-        self.maybe_compact(batch, collection, record_id)
+        self.maybe_compact(batch, collection, record_id, lr)
+
+    def _pin(self, collection: str, record_id: str, lr: LoadedRecord) -> None:
+        """Make ``lr`` the cached copy of the record again (it may have been evicted meanwhile)."""
+        key = (collection, record_id)
+        self._cache[key] = lr
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def replace(self, collection: str, record_id: str, doc: RecordDoc) -> None:
         """Put a merged scratch document in place of the cached one (after its update was staged)."""
@@ -146,17 +161,17 @@ class RecordDocs:
                     batch.save(("upd", collection, record_id, n), _CONFIRMED + raw[9:])
                 del lr.pending[n]
                 lr.confirmed.append(n)
-        self.maybe_compact(batch, collection, record_id)
+        self.maybe_compact(batch, collection, record_id, lr)
 
-    def maybe_compact(self, batch: Batch, collection: str, record_id: str) -> None:
-        lr = self.get(collection, record_id)
+    def maybe_compact(self, batch: Batch, collection: str, record_id: str, lr: LoadedRecord | None = None) -> None:
+        lr = lr or self.get(collection, record_id)
         if lr.pending or len(lr.confirmed) < self.compact_after:
             return
-        self.compact(batch, collection, record_id)
+        self.compact(batch, collection, record_id, lr)
 
-    def compact(self, batch: Batch, collection: str, record_id: str) -> None:
+    def compact(self, batch: Batch, collection: str, record_id: str, lr: LoadedRecord | None = None) -> None:
         """Fold every update into the snapshot (only when no local change is pending)."""
-        lr = self.get(collection, record_id)
+        lr = lr or self.get(collection, record_id)
         if lr.pending:
             return
         batch.remove_range(("upd", collection, record_id))

@@ -40,7 +40,7 @@ from ..store.base import Batch, ByteStore
 from ..store.encrypted import EncryptedStore, is_encrypted
 from ..store.memory import MemoryStore
 from ..store.sqlite import SQLiteStore, Synchronous
-from .docs import RecordDocs
+from .docs import LoadedRecord, RecordDocs
 from .outbox import Outbox, OutboxEntry
 from .rows import Rows, Where
 from .types import ChangeEvent, PendingChange, Record, RecordStatus
@@ -479,20 +479,23 @@ class Replica:
                 raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
             grouped[(c, rid)].append(update)
         touched: list[tuple[str, str]] = []
-        fresh: dict[tuple[str, str], bytes] = {}
+        # the merged records are held here, not re-fetched from the cache: importing more records than
+        # the cache holds evicts the first ones, and a reload from the store would miss their update
+        fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]] = {}
         try:
             for (c, rid), updates in grouped.items():
-                doc = self.docs.get(c, rid).doc
+                lr = self.docs.get(c, rid)
+                doc = lr.doc
                 touched.append((c, rid))
                 new = [part for u in updates if (part := doc.apply(u))]
                 if new:
                     doc.check()
-                    fresh[(c, rid)] = new[0] if len(new) == 1 else merge_updates(*new)
+                    fresh[(c, rid)] = (lr, new[0] if len(new) == 1 else merge_updates(*new))
             batch = Batch()
             changed: list[Record] = []
-            for (c, rid), update in fresh.items():
-                doc = self.docs.get(c, rid).doc
-                self.docs.append(batch, c, rid, update)
+            for (c, rid), (lr, update) in fresh.items():
+                doc = lr.doc
+                self.docs.append(batch, c, rid, update, lr=lr)
                 self.clock.observe(doc.max_time())
                 changed.append(self._save_row(batch, self._coll(c), doc))
             if fresh:
