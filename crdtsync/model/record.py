@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
-from pycrdt import Array, Doc, Map, Text, TransactionEvent
+from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Invalid
@@ -28,6 +28,7 @@ from .state import HistoryEntry, RecordState, SetEntry, compute_state
 
 __all__ = ["RecordDoc", "text_edits"]
 
+_EMPTY_UPDATE = b"\x00\x00"
 _DIFF_LIMIT = 20_000  # above this many characters, a single-region diff instead of difflib
 
 
@@ -75,7 +76,7 @@ class RecordDoc:
     """A record's Yjs document plus the device's identity, with typed writes and a cached merged state."""
 
     def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
-                 client_id: int, updates: Iterable[bytes] = ()) -> None:
+                 client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = ()) -> None:
         self.collection = collection
         self.id = record_id
         self.writer = writer
@@ -87,6 +88,12 @@ class RecordDoc:
         self._hist: Array[Any] = self.doc.get("h", type=Array)
         for u in updates:
             self.doc.apply_update(u)
+        #: remote updates that arrived before an update they build on: not integrated yet (see ``apply``)
+        self.held: list[bytes] = []
+        for u in held:
+            self.doc.apply_update(u)
+            if not self._integrated(u):
+                self.held.append(u)
         self._state: RecordState | None = None
         self._parsed: dict[str, Slot] | None = None
         self._captured: list[bytes] = []
@@ -250,14 +257,35 @@ class RecordDoc:
 
     # -- merging -------------------------------------------------------------------------------------------
 
+    def _integrated(self, update: bytes) -> bool:
+        """True when every struct of ``update`` is in the document (none waits for a missing one)."""
+        rest = get_update(update, self.doc.get_state())
+        return rest[:1] == b"\x00"  # the diff's first varuint: how many clients still have structs
+
     def apply(self, update: bytes) -> bytes:
-        """Apply a remote update; return the part that was new to this document (b"" if none)."""
+        """Apply a remote update; return the part that was new to this document (b"" if none).
+
+        An update that builds on one not received yet cannot be integrated. Yrs keeps it pending, but
+        (pycrdt 0.14) does not always retry it when the missing update arrives: applying deltas in reverse
+        order lost all but the first. So such updates are kept in ``held`` (the replica stores them) and
+        applied again after every later update, until they are in.
+        """
         self._captured.clear()
         try:
             self.doc.apply_update(update)
+            if not self._integrated(update):
+                self.held.append(update)
+            progress = True
+            while progress and self.held:
+                progress = False
+                for h in list(self.held):
+                    self.doc.apply_update(h)  # applying an update again is a no-op for what is in
+                    if self._integrated(h):
+                        self.held.remove(h)
+                        progress = True
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
-        out = self._captured[:]
+        out = [u for u in self._captured if u != _EMPTY_UPDATE]
         self._captured.clear()
         if out:
             self._state = None

@@ -7,6 +7,8 @@ Used by the device replica and by the relay alike. Layout under the store:
   whose: ``0`` merged/confirmed, ``1`` a local change still pending (followed by its 8-byte change id).
 - ``("rmeta", collection, id)``: only for records whose local changes were discarded: the fresh Yjs
   client id and writer tag used since, so discarded changes can never collide with new ones.
+- ``("held", collection, id)``: only while some remote update of the record arrived before an update it
+  builds on: those updates, applied again once the missing one arrives.
 
 A record is loaded from its snapshot and updates on first use and evicted when the cache is full;
 compaction folds the updates into the snapshot once there are ``compact_after`` of them and none is pending.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ..codec import Reader, write_bytes
 from ..model.record import RecordDoc
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
@@ -101,8 +104,28 @@ class RecordDocs:
                 confirmed.append(n)
                 updates.append(raw[1:])
         doc = RecordDoc(coll, record_id, writer=writer, device=self.device, user=self.user, client_id=client,
-                        updates=updates)
+                        updates=updates, held=self.load_held(collection, record_id))
         return LoadedRecord(doc, next_n, confirmed, pending)
+
+    def load_held(self, collection: str, record_id: str) -> list[bytes]:
+        """Remote updates of the record still waiting for an update they build on (see RecordDoc.apply)."""
+        raw = self.store.load(("held", collection, record_id))
+        if raw is None:
+            return []
+        r = Reader(raw)
+        out = []
+        while not r.done():
+            out.append(r.bytes())
+        return out
+
+    def save_held(self, batch: Batch, collection: str, record_id: str, held: list[bytes]) -> None:
+        if not held:
+            batch.remove(("held", collection, record_id))
+            return
+        out = bytearray()
+        for u in held:
+            write_bytes(out, u)
+        batch.save(("held", collection, record_id), bytes(out))
 
     def scratch(self, collection: str, record_id: str) -> RecordDoc:
         """A copy of the record's document to try a merge on before committing to it."""

@@ -482,25 +482,29 @@ class Replica:
         # the merged records are held here, not re-fetched from the cache: importing more records than
         # the cache holds evicts the first ones, and a reload from the store would miss their update
         fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]] = {}
+        batch = Batch()
         try:
             for (c, rid), updates in grouped.items():
                 lr = self.docs.get(c, rid)
                 doc = lr.doc
                 touched.append((c, rid))
+                held = list(doc.held)
                 new = [part for u in updates if (part := doc.apply(u))]
                 if new:
                     doc.check()
                     fresh[(c, rid)] = (lr, new[0] if len(new) == 1 else merge_updates(*new))
-            batch = Batch()
+                if doc.held != held:
+                    self.docs.save_held(batch, c, rid, doc.held)
             changed: list[Record] = []
             for (c, rid), (lr, update) in fresh.items():
                 doc = lr.doc
                 self.docs.append(batch, c, rid, update, lr=lr)
                 self.clock.observe(doc.max_time())
-                changed.append(self._save_row(batch, self._coll(c), doc))
+                if doc.state().exists:  # not yet, when only updates that build on a missing one came
+                    changed.append(self._save_row(batch, self._coll(c), doc))
             if fresh:
                 batch.save(("meta", "hlc"), str(self.clock.last).encode())
-                self.store.commit(batch)
+            self.store.commit(batch)
         except BaseException:
             for c, rid in touched:
                 self.docs.reload(c, rid)

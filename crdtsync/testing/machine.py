@@ -132,7 +132,8 @@ class ReplicaMachine(RuleBasedStateMachine):
         n = len(self.c.replicas)
         src = data.draw(st.integers(0, n - 1), label="src")
         dst = data.draw(st.integers(0, n - 1).filter(lambda d: d != src), label="dst")
-        self.c.send(src, dst, since=data.draw(st.booleans(), label="since"))
+        how = data.draw(st.sampled_from(["full", "since", "delta"]), label="export")
+        self.c.send(src, dst, since=how == "since", delta=how == "delta")
 
     @precondition(lambda self: self.cluster is not None and bool(self.c.in_flight))
     @rule(data=st.data())

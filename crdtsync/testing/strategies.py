@@ -15,6 +15,7 @@ Values are drawn the way crdtsync checks them (``Field.check``), so a valid draw
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -69,6 +70,14 @@ def _str_values(f: Str | Text, *, required: bool) -> st.SearchStrategy[str]:
 def field_values(f: Field, *, ids: Sequence[str] = DEFAULT_IDS, allow_none: bool = True
                  ) -> st.SearchStrategy[Any]:
     """Values ``f`` accepts (its ``check`` passes). ``None`` is drawn for optional plain fields."""
+    try:
+        return _field_values(f, tuple(ids), allow_none)
+    except TypeError:  # an unhashable custom field type: build it afresh
+        return _field_values.__wrapped__(f, tuple(ids), allow_none)
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_values(f: Field, ids: tuple[str, ...], allow_none: bool) -> st.SearchStrategy[Any]:
     base: st.SearchStrategy[Any]
     if isinstance(f, Str | Text):
         base = _str_values(f, required=f.required)
@@ -137,6 +146,12 @@ def invalid_values(f: Field) -> st.SearchStrategy[Any]:
 
 def field_types(*, ref_targets: Sequence[str] = (), depth: int = 1) -> st.SearchStrategy[Field]:
     """Field types of every kind, with random limits (Ref only when ``ref_targets`` is not empty)."""
+    return _field_types(tuple(ref_targets), depth)
+
+
+@functools.lru_cache(maxsize=256)
+def _field_types(ref_targets: tuple[str, ...], depth: int) -> st.SearchStrategy[Field]:
+    # cached: building and validating this one_of costs far more than drawing from it
     req = st.booleans()
     plain: list[st.SearchStrategy[Field]] = [
         st.builds(Str, max_length=st.none() | st.integers(3, 40), required=req),
@@ -238,8 +253,9 @@ def _op(draw: st.DrawFn, schema: Schema, replicas: int, ids: Sequence[str]) -> O
     if kind == "resolve":
         return Op(kind, r, pick=draw(st.integers(0, 1000)), keep=draw(st.booleans()),
                   values={"new": draw(st.integers(0, 1000))})
-    if kind == "send":
-        return Op(kind, r, dst=draw(st.integers(0, replicas - 1)), since=draw(st.booleans()))
+    if kind == "send":  # keep=True: a delta export (see Cluster.send)
+        return Op(kind, r, dst=draw(st.integers(0, replicas - 1)), since=draw(st.booleans()),
+                  keep=draw(st.booleans()))
     if kind in ("deliver", "drop"):
         return Op(kind, r, pick=draw(st.integers(0, 1000)), keep=draw(st.booleans()))
     return Op(kind, r, coll.name, rid)
