@@ -15,6 +15,7 @@ Every write returns the Yjs update it produced; the caller stores and sends thos
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -72,6 +73,18 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     return SetEntry(name, element, writer, a, r)
 
 
+def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> None:
+    """``doc.observe(callback)`` without its cost: pycrdt 0.14's ``Doc.observe`` evaluates
+    ``typing.cast(Callable[[TransactionEvent], None], ...)`` at run time, which misses typing's cache and
+    took 80 us, a fifth of merging a record. The same subscription, made the way ``observe`` makes it."""
+    try:
+        from pycrdt._doc import observe_callback
+
+        doc._subscriptions.append(doc._doc.observe(functools.partial(observe_callback, callback, doc)))
+    except (ImportError, AttributeError):  # another pycrdt: the public way
+        doc.observe(callback)
+
+
 class RecordDoc:
     """A record's Yjs document plus the device's identity, with typed writes and a cached merged state."""
 
@@ -86,6 +99,7 @@ class RecordDoc:
         self._slots: Map[Any] = self.doc.get("f", type=Map)
         self._sets: Map[Any] = self.doc.get("s", type=Map)
         self._hist: Array[Any] = self.doc.get("h", type=Array)
+        self._texts: dict[str, Text] = {}
         for u in updates:
             self.doc.apply_update(u)
         #: remote updates that arrived before an update they build on: not integrated yet (see ``apply``)
@@ -97,23 +111,37 @@ class RecordDoc:
         self._state: RecordState | None = None
         self._parsed: dict[str, Slot] | None = None
         self._captured: list[bytes] = []
-        self.doc.observe(self._on_txn)
+        _observe(self.doc, self._on_txn)
 
     def _on_txn(self, event: TransactionEvent) -> None:
         self._captured.append(event.update)
 
     # -- reading -------------------------------------------------------------------------------------------
 
+    def _read(self, shared: Map[Any] | Array[Any]) -> Any:
+        """A root map's or array's content as plain JSON values, in one call.
+
+        Iterating a pycrdt Map opens a transaction per key: reading records that way was the largest cost
+        of a merge. ``to_json`` reads everything at once (our values are all JSON strings).
+        """
+        try:
+            with self.doc.transaction() as txn:
+                return orjson.loads(shared.integrated.to_json(txn._txn))
+        except Exception:  # content a peer put there that has no JSON form: read it the slow way
+            return dict(shared.items()) if isinstance(shared, Map) else list(shared)
+
     def slots(self) -> dict[str, Slot]:
         if self._parsed is None:
-            self._parsed = {k: _parse_slot(k, v) for k, v in self._slots.items()}
+            self._parsed = {k: _parse_slot(k, v) for k, v in self._read(self._slots).items()}
         return self._parsed
 
     def set_entries(self) -> list[SetEntry]:
-        return [_parse_set(k, v) for k, v in self._sets.items()]
+        return [_parse_set(k, v) for k, v in self._read(self._sets).items()]
 
     def text(self, name: str) -> Text:
-        text: Text = self.doc.get(f"t:{name}", type=Text)
+        text = self._texts.get(name)
+        if text is None:  # Doc.get costs a transaction: keep the handle
+            text = self._texts[name] = self.doc.get(f"t:{name}", type=Text)
         return text
 
     def state(self) -> RecordState:
@@ -128,7 +156,7 @@ class RecordDoc:
 
     def history(self) -> list[HistoryEntry]:
         out = []
-        for raw in self._hist:
+        for raw in self._read(self._hist):
             try:
                 p = orjson.loads(raw)
                 out.append(HistoryEntry(p["f"], p["o"], p.get("v"), p["d"], p["u"], p["t"]))
@@ -300,9 +328,10 @@ class RecordDoc:
     def check(self) -> None:
         """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""
         coll = self.collection
-        for key, raw in self._slots.items():
+        parsed: dict[str, Slot] = {}
+        for key, raw in self._read(self._slots).items():
             try:
-                s = _parse_slot(key, raw)
+                s = parsed[key] = _parse_slot(key, raw)
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
                 raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
             if s.field == DELETED:
@@ -321,7 +350,7 @@ class RecordDoc:
                     raise Invalid("markers hold no value")
             except Invalid as e:
                 raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
-        for key, raw in self._sets.items():
+        for key, raw in self._read(self._sets).items():
             try:
                 entry = _parse_set(key, raw)
                 f = coll.fields.get(entry.field)
@@ -330,6 +359,7 @@ class RecordDoc:
                 f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
             except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
                 raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+        self._parsed = parsed  # checked: state() need not parse the slots again
 
     def max_time(self) -> int:
         return max((s.t for s in self.slots().values()), default=0)

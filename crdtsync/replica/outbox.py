@@ -64,6 +64,8 @@ class Outbox:
         self.store = store
         self._entries: dict[int, OutboxEntry] = {}
         self._by_record: dict[tuple[str, str], list[int]] = defaultdict(list)
+        # per record: ids of entries in "error" and in "syncing", so a record's status costs O(1)
+        self._flagged: dict[tuple[str, str], dict[str, set[int]]] = {}
         for key, raw in store.iter_range(("out",)):
             entry, _ = _decode(int(key[1]), raw)
             # a sync cut short by a crash left entries "syncing": they are pending again
@@ -74,6 +76,26 @@ class Outbox:
     def _index(self, entry: OutboxEntry) -> None:
         self._entries[entry.id] = entry
         self._by_record[(entry.collection, entry.record)].append(entry.id)
+        self._flag(entry, None, entry.status)
+
+    def _flag(self, e: OutboxEntry, old: str | None, new: str | None) -> None:
+        key = (e.collection, e.record)
+        if old in ("error", "syncing"):
+            flags = self._flagged[key]
+            flags[old].discard(e.id)
+            if not flags["error"] and not flags["syncing"]:
+                del self._flagged[key]
+        if new in ("error", "syncing"):
+            self._flagged.setdefault(key, {"error": set(), "syncing": set()})[new].add(e.id)
+
+    def summary(self, collection: str, record: str) -> tuple[OutboxEntry | None, bool, bool]:
+        """(the record's oldest rejected entry or None, whether one is syncing, whether any is queued)."""
+        key = (collection, record)
+        flags = self._flagged.get(key)
+        if flags is None:
+            return None, False, key in self._by_record
+        err = self._entries[min(flags["error"])] if flags["error"] else None
+        return err, bool(flags["syncing"]), True
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -107,6 +129,7 @@ class Outbox:
             e = self._entries.get(i)
             if e is None:
                 continue
+            self._flag(e, e.status, status)
             e.status = status
             e.error = error
             if batch is not None:
@@ -120,6 +143,7 @@ class Outbox:
             e = self._entries.pop(i, None)
             if e is None:
                 continue
+            self._flag(e, e.status, None)
             batch.remove(("out", i))
             lst = self._by_record[(e.collection, e.record)]
             lst.remove(i)

@@ -1,0 +1,102 @@
+"""Merge: ``import_updates()`` of 10k field writes made on another replica vs applying the same Yjs
+updates to bare pycrdt Docs (one per record). Target: ratio <= 3.
+
+The source replica makes ``--records`` records and then field writes until there are ``--writes`` in
+all (plain fields, a counter, a set and a text field, like a CRM sync). Its export holds one merged
+update per record; the baseline applies exactly those bytes to fresh pycrdt Docs. The replica side also
+validates every slot against the schema, computes each record's state and conflicts, and stores the
+update and the materialised row in one SQLite transaction (synchronous=NORMAL, as for a bulk sync).
+
+    PYTHONPATH=. python bench/bench_merge.py [--writes 10000] [--records 1000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Doc
+
+from crdtsync import Replica
+from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.store import MemoryStore
+
+__all__ = ["main"]
+
+
+def source(writes: int, records: int) -> tuple[bytes, list[bytes]]:
+    rnd = random.Random(7)
+    a = Replica(MemoryStore(), DEMO_SCHEMA, device="laptop", user="bob", random_bytes=rnd.randbytes)
+    ids = [a.create("accounts", {"name": f"Account {i}"}, id=f"acct-{i:06}") for i in range(records)]
+    done = records
+    while done < writes:
+        rid = rnd.choice(ids)
+        k = rnd.randrange(5)
+        if k == 0:
+            a.update("accounts", rid, {"employees": rnd.randrange(10_000), "phone": f"+1 555 {done:04}"})
+            done += 2
+            continue
+        if k == 1:
+            a.increment("accounts", rid, "visits", 1)
+        elif k == 2:
+            a.update("accounts", rid, {"tags": {rnd.choice(["vip", "north", "lead", "south"])}})
+        elif k == 3:
+            a.update("accounts", rid, {"notes": f"Called on {done}."})
+        else:
+            a.update("accounts", rid, {"name": f"Account {rid} v{done}"})
+        done += 1
+    blob = a.export_updates()
+    parts = [u for _, u in sorted(a._parse(blob, b"CSX1").items())]
+    return blob, parts
+
+
+def bare(parts: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    docs: list[Doc[Any]] = []
+    for u in parts:
+        d: Doc[Any] = Doc()
+        d.apply_update(u)
+        docs.append(d)
+    return time.perf_counter() - t0
+
+
+def replica(blob: bytes, tmp: Path, n: int) -> float:
+    b = Replica.open(tmp / f"b{n}.db", DEMO_SCHEMA, device="phone", user="alice", synchronous="NORMAL")
+    t0 = time.perf_counter()
+    changed = b.import_updates(blob)
+    dt = time.perf_counter() - t0
+    assert len(changed) > 0
+    b.close()
+    return dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--writes", type=int, default=10_000)
+    p.add_argument("--records", type=int, default=1_000)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    blob, parts = source(args.writes, args.records)
+    ratios, tb, tr = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.rounds):
+            b_t = bare(parts)
+            r_t = replica(blob, Path(tmp), n)
+            tb.append(b_t)
+            tr.append(r_t)
+            ratios.append(r_t / b_t)
+    ratio = statistics.median(ratios)
+    print(f"merge  {args.writes} field writes on {len(parts)} records ({len(blob) / 1e6:.1f} MB): "
+          f"bare pycrdt {statistics.median(tb) * 1e3:7.1f} ms   Replica.import_updates "
+          f"{statistics.median(tr) * 1e3:7.1f} ms   ratio {ratio:.2f}  (target <= 3): "
+          f"{'OK' if ratio <= 3 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
