@@ -54,6 +54,8 @@ class Write:
 @dataclass(frozen=True)
 class _SetOp:
     id: int
+    replica: int
+    time: int
     key: tuple[str, str]
     field: str
     element: bytes
@@ -114,7 +116,10 @@ class Cluster:
         self.known: list[set[int]] = [set() for _ in range(n)]
         self.writes: list[Write] = []
         self.set_ops: list[_SetOp] = []
-        self.counters: dict[tuple[str, str, str], int] = defaultdict(int)
+        # per counter: (replica, change id, delta) of every increment
+        self.counters: dict[tuple[str, str, str], list[tuple[int, int, int]]] = defaultdict(list)
+        # (replica, change id) of changes the user discarded: exempt from the no-lost-write check
+        self.discarded: set[tuple[int, int]] = set()
         self.in_flight: list[Message] = []
         self._marks: dict[int, tuple[bytes, frozenset[int]]] = {}
         self._next = 0
@@ -152,15 +157,15 @@ class Cluster:
                 self.writes.append(w)
                 new.append(w.id)
             elif f.merge == "counter":
-                self.counters[(coll.name, rid, name)] += value - (old or 0)
+                self.counters[(coll.name, rid, name)].append((i, t, value - (old or 0)))
             elif f.merge == "set":
                 prev = old or frozenset()
                 for v in value - prev:
-                    op = _SetOp(self._id(), key, name, _elem(f, v), True, seen)
+                    op = _SetOp(self._id(), i, t, key, name, _elem(f, v), True, seen)
                     self.set_ops.append(op)
                     new.append(op.id)
                 for v in prev - value:
-                    op = _SetOp(self._id(), key, name, _elem(f, v), False, seen)
+                    op = _SetOp(self._id(), i, t, key, name, _elem(f, v), False, seen)
                     self.set_ops.append(op)
                     new.append(op.id)
         self.known[i].update(new)
@@ -331,6 +336,20 @@ class Cluster:
         self.in_flight.pop(pick % len(self.in_flight))
         return True
 
+    def discard(self, i: int, pick: int, *, whole_record: bool = False) -> bool:
+        """Discard pending change ``pick`` of replica ``i`` (and its record's later ones), or all of that
+        record's pending changes. The oracle stops requiring what was discarded."""
+        r = self.replicas[i]
+        pending = r.pending()
+        if not pending:
+            return False
+        p = pending[pick % len(pending)]
+        gone = r.discard_record(p.collection, p.record) if whole_record else r.discard(p.id)
+        assert gone and gone[0].record == p.record
+        assert not any(q.id in {g.id for g in gone} for q in r.pending()), "a discarded change is still pending"
+        self.discarded |= {(i, g.id) for g in gone}
+        return True
+
     def acknowledge(self, i: int) -> bool:
         """As if a relay had stored every pending change of replica ``i`` (lets it compact)."""
         r = self.replicas[i]
@@ -410,16 +429,28 @@ class Cluster:
             by_field[(w.key, w.field)].append(w)
         for w in self.writes:
             found = recs.get(w.key)
-            assert found is not None, f"{w.key} is gone: lost {w}"
+            if found is None:
+                assert (w.replica, w.time) in self.discarded, f"{w.key} is gone: lost {w}"
+                continue
             if self._survives(w, found, by_field[(w.key, w.field)]):
                 continue
             raise AssertionError(f"lost write {w}\n  record now: {found}")
-        for (c, rid, name), total in self.counters.items():
+        for (c, rid, name), incs in self.counters.items():
+            if (c, rid) not in recs:  # its creation was discarded (checked above)
+                continue
             got = recs[(c, rid)].fields[name]
-            assert got == total, f"counter {c}/{rid}.{name} is {got}, the increments add up to {total}"
+            kept = sum(d for i, t, d in incs if (i, t) not in self.discarded)
+            # a discarded increment that had left its device comes back: any subset of them may count
+            maybe = {0}
+            for i, t, d in incs:
+                if (i, t) in self.discarded:
+                    maybe |= {m + d for m in maybe}
+            assert got - kept in maybe, f"counter {c}/{rid}.{name} is {got}, the increments add up to {kept}"
         self._check_sets(recs)
 
     def _survives(self, w: Write, rec: Record, same_field: list[Write]) -> bool:
+        if (w.replica, w.time) in self.discarded:
+            return True  # the user chose to drop it
         if any(w.id in o.seen for o in same_field):
             return True  # overwritten (or deleted/restored) by someone who had seen it
         for c in rec.conflicts:
@@ -445,4 +476,7 @@ class Cluster:
                     want = {a.element for a in these if a.add
                             and not any(not x.add and x.element == a.element and a.id in x.seen for x in these)}
                     got = {_elem(f, v) for v in rec.fields[name]}
+                    # elements a discarded change touched may go either way (it may have left the device)
+                    unsure = {x.element for x in these if (x.replica, x.time) in self.discarded}
+                    want, got = want - unsure, got - unsure
                     assert got == want, f"set {c}/{rid}.{name} is {sorted(got)}, add-wins says {sorted(want)}"

@@ -7,7 +7,7 @@
 
     TestSync = replica_machine(SCHEMA).TestCase        # a unittest TestCase pytest collects
 
-Rules create, update, increment, delete, restore and resolve records on random replicas, and send, deliver
+Rules create, update, increment, delete, restore, resolve and discard on random replicas, and send, deliver
 (in any order, more than once) and drop exported blobs between them; a rule also tries writes that break
 the schema and checks that they change nothing. At the end of every run the machine exchanges everything
 and asserts convergence and no lost write (see ``crdtsync.testing.cluster``). ``replica_machine(None)``
@@ -145,6 +145,14 @@ class ReplicaMachine(RuleBasedStateMachine):
             self.c.drop(pick)
         else:
             self.c.deliver(pick, keep=how == "duplicate")
+
+    @rule(data=st.data())
+    def discard(self, data: st.DataObject) -> None:
+        i = data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica")
+        n = len(self.c.replicas[i].pending())
+        if n:
+            self.c.discard(i, data.draw(st.integers(0, n - 1), label="change"),
+                           whole_record=data.draw(st.booleans(), label="whole record"))
 
     @rule(data=st.data())
     def acknowledge(self, data: st.DataObject) -> None:
