@@ -96,9 +96,10 @@ class RecordDoc:
         self.device = device
         self.user = user
         self.doc: Doc[Any] = Doc(client_id=client_id)
-        self._slots: Map[Any] = self.doc.get("f", type=Map)
-        self._sets: Map[Any] = self.doc.get("s", type=Map)
-        self._hist: Array[Any] = self.doc.get("h", type=Array)
+        with self.doc.transaction():  # one transaction for the three roots, not one each
+            self._slots: Map[Any] = self.doc.get("f", type=Map)
+            self._sets: Map[Any] = self.doc.get("s", type=Map)
+            self._hist: Array[Any] = self.doc.get("h", type=Array)
         self._texts: dict[str, Text] = {}
         for u in updates:
             self.doc.apply_update(u)

@@ -75,8 +75,9 @@ class RecordDocs:
             self._cache.popitem(last=False)
         return lr
 
-    def _identity(self, collection: str, record_id: str) -> tuple[str, int]:
-        raw = self.store.load(("rmeta", collection, record_id))
+    def _identity(self, collection: str, record_id: str, raw: bytes | None = None) -> tuple[str, int]:
+        if raw is None:
+            raw = self.store.load(("rmeta", collection, record_id))
         if raw is None:
             return self.device, self.client_id
         meta = orjson.loads(raw)
@@ -84,9 +85,12 @@ class RecordDocs:
 
     def _load(self, collection: str, record_id: str, skip: frozenset[int] = frozenset()) -> LoadedRecord:
         coll = self.schema.collection(collection)
-        writer, client = self._identity(collection, record_id)
+        # one query for the record's small keys (a bulk merge loads many records it has never seen)
+        snap, rmeta, held = self.store.load_many([("snap", collection, record_id),
+                                                  ("rmeta", collection, record_id),
+                                                  ("held", collection, record_id)])
+        writer, client = self._identity(collection, record_id, rmeta)
         updates: list[bytes] = []
-        snap = self.store.load(("snap", collection, record_id))
         if snap is not None:
             updates.append(snap)
         confirmed: list[int] = []
@@ -104,12 +108,12 @@ class RecordDocs:
                 confirmed.append(n)
                 updates.append(raw[1:])
         doc = RecordDoc(coll, record_id, writer=writer, device=self.device, user=self.user, client_id=client,
-                        updates=updates, held=self.load_held(collection, record_id))
+                        updates=updates, held=self._held(held))
         return LoadedRecord(doc, next_n, confirmed, pending)
 
-    def load_held(self, collection: str, record_id: str) -> list[bytes]:
+    @staticmethod
+    def _held(raw: bytes | None) -> list[bytes]:
         """Remote updates of the record still waiting for an update they build on (see RecordDoc.apply)."""
-        raw = self.store.load(("held", collection, record_id))
         if raw is None:
             return []
         r = Reader(raw)
