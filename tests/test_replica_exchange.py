@@ -155,3 +155,23 @@ def test_compaction_keeps_everything() -> None:
     b.import_updates(a.export_updates())
     assert state(a) == state(b)
     assert len(b.history("accounts", rid)) == 11
+
+
+def test_held_updates_survive_a_discard_on_the_same_record() -> None:
+    a, b = Cluster(DEMO_SCHEMA, 2, cache_size=1).replicas
+    a.create("accounts", {"name": "Acme"}, id="r0")
+    b.import_updates(a.export_updates())
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"employees": 1, "notes": "one"})
+    d1 = a.export_updates(since=before)
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"employees": 2, "notes": "one two"})
+    d2 = a.export_updates(since=before)
+    b.import_updates(d2)  # waits for d1
+    b.update("accounts", "r0", {"phone": "555"})
+    b.discard(b.pending()[-1].id)
+    b.import_updates(d1)
+    assert state(b) == state(a)
+    c = Cluster(DEMO_SCHEMA, 3).replicas[2]
+    c.import_updates(b.export_updates())  # what b stored, not only what it holds in memory
+    assert state(c) == state(a)

@@ -222,7 +222,8 @@ class RecordDocs:
         batch.save(("rmeta", collection, record_id), orjson.dumps({"epoch": epoch, "client": client}))
         fresh = self._load(collection, record_id, skip=drop)
         doc = RecordDoc(fresh.doc.collection, record_id, writer=f"{self.device}#{epoch}", device=self.device,
-                        user=self.user, client_id=client, updates=[fresh.doc.full_update()])
+                        user=self.user, client_id=client, updates=[fresh.doc.full_update()],
+                        held=fresh.doc.held)
         fresh.doc = doc
         self._cache[(collection, record_id)] = fresh
         return fresh
