@@ -181,3 +181,19 @@ def test_query_and_conflicts_come_from_rows(pair: list[Replica]) -> None:
     assert [r.id for r in a.query("accounts", order_by="employees", descending=True, limit=2)] == ["a4", "a3"]
     assert len(a.query("accounts")) == 4 and len(a.query("accounts", include_deleted=True)) == 5
     assert a.query("accounts", lambda r: r.fields["name"] == "n2")[0].id == "a2"
+
+
+def test_clock_stays_monotonic_across_discard_and_restart() -> None:
+    c = Cluster(DEMO_SCHEMA, 1)
+    a = c.replicas[0]
+    rid = a.create("accounts", {"name": "Acme"})
+    for i in range(3):
+        a.update("accounts", rid, {"employees": i})
+    newest = a.pending()[-1].id
+    a.discard_record("accounts", rid)
+    assert a.pending() == []
+    # the wall clock goes back an hour before the app restarts
+    reopened = Replica(a.store, DEMO_SCHEMA, device="d0", user="u0", wall=lambda: c.now - 3_600_000)
+    other = reopened.create("accounts", {"name": "Later"})
+    assert reopened.pending()[0].id > newest
+    assert reopened.get("accounts", other) is not None

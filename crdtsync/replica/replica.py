@@ -391,6 +391,8 @@ class Replica:
         try:
             self.outbox.remove(batch, ids)
             lr = self.docs.discard(batch, collection, rid, set(ids))
+            # the clock is restored from the outbox's newest change too: keep it past the discarded ones
+            batch.save(("meta", "hlc"), str(self.clock.last).encode())
             rec: Record | None = None
             if lr.doc.state().exists:
                 rec = self._save_row(batch, coll, lr.doc)
