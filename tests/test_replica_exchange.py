@@ -175,3 +175,29 @@ def test_held_updates_survive_a_discard_on_the_same_record() -> None:
     c = Cluster(DEMO_SCHEMA, 3).replicas[2]
     c.import_updates(b.export_updates())  # what b stored, not only what it holds in memory
     assert state(c) == state(a)
+
+
+def test_a_write_never_claims_to_have_seen_what_waits_for_its_base() -> None:
+    """An update whose base is missing is not integrated, but Yrs shows its map entries anyway. Had the
+    record's "seen" context counted them, b's write to ``phone`` would silently beat a's concurrent one."""
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    a.create("accounts", {"name": "Acme"}, id="r0")
+    b.import_updates(a.export_updates())
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"phone": "a-phone"})
+    d1 = a.export_updates(since=before)
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"employees": 7})
+    d2 = a.export_updates(since=before)
+    b.import_updates(d2)  # waits for d1
+    b.docs.forget()  # as after a restart or a cache eviction: the record is loaded again, with d2 held
+    rec = b.get("accounts", "r0")
+    assert rec is not None and rec.fields["employees"] is None, "content waiting for its base is not shown"
+    b.update("accounts", "r0", {"phone": "b-phone"})  # concurrent with a's phone: b has not seen it
+    b.import_updates(d1)
+    a.import_updates(b.export_updates())
+    for r in (a, b):
+        rec = r.get("accounts", "r0")
+        assert rec is not None and rec.fields["employees"] == 7
+        (conflict,) = rec.conflicts
+        assert conflict.field == "phone" and {c.value for c in conflict.candidates} == {"a-phone", "b-phone"}

@@ -95,27 +95,38 @@ class RecordDoc:
         self.writer = writer
         self.device = device
         self.user = user
+        self._captured: list[bytes] = []
+        #: every integrated update of the document (merged now and then): what it is rebuilt from when
+        #: an update that cannot be integrated yet got into it (see ``apply``)
+        self._parts: list[bytes] = list(updates)
+        self._build(client_id)
+        #: remote updates that arrived before an update they build on; kept out of the document (see
+        #: ``apply``) and tried again whenever an update arrives
+        self.held: list[bytes] = list(held)
+        self._state: RecordState | None = None
+        self._parsed: dict[str, Slot] | None = None
+
+    def _build(self, client_id: int) -> None:
+        """(Re)create the Yjs document from ``_parts``."""
         self.doc: Doc[Any] = Doc(client_id=client_id)
         with self.doc.transaction():  # one transaction for the three roots, not one each
             self._slots: Map[Any] = self.doc.get("f", type=Map)
             self._sets: Map[Any] = self.doc.get("s", type=Map)
             self._hist: Array[Any] = self.doc.get("h", type=Array)
         self._texts: dict[str, Text] = {}
-        for u in updates:
+        for u in self._parts:
             self.doc.apply_update(u)
-        #: remote updates that arrived before an update they build on: not integrated yet (see ``apply``)
-        self.held: list[bytes] = []
-        for u in held:
-            self.doc.apply_update(u)
-            if not self._integrated(u):
-                self.held.append(u)
-        self._state: RecordState | None = None
-        self._parsed: dict[str, Slot] | None = None
-        self._captured: list[bytes] = []
         _observe(self.doc, self._on_txn)
 
     def _on_txn(self, event: TransactionEvent) -> None:
-        self._captured.append(event.update)
+        update = event.update
+        if update == _EMPTY_UPDATE:
+            return
+        self._captured.append(update)
+        self._parts.append(update)
+        if len(self._parts) > 64:
+            from pycrdt import merge_updates
+            self._parts = [merge_updates(*self._parts)]
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -286,35 +297,47 @@ class RecordDoc:
 
     # -- merging -------------------------------------------------------------------------------------------
 
-    def _integrated(self, update: bytes) -> bool:
-        """True when every struct of ``update`` is in the document (none waits for a missing one)."""
-        rest = get_update(update, self.doc.get_state())
+    @staticmethod
+    def _integrated(doc: Doc[Any], update: bytes) -> bool:
+        """True when every struct of ``update`` is in ``doc`` (none waits for a missing one)."""
+        rest = get_update(update, doc.get_state())
         return rest[:1] == b"\x00"  # the diff's first varuint: how many clients still have structs
+
+    def _fits(self, update: bytes) -> bool:
+        """Whether ``update`` would be integrated, tried on a copy of the document."""
+        probe: Doc[Any] = Doc()
+        probe.apply_update(self.doc.get_update())
+        probe.apply_update(update)
+        return self._integrated(probe, update)
 
     def apply(self, update: bytes) -> bytes:
         """Apply a remote update; return the part that was new to this document (b"" if none).
 
-        An update that builds on one not received yet cannot be integrated. Yrs keeps it pending, but
-        (pycrdt 0.14) does not always retry it when the missing update arrives: applying deltas in reverse
-        order lost all but the first. So such updates are kept in ``held`` (the replica stores them) and
-        applied again after every later update, until they are in.
+        An update that builds on one not received yet cannot be integrated. Yrs then keeps it pending,
+        but (pycrdt 0.14) its map entries show up in reads all the same, and it does not always retry it
+        when the missing update arrives (deltas applied in reverse order lost all but the first). Shown,
+        such a slot would wrongly count as seen by the next local write, which would then silently beat
+        the writes it builds on. So such an update is kept out of the document: it goes to ``held`` (the
+        replica stores it), the document is rebuilt from its integrated updates, and held updates are
+        tried again, on a copy, whenever an update arrives.
         """
         self._captured.clear()
         try:
             self.doc.apply_update(update)
-            if not self._integrated(update):
+            if not self._integrated(self.doc, update):
                 self.held.append(update)
+                self._build(self.doc.client_id)  # without what is pending
             progress = True
             while progress and self.held:
                 progress = False
                 for h in list(self.held):
-                    self.doc.apply_update(h)  # applying an update again is a no-op for what is in
-                    if self._integrated(h):
+                    if self._fits(h):
+                        self.doc.apply_update(h)
                         self.held.remove(h)
                         progress = True
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
-        out = [u for u in self._captured if u != _EMPTY_UPDATE]
+        out = list(self._captured)
         self._captured.clear()
         if out:
             self._state = None
