@@ -19,7 +19,7 @@ from crdtsync.testing import Cluster, edit_histories, replica_machine, schemas
 
 LONG = os.environ.get("CRDTSYNC_LONG") == "1"
 
-_machine_settings = settings(derandomize=True, max_examples=1500 if LONG else 150,
+_machine_settings = settings(derandomize=True, max_examples=2000 if LONG else 200,
                              stateful_step_count=100 if LONG else 50, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
