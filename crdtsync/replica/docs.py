@@ -75,9 +75,8 @@ class RecordDocs:
             self._cache.popitem(last=False)
         return lr
 
-    def _identity(self, collection: str, record_id: str, raw: bytes | None = None) -> tuple[str, int]:
-        if raw is None:
-            raw = self.store.load(("rmeta", collection, record_id))
+    def _identity(self, raw: bytes | None) -> tuple[str, int]:
+        """The writer tag and Yjs client id of a record, from its ``rmeta`` (None: the device's own)."""
         if raw is None:
             return self.device, self.client_id
         meta = orjson.loads(raw)
@@ -89,7 +88,7 @@ class RecordDocs:
         snap, rmeta, held = self.store.load_many([("snap", collection, record_id),
                                                   ("rmeta", collection, record_id),
                                                   ("held", collection, record_id)])
-        writer, client = self._identity(collection, record_id, rmeta)
+        writer, client = self._identity(rmeta)
         updates: list[bytes] = []
         if snap is not None:
             updates.append(snap)
