@@ -201,3 +201,24 @@ def test_a_write_never_claims_to_have_seen_what_waits_for_its_base() -> None:
         assert rec is not None and rec.fields["employees"] == 7
         (conflict,) = rec.conflicts
         assert conflict.field == "phone" and {c.value for c in conflict.candidates} == {"a-phone", "b-phone"}
+
+
+def test_records_evicted_from_the_cache_are_freed() -> None:
+    """Regression: a lasting Yjs subscription kept every record document ever loaded alive."""
+    import gc
+
+    from crdtsync.model import RecordDoc
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, RecordDoc))
+
+    a = Cluster(DEMO_SCHEMA, 1, cache_size=1).replicas[0]
+    for i in range(60):
+        a.create("accounts", {"name": f"n{i}"}, id=f"a{i:02}")
+    before = alive()
+    b = Cluster(DEMO_SCHEMA, 2, cache_size=5).replicas[1]
+    b.import_updates(a.export_updates())
+    for i in range(60):
+        b.update("accounts", f"a{i:02}", {"employees": i})
+    assert alive() - before <= 5

@@ -14,9 +14,10 @@ Every write returns the Yjs update it produced; the caller stores and sends thos
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -73,16 +74,18 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     return SetEntry(name, element, writer, a, r)
 
 
-def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> None:
+def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> Any:
     """``doc.observe(callback)`` without its cost: pycrdt 0.14's ``Doc.observe`` evaluates
     ``typing.cast(Callable[[TransactionEvent], None], ...)`` at run time, which misses typing's cache and
     took 80 us, a fifth of merging a record. The same subscription, made the way ``observe`` makes it."""
     try:
         from pycrdt._doc import observe_callback
 
-        doc._subscriptions.append(doc._doc.observe(functools.partial(observe_callback, callback, doc)))
+        sub = doc._doc.observe(functools.partial(observe_callback, callback, doc))
+        doc._subscriptions.append(sub)
+        return sub
     except (ImportError, AttributeError):  # another pycrdt: the public way
-        doc.observe(callback)
+        return doc.observe(callback)
 
 
 class RecordDoc:
@@ -116,7 +119,20 @@ class RecordDoc:
         self._texts: dict[str, Text] = {}
         for u in self._parts:
             self.doc.apply_update(u)
-        _observe(self.doc, self._on_txn)
+
+    @contextlib.contextmanager
+    def _capturing(self) -> Iterator[None]:
+        """Collect the updates of the transactions run inside, into ``_captured`` and ``_parts``.
+
+        Subscribed only for that time: a lasting subscription is held by the Rust side and keeps the
+        document (and this object) alive for ever, so records evicted from the cache were never freed
+        (3000 records merged through a 10-record cache kept all 3000 in memory).
+        """
+        sub = _observe(self.doc, self._on_txn)
+        try:
+            yield
+        finally:
+            self.doc.unobserve(sub)
 
     def _on_txn(self, event: TransactionEvent) -> None:
         update = event.update
@@ -190,7 +206,7 @@ class RecordDoc:
 
     def _write(self, body: Callable[[], None]) -> bytes:
         self._captured.clear()
-        with self.doc.transaction(origin="local"):
+        with self._capturing(), self.doc.transaction(origin="local"):
             body()
         self._state = None
         out = self._captured[:]
@@ -323,7 +339,8 @@ class RecordDoc:
         """
         self._captured.clear()
         try:
-            self.doc.apply_update(update)
+            with self._capturing():
+                self.doc.apply_update(update)
             if not self._integrated(self.doc, update):
                 self.held.append(update)
                 self._build(self.doc.client_id)  # without what is pending
@@ -332,7 +349,8 @@ class RecordDoc:
                 progress = False
                 for h in list(self.held):
                     if self._fits(h):
-                        self.doc.apply_update(h)
+                        with self._capturing():
+                            self.doc.apply_update(h)
                         self.held.remove(h)
                         progress = True
         except ValueError as e:
