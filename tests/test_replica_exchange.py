@@ -222,3 +222,36 @@ def test_records_evicted_from_the_cache_are_freed() -> None:
     for i in range(60):
         b.update("accounts", f"a{i:02}", {"employees": i})
     assert alive() - before <= 5
+
+
+@settings(derandomize=True, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_updates_raise_only_remote_errors_and_change_nothing(data: st.DataObject) -> None:
+    """Peer garbage inside a well-formed blob: MalformedUpdate or RemoteValidationError, never a panic."""
+    import orjson
+
+    from crdtsync.codec import write_bytes
+
+    a = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    a.create("accounts", {"name": "Acme", "notes": "hello", "tags": {"x"}}, id="r0")
+    a.update("accounts", "r0", {"employees": 3})
+    update = bytearray(a._parse(a.export_updates(), b"CSX1")[("accounts", "r0")])
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(update) - 1))
+        how = data.draw(st.sampled_from(["set", "cut", "insert"]))
+        if how == "set":
+            update[i] = data.draw(st.integers(0, 255))
+        elif how == "cut":
+            del update[i:i + data.draw(st.integers(1, 8))]
+        else:
+            update[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+    blob = bytearray(b"CSX1")
+    write_bytes(blob, orjson.dumps(["accounts", "r0"]))
+    write_bytes(blob, bytes(update))
+    b = Cluster(DEMO_SCHEMA, 2).replicas[1]
+    b.create("accounts", {"name": "Mine"}, id="mine")
+    before = b.store.load_range(())
+    try:
+        b.import_updates(bytes(blob))
+    except (MalformedUpdate, RemoteValidationError):
+        assert b.store.load_range(()) == before

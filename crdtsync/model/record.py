@@ -156,7 +156,10 @@ class RecordDoc:
             with self.doc.transaction() as txn:
                 return orjson.loads(shared.integrated.to_json(txn._txn))
         except Exception:  # content a peer put there that has no JSON form: read it the slow way
-            return dict(shared.items()) if isinstance(shared, Map) else list(shared)
+            try:
+                return dict(shared.items()) if isinstance(shared, Map) else list(shared)
+            except KeyError as e:  # Yrs lists an entry it cannot return (a corrupted update)
+                raise ValueError(f"unreadable entry {e}") from None
 
     def slots(self) -> dict[str, Slot]:
         if self._parsed is None:
@@ -371,7 +374,11 @@ class RecordDoc:
         """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""
         coll = self.collection
         parsed: dict[str, Slot] = {}
-        for key, raw in self._read(self._slots).items():
+        try:
+            slots, sets = self._read(self._slots), self._read(self._sets)
+        except ValueError as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
+        for key, raw in slots.items():
             try:
                 s = parsed[key] = _parse_slot(key, raw)
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
@@ -392,7 +399,7 @@ class RecordDoc:
                     raise Invalid("markers hold no value")
             except Invalid as e:
                 raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
-        for key, raw in self._read(self._sets).items():
+        for key, raw in sets.items():
             try:
                 entry = _parse_set(key, raw)
                 f = coll.fields.get(entry.field)
