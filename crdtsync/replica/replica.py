@@ -499,6 +499,11 @@ class Replica:
                 doc = lr.doc
                 touched.append((c, rid))
                 held = list(doc.held)
+                if len(updates) > 1:  # one apply (one integration check, one subscription) per record
+                    try:
+                        updates = [merge_updates(*updates)]
+                    except ValueError as e:
+                        raise MalformedUpdate(f"{c}/{rid}: {e}") from None
                 new = [part for u in updates if (part := doc.apply(u))]
                 if new:
                     doc.check()
