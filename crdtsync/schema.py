@@ -330,7 +330,8 @@ class Set(Field):
             raise SchemaError("Set elements cannot be 'required'")
 
     def _check(self, value: Any) -> frozenset[Any]:
-        if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        # a str or a dict is iterable too, but taking its characters or keys as elements is never meant
+        if isinstance(value, str | bytes | bytearray | Mapping) or not isinstance(value, Iterable):
             raise Invalid(f"expected a set, got {type(value).__name__}")
         out = set()
         for item in value:

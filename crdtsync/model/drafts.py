@@ -163,10 +163,11 @@ class DraftRecordDoc(RecordDoc):
     """A record under ``lww-record`` or ``lww-patch``: drafts written by devices, images by the server."""
 
     def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
-                 client_id: int, updates: Iterable[bytes] = (), wall: Callable[[], int] | None = None) -> None:
+                 client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = (),
+                 wall: Callable[[], int] | None = None) -> None:
         self.mode: DraftMode = "changed-fields" if collection.strategy == "lww-patch" else "whole-record"
         super().__init__(collection, record_id, writer=writer, device=device, user=user, client_id=client_id,
-                         updates=updates)
+                         updates=updates, held=held)
 
     # -- reading -------------------------------------------------------------------------------------------
 

@@ -82,10 +82,11 @@ class LwwFieldDoc(RecordDoc):
     """
 
     def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
-                 client_id: int, updates: Iterable[bytes] = (), wall: Callable[[], int] | None = None) -> None:
+                 client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = (),
+                 wall: Callable[[], int] | None = None) -> None:
         self._wall = wall
         super().__init__(collection, record_id, writer=writer, device=device, user=user, client_id=client_id,
-                         updates=updates)
+                         updates=updates, held=held)
 
     def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
         key = f"{name}{SEP}{self.writer}"

@@ -14,12 +14,14 @@ Every write returns the Yjs update it produced; the caller stores and sends thos
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
-from pycrdt import Array, Doc, Map, Text, TransactionEvent
+from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Invalid
@@ -28,6 +30,7 @@ from .state import HistoryEntry, RecordState, SetEntry, compute_state
 
 __all__ = ["RecordDoc", "text_edits"]
 
+_EMPTY_UPDATE = b"\x00\x00"
 _DIFF_LIMIT = 20_000  # above this many characters, a single-region diff instead of difflib
 
 
@@ -48,20 +51,6 @@ def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
         return [(p, len(old) - s, new[p:len(new) - s])]
     ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
     return [(i1, i2, new[j1:j2]) for tag, i1, i2, j1, j2 in reversed(ops) if tag != "equal"]
-
-
-class Unreadable(ValueError):
-    """A map entry that Yrs lists but cannot return (seen with corrupted updates)."""
-
-
-def _items(m: Map[Any]) -> list[tuple[str, Any]]:
-    out = []
-    for k in list(m.keys()):
-        try:
-            out.append((k, m[k]))
-        except KeyError:
-            raise Unreadable(f"entry {k!r} is listed but unreadable") from None
-    return out
 
 
 def _parse_slot(key: str, raw: Any) -> Slot:
@@ -85,41 +74,105 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     return SetEntry(name, element, writer, a, r)
 
 
+def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> Any:
+    """``doc.observe(callback)`` without its cost: pycrdt 0.14's ``Doc.observe`` evaluates
+    ``typing.cast(Callable[[TransactionEvent], None], ...)`` at run time, which misses typing's cache and
+    took 80 us, a fifth of merging a record. The same subscription, made the way ``observe`` makes it."""
+    try:
+        from pycrdt._doc import observe_callback
+
+        sub = doc._doc.observe(functools.partial(observe_callback, callback, doc))
+        doc._subscriptions.append(sub)
+        return sub
+    except (ImportError, AttributeError):  # another pycrdt: the public way
+        return doc.observe(callback)
+
+
 class RecordDoc:
     """A record's Yjs document plus the device's identity, with typed writes and a cached merged state."""
 
     def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
-                 client_id: int, updates: Iterable[bytes] = ()) -> None:
+                 client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = ()) -> None:
         self.collection = collection
         self.id = record_id
         self.writer = writer
         self.device = device
         self.user = user
-        self.doc: Doc[Any] = Doc(client_id=client_id)
-        self._slots: Map[Any] = self.doc.get("f", type=Map)
-        self._sets: Map[Any] = self.doc.get("s", type=Map)
-        self._hist: Array[Any] = self.doc.get("h", type=Array)
-        for u in updates:
-            self.doc.apply_update(u)
+        self._captured: list[bytes] = []
+        #: every integrated update of the document (merged now and then): what it is rebuilt from when
+        #: an update that cannot be integrated yet got into it (see ``apply``)
+        self._parts: list[bytes] = list(updates)
+        self._build(client_id)
+        #: remote updates that arrived before an update they build on; kept out of the document (see
+        #: ``apply``) and tried again whenever an update arrives
+        self.held: list[bytes] = list(held)
         self._state: RecordState | None = None
         self._parsed: dict[str, Slot] | None = None
-        self._captured: list[bytes] = []
+
+    def _build(self, client_id: int) -> None:
+        """(Re)create the Yjs document from ``_parts``."""
+        self.doc: Doc[Any] = Doc(client_id=client_id)
+        with self.doc.transaction():  # one transaction for the three roots, not one each
+            self._slots: Map[Any] = self.doc.get("f", type=Map)
+            self._sets: Map[Any] = self.doc.get("s", type=Map)
+            self._hist: Array[Any] = self.doc.get("h", type=Array)
+        self._texts: dict[str, Text] = {}
+        for u in self._parts:
+            self.doc.apply_update(u)
+
+    @contextlib.contextmanager
+    def _capturing(self) -> Iterator[None]:
+        """Collect the updates of the transactions run inside, into ``_captured`` and ``_parts``.
+
+        Subscribed only for that time: a lasting subscription is held by the Rust side and keeps the
+        document (and this object) alive for ever, so records evicted from the cache were never freed
+        (3000 records merged through a 10-record cache kept all 3000 in memory).
+        """
+        sub = _observe(self.doc, self._on_txn)
+        try:
+            yield
+        finally:
+            self.doc.unobserve(sub)
 
     def _on_txn(self, event: TransactionEvent) -> None:
-        self._captured.append(event.update)
+        update = event.update
+        if update == _EMPTY_UPDATE:
+            return
+        self._captured.append(update)
+        self._parts.append(update)
+        if len(self._parts) > 64:
+            from pycrdt import merge_updates
+            self._parts = [merge_updates(*self._parts)]
 
     # -- reading -------------------------------------------------------------------------------------------
 
+    def _read(self, shared: Map[Any] | Array[Any]) -> Any:
+        """A root map's or array's content as plain JSON values, in one call.
+
+        Iterating a pycrdt Map opens a transaction per key: reading records that way was the largest cost
+        of a merge. ``to_json`` reads everything at once (our values are all JSON strings).
+        """
+        try:
+            with self.doc.transaction() as txn:
+                return orjson.loads(shared.integrated.to_json(txn._txn))
+        except Exception:  # content a peer put there that has no JSON form: read it the slow way
+            try:
+                return dict(shared.items()) if isinstance(shared, Map) else list(shared)
+            except KeyError as e:  # Yrs lists an entry it cannot return (a corrupted update)
+                raise ValueError(f"unreadable entry {e}") from None
+
     def slots(self) -> dict[str, Slot]:
         if self._parsed is None:
-            self._parsed = {k: _parse_slot(k, v) for k, v in _items(self._slots)}
+            self._parsed = {k: _parse_slot(k, v) for k, v in self._read(self._slots).items()}
         return self._parsed
 
     def set_entries(self) -> list[SetEntry]:
-        return [_parse_set(k, v) for k, v in _items(self._sets)]
+        return [_parse_set(k, v) for k, v in self._read(self._sets).items()]
 
     def text(self, name: str) -> Text:
-        text: Text = self.doc.get(f"t:{name}", type=Text)
+        text = self._texts.get(name)
+        if text is None:  # Doc.get costs a transaction: keep the handle
+            text = self._texts[name] = self.doc.get(f"t:{name}", type=Text)
         return text
 
     def state(self) -> RecordState:
@@ -134,7 +187,7 @@ class RecordDoc:
 
     def history(self) -> list[HistoryEntry]:
         out = []
-        for raw in self._hist:
+        for raw in self._read(self._hist):
             try:
                 p = orjson.loads(raw)
                 out.append(HistoryEntry(p["f"], p["o"], p.get("v"), p["d"], p["u"], p["t"]))
@@ -155,15 +208,9 @@ class RecordDoc:
     # -- writing -------------------------------------------------------------------------------------------
 
     def _write(self, body: Callable[[], None]) -> bytes:
-        # Subscribe only around the transaction: a lasting subscription keeps the document alive forever
-        # (the Rust side holds the callback), which would defeat the record cache's eviction.
         self._captured.clear()
-        sub = self.doc.observe(self._on_txn)
-        try:
-            with self.doc.transaction(origin="local"):
-                body()
-        finally:
-            self.doc.unobserve(sub)
+        with self._capturing(), self.doc.transaction(origin="local"):
+            body()
         self._state = None
         out = self._captured[:]
         self._captured.clear()
@@ -211,14 +258,13 @@ class RecordDoc:
                 elif f.merge == "text":
                     text = self.text(name)
                     old = str(text)
-                    # pycrdt indexes Text by UTF-8 byte offsets, not by code points
+                    # pycrdt's Text counts UTF-8 bytes, not characters: "é" is 2, an emoji 4
                     for start, end, insert in text_edits(old, value):
-                        b_start = len(old[:start].encode("utf-8"))
-                        b_end = b_start + len(old[start:end].encode("utf-8"))
-                        if b_end > b_start:
-                            del text[b_start:b_end]
+                        at = len(old[:start].encode("utf-8"))
+                        if end > start:
+                            del text[at:at + len(old[start:end].encode("utf-8"))]
                         if insert:
-                            text.insert(b_start, insert)
+                            text.insert(at, insert)
                     self._put_slot(name, None, t, seen)
                     self._log(name, "text", value, t)
                 elif f.merge == "counter":
@@ -270,17 +316,49 @@ class RecordDoc:
 
     # -- merging -------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _integrated(doc: Doc[Any], update: bytes) -> bool:
+        """True when every struct of ``update`` is in ``doc`` (none waits for a missing one)."""
+        rest = get_update(update, doc.get_state())
+        return rest[:1] == b"\x00"  # the diff's first varuint: how many clients still have structs
+
+    def _fits(self, update: bytes) -> bool:
+        """Whether ``update`` would be integrated, tried on a copy of the document."""
+        probe: Doc[Any] = Doc()
+        probe.apply_update(self.doc.get_update())
+        probe.apply_update(update)
+        return self._integrated(probe, update)
+
     def apply(self, update: bytes) -> bytes:
-        """Apply a remote update; return the part that was new to this document (b"" if none)."""
+        """Apply a remote update; return the part that was new to this document (b"" if none).
+
+        An update that builds on one not received yet cannot be integrated. Yrs then keeps it pending,
+        but (pycrdt 0.14) its map entries show up in reads all the same, and it does not always retry it
+        when the missing update arrives (deltas applied in reverse order lost all but the first). Shown,
+        such a slot would wrongly count as seen by the next local write, which would then silently beat
+        the writes it builds on. So such an update is kept out of the document: it goes to ``held`` (the
+        replica stores it), the document is rebuilt from its integrated updates, and held updates are
+        tried again, on a copy, whenever an update arrives.
+        """
         self._captured.clear()
-        sub = self.doc.observe(self._on_txn)
         try:
-            self.doc.apply_update(update)
+            with self._capturing():
+                self.doc.apply_update(update)
+            if not self._integrated(self.doc, update):
+                self.held.append(update)
+                self._build(self.doc.client_id)  # without what is pending
+            progress = True
+            while progress and self.held:
+                progress = False
+                for h in list(self.held):
+                    if self._fits(h):
+                        with self._capturing():
+                            self.doc.apply_update(h)
+                        self.held.remove(h)
+                        progress = True
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
-        finally:
-            self.doc.unobserve(sub)
-        out = self._captured[:]
+        out = list(self._captured)
         self._captured.clear()
         if out:
             self._state = None
@@ -295,13 +373,14 @@ class RecordDoc:
     def check(self) -> None:
         """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""
         coll = self.collection
+        parsed: dict[str, Slot] = {}
         try:
-            slots, sets = _items(self._slots), _items(self._sets)
-        except Unreadable as e:
+            slots, sets = self._read(self._slots), self._read(self._sets)
+        except ValueError as e:
             raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
-        for key, raw in slots:
+        for key, raw in slots.items():
             try:
-                s = _parse_slot(key, raw)
+                s = parsed[key] = _parse_slot(key, raw)
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
                 raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
             if s.field == DELETED:
@@ -320,7 +399,7 @@ class RecordDoc:
                     raise Invalid("markers hold no value")
             except Invalid as e:
                 raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
-        for key, raw in sets:
+        for key, raw in sets.items():
             try:
                 entry = _parse_set(key, raw)
                 f = coll.fields.get(entry.field)
@@ -329,6 +408,7 @@ class RecordDoc:
                 f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
             except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
                 raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+        self._parsed = parsed  # checked: state() need not parse the slots again
 
     def max_time(self) -> int:
         return max((s.t for s in self.slots().values()), default=0)

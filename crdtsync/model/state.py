@@ -117,6 +117,15 @@ def _cand(coll: Collection, s: Slot) -> Candidate:
     return Candidate(value, s.device, s.user, s.t)
 
 
+def _edit_cand(coll: Collection, s: Slot, values: Mapping[str, Any]) -> Candidate:
+    """An edit that met a delete. Text, counter and set slots are markers (a counter's holds only its
+    writer's share), so the candidate shows the field's merged value: what restoring brings back."""
+    f = coll.fields.get(s.field)
+    if f is not None and f.merge != "register":
+        return Candidate(values.get(s.field), s.device, s.user, s.t)
+    return _cand(coll, s)
+
+
 def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets: Iterable[SetEntry],
                   texts: Mapping[str, str]) -> RecordState:
     by_field: dict[str, list[Slot]] = defaultdict(list)
@@ -172,7 +181,8 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
             for name, ss in sorted(edited.items()):
                 ss.sort(key=lambda s: s.order, reverse=True)
                 conflicts.append(Conflict(coll.name, record_id, "deleted" if name == DELETED else name,
-                                          "edit-vs-delete", (del_cand, *(_cand(coll, s) for s in ss))))
+                                          "edit-vs-delete", (del_cand, *(_edit_cand(coll, s, values)
+                                                                         for s in ss))))
     else:
         deleted = bool(active) and not clashing and not restores
         if active and not deleted:

@@ -7,6 +7,8 @@ Used by the device replica and by the relay alike. Layout under the store:
   whose: ``0`` merged/confirmed, ``1`` a local change still pending (followed by its 8-byte change id).
 - ``("rmeta", collection, id)``: only for records whose local changes were discarded: the fresh Yjs
   client id and writer tag used since, so discarded changes can never collide with new ones.
+- ``("held", collection, id)``: only while some remote update of the record arrived before an update it
+  builds on: those updates, applied again once the missing one arrives.
 
 A record is loaded from its snapshot and updates on first use and evicted when the cache is full;
 compaction folds the updates into the snapshot once there are ``compact_after`` of them and none is pending.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ..codec import Reader, write_bytes
 from ..model.record import RecordDoc
 from ..model.strategies import new_record_doc
 from ..schema import Schema
@@ -75,8 +78,8 @@ class RecordDocs:
             self._cache.popitem(last=False)
         return lr
 
-    def _identity(self, collection: str, record_id: str) -> tuple[str, int]:
-        raw = self.store.load(("rmeta", collection, record_id))
+    def _identity(self, raw: bytes | None) -> tuple[str, int]:
+        """The writer tag and Yjs client id of a record, from its ``rmeta`` (None: the device's own)."""
         if raw is None:
             return self.device, self.client_id
         meta = orjson.loads(raw)
@@ -84,9 +87,12 @@ class RecordDocs:
 
     def _load(self, collection: str, record_id: str, skip: frozenset[int] = frozenset()) -> LoadedRecord:
         coll = self.schema.collection(collection)
-        writer, client = self._identity(collection, record_id)
+        # one query for the record's small keys (a bulk merge loads many records it has never seen)
+        snap, rmeta, held = self.store.load_many([("snap", collection, record_id),
+                                                  ("rmeta", collection, record_id),
+                                                  ("held", collection, record_id)])
+        writer, client = self._identity(rmeta)
         updates: list[bytes] = []
-        snap = self.store.load(("snap", collection, record_id))
         if snap is not None:
             updates.append(snap)
         confirmed: list[int] = []
@@ -103,9 +109,29 @@ class RecordDocs:
             else:
                 confirmed.append(n)
                 updates.append(raw[1:])
-        doc = new_record_doc(coll, record_id, writer=writer, device=self.device, user=self.user,
-                             client_id=client, updates=updates, wall=self.wall)
+        doc = new_record_doc(coll, record_id, writer=writer, device=self.device, user=self.user, client_id=client,
+                             updates=updates, held=self._held(held), wall=self.wall)
         return LoadedRecord(doc, next_n, confirmed, pending)
+
+    @staticmethod
+    def _held(raw: bytes | None) -> list[bytes]:
+        """Remote updates of the record still waiting for an update they build on (see RecordDoc.apply)."""
+        if raw is None:
+            return []
+        r = Reader(raw)
+        out = []
+        while not r.done():
+            out.append(r.bytes())
+        return out
+
+    def save_held(self, batch: Batch, collection: str, record_id: str, held: list[bytes]) -> None:
+        if not held:
+            batch.remove(("held", collection, record_id))
+            return
+        out = bytearray()
+        for u in held:
+            write_bytes(out, u)
+        batch.save(("held", collection, record_id), bytes(out))
 
     def scratch(self, collection: str, record_id: str) -> RecordDoc:
         """A copy of the record's document to try a merge on before committing to it."""
@@ -118,9 +144,16 @@ class RecordDocs:
                               client_id=src.doc.client_id, updates=[src.full_update()], wall=self.wall)
 
     def append(self, batch: Batch, collection: str, record_id: str, update: bytes,
-               change_id: int | None = None) -> None:
-        """Stage an update of the record (already applied to its cached doc) into ``batch``."""
-        lr = self.get(collection, record_id)
+               change_id: int | None = None, lr: LoadedRecord | None = None) -> None:
+        """Stage an update of the record (already applied to its doc) into ``batch``.
+
+        Pass ``lr``, the record the update was applied to, when other records were loaded since: the
+        cache may have evicted it, and a reload from the store would not hold the update yet.
+        """
+        if lr is None:
+            lr = self.get(collection, record_id)
+        else:
+            self._pin(collection, record_id, lr)
         n = lr.next_n
         lr.next_n += 1
         if change_id is None:
@@ -130,7 +163,15 @@ class RecordDocs:
             batch.save(("upd", collection, record_id, n), _PENDING + change_id.to_bytes(8, "big", signed=True)
                        + update)
             lr.pending[n] = change_id
-        self.maybe_compact(batch, collection, record_id)
+        self.maybe_compact(batch, collection, record_id, lr)
+
+    def _pin(self, collection: str, record_id: str, lr: LoadedRecord) -> None:
+        """Make ``lr`` the cached copy of the record again (it may have been evicted meanwhile)."""
+        key = (collection, record_id)
+        self._cache[key] = lr
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def replace(self, collection: str, record_id: str, doc: RecordDoc) -> None:
         """Put a merged scratch document in place of the cached one (after its update was staged)."""
@@ -149,17 +190,17 @@ class RecordDocs:
                     batch.save(("upd", collection, record_id, n), _CONFIRMED + raw[9:])
                 del lr.pending[n]
                 lr.confirmed.append(n)
-        self.maybe_compact(batch, collection, record_id)
+        self.maybe_compact(batch, collection, record_id, lr)
 
-    def maybe_compact(self, batch: Batch, collection: str, record_id: str) -> None:
-        lr = self.get(collection, record_id)
+    def maybe_compact(self, batch: Batch, collection: str, record_id: str, lr: LoadedRecord | None = None) -> None:
+        lr = lr or self.get(collection, record_id)
         if lr.pending or len(lr.confirmed) < self.compact_after:
             return
-        self.compact(batch, collection, record_id)
+        self.compact(batch, collection, record_id, lr)
 
-    def compact(self, batch: Batch, collection: str, record_id: str) -> None:
+    def compact(self, batch: Batch, collection: str, record_id: str, lr: LoadedRecord | None = None) -> None:
         """Fold every update into the snapshot (only when no local change is pending)."""
-        lr = self.get(collection, record_id)
+        lr = lr or self.get(collection, record_id)
         if lr.pending:
             return
         batch.remove_range(("upd", collection, record_id))
@@ -184,7 +225,7 @@ class RecordDocs:
         fresh = self._load(collection, record_id, skip=drop)
         doc = new_record_doc(fresh.doc.collection, record_id, writer=f"{self.device}#{epoch}",
                              device=self.device, user=self.user, client_id=client,
-                             updates=[fresh.doc.full_update()], wall=self.wall)
+                             updates=[fresh.doc.full_update()], held=fresh.doc.held, wall=self.wall)
         fresh.doc = doc
         self._cache[(collection, record_id)] = fresh
         return fresh

@@ -64,9 +64,8 @@ class Outbox:
         self.store = store
         self._entries: dict[int, OutboxEntry] = {}
         self._by_record: dict[tuple[str, str], list[int]] = defaultdict(list)
-        # per record: how many entries are in each status, so a record's status costs O(1) to find
-        self._counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"pending": 0, "syncing": 0,
-                                                                                  "error": 0})
+        # per record: ids of entries in "error" and in "syncing", so a record's status costs O(1)
+        self._flagged: dict[tuple[str, str], dict[str, set[int]]] = {}
         for key, raw in store.iter_range(("out",)):
             entry, _ = _decode(int(key[1]), raw)
             # a sync cut short by a crash left entries "syncing": they are pending again
@@ -76,22 +75,27 @@ class Outbox:
 
     def _index(self, entry: OutboxEntry) -> None:
         self._entries[entry.id] = entry
-        key = (entry.collection, entry.record)
-        ids = self._by_record[key]
-        ids.append(entry.id)
-        if len(ids) > 1 and ids[-2] > entry.id:
-            ids.sort()
-        self._counts[key][entry.status] += 1
+        self._by_record[(entry.collection, entry.record)].append(entry.id)
+        self._flag(entry, None, entry.status)
 
-    def counts(self, collection: str, record: str) -> dict[str, int]:
-        """How many of the record's entries are pending, syncing and in error."""
+    def _flag(self, e: OutboxEntry, old: str | None, new: str | None) -> None:
+        key = (e.collection, e.record)
+        if old in ("error", "syncing"):
+            flags = self._flagged[key]
+            flags[old].discard(e.id)
+            if not flags["error"] and not flags["syncing"]:
+                del self._flagged[key]
+        if new in ("error", "syncing"):
+            self._flagged.setdefault(key, {"error": set(), "syncing": set()})[new].add(e.id)
+
+    def summary(self, collection: str, record: str) -> tuple[OutboxEntry | None, bool, bool]:
+        """(the record's oldest rejected entry or None, whether one is syncing, whether any is queued)."""
         key = (collection, record)
-        return self._counts.get(key, {"pending": 0, "syncing": 0, "error": 0})
-
-    def first_error(self, collection: str, record: str) -> OutboxEntry | None:
-        if not self.counts(collection, record)["error"]:
-            return None
-        return next((e for e in self.for_record(collection, record) if e.status == "error"), None)
+        flags = self._flagged.get(key)
+        if flags is None:
+            return None, False, key in self._by_record
+        err = self._entries[min(flags["error"])] if flags["error"] else None
+        return err, bool(flags["syncing"]), True
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -110,7 +114,7 @@ class Outbox:
         return self._entries.get(change_id)
 
     def for_record(self, collection: str, record: str) -> list[OutboxEntry]:
-        return [self._entries[i] for i in self._by_record.get((collection, record), ())]
+        return [self._entries[i] for i in sorted(self._by_record.get((collection, record), ()))]
 
     def update_bytes(self, change_id: int) -> bytes:
         raw = self.store.load(("out", change_id))
@@ -125,9 +129,7 @@ class Outbox:
             e = self._entries.get(i)
             if e is None:
                 continue
-            counts = self._counts[(e.collection, e.record)]
-            counts[e.status] -= 1
-            counts[status] += 1
+            self._flag(e, e.status, status)
             e.status = status
             e.error = error
             if batch is not None:
@@ -141,13 +143,11 @@ class Outbox:
             e = self._entries.pop(i, None)
             if e is None:
                 continue
+            self._flag(e, e.status, None)
             batch.remove(("out", i))
-            key = (e.collection, e.record)
-            lst = self._by_record[key]
+            lst = self._by_record[(e.collection, e.record)]
             lst.remove(i)
-            self._counts[key][e.status] -= 1
             if not lst:
-                del self._by_record[key]
-                del self._counts[key]
+                del self._by_record[(e.collection, e.record)]
             removed.append(e)
         return removed

@@ -44,6 +44,17 @@ def _dec(f: Field | None, raw: Any) -> Any:
         return raw
 
 
+def _cand_field(coll: Collection, kind: str, name: str, index: int) -> Field | None:
+    """The field type of a conflict candidate's value; None for a raw bool (a delete or restore).
+
+    An ``edit-vs-delete`` conflict lists the delete first (``True``) and then the edited values: encoding
+    that ``True`` as, say, a date would fail, and the whole merge with it.
+    """
+    if kind == "edit-vs-delete" and index == 0:
+        return None
+    return coll.fields.get(name)
+
+
 def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error: str | None) -> bytes:
     return orjson.dumps({
         "f": {n: _enc(coll.fields.get(n), v) for n, v in state.fields.items()},
@@ -53,7 +64,8 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
         "u": state.updated,
         "b": {n: [c.device, c.user, c.time] for n, c in state.changed_by.items()},
         "c": [{"f": c.field, "k": c.kind,
-               "v": [[_enc(coll.fields.get(c.field), x.value), x.device, x.user, x.time] for x in c.candidates]}
+               "v": [[_enc(_cand_field(coll, c.kind, c.field, i), x.value), x.device, x.user, x.time]
+                     for i, x in enumerate(c.candidates)]}
               for c in state.conflicts],
     })
 
@@ -63,7 +75,8 @@ def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
     fields = {n: _dec(coll.fields.get(n), v) for n, v in r["f"].items()}
     conflicts = tuple(
         Conflict(coll.name, record_id, c["f"], c["k"],
-                 tuple(Candidate(_dec(coll.fields.get(c["f"]), v), d, u, t) for v, d, u, t in c["v"]))
+                 tuple(Candidate(_dec(_cand_field(coll, c["k"], c["f"], i), v), d, u, t)
+                       for i, (v, d, u, t) in enumerate(c["v"])))
         for c in r["c"])
     by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items()}
     return Record(coll.name, record_id, fields, cast(RecordStatus, r["s"]), conflicts, r["d"], r["e"], r["u"], by)

@@ -8,7 +8,7 @@ durable: when it returns, every save and remove of the batch is on disk together
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .keys import Key
@@ -57,6 +57,10 @@ class ByteStore(ABC):
         ``start`` (a full key under ``prefix``) skips keys before it (after it, when reversed);
         ``limit`` (0 or more; a negative limit is a ValueError) caps the number returned.
         """
+
+    def load_many(self, keys: Sequence[Key]) -> list[bytes | None]:
+        """The bytes under each key (None where absent), in order. Backends may do it in one query."""
+        return [self.load(k) for k in keys]
 
     def iter_range(self, prefix: Key, *, batch: int = 1000) -> Iterator[tuple[Key, bytes]]:
         """Like ``load_range`` but in pages, so a large range is never all in memory."""

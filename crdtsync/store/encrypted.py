@@ -13,6 +13,7 @@ writes to it, and keeps it through a ``remove_range`` that covers it (such as ``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -90,6 +91,9 @@ class EncryptedStore(ByteStore):
             return None
         data = self.inner.load(key)
         return None if data is None else self._read(key, data)
+
+    def load_many(self, keys: Sequence[Key]) -> list[bytes | None]:
+        return [None if v is None else self._read(k, v) for k, v in zip(keys, self.inner.load_many(keys), strict=True)]
 
     def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
                    reverse: bool = False) -> list[tuple[Key, bytes]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,17 @@ class SQLiteStore(ByteStore):
         with self._lock:
             row = self._conn().execute("SELECT v FROM kv WHERE k = ?", (encode_key(key),)).fetchone()
         return None if row is None else bytes(row[0])
+
+    def load_many(self, keys: Sequence[Key]) -> list[bytes | None]:
+        encoded = [encode_key(k) for k in keys]
+        found: dict[bytes, bytes] = {}
+        with self._lock:
+            db = self._conn()
+            for i in range(0, len(encoded), 500):
+                chunk = encoded[i:i + 500]
+                sql = f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))})"
+                found.update((bytes(k), bytes(v)) for k, v in db.execute(sql, chunk))
+        return [found.get(k) for k in encoded]
 
     def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
                    reverse: bool = False) -> list[tuple[Key, bytes]]:

@@ -1,0 +1,179 @@
+"""A Hypothesis state machine over 2 to 5 replicas of a schema: point it at your own ``Schema``.
+
+::
+
+    from crdtsync.testing import replica_machine
+    from myapp.schema import SCHEMA
+
+    TestSync = replica_machine(SCHEMA).TestCase        # a unittest TestCase pytest collects
+
+Rules create, update, increment, delete, restore, resolve and discard on random replicas, and send, deliver
+(in any order, more than once) and drop exported blobs between them; a rule also tries writes that break
+the schema and checks that they change nothing. At the end of every run the machine exchanges everything
+and asserts convergence and no lost write (see ``crdtsync.testing.cluster``). ``replica_machine(None)``
+draws the schema itself, from ``crdtsync.testing.schemas()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from ..schema import Schema
+from .cluster import Cluster
+from .strategies import DEFAULT_IDS, field_values, invalid_values, records, schemas, update_values
+
+__all__ = ["ReplicaMachine", "replica_machine"]
+
+
+class ReplicaMachine(RuleBasedStateMachine):
+    """Subclass it (or call ``replica_machine``) with ``schema`` set; ``schema = None`` draws one."""
+
+    schema: Schema | None = None
+    min_replicas = 2
+    max_replicas = 5
+    ids: Sequence[str] = DEFAULT_IDS
+    max_in_flight = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cluster: Cluster | None = None
+
+    @property
+    def c(self) -> Cluster:
+        assert self.cluster is not None
+        return self.cluster
+
+    @initialize(data=st.data())
+    def start(self, data: st.DataObject) -> None:
+        schema = self.schema if self.schema is not None else data.draw(schemas(), label="schema")
+        n = data.draw(st.integers(self.min_replicas, self.max_replicas), label="replicas")
+        skews = data.draw(st.lists(st.sampled_from([0, 0, 3, -3, 1000]), min_size=n, max_size=n), label="skews")
+        cache = data.draw(st.sampled_from([1, 2, 100]), label="cache_size")
+        self.cluster = Cluster(schema, n, ids=self.ids, skews=skews, cache_size=cache,
+                               compact_after=data.draw(st.sampled_from([2, 64]), label="compact_after"))
+
+    def _pick(self, data: st.DataObject) -> tuple[int, str, str]:
+        i = data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica")
+        coll = data.draw(st.sampled_from(sorted(c.name for c in self.c.schema)), label="collection")
+        rid = data.draw(st.sampled_from(list(self.ids)), label="id")
+        return i, coll, rid
+
+    def _existing(self, data: st.DataObject) -> tuple[int, str, str] | None:
+        """A record replica ``i`` has (drawn among those it has, so that edits seldom miss)."""
+        i = data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica")
+        r = self.c.replicas[i]
+        have = [(c.name, rec.id) for c in self.c.schema for rec in r.query(c.name, include_deleted=True)]
+        if not have:
+            return None
+        coll, rid = data.draw(st.sampled_from(have), label="record")
+        return i, coll, rid
+
+    @rule(data=st.data())
+    def write(self, data: st.DataObject) -> None:
+        """Create the record if the replica does not have it, else update it (or, if deleted, try to)."""
+        i, coll, rid = self._pick(data)
+        c = self.c.schema[coll]
+        if self.c.replicas[i].get(coll, rid) is None:
+            self.c.create(i, coll, rid, data.draw(records(c, ids=self.ids), label="values"))
+        else:
+            self.c.update(i, coll, rid, data.draw(update_values(c, ids=self.ids), label="values"))
+
+    @rule(data=st.data())
+    def increment(self, data: st.DataObject) -> None:
+        if (picked := self._existing(data)) is None:
+            return
+        i, coll, rid = picked
+        counters = sorted(n for n, f in self.c.schema[coll].fields.items() if f.merge == "counter")
+        if counters:
+            name = data.draw(st.sampled_from(counters), label="counter")
+            self.c.increment(i, coll, rid, name, data.draw(st.integers(-5, 5), label="by"))
+
+    @rule(data=st.data())
+    def delete_or_restore(self, data: st.DataObject) -> None:
+        if (picked := self._existing(data)) is None:
+            return
+        i, coll, rid = picked
+        rec = self.c.replicas[i].get(coll, rid)
+        if rec is not None and (rec.deleted or any(c.field == "deleted" for c in rec.conflicts)) \
+                and data.draw(st.booleans(), label="restore"):
+            self.c.restore(i, coll, rid)
+        else:
+            self.c.delete(i, coll, rid)
+
+    @rule(data=st.data())
+    def resolve(self, data: st.DataObject) -> None:
+        i = data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica")
+        found = self.c.open_conflicts(i)
+        if not found:
+            return
+        pick = data.draw(st.integers(0, len(found) - 1), label="conflict")
+        rec, k = found[pick]
+        c = rec.conflicts[k]
+        choice = data.draw(st.integers(0, len(c.candidates) - 1), label="candidate")
+        f = self.c.schema[rec.collection].fields.get(c.field)
+        use_new = f is not None and c.kind == "concurrent-write" and data.draw(st.booleans(), label="new value")
+        new = data.draw(field_values(f, ids=self.ids), label="value") if use_new and f is not None else None
+        self.c.resolve(i, pick, choice, new, use_new=use_new)
+
+    @rule(data=st.data())
+    def invalid_write(self, data: st.DataObject) -> None:
+        i, coll, rid = self._pick(data)
+        c = self.c.schema[coll]
+        name = data.draw(st.sampled_from(sorted(c.fields)), label="field")
+        bad = data.draw(invalid_values(c.fields[name]), label="bad value")
+        self.c.expect_invalid(i, coll, rid, {name: bad})
+
+    @precondition(lambda self: self.cluster is not None and len(self.c.in_flight) < self.max_in_flight)
+    @rule(data=st.data())
+    def send(self, data: st.DataObject) -> None:
+        n = len(self.c.replicas)
+        src = data.draw(st.integers(0, n - 1), label="src")
+        dst = data.draw(st.integers(0, n - 1).filter(lambda d: d != src), label="dst")
+        how = data.draw(st.sampled_from(["full", "since", "delta"]), label="export")
+        self.c.send(src, dst, since=how == "since", delta=how == "delta")
+
+    @precondition(lambda self: self.cluster is not None and bool(self.c.in_flight))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        """Deliver a message in flight (any of them: reordering), keep a copy (duplication), or drop it."""
+        pick = data.draw(st.integers(0, len(self.c.in_flight) - 1), label="message")
+        how = data.draw(st.sampled_from(["deliver", "deliver", "duplicate", "drop"]), label="how")
+        if how == "drop":
+            self.c.drop(pick)
+        else:
+            self.c.deliver(pick, keep=how == "duplicate")
+
+    @rule(data=st.data())
+    def discard(self, data: st.DataObject) -> None:
+        i = data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica")
+        n = len(self.c.replicas[i].pending())
+        if n:
+            self.c.discard(i, data.draw(st.integers(0, n - 1), label="change"),
+                           whole_record=data.draw(st.booleans(), label="whole record"))
+
+    @rule(data=st.data())
+    def acknowledge(self, data: st.DataObject) -> None:
+        self.c.acknowledge(data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica"))
+
+    @rule(data=st.data())
+    def settle_and_check(self, data: st.DataObject) -> None:
+        """Now and then, exchange everything mid-run too: later writes then build on a converged state."""
+        if data.draw(st.integers(0, 3), label="settle now") != 0:
+            return
+        self.c.settle()
+        self.c.check()
+
+    def teardown(self) -> None:
+        if self.cluster is not None:
+            self.c.settle()
+            self.c.check()
+
+
+def replica_machine(schema: Schema | None, *, min_replicas: int = 2, max_replicas: int = 5,
+                    ids: Sequence[str] = DEFAULT_IDS) -> type[ReplicaMachine]:
+    """A ``ReplicaMachine`` subclass for ``schema`` (``None``: a schema drawn per run)."""
+    attrs = {"schema": schema, "min_replicas": min_replicas, "max_replicas": max_replicas, "ids": tuple(ids)}
+    return type("ReplicaMachineFor" + ("Drawn" if schema is None else "Schema"), (ReplicaMachine,), attrs)

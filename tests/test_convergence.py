@@ -1,0 +1,91 @@
+"""Issue 3's convergence property, on the testing kit: 2-5 replicas, create/update/delete/restore/resolve,
+exchanges dropped, duplicated and reordered; once everything is exchanged, all replicas agree and no write
+is lost (the oracle tracks what each writer had seen from the exchanges the machine made)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
+
+from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.model import Slot
+from crdtsync.model import state as state_module
+from crdtsync.testing import Cluster, edit_histories, replica_machine, schemas
+
+LONG = os.environ.get("CRDTSYNC_LONG") == "1"
+
+_machine_settings = settings(derandomize=True, max_examples=2000 if LONG else 200,
+                             stateful_step_count=100 if LONG else 50, deadline=None,
+                             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+DemoMachine = replica_machine(DEMO_SCHEMA)
+DemoMachine.TestCase.settings = _machine_settings
+TestDemoSchema = DemoMachine.TestCase
+
+DrawnMachine = replica_machine(None)
+DrawnMachine.TestCase.settings = _machine_settings
+TestDrawnSchemas = DrawnMachine.TestCase
+
+
+@settings(derandomize=True, max_examples=1000 if LONG else 100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_edit_histories_converge(data: st.DataObject) -> None:
+    schema = data.draw(schemas())
+    n = data.draw(st.integers(2, 4))
+    Cluster(schema, n).run(data.draw(edit_histories(schema, replicas=n)))
+
+
+# -- the checks can fail -------------------------------------------------------------------------------------
+
+def _lww_frontier(slots: Iterable[Slot]) -> list[Slot]:
+    """A broken merge rule: silent last-writer-wins, as plain Yjs maps do."""
+    ss = list(slots)
+    return [max(ss, key=lambda s: s.order)] if ss else []
+
+
+def test_oracle_flags_a_write_lost_to_silent_last_writer_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Cluster(DEMO_SCHEMA, 2)
+    c.create(0, "accounts", "r0", {"name": "Acme"})
+    c.settle()
+    c.update(0, "accounts", "r0", {"name": "A"})
+    c.update(1, "accounts", "r0", {"name": "B"})
+    monkeypatch.setattr(state_module, "frontier", _lww_frontier)
+    c.settle()
+    c.check_converged()  # LWW converges...
+    with pytest.raises(AssertionError, match="lost write"):
+        c.check_no_lost_writes()  # ...but loses a write silently
+
+
+def test_oracle_flags_an_overwrite_it_did_not_see(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = Cluster(DEMO_SCHEMA, 3)
+    c.create(0, "accounts", "r0", {"name": "Acme"})
+    c.settle()
+    c.update(0, "accounts", "r0", {"name": "A"})
+    c.update(1, "accounts", "r0", {"name": "B"})
+    c.settle()
+    c.check()
+    c.replicas[2].resolve("accounts", "r0", "name", "R")  # behind the oracle's back: nobody saw A, B
+    c.settle()
+    with pytest.raises(AssertionError, match="lost write"):
+        c.check()
+
+
+def test_convergence_check_flags_divergence() -> None:
+    c = Cluster(DEMO_SCHEMA, 2)
+    c.create(0, "accounts", "r0", {"name": "Acme"})
+    with pytest.raises(AssertionError, match="differs"):
+        c.check_converged()
+
+
+def test_machine_finds_silent_last_writer_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "frontier", _lww_frontier)
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(replica_machine(DEMO_SCHEMA), settings=settings(
+            derandomize=True, max_examples=100, stateful_step_count=30, deadline=None, database=None,
+            phases=[Phase.generate], suppress_health_check=list(HealthCheck)))

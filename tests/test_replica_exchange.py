@@ -1,0 +1,257 @@
+"""export_updates()/import_updates(): idempotent, in any order, any number of times; bad blobs change
+nothing; lazy loading and the record cache."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crdtsync import MalformedUpdate, RemoteValidationError, Replica
+from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.testing import Cluster
+from crdtsync.testing.cluster import snapshot
+
+
+def state(r: Replica) -> list[tuple[object, ...]]:
+    return [snapshot(c, rec) for c in DEMO_SCHEMA for rec in r.query(c.name, include_deleted=True)]
+
+
+def make_deltas(n_writes: int, seed_values: list[int]) -> tuple[Replica, list[bytes]]:
+    """A replica writes; after each write it exports only that write (a delta on its previous state)."""
+    a = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    deltas = []
+    before = a.state_vectors()
+    a.create("accounts", {"name": "Acme", "notes": "n"}, id="r0")
+    deltas.append(a.export_updates(since=before))
+    for i in range(n_writes):
+        v = seed_values[i % len(seed_values)]
+        before = a.state_vectors()
+        if i % 3 == 0:
+            a.update("accounts", "r0", {"employees": v, "notes": "n" * (v % 5 + 1)})
+        elif i % 3 == 1:
+            a.create("accounts", {"name": f"x{v}", "tags": {str(v)}}, id=f"r{i}")
+        else:
+            a.increment("accounts", "r0", "visits", v % 7)
+        deltas.append(a.export_updates(since=before))
+    return a, deltas
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_deltas_in_any_order_any_number_of_times(data: st.DataObject) -> None:
+    a, deltas = make_deltas(data.draw(st.integers(1, 7)), data.draw(st.lists(st.integers(0, 99), min_size=1)))
+    order = data.draw(st.permutations(range(len(deltas))))
+    extra = data.draw(st.lists(st.integers(0, len(deltas) - 1), max_size=4))
+    cache = data.draw(st.sampled_from([1, 100]))
+    b = Cluster(DEMO_SCHEMA, 2, cache_size=cache).replicas[1]
+    for i in [*order, *extra]:
+        b.import_updates(deltas[i])
+    assert state(b) == state(a)
+    b.docs.forget()  # what was stored, not only what is in memory
+    assert state(b) == state(a)
+    assert b.store.load_range(("held",)) == []
+
+
+def test_a_delta_waiting_for_its_base_survives_a_restart(tmp_path: object) -> None:
+    a, deltas = make_deltas(4, [5, 6, 7])
+    c = Cluster(DEMO_SCHEMA, 2)
+    b = c.replicas[1]
+    for d in reversed(deltas[1:]):
+        b.import_updates(d)
+    assert b.store.load_range(("held",)) != []
+    reopened = Replica(b.store, DEMO_SCHEMA, device="d1", user="u1")
+    reopened.import_updates(deltas[0])
+    assert state(reopened) == state(a)
+
+
+def test_import_is_idempotent_and_reports_only_changes() -> None:
+    a, b, _ = Cluster(DEMO_SCHEMA, 3).replicas
+    rid = a.create("accounts", {"name": "Acme"})
+    blob = a.export_updates()
+    assert [r.id for r in b.import_updates(blob)] == [rid]
+    rows = b.store.load_range(())
+    for _ in range(3):
+        assert b.import_updates(blob) == []
+    assert b.store.load_range(()) == rows, "a duplicate import wrote something"
+    assert b.import_updates(a.export_updates(since=b.state_vectors())) == []
+
+
+def test_since_exports_only_what_the_other_lacks() -> None:
+    a, b, _ = Cluster(DEMO_SCHEMA, 3).replicas
+    for i in range(20):
+        a.create("accounts", {"name": f"n{i}"}, id=f"a{i}")
+    b.import_updates(a.export_updates())
+    a.update("accounts", "a3", {"employees": 1})
+    small = a.export_updates(since=b.state_vectors())
+    assert len(small) < len(a.export_updates()) / 5
+    assert [r.id for r in b.import_updates(small)] == ["a3"]
+    assert state(a) == state(b)
+
+
+@pytest.mark.parametrize("blob", [b"", b"junk", b"CSX1\xff", b"CSX1\x05abc", b"CSV1", 12])
+def test_malformed_blob_raises_and_changes_nothing(blob: object) -> None:
+    b = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    b.create("accounts", {"name": "Mine"})
+    before = b.store.load_range(())
+    with pytest.raises(MalformedUpdate):
+        b.import_updates(blob)  # type: ignore[arg-type]
+    assert b.store.load_range(()) == before
+
+
+def test_blob_breaking_the_schema_changes_nothing() -> None:
+    """A peer whose schema allows more (a field we do not know, a longer name) cannot push it in."""
+    from crdtsync import Collection, Int, Schema, Str
+
+    loose = Schema(Collection("accounts", {"name": Str(), "secret": Int()}))
+    peer = Cluster(loose, 1).replicas[0]
+    peer.create("accounts", {"name": "x" * 500}, id="a1")
+    peer.create("accounts", {"name": "ok", "secret": 1}, id="a2")
+    b = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    b.create("accounts", {"name": "Mine"}, id="a0")
+    before = b.store.load_range(())
+    with pytest.raises(RemoteValidationError) as e:
+        b.import_updates(peer.export_updates())
+    assert e.value.collection == "accounts"
+    assert b.store.load_range(()) == before
+    assert b.get("accounts", "a1") is None and b.get("accounts", "a0") is not None
+
+
+def test_import_of_more_records_than_the_cache_holds() -> None:
+    """Regression: rows of records evicted from the cache during an import were stale."""
+    a = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    for i in range(30):
+        a.create("accounts", {"name": f"n{i}", "employees": i}, id=f"a{i:02}")
+    b = Cluster(DEMO_SCHEMA, 2, cache_size=4).replicas[1]
+    assert len(b.import_updates(a.export_updates())) == 30
+    assert state(b) == state(a)
+    b.docs.forget()
+    assert [b.history("accounts", f"a{i:02}")[0].value for i in range(30)] == [f"n{i}" for i in range(30)]
+
+
+def test_records_load_lazily() -> None:
+    c = Cluster(DEMO_SCHEMA, 1, cache_size=3)
+    a = c.replicas[0]
+    for i in range(10):
+        a.create("accounts", {"name": f"n{i}"}, id=f"a{i}")
+    reopened = Replica(a.store, DEMO_SCHEMA, device="d0", user="u0", cache_size=3)
+    assert len(reopened.docs._cache) == 0
+    assert len(reopened.query("accounts")) == 10 and reopened.get("accounts", "a5") is not None
+    assert len(reopened.docs._cache) == 0, "reads come from rows, not documents"
+    for i in range(10):
+        reopened.update("accounts", f"a{i}", {"employees": i})
+    assert len(reopened.docs._cache) == 3
+    assert [r.fields["employees"] for r in reopened.query("accounts")] == list(range(10))
+
+
+def test_compaction_keeps_everything() -> None:
+    a, b = Cluster(DEMO_SCHEMA, 2, compact_after=3).replicas
+    rid = a.create("accounts", {"name": "Acme"})
+    for i in range(10):
+        a.update("accounts", rid, {"employees": i})
+        a.acknowledge(p.id for p in a.pending())
+    assert a.store.load(("snap", "accounts", rid)) is not None
+    assert len(a.store.load_range(("upd", "accounts", rid))) < 3
+    b.import_updates(a.export_updates())
+    assert state(a) == state(b)
+    assert len(b.history("accounts", rid)) == 11
+
+
+def test_held_updates_survive_a_discard_on_the_same_record() -> None:
+    a, b = Cluster(DEMO_SCHEMA, 2, cache_size=1).replicas
+    a.create("accounts", {"name": "Acme"}, id="r0")
+    b.import_updates(a.export_updates())
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"employees": 1, "notes": "one"})
+    d1 = a.export_updates(since=before)
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"employees": 2, "notes": "one two"})
+    d2 = a.export_updates(since=before)
+    b.import_updates(d2)  # waits for d1
+    b.update("accounts", "r0", {"phone": "555"})
+    b.discard(b.pending()[-1].id)
+    b.import_updates(d1)
+    assert state(b) == state(a)
+    c = Cluster(DEMO_SCHEMA, 3).replicas[2]
+    c.import_updates(b.export_updates())  # what b stored, not only what it holds in memory
+    assert state(c) == state(a)
+
+
+def test_a_write_never_claims_to_have_seen_what_waits_for_its_base() -> None:
+    """An update whose base is missing is not integrated, but Yrs shows its map entries anyway. Had the
+    record's "seen" context counted them, b's write to ``phone`` would silently beat a's concurrent one."""
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    a.create("accounts", {"name": "Acme"}, id="r0")
+    b.import_updates(a.export_updates())
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"phone": "a-phone"})
+    d1 = a.export_updates(since=before)
+    before = a.state_vectors()
+    a.update("accounts", "r0", {"employees": 7})
+    d2 = a.export_updates(since=before)
+    b.import_updates(d2)  # waits for d1
+    b.docs.forget()  # as after a restart or a cache eviction: the record is loaded again, with d2 held
+    rec = b.get("accounts", "r0")
+    assert rec is not None and rec.fields["employees"] is None, "content waiting for its base is not shown"
+    b.update("accounts", "r0", {"phone": "b-phone"})  # concurrent with a's phone: b has not seen it
+    b.import_updates(d1)
+    a.import_updates(b.export_updates())
+    for r in (a, b):
+        rec = r.get("accounts", "r0")
+        assert rec is not None and rec.fields["employees"] == 7
+        (conflict,) = rec.conflicts
+        assert conflict.field == "phone" and {c.value for c in conflict.candidates} == {"a-phone", "b-phone"}
+
+
+def test_records_evicted_from_the_cache_are_freed() -> None:
+    """Regression: a lasting Yjs subscription kept every record document ever loaded alive."""
+    import gc
+
+    from crdtsync.model import RecordDoc
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, RecordDoc))
+
+    a = Cluster(DEMO_SCHEMA, 1, cache_size=1).replicas[0]
+    for i in range(60):
+        a.create("accounts", {"name": f"n{i}"}, id=f"a{i:02}")
+    before = alive()
+    b = Cluster(DEMO_SCHEMA, 2, cache_size=5).replicas[1]
+    b.import_updates(a.export_updates())
+    for i in range(60):
+        b.update("accounts", f"a{i:02}", {"employees": i})
+    assert alive() - before <= 5
+
+
+@settings(derandomize=True, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_updates_raise_only_remote_errors_and_change_nothing(data: st.DataObject) -> None:
+    """Peer garbage inside a well-formed blob: MalformedUpdate or RemoteValidationError, never a panic."""
+    import orjson
+
+    from crdtsync.codec import write_bytes
+
+    a = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    a.create("accounts", {"name": "Acme", "notes": "hello", "tags": {"x"}}, id="r0")
+    a.update("accounts", "r0", {"employees": 3})
+    update = bytearray(a._parse(a.export_updates(), b"CSX1")[("accounts", "r0")])
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(update) - 1))
+        how = data.draw(st.sampled_from(["set", "cut", "insert"]))
+        if how == "set":
+            update[i] = data.draw(st.integers(0, 255))
+        elif how == "cut":
+            del update[i:i + data.draw(st.integers(1, 8))]
+        else:
+            update[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+    blob = bytearray(b"CSX1")
+    write_bytes(blob, orjson.dumps(["accounts", "r0"]))
+    write_bytes(blob, bytes(update))
+    b = Cluster(DEMO_SCHEMA, 2).replicas[1]
+    b.create("accounts", {"name": "Mine"}, id="mine")
+    before = b.store.load_range(())
+    try:
+        b.import_updates(bytes(blob))
+    except (MalformedUpdate, RemoteValidationError):
+        assert b.store.load_range(()) == before

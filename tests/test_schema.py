@@ -1,0 +1,206 @@
+"""Validation: every bad local write raises a clear ValidationError naming collection, record and field, and
+stores nothing; values pycrdt cannot hold never reach it. Schema.to_dict/from_dict round trips."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crdtsync import (
+    Bool,
+    Collection,
+    Counter,
+    Date,
+    DateTime,
+    Float,
+    Int,
+    Ref,
+    Replica,
+    Schema,
+    SchemaError,
+    Set,
+    Str,
+    Text,
+    ValidationError,
+)
+from crdtsync.testing import Cluster, field_values, invalid_values, records, schemas
+
+SCHEMA = Schema(Collection("accounts", {
+    "name": Str(required=True, max_length=10, min_length=2), "code": Str(choices=("a", "b"), pattern=None),
+    "zip": Str(pattern=r"\d{5}"), "employees": Int(min=0, max=1000), "big": Int(), "price": Float(min=0),
+    "ratio": Float(allow_nan=True), "ok": Bool(), "due": Date(), "at": DateTime(), "notes": Text(max_length=20),
+    "visits": Counter(), "tags": Set(Str(max_length=5), max_items=2), "parent": Ref("accounts"),
+}))
+
+
+@pytest.fixture
+def r() -> Replica:
+    return Cluster(SCHEMA, 1).replicas[0]
+
+
+def dump(r: Replica) -> list[tuple[Any, bytes]]:
+    return r.store.load_range(())
+
+
+CASES: list[tuple[str, Any, str]] = [
+    ("name", None, "required"),
+    ("name", "x" * 11, "max_length=10"),
+    ("name", "x", "min_length=2"),
+    ("name", 5, "expected a str"),
+    ("name", "\ud800", "surrogate"),
+    ("code", "c", "not one of the allowed values"),
+    ("zip", "1234", "does not match pattern"),
+    ("employees", -1, "less than min=0"),
+    ("employees", 1001, "more than max=1000"),
+    ("employees", 1.0, "expected an int"),
+    ("employees", True, "expected an int"),
+    ("big", 2**63, "does not fit in 64 bits"),
+    ("big", -(2**63) - 1, "does not fit in 64 bits"),
+    ("big", 2**64, "does not fit in 64 bits"),
+    ("price", math.nan, "does not allow NaN"),
+    ("price", math.inf, "does not allow NaN"),
+    ("price", -1.0, "less than min"),
+    ("price", 2**70, "too large"),
+    ("ok", 1, "expected a bool"),
+    ("due", dt.datetime(2024, 1, 1), "expected a datetime.date"),
+    ("due", "2024-01-01", "expected a datetime.date"),
+    ("at", dt.date(2024, 1, 1), "expected a datetime.datetime"),
+    ("notes", "x" * 21, "max_length=20"),
+    ("visits", 2**63, "64 bits"),
+    ("visits", "1", "expected an int"),
+    ("tags", "abc", "expected a set"),
+    ("tags", {"k": 1}, "expected a set"),
+    ("tags", {"a", "b", "c"}, "max_items=2"),
+    ("tags", {"toolong"}, "max_length=5"),
+    ("tags", {None}, "cannot hold None"),
+    ("parent", "", "1 to 200"),
+    ("parent", 7, "record id"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), CASES, ids=[f"{c[0]}={c[1]!r}"[:40] for c in CASES])
+def test_bad_update_raises_and_stores_nothing(r: Replica, field: str, value: Any, reason: str) -> None:
+    rid = r.create("accounts", {"name": "Acme"}, id="a1")
+    before, pending = dump(r), r.pending()
+    with pytest.raises(ValidationError) as e:
+        r.update("accounts", rid, {"name": "Acme2", field: value})
+    assert (e.value.collection, e.value.record, e.value.field) == ("accounts", "a1", field)
+    assert reason in str(e.value) and str(e.value).startswith(f"accounts/a1.{field}: ")
+    assert dump(r) == before and r.pending() == pending
+    rec = r.get("accounts", rid)
+    assert rec is not None and rec.fields["name"] == "Acme"
+
+
+@pytest.mark.parametrize(("values", "field", "reason"), [
+    ({"name": "Acme", "nope": 1}, "nope", "unknown field"),
+    ({"name": "Acme", 5: 1}, "5", "field names must be str"),
+    ({"name": "Acme", ("t",): 1}, "('t',)", "field names must be str"),
+    ({}, "name", "is required"),
+])
+def test_bad_create_raises_and_stores_nothing(r: Replica, values: dict[Any, Any], field: str, reason: str) -> None:
+    before = dump(r)
+    with pytest.raises(ValidationError) as e:
+        r.create("accounts", values, id="a1")
+    assert e.value.field == field and reason in str(e.value)
+    assert dump(r) == before and r.get("accounts", "a1") is None
+
+
+def test_bad_collection_record_id_and_shape(r: Replica) -> None:
+    with pytest.raises(ValidationError, match="unknown collection"):
+        r.create("nope", {"name": "Acme"})
+    with pytest.raises(ValidationError, match="record ids"):
+        r.create("accounts", {"name": "Acme"}, id="")
+    with pytest.raises(ValidationError, match="record ids"):
+        r.create("accounts", {"name": "Acme"}, id="a\x00b")
+    with pytest.raises(ValidationError, match="expected a mapping"):
+        r.create("accounts", [("name", "Acme")])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="not a counter"):
+        rid = r.create("accounts", {"name": "Acme"})
+        r.increment("accounts", rid, "employees", 1)
+
+
+def test_no_panic_exception_for_values_pycrdt_cannot_hold(r: Replica) -> None:
+    """pycrdt raises a BaseException (PanicException) on 2**64 or non-str keys; crdtsync refuses first."""
+    rid = r.create("accounts", {"name": "Acme"})
+    for values in ({"big": 2**64}, {"big": -(2**64)}, {"visits": 10**30}, {1: 2}, {"tags": {2**64}}):
+        try:
+            r.update("accounts", rid, values)  # type: ignore[arg-type]
+        except ValidationError:
+            continue
+        except BaseException as e:  # the point: nothing else escapes
+            pytest.fail(f"{values!r} raised {type(e).__name__} instead of ValidationError")
+        pytest.fail(f"{values!r} was accepted")
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_drawn_invalid_values_are_refused_and_valid_ones_accepted(data: st.DataObject) -> None:
+    coll = SCHEMA["accounts"]
+    name = data.draw(st.sampled_from(sorted(coll.fields)))
+    f = coll.fields[name]
+    bad = data.draw(invalid_values(f))
+    with pytest.raises(Exception) as e:  # checked just below
+        coll.check("x", {name: bad}, create=False)
+    assert isinstance(e.value, ValidationError), repr(e.value)
+    good = data.draw(field_values(f))
+    assert name in coll.check("x", {name: good}, create=False)
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(schemas(max_collections=3))
+def test_schema_to_dict_from_dict_round_trip(schema: Schema) -> None:
+    d = schema.to_dict()
+    back = Schema.from_dict(d)
+    assert back == schema and back.to_dict() == d
+    import orjson
+
+    assert Schema.from_dict(orjson.loads(orjson.dumps(d))) == schema  # survives JSON, as shipped to a relay
+
+
+@settings(derandomize=True, max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_drawn_records_are_created_and_read_back(data: st.DataObject) -> None:
+    schema = data.draw(schemas())
+    coll = data.draw(st.sampled_from(list(schema)))
+    values = data.draw(records(coll))
+    r = Cluster(schema, 1).replicas[0]
+    rid = r.create(coll.name, values)
+    rec = r.get(coll.name, rid)
+    assert rec is not None
+    checked = coll.check(rid, values, create=True)
+    for name, v in checked.items():
+        f = coll.fields[name]
+        assert f.encode(rec.fields[name]) == f.encode(v) if f.merge == "register" else rec.fields[name] == v
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (lambda: Collection("bad name", {}), "collection name"),
+    (lambda: Collection("a", {"id": Str()}), "field name"),
+    (lambda: Collection("a", {"x": 5}), "not a field type"),
+    (lambda: Collection("a", {}, delete_policy="nope"), "delete_policy"),
+    (lambda: Schema(Collection("a", {"p": Ref("b")})), "unknown collection"),
+    (lambda: Schema(Collection("a", {}), Collection("a", {})), "defined twice"),
+    (lambda: Set(Text()), "Set elements"),
+    (lambda: Set(Float()), "Set elements"),
+    (lambda: Str(pattern="("), "does not compile"),
+    (lambda: Schema.from_dict({"version": 2}), "unsupported schema version"),
+    (lambda: Schema.from_dict({"version": 1, "collections": [{"name": "a", "fields": {"x": {"type": "?"}}}]}),
+     "unknown field type"),
+    (lambda: Schema.from_dict({"version": 1, "collections": [{"name": "a", "fields": {"x": {"type": "int",
+                                                                                            "nope": 1}}}]}),
+     "bad options"),
+])
+def test_malformed_schemas_raise_schema_error(make: Any, reason: str) -> None:
+    with pytest.raises(SchemaError, match=reason):
+        make()
+
+
+def test_text_and_counter_and_set_defaults() -> None:
+    assert Text().check(None) == "" and Counter().check(None) == 0 and Set(Int()).check(None) == frozenset()
+    with pytest.raises(Exception, match="cannot be empty"):
+        Text(required=True).check("")
