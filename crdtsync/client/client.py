@@ -347,11 +347,21 @@ class SyncClient:
         if refused:
             raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
-        uploaded, rejected, held = await self._upload(session, collections)
-        downloaded, conflicts, reset, cursor = await self._download(session, collections)
-        return SyncResult(names, uploaded, rejected, held, downloaded, conflicts, reset, cursor)
+        touched: set[tuple[str, str]] = set()
+        uploaded, rejected, held = await self._upload(session, collections, touched)
+        received, changed, reset, cursor = await self._download(session, collections, touched)
+        conflicts = 0
+        for c, rid in sorted(touched):  # conflict events come before "completed", one per record
+            rec = self.replica.get(c, rid)
+            if rec is not None and rec.conflicts:
+                conflicts += 1
+                self._emit(SyncStatus("conflict", collection=c, record=rid, conflicts=rec.conflicts))
+        result = SyncResult(names, uploaded, rejected, held, changed, conflicts, reset, cursor, received)
+        log.info("sync %s: %s", "of " + ", ".join(names) if names else "run", result)
+        return result
 
-    async def _upload(self, session: _Session, collections: frozenset[str] | None) -> tuple[int, int, int]:
+    async def _upload(self, session: _Session, collections: frozenset[str] | None,
+                      touched: set[tuple[str, str]]) -> tuple[int, int, int]:
         r = self.replica
         total = len(r.outgoing(collections))
         done = uploaded = rejected = held = 0
@@ -375,6 +385,7 @@ class SyncClient:
                 raise
             r.acknowledge(ack.ok)
             by_id = {pc.id: pc for pc, _ in batch}
+            touched.update((by_id[i].collection, by_id[i].record) for i in ack.ok)
             for rej in ack.rejected:
                 r.reject(rej.change_id, rej.code, rej.reason)
                 pc = by_id[rej.change_id]
@@ -416,8 +427,10 @@ class SyncClient:
     def _save_cursor(self, relay: str, cursors: dict[str, int]) -> None:
         self.replica.set_meta(_CURSOR, orjson.dumps({"relay": relay, "c": cursors}))
 
-    async def _download(self, session: _Session, collections: frozenset[str] | None
-                        ) -> tuple[int, int, bool, int]:
+    async def _download(self, session: _Session, collections: frozenset[str] | None,
+                        touched: set[tuple[str, str]]) -> tuple[int, int, bool, int]:
+        """Pull what changed since the cursor; returns (changes received, records they changed, whether it
+        was a full resync, the new cursor). Changed records are added to ``touched``."""
         assert session.welcome is not None
         relay_id = session.welcome.relay
         stored_relay, cursors = self._cursor()
@@ -428,8 +441,8 @@ class SyncClient:
         pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),
                     live=collections is None)
         await session.send(pull)
-        downloaded = 0
-        conflicted: set[tuple[str, str]] = set()
+        received = 0
+        changed: set[tuple[str, str]] = set()
         reset = False
         to = since
         while True:
@@ -437,12 +450,8 @@ class SyncClient:
             if isinstance(page, _Lost):
                 raise page
             reset = reset or page.reset
-            for rec in self._apply(page.items):
-                if rec.conflicts:
-                    conflicted.add((rec.collection, rec.id))
-                    self._emit(SyncStatus("conflict", collection=rec.collection, record=rec.id,
-                                          conflicts=rec.conflicts))
-            downloaded += len(page.items)
+            changed.update((rec.collection, rec.id) for rec in self._apply(page.items))
+            received += len(page.items)
             if page.to is not None:
                 to = page.to
                 _, cursors = self._cursor()
@@ -451,7 +460,8 @@ class SyncClient:
                 self._save_cursor(relay_id, cursors)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
             if not page.more:
-                return downloaded, len(conflicted), reset, to
+                touched.update(changed)
+                return received, len(changed), reset, to
 
     def _apply(self, items: tuple[Item, ...]) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped)."""

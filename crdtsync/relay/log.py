@@ -287,6 +287,24 @@ class RelayLog:
             to = a.seq
         return items, to
 
+    def count_delta(self, grant: Grant, device: str, since: int, collections: frozenset[str] | None,
+                    *, chunk: int = 5000) -> int:
+        """How many log entries after ``since`` a delta pull would send: those of other devices in readable
+        (and wanted) collections. For collections limited by ``where`` this is an upper bound (records out
+        of scope are only found out while sending)."""
+        n = 0
+        start = since + 1
+        while True:
+            rows = self.store.load_range(("log",), start=("log", start), limit=chunk)
+            for key, raw in rows:
+                a = _decode_entry(int(key[1]), raw)
+                if a.device != device and grant.can_read(a.collection) and (
+                        collections is None or a.collection in collections):
+                    n += 1
+            if len(rows) < chunk:
+                return n
+            start = int(rows[-1][0][1]) + 1
+
     def scope_records(self, grant: Grant, collections: frozenset[str] | None) -> Iterator[tuple[str, str, int]]:
         """Every record (collection, id, last seq) in the grant's read scope, for a full resync."""
         for coll in self.schema:

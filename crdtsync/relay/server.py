@@ -373,13 +373,17 @@ class _Session:
                 to = await self._serve_reset(ev, wanted)
             else:
                 to = since = ev.since
+                total = await asyncio.to_thread(lg.count_delta, self.grant, self.device, since, wanted)
+                done = 0
                 while True:
                     items, to = lg.delta(self.grant, self.device, since, wanted,
                                          max_items=self.relay.limits.page_items,
                                          max_bytes=self.relay.limits.max_frame // 4)
                     more = since < to < lg.head
-                    done = to - ev.since
-                    await self._put(Changes(ev.id, tuple(items), done, max(lg.head - ev.since, done), to, more))
+                    done += len(items)
+                    # progress counts updates sent; the last page settles total on what was really sent
+                    total = max(total, done) if more else done
+                    await self._put(Changes(ev.id, tuple(items), done, total, to, more))
                     if not more:
                         break
                     since = to
