@@ -234,6 +234,12 @@ class SyncClient:
             await session.send(Hello(self.replica.device))
             welcome = await asyncio.wait_for(asyncio.shield(session.welcomed), self.open_timeout)
             self.user = welcome.user
+            if welcome.user not in ("*", self.replica.user):
+                # every change names its user; the relay would refuse them all as impersonation
+                self._fatal = AuthError(f"the token belongs to user {welcome.user!r}, but this replica writes "
+                                        f"as {self.replica.user!r}: open the replica with user={welcome.user!r}")
+                log.error("%s", self._fatal)
+                return str(self._fatal)
             self.backoff.reset()
             self._emit(SyncStatus("online"))
             self._enqueue(None, None)  # the connection came (back): sync

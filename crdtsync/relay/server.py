@@ -345,7 +345,9 @@ class _Session:
             return
         self.device = ev.device
         lg = self.relay.log
-        self.conn.send(Welcome(self.grant.user, lg.relay_id, lg.head, lg.floor, self.grant.names("read"),
+        # "*": an open relay knows no users, so it accepts whichever user a device writes as
+        user = "*" if self.grant.anonymous else self.grant.user
+        self.conn.send(Welcome(user, lg.relay_id, lg.head, lg.floor, self.grant.names("read"),
                                self.grant.names("write")))
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 
