@@ -233,9 +233,12 @@ class RelayLog:
     # -- reading -------------------------------------------------------------------------------------------
 
     def needs_reset(self, since: int, relay: str | None) -> bool:
-        """A cursor from another relay log, from before compaction, or a first sync: full resync."""
-        return (relay is not None and relay != self.relay_id) or since < self.floor or (since == 0 and self.head > 0) \
-            or since > self.head
+        """A cursor from another relay log, from before compaction, from the future, or a first sync (no
+        relay id yet): full resync. A cursor of 0 from this relay (a device that synced while the relay was
+        empty) is a valid cursor: a delta from the start of the log."""
+        if relay is None:
+            return self.head > 0
+        return relay != self.relay_id or since < self.floor or since > self.head
 
     def record_update(self, collection: str, record: str) -> bytes:
         """The record's whole merged state as one update, from the store."""

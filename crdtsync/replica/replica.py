@@ -201,7 +201,7 @@ class Replica:
             raise RecordDeleted(f"{coll.name}/{rid} is deleted; restore() it first")
         if rec.status == "error":
             raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({rec.error}); "
-                                "fix it with resolve_error() or discard_record() first")
+                                "discard_record() it (or retry() it once the relay accepts it) first")
         return rec
 
     def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
