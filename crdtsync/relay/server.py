@@ -109,8 +109,12 @@ class Relay:
         if self.tokens.open:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
-        self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
-                                   compression=None)
+        try:
+            self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
+                                       compression=None)
+        except BaseException:  # e.g. the port is taken: leave nothing running
+            await self.stop()
+            raise
         sock = next(iter(self._server.sockets))
         self.address = sock.getsockname()[:2]
         log.info("relay %s listening on ws://%s:%d (log head %d, floor %d)", self.log.relay_id, *self.address,
