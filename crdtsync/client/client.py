@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
-from ..errors import AuthError, MalformedUpdate, RemoteValidationError, SyncError
+from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, SyncError
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
 from ..protocol.frames import MAX_FRAME, MAX_PUSH
@@ -38,7 +39,7 @@ __all__ = ["SyncClient"]
 log = logging.getLogger("crdtsync.client")
 
 _CURSOR = "sync.cursor"
-_FATAL = {4401, 4403}
+_FATAL = {4401, 4403, 4404}
 
 
 class _Lost(Exception):
@@ -92,6 +93,10 @@ class SyncClient:
     def __init__(self, replica: Replica, url: str, *, token: str | None = None, interval: float | None = None,
                  batch_size: int = 200, backoff: Backoff | None = None, max_frame: int = MAX_FRAME,
                  open_timeout: float = 10.0) -> None:
+        try:
+            parse_uri(url)
+        except InvalidURI:
+            raise LocalError(f"{url!r} is not a websocket URL: use ws://HOST:PORT (or wss:// behind TLS)") from None
         self.replica = replica
         self.url = url
         self.token = token
@@ -160,11 +165,14 @@ class SyncClient:
 
     # -- the queue -----------------------------------------------------------------------------------------
 
-    async def sync_now(self, collections: Iterable[str] | None = None) -> SyncResult:
+    async def sync_now(self, collections: Iterable[str] | None = None, *, timeout: float | None = None
+                       ) -> SyncResult:
         """Queue a sync run (of some collections: sync units, or all) and wait for it to complete.
 
-        While offline the request waits for the connection; bound the wait with ``asyncio.wait_for``.
-        Raises ``AuthError`` if the relay refused the token, ``SyncError`` if the queue was discarded.
+        While offline the request waits for the connection. With ``timeout`` (seconds), ``SyncError`` says
+        why it did not complete in time (say "offline: cannot reach the relay: ..."); the request stays
+        queued and runs once the relay is back. Raises ``AuthError`` if the relay refused the token or the
+        replica's user, ``SyncError`` if the request was discarded or the client closed.
         """
         if self._fatal is not None:
             raise self._fatal
@@ -173,7 +181,12 @@ class SyncClient:
         await self.start()
         fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
         self._enqueue(None if collections is None else frozenset(collections), fut)
-        return await fut
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            raise SyncError(f"sync did not complete within {timeout:g} s ({self.status}); it stays queued") from None
 
     def _enqueue(self, collections: frozenset[str] | None, fut: asyncio.Future[SyncResult] | None) -> None:
         for req in self._queue:
@@ -208,14 +221,22 @@ class SyncClient:
 
     async def _connect_loop(self) -> None:
         while not self._closed.is_set():
-            reason = await self._connect_once()
+            try:
+                reason = await self._connect_once()
+            except Exception as e:  # a bug or an unforeseen transport error: stay alive, report, retry
+                log.exception("connecting to %s failed", self.url)
+                reason = f"cannot connect: {e!r}"
             if self._fatal is not None or self._closed.is_set():
                 break
             self._emit(SyncStatus("offline", reason))
             delay = self.backoff.next()
+            # the first failure after being online is worth a warning; the retries that follow only debug
+            log.log(logging.WARNING if self.backoff.attempt <= 1 else logging.DEBUG,
+                    "offline (%s); retrying %s in %.1f s", reason, self.url, delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
         if self._fatal is not None:
+            log.error("sync stopped: %s", self._fatal)
             self._emit(SyncStatus("failed", str(self._fatal)))
             self._fail_queue(self._fatal)
 
@@ -241,6 +262,8 @@ class SyncClient:
                 log.error("%s", self._fatal)
                 return str(self._fatal)
             self.backoff.reset()
+            log.info("online: device %s of %s connected to %s", self.replica.device,
+                     "an open relay" if welcome.user == "*" else repr(welcome.user), self.url)
             self._emit(SyncStatus("online"))
             self._enqueue(None, None)  # the connection came (back): sync
             worker = asyncio.create_task(self._work_loop(session))
@@ -280,7 +303,10 @@ class SyncClient:
         rcvd = ws.close_code
         if rcvd is not None and session.conn.state is not State.CLOSED:
             reason = f"relay closed the connection: {rcvd} {ws.close_reason or ''}".strip()
-        if rcvd in _FATAL:
+        if rcvd == 4404:
+            self._fatal = SyncError(f"{self.url} is not a crdtsync endpoint: {ws.close_reason} (use the relay's "
+                                    "root URL, ws://HOST:PORT)")
+        elif rcvd in _FATAL:
             self._fatal = AuthError(f"the relay refused this device: {rcvd} {ws.close_reason}")
         session.fail(reason)
 
@@ -491,7 +517,8 @@ class SyncClient:
             return
         for rec in self._apply(items):
             if rec.conflicts:
-                self._emit(SyncStatus("conflict", collection=rec.collection, record=rec.id, conflicts=rec.conflicts))
+                self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,
+                                      conflicts=rec.conflicts))
         top = max(i.seq for i in items)
         _, cursors = self._cursor()
         for c in self.replica.schema:

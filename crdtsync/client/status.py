@@ -57,7 +57,8 @@ class SyncStatus:
     - ``completed``: the run ended (``result``); ``failed``: it was cut short (``reason``), and is retried
       when the connection comes back;
     - ``conflict``: a record uploaded or changed by a sync run (just before its ``completed``), or changed by
-      a live update, has an open conflict (``collection``, ``record``, ``conflicts``);
+      a live update (``reason`` "live update"), has an open conflict (``collection``, ``record``,
+      ``conflicts``);
     - ``error``: the relay rejected a change (``change_id``, ``code``: invalid, forbidden or gone,
       ``reason``); the change is kept with status ``error`` and holds the record's later changes.
     """
@@ -83,7 +84,8 @@ class SyncStatus:
             return f"completed: {self.result}"
         if k == "conflict":
             fields = ", ".join(c.field for c in self.conflicts)
-            return f"conflict on {self.collection}/{self.record}: {fields}"
+            return f"conflict on {self.collection}/{self.record}: {fields}" + (f" ({self.reason})" if self.reason
+                                                                               else "")
         if k == "error":
             return f"error: change {self.change_id} of {self.collection}/{self.record} {self.code}: {self.reason}"
         if k == "started":
