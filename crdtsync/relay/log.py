@@ -110,6 +110,9 @@ class RelayLog:
         last = store.load_range(("log",), reverse=True, limit=1)
         if last:  # head is saved with every batch; this only guards against an older layout
             self.head = max(self.head, int(last[0][0][1]))
+        # ``head`` counts staged changes as soon as the writer stages them; ``durable`` only those committed.
+        # Readers hand out ``durable`` as a cursor: a cursor past an uncommitted change would skip it.
+        self.durable = self.head
 
         def ids() -> int:
             return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
@@ -221,6 +224,7 @@ class RelayLog:
         """After the batch holding ``accepted`` is durable: readers see the new state of those records."""
         for a in accepted:
             self.reader.reload(a.collection, a.record)
+            self.durable = max(self.durable, a.seq)
         self._staged_dedup.clear()
 
     def abandon(self) -> None:
@@ -228,7 +232,7 @@ class RelayLog:
         self.docs.forget()
         self.reader.forget()
         self._staged_dedup.clear()
-        self.head = int(self.store.load(("relay", "head")) or b"0")
+        self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -237,7 +241,7 @@ class RelayLog:
         relay id yet): full resync. A cursor of 0 from this relay (a device that synced while the relay was
         empty) is a valid cursor: a delta from the start of the log."""
         if relay is None:
-            return self.head > 0
+            return self.durable > 0
         return relay != self.relay_id or since < self.floor or since > self.head
 
     def record_update(self, collection: str, record: str) -> bytes:

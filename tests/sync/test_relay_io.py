@@ -20,7 +20,7 @@ from crdtsync.protocol import Changes, Pull
 from crdtsync.relay import Limits
 from crdtsync.store import Batch
 
-from .conftest import BOUND, RawClient, RelayFactory, client, sync
+from .conftest import BOUND, RawClient, RelayFactory, Watch, client, sync
 
 
 def test_reads_do_not_wait_for_a_commit_in_progress(tmp_path: Path) -> None:
@@ -81,3 +81,47 @@ async def test_a_live_reader_that_stops_reading_is_closed_with_4408(
             while True:  # read again: whatever was queued before the close, then the close itself
                 await asyncio.wait_for(ws.recv(), BOUND)
         assert ws.close_code == 4408 and ws.close_reason and "reconnect" in ws.close_reason
+
+
+async def test_a_full_resync_during_a_commit_never_skips_the_change_being_committed(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """A device's first sync (a full resync) that runs while another device's push is staged but not yet
+    durable must not get a cursor past that push: it would never receive it, neither live nor by delta."""
+    relay = await make_relay()
+    assert relay.store is not None and relay.relay is not None
+    for device in ("a", "b"):  # both devices are known to the relay (binding one is a write)
+        async with connect(relay.url) as ws:
+            await RawClient(ws).handshake(device)
+    a, b = make_replica("a"), make_replica("b")
+    a.create("accounts", {"name": "already stored"})
+    async with client(a, relay.url) as ca:
+        await sync(ca)  # so b's first sync is a full resync
+    blocker = sqlite3.connect(relay.path, isolation_level=None, timeout=0)
+    in_commit = threading.Event()
+    relay.store._db.set_trace_callback(  # type: ignore[union-attr]
+        lambda sql: in_commit.set() if sql.startswith("BEGIN") else None)
+    blocker.execute("BEGIN IMMEDIATE")  # the relay's next commit waits (as on a slow disk)
+    clients = [client(b, relay.url)]
+    try:
+        rid = a.create("accounts", {"name": "being committed"})
+        cb = clients[0]
+        w = Watch(cb)
+        got: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        b.subscribe(lambda ev: got.done() or ev.id != rid or got.set_result(None))
+        async with client(a, relay.url) as ca:
+            pushing = asyncio.ensure_future(ca.sync_now())
+            assert await asyncio.get_running_loop().run_in_executor(None, in_commit.wait, BOUND)
+            await cb.start()
+            await sync(cb)  # served from committed data while the push waits
+            first = next(s.result for s in w.events if s.kind == "completed")
+            assert first is not None and first.reset and first.received == 1 and first.cursor == 1
+            blocker.execute("ROLLBACK")
+            await asyncio.wait_for(pushing, BOUND)
+            await asyncio.wait_for(got, BOUND)  # arrives live ...
+            await cb.close()
+        async with client(b, relay.url) as cb:
+            again = await sync(cb)
+        assert b.get("accounts", rid) is not None and again.cursor == 2  # ... and the cursor is right
+    finally:
+        await clients[0].close()
+        blocker.close()
