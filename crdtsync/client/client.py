@@ -519,6 +519,10 @@ class SyncClient:
             if rec.conflicts:
                 self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,
                                       conflicts=rec.conflicts))
+        if self._session.conn.pull_in_flight is not None:
+            # a pull is paging through older entries: moving the cursor past them now would skip them if
+            # the connection dropped before its last page (its own cursor updates cover these items)
+            return
         top = max(i.seq for i in items)
         _, cursors = self._cursor()
         for c in self.replica.schema:
