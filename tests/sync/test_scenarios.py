@@ -217,3 +217,38 @@ async def test_sync_events_are_truthful_and_in_order(make_relay: RelayFactory,
     assert str(w.events[-1]).startswith("completed: 2 up, 2 received, 2 records changed, 0 rejected, 1 with")
     status = SyncStatus("conflict", collection="accounts", record=acct, conflicts=())
     assert "accounts/" in str(status)
+
+
+async def test_resolving_a_conflict_syncs_and_clears_it_everywhere_with_encrypted_replicas(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    relay = await make_relay()
+    a = Replica.open(tmp_path / "a.db", SCHEMA, device="a", user="alice", key=b"k" * 32)
+    b = Replica.open(tmp_path / "b.db", SCHEMA, device="b", user="bob", key=b"q" * 32)
+    try:
+        rid = a.create("accounts", {"name": "Acme"})
+        async with client(a, relay.url) as ca, client(b, relay.url) as cb:
+            await sync(ca)
+            await sync(cb)
+        a.update("accounts", rid, {"name": "by alice"})
+        b.update("accounts", rid, {"name": "by bob"})
+        async with client(a, relay.url) as ca:
+            await sync(ca)
+        async with client(b, relay.url) as cb:
+            res = await sync(cb)  # the first run after connecting: sync_now joins the automatic one
+        assert res.conflicts == 1 and res.downloaded == 1
+        async with client(a, relay.url) as ca, client(b, relay.url) as cb:
+            await sync(ca)
+            assert [c.field for c in a.conflicts()] == ["name"] == [c.field for c in b.conflicts()]
+            cands = {(x.value, x.user, x.device) for x in a.conflicts()[0].candidates}
+            assert cands == {("by alice", "alice", "a"), ("by bob", "bob", "b")}  # who, for the user to pick
+            a.resolve("accounts", rid, "name", "Acme Ltd")
+            await sync(ca)
+            await sync(cb)
+        for r in (a, b):
+            rec = r.get("accounts", rid)
+            assert rec is not None and rec["name"] == "Acme Ltd" and not rec.conflicts and r.conflicts() == []
+        assert [(h.user, h.value) for h in b.history("accounts", rid) if h.field == "name"][-1] == (
+            "alice", "Acme Ltd")
+    finally:
+        a.close()
+        b.close()
