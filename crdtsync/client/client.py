@@ -4,7 +4,9 @@ It connects (and reconnects, with exponential backoff and jitter), and runs sync
 queue: automatically each time the connection comes (back), on demand (``sync_now``, optionally limited
 to some collections), and on a schedule (``interval``). A run uploads the replica's pending changes first,
 in order, and waits for the relay to store them; then it downloads what changed since the device's cursor,
-page by page, storing the cursor after each page. After a full run the relay streams changes live.
+page by page, storing the cursor after each page. After a full run the relay streams changes live. (A
+first sync with a relay that has pending changes downloads the full resync before uploading, so its own
+changes are not sent back to it.)
 
 A run cut short by a lost connection is not lost: its changes go back to ``pending`` and the same request
 runs again after reconnecting (a resend is recognised by the relay). Only a refused token (or a device id
@@ -380,15 +382,24 @@ class SyncClient:
             raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
         touched: set[tuple[str, str]] = set()
+        changed: set[tuple[str, str]] = set()
+        received = 0
+        reset = False
+        if self._cursor()[0] != session.welcome.relay and self.replica.outgoing(collections, limit=1):
+            # A first sync with this relay is a full resync. Take it before uploading, so the relay does not
+            # send this device's own pending changes back to it; the pull after the upload is then a delta.
+            received, reset, _ = await self._download(session, collections, changed, live=False)
         uploaded, rejected, held = await self._upload(session, collections, touched)
-        received, changed, reset, cursor = await self._download(session, collections, touched)
+        n, again, cursor = await self._download(session, collections, changed, live=collections is None)
+        received, reset = received + n, reset or again
+        touched |= changed
         conflicts = 0
         for c, rid in sorted(touched):  # conflict events come before "completed", one per record
             rec = self.replica.get(c, rid)
             if rec is not None and rec.conflicts:
                 conflicts += 1
                 self._emit(SyncStatus("conflict", collection=c, record=rid, conflicts=rec.conflicts))
-        result = SyncResult(names, uploaded, rejected, held, changed, conflicts, reset, cursor, received)
+        result = SyncResult(names, uploaded, rejected, held, len(changed), conflicts, reset, cursor, received)
         log.info("sync %s: %s", "of " + ", ".join(names) if names else "run", result)
         return result
 
@@ -460,9 +471,9 @@ class SyncClient:
         self.replica.set_meta(_CURSOR, orjson.dumps({"relay": relay, "c": cursors}))
 
     async def _download(self, session: _Session, collections: frozenset[str] | None,
-                        touched: set[tuple[str, str]]) -> tuple[int, int, bool, int]:
-        """Pull what changed since the cursor; returns (changes received, records they changed, whether it
-        was a full resync, the new cursor). Changed records are added to ``touched``."""
+                        changed: set[tuple[str, str]], *, live: bool) -> tuple[int, bool, int]:
+        """Pull what changed since the cursor; returns (updates received, whether it was a full resync, the
+        new cursor). The records the updates changed are added to ``changed``."""
         assert session.welcome is not None
         relay_id = session.welcome.relay
         stored_relay, cursors = self._cursor()
@@ -471,10 +482,9 @@ class SyncClient:
         wanted = sorted(collections) if collections is not None else [c.name for c in self.replica.schema]
         since = min((cursors.get(c, 0) for c in wanted), default=0)
         pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),
-                    live=collections is None)
+                    live=live)
         await session.send(pull)
         received = 0
-        changed: set[tuple[str, str]] = set()
         reset = False
         to = since
         while True:
@@ -492,8 +502,7 @@ class SyncClient:
                 self._save_cursor(relay_id, cursors)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
             if not page.more:
-                touched.update(changed)
-                return received, len(changed), reset, to
+                return received, reset, to
 
     def _apply(self, items: tuple[Item, ...]) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped)."""
