@@ -188,6 +188,10 @@ class SyncClient:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
+            for req in self._queue:  # the request stays; only this caller stops waiting for it
+                if fut in req.futures:
+                    req.futures.remove(fut)
+            fut.cancel()
             raise SyncError(f"sync did not complete within {timeout:g} s ({self.status}); it stays queued") from None
 
     def _enqueue(self, collections: frozenset[str] | None, fut: asyncio.Future[SyncResult] | None) -> None:
@@ -261,7 +265,6 @@ class SyncClient:
                 # every change names its user; the relay would refuse them all as impersonation
                 self._fatal = AuthError(f"the token belongs to user {welcome.user!r}, but this replica writes "
                                         f"as {self.replica.user!r}: open the replica with user={welcome.user!r}")
-                log.error("%s", self._fatal)
                 return str(self._fatal)
             self.backoff.reset()
             log.info("online: device %s of %s connected to %s", self.replica.device,
