@@ -4,7 +4,9 @@ It connects (and reconnects, with exponential backoff and jitter), and runs sync
 queue: automatically each time the connection comes (back), on demand (``sync_now``, optionally limited
 to some collections), and on a schedule (``interval``). A run uploads the replica's pending changes first,
 in order, and waits for the relay to store them; then it downloads what changed since the device's cursor,
-page by page, storing the cursor after each page. After a full run the relay streams changes live.
+page by page, storing the cursor after each page. After a full run the relay streams changes live. (A
+first sync with a relay that has pending changes downloads the full resync before uploading, so its own
+changes are not sent back to it.)
 
 A run cut short by a lost connection is not lost: its changes go back to ``pending`` and the same request
 runs again after reconnecting (a resend is recognised by the relay). Only a refused token (or a device id
@@ -23,9 +25,10 @@ from dataclasses import dataclass, field
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
-from ..errors import AuthError, MalformedUpdate, RemoteValidationError, SyncError
+from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, SyncError
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
 from ..protocol.frames import MAX_FRAME, MAX_PUSH
@@ -38,7 +41,7 @@ __all__ = ["SyncClient"]
 log = logging.getLogger("crdtsync.client")
 
 _CURSOR = "sync.cursor"
-_FATAL = {4401, 4403}
+_FATAL = {4401, 4403, 4404}
 
 
 class _Lost(Exception):
@@ -92,6 +95,10 @@ class SyncClient:
     def __init__(self, replica: Replica, url: str, *, token: str | None = None, interval: float | None = None,
                  batch_size: int = 200, backoff: Backoff | None = None, max_frame: int = MAX_FRAME,
                  open_timeout: float = 10.0) -> None:
+        try:
+            parse_uri(url)
+        except InvalidURI:
+            raise LocalError(f"{url!r} is not a websocket URL: use ws://HOST:PORT (or wss:// behind TLS)") from None
         self.replica = replica
         self.url = url
         self.token = token
@@ -160,11 +167,14 @@ class SyncClient:
 
     # -- the queue -----------------------------------------------------------------------------------------
 
-    async def sync_now(self, collections: Iterable[str] | None = None) -> SyncResult:
+    async def sync_now(self, collections: Iterable[str] | None = None, *, timeout: float | None = None
+                       ) -> SyncResult:
         """Queue a sync run (of some collections: sync units, or all) and wait for it to complete.
 
-        While offline the request waits for the connection; bound the wait with ``asyncio.wait_for``.
-        Raises ``AuthError`` if the relay refused the token, ``SyncError`` if the queue was discarded.
+        While offline the request waits for the connection. With ``timeout`` (seconds), ``SyncError`` says
+        why it did not complete in time (say "offline: cannot reach the relay: ..."); the request stays
+        queued and runs once the relay is back. Raises ``AuthError`` if the relay refused the token or the
+        replica's user, ``SyncError`` if the request was discarded or the client closed.
         """
         if self._fatal is not None:
             raise self._fatal
@@ -173,7 +183,16 @@ class SyncClient:
         await self.start()
         fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
         self._enqueue(None if collections is None else frozenset(collections), fut)
-        return await fut
+        if timeout is None:
+            return await fut
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            for req in self._queue:  # the request stays; only this caller stops waiting for it
+                if fut in req.futures:
+                    req.futures.remove(fut)
+            fut.cancel()
+            raise SyncError(f"sync did not complete within {timeout:g} s ({self.status}); it stays queued") from None
 
     def _enqueue(self, collections: frozenset[str] | None, fut: asyncio.Future[SyncResult] | None) -> None:
         for req in self._queue:
@@ -208,14 +227,22 @@ class SyncClient:
 
     async def _connect_loop(self) -> None:
         while not self._closed.is_set():
-            reason = await self._connect_once()
+            try:
+                reason = await self._connect_once()
+            except Exception as e:  # a bug or an unforeseen transport error: stay alive, report, retry
+                log.exception("connecting to %s failed", self.url)
+                reason = f"cannot connect: {e!r}"
             if self._fatal is not None or self._closed.is_set():
                 break
             self._emit(SyncStatus("offline", reason))
             delay = self.backoff.next()
+            # the first failure after being online is worth a warning; the retries that follow only debug
+            log.log(logging.WARNING if self.backoff.attempt <= 1 else logging.DEBUG,
+                    "offline (%s); retrying %s in %.1f s", reason, self.url, delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
         if self._fatal is not None:
+            log.error("sync stopped: %s", self._fatal)
             self._emit(SyncStatus("failed", str(self._fatal)))
             self._fail_queue(self._fatal)
 
@@ -234,7 +261,14 @@ class SyncClient:
             await session.send(Hello(self.replica.device))
             welcome = await asyncio.wait_for(asyncio.shield(session.welcomed), self.open_timeout)
             self.user = welcome.user
+            if welcome.user not in ("*", self.replica.user):
+                # every change names its user; the relay would refuse them all as impersonation
+                self._fatal = AuthError(f"the token belongs to user {welcome.user!r}, but this replica writes "
+                                        f"as {self.replica.user!r}: open the replica with user={welcome.user!r}")
+                return str(self._fatal)
             self.backoff.reset()
+            log.info("online: device %s of %s connected to %s", self.replica.device,
+                     "an open relay" if welcome.user == "*" else repr(welcome.user), self.url)
             self._emit(SyncStatus("online"))
             self._enqueue(None, None)  # the connection came (back): sync
             worker = asyncio.create_task(self._work_loop(session))
@@ -274,7 +308,10 @@ class SyncClient:
         rcvd = ws.close_code
         if rcvd is not None and session.conn.state is not State.CLOSED:
             reason = f"relay closed the connection: {rcvd} {ws.close_reason or ''}".strip()
-        if rcvd in _FATAL:
+        if rcvd == 4404:
+            self._fatal = SyncError(f"{self.url} is not a crdtsync endpoint: {ws.close_reason} (use the relay's "
+                                    "root URL, ws://HOST:PORT)")
+        elif rcvd in _FATAL:
             self._fatal = AuthError(f"the relay refused this device: {rcvd} {ws.close_reason}")
         session.fail(reason)
 
@@ -347,11 +384,30 @@ class SyncClient:
         if refused:
             raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
-        uploaded, rejected, held = await self._upload(session, collections)
-        downloaded, conflicts, reset, cursor = await self._download(session, collections)
-        return SyncResult(names, uploaded, rejected, held, downloaded, conflicts, reset, cursor)
+        touched: set[tuple[str, str]] = set()
+        changed: set[tuple[str, str]] = set()
+        received = 0
+        reset = False
+        if self._cursor()[0] != session.welcome.relay and self.replica.outgoing(collections, limit=1):
+            # A first sync with this relay is a full resync. Take it before uploading, so the relay does not
+            # send this device's own pending changes back to it; the pull after the upload is then a delta.
+            received, reset, _ = await self._download(session, collections, changed, live=False)
+        uploaded, rejected, held = await self._upload(session, collections, touched)
+        n, again, cursor = await self._download(session, collections, changed, live=collections is None)
+        received, reset = received + n, reset or again
+        touched |= changed
+        conflicts = 0
+        for c, rid in sorted(touched):  # conflict events come before "completed", one per record
+            rec = self.replica.get(c, rid)
+            if rec is not None and rec.conflicts:
+                conflicts += 1
+                self._emit(SyncStatus("conflict", collection=c, record=rid, conflicts=rec.conflicts))
+        result = SyncResult(names, uploaded, rejected, held, len(changed), conflicts, reset, cursor, received)
+        log.info("sync %s: %s", "of " + ", ".join(names) if names else "run", result)
+        return result
 
-    async def _upload(self, session: _Session, collections: frozenset[str] | None) -> tuple[int, int, int]:
+    async def _upload(self, session: _Session, collections: frozenset[str] | None,
+                      touched: set[tuple[str, str]]) -> tuple[int, int, int]:
         r = self.replica
         total = len(r.outgoing(collections))
         done = uploaded = rejected = held = 0
@@ -375,6 +431,7 @@ class SyncClient:
                 raise
             r.acknowledge(ack.ok)
             by_id = {pc.id: pc for pc, _ in batch}
+            touched.update((by_id[i].collection, by_id[i].record) for i in ack.ok)
             for rej in ack.rejected:
                 r.reject(rej.change_id, rej.code, rej.reason)
                 pc = by_id[rej.change_id]
@@ -416,8 +473,10 @@ class SyncClient:
     def _save_cursor(self, relay: str, cursors: dict[str, int]) -> None:
         self.replica.set_meta(_CURSOR, orjson.dumps({"relay": relay, "c": cursors}))
 
-    async def _download(self, session: _Session, collections: frozenset[str] | None
-                        ) -> tuple[int, int, bool, int]:
+    async def _download(self, session: _Session, collections: frozenset[str] | None,
+                        changed: set[tuple[str, str]], *, live: bool) -> tuple[int, bool, int]:
+        """Pull what changed since the cursor; returns (updates received, whether it was a full resync, the
+        new cursor). The records the updates changed are added to ``changed``."""
         assert session.welcome is not None
         relay_id = session.welcome.relay
         stored_relay, cursors = self._cursor()
@@ -426,10 +485,9 @@ class SyncClient:
         wanted = sorted(collections) if collections is not None else [c.name for c in self.replica.schema]
         since = min((cursors.get(c, 0) for c in wanted), default=0)
         pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),
-                    live=collections is None)
+                    live=live)
         await session.send(pull)
-        downloaded = 0
-        conflicted: set[tuple[str, str]] = set()
+        received = 0
         reset = False
         to = since
         while True:
@@ -437,12 +495,8 @@ class SyncClient:
             if isinstance(page, _Lost):
                 raise page
             reset = reset or page.reset
-            for rec in self._apply(page.items):
-                if rec.conflicts:
-                    conflicted.add((rec.collection, rec.id))
-                    self._emit(SyncStatus("conflict", collection=rec.collection, record=rec.id,
-                                          conflicts=rec.conflicts))
-            downloaded += len(page.items)
+            changed.update((rec.collection, rec.id) for rec in self._apply(page.items))
+            received += len(page.items)
             if page.to is not None:
                 to = page.to
                 _, cursors = self._cursor()
@@ -451,7 +505,7 @@ class SyncClient:
                 self._save_cursor(relay_id, cursors)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
             if not page.more:
-                return downloaded, len(conflicted), reset, to
+                return received, reset, to
 
     def _apply(self, items: tuple[Item, ...]) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped)."""
@@ -475,7 +529,12 @@ class SyncClient:
             return
         for rec in self._apply(items):
             if rec.conflicts:
-                self._emit(SyncStatus("conflict", collection=rec.collection, record=rec.id, conflicts=rec.conflicts))
+                self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,
+                                      conflicts=rec.conflicts))
+        if self._session.conn.pull_in_flight is not None:
+            # a pull is paging through older entries: moving the cursor past them now would skip them if
+            # the connection dropped before its last page (its own cursor updates cover these items)
+            return
         top = max(i.seq for i in items)
         _, cursors = self._cursor()
         for c in self.replica.schema:

@@ -15,9 +15,18 @@ StatusKind = Literal["offline", "online", "started", "progress", "completed", "f
 
 @dataclass(frozen=True)
 class SyncResult:
-    """One finished sync run: changes uploaded (stored by the relay), rejected (now ``error``), held back
-    (behind a rejected change of the same record), record updates downloaded, records with conflicts after
-    it, and whether the relay sent a full resync of the scope."""
+    """One finished sync run.
+
+    - ``uploaded``: pending changes the relay stored (they left the outbox); ``rejected``: changes the relay
+      refused (now ``error``, kept); ``held``: changes not sent or not stored because an earlier change of
+      the same record was rejected (still pending);
+    - ``received``: record updates the relay sent (the ``n of m`` of the download progress events);
+      ``downloaded``: distinct records those updates changed on this device (an update it already had
+      changes nothing);
+    - ``conflicts``: records uploaded or changed in this run that have an open conflict after it (one
+      ``conflict`` status event each, before ``completed``; ``Replica.conflicts()`` lists every open one);
+    - ``reset``: the relay sent a full resync of the scope; ``cursor``: the relay log position now synced.
+    """
 
     collections: tuple[str, ...] | None
     uploaded: int = 0
@@ -27,6 +36,12 @@ class SyncResult:
     conflicts: int = 0
     reset: bool = False
     cursor: int = 0
+    received: int = 0
+
+    def __str__(self) -> str:
+        return (f"{self.uploaded} up, {self.received} received, {self.downloaded} records changed, "
+                f"{self.rejected} rejected, {self.conflicts} with conflicts" + (" (full resync)" if self.reset
+                                                                                  else ""))
 
 
 @dataclass(frozen=True)
@@ -35,10 +50,14 @@ class SyncStatus:
 
     - ``offline``: no connection to the relay (``reason`` says why); ``online``: connected;
     - ``started``: a sync run began (``collections``: its sync units, None for all);
-    - ``progress``: ``done`` of ``total`` in ``phase`` ``upload`` (changes) or ``download`` (log entries);
+    - ``progress``: ``done`` of ``total`` in ``phase`` ``upload`` (pending changes sent and answered) or
+      ``download`` (record updates received: a delta counts the log entries in the device's scope that
+      it did not make itself, a full resync counts records; records outside a ``where`` limit are only
+      found out while sending, so the last page may lower ``total`` to what was actually sent);
     - ``completed``: the run ended (``result``); ``failed``: it was cut short (``reason``), and is retried
       when the connection comes back;
-    - ``conflict``: a record received in the sync has an open conflict (``collection``, ``record``,
+    - ``conflict``: a record uploaded or changed by a sync run (just before its ``completed``), or changed by
+      a live update (``reason`` "live update"), has an open conflict (``collection``, ``record``,
       ``conflicts``);
     - ``error``: the relay rejected a change (``change_id``, ``code``: invalid, forbidden or gone,
       ``reason``); the change is kept with status ``error`` and holds the record's later changes.
@@ -62,12 +81,11 @@ class SyncStatus:
         if k == "progress":
             return f"progress {self.phase} {self.done} of {self.total}"
         if k == "completed" and self.result is not None:
-            r = self.result
-            return (f"completed: {r.uploaded} up, {r.downloaded} down, {r.rejected} rejected, "
-                    f"{r.conflicts} with conflicts" + (" (full resync)" if r.reset else ""))
+            return f"completed: {self.result}"
         if k == "conflict":
             fields = ", ".join(c.field for c in self.conflicts)
-            return f"conflict on {self.collection}/{self.record}: {fields}"
+            return f"conflict on {self.collection}/{self.record}: {fields}" + (f" ({self.reason})" if self.reason
+                                                                               else "")
         if k == "error":
             return f"error: change {self.change_id} of {self.collection}/{self.record} {self.code}: {self.reason}"
         if k == "started":

@@ -39,7 +39,8 @@ def _names(v: Any, what: str) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class Grant:
-    """What one token may do. ``where`` limits a collection to records whose fields equal the values."""
+    """What one token may do. ``where`` limits a collection to records whose fields equal the values.
+    ``anonymous``: the user is not known (an open relay without tokens), so changes may name any user."""
 
     user: str
     read: frozenset[str] = frozenset()
@@ -47,12 +48,13 @@ class Grant:
     where: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     rooms: frozenset[str] = frozenset()
     rooms_read_only: frozenset[str] = frozenset()
+    anonymous: bool = False
 
     @classmethod
     def open(cls, user: str = "dev") -> Grant:
         """Everything allowed: the relay's development mode without a tokens file."""
         everything = frozenset({ALL})
-        return cls(user, everything, everything, {}, everything, frozenset())
+        return cls(user, everything, everything, {}, everything, frozenset(), anonymous=True)
 
     @staticmethod
     def _has(names: frozenset[str], name: str) -> bool:

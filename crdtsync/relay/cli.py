@@ -8,7 +8,9 @@ import asyncio
 import importlib
 import ipaddress
 import logging
+import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -25,32 +27,70 @@ __all__ = ["add_arguments", "load_schema", "run"]
 log = logging.getLogger("crdtsync.relay")
 
 
+_EPILOG = """\
+examples:
+  crdtsync relay --schema app.schema:SCHEMA --tokens tokens.toml --host 0.0.0.0 --port 8765
+  crdtsync relay --schema schema.json            # open relay on 127.0.0.1, development only
+
+--schema is MODULE:ATTR (a crdtsync.Schema; MODULE is imported from the current directory too) or a JSON
+file written from Schema.to_dict(). Devices connect to ws://HOST:PORT with "Authorization: Bearer TOKEN";
+plain Yjs clients to ws://HOST:PORT/yjs/ROOM?token=TOKEN. A tokens file:
+
+  [tokens."s3cret-alice"]
+  user = "alice"
+  read = ["accounts", "contacts"]              # or "*"
+  write = ["accounts"]
+  where = { accounts = { owner = "alice" } }   # optional: only these records
+  rooms = ["*"]                                # plain Yjs rooms; rooms_read_only = [...]
+
+SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads the tokens file.
+"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
-    parser.add_argument("--db", type=Path, default=Path("relay.db"), help="the relay's SQLite file")
-    parser.add_argument("--schema", required=True, help="MODULE:ATTR of a Schema, or a schema .json file")
-    parser.add_argument("--tokens", type=Path, default=None,
-                        help="tokens TOML file; without it the relay is open (loopback only, development)")
-    parser.add_argument("--keep-log", type=int, default=100_000,
-                        help="log entries kept for delta sync; older cursors get a full resync")
-    parser.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, help="largest frame accepted, bytes")
-    parser.add_argument("--rate", type=float, default=500.0, help="frames per second per connection")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = _EPILOG
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0: any free)")
+    parser.add_argument("--db", type=Path, default=Path("relay.db"), metavar="FILE",
+                        help="the relay's SQLite file, created if missing (default: relay.db)")
+    parser.add_argument("--schema", required=True, metavar="MODULE:ATTR|FILE.json",
+                        help="the collections and their fields (required; see below)")
+    parser.add_argument("--tokens", type=Path, default=None, metavar="FILE.toml",
+                        help="who may connect and what they may read and write; without it the relay is open "
+                             "to anyone and listens on loopback addresses only (development)")
+    parser.add_argument("--keep-log", type=int, default=100_000, metavar="N",
+                        help="log entries kept for delta sync; devices whose cursor is older get a full resync "
+                             "(default: 100000)")
+    parser.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, metavar="BYTES",
+                        help="largest frame accepted (default: 16 MiB)")
+    parser.add_argument("--rate", type=float, default=500.0, metavar="N",
+                        help="frames per second per connection before it is slowed down (default: 500)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
-                        help="SQLite durability: FULL survives power loss, NORMAL a killed process")
+                        help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: FULL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection and commit")
 
 
 def load_schema(spec: str) -> Schema:
-    """A schema from ``module:attr`` or from a JSON file (``Schema.to_dict`` format)."""
-    if spec.endswith(".json"):
+    """A schema from ``module:attr`` (the module is looked up in the current directory too, as an app's
+    own module would be) or from a JSON file (``Schema.to_dict`` format)."""
+    path = Path(spec)
+    if spec.endswith(".json") or (":" not in spec and path.is_file()):
         try:
-            return Schema.from_dict(orjson.loads(Path(spec).read_bytes()))
+            data = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as e:
             raise LocalError(f"cannot read schema file {spec}: {e}") from None
+        try:
+            return Schema.from_dict(data)
+        except CrdtSyncError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise LocalError(f"{spec} is not a schema written by Schema.to_dict(): {e!r}") from None
     module, sep, attr = spec.partition(":")
-    if not sep:
+    if not sep or not module or not attr:
         raise LocalError(f"--schema must be MODULE:ATTR or a .json file, not {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the console script does not put the current directory on the path
     try:
         value = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -70,9 +110,18 @@ def _is_loopback(host: str) -> bool:
 
 
 async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> int:
-    store = SQLiteStore(args.db, synchronous=args.synchronous)
-    relay = Relay(store, schema, tokens, keep_log=args.keep_log,
-                  limits=Limits(max_frame=args.max_frame, rate=args.rate, burst=int(args.rate * 2)))
+    try:
+        store = SQLiteStore(args.db, synchronous=args.synchronous)
+    except sqlite3.Error as e:
+        print(f"crdtsync relay: cannot open the database {args.db}: {e}", file=sys.stderr)
+        return 1
+    try:
+        relay = Relay(store, schema, tokens, keep_log=args.keep_log,
+                      limits=Limits(max_frame=args.max_frame, rate=args.rate, burst=int(args.rate * 2)))
+    except (sqlite3.Error, CrdtSyncError) as e:
+        store.close()
+        print(f"crdtsync relay: cannot use the database {args.db}: {e}", file=sys.stderr)
+        return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -89,7 +138,11 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
-        host, port = await relay.start(args.host, args.port)
+        try:
+            host, port = await relay.start(args.host, args.port)
+        except OSError as e:
+            print(f"crdtsync relay: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"listening on ws://{host}:{port}", flush=True)
         await stop.wait()
         log.info("shutting down")
@@ -106,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
         schema = load_schema(args.schema)
         if args.tokens is None:
             if not _is_loopback(args.host):
-                print(f"refusing to run an open relay (no --tokens) on {args.host}: use a loopback address",
-                      file=sys.stderr)
+                print(f"crdtsync relay: refusing to run an open relay (no --tokens) on {args.host}: anyone who "
+                      "can reach it could read and write everything. Pass --tokens FILE.toml, or listen on a "
+                      "loopback address (--host 127.0.0.1) for development.", file=sys.stderr)
                 return 2
             tokens = Tokens(None)
         else:

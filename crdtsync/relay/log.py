@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pycrdt import Map, merge_updates
+from pycrdt import Array, Map, merge_updates
 
 from ..codec import Reader, write_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
@@ -110,6 +110,9 @@ class RelayLog:
         last = store.load_range(("log",), reverse=True, limit=1)
         if last:  # head is saved with every batch; this only guards against an older layout
             self.head = max(self.head, int(last[0][0][1]))
+        # ``head`` counts staged changes as soon as the writer stages them; ``durable`` only those committed.
+        # Readers hand out ``durable`` as a cursor: a cursor past an uncommitted change would skip it.
+        self.durable = self.head
 
         def ids() -> int:
             return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
@@ -199,7 +202,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            _check_own(doc, touched, device)
+            _check_own(doc, touched, device, None if grant.anonymous else grant.user)
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
@@ -221,6 +224,7 @@ class RelayLog:
         """After the batch holding ``accepted`` is durable: readers see the new state of those records."""
         for a in accepted:
             self.reader.reload(a.collection, a.record)
+            self.durable = max(self.durable, a.seq)
         self._staged_dedup.clear()
 
     def abandon(self) -> None:
@@ -228,14 +232,17 @@ class RelayLog:
         self.docs.forget()
         self.reader.forget()
         self._staged_dedup.clear()
-        self.head = int(self.store.load(("relay", "head")) or b"0")
+        self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 
     # -- reading -------------------------------------------------------------------------------------------
 
     def needs_reset(self, since: int, relay: str | None) -> bool:
-        """A cursor from another relay log, from before compaction, or a first sync: full resync."""
-        return (relay is not None and relay != self.relay_id) or since < self.floor or (since == 0 and self.head > 0) \
-            or since > self.head
+        """A cursor from another relay log, from before compaction, from the future, or a first sync (no
+        relay id yet): full resync. A cursor of 0 from this relay (a device that synced while the relay was
+        empty) is a valid cursor: a delta from the start of the log."""
+        if relay is None:
+            return self.durable > 0
+        return relay != self.relay_id or since < self.floor or since > self.head
 
     def record_update(self, collection: str, record: str) -> bytes:
         """The record's whole merged state as one update, from the store."""
@@ -287,6 +294,24 @@ class RelayLog:
             to = a.seq
         return items, to
 
+    def count_delta(self, grant: Grant, device: str, since: int, collections: frozenset[str] | None,
+                    *, chunk: int = 5000) -> int:
+        """How many log entries after ``since`` a delta pull would send: those of other devices in readable
+        (and wanted) collections. For collections limited by ``where`` this is an upper bound (records out
+        of scope are only found out while sending)."""
+        n = 0
+        start = since + 1
+        while True:
+            rows = self.store.load_range(("log",), start=("log", start), limit=chunk)
+            for key, raw in rows:
+                a = _decode_entry(int(key[1]), raw)
+                if a.device != device and grant.can_read(a.collection) and (
+                        collections is None or a.collection in collections):
+                    n += 1
+            if len(rows) < chunk:
+                return n
+            start = int(rows[-1][0][1]) + 1
+
     def scope_records(self, grant: Grant, collections: frozenset[str] | None) -> Iterator[tuple[str, str, int]]:
         """Every record (collection, id, last seq) in the grant's read scope, for a full resync."""
         for coll in self.schema:
@@ -329,16 +354,21 @@ class RelayLog:
 
 
 class _Touched:
-    """Records which keys of the slot map ``f`` and the set map ``s`` an update changes while it is applied
-    (pycrdt map observers), so that only those need checking."""
+    """Records what an update changes while it is applied (pycrdt observers), so only that is checked:
+    the keys of the slot map ``f`` and the set map ``s`` it sets, and the entries it inserts into (or
+    deletes from) the history array ``h``."""
 
     def __init__(self, doc: RecordDoc) -> None:
         self.slots: list[str] = []
         self.sets: list[str] = []
-        self._maps: list[tuple[Map[Any], Any]] = []
+        self.history: list[Any] = []
+        self.history_deleted = 0
+        self._subs: list[tuple[Any, Any]] = []
         for name, keys in (("f", self.slots), ("s", self.sets)):
             m: Map[Any] = doc.doc.get(name, type=Map)
-            self._maps.append((m, m.observe(self._collector(keys))))
+            self._subs.append((m, m.observe(self._collector(keys))))
+        h: Array[Any] = doc.doc.get("h", type=Array)
+        self._subs.append((h, h.observe(self._on_history)))
 
     @staticmethod
     def _collector(keys: list[str]) -> Any:
@@ -346,20 +376,28 @@ class _Touched:
             keys.extend(ev.keys)
         return collect
 
+    def _on_history(self, ev: Any) -> None:
+        for op in ev.delta:
+            self.history.extend(op.get("insert", ()))
+            self.history_deleted += int(op.get("delete", 0))
+
     def __enter__(self) -> _Touched:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for m, sub in self._maps:
+        for m, sub in self._subs:
             m.unobserve(sub)
-        self._maps.clear()
+        self._subs.clear()
 
 
-def _check_own(doc: RecordDoc, touched: _Touched, device: str) -> None:
-    """Anti-impersonation: every slot or set entry the update changed must be the device's own.
+def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None) -> None:
+    """Anti-impersonation: everything the update changed must be the device's own.
 
     Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
-    its device in ``d``. A device may write only under its own writer tag (``device`` or ``device#N``).
+    its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
+    writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
+    relay runs without tokens and cannot know users), and only append to the history. Text characters
+    carry no author, so they cannot be checked (see docs/sync.md).
     """
     slots: Map[Any] = doc.doc.get("f", type=Map)
     for key in touched.slots:
@@ -368,9 +406,26 @@ def _check_own(doc: RecordDoc, touched: _Touched, device: str) -> None:
             raise _Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
                                         "not its own")
         raw = slots.get(key)
-        if raw is not None and orjson.loads(raw).get("d") != device:
-            raise _Refused("forbidden", f"a slot of {writer!r} claims another device")
+        if raw is not None:
+            _check_author(raw, device, user, "a slot")
     for key in touched.sets:
         writer = key.rpartition(SEP)[2]
         if not is_own_writer(writer, device):
             raise _Refused("forbidden", f"writes the set entry of writer {writer!r}, not its own")
+    if touched.history_deleted:
+        raise _Refused("forbidden", "deletes history entries: the history is append-only")
+    for raw in touched.history:
+        _check_author(raw, device, user, "a history entry")
+
+
+def _check_author(raw: Any, device: str, user: str | None, what: str) -> None:
+    try:
+        p = orjson.loads(raw) if isinstance(raw, str) else None
+    except orjson.JSONDecodeError:
+        p = None
+    if not isinstance(p, dict):
+        raise _Refused("invalid", f"{what} is not a JSON object")
+    if p.get("d") != device:
+        raise _Refused("forbidden", f"{what} claims device {p.get('d')!r}, not {device!r}")
+    if user is not None and p.get("u") != user:
+        raise _Refused("forbidden", f"{what} claims user {p.get('u')!r}, but the token is {user!r}'s")

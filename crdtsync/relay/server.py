@@ -101,6 +101,7 @@ class Relay:
         self._writer: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._stopped = asyncio.Event()
+        self._binding = asyncio.Lock()  # device ids are bound to users one at a time
         yjs = _load_yjs()
         self.rooms: Any = yjs.YjsRooms(store) if yjs is not None else None
         self.address: tuple[str, int] = ("", 0)
@@ -109,8 +110,12 @@ class Relay:
         if self.tokens.open:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
-        self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
-                                   compression=None)
+        try:
+            self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
+                                       compression=None)
+        except BaseException:  # e.g. the port is taken: leave nothing running
+            await self.stop()
+            raise
         sock = next(iter(self._server.sockets))
         self.address = sock.getsockname()[:2]
         log.info("relay %s listening on ws://%s:%d (log head %d, floor %d)", self.log.relay_id, *self.address,
@@ -247,6 +252,7 @@ class _Session:
         self.sent_to = 0  # highest seq this device has been sent (or skipped)
         self.live_collections: frozenset[str] | None = None
         self._pull_task: asyncio.Task[None] | None = None
+        self._hello_task: asyncio.Task[None] | None = None
         self._closing: tuple[int, str] | None = None
 
     def _flush(self) -> None:
@@ -311,8 +317,9 @@ class _Session:
             pass
         finally:
             self.live = False
-            if self._pull_task is not None:
-                self._pull_task.cancel()
+            for task in (self._pull_task, self._hello_task):
+                if task is not None:
+                    task.cancel()
             self._wake_sender()
             with contextlib.suppress(ConnectionClosed):
                 await sender
@@ -321,7 +328,7 @@ class _Session:
         if isinstance(ev, ProtocolError):
             log.warning("protocol error from %s (%s): %s", self.device or "?", self.ws.remote_address, ev.reason)
         elif isinstance(ev, Hello):
-            self._on_hello(ev)
+            self._hello_task = asyncio.create_task(self._on_hello(ev))
         elif isinstance(ev, Push):
             self._on_push(ev)
         elif isinstance(ev, Pull):
@@ -334,19 +341,35 @@ class _Session:
         elif isinstance(ev, Bye):
             self._closing = (1000, "bye")
 
-    def _on_hello(self, ev: Hello) -> None:
+    async def _on_hello(self, ev: Hello) -> None:
+        """Bind the device to the token's user (a durable write, so in a thread: the event loop never waits
+        for a commit) and welcome it. The peer may send nothing else until it is welcomed."""
         if "#" in ev.device or any(ord(ch) < 32 for ch in ev.device):
             # "device#N" is the writer tag of a device's records after a discard: not a device id
             self.conn.close(4400, "device ids are printable and contain no '#'")
+            self._flush()
             return
-        if not self.relay.log.bind_device(ev.device, self.grant.user):
+        try:
+            async with self.relay._binding:
+                ok = await asyncio.to_thread(self.relay.log.bind_device, ev.device, self.grant.user)
+        except Exception:
+            log.exception("binding device %r failed", ev.device)
+            self.abort(1011, "relay storage failure")
+            return
+        if self._closing is not None or self.conn.state is State.CLOSED:
+            return
+        if not ok:
             log.warning("refused device %r for user %r: it belongs to another user", ev.device, self.grant.user)
             self.conn.close(4403, f"device {ev.device!r} belongs to another user")
+            self._flush()
             return
         self.device = ev.device
         lg = self.relay.log
-        self.conn.send(Welcome(self.grant.user, lg.relay_id, lg.head, lg.floor, self.grant.names("read"),
+        # "*": an open relay knows no users, so it accepts whichever user a device writes as
+        user = "*" if self.grant.anonymous else self.grant.user
+        self.conn.send(Welcome(user, lg.relay_id, lg.durable, lg.floor, self.grant.names("read"),
                                self.grant.names("write")))
+        self._flush()
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 
     def _on_push(self, ev: Push) -> None:
@@ -373,13 +396,17 @@ class _Session:
                 to = await self._serve_reset(ev, wanted)
             else:
                 to = since = ev.since
+                total = await asyncio.to_thread(lg.count_delta, self.grant, self.device, since, wanted)
+                done = 0
                 while True:
                     items, to = lg.delta(self.grant, self.device, since, wanted,
                                          max_items=self.relay.limits.page_items,
                                          max_bytes=self.relay.limits.max_frame // 4)
-                    more = since < to < lg.head
-                    done = to - ev.since
-                    await self._put(Changes(ev.id, tuple(items), done, max(lg.head - ev.since, done), to, more))
+                    more = since < to < lg.durable
+                    done += len(items)
+                    # progress counts updates sent; the last page settles total on what was really sent
+                    total = max(total, done) if more else done
+                    await self._put(Changes(ev.id, tuple(items), done, total, to, more))
                     if not more:
                         break
                     since = to
@@ -394,7 +421,7 @@ class _Session:
     async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
         """A full resync of the scope: every record's whole state, then the cursor ``head``."""
         lg = self.relay.log
-        head = lg.head
+        head = lg.durable  # never a cursor past a change still being committed
         records = list(lg.scope_records(self.grant, wanted))
         total = len(records)
         page = self.relay.limits.page_items
@@ -420,7 +447,7 @@ class _Session:
         """Switch to live changes after a pull that ended at ``to``, first sending (with no await in
         between, so no fan-out can slip past) whatever was stored while the last page was on its way."""
         lg = self.relay.log
-        while to < lg.head and self._closing is None:
+        while to < lg.durable and self._closing is None:
             items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items,
                                   max_bytes=self.relay.limits.max_frame // 4)
             if nxt <= to:

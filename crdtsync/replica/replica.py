@@ -210,7 +210,7 @@ class Replica:
         if err is not None:
             code, reason = err.error or ("error", "")
             raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); "
-                                "retry() it or discard_record() first")
+                                "discard_record() it (or retry() it once the relay accepts it) first")
 
     def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
                       write: Callable[[RecordDoc, int], bytes]) -> None:

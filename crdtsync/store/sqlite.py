@@ -3,6 +3,10 @@
 ``synchronous`` is FULL by default: a commit survives power loss, not only a killed process. NORMAL
 survives a killed process (SIGKILL) but may lose the last commits on power loss; it is several times
 faster on slow disks.
+
+Reads use a second connection (WAL lets readers run beside a writer), with its own lock, so a reader
+never waits for a commit's fsync: a relay commits in a thread while its event loop keeps serving reads.
+Readers see committed data only. A ``":memory:"`` database has one connection for both.
 """
 
 from __future__ import annotations
@@ -27,21 +31,32 @@ class SQLiteStore(ByteStore):
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         self.path = str(path)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the write connection
         self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None,
                                                               check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
+        self._rlock = self._lock
+        self._rdb: sqlite3.Connection | None = self._db
+        if self.path not in ("", ":memory:") and not self.path.startswith("file:"):
+            self._rlock = threading.RLock()
+            self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._rdb.execute("PRAGMA query_only=ON")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreClosed(f"the store {self.path} is closed")
         return self._db
 
+    def _reader(self) -> sqlite3.Connection:
+        if self._rdb is None:
+            raise StoreClosed(f"the store {self.path} is closed")
+        return self._rdb
+
     def load(self, key: Key) -> bytes | None:
-        with self._lock:
-            row = self._conn().execute("SELECT v FROM kv WHERE k = ?", (encode_key(key),)).fetchone()
+        with self._rlock:
+            row = self._reader().execute("SELECT v FROM kv WHERE k = ?", (encode_key(key),)).fetchone()
         return None if row is None else bytes(row[0])
 
     def load_many(self, keys: Sequence[Key]) -> list[bytes | None]:
@@ -71,8 +86,8 @@ class SQLiteStore(ByteStore):
         if limit is not None:
             sql += " LIMIT ?"
             args += (limit,)
-        with self._lock:
-            rows = self._conn().execute(sql, args).fetchall()
+        with self._rlock:
+            rows = self._reader().execute(sql, args).fetchall()
         return [(decode_key(bytes(k)), bytes(v)) for k, v in rows]
 
     def commit(self, batch: Batch) -> None:
@@ -96,7 +111,10 @@ class SQLiteStore(ByteStore):
                 raise
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._rlock:
+            if self._rdb is not None and self._rdb is not self._db:
+                self._rdb.close()
+            self._rdb = None
             if self._db is not None:
                 self._db.close()
                 self._db = None

@@ -16,12 +16,14 @@ from crdtsync import Replica, SQLiteStore, SyncClient
 from crdtsync.client import Backoff, SyncStatus
 from crdtsync.protocol import Connection, Event, Hello, Role, Welcome
 from crdtsync.relay import Grant, Limits, Relay, Tokens
-from crdtsync.schema import Collection, Counter, Int, Schema, Set, Str, Text
+from crdtsync.schema import Collection, Counter, Int, Ref, Schema, Set, Str, Text
 
 SCHEMA = Schema(
     Collection("accounts", {"name": Str(required=True, max_length=120), "owner": Str(), "employees": Int(min=0),
-                            "phone": Str(), "notes": Text(), "tags": Set(Str()), "visits": Counter()}),
-    Collection("contacts", {"name": Str(required=True), "email": Str()}, delete_policy="delete-wins"),
+                            "phone": Str(), "notes": Text(), "tags": Set(Str()), "visits": Counter(),
+                            "parent": Ref("accounts")}),
+    Collection("contacts", {"name": Str(required=True), "email": Str(), "account": Ref("accounts")},
+               delete_policy="delete-wins"),
     Collection("secrets", {"name": Str(required=True)}),
 )
 

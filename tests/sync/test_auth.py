@@ -75,7 +75,7 @@ async def test_missing_and_wrong_tokens_are_refused_before_anything_is_read(
 async def test_read_only_token_writing_is_rejected_and_kept_as_error(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay(grants)
-    r = make_replica("rita-phone")
+    r = make_replica("rita-phone", "rita")
     rid = r.create("accounts", {"name": "mine"})
     r.update("accounts", rid, {"employees": 3})
     other = r.create("contacts", {"name": "c"})
@@ -95,7 +95,7 @@ async def test_read_only_token_writing_is_rejected_and_kept_as_error(
 async def test_writes_outside_the_granted_collections_or_records_are_forbidden(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay(grants)
-    a = make_replica("alice-phone")
+    a = make_replica("alice-phone", "alice")
     ok = a.create("accounts", {"name": "hers", "owner": "alice"})
     bobs = a.create("accounts", {"name": "not hers", "owner": "bob"})
     con = a.create("contacts", {"name": "not writable"})
@@ -115,7 +115,7 @@ async def test_writes_outside_the_granted_collections_or_records_are_forbidden(
 async def test_reads_outside_the_grant_are_not_leaked(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay(grants)
-    b, a = make_replica("bob-phone"), make_replica("alice-phone")
+    b, a = make_replica("bob-phone", "bob"), make_replica("alice-phone", "alice")
     b.create("accounts", {"name": "bob's", "owner": "bob"})
     b.create("secrets", {"name": "bob's secret"})
     mine = a.create("accounts", {"name": "alice's", "owner": "alice"})
@@ -164,9 +164,9 @@ def relay_state(relay: RelayHandle, rid: str) -> bytes:
 async def test_a_device_id_belongs_to_one_user(make_relay: RelayFactory, grants: dict[str, Grant],
                                                make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay(grants)
-    async with client(make_replica("shared"), relay.url, token="tok-alice") as c:
+    async with client(make_replica("shared", "alice"), relay.url, token="tok-alice") as c:
         await sync(c)
-    async with client(make_replica("shared2"), relay.url, token="tok-bob") as c2:
+    async with client(make_replica("shared2", "bob"), relay.url, token="tok-bob") as c2:
         c2.replica.device = "shared"  # pretend to be alice's device
         with pytest.raises(AuthError, match="4403"):
             await sync(c2)
@@ -175,7 +175,7 @@ async def test_a_device_id_belongs_to_one_user(make_relay: RelayFactory, grants:
 async def test_access_revoked_while_offline_turns_changes_into_errors(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay(grants)
-    a = make_replica("alice-phone")
+    a = make_replica("alice-phone", "alice")
     rid = a.create("accounts", {"name": "hers", "owner": "alice"})
     async with client(a, relay.url, token="tok-alice") as c:
         await sync(c)
@@ -207,7 +207,7 @@ async def test_room_grants(make_relay: RelayFactory, grants: dict[str, Grant]) -
 async def test_a_sync_unit_outside_the_grant_is_refused_with_a_reason(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay(grants)
-    a = make_replica("alice-phone")
+    a = make_replica("alice-phone", "alice")
     async with client(a, relay.url, token="tok-alice") as c:
         with pytest.raises(SyncError, match="may not read 'secrets'"):
             await sync(c, ["secrets"])
@@ -228,7 +228,8 @@ async def test_a_record_entering_a_scope_arrives_whole(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
     grants = {**grants, "tok-admin": Grant("admin", frozenset({"*"}), frozenset({"*"}))}
     relay = await make_relay(grants)
-    admin, a, b = make_replica("admin-pc"), make_replica("alice-phone"), make_replica("alice-tablet")
+    admin, a = make_replica("admin-pc", "admin"), make_replica("alice-phone", "alice")
+    b = make_replica("alice-tablet", "alice")
     rid = admin.create("accounts", {"name": "handed over", "employees": 9, "owner": "bob"})
     admin.update("accounts", rid, {"phone": "123"})
     async with client(admin, relay.url, token="tok-admin") as cadm, \
