@@ -250,3 +250,37 @@ async def test_a_retried_draft_is_acknowledged_again_and_applied_once(env: Env) 
     image = img.image()
     assert image is not None and image.n == 2 and image.fields["amount"] == 11 and image.applied["m"] == 2**60
     assert SERVER_WRITER in img.state().vector
+
+
+async def test_live_devices_receive_the_servers_image_in_arrival_order(env: Env) -> None:
+    """Both devices online: each draft is answered by the relay's image, streamed live to every device
+    (its author too), so both end on the copy of the draft that arrived last."""
+    a, b, rid = await shared_record(env, "deals")
+
+    def seen(r: Replica, pred: Any) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on(ev: Any) -> None:
+            rec = r.get("deals", rid)
+            # the image may arrive live before the device has processed its own ack: wait for both
+            if ev.origin != "local" and not fut.done() and rec is not None and pred(rec.fields) \
+                    and not r.pending():
+                fut.set_result(None)
+        r.subscribe(on)
+        return fut
+
+    async with env.client(a) as ca, env.client(b) as cb:
+        await asyncio.wait_for(ca.sync_now(), BOUND)
+        await asyncio.wait_for(cb.sync_now(), BOUND)
+        at_a = seen(a, lambda f: f["stage"] == "won")
+        at_b = seen(b, lambda f: f["stage"] == "won")
+        b.update("deals", rid, {"stage": "won"})
+        await asyncio.wait_for(cb.sync_now(), BOUND)  # uploads; a gets draft and image live
+        await asyncio.wait_for(asyncio.gather(at_a, at_b), BOUND)
+        at_a = seen(a, lambda f: f["name"] == "Acme Corp")
+        at_b = seen(b, lambda f: f["name"] == "Acme Corp")
+        a.update("deals", rid, {"name": "Acme Corp"})  # a had seen "won": its whole copy keeps it
+        await asyncio.wait_for(ca.sync_now(), BOUND)
+        await asyncio.wait_for(asyncio.gather(at_a, at_b), BOUND)
+    for r in (a, b):
+        assert fields(r, "deals", rid) == {"name": "Acme Corp", "stage": "won", "amount": 10}
