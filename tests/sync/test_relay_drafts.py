@@ -145,6 +145,8 @@ async def test_a_draft_for_a_record_deleted_on_the_server_is_rejected_gone(env: 
     assert (err.code, err.collection, err.record) == ("gone", "deals", rid)
     [p] = a.pending()
     assert p.status == "error" and p.error is not None and p.error[0] == "gone"
+    rec = a.get("deals", rid)  # until the user acts, the device shows its draft, pending with its error
+    assert rec is not None and not rec.deleted and rec["stage"] == "won"
     a.discard_record("deals", rid)  # the only way forward the legacy apps offer
     rec = a.get("deals", rid)
     assert rec is not None and rec.deleted and a.pending() == []
