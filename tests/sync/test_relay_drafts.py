@@ -286,3 +286,20 @@ async def test_live_devices_receive_the_servers_image_in_arrival_order(env: Env)
         await asyncio.wait_for(asyncio.gather(at_a, at_b), BOUND)
     for r in (a, b):
         assert fields(r, "deals", rid) == {"name": "Acme Corp", "stage": "won", "amount": 10}
+
+
+async def test_a_restarted_relay_continues_from_its_stored_image(env: Env) -> None:
+    a, b, rid = await shared_record(env, "tasks")
+    await env.relay.stop()
+    relay = Relay(env.relay.store, SCHEMA, env.relay.tokens)  # same database, new process state
+    await relay.start("127.0.0.1", env.relay.address[1])
+    env.relay = relay
+    b.update("tasks", rid, {"stage": "won"})
+    a.update("tasks", rid, {"amount": 20})
+    await env.sync(b)
+    await env.sync(a)
+    await env.sync(b)
+    for r in (a, b):
+        assert fields(r, "tasks", rid) == {"name": "Acme", "stage": "won", "amount": 20} and r.pending() == []
+    doc = relay.log.reader.get("tasks", rid).doc
+    assert isinstance(doc, DraftRecordDoc) and (img := doc.image()) is not None and img.n == 3
