@@ -45,3 +45,11 @@ def test_delta_catches_up_at_toy_size(capsys: pytest.CaptureFixture[str]) -> Non
     for line in rows.values():
         assert line.split()[-2] == "10", line  # the device downloaded exactly the 10 remote changes
     assert "time(120) / time(30)" in out and "bytes downloaded / bytes of the changes' updates" in out
+
+
+def test_relay_drafts_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import bench_relay_drafts
+    assert bench_relay_drafts.main(["--edits", "12", "--window", "4"]) == 0
+    out = capsys.readouterr().out
+    assert set(_rows(out, {"crdt", "lww-record", "lww-patch"})) == {"crdt", "lww-record", "lww-patch"}
+    assert "drafts/crdt at the end of the history" in out

@@ -166,6 +166,10 @@ class DraftRecordDoc(RecordDoc):
                  client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = (),
                  wall: Callable[[], int] | None = None) -> None:
         self.mode: DraftMode = "changed-fields" if collection.strategy == "lww-patch" else "whole-record"
+        # drafts parsed (and checked) before, by key, with the raw value they were parsed from: a record
+        # keeps every draft ever made, and parsing them all again for each change grew without bound
+        self._parsed_drafts: dict[str, tuple[Any, Draft]] = {}
+        self._checked: dict[str, Any] = {}
         super().__init__(collection, record_id, writer=writer, device=device, user=user, client_id=client_id,
                          updates=updates, held=held)
 
@@ -176,9 +180,16 @@ class DraftRecordDoc(RecordDoc):
 
     def drafts(self) -> list[Draft]:
         """Every draft this document holds, oldest first."""
-        out = [_parse_draft(k, v) for k, v in self._slots.items() if k.startswith(DRAFT + SEP)]
+        # one read of the whole map (``_read``): iterating a pycrdt Map costs a transaction per key
+        out = [self._draft(k, v) for k, v in self._read(self._slots).items() if k.startswith(DRAFT + SEP)]
         out.sort(key=lambda d: (d.t, d.writer))
         return out
+
+    def _draft(self, key: str, raw: Any) -> Draft:
+        hit = self._parsed_drafts.get(key)
+        if hit is None or hit[0] != raw:
+            hit = self._parsed_drafts[key] = (raw, _parse_draft(key, raw))
+        return hit[1]
 
     def image(self) -> Image | None:
         raw = self._slots.get(IMAGE)
@@ -303,13 +314,19 @@ class DraftRecordDoc(RecordDoc):
 
     def check(self) -> None:
         coll = self.collection
-        for key, raw in self._slots.items():
+        try:
+            slots = self._read(self._slots)
+        except ValueError as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
+        for key, raw in slots.items():
+            if key in self._checked and self._checked[key] == raw:
+                continue  # checked before, unchanged
             try:
                 if key == IMAGE:
                     img = _parse_image(raw)
                     values, where = img.fields, "image"
                 elif key.startswith(DRAFT + SEP):
-                    d = _parse_draft(key, raw)
+                    d = self._draft(key, raw)
                     values, where = d.fields, "draft"
                 else:
                     raise ValueError(f"unexpected key {key!r}")
@@ -323,3 +340,4 @@ class DraftRecordDoc(RecordDoc):
                     decode_value(f, value)
                 except (Invalid, TypeError, AttributeError) as e:
                     raise RemoteValidationError(coll.name, self.id, name, str(e)) from None
+            self._checked[key] = raw

@@ -31,13 +31,16 @@ from pycrdt import Array, Map, merge_updates
 
 from ..codec import Reader, write_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
+from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.record import RecordDoc
 from ..model.slots import SEP
+from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant
+from .drafts import Refusal, check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
 
@@ -126,6 +129,7 @@ class RelayLog:
         self.reader = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
                                  cache_size=cache_size)
         self._staged_dedup: dict[tuple[str, int], int] = {}
+        self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
 
     # -- devices -------------------------------------------------------------------------------------------
 
@@ -166,6 +170,8 @@ class RelayLog:
             out.ok.append(ch.change_id)
             if accepted is not None:
                 out.accepted.append(accepted)
+                out.accepted.extend(self._images)  # drafts strategies: the relay's image, logged after the draft
+                self._images.clear()
         return out
 
     def _seen(self, device: str, change_id: int) -> bool:
@@ -202,13 +208,21 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            _check_own(doc, touched, device, None if grant.anonymous else grant.user)
+            user = None if grant.anonymous else grant.user
+            if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
+                _refuse(check_draft_keys(doc, touched.slots, lambda w: is_own_writer(w, device), device, user))
+                touched.slots = []
+            _check_own(doc, touched, device, user)
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
+            image = b""
+            if isinstance(doc, DraftRecordDoc):  # the relay, as the drafts' server, replays in arrival order
+                image, refusal = replay_arrived(doc)
+                _refuse(refusal)
         except BaseException:
-            lr.doc = RecordDoc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
-                               client_id=doc.doc.client_id, updates=[saved])
+            lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
+                                    client_id=doc.doc.client_id, updates=[saved])
             raise
         self.docs.append(batch, c, rid, new)
         self.head += 1
@@ -218,6 +232,19 @@ class RelayLog:
         batch.save(("recs", c, rid), str(a.seq).encode())
         batch.save(("relay", "head"), str(self.head).encode())
         self._staged_dedup[(device, ch.change_id)] = a.seq
+        if image:
+            self._images.append(self._stage_image(batch, c, rid, image))
+        return a
+
+    def _stage_image(self, batch: Batch, c: str, rid: str, image: bytes) -> Accepted:
+        """Log the relay's own update of a drafts record (its new image) right after the draft it answers.
+        Written by ``#server``, so every device receives it, the draft's author too; no idempotency key."""
+        self.docs.append(batch, c, rid, image)
+        self.head += 1
+        a = Accepted(self.head, c, rid, SERVER_WRITER, 0, image)
+        batch.save(("log", a.seq), _encode_entry(a))
+        batch.save(("recs", c, rid), str(a.seq).encode())
+        batch.save(("relay", "head"), str(self.head).encode())
         return a
 
     def committed(self, accepted: Iterable[Accepted]) -> None:
@@ -351,6 +378,11 @@ class RelayLog:
         raw = batch.saves.get(("relay", "floor"))
         if raw is not None:
             self.floor = int(raw)
+
+
+def _refuse(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise _Refused(*refusal)
 
 
 class _Touched:
