@@ -81,6 +81,8 @@ class LwwFieldDoc(RecordDoc):
     of the HLC time is used, which is fairer than what this strategy emulates.
     """
 
+    _advances = False  # the winner is the latest wall-clock stamp, not the latest write seen
+
     def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
                  client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = (),
                  wall: Callable[[], int] | None = None) -> None:
