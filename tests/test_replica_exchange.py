@@ -255,3 +255,50 @@ def test_mutated_updates_raise_only_remote_errors_and_change_nothing(data: st.Da
         b.import_updates(bytes(blob))
     except (MalformedUpdate, RemoteValidationError):
         assert b.store.load_range(()) == before
+
+
+def test_a_bad_value_merged_into_a_known_record_is_refused() -> None:
+    """``check`` validates only what changed since the last check: a bad write to a record the replica
+    already holds (checked, cached) must be refused all the same, and the record keep its good value."""
+    from crdtsync import Collection, Schema, Str
+    from crdtsync.store import MemoryStore
+
+    loose = Schema(Collection("accounts", {"name": Str(), "phone": Str()}))
+    peer = Replica(MemoryStore(), loose, device="peer", user="p")
+    peer.create("accounts", {"name": "Acme", "phone": "1"}, id="a1")
+    b = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    b.import_updates(peer.export_updates())
+    b.update("accounts", "a1", {"employees": 3})  # a local slot too
+    sv = b.state_vectors()
+    peer.update("accounts", "a1", {"phone": "9" * 100})  # DEMO_SCHEMA: at most 40 characters
+    before = b.store.load_range(())
+    for _ in range(2):  # twice: a refused merge must not leave the bad value as the next check's baseline
+        with pytest.raises(RemoteValidationError) as e:
+            b.import_updates(peer.export_updates(since=sv))
+        assert e.value.field == "phone"
+        assert b.store.load_range(()) == before
+    rec = b.get("accounts", "a1")
+    assert rec is not None and rec.fields["phone"] == "1" and rec.fields["employees"] == 3
+    peer.update("accounts", "a1", {"phone": "2"})
+    b.import_updates(peer.export_updates(since=sv))
+    rec = b.get("accounts", "a1")
+    assert rec is not None and rec.fields["phone"] == "2" and rec.fields["employees"] == 3
+
+
+def test_check_keeps_refusing_a_bad_value_on_the_same_document() -> None:
+    """On one RecordDoc (as the relay uses it): after a refused check, checking again still refuses."""
+    from crdtsync import Collection, Schema, Str
+    from crdtsync.model import new_record_doc
+
+    strict = Schema(Collection("accounts", {"name": Str(max_length=5)})).collection("accounts")
+    loose = Schema(Collection("accounts", {"name": Str()})).collection("accounts")
+    src = new_record_doc(loose, "a1", writer="p", device="p", user="u", client_id=1)
+    first = src.write({"name": "ok"}, 1 << 16)
+    doc = new_record_doc(strict, "a1", writer="d", device="d", user="u", client_id=2)
+    doc.apply(first)
+    doc.check()
+    assert doc.state().fields["name"] == "ok"
+    doc.apply(src.write({"name": "far too long"}, 2 << 16))
+    for _ in range(2):
+        with pytest.raises(RemoteValidationError):
+            doc.check()

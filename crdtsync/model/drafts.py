@@ -246,6 +246,7 @@ class DraftRecordDoc(RecordDoc):
 
         def write() -> None:
             self._slots[f"{DRAFT}{SEP}{self.writer}{SEP}{t:x}"] = orjson.dumps(body).decode()
+            self._slot_raw = self._parsed = None
             for name in changed:
                 value = deleted if name == DELETED else fields.get(name)
                 self._log("deleted" if name == DELETED else name, op, value, t)
@@ -307,6 +308,7 @@ class DraftRecordDoc(RecordDoc):
 
         def write() -> None:
             self._slots[IMAGE] = body
+            self._slot_raw = self._parsed = None
 
         return Replay(self._write(write), tuple(done), tuple(rejected))
 

@@ -81,6 +81,8 @@ class LwwFieldDoc(RecordDoc):
     of the HLC time is used, which is fairer than what this strategy emulates.
     """
 
+    _advances = False  # the winner is the latest wall-clock stamp, not the latest write seen
+
     def __init__(self, collection: Collection, record_id: str, *, writer: str, device: str, user: str,
                  client_id: int, updates: Iterable[bytes] = (), held: Iterable[bytes] = (),
                  wall: Callable[[], int] | None = None) -> None:
@@ -91,15 +93,14 @@ class LwwFieldDoc(RecordDoc):
     def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
         key = f"{name}{SEP}{self.writer}"
         wall = self._wall() if self._wall is not None else hlc_wall_ms(t)
-        self._slots[key] = orjson.dumps({"v": value, "t": t, "d": self.device, "u": self.user, "c": seen,
-                                         "w": wall}).decode()
-        if self._parsed is not None:
-            self._parsed[key] = Slot(name, self.writer, value, t, self.device, self.user, seen)
+        raw = orjson.dumps({"v": value, "t": t, "d": self.device, "u": self.user, "c": seen, "w": wall}).decode()
+        self._slots[key] = raw
+        self._wrote_slot(key, raw, Slot(name, self.writer, value, t, self.device, self.user, seen))
 
     def walls(self) -> dict[str, int]:
         """Each slot's wall-clock stamp, by slot key (the HLC wall part for slots written without one)."""
         out: dict[str, int] = {}
-        for key, raw in self._slots.items():
+        for key, raw in self.raw_slots().items():
             try:
                 w = orjson.loads(raw).get("w")
             except (orjson.JSONDecodeError, AttributeError, TypeError):
@@ -112,8 +113,7 @@ class LwwFieldDoc(RecordDoc):
 
     def state(self) -> RecordState:
         if self._state is None:
-            texts = {n: str(self.text(n)) for n, f in self.collection.fields.items() if f.merge == "text"}
             walls = self.walls()
             pairs = [(s, walls.get(k, hlc_wall_ms(s.t))) for k, s in self.slots().items()]
-            self._state = compute_lww_state(self.collection, self.id, pairs, self.set_entries(), texts)
+            self._state = compute_lww_state(self.collection, self.id, pairs, self.set_entries(), self.texts())
         return self._state

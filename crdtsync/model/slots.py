@@ -54,17 +54,33 @@ def dominated(slot: Slot, others: Iterable[Slot]) -> bool:
 
 
 def frontier(slots: Iterable[Slot]) -> list[Slot]:
-    """The slots of one field that no other slot of it has seen: the values still alive."""
+    """The slots of one field that no other slot of it has seen: the values still alive.
+
+    ``dominated`` for each slot, written out: this is the inner loop of every merge (a field written by
+    five devices costs twenty ``saw`` checks), and the calls were most of its cost.
+    """
     ss = list(slots)
-    return [s for s in ss if not dominated(s, ss)]
+    if len(ss) < 2:
+        return ss
+    out = []
+    for s in ss:
+        w, t = s.writer, s.t
+        for o in ss:
+            if o is not s and (o.t >= t if o.writer == w else o.seen.get(w, 0) >= t):
+                break
+        else:
+            out.append(s)
+    return out
 
 
 def winner(slots: Iterable[Slot]) -> Slot | None:
     """The deterministic winner: latest HLC time, ties broken by device id, then writer tag."""
     best: Slot | None = None
+    key: tuple[int, str, str] | None = None
     for s in slots:
-        if best is None or s.order > best.order:
-            best = s
+        k = (s.t, s.device, s.writer)
+        if key is None or k > key:
+            best, key = s, k
     return best
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..clock import hlc_wall_ms
-from ..schema import Collection, Invalid
+from ..schema import Collection, Field, Invalid
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
 __all__ = ["Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state"]
@@ -112,6 +112,13 @@ def _decode(coll: Collection, name: str, raw: Any) -> Any:
         return raw
 
 
+def _decode_with(f: Field, raw: Any) -> Any:
+    try:
+        return f.decode(raw)
+    except Invalid:
+        return raw
+
+
 def _cand(coll: Collection, s: Slot) -> Candidate:
     value = s.value if s.field == DELETED else _decode(coll, s.field, s.value)
     return Candidate(value, s.device, s.user, s.t)
@@ -139,15 +146,22 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
     conflicts: list[Conflict] = []
     live: dict[str, list[Slot]] = {}
     for name, f in coll.fields.items():
-        fs = by_field.get(name, [])
-        front = frontier(fs)
+        fs = by_field.get(name)
+        if not fs:  # never written: most fields of most records
+            live[name] = []
+            merge = f.merge
+            values[name] = None if merge == "register" else 0 if merge == "counter" \
+                else texts.get(name, "") if merge == "text" else frozenset()
+            continue
+        # one writer (the common case): its slot is the frontier, the latest and the winner
+        front = fs if len(fs) == 1 else frontier(fs)
         live[name] = front
-        latest = winner(fs)
+        latest = fs[0] if len(fs) == 1 else winner(fs)
         if latest is not None:
             changed_by[name] = Candidate(None, latest.device, latest.user, latest.t)
         if f.merge == "register":
-            w = winner(front)
-            values[name] = None if w is None else _decode(coll, name, w.value)
+            w = front[0] if len(front) == 1 else winner(front)
+            values[name] = None if w is None else _decode_with(f, w.value)
             if w is not None and len(front) > 1:
                 losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",

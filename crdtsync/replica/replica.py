@@ -52,6 +52,7 @@ log = logging.getLogger("crdtsync.replica")
 _EXPORT_MAGIC = b"CSX1"
 _VECTOR_MAGIC = b"CSV1"
 _EMPTY_UPDATE = b"\x00\x00"
+_LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what one merge holds at once)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -494,22 +495,12 @@ class Replica:
         fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]] = {}
         batch = Batch()
         try:
-            for (c, rid), updates in grouped.items():
-                lr = self.docs.get(c, rid)
-                doc = lr.doc
-                touched.append((c, rid))
-                held = list(doc.held)
-                if len(updates) > 1:  # one apply (one integration check, one subscription) per record
-                    try:
-                        updates = [merge_updates(*updates)]
-                    except ValueError as e:
-                        raise MalformedUpdate(f"{c}/{rid}: {e}") from None
-                new = [part for u in updates if (part := doc.apply(u))]
-                if new:
-                    doc.check()
-                    fresh[(c, rid)] = (lr, new[0] if len(new) == 1 else merge_updates(*new))
-                if doc.held != held:
-                    self.docs.save_held(batch, c, rid, doc.held)
+            keys = list(grouped)
+            for start in range(0, len(keys), _LOAD_CHUNK):
+                chunk = keys[start:start + _LOAD_CHUNK]
+                touched += chunk
+                for (c, rid), lr in zip(chunk, self.docs.get_many(chunk), strict=True):
+                    self._merge_one(batch, c, rid, lr, grouped[(c, rid)], fresh)
             changed: list[Record] = []
             for (c, rid), (lr, update) in fresh.items():
                 doc = lr.doc
@@ -526,6 +517,23 @@ class Replica:
             raise
         self._emit(ChangeEvent(r.collection, r.id, "remote", r) for r in changed)
         return changed
+
+    def _merge_one(self, batch: Batch, c: str, rid: str, lr: LoadedRecord, updates: list[bytes],
+                   fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]]) -> None:
+        """Apply one record's remote updates to its loaded document and check the result."""
+        doc = lr.doc
+        held = list(doc.held)
+        if len(updates) > 1:  # one apply (one integration check, one subscription) per record
+            try:
+                updates = [merge_updates(*updates)]
+            except ValueError as e:
+                raise MalformedUpdate(f"{c}/{rid}: {e}") from None
+        new = [part for u in updates if (part := doc.apply(u))]
+        if new:
+            doc.check()
+            fresh[(c, rid)] = (lr, new[0] if len(new) == 1 else merge_updates(*new))
+        if doc.held != held:
+            self.docs.save_held(batch, c, rid, doc.held)
 
     def get_meta(self, name: str) -> bytes | None:
         return self.store.load(("meta", "app", name))

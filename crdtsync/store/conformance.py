@@ -175,6 +175,11 @@ def check_prefix_semantics(f: StoreFactory) -> None:
             _eq(_keys(s.load_range(prefix)), want, f"load_range({prefix!r})")
         _eq(_keys(s.load_range(("a",))), [("a",), ("a", ""), ("a", "", 3), ("a", "b"), ("a", 1)],
             "load_range(('a',)) must not match ('ab',) or ('a\\x00',)")
+        many: list[Key] = [("a", 1), ("a",), ("nothing",), ("a", 1), ("é",), ("z", 1)]
+        got = s.load_ranges(many)
+        _eq(len(got), len(many), "load_ranges gives one list per prefix")
+        for prefix, rows in zip(many, got, strict=True):
+            _eq(rows, s.load_range(prefix), f"load_ranges, for {prefix!r}, agrees with load_range")
     finally:
         s.close()
 

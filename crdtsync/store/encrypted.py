@@ -105,6 +105,10 @@ class EncryptedStore(ByteStore):
         out = [(k, self._read(k, v)) for k, v in rows if k != CRYPTO_KEY]
         return out if limit is None else out[:limit]
 
+    def load_ranges(self, prefixes: Sequence[Key]) -> list[list[tuple[Key, bytes]]]:
+        return [[(k, self._read(k, v)) for k, v in rows if k != CRYPTO_KEY]
+                for rows in self.inner.load_ranges(prefixes)]
+
     def commit(self, batch: Batch) -> None:
         if CRYPTO_KEY in batch.saves or CRYPTO_KEY in batch.removes:
             raise ValueError(f"{CRYPTO_KEY!r} is reserved for the encryption metadata")

@@ -17,22 +17,22 @@ _OFFSET = 1 << 63
 
 
 def encode_key(key: Key) -> bytes:
-    out = bytearray()
+    parts = []
     for seg in key:
-        if isinstance(seg, bool):
+        if type(seg) is str:  # the common case first: every key has a str segment or three
+            b = seg.encode("utf-8")
+            parts.append(b"\x02" + (b.replace(b"\x00", b"\x00\xff") if b"\x00" in b else b) + b"\x00\x00")
+        elif isinstance(seg, bool):
             raise TypeError("key segments are str or int, not bool")
-        if isinstance(seg, str):
-            out.append(_STR)
-            out += seg.encode("utf-8").replace(b"\x00", b"\x00\xff")
-            out += b"\x00\x00"
         elif isinstance(seg, int):
             if not -_OFFSET <= seg < _OFFSET:
                 raise ValueError(f"int key segment {seg} does not fit in 64 bits")
-            out.append(_INT)
-            out += (seg + _OFFSET).to_bytes(8, "big")
+            parts.append(b"\x03" + (seg + _OFFSET).to_bytes(8, "big"))
+        elif isinstance(seg, str):  # a str subclass
+            parts.append(b"\x02" + str.encode(seg, "utf-8").replace(b"\x00", b"\x00\xff") + b"\x00\x00")
         else:
             raise TypeError(f"key segments are str or int, not {type(seg).__name__}")
-    return bytes(out)
+    return b"".join(parts)
 
 
 def decode_key(data: bytes) -> Key:

@@ -11,6 +11,7 @@ Readers see committed data only. A ``":memory:"`` database has one connection fo
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -89,6 +90,31 @@ class SQLiteStore(ByteStore):
         with self._rlock:
             rows = self._reader().execute(sql, args).fetchall()
         return [(decode_key(bytes(k)), bytes(v)) for k, v in rows]
+
+    def load_ranges(self, prefixes: Sequence[Key]) -> list[list[tuple[Key, bytes]]]:
+        bounds = []
+        for p in prefixes:
+            lo = encode_key(p)
+            bounds.append((lo, prefix_end(lo)))
+        rows: list[tuple[bytes, bytes]] = []
+        with self._lock:
+            db = self._conn()
+            for i in range(0, len(bounds), 200):
+                chunk = bounds[i:i + 200]
+                sql = " UNION ALL ".join(["SELECT k, v FROM kv WHERE k >= ? AND k < ?"] * len(chunk))
+                rows += db.execute(sql, [b for pair in chunk for b in pair]).fetchall()
+        # the ranges may overlap (a prefix of another) and come back in any order: sort them out here
+        rows = sorted(set(rows))
+        out: list[list[tuple[Key, bytes]]] = []
+        for lo, hi in bounds:
+            j = bisect.bisect_left(rows, (lo,))
+            got = []
+            while j < len(rows) and rows[j][0] < hi:
+                k, v = rows[j]
+                got.append((decode_key(bytes(k)), bytes(v)))
+                j += 1
+            out.append(got)
+        return out
 
     def commit(self, batch: Batch) -> None:
         with self._lock:
