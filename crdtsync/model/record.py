@@ -370,6 +370,27 @@ class RecordDoc:
         from pycrdt import merge_updates
         return merge_updates(*out)
 
+    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> None:
+        """Check only the slots and set entries under these keys (those an update just set; the rest was
+        checked before); raise ``RemoteValidationError``. The relay checks each change this way, at a cost
+        that does not grow with the record. Keys no longer present (deleted) are skipped. A document kind
+        with its own ``check`` (another layout) is checked whole."""
+        if type(self).check is not RecordDoc.check:
+            self.check()
+            return
+        coll = self.collection
+        try:
+            slots = [(k, self._slots.get(k)) for k in dict.fromkeys(slot_keys)]
+            sets = [(k, self._sets.get(k)) for k in dict.fromkeys(set_keys)]
+        except Exception as e:  # Yrs lists an entry it cannot return (a corrupted update)
+            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e!r}") from None
+        for key, raw in slots:
+            if raw is not None:
+                self._check_slot(key, raw)
+        for key, raw in sets:
+            if raw is not None:
+                self._check_set(key, raw)
+
     def check(self) -> None:
         """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""
         coll = self.collection
@@ -379,36 +400,45 @@ class RecordDoc:
         except ValueError as e:
             raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
         for key, raw in slots.items():
-            try:
-                s = parsed[key] = _parse_slot(key, raw)
-            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
-                raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
-            if s.field == DELETED:
-                if not isinstance(s.value, bool):
-                    raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
-                continue
-            f = coll.fields.get(s.field)
-            if f is None:
-                raise RemoteValidationError(coll.name, self.id, s.field, "unknown field")
-            try:
-                if f.merge == "register":
-                    f.decode(s.value)
-                elif f.merge == "counter":
-                    f.check(s.value)
-                elif s.value is not None:
-                    raise Invalid("markers hold no value")
-            except Invalid as e:
-                raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
+            parsed[key] = self._check_slot(key, raw)
         for key, raw in sets.items():
-            try:
-                entry = _parse_set(key, raw)
-                f = coll.fields.get(entry.field)
-                if f is None or f.merge != "set":
-                    raise Invalid("unknown set field")
-                f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
-            except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
-                raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+            self._check_set(key, raw)
         self._parsed = parsed  # checked: state() need not parse the slots again
+
+    def _check_slot(self, key: str, raw: Any) -> Slot:
+        coll = self.collection
+        try:
+            s = _parse_slot(key, raw)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
+        if s.field == DELETED:
+            if not isinstance(s.value, bool):
+                raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
+            return s
+        f = coll.fields.get(s.field)
+        if f is None:
+            raise RemoteValidationError(coll.name, self.id, s.field, "unknown field")
+        try:
+            if f.merge == "register":
+                f.decode(s.value)
+            elif f.merge == "counter":
+                f.check(s.value)
+            elif s.value is not None:
+                raise Invalid("markers hold no value")
+        except Invalid as e:
+            raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
+        return s
+
+    def _check_set(self, key: str, raw: Any) -> None:
+        coll = self.collection
+        try:
+            entry = _parse_set(key, raw)
+            f = coll.fields.get(entry.field)
+            if f is None or f.merge != "set":
+                raise Invalid("unknown set field")
+            f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
+        except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
+            raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
 
     def max_time(self) -> int:
         return max((s.t for s in self.slots().values()), default=0)

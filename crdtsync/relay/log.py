@@ -193,7 +193,10 @@ class RelayLog:
                     new = doc.apply(ch.update)
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
-                doc.check()
+                if touched.complete:  # the rest of the record was checked when it was stored
+                    doc.check_keys(touched.slots, touched.sets)
+                else:
+                    doc.check()
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise _Refused("invalid", str(e)) from None
             except BaseException as e:
@@ -356,19 +359,31 @@ class RelayLog:
 class _Touched:
     """Records what an update changes while it is applied (pycrdt observers), so only that is checked:
     the keys of the slot map ``f`` and the set map ``s`` it sets, and the entries it inserts into (or
-    deletes from) the history array ``h``."""
+    deletes from) the history array ``h``.
+
+    The observers are subscribed on the Yrs types directly: pycrdt's ``observe`` runs ``inspect.signature``
+    on the callback and wraps every event into Python objects, which together cost more than the rest of
+    staging a small change. ``complete`` is False when the record's document was rebuilt meanwhile (an
+    update held back, see ``RecordDoc.apply``): what happened to the new document was not observed.
+    """
 
     def __init__(self, doc: RecordDoc) -> None:
         self.slots: list[str] = []
         self.sets: list[str] = []
         self.history: list[Any] = []
         self.history_deleted = 0
-        self._subs: list[tuple[Any, Any]] = []
+        self._record = doc
+        self._ydoc = doc.doc
+        self._subs: list[Any] = []
         for name, keys in (("f", self.slots), ("s", self.sets)):
             m: Map[Any] = doc.doc.get(name, type=Map)
-            self._subs.append((m, m.observe(self._collector(keys))))
+            self._subs.append(_subscribe(m, self._collector(keys)))
         h: Array[Any] = doc.doc.get("h", type=Array)
-        self._subs.append((h, h.observe(self._on_history)))
+        self._subs.append(_subscribe(h, self._on_history))
+
+    @property
+    def complete(self) -> bool:
+        return self._record.doc is self._ydoc
 
     @staticmethod
     def _collector(keys: list[str]) -> Any:
@@ -385,9 +400,27 @@ class _Touched:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for m, sub in self._subs:
-            m.unobserve(sub)
+        for sub in self._subs:
+            sub.drop()
         self._subs.clear()
+
+
+def _subscribe(shared: Map[Any] | Array[Any], callback: Any) -> Any:
+    """Observe a root type's own Yrs events (``keys`` of a map event, ``delta`` of an array event, both
+    plain Python values for our string entries); drop the returned subscription to stop."""
+    integrated = getattr(shared, "integrated", None)
+    if integrated is None or not hasattr(integrated, "observe"):  # another pycrdt: the public way
+        sub = shared.observe(callback)
+        return _PublicSub(shared, sub)
+    return integrated.observe(callback)
+
+
+class _PublicSub:
+    def __init__(self, shared: Map[Any] | Array[Any], sub: Any) -> None:
+        self.shared, self.sub = shared, sub
+
+    def drop(self) -> None:
+        self.shared.unobserve(self.sub)
 
 
 def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None) -> None:

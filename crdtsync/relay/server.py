@@ -31,6 +31,7 @@ from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant, Tokens
+from .fanout import LiveFrames, scope_key
 from .log import Accepted, Outcome, RelayLog
 
 __all__ = ["Limits", "Relay"]
@@ -180,8 +181,9 @@ class Relay:
         for j, o in zip(jobs, outcomes, strict=True):
             j.done(o)
         if accepted:
+            frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
             for s in list(self.sessions):
-                s.fan_out(accepted)
+                s.fan_out(accepted, frames)
 
     async def _maybe_compact(self) -> None:
         batch = self.log.compact()
@@ -245,6 +247,7 @@ class _Session:
         self.relay = relay
         self.ws = ws
         self.grant = grant
+        self.scope = scope_key(grant)
         self.device = ""
         self.conn = Connection(Role.RELAY, max_frame=relay.limits.max_frame)
         self.out: asyncio.Queue[bytes | None] = asyncio.Queue(relay.limits.send_queue)
@@ -459,22 +462,24 @@ class _Session:
         self.sent_to = max(self.sent_to, to) if self.live else to
         self.live, self.live_collections = True, wanted
 
-    def fan_out(self, accepted: list[Accepted]) -> None:
+    def fan_out(self, accepted: list[Accepted], frames: LiveFrames) -> None:
         """Send changes just stored by others to this device, if in its scope (never twice)."""
         if not self.live or self._closing is not None or self.conn.state is not State.READY:
             return
-        items = []
+        selected = []
+        wanted = self.live_collections
         for a in accepted:
             if a.seq <= self.sent_to:
                 continue
             self.sent_to = a.seq
             if a.device == self.device:
                 continue
-            if self.live_collections is not None and a.collection not in self.live_collections:
+            if wanted is not None and a.collection not in wanted:
                 continue
-            item = self.relay.log.item_for(self.grant, a)
-            if item is not None:
-                items.append(item)
-        if items:
-            self.conn.send(Live(tuple(items)))
+            selected.append(a)
+        if not selected:
+            return
+        made = frames.frame(self.scope, self.grant, selected)
+        if made is not None:
+            self.conn.send(*made)
             self._flush()
