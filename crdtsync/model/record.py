@@ -199,6 +199,16 @@ class RecordDoc:
     def full_update(self) -> bytes:
         return self.doc.get_update()
 
+    def parts(self) -> list[bytes]:
+        """The updates the document is made of (a copy of the list): enough to rebuild it, e.g. to undo an
+        update that turned out to be refused, without encoding the whole state as ``full_update`` does."""
+        return list(self._parts)
+
+    def roots(self) -> tuple[Map[Any], Map[Any], Array[Any]]:
+        """The slot map ``f``, the set map ``s`` and the history array ``h`` (``Doc.get`` costs a
+        transaction each time: these are the handles the document keeps)."""
+        return self._slots, self._sets, self._hist
+
     def state_vector(self) -> bytes:
         return self.doc.get_state()
 

@@ -126,6 +126,7 @@ class RelayLog:
         self.reader = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
                                  cache_size=cache_size)
         self._staged_dedup: dict[tuple[str, int], int] = {}
+        self._stored_dedup: dict[tuple[str, int], bool] = {}  # looked up for the group being staged
 
     # -- devices -------------------------------------------------------------------------------------------
 
@@ -168,8 +169,21 @@ class RelayLog:
                 out.accepted.append(accepted)
         return out
 
+    def prefetch_seen(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Look up in one query whether these (device, change id) are stored already: the changes of a
+        write group, about to be staged (one lookup per change was a store round trip each)."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self._stored_dedup]
+        found = self.store.load_many([("dedup", d, cid) for d, cid in todo])
+        self._stored_dedup.update((k, raw is not None) for k, raw in zip(todo, found, strict=True))
+
     def _seen(self, device: str, change_id: int) -> bool:
-        return (device, change_id) in self._staged_dedup or self.store.load(("dedup", device, change_id)) is not None
+        key = (device, change_id)
+        if key in self._staged_dedup:
+            return True
+        stored = self._stored_dedup.get(key)
+        if stored is None:
+            stored = self.store.load(("dedup", device, change_id)) is not None
+        return stored
 
     def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change) -> Accepted | None:
         c, rid = ch.collection, ch.record
@@ -186,32 +200,36 @@ class RelayLog:
             before = doc.state()
             if before.exists and not grant.in_scope(c, before.fields):
                 raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
-        saved = doc.full_update()  # applied in place (the common case is accepted); restored if refused
+        saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
                 with _Touched(doc) as touched:
                     new = doc.apply(ch.update)
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
-                if touched.complete:  # the rest of the record was checked when it was stored
-                    doc.check_keys(touched.slots, touched.sets)
-                else:
-                    doc.check()
+                # one read transaction for all the checks (each read would otherwise open one)
+                with doc.doc.transaction():
+                    if touched.complete:  # the rest of the record was checked when it was stored
+                        doc.check_keys(touched.slots, touched.sets)
+                    else:
+                        doc.check()
+                    _check_own(doc, touched, device, None if grant.anonymous else grant.user)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise _Refused("invalid", str(e)) from None
+            except _Refused:
+                raise
             except BaseException as e:
                 # pycrdt can panic (PanicException derives from BaseException) on hostile updates
                 if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            _check_own(doc, touched, device, None if grant.anonymous else grant.user)
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
         except BaseException:
             lr.doc = RecordDoc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
-                               client_id=doc.doc.client_id, updates=[saved])
+                               client_id=doc.doc.client_id, updates=saved)
             raise
         self.docs.append(batch, c, rid, new)
         self.head += 1
@@ -229,12 +247,14 @@ class RelayLog:
             self.reader.reload(a.collection, a.record)
             self.durable = max(self.durable, a.seq)
         self._staged_dedup.clear()
+        self._stored_dedup.clear()
 
     def abandon(self) -> None:
         """A commit failed: forget everything staged (the store is the truth)."""
         self.docs.forget()
         self.reader.forget()
         self._staged_dedup.clear()
+        self._stored_dedup.clear()
         self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -374,12 +394,10 @@ class _Touched:
         self.history_deleted = 0
         self._record = doc
         self._ydoc = doc.doc
-        self._subs: list[Any] = []
-        for name, keys in (("f", self.slots), ("s", self.sets)):
-            m: Map[Any] = doc.doc.get(name, type=Map)
-            self._subs.append(_subscribe(m, self._collector(keys)))
-        h: Array[Any] = doc.doc.get("h", type=Array)
-        self._subs.append(_subscribe(h, self._on_history))
+        slots, sets, history = doc.roots()
+        self._subs: list[Any] = [_subscribe(slots, self._collector(self.slots)),
+                                 _subscribe(sets, self._collector(self.sets)),
+                                 _subscribe(history, self._on_history)]
 
     @property
     def complete(self) -> bool:
@@ -432,7 +450,7 @@ def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None)
     relay runs without tokens and cannot know users), and only append to the history. Text characters
     carry no author, so they cannot be checked (see docs/sync.md).
     """
-    slots: Map[Any] = doc.doc.get("f", type=Map)
+    slots = doc.roots()[0]
     for key in touched.slots:
         writer = key.rpartition(SEP)[2]
         if not is_own_writer(writer, device):

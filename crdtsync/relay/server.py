@@ -164,6 +164,7 @@ class Relay:
 
     async def _commit_group(self, jobs: list[_Job]) -> None:
         batch = Batch()
+        self.log.prefetch_seen([(j.device, c.change_id) for j in jobs for c in j.changes])
         outcomes = [self.log.stage(batch, j.device, j.grant, j.changes) for j in jobs]
         accepted = [a for o in outcomes for a in o.accepted]
         try:
