@@ -94,12 +94,14 @@ def _decode_entry(seq: int, raw: bytes) -> Accepted:
 
 
 class RelayLog:
-    """The relay's records and change log. ``keep`` is how many log entries compaction keeps."""
+    """The relay's records and change log. ``keep`` is how many log entries compaction keeps; it drops the
+    older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096) -> None:
         self.store = store
         self.schema = schema
         self.keep = keep
+        self.compact_slack = max(1, min(5000, keep // 10))
         raw = store.load(("relay", "id"))
         if raw is None:
             raw = os.urandom(8).hex().encode()
@@ -119,7 +121,8 @@ class RelayLog:
 
         # The writer's documents (only ``stage`` touches them) and a separate read cache, refreshed after
         # each commit, so readers never see (or cache) a document half-way through a group commit. The
-        # writer's cache must hold every record of one write group (Limits.group_changes + MAX_PUSH): a
+        # writer's cache must hold every record of the write groups not committed yet (two: one staged while
+        # the other commits; each up to Limits.group_changes + MAX_PUSH): a
         # record evicted with staged, uncommitted updates would be reloaded without them.
         self.docs = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
                                cache_size=cache_size)
@@ -172,9 +175,9 @@ class RelayLog:
     def prefetch_seen(self, keys: Sequence[tuple[str, int]]) -> None:
         """Look up in one query whether these (device, change id) are stored already: the changes of a
         write group, about to be staged (one lookup per change was a store round trip each)."""
-        todo = [k for k in dict.fromkeys(keys) if k not in self._stored_dedup]
+        todo = list(dict.fromkeys(keys))
         found = self.store.load_many([("dedup", d, cid) for d, cid in todo])
-        self._stored_dedup.update((k, raw is not None) for k, raw in zip(todo, found, strict=True))
+        self._stored_dedup = {k: raw is not None for k, raw in zip(todo, found, strict=True)}
 
     def _seen(self, device: str, change_id: int) -> bool:
         key = (device, change_id)
@@ -246,8 +249,7 @@ class RelayLog:
         for a in accepted:
             self.reader.reload(a.collection, a.record)
             self.durable = max(self.durable, a.seq)
-        self._staged_dedup.clear()
-        self._stored_dedup.clear()
+            self._staged_dedup.pop((a.device, a.change_id), None)  # the next group's entries stay
 
     def abandon(self) -> None:
         """A commit failed: forget everything staged (the store is the truth)."""
@@ -352,9 +354,9 @@ class RelayLog:
         """A batch that drops the oldest log entries beyond ``keep`` (and their dedup keys), raising the
         floor; None when there is nothing to drop. Records keep their merged state, so a device whose
         cursor falls below the floor gets a full resync of its scope instead."""
-        target = self.head - self.keep
-        if target <= self.floor:
-            return None
+        target = self.durable - self.keep  # only committed entries: the next group may be staged already
+        if target - self.floor < self.compact_slack:
+            return None  # not after every group once the log is full: in steps of compact_slack entries
         batch = Batch()
         new_floor = self.floor
         for key, raw in self.store.load_range(("log",), start=("log", self.floor + 1), limit=chunk):

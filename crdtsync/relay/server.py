@@ -62,6 +62,17 @@ class _Job:
 
 
 @dataclass
+class _Group:
+    """A write group: its pushes, what became of each, the batch holding the accepted changes, and the
+    commit of that batch once started."""
+
+    jobs: list[_Job]
+    outcomes: list[Outcome]
+    batch: Batch
+    commit: asyncio.Future[None] | None = None
+
+
+@dataclass
 class _Bucket:
     rate: float
     burst: int
@@ -96,7 +107,9 @@ class Relay:
         self.schema = schema
         self.tokens = tokens
         self.limits = limits
-        self.log = RelayLog(store, schema, keep=keep_log, cache_size=max(4096, limits.group_changes + MAX_PUSH + 1))
+        # the writer's record cache holds every record of the two groups that may be uncommitted at once
+        self.log = RelayLog(store, schema, keep=keep_log,
+                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
         self.sessions: set[_Session] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -144,32 +157,50 @@ class Relay:
     # -- the writer ----------------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Take the queued pushes in groups; stage each group while the previous one is being committed
+        (the store's commit runs in a thread), and acknowledge and fan out a group once its commit returned.
+        Commits stay in order, one at a time; compaction runs when no commit is in flight."""
         stopping = False
-        while not stopping:
-            job = await self._queue.get()
+        committing: _Group | None = None
+        while True:
             jobs: list[_Job] = []
             count = 0
-            while True:
-                if job is None:
-                    stopping = True
-                else:
-                    jobs.append(job)
-                    count += len(job.changes)
-                if stopping or count >= self.limits.group_changes or self._queue.empty():
-                    break
-                job = self._queue.get_nowait()
-            if jobs:
-                await self._commit_group(jobs)
+            if not stopping and (committing is None or not self._queue.empty()):
+                job = await self._queue.get()  # waits only when nothing is being committed
+                while True:
+                    if job is None:
+                        stopping = True
+                    else:
+                        jobs.append(job)
+                        count += len(job.changes)
+                    if stopping or count >= self.limits.group_changes or self._queue.empty():
+                        break
+                    job = self._queue.get_nowait()
+            staged = self._stage_group(jobs) if jobs else None
+            if committing is not None:
+                await self._finish_group(committing)
+                committing = None
             await self._maybe_compact()
+            if staged is None:
+                if stopping:
+                    break
+                continue
+            committing = staged
+            staged.commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, staged.batch)) \
+                if staged.batch else None
 
-    async def _commit_group(self, jobs: list[_Job]) -> None:
+    def _stage_group(self, jobs: list[_Job]) -> _Group:
         batch = Batch()
         self.log.prefetch_seen([(j.device, c.change_id) for j in jobs for c in j.changes])
         outcomes = [self.log.stage(batch, j.device, j.grant, j.changes) for j in jobs]
-        accepted = [a for o in outcomes for a in o.accepted]
+        return _Group(jobs, outcomes, batch)
+
+    async def _finish_group(self, group: _Group) -> None:
+        """Wait for the group's commit; then (only then) acknowledge its changes and fan them out."""
+        accepted = [a for o in group.outcomes for a in o.accepted]
         try:
-            if batch:
-                await asyncio.to_thread(self.store.commit, batch)
+            if group.commit is not None:
+                await group.commit
         except Exception:
             log.exception("commit of %d changes failed; the relay stops", len(accepted))
             self.log.abandon()
@@ -179,7 +210,7 @@ class Relay:
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
-        for j, o in zip(jobs, outcomes, strict=True):
+        for j, o in zip(group.jobs, group.outcomes, strict=True):
             j.done(o)
         if accepted:
             frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
