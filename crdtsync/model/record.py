@@ -380,26 +380,38 @@ class RecordDoc:
         from pycrdt import merge_updates
         return merge_updates(*out)
 
-    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> None:
+    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> dict[str, Any] | None:
         """Check only the slots and set entries under these keys (those an update just set; the rest was
         checked before); raise ``RemoteValidationError``. The relay checks each change this way, at a cost
-        that does not grow with the record. Keys no longer present (deleted) are skipped. A document kind
-        with its own ``check`` (another layout) is checked whole."""
+        that does not grow with the record. Keys no longer present (deleted) are skipped.
+
+        Returns the raw slot values it read, by key (for further checks without reading them again); None
+        for a document kind with its own ``check`` (another layout), which is then checked whole."""
         if type(self).check is not RecordDoc.check:
             self.check()
-            return
+            return None
         coll = self.collection
         try:
-            slots = [(k, self._slots.get(k)) for k in dict.fromkeys(slot_keys)]
-            sets = [(k, self._sets.get(k)) for k in dict.fromkeys(set_keys)]
+            slots = self._get_many(self._slots, slot_keys)
+            sets = self._get_many(self._sets, set_keys)
         except Exception as e:  # Yrs lists an entry it cannot return (a corrupted update)
             raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e!r}") from None
-        for key, raw in slots:
-            if raw is not None:
-                self._check_slot(key, raw)
-        for key, raw in sets:
-            if raw is not None:
-                self._check_set(key, raw)
+        for key, raw in slots.items():
+            self._check_slot(key, raw)
+        for key, raw in sets.items():
+            self._check_set(key, raw)
+        return slots
+
+    def _get_many(self, shared: Map[Any], keys: Iterable[str]) -> dict[str, Any]:
+        """The values present under ``keys``, read in one transaction (``Map.get`` opens two per key).
+        Nested shared types come back as Yrs objects, which no check accepts."""
+        out: dict[str, Any] = {}
+        with self.doc.transaction() as txn:
+            integrated, t = shared.integrated, txn._txn
+            for key in keys:
+                if key not in out and integrated.has(t, key):
+                    out[key] = integrated.get(t, key)
+        return out
 
     def check(self) -> None:
         """Check every slot and set entry against the schema; raise ``RemoteValidationError``."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
 log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 def is_own_writer(writer: str, device: str) -> bool:
@@ -194,7 +196,7 @@ class RelayLog:
             raise _Refused("gone", f"collection {c!r} does not exist on the relay")
         if not grant.can_write(c):
             raise _Refused("forbidden", f"user {grant.user!r} may not write {c!r}")
-        if not 0 < len(rid) <= 200 or any(ord(x) < 32 for x in rid):
+        if not 0 < len(rid) <= 200 or _CONTROL.search(rid):
             raise _Refused("invalid", "bad record id")
         lr = self.docs.get(c, rid)
         doc = lr.doc
@@ -212,11 +214,12 @@ class RelayLog:
                     return None  # nothing new (already stored): acknowledged, nothing to log
                 # one read transaction for all the checks (each read would otherwise open one)
                 with doc.doc.transaction():
+                    read = None
                     if touched.complete:  # the rest of the record was checked when it was stored
-                        doc.check_keys(touched.slots, touched.sets)
+                        read = doc.check_keys(touched.slots, touched.sets)
                     else:
                         doc.check()
-                    _check_own(doc, touched, device, None if grant.anonymous else grant.user)
+                    _check_own(doc, touched, device, None if grant.anonymous else grant.user, read)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise _Refused("invalid", str(e)) from None
             except _Refused:
@@ -443,14 +446,16 @@ class _PublicSub:
         self.shared.unobserve(self.sub)
 
 
-def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None) -> None:
+def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None,
+               read: dict[str, Any] | None = None) -> None:
     """Anti-impersonation: everything the update changed must be the device's own.
 
     Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
     its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
     writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
     relay runs without tokens and cannot know users), and only append to the history. Text characters
-    carry no author, so they cannot be checked (see docs/sync.md).
+    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the touched slots' values if
+    already read (``RecordDoc.check_keys``).
     """
     slots = doc.roots()[0]
     for key in touched.slots:
@@ -458,7 +463,7 @@ def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None)
         if not is_own_writer(writer, device):
             raise _Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
                                         "not its own")
-        raw = slots.get(key)
+        raw = read.get(key) if read is not None else slots.get(key)
         if raw is not None:
             _check_author(raw, device, user, "a slot")
     for key in touched.sets:
