@@ -69,6 +69,7 @@ class _Group:
     jobs: list[_Job]
     outcomes: list[Outcome]
     batch: Batch
+    changes: int = 0
     commit: asyncio.Future[None] | None = None
 
 
@@ -157,43 +158,73 @@ class Relay:
     # -- the writer ----------------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
-        """Take the queued pushes in groups; stage each group while the previous one is being committed
-        (the store's commit runs in a thread), and acknowledge and fan out a group once its commit returned.
-        Commits stay in order, one at a time; compaction runs when no commit is in flight."""
+        """Take the queued pushes in groups and commit each group in one batch (off the event loop). While
+        a group commits, the pushes arriving meanwhile are staged into the next group, which is committed
+        as soon as the previous commit returned. A group is acknowledged and fanned out only once its own
+        commit returned. Commits stay in order, one at a time; compaction runs between them."""
         stopping = False
         committing: _Group | None = None
         while True:
-            jobs: list[_Job] = []
-            count = 0
-            if not stopping and (committing is None or not self._queue.empty()):
-                job = await self._queue.get()  # waits only when nothing is being committed
+            group: _Group | None = None
+            while not stopping:
+                got, job = await self._next_job(committing)
+                if not got:
+                    break  # the commit in flight returned: finish it, then commit what was staged
+                jobs: list[_Job] = []
+                count = group.changes if group is not None else 0
                 while True:
                     if job is None:
                         stopping = True
-                    else:
-                        jobs.append(job)
-                        count += len(job.changes)
-                    if stopping or count >= self.limits.group_changes or self._queue.empty():
+                        break
+                    jobs.append(job)
+                    count += len(job.changes)
+                    if count >= self.limits.group_changes or self._queue.empty():
                         break
                     job = self._queue.get_nowait()
-            staged = self._stage_group(jobs) if jobs else None
+                group = self._stage_group(group, jobs)
+                if committing is None or group.changes >= self.limits.group_changes:
+                    break
             if committing is not None:
                 await self._finish_group(committing)
                 committing = None
             await self._maybe_compact()
-            if staged is None:
+            if group is None:
                 if stopping:
                     break
                 continue
-            committing = staged
-            staged.commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, staged.batch)) \
-                if staged.batch else None
+            group.commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, group.batch)) \
+                if group.batch else None
+            committing = group
 
-    def _stage_group(self, jobs: list[_Job]) -> _Group:
-        batch = Batch()
+    async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
+        """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that
+        commit returns (then ``(False, None)``: its group is to be finished first)."""
+        if committing is None:
+            return True, await self._queue.get()
+        if not self._queue.empty():
+            return True, self._queue.get_nowait()
+        if committing.commit is None or committing.commit.done():
+            return False, None
+        getter = asyncio.ensure_future(self._queue.get())
+        await asyncio.wait((getter, committing.commit), return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            getter.cancel()  # a cancelled Queue.get takes nothing from the queue
+            with contextlib.suppress(asyncio.CancelledError):
+                await getter
+        if getter.done() and not getter.cancelled():
+            return True, getter.result()
+        return False, None
+
+    def _stage_group(self, group: _Group | None, jobs: list[_Job]) -> _Group:
+        """Validate and apply ``jobs`` into ``group`` (a new one if None), in order."""
+        if group is None:
+            group = _Group([], [], Batch())
         self.log.prefetch_seen([(j.device, c.change_id) for j in jobs for c in j.changes])
-        outcomes = [self.log.stage(batch, j.device, j.grant, j.changes) for j in jobs]
-        return _Group(jobs, outcomes, batch)
+        for j in jobs:
+            group.jobs.append(j)
+            group.outcomes.append(self.log.stage(group.batch, j.device, j.grant, j.changes))
+            group.changes += len(j.changes)
+        return group
 
     async def _finish_group(self, group: _Group) -> None:
         """Wait for the group's commit; then (only then) acknowledge its changes and fan them out."""
