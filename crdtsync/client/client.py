@@ -385,7 +385,7 @@ class SyncClient:
             raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
         touched: set[tuple[str, str]] = set()
-        changed: set[tuple[str, str]] = set()
+        changed: dict[tuple[str, str], Record] = {}  # each record as its last merge left it
         received = 0
         reset = False
         if self._cursor()[0] != session.welcome.relay and self.replica.outgoing(collections, limit=1):
@@ -395,10 +395,12 @@ class SyncClient:
         uploaded, rejected, held = await self._upload(session, collections, touched)
         n, again, cursor = await self._download(session, collections, changed, live=collections is None)
         received, reset = received + n, reset or again
-        touched |= changed
+        touched |= changed.keys()
         conflicts = 0
         for c, rid in sorted(touched):  # conflict events come before "completed", one per record
-            rec = self.replica.get(c, rid)
+            # a record merged by the download is as apply_remote returned it (the upload only confirms
+            # changes, it changes no field): no second read of its row
+            rec = changed[(c, rid)] if (c, rid) in changed else self.replica.get(c, rid)
             if rec is not None and rec.conflicts:
                 conflicts += 1
                 self._emit(SyncStatus("conflict", collection=c, record=rid, conflicts=rec.conflicts))
@@ -476,9 +478,9 @@ class SyncClient:
         return {_CURSOR: orjson.dumps({"relay": relay, "c": cursors})}
 
     async def _download(self, session: _Session, collections: frozenset[str] | None,
-                        changed: set[tuple[str, str]], *, live: bool) -> tuple[int, bool, int]:
+                        changed: dict[tuple[str, str], Record], *, live: bool) -> tuple[int, bool, int]:
         """Pull what changed since the cursor; returns (updates received, whether it was a full resync, the
-        new cursor). The records the updates changed are added to ``changed``."""
+        new cursor). The records the updates changed are put in ``changed``, as merged."""
         assert session.welcome is not None
         relay_id = session.welcome.relay
         stored_relay, cursors = self._cursor()
@@ -504,7 +506,7 @@ class SyncClient:
                 for c in wanted:
                     cursors[c] = to if page.reset else max(cursors.get(c, 0), to)
                 cursor = self._cursor_meta(relay_id, cursors)
-            changed.update((rec.collection, rec.id) for rec in self._apply(page.items, cursor))
+            changed.update(((rec.collection, rec.id), rec) for rec in self._apply(page.items, cursor))
             received += len(page.items)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
             if not page.more:
