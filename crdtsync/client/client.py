@@ -385,7 +385,7 @@ class SyncClient:
             raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
         touched: set[tuple[str, str]] = set()
-        changed: set[tuple[str, str]] = set()
+        changed: dict[tuple[str, str], Record] = {}  # each record as its last merge left it
         received = 0
         reset = False
         if self._cursor()[0] != session.welcome.relay and self.replica.outgoing(collections, limit=1):
@@ -395,10 +395,12 @@ class SyncClient:
         uploaded, rejected, held = await self._upload(session, collections, touched)
         n, again, cursor = await self._download(session, collections, changed, live=collections is None)
         received, reset = received + n, reset or again
-        touched |= changed
+        touched |= changed.keys()
         conflicts = 0
         for c, rid in sorted(touched):  # conflict events come before "completed", one per record
-            rec = self.replica.get(c, rid)
+            # a record merged by the download is as apply_remote returned it (the upload only confirms
+            # changes, it changes no field): no second read of its row
+            rec = changed[(c, rid)] if (c, rid) in changed else self.replica.get(c, rid)
             if rec is not None and rec.conflicts:
                 conflicts += 1
                 self._emit(SyncStatus("conflict", collection=c, record=rid, conflicts=rec.conflicts))
@@ -470,13 +472,15 @@ class SyncClient:
         d = orjson.loads(raw)
         return d.get("relay"), {str(k): int(v) for k, v in d.get("c", {}).items()}
 
-    def _save_cursor(self, relay: str, cursors: dict[str, int]) -> None:
-        self.replica.set_meta(_CURSOR, orjson.dumps({"relay": relay, "c": cursors}))
+    @staticmethod
+    def _cursor_meta(relay: str, cursors: dict[str, int]) -> dict[str, bytes]:
+        """The cursor as replica metadata, to store with the updates it covers (``apply_remote(meta=)``)."""
+        return {_CURSOR: orjson.dumps({"relay": relay, "c": cursors})}
 
     async def _download(self, session: _Session, collections: frozenset[str] | None,
-                        changed: set[tuple[str, str]], *, live: bool) -> tuple[int, bool, int]:
+                        changed: dict[tuple[str, str], Record], *, live: bool) -> tuple[int, bool, int]:
         """Pull what changed since the cursor; returns (updates received, whether it was a full resync, the
-        new cursor). The records the updates changed are added to ``changed``."""
+        new cursor). The records the updates changed are put in ``changed``, as merged."""
         assert session.welcome is not None
         relay_id = session.welcome.relay
         stored_relay, cursors = self._cursor()
@@ -495,24 +499,26 @@ class SyncClient:
             if isinstance(page, _Lost):
                 raise page
             reset = reset or page.reset
-            changed.update((rec.collection, rec.id) for rec in self._apply(page.items))
-            received += len(page.items)
-            if page.to is not None:
+            cursor = None
+            if page.to is not None:  # stored in the same commit as the page's updates
                 to = page.to
                 _, cursors = self._cursor()
                 for c in wanted:
                     cursors[c] = to if page.reset else max(cursors.get(c, 0), to)
-                self._save_cursor(relay_id, cursors)
+                cursor = self._cursor_meta(relay_id, cursors)
+            changed.update(((rec.collection, rec.id), rec) for rec in self._apply(page.items, cursor))
+            received += len(page.items)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
             if not page.more:
                 return received, reset, to
 
-    def _apply(self, items: tuple[Item, ...]) -> list[Record]:
-        """Merge a page: all at once, or item by item if one is bad (it is reported and skipped)."""
-        if not items:
+    def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:
+        """Merge a page: all at once, or item by item if one is bad (it is reported and skipped). The
+        ``cursor`` (``_cursor_meta``) is stored in the same commit, or after the items one by one."""
+        if not items and not cursor:
             return []
         try:
-            return self.replica.apply_remote((i.collection, i.record, i.update) for i in items)
+            return self.replica.apply_remote(((i.collection, i.record, i.update) for i in items), meta=cursor)
         except (MalformedUpdate, RemoteValidationError):
             out: list[Record] = []
             for i in items:
@@ -522,24 +528,26 @@ class SyncClient:
                     log.error("skipped a bad update of %s/%s from the relay: %s", i.collection, i.record, e)
                     self._emit(SyncStatus("error", f"bad update from the relay: {e}", collection=i.collection,
                                           record=i.record, code="invalid"))
+            for name, value in (cursor or {}).items():
+                self.replica.set_meta(name, value)
             return out
 
     def _apply_live(self, items: tuple[Item, ...]) -> None:
         if not items or self._session is None or self._session.welcome is None:
             return
-        for rec in self._apply(items):
+        cursor = None
+        # while a pull is paging through older entries, moving the cursor past them now would skip them if
+        # the connection dropped before its last page (its own cursor updates cover these items)
+        if self._session.conn.pull_in_flight is None:
+            top = max(i.seq for i in items)
+            _, cursors = self._cursor()
+            for c in self.replica.schema:
+                cursors[c.name] = max(cursors.get(c.name, 0), top)
+            cursor = self._cursor_meta(self._session.welcome.relay, cursors)
+        for rec in self._apply(items, cursor):
             if rec.conflicts:
                 self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,
                                       conflicts=rec.conflicts))
-        if self._session.conn.pull_in_flight is not None:
-            # a pull is paging through older entries: moving the cursor past them now would skip them if
-            # the connection dropped before its last page (its own cursor updates cover these items)
-            return
-        top = max(i.seq for i in items)
-        _, cursors = self._cursor()
-        for c in self.replica.schema:
-            cursors[c.name] = max(cursors.get(c.name, 0), top)
-        self._save_cursor(self._session.welcome.relay, cursors)
 
 
 def _names(collections: frozenset[str] | None) -> tuple[str, ...] | None:

@@ -275,6 +275,16 @@ class RecordDoc:
     def full_update(self) -> bytes:
         return self.doc.get_update()
 
+    def parts(self) -> list[bytes]:
+        """The updates the document is made of (a copy of the list): enough to rebuild it, e.g. to undo an
+        update that turned out to be refused, without encoding the whole state as ``full_update`` does."""
+        return list(self._parts)
+
+    def roots(self) -> tuple[Map[Any], Map[Any], Array[Any]]:
+        """The slot map ``f``, the set map ``s`` and the history array ``h`` (``Doc.get`` costs a
+        transaction each time: these are the handles the document keeps)."""
+        return self._slots, self._sets, self._hist
+
     def state_vector(self) -> bytes:
         return self.doc.get_state()
 
@@ -507,6 +517,39 @@ class RecordDoc:
         self._set_raw = self._set_parsed = None
         self._text_now = None
 
+    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> dict[str, Any] | None:
+        """Check only the slots and set entries under these keys (those an update just set; the rest was
+        checked before); raise ``RemoteValidationError``. The relay checks each change this way, at a cost
+        that does not grow with the record. Keys no longer present (deleted) are skipped.
+
+        Returns the raw slot values it read, by key (for further checks without reading them again); None
+        for a document kind with its own ``check`` (another layout), which is then checked whole."""
+        if type(self).check is not RecordDoc.check:
+            self.check()
+            return None
+        coll = self.collection
+        try:
+            slots = self._get_many(self._slots, slot_keys)
+            sets = self._get_many(self._sets, set_keys)
+        except Exception as e:  # Yrs lists an entry it cannot return (a corrupted update)
+            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e!r}") from None
+        for key, raw in slots.items():
+            self._check_slot(key, raw)
+        for key, raw in sets.items():
+            self._check_set(key, raw)
+        return slots
+
+    def _get_many(self, shared: Map[Any], keys: Iterable[str]) -> dict[str, Any]:
+        """The values present under ``keys``, read in one transaction (``Map.get`` opens two per key).
+        Nested shared types come back as Yrs objects, which no check accepts."""
+        out: dict[str, Any] = {}
+        with self.doc.transaction() as txn:
+            integrated, t = shared.integrated, txn._txn
+            for key in keys:
+                if key not in out and integrated.has(t, key):
+                    out[key] = integrated.get(t, key)
+        return out
+
     def check(self) -> None:
         """Check the slots and set entries against the schema; raise ``RemoteValidationError``.
 
@@ -528,45 +571,55 @@ class RecordDoc:
         for key, raw in slots.items():
             if old_raw.get(key, _MISSING) == raw:
                 parsed[key] = old_parsed[key]
-                continue
-            try:
-                s = parsed[key] = _parse_slot(key, raw)
-            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
-                raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
-            if s.field == DELETED:
-                if not isinstance(s.value, bool):
-                    raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
-                continue
-            f = coll.fields.get(s.field)
-            if f is None:
-                raise RemoteValidationError(coll.name, self.id, s.field, "unknown field")
-            try:
-                if f.merge == "register":
-                    f.decode(s.value)
-                elif f.merge == "counter":
-                    f.check(s.value)
-                elif s.value is not None:
-                    raise Invalid("markers hold no value")
-            except Invalid as e:
-                raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
+            else:
+                parsed[key] = self._check_slot(key, raw)
         old_set_raw = base[2] if base is not None and base[2] is not None else {}
         old_set_parsed = base[3] if base is not None and base[3] is not None else {}
         set_parsed: dict[str, SetEntry] = {}
         for key, raw in sets.items():
             if old_set_raw.get(key, _MISSING) == raw:
                 set_parsed[key] = old_set_parsed[key]
-                continue
-            try:
-                entry = set_parsed[key] = _parse_set(key, raw)
-                f = coll.fields.get(entry.field)
-                if f is None or f.merge != "set":
-                    raise Invalid("unknown set field")
-                f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
-            except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
-                raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+            else:
+                set_parsed[key] = self._check_set(key, raw)
         # checked: state() need not parse them again, and the next check starts from here
         self._parsed, self._set_parsed = parsed, set_parsed
         self._base = None
+
+    def _check_slot(self, key: str, raw: Any) -> Slot:
+        coll = self.collection
+        try:
+            s = _parse_slot(key, raw)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
+        if s.field == DELETED:
+            if not isinstance(s.value, bool):
+                raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
+            return s
+        f = coll.fields.get(s.field)
+        if f is None:
+            raise RemoteValidationError(coll.name, self.id, s.field, "unknown field")
+        try:
+            if f.merge == "register":
+                f.decode(s.value)
+            elif f.merge == "counter":
+                f.check(s.value)
+            elif s.value is not None:
+                raise Invalid("markers hold no value")
+        except Invalid as e:
+            raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
+        return s
+
+    def _check_set(self, key: str, raw: Any) -> SetEntry:
+        coll = self.collection
+        try:
+            entry = _parse_set(key, raw)
+            f = coll.fields.get(entry.field)
+            if f is None or f.merge != "set":
+                raise Invalid("unknown set field")
+            f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
+        except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
+            raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+        return entry
 
     def max_time(self) -> int:
         return max((s.t for s in self.slots().values()), default=0)

@@ -37,7 +37,7 @@ from .events import (
 )
 from .frames import MAX_FRAME, MAX_PUSH, Frame, FrameError, Kind, decode_frame, encode_frame
 
-__all__ = ["CLOSE_CODES", "TRANSITIONS", "Connection", "Direction", "Role", "State"]
+__all__ = ["CLOSE_CODES", "TRANSITIONS", "Connection", "Direction", "Role", "State", "encode_event"]
 
 
 class Role(enum.Enum):
@@ -152,6 +152,19 @@ def _from_frame(f: Frame) -> Event:
     return Bye(h["code"], h["reason"])
 
 
+def encode_event(event: Event) -> bytes:
+    """The frame for ``event``, for a sender that shares one frame between several connections (the relay
+    fans a LIVE frame out to every device in the same scope): pass it to ``Connection.send(event, encoded)``.
+    Raises ``LocalProtocolError`` if the event cannot be encoded."""
+    if type(event) not in _EVENT_KIND:
+        raise LocalProtocolError(f"{type(event).__name__} is not a frame that can be sent")
+    k, header, blobs = _to_frame(event)
+    try:
+        return encode_frame(k, header, blobs)
+    except FrameError as e:
+        raise LocalProtocolError(f"cannot encode {k.name}: {e}") from None
+
+
 class Connection:
     """One end of a sync connection. ``send(event)`` queues a frame; ``receive_data(bytes)`` takes one
     frame from the peer; ``events_received()`` and ``data_to_send()`` hand back what came of them."""
@@ -190,8 +203,11 @@ class Connection:
 
     # -- this side -----------------------------------------------------------------------------------------
 
-    def send(self, event: Event) -> None:
-        """Queue a frame. Raises ``LocalProtocolError`` if the state machine does not allow it now."""
+    def send(self, event: Event, encoded: bytes | None = None) -> None:
+        """Queue a frame. Raises ``LocalProtocolError`` if the state machine does not allow it now.
+
+        ``encoded``: the frame already made by ``encode_event(event)`` (the same event), so that a frame
+        sent on many connections is encoded and checked once; the state machine still checks the event."""
         kind = _EVENT_KIND.get(type(event))
         if kind is None:
             raise LocalProtocolError(f"{type(event).__name__} is not a frame that can be sent")
@@ -199,11 +215,7 @@ class Connection:
         if nxt is None:
             raise LocalProtocolError(f"a {self.role.value} cannot send {kind.name} in state {self.state.value}")
         self._guard_send(event)
-        k, header, blobs = _to_frame(event)
-        try:
-            data = encode_frame(k, header, blobs)
-        except FrameError as e:
-            raise LocalProtocolError(f"cannot encode {kind.name}: {e}") from None
+        data = encode_event(event) if encoded is None else encoded
         if len(data) > self.max_frame:
             raise LocalProtocolError(f"{kind.name} of {len(data)} bytes exceeds the frame limit {self.max_frame}")
         self._commit_send(event)

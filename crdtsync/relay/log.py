@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
 log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
+_CONTROL = re.compile(r"[\x00-\x1f]")
 
 
 def is_own_writer(writer: str, device: str) -> bool:
@@ -97,12 +99,14 @@ def _decode_entry(seq: int, raw: bytes) -> Accepted:
 
 
 class RelayLog:
-    """The relay's records and change log. ``keep`` is how many log entries compaction keeps."""
+    """The relay's records and change log. ``keep`` is how many log entries compaction keeps; it drops the
+    older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096) -> None:
         self.store = store
         self.schema = schema
         self.keep = keep
+        self.compact_slack = max(1, min(5000, keep // 10))
         raw = store.load(("relay", "id"))
         if raw is None:
             raw = os.urandom(8).hex().encode()
@@ -122,7 +126,8 @@ class RelayLog:
 
         # The writer's documents (only ``stage`` touches them) and a separate read cache, refreshed after
         # each commit, so readers never see (or cache) a document half-way through a group commit. The
-        # writer's cache must hold every record of one write group (Limits.group_changes + MAX_PUSH): a
+        # writer's cache must hold every record of the write groups not committed yet (two: one staged while
+        # the other commits; each up to Limits.group_changes + MAX_PUSH): a
         # record evicted with staged, uncommitted updates would be reloaded without them.
         self.docs = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
                                cache_size=cache_size)
@@ -130,6 +135,7 @@ class RelayLog:
                                  cache_size=cache_size)
         self._staged_dedup: dict[tuple[str, int], int] = {}
         self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
+        self._stored_dedup: dict[tuple[str, int], bool] = {}  # looked up for the group being staged
 
     # -- devices -------------------------------------------------------------------------------------------
 
@@ -174,8 +180,21 @@ class RelayLog:
                 self._images.clear()
         return out
 
+    def prefetch_seen(self, keys: Sequence[tuple[str, int]]) -> None:
+        """Look up in one query whether these (device, change id) are stored already: the changes of a
+        write group, about to be staged (one lookup per change was a store round trip each)."""
+        todo = list(dict.fromkeys(keys))
+        found = self.store.load_many([("dedup", d, cid) for d, cid in todo])
+        self._stored_dedup = {k: raw is not None for k, raw in zip(todo, found, strict=True)}
+
     def _seen(self, device: str, change_id: int) -> bool:
-        return (device, change_id) in self._staged_dedup or self.store.load(("dedup", device, change_id)) is not None
+        key = (device, change_id)
+        if key in self._staged_dedup:
+            return True
+        stored = self._stored_dedup.get(key)
+        if stored is None:
+            stored = self.store.load(("dedup", device, change_id)) is not None
+        return stored
 
     def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change) -> Accepted | None:
         c, rid = ch.collection, ch.record
@@ -183,7 +202,7 @@ class RelayLog:
             raise _Refused("gone", f"collection {c!r} does not exist on the relay")
         if not grant.can_write(c):
             raise _Refused("forbidden", f"user {grant.user!r} may not write {c!r}")
-        if not 0 < len(rid) <= 200 or any(ord(x) < 32 for x in rid):
+        if not 0 < len(rid) <= 200 or _CONTROL.search(rid):
             raise _Refused("invalid", "bad record id")
         lr = self.docs.get(c, rid)
         doc = lr.doc
@@ -192,27 +211,36 @@ class RelayLog:
             before = doc.state()
             if before.exists and not grant.in_scope(c, before.fields):
                 raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
-        saved = doc.full_update()  # applied in place (the common case is accepted); restored if refused
+        saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
                 with _Touched(doc) as touched:
                     new = doc.apply(ch.update)
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
-                doc.check()
+                # one read transaction for all the checks (each read would otherwise open one)
+                with doc.doc.transaction():
+                    read = None
+                    if touched.complete:  # the rest of the record was checked when it was stored
+                        read = doc.check_keys(touched.slots, touched.sets)
+                    else:
+                        doc.check()
+                    user = None if grant.anonymous else grant.user
+                    if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
+                        _refuse(check_draft_keys(doc, touched.slots, lambda w: is_own_writer(w, device), device,
+                                                 user))
+                        touched.slots = []
+                    _check_own(doc, touched, device, user, read)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise _Refused("invalid", str(e)) from None
+            except _Refused:
+                raise
             except BaseException as e:
                 # pycrdt can panic (PanicException derives from BaseException) on hostile updates
                 if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            user = None if grant.anonymous else grant.user
-            if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
-                _refuse(check_draft_keys(doc, touched.slots, lambda w: is_own_writer(w, device), device, user))
-                touched.slots = []
-            _check_own(doc, touched, device, user)
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
@@ -222,7 +250,7 @@ class RelayLog:
                 _refuse(refusal)
         except BaseException:
             lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
-                                    client_id=doc.doc.client_id, updates=[saved])
+                                    client_id=doc.doc.client_id, updates=saved)
             raise
         self.docs.append(batch, c, rid, new)
         self.head += 1
@@ -252,13 +280,14 @@ class RelayLog:
         for a in accepted:
             self.reader.reload(a.collection, a.record)
             self.durable = max(self.durable, a.seq)
-        self._staged_dedup.clear()
+            self._staged_dedup.pop((a.device, a.change_id), None)  # the next group's entries stay
 
     def abandon(self) -> None:
         """A commit failed: forget everything staged (the store is the truth)."""
         self.docs.forget()
         self.reader.forget()
         self._staged_dedup.clear()
+        self._stored_dedup.clear()
         self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -356,9 +385,9 @@ class RelayLog:
         """A batch that drops the oldest log entries beyond ``keep`` (and their dedup keys), raising the
         floor; None when there is nothing to drop. Records keep their merged state, so a device whose
         cursor falls below the floor gets a full resync of its scope instead."""
-        target = self.head - self.keep
-        if target <= self.floor:
-            return None
+        target = self.durable - self.keep  # only committed entries: the next group may be staged already
+        if target - self.floor < self.compact_slack:
+            return None  # not after every group once the log is full: in steps of compact_slack entries
         batch = Batch()
         new_floor = self.floor
         for key, raw in self.store.load_range(("log",), start=("log", self.floor + 1), limit=chunk):
@@ -388,19 +417,29 @@ def _refuse(refusal: Refusal | None) -> None:
 class _Touched:
     """Records what an update changes while it is applied (pycrdt observers), so only that is checked:
     the keys of the slot map ``f`` and the set map ``s`` it sets, and the entries it inserts into (or
-    deletes from) the history array ``h``."""
+    deletes from) the history array ``h``.
+
+    The observers are subscribed on the Yrs types directly: pycrdt's ``observe`` runs ``inspect.signature``
+    on the callback and wraps every event into Python objects, which together cost more than the rest of
+    staging a small change. ``complete`` is False when the record's document was rebuilt meanwhile (an
+    update held back, see ``RecordDoc.apply``): what happened to the new document was not observed.
+    """
 
     def __init__(self, doc: RecordDoc) -> None:
         self.slots: list[str] = []
         self.sets: list[str] = []
         self.history: list[Any] = []
         self.history_deleted = 0
-        self._subs: list[tuple[Any, Any]] = []
-        for name, keys in (("f", self.slots), ("s", self.sets)):
-            m: Map[Any] = doc.doc.get(name, type=Map)
-            self._subs.append((m, m.observe(self._collector(keys))))
-        h: Array[Any] = doc.doc.get("h", type=Array)
-        self._subs.append((h, h.observe(self._on_history)))
+        self._record = doc
+        self._ydoc = doc.doc
+        slots, sets, history = doc.roots()
+        self._subs: list[Any] = [_subscribe(slots, self._collector(self.slots)),
+                                 _subscribe(sets, self._collector(self.sets)),
+                                 _subscribe(history, self._on_history)]
+
+    @property
+    def complete(self) -> bool:
+        return self._record.doc is self._ydoc
 
     @staticmethod
     def _collector(keys: list[str]) -> Any:
@@ -417,27 +456,47 @@ class _Touched:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for m, sub in self._subs:
-            m.unobserve(sub)
+        for sub in self._subs:
+            sub.drop()
         self._subs.clear()
 
 
-def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None) -> None:
+def _subscribe(shared: Map[Any] | Array[Any], callback: Any) -> Any:
+    """Observe a root type's own Yrs events (``keys`` of a map event, ``delta`` of an array event, both
+    plain Python values for our string entries); drop the returned subscription to stop."""
+    integrated = getattr(shared, "integrated", None)
+    if integrated is None or not hasattr(integrated, "observe"):  # another pycrdt: the public way
+        sub = shared.observe(callback)
+        return _PublicSub(shared, sub)
+    return integrated.observe(callback)
+
+
+class _PublicSub:
+    def __init__(self, shared: Map[Any] | Array[Any], sub: Any) -> None:
+        self.shared, self.sub = shared, sub
+
+    def drop(self) -> None:
+        self.shared.unobserve(self.sub)
+
+
+def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None,
+               read: dict[str, Any] | None = None) -> None:
     """Anti-impersonation: everything the update changed must be the device's own.
 
     Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
     its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
     writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
     relay runs without tokens and cannot know users), and only append to the history. Text characters
-    carry no author, so they cannot be checked (see docs/sync.md).
+    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the touched slots' values if
+    already read (``RecordDoc.check_keys``).
     """
-    slots: Map[Any] = doc.doc.get("f", type=Map)
+    slots = doc.roots()[0]
     for key in touched.slots:
         writer = key.rpartition(SEP)[2]
         if not is_own_writer(writer, device):
             raise _Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
                                         "not its own")
-        raw = slots.get(key)
+        raw = read.get(key) if read is not None else slots.get(key)
         if raw is not None:
             _check_author(raw, device, user, "a slot")
     for key in touched.sets:

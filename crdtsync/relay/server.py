@@ -31,6 +31,7 @@ from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant, Tokens
+from .fanout import LiveFrames, scope_key
 from .log import Accepted, Outcome, RelayLog
 
 __all__ = ["Limits", "Relay"]
@@ -58,6 +59,18 @@ class _Job:
     grant: Grant
     changes: tuple[Change, ...]
     done: Callable[[Outcome], None]
+
+
+@dataclass
+class _Group:
+    """A write group: its pushes, what became of each, the batch holding the accepted changes, and the
+    commit of that batch once started."""
+
+    jobs: list[_Job]
+    outcomes: list[Outcome]
+    batch: Batch
+    changes: int = 0
+    commit: asyncio.Future[None] | None = None
 
 
 @dataclass
@@ -95,7 +108,9 @@ class Relay:
         self.schema = schema
         self.tokens = tokens
         self.limits = limits
-        self.log = RelayLog(store, schema, keep=keep_log, cache_size=max(4096, limits.group_changes + MAX_PUSH + 1))
+        # the writer's record cache holds every record of the two groups that may be uncommitted at once
+        self.log = RelayLog(store, schema, keep=keep_log,
+                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
         self.sessions: set[_Session] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -143,31 +158,80 @@ class Relay:
     # -- the writer ----------------------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Take the queued pushes in groups and commit each group in one batch (off the event loop). While
+        a group commits, the pushes arriving meanwhile are staged into the next group, which is committed
+        as soon as the previous commit returned. A group is acknowledged and fanned out only once its own
+        commit returned. Commits stay in order, one at a time; compaction runs between them."""
         stopping = False
-        while not stopping:
-            job = await self._queue.get()
-            jobs: list[_Job] = []
-            count = 0
-            while True:
-                if job is None:
-                    stopping = True
-                else:
+        committing: _Group | None = None
+        while True:
+            group: _Group | None = None
+            while not stopping:
+                got, job = await self._next_job(committing)
+                if not got:
+                    break  # the commit in flight returned: finish it, then commit what was staged
+                jobs: list[_Job] = []
+                count = group.changes if group is not None else 0
+                while True:
+                    if job is None:
+                        stopping = True
+                        break
                     jobs.append(job)
                     count += len(job.changes)
-                if stopping or count >= self.limits.group_changes or self._queue.empty():
+                    if count >= self.limits.group_changes or self._queue.empty():
+                        break
+                    job = self._queue.get_nowait()
+                group = self._stage_group(group, jobs)
+                if committing is None or group.changes >= self.limits.group_changes:
                     break
-                job = self._queue.get_nowait()
-            if jobs:
-                await self._commit_group(jobs)
+            if committing is not None:
+                await self._finish_group(committing)
+                committing = None
             await self._maybe_compact()
+            if group is None:
+                if stopping:
+                    break
+                continue
+            group.commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, group.batch)) \
+                if group.batch else None
+            committing = group
 
-    async def _commit_group(self, jobs: list[_Job]) -> None:
-        batch = Batch()
-        outcomes = [self.log.stage(batch, j.device, j.grant, j.changes) for j in jobs]
-        accepted = [a for o in outcomes for a in o.accepted]
+    async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
+        """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that
+        commit returns (then ``(False, None)``: its group is to be finished first)."""
+        if committing is None:
+            return True, await self._queue.get()
+        if not self._queue.empty():
+            return True, self._queue.get_nowait()
+        if committing.commit is None or committing.commit.done():
+            return False, None
+        getter = asyncio.ensure_future(self._queue.get())
+        await asyncio.wait((getter, committing.commit), return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done():
+            getter.cancel()  # a cancelled Queue.get takes nothing from the queue
+            with contextlib.suppress(asyncio.CancelledError):
+                await getter
+        if getter.done() and not getter.cancelled():
+            return True, getter.result()
+        return False, None
+
+    def _stage_group(self, group: _Group | None, jobs: list[_Job]) -> _Group:
+        """Validate and apply ``jobs`` into ``group`` (a new one if None), in order."""
+        if group is None:
+            group = _Group([], [], Batch())
+        self.log.prefetch_seen([(j.device, c.change_id) for j in jobs for c in j.changes])
+        for j in jobs:
+            group.jobs.append(j)
+            group.outcomes.append(self.log.stage(group.batch, j.device, j.grant, j.changes))
+            group.changes += len(j.changes)
+        return group
+
+    async def _finish_group(self, group: _Group) -> None:
+        """Wait for the group's commit; then (only then) acknowledge its changes and fan them out."""
+        accepted = [a for o in group.outcomes for a in o.accepted]
         try:
-            if batch:
-                await asyncio.to_thread(self.store.commit, batch)
+            if group.commit is not None:
+                await group.commit
         except Exception:
             log.exception("commit of %d changes failed; the relay stops", len(accepted))
             self.log.abandon()
@@ -177,11 +241,12 @@ class Relay:
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
-        for j, o in zip(jobs, outcomes, strict=True):
+        for j, o in zip(group.jobs, group.outcomes, strict=True):
             j.done(o)
         if accepted:
+            frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
             for s in list(self.sessions):
-                s.fan_out(accepted)
+                s.fan_out(accepted, frames)
 
     async def _maybe_compact(self) -> None:
         batch = self.log.compact()
@@ -245,6 +310,7 @@ class _Session:
         self.relay = relay
         self.ws = ws
         self.grant = grant
+        self.scope = scope_key(grant)
         self.device = ""
         self.conn = Connection(Role.RELAY, max_frame=relay.limits.max_frame)
         self.out: asyncio.Queue[bytes | None] = asyncio.Queue(relay.limits.send_queue)
@@ -459,22 +525,24 @@ class _Session:
         self.sent_to = max(self.sent_to, to) if self.live else to
         self.live, self.live_collections = True, wanted
 
-    def fan_out(self, accepted: list[Accepted]) -> None:
+    def fan_out(self, accepted: list[Accepted], frames: LiveFrames) -> None:
         """Send changes just stored by others to this device, if in its scope (never twice)."""
         if not self.live or self._closing is not None or self.conn.state is not State.READY:
             return
-        items = []
+        selected = []
+        wanted = self.live_collections
         for a in accepted:
             if a.seq <= self.sent_to:
                 continue
             self.sent_to = a.seq
             if a.device == self.device:
                 continue
-            if self.live_collections is not None and a.collection not in self.live_collections:
+            if wanted is not None and a.collection not in wanted:
                 continue
-            item = self.relay.log.item_for(self.grant, a)
-            if item is not None:
-                items.append(item)
-        if items:
-            self.conn.send(Live(tuple(items)))
+            selected.append(a)
+        if not selected:
+            return
+        made = frames.frame(self.scope, self.grant, selected)
+        if made is not None:
+            self.conn.send(*made)
             self._flush()

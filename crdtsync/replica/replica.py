@@ -479,8 +479,13 @@ class Replica:
         self.store.commit(batch)
         self._emit(events)
 
-    def apply_remote(self, items: Iterable[tuple[str, str, bytes]]) -> list[Record]:
+    def apply_remote(self, items: Iterable[tuple[str, str, bytes]], *,
+                     meta: Mapping[str, bytes] | None = None) -> list[Record]:
         """Merge updates from peers: all of them, or (if any is malformed or breaks the schema) none.
+
+        ``meta``: app metadata (``set_meta`` names and values) written in the same commit as the merge, so
+        that both or neither are stored: a sync client's cursor for the page it applies (one durable
+        commit per page instead of two).
 
         Returns the records that changed.
         """
@@ -510,6 +515,8 @@ class Replica:
                     changed.append(self._save_row(batch, self._coll(c), doc))
             if fresh:
                 batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            for name, value in (meta or {}).items():
+                batch.save(("meta", "app", name), value)
             self.store.commit(batch)
         except BaseException:
             for c, rid in touched:

@@ -63,8 +63,8 @@ class SQLiteStore(ByteStore):
     def load_many(self, keys: Sequence[Key]) -> list[bytes | None]:
         encoded = [encode_key(k) for k in keys]
         found: dict[bytes, bytes] = {}
-        with self._lock:
-            db = self._conn()
+        with self._rlock:  # the read connection, as ``load``: never waits for a commit in progress
+            db = self._reader()
             for i in range(0, len(encoded), 500):
                 chunk = encoded[i:i + 500]
                 sql = f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))})"

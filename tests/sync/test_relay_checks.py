@@ -1,0 +1,73 @@
+"""The relay checks each change against the schema: also the slots and set entries it writes into a record
+that already holds valid data (the relay checks only what a change touched, so this must still catch it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from pycrdt import Doc, Map
+from websockets.asyncio.client import connect
+
+from crdtsync import Replica
+from crdtsync.model.slots import SEP
+from crdtsync.protocol import Ack, Change, Push
+
+from .conftest import RawClient, RelayFactory
+
+
+def _slot(v: Any, device: str) -> str:
+    return orjson.dumps({"v": v, "t": 2**40, "d": device, "u": "u", "c": {}}).decode()
+
+
+def _forge(base: list[bytes], root: str, key: str, value: str) -> bytes:
+    """An update over the record's state that sets one raw entry of a root map."""
+    doc: Doc[Any] = Doc()
+    for u in base:
+        doc.apply_update(u)
+    before = doc.get_state()
+    doc.get(root, type=Map)[key] = value
+    return doc.get_update(before)
+
+
+BAD = [
+    ("value out of range", "f", f"employees{SEP}good", _slot(-5, "good")),
+    ("unknown field", "f", f"nope{SEP}good", _slot("x", "good")),
+    ("marker with a value", "f", f"notes{SEP}good", _slot("text in a marker", "good")),
+    ("not JSON", "f", f"name{SEP}good", "{not json"),
+    ("set entry of a plain field", "s", f"name{SEP}\"x\"{SEP}good", orjson.dumps({"a": 1, "r": {}}).decode()),
+    ("set element of the wrong type", "s", f"tags{SEP}5{SEP}good", orjson.dumps({"a": 1, "r": {}}).decode()),
+]
+
+
+@pytest.mark.parametrize("name, root, key, value", BAD, ids=[b[0] for b in BAD])
+async def test_an_invalid_entry_in_a_stored_record_is_rejected(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], name: str, root: str, key: str,
+        value: str) -> None:
+    relay = await make_relay()
+    good = make_replica("good")
+    rid = good.create("accounts", {"name": "fine", "employees": 3, "tags": {"a"}})
+    [(pc, create)] = good.outgoing()
+    bad = _forge([create], root, key, value)
+    good.update("accounts", rid, {"employees": 4})
+    later = [u for p, u in good.outgoing() if p.id != pc.id]
+    async with connect(relay.url) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("good")
+        raw.conn.send(Push(1, (Change(pc.id, "accounts", rid, create),)))
+        await raw.flush()
+        [first] = await raw.next_events()
+        assert isinstance(first, Ack) and first.ok == (pc.id,)
+        raw.conn.send(Push(2, (Change(900, "accounts", rid, bad),)))
+        await raw.flush()
+        [ack] = await raw.next_events()
+        assert isinstance(ack, Ack)
+        assert [(r.change_id, r.code) for r in ack.rejected] == [(900, "invalid")], ack
+        # the record is unharmed: a valid change to it is still stored
+        raw.conn.send(Push(3, (Change(901, "accounts", rid, later[0]),)))
+        await raw.flush()
+        [ok] = await raw.next_events()
+        assert isinstance(ok, Ack) and ok.ok == (901,), ok
+    assert relay.relay is not None and relay.relay.log.head == 2
