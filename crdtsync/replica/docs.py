@@ -3,8 +3,9 @@
 Used by the device replica and by the relay alike. Layout under the store:
 
 - ``("snap", collection, id)``: the record's compacted Yjs state (only changes nobody may still discard);
-- ``("upd", collection, id, n)``: updates since the snapshot, one per write or merge. The first byte says
-  whose: ``0`` merged/confirmed, ``1`` a local change still pending (followed by its 8-byte change id).
+- ``("upd", collection, id, n)``: updates since the snapshot, one per merge or acknowledged local write,
+  after a first byte ``0``. A local change still pending is not stored here but in its outbox entry,
+  which says its ``n`` (see ``Outbox``): a record is loaded from both, in ``n`` order.
 - ``("rmeta", collection, id)``: only for records whose local changes were discarded: the fresh Yjs
   client id and writer tag used since, so discarded changes can never collide with new ones.
 - ``("held", collection, id)``: only while some remote update of the record arrived before an update it
@@ -17,8 +18,9 @@ compaction folds the updates into the snapshot once there are ``compact_after`` 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import orjson
 
@@ -29,10 +31,21 @@ from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from ..store.keys import Key
 
-__all__ = ["LoadedRecord", "RecordDocs"]
+__all__ = ["LoadedRecord", "LocalChanges", "RecordDocs"]
 
 _CONFIRMED = b"\x00"
-_PENDING = b"\x01"
+
+
+class LocalChanges(Protocol):
+    """Where a device keeps its pending local updates (the outbox): read when a record is loaded."""
+
+    def local_updates(self, collection: str, record: str) -> list[tuple[int, int, bytes]]:
+        """``(n, change id, update)`` of each pending change of the record."""
+        ...
+
+    def local_records(self, collection: str) -> set[str]:
+        """The ids of the records of a collection with pending changes."""
+        ...
 
 
 @dataclass
@@ -40,7 +53,7 @@ class LoadedRecord:
     doc: RecordDoc
     next_n: int
     confirmed: list[int] = field(default_factory=list)
-    pending: dict[int, int] = field(default_factory=dict)  # upd index -> change id
+    pending: dict[int, int] = field(default_factory=dict)  # upd index -> change id (stored in the outbox)
 
 
 class RecordDocs:
@@ -48,8 +61,9 @@ class RecordDocs:
 
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str, client_id: int,
                  new_client_id: Callable[[], int], cache_size: int = 2000, compact_after: int = 64,
-                 wall: Callable[[], int] | None = None) -> None:
+                 wall: Callable[[], int] | None = None, local: LocalChanges | None = None) -> None:
         self.store = store
+        self.local = local  # the device's pending updates; None for the relay, which has none
         self.schema = schema
         self.device = device
         self.user = user
@@ -65,7 +79,8 @@ class RecordDocs:
         if key in self._cache:
             return self._cache[key].doc.state().exists
         return (self.store.load(("snap", collection, record_id)) is not None
-                or bool(self.store.load_range(("upd", collection, record_id), limit=1)))
+                or bool(self.store.load_range(("upd", collection, record_id), limit=1))
+                or (self.local is not None and bool(self.local.local_updates(collection, record_id))))
 
     def get(self, collection: str, record_id: str) -> LoadedRecord:
         key = (collection, record_id)
@@ -128,18 +143,23 @@ class RecordDocs:
             updates.append(snap)
         confirmed: list[int] = []
         pending: dict[int, int] = {}
+        parts: list[tuple[int, bytes]] = []
         next_n = 0
         for key, raw in rows:
             n = int(key[3])
             next_n = n + 1
-            if n in skip:
-                continue
-            if raw[:1] == _PENDING:
-                pending[n] = int.from_bytes(raw[1:9], "big", signed=True)
-                updates.append(raw[9:])
-            else:
+            if n not in skip:
                 confirmed.append(n)
-                updates.append(raw[1:])
+                parts.append((n, raw[1:]))
+        local = self.local.local_updates(collection, record_id) if self.local is not None else []
+        if local:
+            for n, cid, update in local:
+                next_n = max(next_n, n + 1)
+                if n not in skip:
+                    pending[n] = cid
+                    parts.append((n, update))
+            parts.sort(key=lambda p: p[0])  # the order they were applied in, as when all were stored here
+        updates += [u for _, u in parts]
         doc = new_record_doc(coll, record_id, writer=writer, device=self.device, user=self.user, client_id=client,
                              updates=updates, held=self._held(held), wall=self.wall)
         return LoadedRecord(doc, next_n, confirmed, pending)
@@ -175,11 +195,13 @@ class RecordDocs:
                               client_id=src.doc.client_id, updates=[src.full_update()], wall=self.wall)
 
     def append(self, batch: Batch, collection: str, record_id: str, update: bytes,
-               change_id: int | None = None, lr: LoadedRecord | None = None) -> None:
-        """Stage an update of the record (already applied to its doc) into ``batch``.
+               change_id: int | None = None, lr: LoadedRecord | None = None) -> int:
+        """Stage an update of the record (already applied to its doc) into ``batch``; return its index ``n``.
 
-        Pass ``lr``, the record the update was applied to, when other records were loaded since: the
-        cache may have evicted it, and a reload from the store would not hold the update yet.
+        A local change (``change_id`` given) is not staged: its outbox entry, which the caller stages with
+        this ``n``, is its only stored copy. Pass ``lr``, the record the update was applied to, when other
+        records were loaded since: the cache may have evicted it, and a reload from the store would not
+        hold the update yet.
         """
         if lr is None:
             lr = self.get(collection, record_id)
@@ -190,11 +212,10 @@ class RecordDocs:
         if change_id is None:
             batch.save(("upd", collection, record_id, n), _CONFIRMED + update)
             lr.confirmed.append(n)
+            self.maybe_compact(batch, collection, record_id, lr)
         else:
-            batch.save(("upd", collection, record_id, n), _PENDING + change_id.to_bytes(8, "big", signed=True)
-                       + update)
-            lr.pending[n] = change_id
-        self.maybe_compact(batch, collection, record_id, lr)
+            lr.pending[n] = change_id  # nothing to compact while a change is pending
+        return n
 
     def _pin(self, collection: str, record_id: str, lr: LoadedRecord) -> None:
         """Make ``lr`` the cached copy of the record again (it may have been evicted meanwhile)."""
@@ -211,14 +232,21 @@ class RecordDocs:
             lr = self.get(collection, record_id)
         lr.doc = doc
 
-    def confirm(self, batch: Batch, collection: str, record_id: str, change_ids: set[int]) -> None:
-        """Mark local changes as accepted by the relay: they can no longer be discarded."""
-        lr = self.get(collection, record_id)
+    def confirm(self, batch: Batch, collection: str, record_id: str, updates: Mapping[int, bytes],
+                lr: LoadedRecord | None = None) -> None:
+        """Mark local changes as accepted by the relay: they can no longer be discarded. ``updates``: their
+        Yjs updates by change id (from their outbox entries, which the caller removes in ``batch``).
+
+        Pass ``lr``, the record as loaded before those entries left the outbox's index: loaded after, it
+        would lack them (the cache may have evicted it since, hence the pin)."""
+        if lr is None:
+            lr = self.get(collection, record_id)
+        else:
+            self._pin(collection, record_id, lr)
         for n, cid in list(lr.pending.items()):
-            if cid in change_ids:
-                raw = self.store.load(("upd", collection, record_id, n))
-                if raw is not None:
-                    batch.save(("upd", collection, record_id, n), _CONFIRMED + raw[9:])
+            update = updates.get(cid)
+            if update is not None:
+                batch.save(("upd", collection, record_id, n), _CONFIRMED + update)
                 del lr.pending[n]
                 lr.confirmed.append(n)
         self.maybe_compact(batch, collection, record_id, lr)
@@ -246,9 +274,7 @@ class RecordDocs:
         device (an export) then show up as concurrent values and never silently overwrite new ones.
         """
         lr = self.get(collection, record_id)
-        drop = frozenset(n for n, cid in lr.pending.items() if cid in change_ids)
-        for n in drop:
-            batch.remove(("upd", collection, record_id, n))
+        drop = frozenset(n for n, cid in lr.pending.items() if cid in change_ids)  # only in the outbox
         raw = self.store.load(("rmeta", collection, record_id))
         epoch = (orjson.loads(raw)["epoch"] if raw else 0) + 1
         client = self.new_client_id()
@@ -267,9 +293,23 @@ class RecordDocs:
     def forget(self) -> None:
         self._cache.clear()
 
+    def stored_parts(self, collection: str, record_id: str) -> list[bytes]:
+        """The record's stored Yjs updates (snapshot, updates, pending local changes), without loading it."""
+        parts: list[bytes] = []
+        snap = self.store.load(("snap", collection, record_id))
+        if snap is not None:
+            parts.append(snap)
+        numbered = [(int(key[3]), raw[1:]) for key, raw in self.store.load_range(("upd", collection, record_id))]
+        if self.local is not None:
+            local = self.local.local_updates(collection, record_id)
+            if local:
+                numbered += [(n, u) for n, _, u in local]
+                numbered.sort(key=lambda p: p[0])
+        return parts + [u for _, u in numbered]
+
     def record_ids(self, collection: str) -> list[str]:
-        """Every record id of a collection, from the store (snapshots and updates)."""
-        ids: set[str] = set()
+        """Every record id of a collection, from the store (snapshots, updates and pending changes)."""
+        ids: set[str] = set(self.local.local_records(collection)) if self.local is not None else set()
         for key, _ in self.store.iter_range(("snap", collection)):
             ids.add(str(key[2]))
         for key, _ in self.store.iter_range(("upd", collection)):

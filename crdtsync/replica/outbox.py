@@ -2,7 +2,10 @@
 
 An entry lives at ``("out", change_id)``, where the change id is the change's HLC time (unique on this
 device and increasing), so key order is the order changes were made. Its value is a JSON header
-(collection, record, op, fields, status, error) and the Yjs update, length-prefixed. The outbox keeps an
+(collection, record, op, fields, status, error, and ``n``: the place of the update among the record's
+updates) and the Yjs update, length-prefixed. The entry is the only stored copy of a pending update: a
+local write stores one key, not two (``RecordDocs`` reads the record's pending updates from here, and
+the update moves to ``("upd", collection, id, n)`` when the relay acknowledges it). The outbox keeps an
 index of its headers in memory: it is small (only unsynced changes), and status queries must be cheap.
 """
 
@@ -18,15 +21,18 @@ from ..codec import Reader, write_bytes
 from ..store.base import Batch, ByteStore
 from .types import ChangeStatus, PendingChange
 
-__all__ = ["Outbox", "OutboxEntry"]
+__all__ = ["Outbox", "OutboxEntry", "decode_entry", "encode_entry"]
 
 
 class OutboxEntry:
-    __slots__ = ("collection", "error", "fields", "id", "op", "record", "status")
+    __slots__ = ("collection", "error", "fields", "id", "n", "op", "record", "status")
 
     def __init__(self, id: int, collection: str, record: str, op: str, fields: dict[str, Any],
-                 status: ChangeStatus = "pending", error: tuple[str, str] | None = None) -> None:
+                 status: ChangeStatus = "pending", error: tuple[str, str] | None = None, n: int = -1) -> None:
         self.id = id
+        #: the update's index among the record's updates (``("upd", collection, record, n)`` once
+        #: acknowledged); -1 for an entry stored before the index was kept (see ``layout.py``)
+        self.n = n
         self.collection = collection
         self.record = record
         self.op = op
@@ -36,27 +42,27 @@ class OutboxEntry:
 
     def header(self) -> bytes:
         return orjson.dumps({"c": self.collection, "r": self.record, "o": self.op, "f": self.fields,
-                             "s": self.status, "e": list(self.error) if self.error else None})
+                             "s": self.status, "e": list(self.error) if self.error else None, "n": self.n})
 
     def public(self) -> PendingChange:
         return PendingChange(self.id, self.collection, self.record, self.op, dict(self.fields), self.status,
                              self.error)
 
 
-def _encode(entry: OutboxEntry, update: bytes) -> bytes:
+def encode_entry(entry: OutboxEntry, update: bytes) -> bytes:
     out = bytearray()
     write_bytes(out, entry.header())
     write_bytes(out, update)
     return bytes(out)
 
 
-def _decode(change_id: int, raw: bytes) -> tuple[OutboxEntry, bytes]:
+def decode_entry(change_id: int, raw: bytes) -> tuple[OutboxEntry, bytes]:
     r = Reader(raw)
     h = orjson.loads(r.bytes())
     update = r.bytes()
     err = tuple(h["e"]) if h.get("e") else None
     return OutboxEntry(change_id, h["c"], h["r"], h["o"], h["f"], cast(ChangeStatus, h["s"]),
-                       cast("tuple[str, str] | None", err)), update
+                       cast("tuple[str, str] | None", err), int(h.get("n", -1))), update
 
 
 class Outbox:
@@ -67,7 +73,7 @@ class Outbox:
         # per record: ids of entries in "error" and in "syncing", so a record's status costs O(1)
         self._flagged: dict[tuple[str, str], dict[str, set[int]]] = {}
         for key, raw in store.iter_range(("out",)):
-            entry, _ = _decode(int(key[1]), raw)
+            entry, _ = decode_entry(int(key[1]), raw)
             # a sync cut short by a crash left entries "syncing": they are pending again
             if entry.status == "syncing":
                 entry.status = "pending"
@@ -104,7 +110,7 @@ class Outbox:
         return max(self._entries, default=0)
 
     def add(self, batch: Batch, entry: OutboxEntry, update: bytes) -> None:
-        batch.save(("out", entry.id), _encode(entry, update))
+        batch.save(("out", entry.id), encode_entry(entry, update))
         self._index(entry)
 
     def entries(self) -> list[OutboxEntry]:
@@ -116,11 +122,34 @@ class Outbox:
     def for_record(self, collection: str, record: str) -> list[OutboxEntry]:
         return [self._entries[i] for i in sorted(self._by_record.get((collection, record), ()))]
 
+    def last_for(self, collection: str, record: str) -> int:
+        """The id of the record's newest pending change, 0 if it has none."""
+        ids = self._by_record.get((collection, record))
+        return ids[-1] if ids else 0
+
+    def local_records(self, collection: str) -> set[str]:
+        """The ids of the records of ``collection`` with pending changes."""
+        return {rid for c, rid in self._by_record if c == collection}
+
     def update_bytes(self, change_id: int) -> bytes:
         raw = self.store.load(("out", change_id))
         if raw is None:
             raise KeyError(change_id)
-        return _decode(change_id, raw)[1]
+        return decode_entry(change_id, raw)[1]
+
+    def updates_of(self, ids: list[int]) -> dict[int, bytes]:
+        """The update of each of these entries (one store query), by change id."""
+        raws = self.store.load_many([("out", i) for i in ids])
+        return {i: decode_entry(i, raw)[1] for i, raw in zip(ids, raws, strict=True) if raw is not None}
+
+    def local_updates(self, collection: str, record: str) -> list[tuple[int, int, bytes]]:
+        """``(n, change id, update)`` of each pending change of a record: what ``RecordDocs`` loads a record
+        with, beside its stored updates (a pending update is stored in its outbox entry only)."""
+        ids = self._by_record.get((collection, record))
+        if not ids:
+            return []
+        found = self.updates_of(list(ids))
+        return [(self._entries[i].n, i, found[i]) for i in ids if i in found]
 
     def set_status(self, batch: Batch | None, ids: Iterable[int], status: ChangeStatus,
                    error: tuple[str, str] | None = None) -> None:
@@ -135,7 +164,7 @@ class Outbox:
             if batch is not None:
                 raw = self.store.load(("out", i))
                 if raw is not None:
-                    batch.save(("out", i), _encode(e, _decode(i, raw)[1]))
+                    batch.save(("out", i), encode_entry(e, decode_entry(i, raw)[1]))
 
     def remove(self, batch: Batch, ids: Iterable[int]) -> list[OutboxEntry]:
         removed = []

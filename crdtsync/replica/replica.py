@@ -41,6 +41,7 @@ from ..store.encrypted import EncryptedStore, is_encrypted
 from ..store.memory import MemoryStore
 from ..store.sqlite import SQLiteStore, Synchronous
 from .docs import LoadedRecord, RecordDocs
+from .layout import upgrade
 from .outbox import Outbox, OutboxEntry
 from .rows import Rows, Where
 from .types import ChangeEvent, PendingChange, Record, RecordStatus
@@ -89,12 +90,13 @@ class Replica:
                 raise LocalError(f"this store belongs to device {meta['device']!r}, not {device!r}; "
                                  "each device needs its own store")
             client_id = int(meta["client_id"])
+        upgrade(store)
         self.outbox = Outbox(store)
         raw_hlc = store.load(("meta", "hlc"))
         self.clock = Hlc(wall, max(int(raw_hlc) if raw_hlc else 0, self.outbox.last_id()))
         self.docs = RecordDocs(store, schema, device=device, user=user, client_id=client_id,
                                new_client_id=self._new_client_id, cache_size=cache_size,
-                               compact_after=compact_after, wall=wall)
+                               compact_after=compact_after, wall=wall, local=self.outbox)
         self.rows = Rows(store)
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._closed = False
@@ -220,11 +222,10 @@ class Replica:
         update = write(lr.doc, t)
         if not update:
             return
-        entry = OutboxEntry(t, coll.name, rid, op, shown)
         batch = Batch()
         try:
-            self.outbox.add(batch, entry, update)
-            self.docs.append(batch, coll.name, rid, update, change_id=t)
+            n = self.docs.append(batch, coll.name, rid, update, change_id=t)
+            self.outbox.add(batch, OutboxEntry(t, coll.name, rid, op, shown, n=n), update)
             rec = self._save_row(batch, coll, lr.doc)
             self.store.commit(batch)
         except BaseException:
@@ -402,7 +403,7 @@ class Replica:
             self.store.commit(batch)
         except BaseException:
             self.docs.reload(collection, rid)
-            self.outbox = Outbox(self.store)
+            self.outbox = self.docs.local = Outbox(self.store)
             raise
         self._emit([ChangeEvent(collection, rid, "local", rec)])
         return gone
@@ -465,18 +466,29 @@ class Replica:
         """The relay stored these changes: they leave the outbox; their records become ``synced``."""
         ids = list(ids)
         batch = Batch()
-        removed = self.outbox.remove(batch, ids)
-        by_record: dict[tuple[str, str], set[int]] = defaultdict(set)
-        for e in removed:
-            by_record[(e.collection, e.record)].add(e.id)
-        events = []
-        for (c, rid), cids in sorted(by_record.items()):
-            self.docs.confirm(batch, c, rid, cids)
-            coll = self._coll(c)
-            rec = self._save_row(batch, coll, self.docs.get(c, rid).doc)
-            events.append(ChangeEvent(c, rid, "status", rec))
-        batch.save(("meta", "hlc"), str(self.clock.last).encode())
-        self.store.commit(batch)
+        known = [e for i in ids if (e := self.outbox.get(i)) is not None]
+        updates = self.outbox.updates_of([e.id for e in known])
+        # load the records while the outbox still lists these changes: a record loaded after would miss them
+        loaded = {key: self.docs.get(*key) for key in sorted({(e.collection, e.record) for e in known})}
+        try:
+            removed = self.outbox.remove(batch, ids)
+            by_record: dict[tuple[str, str], set[int]] = defaultdict(set)
+            for e in removed:
+                by_record[(e.collection, e.record)].add(e.id)
+            events = []
+            for (c, rid), cids in sorted(by_record.items()):
+                self.docs.confirm(batch, c, rid, {i: updates[i] for i in cids if i in updates}, lr=loaded[(c, rid)])
+                coll = self._coll(c)
+                rec = self._save_row(batch, coll, loaded[(c, rid)].doc)
+                events.append(ChangeEvent(c, rid, "status", rec))
+            batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            self.store.commit(batch)
+        except BaseException:
+            # the store is the truth: forget what memory changed of this failed acknowledgement
+            for key in loaded:
+                self.docs.reload(*key)
+            self.outbox = self.docs.local = Outbox(self.store)
+            raise
         self._emit(events)
 
     def apply_remote(self, items: Iterable[tuple[str, str, bytes]], *,
@@ -551,12 +563,7 @@ class Replica:
     # -- merging by hand -----------------------------------------------------------------------------------
 
     def _stored_update(self, collection: str, rid: str) -> bytes:
-        parts = []
-        snap = self.store.load(("snap", collection, rid))
-        if snap is not None:
-            parts.append(snap)
-        parts += [raw[9:] if raw[:1] == b"\x01" else raw[1:]
-                  for _, raw in self.store.load_range(("upd", collection, rid))]
+        parts = self.docs.stored_parts(collection, rid)
         if not parts:
             return _EMPTY_UPDATE
         return parts[0] if len(parts) == 1 else merge_updates(*parts)
