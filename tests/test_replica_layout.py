@@ -89,3 +89,64 @@ def test_a_local_write_stores_its_update_once(tmp_path: Path) -> None:
         assert r.store.load_range(("out",)) == []
         r.docs.forget()  # loaded again from the acknowledged updates
         assert r.docs.get("accounts", rid).doc.state().fields["employees"] == 5
+
+
+def _stored_row(r: Replica, rid: str) -> dict[str, object] | None:
+    raw = r.store.load(("row", "accounts", rid))
+    return None if raw is None else dict(orjson.loads(raw))
+
+
+def test_reads_see_local_writes_whose_rows_wait(tmp_path: Path) -> None:
+    with _open(tmp_path / "r.db") as r:
+        r.create("accounts", {"name": "Mid"}, id="m")
+        r.acknowledge(p.id for p in r.pending())
+        r.create("accounts", {"name": "Zed"}, id="z")
+        r.create("accounts", {"name": "Acme"}, id="a")
+        r.update("accounts", "m", {"employees": 9})
+        assert _stored_row(r, "a") is None  # the row waits ...
+        stored_m = _stored_row(r, "m")
+        assert stored_m is not None and stored_m["f"]["employees"] is None  # type: ignore[index]
+        rec = r.get("accounts", "m")  # ... and reads do not
+        assert rec is not None and rec.fields["employees"] == 9 and rec.status == "pending"
+        assert [x.id for x in r.query("accounts")] == ["a", "m", "z"]  # in id order, as rows come
+        assert [x.id for x in r.query("accounts", where={"employees": 9})] == ["m"]
+        events = []
+        r.subscribe(events.append)
+        r.mark_syncing(p.id for p in r.pending())  # a status change of a waiting row is still told
+        assert sorted(e.id for e in events) == ["a", "m", "z"] and all(e.origin == "status" for e in events)
+        r.delete("accounts", "z")
+        assert [x.id for x in r.query("accounts")] == ["a", "m"]
+        assert [x.id for x in r.query("accounts", include_deleted=True)] == ["a", "m", "z"]
+
+
+def test_rows_are_written_in_groups_and_on_close(tmp_path: Path) -> None:
+    from crdtsync.replica.replica import _DIRTY_MAX
+
+    path = tmp_path / "r.db"
+    with _open(path) as r:
+        for i in range(_DIRTY_MAX):
+            r.create("accounts", {"name": f"n{i}"}, id=f"a{i:03}")
+        assert all(_stored_row(r, f"a{i:03}") is None for i in range(_DIRTY_MAX))
+        r.create("accounts", {"name": "last"}, id="b")  # one too many: every waiting row is written
+        assert all(_stored_row(r, f"a{i:03}") is not None for i in range(_DIRTY_MAX))
+        r.update("accounts", "b", {"employees": 1})
+    store = SQLiteStore(path)
+    row = store.load(("row", "accounts", "b"))
+    store.close()
+    assert row is not None and orjson.loads(row)["f"]["employees"] == 1  # written on close
+
+
+def test_rows_behind_after_a_crash_are_rewritten_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    r = _open(path)
+    r.create("accounts", {"name": "Acme"}, id="a")
+    r.acknowledge(p.id for p in r.pending())
+    r.update("accounts", "a", {"employees": 5})
+    r.create("accounts", {"name": "New"}, id="n")
+    r.store.close()  # as a crash would: no Replica.close, the rows never written
+    with _open(path) as again:
+        for rid, employees in (("a", 5), ("n", None)):
+            stored = _stored_row(again, rid)
+            assert stored is not None and stored["f"].get("employees") == employees  # type: ignore[attr-defined]
+            assert stored["x"] == again.outbox.last_for("accounts", rid) != 0
+        assert not again._dirty

@@ -127,6 +127,10 @@ class Outbox:
         ids = self._by_record.get((collection, record))
         return ids[-1] if ids else 0
 
+    def records(self) -> list[tuple[str, str]]:
+        """Every (collection, record) with pending changes."""
+        return list(self._by_record)
+
     def local_records(self, collection: str) -> set[str]:
         """The ids of the records of ``collection`` with pending changes."""
         return {rid for c, rid in self._by_record if c == collection}

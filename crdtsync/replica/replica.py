@@ -1,9 +1,16 @@
 """The replica: a device's records, schema, outbox and sync status, on a local byte store.
 
 Every local write is checked against the schema first (a bad write raises ``ValidationError`` and stores
-nothing), then applied to the record's document, and its update, outbox entry and materialised row are
+nothing), then applied to the record's document, and its outbox entry (which holds its update) is
 committed in one transaction before the call returns: a process killed at any point loses no change that
 a call returned from.
+
+The record's materialised row is written later: with the rows of up to ``_DIRTY_MAX`` other records
+written locally since their rows were (one key per write instead of two halves the pages a write
+commits), when a merge, status change or acknowledgement rewrites it, or on ``close``. Until then reads
+take that record from its document, so they never see a row behind a returned write. A replica reopened
+after a crash finds those records by the ``x`` in their rows (the newest local change a row reflects)
+against their pending changes in the outbox, and writes their rows before anything else.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from ..errors import (
     RecordNotFound,
     RemoteValidationError,
     ValidationError,
+    WrongKeyError,
 )
 from ..model.record import RecordDoc
 from ..model.state import Conflict, HistoryEntry
@@ -43,7 +51,7 @@ from ..store.sqlite import SQLiteStore, Synchronous
 from .docs import LoadedRecord, RecordDocs
 from .layout import upgrade
 from .outbox import Outbox, OutboxEntry
-from .rows import Rows, Where
+from .rows import Rows, Where, row_change
 from .types import ChangeEvent, PendingChange, Record, RecordStatus
 
 __all__ = ["Replica"]
@@ -55,6 +63,7 @@ _VECTOR_MAGIC = b"CSV1"
 _EMPTY_UPDATE = b"\x00\x00"
 _LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what one merge holds at once)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_DIRTY_MAX = 64  # records written locally whose rows are not written yet, at most (see the docstring)
 
 
 def _wall_ms() -> int:
@@ -100,6 +109,31 @@ class Replica:
         self.rows = Rows(store)
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._closed = False
+        #: records whose stored rows may be behind their documents (an ordered set): read from the document
+        self._dirty: dict[tuple[str, str], None] = {}
+        self._find_dirty_rows()
+
+    def _find_dirty_rows(self) -> None:
+        """After a crash: the records whose rows are behind their pending changes (see the docstring)."""
+        queued = self.outbox.records()
+        keys = [("row", c, rid) for c, rid in queued]
+        try:
+            raws = self.store.load_many(keys)
+        except WrongKeyError:  # a tampered row: left as it is, for reads to report (the others are checked)
+            raws = []
+            for k in keys:
+                try:
+                    raws.append(self.store.load(k))
+                except WrongKeyError:
+                    raws.append(b'{"x": null}')
+        for key, raw in zip(queued, raws, strict=True):
+            if raw is None or row_change(raw) not in (None, self.outbox.last_for(*key)):
+                self._dirty[key] = None  # a crash came before its row was written
+        if self._dirty:  # write them now, so that reads come from rows again
+            batch = Batch()
+            self._stage_dirty_rows(batch)
+            self._commit(batch)
+            self.docs.forget()  # loaded for that only
 
     @classmethod
     def open(cls, path: str | Path, schema: Schema, *, device: str, user: str, key: bytes | str | None = None,
@@ -134,9 +168,18 @@ class Replica:
         return "".join(reversed(chars))
 
     def close(self) -> None:
+        """Write the rows not written yet, and close the store."""
         if not self._closed:
             self._closed = True
-            self.store.close()
+            try:
+                if self._dirty:
+                    batch = Batch()
+                    self._stage_dirty_rows(batch)
+                    self._commit(batch)
+            except Exception:  # they are rebuilt on the next open
+                log.warning("could not write %d rows on close", len(self._dirty), exc_info=True)
+            finally:
+                self.store.close()
 
     def __enter__(self) -> Replica:
         return self
@@ -183,10 +226,40 @@ class Replica:
     def _save_row(self, batch: Batch, coll: Collection, doc: RecordDoc) -> Record:
         state = doc.state()
         status, error = self._status(coll.name, doc.id, bool(state.conflicts))
-        self.rows.save(batch, coll, state, status, error)
+        self.rows.save(batch, coll, state, status, error, self.outbox.last_for(coll.name, doc.id))
         # the Record is what decode_row would make of the row just written, built without the round trip
         return Record(coll.name, doc.id, dict(state.fields), status, state.conflicts, state.deleted, error,
                       state.updated, dict(state.changed_by))
+
+    def _record(self, coll: Collection, doc: RecordDoc) -> Record | None:
+        """The record as its row would show it, from its document (None if it does not exist)."""
+        state = doc.state()
+        if not state.exists:
+            return None
+        status, error = self._status(coll.name, doc.id, bool(state.conflicts))
+        return Record(coll.name, doc.id, dict(state.fields), status, state.conflicts, state.deleted, error,
+                      state.updated, dict(state.changed_by))
+
+    def _stage_dirty_rows(self, batch: Batch) -> None:
+        """Stage the rows not written yet into ``batch`` (``_commit`` forgets them once it is stored)."""
+        for c, rid in list(self._dirty):
+            lr = self.docs.get(c, rid)
+            if lr.doc.state().exists:
+                self._save_row(batch, self._coll(c), lr.doc)
+            else:
+                batch.remove(("row", c, rid))
+
+    def _commit(self, batch: Batch) -> None:
+        """Commit ``batch``; the rows it writes (or removes) are no longer behind their records."""
+        self.store.commit(batch)
+        if self._dirty:
+            for key in [*batch.saves, *batch.removes]:
+                if key[0] == "row":
+                    self._dirty.pop((str(key[1]), str(key[2])), None)
+
+    def _overlay(self, coll: Collection) -> dict[str, Record | None]:
+        """The records of ``coll`` whose rows are not written yet, from their documents, by id."""
+        return {rid: self._record(coll, self.docs.get(c, rid).doc) for c, rid in list(self._dirty) if c == coll.name}
 
     def _check_id(self, coll: Collection, rid: object) -> str:
         if not isinstance(rid, str) or not 0 < len(rid) <= 200 or any(ord(ch) < 32 for ch in rid):
@@ -194,6 +267,8 @@ class Replica:
         return rid
 
     def _row(self, coll: Collection, rid: str) -> Record | None:
+        if (coll.name, rid) in self._dirty:
+            return self._record(coll, self.docs.get(coll.name, rid).doc)
         return self.rows.load(coll, rid)
 
     def _writable(self, coll: Collection, rid: str) -> None:
@@ -223,17 +298,25 @@ class Replica:
         if not update:
             return
         batch = Batch()
+        key = (coll.name, rid)
         try:
             n = self.docs.append(batch, coll.name, rid, update, change_id=t)
             self.outbox.add(batch, OutboxEntry(t, coll.name, rid, op, shown, n=n), update)
-            rec = self._save_row(batch, coll, lr.doc)
-            self.store.commit(batch)
+            # the row waits (see the module docstring), unless too many rows wait already
+            flush = len(self._dirty) >= _DIRTY_MAX
+            if flush:
+                self._stage_dirty_rows(batch)
+                self._save_row(batch, coll, lr.doc)
+            self._commit(batch)
         except BaseException:
             # the store is the truth: drop what memory holds of this failed write
             self.outbox.remove(Batch(), [t])
             self.docs.reload(coll.name, rid)
             raise
-        self._emit([ChangeEvent(coll.name, rid, "local", rec)])
+        if not flush:
+            self._dirty[key] = None
+        if self._listeners:
+            self._emit([ChangeEvent(coll.name, rid, "local", self._record(coll, lr.doc))])
 
     @staticmethod
     def _shown(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -340,14 +423,15 @@ class Replica:
               order_by: str | None = None, descending: bool = False, limit: int | None = None) -> list[Record]:
         """Records of a collection from the materialised rows. ``where`` maps fields to the values they
         must equal, or is a predicate on ``Record``."""
-        return self.rows.query(self._coll(collection), where, include_deleted=include_deleted,
-                               order_by=order_by, descending=descending, limit=limit)
+        coll = self._coll(collection)
+        return self.rows.query(coll, where, include_deleted=include_deleted, order_by=order_by,
+                               descending=descending, limit=limit, overlay=self._overlay(coll))
 
     def conflicts(self, collection: str | None = None) -> list[Conflict]:
         """Every open conflict (of one collection, or all)."""
         out: list[Conflict] = []
         for coll in [self._coll(collection)] if collection else list(self.schema):
-            for rec in self.rows.scan(coll):
+            for rec in self.rows.scan(coll, self._overlay(coll)):
                 out.extend(rec.conflicts)
         return out
 
@@ -400,7 +484,7 @@ class Replica:
                 rec = self._save_row(batch, coll, lr.doc)
             else:
                 batch.remove(("row", collection, rid))
-            self.store.commit(batch)
+            self._commit(batch)
         except BaseException:
             self.docs.reload(collection, rid)
             self.outbox = self.docs.local = Outbox(self.store)
@@ -431,12 +515,15 @@ class Replica:
     def _restatus(self, ids: Iterable[int], status: str, error: tuple[str, str] | None = None,
                   persist: bool = False) -> None:
         touched = {(e.collection, e.record) for i in ids if (e := self.outbox.get(i)) is not None}
+        # a record whose row is not written yet is read from its document with the status of the moment:
+        # take it before the change of status, to tell whether it changes
+        before = {key: self._row(self._coll(key[0]), key[1]) for key in touched if key in self._dirty}
         batch = Batch()
         self.outbox.set_status(batch if persist else None, ids, status, error)  # type: ignore[arg-type]
         events = []
         for c, rid in sorted(touched):
             coll = self._coll(c)
-            rec = self._row(coll, rid)
+            rec = before[(c, rid)] if (c, rid) in before else self._row(coll, rid)
             if rec is None:
                 continue
             st, err = self._status(c, rid, bool(rec.conflicts))
@@ -444,7 +531,7 @@ class Replica:
                 lr = self.docs.get(c, rid)
                 rec = self._save_row(batch, coll, lr.doc)
                 events.append(ChangeEvent(c, rid, "status", rec))
-        self.store.commit(batch)
+        self._commit(batch)
         self._emit(events)
 
     def mark_syncing(self, ids: Iterable[int]) -> None:
@@ -482,7 +569,7 @@ class Replica:
                 rec = self._save_row(batch, coll, loaded[(c, rid)].doc)
                 events.append(ChangeEvent(c, rid, "status", rec))
             batch.save(("meta", "hlc"), str(self.clock.last).encode())
-            self.store.commit(batch)
+            self._commit(batch)
         except BaseException:
             # the store is the truth: forget what memory changed of this failed acknowledgement
             for key in loaded:
@@ -529,7 +616,7 @@ class Replica:
                 batch.save(("meta", "hlc"), str(self.clock.last).encode())
             for name, value in (meta or {}).items():
                 batch.save(("meta", "app", name), value)
-            self.store.commit(batch)
+            self._commit(batch)
         except BaseException:
             for c, rid in touched:
                 self.docs.reload(c, rid)

@@ -1,8 +1,12 @@
 """Materialised rows: one plain JSON row per record at ``("row", collection, id)``.
 
-Reads (``get``, ``query``, ``conflicts``) come from rows, never from the Yjs documents, so a replica
-with 100k records answers queries without loading a single document. Rows are derived data: they are
-rewritten in the same transaction as the change they reflect.
+Reads (``get``, ``query``, ``conflicts``) come from rows, not from the Yjs documents, so a replica
+with 100k records answers queries without loading a single document. Rows are derived data: a merge, a
+status change or an acknowledgement rewrites them in the same transaction as the change they reflect. A
+local write does not (see ``Replica``): its record is read from its document (an *overlay* here) until
+its row is written, a few writes later, so that a write commits one key, not two. Each row says in
+``x`` the newest local change it reflects, so that a replica reopened after a crash knows which rows
+are behind their records' pending changes.
 """
 
 from __future__ import annotations
@@ -55,7 +59,10 @@ def _cand_field(coll: Collection, kind: str, name: str, index: int) -> Field | N
     return coll.fields.get(name)
 
 
-def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error: str | None) -> bytes:
+def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error: str | None,
+               last_change: int = 0) -> bytes:
+    """The row of a record; ``last_change`` is the id of the newest local change it reflects (0: none
+    pending)."""
     return orjson.dumps({
         "f": {n: _enc(coll.fields.get(n), v) for n, v in state.fields.items()},
         "d": state.deleted,
@@ -67,7 +74,15 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
                "v": [[_enc(_cand_field(coll, c.kind, c.field, i), x.value), x.device, x.user, x.time]
                      for i, x in enumerate(c.candidates)]}
               for c in state.conflicts],
+        "x": last_change,
     })
+
+
+def row_change(raw: bytes) -> int | None:
+    """The newest local change a stored row reflects; None for a row written before rows said so (they
+    were all written with their change, so they are current)."""
+    x = orjson.loads(raw).get("x")
+    return x if isinstance(x, int) else None
 
 
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
@@ -87,8 +102,8 @@ class Rows:
         self.store = store
 
     def save(self, batch: Batch, coll: Collection, state: RecordState, status: RecordStatus,
-             error: str | None) -> bytes:
-        raw = encode_row(coll, state, status, error)
+             error: str | None, last_change: int = 0) -> bytes:
+        raw = encode_row(coll, state, status, error, last_change)
         batch.save(("row", coll.name, state.id), raw)
         return raw
 
@@ -96,17 +111,37 @@ class Rows:
         raw = self.store.load(("row", coll.name, record_id))
         return None if raw is None else decode_row(coll, record_id, raw)
 
-    def scan(self, coll: Collection) -> Iterator[Record]:
+    def scan(self, coll: Collection, overlay: Mapping[str, Record | None] | None = None) -> Iterator[Record]:
+        """Every record of ``coll`` in id order. ``overlay`` (id -> record, None for none) takes the place
+        of the stored rows of those ids: records whose rows are not written yet."""
+        if not overlay:
+            for key, raw in self.store.iter_range(("row", coll.name)):
+                yield decode_row(coll, str(key[2]), raw)
+            return
+        extra = sorted(overlay)  # str order is the order of the encoded keys
+        j = 0
         for key, raw in self.store.iter_range(("row", coll.name)):
-            yield decode_row(coll, str(key[2]), raw)
+            rid = str(key[2])
+            while j < len(extra) and extra[j] <= rid:
+                rec = overlay[extra[j]]
+                if rec is not None:
+                    yield rec
+                j += 1
+            if rid not in overlay:
+                yield decode_row(coll, rid, raw)
+        for rid in extra[j:]:
+            rec = overlay[rid]
+            if rec is not None:
+                yield rec
 
     def query(self, coll: Collection, where: Where = None, *, include_deleted: bool = False,
-              order_by: str | None = None, descending: bool = False, limit: int | None = None) -> list[Record]:
+              order_by: str | None = None, descending: bool = False, limit: int | None = None,
+              overlay: Mapping[str, Record | None] | None = None) -> list[Record]:
         if where is not None and not callable(where):
             for name in where:
                 coll.field(None, name)
         out: list[Record] = []
-        for rec in self.scan(coll):
+        for rec in self.scan(coll, overlay):
             if rec.deleted and not include_deleted:
                 continue
             if where is not None:
