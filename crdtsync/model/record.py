@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
-from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update
+from pycrdt import Array, Doc, Map, Text, get_update
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Invalid
@@ -75,18 +74,19 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     return SetEntry(name, element, writer, a, r)
 
 
-def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> Any:
-    """``doc.observe(callback)`` without its cost: pycrdt 0.14's ``Doc.observe`` evaluates
-    ``typing.cast(Callable[[TransactionEvent], None], ...)`` at run time, which misses typing's cache and
-    took 80 us, a fifth of merging a record. The same subscription, made the way ``observe`` makes it."""
-    try:
-        from pycrdt._doc import observe_callback
+def _subscribe(doc: Doc[Any], sink: list[bytes]) -> Callable[[], None]:
+    """Append the update of each transaction of ``doc`` to ``sink`` until the returned function is called.
 
-        sub = doc._doc.observe(functools.partial(observe_callback, callback, doc))
-        doc._subscriptions.append(sub)
-        return sub
-    except (ImportError, AttributeError):  # another pycrdt: the public way
-        return doc.observe(callback)
+    The subscription is made on the Rust document with a callback that holds ``sink`` only (not the
+    document, nor its ``RecordDoc``) and reads the update at once: cheaper than ``Doc.observe`` (no
+    ``TransactionEvent`` wrapper, no partial), which a local write paid for each time.
+    """
+    try:
+        sub = doc._doc.observe(lambda event: sink.append(event.update))
+        return sub.drop
+    except AttributeError:  # another pycrdt: the public way
+        pub = doc.observe(lambda event: sink.append(event.update))
+        return lambda: doc.unobserve(pub)
 
 
 class RecordDoc:
@@ -105,6 +105,7 @@ class RecordDoc:
         self.user = user
         self._captured: list[bytes] = []
         self._log_buf: list[str] = []  # history entries of the write under way (see ``_write``)
+        self._txn: Any = None  # the Yrs transaction of the write under way (see ``_write``)
         #: every integrated update of the document (merged now and then): what it is rebuilt from when
         #: an update that cannot be integrated yet got into it (see ``apply``)
         self._parts: list[bytes] = list(updates)
@@ -145,14 +146,16 @@ class RecordDoc:
         document (and this object) alive for ever, so records evicted from the cache were never freed
         (3000 records merged through a 10-record cache kept all 3000 in memory).
         """
-        sub = _observe(self.doc, self._on_txn)
+        updates: list[bytes] = []
+        stop = _subscribe(self.doc, updates)
         try:
             yield
         finally:
-            self.doc.unobserve(sub)
+            stop()
+            for update in updates:
+                self._on_update(update)
 
-    def _on_txn(self, event: TransactionEvent) -> None:
-        update = event.update
+    def _on_update(self, update: bytes) -> None:
         if update == _EMPTY_UPDATE:
             return
         self._captured.append(update)
@@ -294,19 +297,28 @@ class RecordDoc:
     # -- writing -------------------------------------------------------------------------------------------
 
     def _write(self, body: Callable[[], None]) -> bytes:
-        self._captured.clear()
+        """Run ``body`` (the writes) in one transaction; return the Yjs update it made."""
         self._log_buf = []
-        with self._capturing(), self.doc.transaction(origin="local") as txn:
-            body()
-            # history entries go in at the front, in the order logged: ``history()`` sorts them by time
-            # anyway, and appending to a long array cost Yrs a walk over every entry (40 us at 3000 writes)
-            hist = self._hist.integrated
-            for i, entry in enumerate(self._log_buf):
-                hist.insert(txn._txn, i, entry)
+        updates: list[bytes] = []
+        stop = _subscribe(self.doc, updates)
+        try:
+            with self.doc.transaction() as txn:
+                self._txn = txn._txn
+                body()
+                # history entries go in at the front, in the order logged: ``history()`` sorts them by time
+                # anyway, and appending to a long array cost Yrs a walk over every entry (40 us at 3000 writes)
+                hist = self._hist.integrated
+                for i, entry in enumerate(self._log_buf):
+                    hist.insert(txn._txn, i, entry)
+        finally:
+            self._txn = None
+            stop()
         self._state = None
+        out = [u for u in updates if u != _EMPTY_UPDATE]
+        for u in out:
+            self._parts.append(u)
+            self._tail_bytes += len(u)
         self._fold_parts()
-        out = self._captured[:]
-        self._captured.clear()
         if not out:
             return b""
         if len(out) == 1:
@@ -317,7 +329,10 @@ class RecordDoc:
     def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
         key = f"{name}{SEP}{self.writer}"
         raw = orjson.dumps({"v": value, "t": t, "d": self.device, "u": self.user, "c": seen}).decode()
-        self._slots[key] = raw
+        if self._txn is not None:  # within ``_write``: straight into its transaction (``Map.__setitem__``
+            self._slots.integrated.insert(self._txn, key, raw)  # opens a nested one, at twice the cost)
+        else:
+            self._slots[key] = raw
         self._wrote_slot(key, raw, Slot(name, self.writer, value, t, self.device, self.user, seen))
 
     def _wrote_slot(self, key: str, raw: str, slot: Slot) -> None:
