@@ -409,7 +409,7 @@ class Collection:
 
     def check(self, record: str | None, values: Mapping[str, Any], *, create: bool) -> dict[str, Any]:
         """Check a whole write; returns the normalised values or raises ``ValidationError``."""
-        if not isinstance(values, Mapping):
+        if type(values) is not dict and not isinstance(values, Mapping):  # (an ABC check costs 0.5 us)
             raise ValidationError(self.name, record, None, f"expected a mapping of fields, got {type(values).__name__}")
         out: dict[str, Any] = {}
         for name, value in values.items():

@@ -271,16 +271,17 @@ class Replica:
             return self._record(coll, self.docs.get(coll.name, rid).doc)
         return self.rows.load(coll, rid)
 
-    def _writable(self, coll: Collection, rid: str) -> None:
-        """Raise unless the record exists, is not deleted and holds no rejected change.
+    def _writable(self, coll: Collection, rid: str) -> LoadedRecord:
+        """The loaded record; raise unless it exists, is not deleted and holds no rejected change.
 
         Checked on the record's document (the one the write is about to load anyway), not its row: a
         row decode per write was a fifth of the cost of ``update()``.
         """
         if not isinstance(rid, str):
             raise RecordNotFound(f"{coll.name}/{rid!r} does not exist")
-        state = self.docs.get(coll.name, rid).doc.state() if self.docs.exists(coll.name, rid) else None
-        if state is None or not state.exists:
+        lr = self.docs.get(coll.name, rid) if self.docs.exists(coll.name, rid) else None
+        state = lr.doc.state() if lr is not None else None
+        if lr is None or state is None or not state.exists:
             raise RecordNotFound(f"{coll.name}/{rid} does not exist")
         if state.deleted:
             raise RecordDeleted(f"{coll.name}/{rid} is deleted; restore() it first")
@@ -289,10 +290,12 @@ class Replica:
             code, reason = err.error or ("error", "")
             raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); "
                                 "discard_record() it (or retry() it once the relay accepts it) first")
+        return lr
 
     def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
-                      write: Callable[[RecordDoc, int], bytes]) -> None:
-        lr = self.docs.get(coll.name, rid)
+                      write: Callable[[RecordDoc, int], bytes], lr: LoadedRecord | None = None) -> None:
+        if lr is None:
+            lr = self.docs.get(coll.name, rid)
         t = self.clock.now()
         update = write(lr.doc, t)
         if not update:
@@ -300,7 +303,7 @@ class Replica:
         batch = Batch()
         key = (coll.name, rid)
         try:
-            n = self.docs.append(batch, coll.name, rid, update, change_id=t)
+            n = self.docs.append(batch, coll.name, rid, update, change_id=t, lr=lr)
             self.outbox.add(batch, OutboxEntry(t, coll.name, rid, op, shown, n=n), update)
             # the row waits (see the module docstring), unless too many rows wait already
             flush = len(self._dirty) >= _DIRTY_MAX
@@ -344,10 +347,10 @@ class Replica:
         counters the difference (use ``increment`` for concurrent-safe counting)."""
         coll = self._coll(collection)
         checked = coll.check(id, values, create=False)
-        self._writable(coll, id)
+        lr = self._writable(coll, id)
         if checked:
             self._commit_local(coll, id, "update", self._shown(coll, checked),
-                               lambda doc, t: doc.write(checked, t))
+                               lambda doc, t: doc.write(checked, t), lr)
 
     def increment(self, collection: str, id: str, field: str, by: int = 1) -> None:
         """Add ``by`` to a counter field; increments made concurrently on several devices all count."""

@@ -16,12 +16,22 @@ _INT = 0x03
 _OFFSET = 1 << 63
 
 
+_SEGMENTS: dict[str, bytes] = {}  # encoded str segments: keys repeat their collection and record ids
+_SEGMENTS_MAX = 4096
+
+
 def encode_key(key: Key) -> bytes:
     parts = []
     for seg in key:
         if type(seg) is str:  # the common case first: every key has a str segment or three
-            b = seg.encode("utf-8")
-            parts.append(b"\x02" + (b.replace(b"\x00", b"\x00\xff") if b"\x00" in b else b) + b"\x00\x00")
+            enc = _SEGMENTS.get(seg)
+            if enc is None:
+                b = seg.encode("utf-8")
+                enc = b"\x02" + (b.replace(b"\x00", b"\x00\xff") if b"\x00" in b else b) + b"\x00\x00"
+                if len(_SEGMENTS) >= _SEGMENTS_MAX:
+                    _SEGMENTS.clear()
+                _SEGMENTS[seg] = enc
+            parts.append(enc)
         elif isinstance(seg, bool):
             raise TypeError("key segments are str or int, not bool")
         elif isinstance(seg, int):

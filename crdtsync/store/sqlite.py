@@ -121,6 +121,12 @@ class SQLiteStore(ByteStore):
             db = self._conn()
             if not batch:
                 return
+            if len(batch.saves) == 1 and not batch.removes and not batch.range_removes:
+                # one statement is a transaction of its own: the same guarantees, two calls fewer (a local
+                # write commits one key, and BEGIN + COMMIT were a sixth of its commit)
+                ((key, value),) = batch.saves.items()
+                db.execute("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (encode_key(key), value))
+                return
             db.execute("BEGIN IMMEDIATE")
             try:
                 for prefix in batch.range_removes:
