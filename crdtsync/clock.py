@@ -53,13 +53,14 @@ class Hlc:
     def now(self) -> int:
         """A new time for a local event, strictly greater than every time issued or observed."""
         wall = self._wall()
-        last_wall, last_counter = hlc_wall_ms(self._last), hlc_counter(self._last)
+        last = self._last  # the helpers inlined: ``now`` runs on every local write
+        last_wall, last_counter = last >> _COUNTER_BITS, last & _COUNTER_MAX
         if wall > last_wall:
-            t = hlc_pack(wall, 0)
+            t = wall << _COUNTER_BITS
         elif last_counter < _COUNTER_MAX:
-            t = hlc_pack(last_wall, last_counter + 1)
+            t = last + 1
         else:  # counter exhausted within one ms: borrow the next ms
-            t = hlc_pack(last_wall + 1, 0)
+            t = (last_wall + 1) << _COUNTER_BITS
         self._last = t
         return t
 

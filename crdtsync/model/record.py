@@ -364,9 +364,8 @@ class RecordDoc:
         """
         state = self.state()
         seen = dict(state.vector)
-        slots = self.slots()
         if full_seen:
-            for s in slots.values():
+            for s in self.slots().values():
                 seen[s.writer] = max(seen.get(s.writer, 0), s.t)
         fields = self.collection.fields
         if not alive and type(self)._put_slot is RecordDoc._put_slot \
@@ -376,6 +375,7 @@ class RecordDoc:
                     and t > state.updated:
                 self._state = self._advanced(state, values, t)
             return out
+        slots = self.slots()
 
         def body() -> None:
             if alive:

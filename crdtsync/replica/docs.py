@@ -74,6 +74,14 @@ class RecordDocs:
         self.wall = wall  # the device's wall clock, for strategies that stamp it (lww-field)
         self._cache: OrderedDict[tuple[str, str], LoadedRecord] = OrderedDict()
 
+    def cached(self, collection: str, record_id: str) -> LoadedRecord | None:
+        """The record if it is in the cache (made most recently used), else None: loads nothing."""
+        key = (collection, record_id)
+        lr = self._cache.get(key)
+        if lr is not None:
+            self._cache.move_to_end(key)
+        return lr
+
     def exists(self, collection: str, record_id: str) -> bool:
         key = (collection, record_id)
         if key in self._cache:

@@ -50,8 +50,12 @@ class OutboxEntry:
 
 
 def encode_entry(entry: OutboxEntry, update: bytes) -> bytes:
+    header = entry.header()
+    h, u = len(header), len(update)
+    if h < 128 and u < 16384:  # the common lengths written here (a local write is hot): 1 and 1-2 bytes
+        return b"".join((bytes((h,)), header, bytes((u,) if u < 128 else (u & 0x7F | 0x80, u >> 7)), update))
     out = bytearray()
-    write_bytes(out, entry.header())
+    write_bytes(out, header)
     write_bytes(out, update)
     return bytes(out)
 
@@ -82,7 +86,8 @@ class Outbox:
     def _index(self, entry: OutboxEntry) -> None:
         self._entries[entry.id] = entry
         self._by_record[(entry.collection, entry.record)].append(entry.id)
-        self._flag(entry, None, entry.status)
+        if entry.status != "pending":
+            self._flag(entry, None, entry.status)
 
     def _flag(self, e: OutboxEntry, old: str | None, new: str | None) -> None:
         key = (e.collection, e.record)

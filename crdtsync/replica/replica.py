@@ -279,7 +279,9 @@ class Replica:
         """
         if not isinstance(rid, str):
             raise RecordNotFound(f"{coll.name}/{rid!r} does not exist")
-        lr = self.docs.get(coll.name, rid) if self.docs.exists(coll.name, rid) else None
+        lr = self.docs.cached(coll.name, rid)
+        if lr is None and self.docs.exists(coll.name, rid):
+            lr = self.docs.get(coll.name, rid)
         state = lr.doc.state() if lr is not None else None
         if lr is None or state is None or not state.exists:
             raise RecordNotFound(f"{coll.name}/{rid} does not exist")
@@ -300,7 +302,7 @@ class Replica:
         update = write(lr.doc, t)
         if not update:
             return
-        batch = Batch()
+        batch = Batch({}, set(), [])  # (the default factories cost three calls)
         key = (coll.name, rid)
         try:
             n = self.docs.append(batch, coll.name, rid, update, change_id=t, lr=lr)
