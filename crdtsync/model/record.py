@@ -23,7 +23,7 @@ import orjson
 from pycrdt import Array, Doc, Map, Text, get_update
 
 from ..errors import MalformedUpdate, RemoteValidationError
-from ..schema import Collection, Invalid
+from ..schema import Collection, Field, Invalid
 from .slots import DELETED, SEP, Slot
 from .state import Candidate, HistoryEntry, RecordState, SetEntry, compute_state
 
@@ -72,6 +72,19 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     if not (isinstance(a, int) and a >= 0 and isinstance(r, dict) and all(isinstance(v, int) for v in r.values())):
         raise ValueError(f"bad set entry {key!r}")
     return SetEntry(name, element, writer, a, r)
+
+
+_REGISTERS: dict[int, tuple[Collection, frozenset[str]]] = {}
+
+
+def _registers(coll: Collection) -> frozenset[str]:
+    """The names of the plain (register) fields of a collection, computed once per collection."""
+    hit = _REGISTERS.get(id(coll))
+    if hit is None or hit[0] is not coll:  # (the collection is kept in the entry: its id stays its own)
+        if len(_REGISTERS) >= 1024:
+            _REGISTERS.clear()
+        hit = _REGISTERS[id(coll)] = (coll, frozenset(n for n, f in coll.fields.items() if f.merge == "register"))
+    return hit[1]
 
 
 def _subscribe(doc: Doc[Any], sink: list[bytes]) -> Callable[[], None]:
@@ -367,9 +380,8 @@ class RecordDoc:
         if full_seen:
             for s in self.slots().values():
                 seen[s.writer] = max(seen.get(s.writer, 0), s.t)
-        fields = self.collection.fields
-        if not alive and type(self)._put_slot is RecordDoc._put_slot \
-                and all(fields[n].merge == "register" for n in values):
+        if not alive and values.keys() <= _registers(self.collection) \
+                and type(self)._put_slot is RecordDoc._put_slot:
             out = self._write_registers(values, t, op, seen)
             if out and self._advances and state.exists and not state.deleted and not state.conflicts \
                     and t > state.updated:
@@ -463,6 +475,10 @@ class RecordDoc:
         for name, value in values.items():
             f = self.collection.fields[name]
             if f.merge == "register":
+                if type(f).encode is Field.encode:  # the JSON form is the checked value: it decodes to itself
+                    fields[name] = value
+                    changed_by[name] = by
+                    continue
                 enc = f.encode(value)
                 try:
                     fields[name] = f.decode(enc)
