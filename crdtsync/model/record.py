@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
+import pycrdt
 from pycrdt import Array, Doc, Map, Text, get_update
 
 from ..errors import MalformedUpdate, RemoteValidationError
@@ -73,6 +74,10 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
         raise ValueError(f"bad set entry {key!r}")
     return SetEntry(name, element, writer, a, r)
 
+
+_YDoc: Any = getattr(getattr(pycrdt, "_pycrdt", None), "Doc", None)  # the Rust document type
+#: whether this pycrdt exposes the Rust document the way ``_write_registers`` uses it (else: the public way)
+_RAW_YRS = all(hasattr(t, n) for t, n in ((_YDoc, "create_transaction"), (_YDoc, "observe")))
 
 _REGISTERS: dict[int, tuple[Collection, frozenset[str]]] = {}
 
@@ -143,6 +148,8 @@ class RecordDoc:
     def _build(self, client_id: int) -> None:
         """(Re)create the Yjs document from ``_parts``."""
         self.doc: Doc[Any] = Doc(client_id=client_id)
+        self._tap_sub: Any = None  # see ``_tap``: made again for the new document
+        self._tap_box: list[list[bytes] | None] | None = None
         with self.doc.transaction():  # one transaction for the three roots, not one each
             self._slots: Map[Any] = self.doc.get("f", type=Map)
             self._sets: Map[Any] = self.doc.get("s", type=Map)
@@ -380,7 +387,7 @@ class RecordDoc:
         if full_seen:
             for s in self.slots().values():
                 seen[s.writer] = max(seen.get(s.writer, 0), s.t)
-        if not alive and values.keys() <= _registers(self.collection) \
+        if _RAW_YRS and not alive and values.keys() <= _registers(self.collection) \
                 and type(self)._put_slot is RecordDoc._put_slot:
             out = self._write_registers(values, t, op, seen)
             if out and self._advances and state.exists and not state.deleted and not state.conflicts \
@@ -441,7 +448,8 @@ class RecordDoc:
             slots.append((f"{name}{SEP}{writer}", raw, Slot(name, writer, enc, t, device, user, seen)))
             logged.append(orjson.dumps({"f": name, "o": op, "v": enc, "d": device, "u": user, "t": t}).decode())
         updates: list[bytes] = []
-        stop = _subscribe(self.doc, updates)
+        box = self._tap()
+        box[0] = updates
         try:
             txn = self.doc._doc.create_transaction()
             try:
@@ -455,10 +463,26 @@ class RecordDoc:
             finally:
                 txn.drop()
         finally:
-            stop()
+            box[0] = None
         for key, raw, slot in slots:
             self._wrote_slot(key, raw, slot)
         return self._wrote(updates)
+
+    def _tap(self) -> list[list[bytes] | None]:
+        """A lasting subscription to the document's updates for ``_write_registers``: a box whose list, when
+        one is put in it, receives the update of each transaction (subscribing anew cost every write two
+        calls into Rust). The callback holds the box only, never this object: no cycle through Rust."""
+        if self._tap_box is None:
+            box: list[list[bytes] | None] = [None]
+
+            def tap(event: Any) -> None:
+                sink = box[0]
+                if sink is not None:
+                    sink.append(event.update)
+
+            self._tap_sub = self.doc._doc.observe(tap)
+            self._tap_box = box
+        return self._tap_box
 
     def _advanced(self, state: RecordState, values: Mapping[str, Any], t: int) -> RecordState:
         """The state after this device wrote ``values`` (register or counter fields) at ``t``, from the state
