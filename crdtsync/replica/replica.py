@@ -63,6 +63,7 @@ _VECTOR_MAGIC = b"CSV1"
 _EMPTY_UPDATE = b"\x00\x00"
 _LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what one merge holds at once)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_BULK = 64  # keys an acknowledgement commits from which it checkpoints the store (see ByteStore.checkpoint)
 _DIRTY_MAX = 64  # records written locally whose rows are not written yet, at most (see the docstring)
 
 
@@ -581,6 +582,11 @@ class Replica:
                 self.docs.reload(*key)
             self.outbox = self.docs.local = Outbox(self.store)
             raise
+        if len(batch.saves) + len(batch.removes) >= _BULK:
+            try:  # a sync's bulk commit, not the next local writes, pays for its pages
+                self.store.checkpoint()
+            except Exception:  # only a hint: the acknowledgement is stored
+                log.debug("checkpoint after an acknowledgement failed", exc_info=True)
         self._emit(events)
 
     def apply_remote(self, items: Iterable[tuple[str, str, bytes]], *,
