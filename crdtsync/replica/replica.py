@@ -210,8 +210,8 @@ class Replica:
         err, _, _ = self.outbox.summary(coll.name, rid)
         if err is not None:
             code, reason = err.error or ("error", "")
-            raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); "
-                                "discard_record() it (or retry() it once the relay accepts it) first")
+            raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); fix() it with "
+                                "corrected values, discard_record() it, or retry() it once the relay accepts it")
 
     def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
                       write: Callable[[RecordDoc, int], bytes]) -> None:
@@ -382,6 +382,53 @@ class Replica:
         """Throw away every pending change of a record (for instance one the relay rejected)."""
         ids = [x.id for x in self.outbox.for_record(collection, id)]
         return self._discard(collection, id, ids)
+
+    def fix(self, collection: str, id: str, values: Mapping[str, Any]) -> list[PendingChange]:
+        """Correct a record whose change the relay rejected, and send it again.
+
+        The rejected change and the record's later changes (held behind it) are replaced, in one
+        transaction, by one new pending change: it sets the fields they set, as they stand on this device,
+        with ``values`` over them. A record created by the rejected change is created again. ``values`` are
+        checked against the schema first; a bad fix raises ``ValidationError`` and changes nothing. Returns
+        the replaced changes. A deleted record cannot be fixed: discard its changes instead.
+        """
+        coll = self._coll(collection)
+        changes = self.outbox.for_record(collection, id)
+        first = next((e for e in changes if e.status == "error"), None)
+        if first is None:
+            raise LocalError(f"{collection}/{id} has no rejected change to fix")
+        replaced = [e for e in changes if e.id >= first.id]
+        coll.check(id, values, create=False)  # a bad value raises before anything changes
+        before = self.docs.get(collection, id).doc.state()
+        if before.deleted or any(e.op in ("delete", "restore") or "deleted" in e.fields for e in replaced):
+            raise RecordDeleted(f"{collection}/{id}: a rejected delete or restore cannot be fixed; "
+                                "discard_record() it instead")
+        names = dict.fromkeys(n for e in replaced for n in e.fields)
+        intended = {n: before.fields[n] for n in names if n in before.fields}
+        intended.update(values)
+        ids = [e.id for e in replaced]
+        gone = [e.public() for e in replaced]
+        batch = Batch()
+        try:
+            self.outbox.remove(batch, ids)
+            lr = self.docs.discard(batch, collection, id, set(ids))
+            create = not lr.doc.state().exists
+            checked = coll.check(id, intended, create=create)
+            t = self.clock.now()
+            op = "create" if create else "update"
+            update = lr.doc.write(checked, t, op=op, alive=create)
+            if update:
+                self.outbox.add(batch, OutboxEntry(t, collection, id, op, self._shown(coll, checked)), update)
+                self.docs.append(batch, collection, id, update, change_id=t, lr=lr)
+            batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            rec = self._save_row(batch, coll, lr.doc)
+            self.store.commit(batch)
+        except BaseException:
+            self.docs.reload(collection, id)
+            self.outbox = Outbox(self.store)
+            raise
+        self._emit([ChangeEvent(collection, id, "local", rec)])
+        return gone
 
     def _discard(self, collection: str, rid: str, ids: list[int]) -> list[PendingChange]:
         if not ids:

@@ -112,6 +112,33 @@ async def test_a_change_the_relays_schema_refuses_is_kept_as_error_until_discard
         old.close()
 
 
+async def test_the_user_fixes_a_change_the_relay_refused_and_it_syncs_everywhere(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], tmp_path: Path) -> None:
+    relay = await make_relay()
+    old = Replica.open(tmp_path / "old.db", LOOSE, device="old-app", user="u")  # an older, looser app version
+    peer = make_replica("peer")
+    try:
+        rid = old.create("accounts", {"name": "x" * 500})
+        old.update("accounts", rid, {"employees": 3})
+        async with client(old, relay.url) as c, client(peer, relay.url) as cp:
+            res = await sync(c)
+            assert (res.uploaded, res.rejected, res.held) == (0, 1, 1)
+            got = asyncio.get_running_loop().create_future()
+            peer.subscribe(lambda ev: got.done() or ev.id != rid or got.set_result(None))
+            old.fix("accounts", rid, {"name": "Acme"})  # the user corrects the name the relay refused
+            assert [(p.op, p.status) for p in old.pending()] == [("create", "pending")]
+            res = await sync(c)
+            assert (res.uploaded, res.rejected) == (1, 0) and old.pending() == []
+            await asyncio.wait_for(got, BOUND)
+            await sync(cp)
+        for r in (old, peer):
+            rec = r.get("accounts", rid)
+            assert rec is not None and (rec["name"], rec["employees"]) == ("Acme", 3) and rec.status == "synced"
+        assert relay.relay is not None and relay.relay.log.head == 1  # only the fix was ever stored
+    finally:
+        old.close()
+
+
 async def test_where_scoped_reads_never_leak_even_through_a_full_resync(
         make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
     grants = {"tok-alice": Grant("alice", frozenset({"accounts"}), frozenset(),
