@@ -80,6 +80,11 @@ def test_rejected_change_is_kept_with_its_reason_and_blocks_the_record(pair: lis
     assert p.status == "error" and p.error == ("forbidden", "no write access to accounts")
     with pytest.raises(RecordBlocked):
         a.update("accounts", rid, {"employees": 6})
+    for blocked in (lambda: a.delete("accounts", rid), lambda: a.resolve("accounts", rid, "name", "X"),
+                    lambda: a.increment("accounts", rid, "visits")):
+        with pytest.raises(RecordBlocked):  # every further change of the record waits for fix or discard
+            blocked()
+    assert len(a.pending()) == 3
     # the record's later changes wait; other records still go out
     assert [c.record for c, _ in a.outgoing()] == [other]
     # the error survives a restart of the replica (it is persisted)

@@ -514,7 +514,12 @@ class SyncClient:
 
     def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped). The
-        ``cursor`` (``_cursor_meta``) is stored in the same commit, or after the items one by one."""
+        ``cursor`` (``_cursor_meta``) is stored in the same commit, or after the items one by one. Items with
+        an empty update say a record left the device's scope: it is evicted first (before the cursor moves
+        past the news), unless it holds pending changes."""
+        if any(not i.update for i in items):
+            self.replica.evict((i.collection, i.record) for i in items if not i.update)
+            items = tuple(i for i in items if i.update)
         if not items and not cursor:
             return []
         try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from ..model.slots import SEP
 from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
-from ..schema import Schema
+from ..schema import Collection, Invalid, Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant
 from .drafts import Refusal, check_draft_keys, replay_arrived
@@ -61,12 +61,16 @@ def is_own_writer(writer: str, device: str) -> bool:
 
 @dataclass(frozen=True)
 class Accepted:
+    """A stored change. ``prev``: when the change altered a field that a ``where`` limit looks at, the
+    values those fields had before it (so a device that could see the record then is told it left)."""
+
     seq: int
     collection: str
     record: str
     device: str
     change_id: int
     update: bytes
+    prev: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -87,24 +91,30 @@ class _Refused(Exception):
 
 def _encode_entry(a: Accepted) -> bytes:
     out = bytearray()
-    write_bytes(out, orjson.dumps([a.collection, a.record, a.device, a.change_id]))
+    head: list[Any] = [a.collection, a.record, a.device, a.change_id]
+    if a.prev is not None:
+        head.append(a.prev)
+    write_bytes(out, orjson.dumps(head))
     write_bytes(out, a.update)
     return bytes(out)
 
 
 def _decode_entry(seq: int, raw: bytes) -> Accepted:
     r = Reader(raw)
-    c, rid, dev, cid = orjson.loads(r.bytes())
-    return Accepted(seq, c, rid, dev, cid, r.bytes())
+    c, rid, dev, cid, *prev = orjson.loads(r.bytes())
+    return Accepted(seq, c, rid, dev, cid, r.bytes(), prev[0] if prev else None)
 
 
 class RelayLog:
     """The relay's records and change log. ``keep`` is how many log entries compaction keeps; it drops the
     older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
-    def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096) -> None:
+    def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096,
+                 scope_fields: Mapping[str, frozenset[str]] | None = None) -> None:
         self.store = store
         self.schema = schema
+        # the fields ``where`` limits look at, per collection (``Tokens.scope_fields``)
+        self.scope_fields = dict(scope_fields or {})
         self.keep = keep
         self.compact_slack = max(1, min(5000, keep // 10))
         raw = store.load(("relay", "id"))
@@ -211,6 +221,12 @@ class RelayLog:
             before = doc.state()
             if before.exists and not grant.in_scope(c, before.fields):
                 raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
+        watched = self.scope_fields.get(c)
+        prev: dict[str, Any] | None = None
+        if watched:
+            was = doc.state()
+            if was.exists:
+                prev = {f: was.fields.get(f) for f in sorted(watched)}
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
@@ -252,9 +268,13 @@ class RelayLog:
             lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
                                     client_id=doc.doc.client_id, updates=saved)
             raise
+        if prev is not None:
+            now = doc.state().fields
+            # None: the change moved the record in or out of no one's scope; else kept, as JSON
+            prev = None if all(now.get(f) == v for f, v in prev.items()) else _plain(doc.collection, prev)
         self.docs.append(batch, c, rid, new)
         self.head += 1
-        a = Accepted(self.head, c, rid, device, ch.change_id, new)
+        a = Accepted(self.head, c, rid, device, ch.change_id, new, prev)
         batch.save(("log", a.seq), _encode_entry(a))
         batch.save(("dedup", device, ch.change_id), str(a.seq).encode())
         batch.save(("recs", c, rid), str(a.seq).encode())
@@ -319,8 +339,14 @@ class RelayLog:
     def item_for(self, grant: Grant, a: Accepted) -> Item | None:
         """How a stored change reaches a device with this grant: the update itself, or (for collections
         limited by ``where``, where the device may never have seen the record) its whole state; None when
-        it is out of the device's scope."""
-        if not grant.can_read(a.collection) or not self._visible(grant, a.collection, a.record):
+        it is out of the device's scope. A change that moved the record out of the scope (it was in scope
+        just before it) reaches the device as an item with an empty update: "this record left your scope"."""
+        if not grant.can_read(a.collection):
+            return None
+        if not self._visible(grant, a.collection, a.record):
+            if a.prev is not None and grant.limited(a.collection) \
+                    and grant.in_scope(a.collection, _typed(self.schema.collections[a.collection], a.prev)):
+                return Item(a.collection, a.record, a.seq, b"")
             return None
         if grant.limited(a.collection):
             return Item(a.collection, a.record, a.seq, self.record_update(a.collection, a.record))
@@ -407,6 +433,41 @@ class RelayLog:
         raw = batch.saves.get(("relay", "floor"))
         if raw is not None:
             self.floor = int(raw)
+
+
+def _plain(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values as JSON (the log entry's ``prev``); sets as sorted lists."""
+    out: dict[str, Any] = {}
+    for name, v in values.items():
+        f = coll.fields.get(name)
+        if v is None or f is None:
+            out[name] = v
+        elif f.merge == "set":
+            out[name] = sorted((f.of.encode(x) for x in v), key=repr)  # type: ignore[attr-defined]
+        elif f.merge == "register":
+            out[name] = f.encode(v)
+        else:
+            out[name] = v
+    return out
+
+
+def _typed(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``_plain`` undone: the values as the record's state holds them (what ``where`` compares with)."""
+    out: dict[str, Any] = {}
+    for name, v in values.items():
+        f = coll.fields.get(name)
+        try:
+            if v is None or f is None:
+                out[name] = v
+            elif f.merge == "set":
+                out[name] = frozenset(f.of.decode(x) for x in v)  # type: ignore[attr-defined]
+            elif f.merge == "register":
+                out[name] = f.decode(v)
+            else:
+                out[name] = v
+        except (Invalid, TypeError):
+            out[name] = v
+    return out
 
 
 def _refuse(refusal: Refusal | None) -> None:

@@ -110,7 +110,8 @@ class Relay:
         self.limits = limits
         # the writer's record cache holds every record of the two groups that may be uncommitted at once
         self.log = RelayLog(store, schema, keep=keep_log,
-                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
+                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1),
+                            scope_fields=tokens.scope_fields())
         self.sessions: set[_Session] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None

@@ -207,6 +207,9 @@ class Replica:
             raise RecordNotFound(f"{coll.name}/{rid} does not exist")
         if state.deleted:
             raise RecordDeleted(f"{coll.name}/{rid} is deleted; restore() it first")
+        self._not_blocked(coll, rid)
+
+    def _not_blocked(self, coll: Collection, rid: str) -> None:
         err, _, _ = self.outbox.summary(coll.name, rid)
         if err is not None:
             code, reason = err.error or ("error", "")
@@ -295,6 +298,7 @@ class Replica:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if rec.deleted and not rec.conflicts:
             return
+        self._not_blocked(coll, id)
         self._commit_local(coll, id, "delete", {}, lambda doc, t: doc.set_deleted(True, t))
 
     def restore(self, collection: str, id: str) -> None:
@@ -305,6 +309,7 @@ class Replica:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if not rec.deleted and not any(c.field == "deleted" for c in rec.conflicts):
             return
+        self._not_blocked(coll, id)
         self._commit_local(coll, id, "restore", {}, lambda doc, t: doc.set_deleted(False, t))
 
     def resolve(self, collection: str, id: str, field: str, value: Any) -> None:
@@ -320,12 +325,14 @@ class Replica:
         if field == "deleted":
             if not isinstance(value, bool):
                 raise ValidationError(collection, id, field, "resolve 'deleted' with True or False")
+            self._not_blocked(coll, id)
             self._commit_local(coll, id, "resolve", {"deleted": value},
                                lambda doc, t: doc.set_deleted(value, t))
             return
         if not any(c.field == field for c in rec.conflicts) and field not in coll.fields:
             raise NoSuchConflict(f"{collection}/{id} has no field {field!r}")
         checked = coll.check(id, {field: value}, create=False)
+        self._not_blocked(coll, id)  # a deleted record's conflicts may be settled without restoring it
         self._commit_local(coll, id, "resolve", self._shown(coll, checked),
                            lambda doc, t: doc.write(checked, t, op="resolve", full_seen=True))
 
@@ -571,6 +578,37 @@ class Replica:
             raise
         self._emit(ChangeEvent(r.collection, r.id, "remote", r) for r in changed)
         return changed
+
+    def evict(self, records: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Remove records from this device because they left its sync scope (the relay says so when a
+        record stops matching the device's ``where`` limit, e.g. it was reassigned to another owner).
+
+        A record with pending changes stays, with them: the user's work is never dropped this way (the
+        relay accepts or rejects those changes; a rejected one is kept as ``error`` for the user to export
+        or discard). Records not known here are ignored. Returns the records removed, each also announced
+        by a ``ChangeEvent`` with ``origin="remote"`` and ``record=None``. If such a record comes back into
+        scope, the relay sends its whole state again.
+        """
+        gone: list[tuple[str, str]] = []
+        batch = Batch()
+        for c, rid in dict.fromkeys(records):
+            if c not in self.schema.collections or self.outbox.for_record(c, rid) \
+                    or not self.docs.exists(c, rid):
+                continue
+            batch.remove_range(("upd", c, rid))
+            batch.remove(("snap", c, rid))
+            batch.remove(("held", c, rid))
+            batch.remove(("row", c, rid))  # ("rmeta", c, rid) stays: its writer epoch must only grow
+            gone.append((c, rid))
+        if not gone:
+            return []
+        try:
+            self.store.commit(batch)
+        finally:
+            for c, rid in gone:
+                self.docs.reload(c, rid)
+        self._emit(ChangeEvent(c, rid, "remote", None) for c, rid in gone)
+        return gone
 
     def _merge_one(self, batch: Batch, c: str, rid: str, lr: LoadedRecord, updates: list[bytes],
                    fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]]) -> None:
