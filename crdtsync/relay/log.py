@@ -38,7 +38,8 @@ from ..model.slots import SEP
 from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
-from ..schema import Collection, Invalid, Schema
+from ..schema import Collection, Invalid, Schema, Text
+from ..schema import Set as SetField
 from ..store.base import Batch, ByteStore
 from .auth import Grant
 from .drafts import Refusal, check_draft_keys, replay_arrived
@@ -257,6 +258,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
+            _refuse_over_limits(doc)
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
@@ -433,6 +435,28 @@ class RelayLog:
         raw = batch.saves.get(("relay", "floor"))
         if raw is not None:
             self.floor = int(raw)
+
+
+def _refuse_over_limits(doc: RecordDoc) -> None:
+    """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
+    Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
+    the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
+    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check."""
+    limits = [(n, f) for n, f in doc.collection.fields.items()
+              if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
+    if not limits:
+        return
+    fields = doc.state().fields
+    for name, f in limits:
+        value = fields.get(name)
+        if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None \
+                and len(value) > f.max_length:
+            raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
+                                      f"is {len(value)} characters long, more than max_length={f.max_length}")
+        if isinstance(f, SetField) and f.max_items is not None and isinstance(value, frozenset) \
+                and len(value) > f.max_items:
+            raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
+                                      f"holds {len(value)} items, more than max_items={f.max_items}")
 
 
 def _plain(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
