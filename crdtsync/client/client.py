@@ -413,8 +413,9 @@ class SyncClient:
         r = self.replica
         total = len(r.outgoing(collections))
         done = uploaded = rejected = held = 0
+        waiting: set[tuple[str, str]] = set()  # records whose changes the relay held: sent again next run
         while True:
-            batch = self._fit(r.outgoing(collections, limit=self.batch_size))
+            batch = self._fit(r.outgoing(collections, limit=self.batch_size, skip=waiting))
             if batch is None:  # a change too large for any frame was set aside as an error
                 rejected += 1
                 continue
@@ -440,6 +441,7 @@ class SyncClient:
                 self._emit(SyncStatus("error", rej.reason, collection=pc.collection, record=pc.record,
                                       change_id=rej.change_id, code=rej.code))
             r.mark_pending(ack.held)
+            waiting.update((by_id[i].collection, by_id[i].record) for i in ack.held if i in by_id)
             uploaded += len(ack.ok)
             rejected += len(ack.rejected)
             held += len(ack.held)

@@ -42,6 +42,7 @@ from ..schema import Collection, Invalid, Schema, Text
 from ..schema import Set as SetField
 from ..store.base import Batch, ByteStore
 from .auth import Grant
+from .clients import ClientBindings, sv_clients
 from .drafts import Refusal, check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
@@ -88,6 +89,10 @@ class _Refused(Exception):
     def __init__(self, code: str, reason: str) -> None:
         self.code = code
         self.reason = reason
+
+
+class _Waits(_Refused):
+    """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``)."""
 
 
 def _encode_entry(a: Accepted) -> bytes:
@@ -147,6 +152,7 @@ class RelayLog:
         self._staged_dedup: dict[tuple[str, int], int] = {}
         self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
         self._stored_dedup: dict[tuple[str, int], bool] = {}  # looked up for the group being staged
+        self.clients = ClientBindings(store)  # Yjs client ids bound to the devices writing under them
 
     # -- devices -------------------------------------------------------------------------------------------
 
@@ -178,6 +184,12 @@ class RelayLog:
                 continue
             try:
                 accepted = self._stage_one(batch, device, grant, ch)
+            except _Waits as e:
+                refused.add(key)  # the record's later changes build on this one: they wait too
+                out.held.append(ch.change_id)
+                log.info("holding back %s change %d of %s/%s: %s", device, ch.change_id, ch.collection, ch.record,
+                         e.reason)
+                continue
             except _Refused as e:
                 refused.add(key)
                 out.rejected.append(Rejection(ch.change_id, e.code, e.reason))
@@ -229,12 +241,20 @@ class RelayLog:
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
+        state_before = doc.doc.get_state()
         try:
             try:
                 with _Touched(doc) as touched:
                     new = doc.apply(ch.update)
+                if doc.held:
+                    # it builds on changes the relay does not have (made on a device that has not synced yet,
+                    # which this device got from it directly): acknowledged, it would be lost with the
+                    # relay's memory; so it is not stored, and the device keeps it and sends it again
+                    raise _Waits("held", "builds on changes the relay does not have yet (from a device that "
+                                         "has not synced them); sent again at the next sync")
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
+                unbound = self._unbound_clients(c, rid, device, sv_clients(state_before, doc.doc.get_state()))
                 # one read transaction for all the checks (each read would otherwise open one)
                 with doc.doc.transaction():
                     read = None
@@ -282,6 +302,8 @@ class RelayLog:
         batch.save(("recs", c, rid), str(a.seq).encode())
         batch.save(("relay", "head"), str(self.head).encode())
         self._staged_dedup[(device, ch.change_id)] = a.seq
+        for cid in unbound:
+            self.clients.stage(batch, c, rid, cid, device, a.seq)
         if image:
             self._images.append(self._stage_image(batch, c, rid, image))
         return a
@@ -297,12 +319,25 @@ class RelayLog:
         batch.save(("relay", "head"), str(self.head).encode())
         return a
 
+    def _unbound_clients(self, c: str, rid: str, device: str, clients: list[int]) -> list[int]:
+        """Refuse items made under a Yjs client id bound to another device (``relay/clients.py``); return
+        the client ids not bound yet (bound to ``device`` when the change is staged)."""
+        unbound = []
+        for cid in clients:
+            owner = self.clients.owner(c, rid, cid)
+            if owner is None:
+                unbound.append(cid)
+            elif owner != device:
+                raise _Refused("forbidden", f"writes items as Yjs client {cid}, which is another device's")
+        return unbound
+
     def committed(self, accepted: Iterable[Accepted]) -> None:
         """After the batch holding ``accepted`` is durable: readers see the new state of those records."""
         for a in accepted:
             self.reader.reload(a.collection, a.record)
             self.durable = max(self.durable, a.seq)
             self._staged_dedup.pop((a.device, a.change_id), None)  # the next group's entries stay
+        self.clients.committed(self.durable)
 
     def abandon(self) -> None:
         """A commit failed: forget everything staged (the store is the truth)."""
@@ -310,6 +345,7 @@ class RelayLog:
         self.reader.forget()
         self._staged_dedup.clear()
         self._stored_dedup.clear()
+        self.clients.abandon()
         self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 
     # -- reading -------------------------------------------------------------------------------------------

@@ -463,11 +463,12 @@ class Replica:
 
     # -- sync hooks (used by SyncClient and the simulator) -------------------------------------------------
 
-    def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None
-                 ) -> list[tuple[PendingChange, bytes]]:
-        """Pending changes ready to send, in order: a record with a rejected change holds its later ones."""
+    def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None, *,
+                 skip: Iterable[tuple[str, str]] = ()) -> list[tuple[PendingChange, bytes]]:
+        """Pending changes ready to send, in order: a record with a rejected change holds its later ones.
+        ``skip``: records (collection, id) whose changes are left out (the relay held them this run)."""
         wanted = set(collections) if collections is not None else None
-        held: set[tuple[str, str]] = set()
+        held: set[tuple[str, str]] = set(skip)
         out: list[tuple[PendingChange, bytes]] = []
         for e in self.outbox.entries():
             key = (e.collection, e.record)

@@ -285,3 +285,32 @@ async def test_resolving_a_conflict_syncs_and_clears_it_everywhere_with_encrypte
     finally:
         a.close()
         b.close()
+
+
+async def test_a_change_built_on_work_the_relay_has_not_seen_waits_on_the_device_not_in_the_relays_memory(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """b got a's new record directly (a file, USB) and edited it; b syncs before a does. The relay cannot
+    integrate b's change yet: it holds it back (not acknowledged, not stored), b keeps it pending and sends
+    it again once a has synced, even across a relay restart."""
+    relay = await make_relay()
+    a, b, c = make_replica("a"), make_replica("b"), make_replica("c")
+    rid = a.create("accounts", {"name": "Acme", "notes": "hello"})
+    b.import_updates(a.export_updates())
+    b.update("accounts", rid, {"notes": "hello world", "employees": 3})
+    async with client(b, relay.url) as cb:
+        res = await sync(cb)
+    assert (res.uploaded, res.rejected, res.held) == (0, 0, 1)
+    assert [(p.record, p.status) for p in b.pending()] == [(rid, "pending")]
+    await relay.stop()
+    await relay.start()  # nothing of b's change may live only in the relay's memory
+    async with client(a, relay.url) as ca:
+        assert (await sync(ca)).uploaded == 1
+    async with client(b, relay.url) as cb:
+        res = await sync(cb)
+    assert (res.uploaded, res.held) == (1, 0) and b.pending() == []
+    async with client(c, relay.url) as cc, client(a, relay.url) as ca:
+        await sync(cc)
+        await sync(ca)
+    for r in (a, b, c):
+        rec = r.get("accounts", rid)
+        assert rec is not None and (rec["name"], rec["notes"], rec["employees"]) == ("Acme", "hello world", 3)
