@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, get_state
+from pycrdt import Doc, get_state, get_update
 
 from ..errors import RemoteProtocolError
 from .ywebsocket import (
@@ -143,10 +143,19 @@ class YRoom:
         """Whether applying ``update`` would change the document; ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
-        mine = decode_state_vector(self.doc.get_state())
-        theirs = decode_state_vector(get_state(update))
-        if any(clock > mine.get(client, 0) for client, clock in theirs.items()):
+        # the part of the update the document lacks: its first varuint counts the clients with new structs
+        # (``get_state(update)`` cannot tell: it leaves out structs not starting at clock 0, i.e. those of
+        # every incremental update)
+        try:
+            rest = get_update(update, self.doc.get_state())
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
+        if rest[:1] != b"\x00":
             return True
+        if rest == EMPTY_UPDATE:
+            return False  # no new structs and no deletions at all
         # Only deletions can be new: try them on a scratch copy, which costs a copy of the room.
         scratch: Doc[Any] = Doc()
         scratch.apply_update(self.doc.get_update())
