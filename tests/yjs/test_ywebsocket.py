@@ -259,3 +259,20 @@ def test_is_news_tells_new_structs_and_deletions_from_repeats_without_copying_th
     room.apply(deletion)
     assert not room.is_news(deletion)
     assert str(room.doc.get("t", type=Text)) == "llo world"
+
+
+def test_a_stored_room_state_keeps_updates_that_wait_for_a_missing_one() -> None:
+    writer: Doc = Doc(client_id=7)
+    text = writer.get("t", type=Text)
+    text += "hello"
+    first = writer.get_update()
+    before = writer.get_state()
+    text += " world"
+    second = writer.get_update(before)
+    room = YRoom("r")
+    assert room.apply(second) is None  # arrives first: Yrs keeps it pending
+    assert str(room.doc.get("t", type=Text)) == ""
+    reloaded = YRoom("r", room.full_state())  # what compaction stores, loaded again (a relay restart)
+    assert reloaded.apply(first) is None
+    assert str(reloaded.doc.get("t", type=Text)) == "hello world"
+    assert reloaded.waiting == [] and reloaded.full_state() == reloaded.doc.get_update()
