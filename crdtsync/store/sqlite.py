@@ -16,6 +16,11 @@ store. With the index holding only keys, the pages a commit writes depend on the
 on the size of the store. Values are updated in place (an upsert, not ``INSERT OR REPLACE``, which would
 delete the row and append it again). Files made with the earlier ``WITHOUT ROWID`` table keep working as
 they are (the statements suit both layouts).
+
+``checkpoint="background"`` moves WAL checkpoints out of ``commit`` into a thread (``checkpoint.py``), so
+no commit pays for copying what earlier commits wrote; the default, ``"commit"``, is SQLite's own (the
+commit that fills the WAL past 1,000 pages checkpoints it). Devices use the background policy
+(``Replica.open``): a sync's commit should cost what it writes.
 """
 
 from __future__ import annotations
@@ -29,17 +34,22 @@ from typing import Literal
 
 from ..errors import StoreClosed
 from .base import Batch, ByteStore
+from .checkpoint import Checkpointer
 from .keys import Key, decode_key, encode_key, prefix_end
 
 __all__ = ["SQLiteStore"]
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
+Checkpoint = Literal["commit", "background"]
 
 
 class SQLiteStore(ByteStore):
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL", checkpoint: Checkpoint = "commit"
+                 ) -> None:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
+        if checkpoint not in ("commit", "background"):
+            raise ValueError(f"checkpoint must be 'commit' or 'background', not {checkpoint!r}")
         self.path = str(path)
         self._lock = threading.RLock()  # the write connection
         self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None,
@@ -53,6 +63,10 @@ class SQLiteStore(ByteStore):
             self._rlock = threading.RLock()
             self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._rdb.execute("PRAGMA query_only=ON")
+        self.checkpointer: Checkpointer | None = None
+        if checkpoint == "background" and self._rdb is not self._db:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self.checkpointer = Checkpointer(self.path, synchronous=synchronous)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -144,8 +158,12 @@ class SQLiteStore(ByteStore):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            if self.checkpointer is not None:
+                self.checkpointer.wrote(len(batch.saves) + len(batch.removes) + len(batch.range_removes))
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         with self._lock, self._rlock:
             if self._rdb is not None and self._rdb is not self._db:
                 self._rdb.close()
