@@ -4,7 +4,11 @@ the size of the store, and checkpoints run off the committing thread when asked 
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -120,3 +124,48 @@ def test_replicas_checkpoint_in_the_background_and_memory_stores_do_not(tmp_path
         SQLiteStore(tmp_path / "x.db", checkpoint="never")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Checkpointer(str(tmp_path / "y.db"), synchronous="FULL", every=0)
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from crdtsync.store import Batch, SQLiteStore
+    store = SQLiteStore(sys.argv[1], checkpoint="background")
+    store.checkpointer.every = 40  # a checkpoint every other commit: the kill lands in some
+    i = 0
+    while True:
+        b = Batch()
+        for j in range(20):
+            b.save(("k", i, j), bytes([j]) * 700)
+        store.commit(b)
+        print(i, flush=True)
+        i += 1
+""")
+
+
+@pytest.mark.parametrize("after", [7, 60])
+def test_sigkill_during_background_checkpoints_loses_no_commit(tmp_path: Path, after: int) -> None:
+    path = tmp_path / "kill.db"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdout=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout is not None
+    done = []
+    try:
+        while len(done) < after:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            done.append(int(line))
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and len(done) == after
+    if after >= 60:  # dozens of checkpoints were asked for: some ran, pages reached the database file
+        assert os.path.getsize(path) > 20 * 4096
+    store = SQLiteStore(path)
+    try:
+        assert store._conn().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for i in done:
+            assert store.load_range(("k", i)) == [(("k", i, j), bytes([j]) * 700) for j in range(20)]
+    finally:
+        store.close()
