@@ -3,6 +3,7 @@ the size of the store, and checkpoints run off the committing thread when asked 
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sqlite3
@@ -169,3 +170,17 @@ def test_sigkill_during_background_checkpoints_loses_no_commit(tmp_path: Path, a
             assert store.load_range(("k", i)) == [(("k", i, j), bytes([j]) * 700) for j in range(20)]
     finally:
         store.close()
+
+
+def test_a_store_dropped_without_close_stops_its_checkpoint_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "dropped.db", checkpoint="background")
+    cp = store.checkpointer
+    assert cp is not None
+    _fill(store, cp.every)
+    assert cp.wait(10.0) and cp.runs >= 1
+    thread = cp._thread
+    assert thread is not None and thread.is_alive()
+    del store
+    gc.collect()
+    thread.join(10.0)
+    assert not thread.is_alive()

@@ -97,5 +97,5 @@ class Checkpointer:
             self._closed = True
             self._cond.notify_all()
             thread = self._thread
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join()

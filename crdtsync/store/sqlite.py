@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import sqlite3
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -67,6 +68,8 @@ class SQLiteStore(ByteStore):
         if checkpoint == "background" and self._rdb is not self._db:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self.checkpointer = Checkpointer(self.path, synchronous=synchronous)
+            # a store dropped without close() must not leave its thread waiting forever
+            weakref.finalize(self, self.checkpointer.close)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
