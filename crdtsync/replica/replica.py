@@ -106,7 +106,9 @@ class Replica:
 
         ``key`` encrypts the store at rest (AES-GCM); a wrong key raises ``WrongKeyError``.
         """
-        inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(path, synchronous=synchronous)
+        # checkpoints in the background: a sync's commit costs what it writes, however large the store
+        inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(
+            path, synchronous=synchronous, checkpoint="background")
         try:
             if key is not None:
                 store: ByteStore = EncryptedStore(inner, key)
