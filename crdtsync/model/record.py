@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
-from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update
+from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update, merge_updates
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Invalid
@@ -404,7 +404,6 @@ class RecordDoc:
             return b""
         if len(out) == 1:
             return out[0]
-        from pycrdt import merge_updates
         return merge_updates(*out)
 
     def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
@@ -598,8 +597,45 @@ class RecordDoc:
             return b""
         if len(out) == 1:
             return out[0]
-        from pycrdt import merge_updates
         return merge_updates(*out)
+
+    def apply_many(self, updates: list[bytes]) -> bytes:
+        """``apply`` for several updates of the record: one apply of them merged, or, on a document that
+        holds nothing yet, each applied in one transaction (merging them first cost more than applying them
+        all). Returns the part that was new to this document (b"" if none)."""
+        if len(updates) == 1:
+            return self.apply(updates[0])
+        if not self._parts and not self.held:
+            new = self._apply_fresh_many(updates)
+            if new is not None:
+                return new
+        try:
+            merged = merge_updates(*updates)
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        return self.apply(merged)
+
+    def _apply_fresh_many(self, updates: list[bytes]) -> bytes | None:
+        """``apply_many`` on an empty document, when every update is integrated: the new part is then the
+        document's whole state. None (and the document left empty) otherwise: some update builds on one
+        that is missing, or arrived before one it builds on (Yrs does not always integrate those later in
+        the same transaction), or is malformed; ``apply`` of them merged sorts those out."""
+        try:
+            with self._txn() as txn:
+                t = txn._txn
+                for u in updates:
+                    self._ydoc.apply_update(t, u)
+            state = self.state_vector()
+            integrated = all(get_update(u, state)[:1] == b"\x00" for u in updates)
+        except ValueError:
+            integrated = False
+        if not integrated or state == b"\x00":
+            self._build(self._ydoc.client_id())
+            return None
+        self._parts = [self.full_update()]
+        self._tail_bytes = 0
+        self._changed_remotely()
+        return self._parts[0]
 
     def _apply_fresh(self, update: bytes) -> bytes:
         """``apply`` to a document that holds nothing yet (a record new to this replica): when all of
