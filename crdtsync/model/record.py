@@ -553,7 +553,7 @@ class RecordDoc:
     def _fits(self, update: bytes) -> bool:
         """Whether ``update`` would be integrated, tried on a copy of the document."""
         probe: Doc[Any] = Doc()
-        probe.apply_update(self.doc.get_update())
+        probe.apply_update(self.full_update())
         probe.apply_update(update)
         return self._integrated(probe, update)
 
@@ -572,9 +572,8 @@ class RecordDoc:
             return self._apply_fresh(update)
         self._captured.clear()
         try:
-            with self._capturing():
-                self.doc.apply_update(update)
-            if not self._integrated(self.doc, update):
+            self._apply_capturing(update)
+            if get_update(update, self.state_vector())[:1] != b"\x00":  # not integrated (see ``_integrated``)
                 self.held.append(update)
                 self._build(self._ydoc.client_id())  # without what is pending
             progress = True
@@ -582,8 +581,7 @@ class RecordDoc:
                 progress = False
                 for h in list(self.held):
                     if self._fits(h):
-                        with self._capturing():
-                            self.doc.apply_update(h)
+                        self._apply_capturing(h)
                         self.held.remove(h)
                         progress = True
         except ValueError as e:
@@ -598,6 +596,21 @@ class RecordDoc:
         if len(out) == 1:
             return out[0]
         return merge_updates(*out)
+
+    def _apply_capturing(self, update: bytes) -> None:
+        """Apply ``update``, collecting what it changed into ``_captured`` (see ``_capturing``). On a
+        document no pycrdt ``Doc`` wraps yet, with a bare Yrs subscription and transaction: a merge into a
+        known record then needs no pycrdt ``Doc`` either."""
+        if self._pdoc is not None:
+            with self._capturing():
+                self.doc.apply_update(update)
+            return
+        sub = self._ydoc.observe(self._on_txn)
+        try:
+            with self._txn() as txn:
+                self._ydoc.apply_update(txn._txn, update)
+        finally:
+            sub.drop()
 
     def apply_many(self, updates: list[bytes]) -> bytes:
         """``apply`` for several updates of the record: one apply of them merged, or, on a document that
