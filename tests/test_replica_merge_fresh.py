@@ -106,3 +106,37 @@ def test_a_garbled_update_among_several_changes_nothing(data: st.DataObject) -> 
         assert b.store.load_range(()) == before
         return
     assert_fresh_states(b)  # accepted (the garbling hit nothing that matters): consistent all the same
+
+
+def test_a_discarded_record_keeps_its_new_identity_when_its_export_comes_back() -> None:
+    """Loading is skipped for a collection the store holds nothing of: a record whose every change was
+    discarded still has its ``rmeta`` (fresh Yjs client id and writer tag), which must not be skipped."""
+    a = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    a.create("accounts", {"name": "Acme"}, id="x")
+    escaped = a.export_updates()
+    a.discard_record("accounts", "x")
+    assert a.store.load_range(("upd",)) == [] and a.store.load_range(("rmeta",)) != []
+    a.docs.forget()
+    a.import_updates(escaped)
+    doc = a.docs.get("accounts", "x").doc
+    assert doc.writer == f"{a.device}#1"
+    a.update("accounts", "x", {"name": "Acme 2"})  # written as the new writer: the old write stays visible
+    rec = a.get("accounts", "x")
+    assert rec is not None and rec.fields["name"] == "Acme 2"
+    assert {s.writer for s in doc.slots().values()} == {a.device, f"{a.device}#1"}
+
+
+def test_a_first_sync_into_an_empty_store_loads_nothing() -> None:
+    a, items = changes(4)
+    b = Cluster(DEMO_SCHEMA, 2).replicas[1]
+    calls: list[object] = []
+    load_many, load_ranges = b.store.load_many, b.store.load_ranges
+    b.store.load_many = lambda keys: calls.append(keys) or load_many(keys)  # type: ignore[method-assign]
+    b.store.load_ranges = lambda p: calls.append(p) or load_ranges(p)  # type: ignore[method-assign]
+    b.apply_remote(items)
+    assert calls == []
+    assert rows(b) == rows(a)
+    b.docs.forget()
+    b.apply_remote(items)  # known now: loaded from the store
+    assert calls != []
+    assert rows(b) == rows(a)
