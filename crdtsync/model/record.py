@@ -382,7 +382,8 @@ class RecordDoc:
             return bytes(self._ydoc.get_state(txn._txn))
 
     def diff(self, state_vector: bytes | None) -> bytes:
-        return self.doc.get_update(state_vector) if state_vector else self.doc.get_update()
+        with self._txn() as txn:
+            return bytes(self._ydoc.get_update(txn._txn, state_vector or b"\x00"))
 
     # -- writing -------------------------------------------------------------------------------------------
 
