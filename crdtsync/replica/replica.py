@@ -567,8 +567,9 @@ class Replica:
             for (c, rid), (lr, update) in fresh.items():
                 doc = lr.doc
                 self.docs.append(batch, c, rid, update, lr=lr)
+                exists = doc.state().exists  # not yet, when only updates that build on a missing one came
                 self.clock.observe(doc.max_time())
-                if doc.state().exists:  # not yet, when only updates that build on a missing one came
+                if exists:
                     changed.append(self._save_row(batch, self._coll(c), doc))
             if fresh:
                 batch.save(("meta", "hlc"), str(self.clock.last).encode())
@@ -618,15 +619,10 @@ class Replica:
         """Apply one record's remote updates to its loaded document and check the result."""
         doc = lr.doc
         held = list(doc.held)
-        if len(updates) > 1:  # one apply (one integration check, one subscription) per record
-            try:
-                updates = [merge_updates(*updates)]
-            except ValueError as e:
-                raise MalformedUpdate(f"{c}/{rid}: {e}") from None
-        new = [part for u in updates if (part := doc.apply(u))]
+        new = doc.apply_many(updates)  # one apply (one integration check) per record
         if new:
             doc.check()
-            fresh[(c, rid)] = (lr, new[0] if len(new) == 1 else merge_updates(*new))
+            fresh[(c, rid)] = (lr, new)
         if doc.held != held:
             self.docs.save_held(batch, c, rid, doc.held)
 
