@@ -62,8 +62,13 @@ def test_cached_state_equals_a_fresh_one(ops: list[tuple[str, int, int]]) -> Non
                 r.update("accounts", rid, {"name": f"Acme {n}", "phone": str(n)})
         except Exception as e:  # blocked writes (a rejected change) are not what this test is about
             raise AssertionError(f"{kind} failed: {e!r}") from e
-        for x in (a, b):
+        # a replica that has never seen the record merges it on the path for new records (no capture,
+        # the update kept as is, content read once for the check and the state)
+        newcomer = Replica(MemoryStore(), DEMO_SCHEMA, device="c", user="uc")
+        newcomer.import_updates((a if who % 2 == 0 else b).export_updates())
+        for x in (a, b, newcomer):
             cached = x.docs.get("accounts", rid).doc.state()
             assert cached == fresh_state(x, rid)
+            assert x.docs.get("accounts", rid).doc.max_time() == cached.updated
             row = x.get("accounts", rid)
             assert row is not None and row.fields == cached.fields and row.conflicts == cached.conflicts

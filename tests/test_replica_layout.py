@@ -3,7 +3,6 @@ is upgraded once, and keeps every change; a write in layout 2 commits the outbox
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import orjson
@@ -152,22 +151,3 @@ def test_rows_behind_after_a_crash_are_rewritten_on_open(tmp_path: Path) -> None
             assert stored["x"] == again.outbox.last_for("accounts", rid) != 0
         assert not again._dirty
 
-
-def test_a_bulk_acknowledgement_checkpoints_the_log(tmp_path: Path) -> None:
-    path = tmp_path / "r.db"
-    with _open(path) as r:
-        rid = r.create("accounts", {"name": "Acme"})
-        for i in range(100):
-            r.update("accounts", rid, {"employees": i})
-        r.acknowledge(p.id for p in r.pending())
-        # checkpointed: the log's frames are in the database, so the next commit starts the log over
-        r.update("accounts", rid, {"employees": 1000})
-        probe = sqlite3.connect(path)
-        _, frames, _ = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        probe.close()
-        assert 0 < frames < 10  # the last write's pages only; some hundreds without the checkpoint
-        got = r.get("accounts", rid)
-        assert got is not None and got.fields["employees"] == 1000
-    with _open(path) as r:
-        got = r.get("accounts", rid)
-        assert got is not None and got.fields["employees"] == 1000 and got.status == "pending"

@@ -6,7 +6,16 @@ import logging
 
 import pytest
 
-from crdtsync import ChangeEvent, LocalError, RecordBlocked, RecordDeleted, RecordExists, RecordNotFound, Replica
+from crdtsync import (
+    ChangeEvent,
+    LocalError,
+    RecordBlocked,
+    RecordDeleted,
+    RecordExists,
+    RecordNotFound,
+    Replica,
+    ValidationError,
+)
 from crdtsync.demo import DEMO_SCHEMA
 from crdtsync.testing import Cluster
 
@@ -71,6 +80,11 @@ def test_rejected_change_is_kept_with_its_reason_and_blocks_the_record(pair: lis
     assert p.status == "error" and p.error == ("forbidden", "no write access to accounts")
     with pytest.raises(RecordBlocked):
         a.update("accounts", rid, {"employees": 6})
+    for blocked in (lambda: a.delete("accounts", rid), lambda: a.resolve("accounts", rid, "name", "X"),
+                    lambda: a.increment("accounts", rid, "visits")):
+        with pytest.raises(RecordBlocked):  # every further change of the record waits for fix or discard
+            blocked()
+    assert len(a.pending()) == 3
     # the record's later changes wait; other records still go out
     assert [c.record for c, _ in a.outgoing()] == [other]
     # the error survives a restart of the replica (it is persisted)
@@ -79,6 +93,67 @@ def test_rejected_change_is_kept_with_its_reason_and_blocks_the_record(pair: lis
     a.retry("accounts", rid)
     assert status(a, rid) == ("pending", None)
     assert [c.record for c, _ in a.outgoing()] == [rid, other, rid]
+
+
+def test_fix_replaces_the_rejected_change_and_the_held_ones_by_one_corrected_change(pair: list[Replica]) -> None:
+    a, b = pair
+    rid = a.create("accounts", {"name": "Acme", "notes": "hello"})
+    a.acknowledge(p.id for p in a.pending())
+    b.import_updates(a.export_updates())
+    a.update("accounts", rid, {"name": "Acme!!", "employees": 5})
+    a.update("accounts", rid, {"notes": "hello world", "tags": {"vip"}})
+    a.increment("accounts", rid, "visits", 3)
+    rejected = a.pending()[0]
+    a.reject(rejected.id, "invalid", "name: no '!' allowed")
+    before = a.pending()
+    seen: list[ChangeEvent] = []
+    a.subscribe(seen.append)
+    with pytest.raises(ValidationError):  # a bad fix changes nothing
+        a.fix("accounts", rid, {"employees": -1})
+    assert a.pending() == before and len(before) == 3
+    assert status(a, rid)[0] == "error" and seen == []
+    gone = a.fix("accounts", rid, {"name": "Acme"})
+    assert [g.op for g in gone] == ["update", "update", "increment"]
+    [fixed] = a.pending()
+    assert fixed.status == "pending" and fixed.id > rejected.id
+    assert fixed.fields == {"name": "Acme", "employees": 5, "notes": "hello world", "tags": ["vip"], "visits": 3}
+    rec = a.get("accounts", rid)
+    assert rec is not None and rec.status == "pending"
+    assert (rec["name"], rec["employees"], rec["notes"], rec["tags"], rec["visits"]) == (
+        "Acme", 5, "hello world", frozenset({"vip"}), 3)
+    assert seen and seen[-1].id == rid
+    # what goes out is the fix, not the rejected value: another replica never sees "Acme!!"
+    b.import_updates(a.export_updates())
+    other = b.get("accounts", rid)
+    assert other is not None and other["name"] == "Acme" and other["visits"] == 3 and not other.conflicts
+    assert all(h.value != "Acme!!" for h in b.history("accounts", rid))
+    # the replica reopened on its store agrees (the fix was committed)
+    again = Replica(a.store, DEMO_SCHEMA, device="d0", user="u0")
+    assert [p.id for p in again.pending()] == [fixed.id] and again.get("accounts", rid) == a.get("accounts", rid)
+
+
+def test_fix_of_a_rejected_create_creates_the_record_again(pair: list[Replica]) -> None:
+    a, _ = pair
+    rid = a.create("accounts", {"name": "Acme", "phone": "555"})
+    a.reject(a.pending()[0].id, "forbidden", "not your account")
+    a.fix("accounts", rid, {"name": "Acme (mine)"})
+    [p] = a.pending()
+    assert (p.op, p.fields, p.status) == ("create", {"name": "Acme (mine)", "phone": "555"}, "pending")
+    rec = a.get("accounts", rid)
+    assert rec is not None and rec["name"] == "Acme (mine)" and rec["phone"] == "555"
+
+
+def test_fix_needs_a_rejected_change_and_refuses_a_rejected_delete(pair: list[Replica]) -> None:
+    a, _ = pair
+    rid = a.create("accounts", {"name": "Acme"})
+    with pytest.raises(LocalError, match="no rejected change"):
+        a.fix("accounts", rid, {"name": "B"})
+    a.acknowledge(p.id for p in a.pending())
+    a.delete("accounts", rid)
+    a.reject(a.pending()[0].id, "forbidden", "may not delete")
+    with pytest.raises(RecordDeleted):
+        a.fix("accounts", rid, {"name": "B"})
+    assert [p.status for p in a.pending()] == ["error"]
 
 
 def test_discard_record_of_an_errored_create_removes_it(pair: list[Replica]) -> None:

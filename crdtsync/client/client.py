@@ -413,8 +413,9 @@ class SyncClient:
         r = self.replica
         total = len(r.outgoing(collections))
         done = uploaded = rejected = held = 0
+        waiting: set[tuple[str, str]] = set()  # records whose changes the relay held: sent again next run
         while True:
-            batch = self._fit(r.outgoing(collections, limit=self.batch_size))
+            batch = self._fit(r.outgoing(collections, limit=self.batch_size, skip=waiting))
             if batch is None:  # a change too large for any frame was set aside as an error
                 rejected += 1
                 continue
@@ -440,6 +441,7 @@ class SyncClient:
                 self._emit(SyncStatus("error", rej.reason, collection=pc.collection, record=pc.record,
                                       change_id=rej.change_id, code=rej.code))
             r.mark_pending(ack.held)
+            waiting.update((by_id[i].collection, by_id[i].record) for i in ack.held if i in by_id)
             uploaded += len(ack.ok)
             rejected += len(ack.rejected)
             held += len(ack.held)
@@ -514,7 +516,12 @@ class SyncClient:
 
     def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped). The
-        ``cursor`` (``_cursor_meta``) is stored in the same commit, or after the items one by one."""
+        ``cursor`` (``_cursor_meta``) is stored in the same commit, or after the items one by one. Items with
+        an empty update say a record left the device's scope: it is evicted first (before the cursor moves
+        past the news), unless it holds pending changes."""
+        if any(not i.update for i in items):
+            self.replica.evict((i.collection, i.record) for i in items if not i.update)
+            items = tuple(i for i in items if i.update)
         if not items and not cursor:
             return []
         try:

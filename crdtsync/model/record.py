@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
-import pycrdt
-from pycrdt import Array, Doc, Map, Text, get_update
+from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update, merge_updates
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Field, Invalid
@@ -60,9 +60,12 @@ def _parse_slot(key: str, raw: Any) -> Slot:
         raise ValueError(f"bad slot key {key!r}")
     p = orjson.loads(raw)
     t, d, u, c = p["t"], p["d"], p["u"], p["c"]
-    if not (isinstance(t, int) and t > 0 and isinstance(d, str) and isinstance(u, str)
-            and isinstance(c, dict) and all(isinstance(v, int) for v in c.values())):
+    # written out rather than ``all(...)``: a merge parses every slot it brings (the generator was a fifth)
+    if not (isinstance(t, int) and t > 0 and isinstance(d, str) and isinstance(u, str) and isinstance(c, dict)):
         raise ValueError(f"bad slot {key!r}")
+    for v in c.values():
+        if not isinstance(v, int):
+            raise ValueError(f"bad slot {key!r}")
     return Slot(name, writer, p.get("v"), t, d, u, c)
 
 
@@ -75,9 +78,32 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     return SetEntry(name, element, writer, a, r)
 
 
-_YDoc: Any = getattr(getattr(pycrdt, "_pycrdt", None), "Doc", None)  # the Rust document type
-#: whether this pycrdt exposes the Rust document the way ``_write_registers`` uses it (else: the public way)
-_RAW_YRS = all(hasattr(t, n) for t, n in ((_YDoc, "create_transaction"), (_YDoc, "observe")))
+#: the Yrs document class pycrdt's ``Doc`` wraps
+_YDoc: Any = type(Doc()._doc)
+
+
+class _RawTxn:
+    """A Yrs transaction on a document that no pycrdt ``Doc`` wraps yet (see ``RecordDoc.doc``): what
+    ``Doc.transaction()`` does, without the bookkeeping (origins, locks, observer errors) that a document
+    nobody observes has no use for. It cost 2 us against 0.7, three times per record merged."""
+
+    __slots__ = ("_txn", "_ydoc")
+
+    def __init__(self, ydoc: Any) -> None:
+        self._ydoc = ydoc
+        self._txn: Any = None
+
+    def __enter__(self) -> _RawTxn:
+        self._txn = self._ydoc.create_transaction()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        txn, self._txn = self._txn, None
+        try:
+            txn.commit()
+        finally:
+            txn.drop()
+
 
 _REGISTERS: dict[int, tuple[Collection, frozenset[str]]] = {}
 
@@ -92,19 +118,18 @@ def _registers(coll: Collection) -> frozenset[str]:
     return hit[1]
 
 
-def _subscribe(doc: Doc[Any], sink: list[bytes]) -> Callable[[], None]:
-    """Append the update of each transaction of ``doc`` to ``sink`` until the returned function is called.
-
-    The subscription is made on the Rust document with a callback that holds ``sink`` only (not the
-    document, nor its ``RecordDoc``) and reads the update at once: cheaper than ``Doc.observe`` (no
-    ``TransactionEvent`` wrapper, no partial), which a local write paid for each time.
-    """
+def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> Any:
+    """``doc.observe(callback)`` without its cost: pycrdt 0.14's ``Doc.observe`` evaluates
+    ``typing.cast(Callable[[TransactionEvent], None], ...)`` at run time, which misses typing's cache and
+    took 80 us, a fifth of merging a record. The same subscription, made the way ``observe`` makes it."""
     try:
-        sub = doc._doc.observe(lambda event: sink.append(event.update))
-        return sub.drop
-    except AttributeError:  # another pycrdt: the public way
-        pub = doc.observe(lambda event: sink.append(event.update))
-        return lambda: doc.unobserve(pub)
+        from pycrdt._doc import observe_callback
+
+        sub = doc._doc.observe(functools.partial(observe_callback, callback, doc))
+        doc._subscriptions.append(sub)
+        return sub
+    except (ImportError, AttributeError):  # another pycrdt: the public way
+        return doc.observe(callback)
 
 
 class RecordDoc:
@@ -123,7 +148,6 @@ class RecordDoc:
         self.user = user
         self._captured: list[bytes] = []
         self._log_buf: list[str] = []  # history entries of the write under way (see ``_write``)
-        self._txn: Any = None  # the Yrs transaction of the write under way (see ``_write``)
         #: every integrated update of the document (merged now and then): what it is rebuilt from when
         #: an update that cannot be integrated yet got into it (see ``apply``)
         self._parts: list[bytes] = list(updates)
@@ -146,17 +170,63 @@ class RecordDoc:
                           dict[str, SetEntry] | None] | None = None
 
     def _build(self, client_id: int) -> None:
-        """(Re)create the Yjs document from ``_parts``."""
-        self.doc: Doc[Any] = Doc(client_id=client_id)
+        """(Re)create the Yjs document from ``_parts``, in one transaction.
+
+        The pycrdt handles of the roots are made on first use (``roots``): a merge reads the roots
+        through Yrs handles alone (``_handles``), and making the three wrappers cost half as much as
+        applying a record's update.
+        """
+        self._ydoc: Any = _YDoc(client_id, None, None)
         self._tap_sub: Any = None  # see ``_tap``: made again for the new document
         self._tap_box: list[list[bytes] | None] | None = None
-        with self.doc.transaction():  # one transaction for the three roots, not one each
-            self._slots: Map[Any] = self.doc.get("f", type=Map)
-            self._sets: Map[Any] = self.doc.get("s", type=Map)
-            self._hist: Array[Any] = self.doc.get("h", type=Array)
+        self._pdoc: Doc[Any] | None = None
+        self._roots: tuple[Map[Any], Map[Any], Array[Any]] | None = None
+        self._raw_maps: tuple[Any, Any] | None = None  # the Yrs handles of ``f`` and ``s``
+        self._raw_texts: dict[str, Any] = {}
         self._texts: dict[str, Text] = {}
-        for u in self._parts:
-            self.doc.apply_update(u)
+        if self._parts:
+            with self._txn() as txn:
+                for u in self._parts:
+                    self._ydoc.apply_update(txn._txn, u)
+
+    @property
+    def doc(self) -> Doc[Any]:
+        """The record's pycrdt document, made on first use: a record that is only merged and read (a bulk
+        import) never needs it, and making one cost as much as applying the record's update. Until then
+        the Yrs document is used directly (``_txn``)."""
+        d = self._pdoc
+        if d is None:
+            d = self._pdoc = Doc(doc=self._ydoc)
+        return d
+
+    def _txn(self) -> Any:
+        """A transaction on the document: pycrdt's once there is a pycrdt ``Doc`` (it may have observers
+        and a transaction under way), else a bare Yrs one."""
+        return self._pdoc.transaction() if self._pdoc is not None else _RawTxn(self._ydoc)
+
+    @property
+    def _slots(self) -> Map[Any]:
+        return self.roots()[0]
+
+    @property
+    def _sets(self) -> Map[Any]:
+        return self.roots()[1]
+
+    @property
+    def _hist(self) -> Array[Any]:
+        return self.roots()[2]
+
+    def _handles(self, txn: Any) -> tuple[Any, Any]:
+        """The Yrs handles of the slot and set maps, inside transaction ``txn`` (a Yrs transaction)."""
+        h = self._raw_maps
+        if h is None:
+            if self._roots is not None:
+                h = (self._roots[0].integrated, self._roots[1].integrated)
+            else:
+                ydoc = self._ydoc
+                h = (ydoc.get_or_insert_map(txn, "f"), ydoc.get_or_insert_map(txn, "s"))
+            self._raw_maps = h
+        return h
 
     @contextlib.contextmanager
     def _capturing(self) -> Iterator[None]:
@@ -166,16 +236,14 @@ class RecordDoc:
         document (and this object) alive for ever, so records evicted from the cache were never freed
         (3000 records merged through a 10-record cache kept all 3000 in memory).
         """
-        updates: list[bytes] = []
-        stop = _subscribe(self.doc, updates)
+        sub = _observe(self.doc, self._on_txn)
         try:
             yield
         finally:
-            stop()
-            for update in updates:
-                self._on_update(update)
+            self.doc.unobserve(sub)
 
-    def _on_update(self, update: bytes) -> None:
+    def _on_txn(self, event: TransactionEvent) -> None:
+        update = event.update
         if update == _EMPTY_UPDATE:
             return
         self._captured.append(update)
@@ -194,7 +262,7 @@ class RecordDoc:
         """
         n = len(self._parts)
         if n > 4096 or (n > 64 and self._tail_bytes > len(self._parts[0])):
-            self._parts = [self.doc.get_update()]
+            self._parts = [self.full_update()]
             self._tail_bytes = 0
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -221,22 +289,23 @@ class RecordDoc:
         six of them, reading sets twice.
         """
         texts = self._text_names()
-        try:
-            with self.doc.transaction() as txn:
-                t = txn._txn
+        with self._txn() as txn:
+            t = txn._txn
+            slots, sets = self._handles(t)
+            try:
+                # key by key: three times faster than ``to_json`` (which escapes every JSON string in it,
+                # for ``orjson.loads`` to unescape them again). A value that is not a str (a peer's nested
+                # type, a number) comes back as what it is, and no check accepts it
                 if self._slot_raw is None:
-                    self._slot_raw = orjson.loads(self._slots.integrated.to_json(t))
+                    get = slots.get
+                    self._slot_raw = {k: get(t, k) for k in slots.keys(t)}
                 if self._set_raw is None:
-                    self._set_raw = orjson.loads(self._sets.integrated.to_json(t))
-                if self._text_now is None:
-                    self._text_now = {n: self.text(n).integrated.get_string(t) for n in texts}
-        except Exception:  # content a peer put there that has no JSON form: read it the slow way
-            if self._slot_raw is None:
-                self._slot_raw = self._read(self._slots)
-            if self._set_raw is None:
-                self._set_raw = self._read(self._sets)
+                    get = sets.get
+                    self._set_raw = {k: get(t, k) for k in sets.keys(t)}
+            except Exception as e:  # Yrs lists an entry it cannot return (a corrupted update)
+                raise ValueError(f"unreadable entry {e!r}") from None
             if self._text_now is None:
-                self._text_now = {n: str(self.text(n)) for n in texts}
+                self._text_now = {n: self._raw_text(t, n).get_string(t) for n in texts}
 
     def _text_names(self) -> list[str]:
         return [n for n, f in self.collection.fields.items() if f.merge == "text"]
@@ -277,6 +346,15 @@ class RecordDoc:
             text = self._texts[name] = self.doc.get(f"t:{name}", type=Text)
         return text
 
+    def _raw_text(self, txn: Any, name: str) -> Any:
+        """The Yrs handle of a text field, inside transaction ``txn`` (a Yrs transaction)."""
+        h = self._raw_texts.get(name)
+        if h is None:
+            text = self._texts.get(name)
+            h = self._raw_texts[name] = text.integrated if text is not None \
+                else self._ydoc.get_or_insert_text(txn, f"t:{name}")
+        return h
+
     def state(self) -> RecordState:
         if self._state is None:
             self._state = compute_state(self.collection, self.id, self.slots().values(), self.set_entries(),
@@ -298,7 +376,8 @@ class RecordDoc:
         return out
 
     def full_update(self) -> bytes:
-        return self.doc.get_update()
+        with self._txn() as txn:
+            return bytes(self._ydoc.get_update(txn._txn, b"\x00"))
 
     def parts(self) -> list[bytes]:
         """The updates the document is made of (a copy of the list): enough to rebuild it, e.g. to undo an
@@ -308,57 +387,47 @@ class RecordDoc:
     def roots(self) -> tuple[Map[Any], Map[Any], Array[Any]]:
         """The slot map ``f``, the set map ``s`` and the history array ``h`` (``Doc.get`` costs a
         transaction each time: these are the handles the document keeps)."""
-        return self._slots, self._sets, self._hist
+        r = self._roots
+        if r is None:
+            with self.doc.transaction():  # one transaction for the three roots, not one each
+                r = self._roots = (self.doc.get("f", type=Map), self.doc.get("s", type=Map),
+                                   self.doc.get("h", type=Array))
+        return r
 
     def state_vector(self) -> bytes:
-        return self.doc.get_state()
+        with self._txn() as txn:
+            return bytes(self._ydoc.get_state(txn._txn))
 
     def diff(self, state_vector: bytes | None) -> bytes:
-        return self.doc.get_update(state_vector) if state_vector else self.doc.get_update()
+        with self._txn() as txn:
+            return bytes(self._ydoc.get_update(txn._txn, state_vector or b"\x00"))
 
     # -- writing -------------------------------------------------------------------------------------------
 
     def _write(self, body: Callable[[], None]) -> bytes:
-        """Run ``body`` (the writes) in one transaction; return the Yjs update it made."""
+        self._captured.clear()
         self._log_buf = []
-        updates: list[bytes] = []
-        stop = _subscribe(self.doc, updates)
-        try:
-            with self.doc.transaction() as txn:
-                self._txn = txn._txn
-                body()
-                # history entries go in at the front, in the order logged: ``history()`` sorts them by time
-                # anyway, and appending to a long array cost Yrs a walk over every entry (40 us at 3000 writes)
-                hist = self._hist.integrated
-                for i, entry in enumerate(self._log_buf):
-                    hist.insert(txn._txn, i, entry)
-        finally:
-            self._txn = None
-            stop()
-        return self._wrote(updates)
-
-    def _wrote(self, updates: list[bytes]) -> bytes:
-        """After a local write: keep its update among the parts, and return it (b"" if it changed nothing)."""
+        with self._capturing(), self.doc.transaction(origin="local") as txn:
+            body()
+            # history entries go in at the front, in the order logged: ``history()`` sorts them by time
+            # anyway, and appending to a long array cost Yrs a walk over every entry (40 us at 3000 writes)
+            hist = self._hist.integrated
+            for i, entry in enumerate(self._log_buf):
+                hist.insert(txn._txn, i, entry)
         self._state = None
-        out = [u for u in updates if u != _EMPTY_UPDATE]
-        for u in out:
-            self._parts.append(u)
-            self._tail_bytes += len(u)
         self._fold_parts()
+        out = self._captured[:]
+        self._captured.clear()
         if not out:
             return b""
         if len(out) == 1:
             return out[0]
-        from pycrdt import merge_updates
         return merge_updates(*out)
 
     def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
         key = f"{name}{SEP}{self.writer}"
         raw = orjson.dumps({"v": value, "t": t, "d": self.device, "u": self.user, "c": seen}).decode()
-        if self._txn is not None:  # within ``_write``: straight into its transaction (``Map.__setitem__``
-            self._slots.integrated.insert(self._txn, key, raw)  # opens a nested one, at twice the cost)
-        else:
-            self._slots[key] = raw
+        self._slots[key] = raw
         self._wrote_slot(key, raw, Slot(name, self.writer, value, t, self.device, self.user, seen))
 
     def _wrote_slot(self, key: str, raw: str, slot: Slot) -> None:
@@ -387,7 +456,7 @@ class RecordDoc:
         if full_seen:
             for s in self.slots().values():
                 seen[s.writer] = max(seen.get(s.writer, 0), s.t)
-        if _RAW_YRS and not alive and values.keys() <= _registers(self.collection) \
+        if not alive and values.keys() <= _registers(self.collection) \
                 and type(self)._put_slot is RecordDoc._put_slot:
             out = self._write_registers(values, t, op, seen)
             if out and self._advances and state.exists and not state.deleted and not state.conflicts \
@@ -436,7 +505,7 @@ class RecordDoc:
 
     def _write_registers(self, values: Mapping[str, Any], t: int, op: str, seen: Mapping[str, int]) -> bytes:
         """``write`` of plain (register) fields: what ``_write`` with ``_put_slot`` and ``_log`` does, in one
-        Yrs transaction opened directly (pycrdt's ``Transaction`` wrapper and the nested ones of
+        Yrs transaction on the bare document (pycrdt's ``Transaction`` wrapper and the nested ones of
         ``Map.__setitem__`` were a fifth of an ``update()``). Nothing in here may open a pycrdt transaction."""
         fields = self.collection.fields
         writer, device, user = self.writer, self.device, self.user
@@ -451,13 +520,15 @@ class RecordDoc:
         box = self._tap()
         box[0] = updates
         try:
-            txn = self.doc._doc.create_transaction()
+            ydoc = self._ydoc
+            txn = ydoc.create_transaction()
             try:
-                insert = self._slots.integrated.insert
+                slot_map = self._handles(txn)[0]
+                roots = self._roots
+                hist = roots[2].integrated if roots is not None else ydoc.get_or_insert_array(txn, "h")
                 for key, raw, _ in slots:
-                    insert(txn, key, raw)
-                hist = self._hist.integrated  # at the front: see ``_write``
-                for i, entry in enumerate(logged):
+                    slot_map.insert(txn, key, raw)
+                for i, entry in enumerate(logged):  # at the front: see ``_write``
                     hist.insert(txn, i, entry)
                 txn.commit()
             finally:
@@ -466,7 +537,15 @@ class RecordDoc:
             box[0] = None
         for key, raw, slot in slots:
             self._wrote_slot(key, raw, slot)
-        return self._wrote(updates)
+        self._state = None
+        out = [u for u in updates if u != _EMPTY_UPDATE]
+        for u in out:
+            self._parts.append(u)
+            self._tail_bytes += len(u)
+        self._fold_parts()
+        if not out:
+            return b""
+        return out[0] if len(out) == 1 else merge_updates(*out)
 
     def _tap(self) -> list[list[bytes] | None]:
         """A lasting subscription to the document's updates for ``_write_registers``: a box whose list, when
@@ -480,7 +559,7 @@ class RecordDoc:
                 if sink is not None:
                     sink.append(event.update)
 
-            self._tap_sub = self.doc._doc.observe(tap)
+            self._tap_sub = self._ydoc.observe(tap)
             self._tap_box = box
         return self._tap_box
 
@@ -563,7 +642,7 @@ class RecordDoc:
     def _fits(self, update: bytes) -> bool:
         """Whether ``update`` would be integrated, tried on a copy of the document."""
         probe: Doc[Any] = Doc()
-        probe.apply_update(self.doc.get_update())
+        probe.apply_update(self.full_update())
         probe.apply_update(update)
         return self._integrated(probe, update)
 
@@ -578,20 +657,20 @@ class RecordDoc:
         replica stores it), the document is rebuilt from its integrated updates, and held updates are
         tried again, on a copy, whenever an update arrives.
         """
+        if not self._parts and not self.held:
+            return self._apply_fresh(update)
         self._captured.clear()
         try:
-            with self._capturing():
-                self.doc.apply_update(update)
-            if not self._integrated(self.doc, update):
+            self._apply_capturing(update)
+            if get_update(update, self.state_vector())[:1] != b"\x00":  # not integrated (see ``_integrated``)
                 self.held.append(update)
-                self._build(self.doc.client_id)  # without what is pending
+                self._build(self._ydoc.client_id())  # without what is pending
             progress = True
             while progress and self.held:
                 progress = False
                 for h in list(self.held):
                     if self._fits(h):
-                        with self._capturing():
-                            self.doc.apply_update(h)
+                        self._apply_capturing(h)
                         self.held.remove(h)
                         progress = True
         except ValueError as e:
@@ -605,8 +684,82 @@ class RecordDoc:
             return b""
         if len(out) == 1:
             return out[0]
-        from pycrdt import merge_updates
         return merge_updates(*out)
+
+    def _apply_capturing(self, update: bytes) -> None:
+        """Apply ``update``, collecting what it changed into ``_captured`` (see ``_capturing``). On a
+        document no pycrdt ``Doc`` wraps yet, with a bare Yrs subscription and transaction: a merge into a
+        known record then needs no pycrdt ``Doc`` either."""
+        if self._pdoc is not None:
+            with self._capturing():
+                self.doc.apply_update(update)
+            return
+        sub = self._ydoc.observe(self._on_txn)
+        try:
+            with self._txn() as txn:
+                self._ydoc.apply_update(txn._txn, update)
+        finally:
+            sub.drop()
+
+    def apply_many(self, updates: list[bytes]) -> bytes:
+        """``apply`` for several updates of the record: one apply of them merged, or, on a document that
+        holds nothing yet, each applied in one transaction (merging them first cost more than applying them
+        all). Returns the part that was new to this document (b"" if none)."""
+        if len(updates) == 1:
+            return self.apply(updates[0])
+        if not self._parts and not self.held:
+            new = self._apply_fresh_many(updates)
+            if new is not None:
+                return new
+        try:
+            merged = merge_updates(*updates)
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        return self.apply(merged)
+
+    def _apply_fresh_many(self, updates: list[bytes]) -> bytes | None:
+        """``apply_many`` on an empty document, when every update is integrated: the new part is then the
+        document's whole state. None (and the document left empty) otherwise: some update builds on one
+        that is missing, or arrived before one it builds on (Yrs does not always integrate those later in
+        the same transaction), or is malformed; ``apply`` of them merged sorts those out."""
+        try:
+            with self._txn() as txn:
+                t = txn._txn
+                for u in updates:
+                    self._ydoc.apply_update(t, u)
+            state = self.state_vector()
+            integrated = all(get_update(u, state)[:1] == b"\x00" for u in updates)
+        except ValueError:
+            integrated = False
+        if not integrated or state == b"\x00":
+            self._build(self._ydoc.client_id())
+            return None
+        self._parts = [self.full_update()]
+        self._tail_bytes = 0
+        self._changed_remotely()
+        return self._parts[0]
+
+    def _apply_fresh(self, update: bytes) -> bytes:
+        """``apply`` to a document that holds nothing yet (a record new to this replica): when all of
+        ``update`` is integrated, what is new is ``update`` itself, so it needs no subscription to capture
+        it and no parts to fold. Otherwise it is held, as ``apply`` holds it."""
+        try:
+            with self._txn() as txn:
+                self._ydoc.apply_update(txn._txn, update)
+            state = self.state_vector()
+            integrated = get_update(update, state)[:1] == b"\x00"
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        if not integrated:
+            self.held.append(update)
+            self._build(self._ydoc.client_id())
+            return b""
+        if state == b"\x00":  # nothing integrated (an empty update, or deletes of unknown items)
+            return b""
+        self._parts = [update]
+        self._tail_bytes = 0
+        self._changed_remotely()
+        return update
 
     def _changed_remotely(self) -> None:
         """Drop the content caches after a remote update; keep what they held as the ``check`` baseline."""
@@ -661,28 +814,29 @@ class RecordDoc:
         coll = self.collection
         base = self._base
         try:
-            slots, sets = self.raw_slots(), self._set_raw
-            if sets is None:
+            if self._slot_raw is None or self._set_raw is None:
                 self._read_content()
-                sets = self._set_raw
-            assert sets is not None
+            slots, sets = self._slot_raw, self._set_raw
+            assert slots is not None and sets is not None
         except ValueError as e:
             raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
-        old_raw, old_parsed = (base[0], base[1]) if base is not None else ({}, {})
-        parsed: dict[str, Slot] = {}
-        for key, raw in slots.items():
-            if old_raw.get(key, _MISSING) == raw:
-                parsed[key] = old_parsed[key]
-            else:
-                parsed[key] = self._check_slot(key, raw)
-        old_set_raw = base[2] if base is not None and base[2] is not None else {}
-        old_set_parsed = base[3] if base is not None and base[3] is not None else {}
-        set_parsed: dict[str, SetEntry] = {}
-        for key, raw in sets.items():
-            if old_set_raw.get(key, _MISSING) == raw:
-                set_parsed[key] = old_set_parsed[key]
-            else:
-                set_parsed[key] = self._check_set(key, raw)
+        check_slot, check_set = self._check_slot, self._check_set
+        parsed: dict[str, Slot]
+        set_parsed: dict[str, SetEntry]
+        if base is None:  # nothing checked before (a record new here): every entry
+            parsed = {key: check_slot(key, raw) for key, raw in slots.items()}
+            set_parsed = {key: check_set(key, raw) for key, raw in sets.items()}
+        else:
+            old_raw, old_parsed = base[0], base[1]
+            parsed = {}
+            for key, raw in slots.items():
+                parsed[key] = old_parsed[key] if old_raw.get(key, _MISSING) == raw else check_slot(key, raw)
+            old_set_raw = base[2] if base[2] is not None else {}
+            old_set_parsed = base[3] if base[3] is not None else {}
+            set_parsed = {}
+            for key, raw in sets.items():
+                set_parsed[key] = old_set_parsed[key] if old_set_raw.get(key, _MISSING) == raw \
+                    else check_set(key, raw)
         # checked: state() need not parse them again, and the next check starts from here
         self._parsed, self._set_parsed = parsed, set_parsed
         self._base = None
@@ -693,17 +847,19 @@ class RecordDoc:
             s = _parse_slot(key, raw)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
             raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
-        if s.field == DELETED:
+        name = s.field
+        if name == DELETED:
             if not isinstance(s.value, bool):
                 raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
             return s
-        f = coll.fields.get(s.field)
+        f = coll.fields.get(name)
         if f is None:
-            raise RemoteValidationError(coll.name, self.id, s.field, "unknown field")
+            raise RemoteValidationError(coll.name, self.id, name, "unknown field")
         try:
-            if f.merge == "register":
+            merge = f.merge
+            if merge == "register":
                 f.decode(s.value)
-            elif f.merge == "counter":
+            elif merge == "counter":
                 f.check(s.value)
             elif s.value is not None:
                 raise Invalid("markers hold no value")
@@ -724,6 +880,8 @@ class RecordDoc:
         return entry
 
     def max_time(self) -> int:
+        if self._state is not None:  # the latest slot time: what ``updated`` is
+            return self._state.updated
         return max((s.t for s in self.slots().values()), default=0)
 
     def writers(self) -> set[str]:

@@ -25,9 +25,11 @@ SEP = "\x1f"
 DELETED = "@deleted"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Slot:
-    """One writer's latest write to one field of one record."""
+    """One writer's latest write to one field of one record. Treat it as immutable: a record's caches
+    share slots between the states they compute (not frozen only because a frozen dataclass costs five
+    times as much to make, and a merge makes one per slot it reads)."""
 
     field: str
     writer: str

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 from ..clock import hlc_wall_ms
 from ..schema import Collection, Field, Invalid
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
@@ -135,10 +137,14 @@ def _edit_cand(coll: Collection, s: Slot, values: Mapping[str, Any]) -> Candidat
 
 def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets: Iterable[SetEntry],
                   texts: Mapping[str, str]) -> RecordState:
-    by_field: dict[str, list[Slot]] = defaultdict(list)
+    by_field: dict[str, list[Slot]] = {}
     vector: dict[str, int] = {}
     for s in slots:
-        by_field[s.field].append(s)
+        fs = by_field.get(s.field)
+        if fs is None:
+            by_field[s.field] = [s]
+        else:
+            fs.append(s)
         if s.t > vector.get(s.writer, 0):
             vector[s.writer] = s.t
     values: dict[str, Any] = {}
@@ -147,39 +153,50 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
     live: dict[str, list[Slot]] = {}
     for name, f in coll.fields.items():
         fs = by_field.get(name)
+        merge = f.merge
         if not fs:  # never written: most fields of most records
-            live[name] = []
-            merge = f.merge
             values[name] = None if merge == "register" else 0 if merge == "counter" \
                 else texts.get(name, "") if merge == "text" else frozenset()
             continue
-        # one writer (the common case): its slot is the frontier, the latest and the winner
-        front = fs if len(fs) == 1 else frontier(fs)
+        if len(fs) == 1:  # one writer (the common case): its slot is the frontier, the latest and the winner
+            s = fs[0]
+            live[name] = fs
+            changed_by[name] = Candidate(None, s.device, s.user, s.t)
+            if merge == "register":
+                values[name] = _decode_with(f, s.value)
+            elif merge == "counter":
+                values[name] = int(s.value or 0)
+            elif merge == "text":
+                values[name] = texts.get(name, "")
+            else:
+                values[name] = frozenset()
+            continue
+        front = frontier(fs)
         live[name] = front
-        latest = fs[0] if len(fs) == 1 else winner(fs)
+        latest = winner(fs)
         if latest is not None:
             changed_by[name] = Candidate(None, latest.device, latest.user, latest.t)
-        if f.merge == "register":
+        if merge == "register":
             w = front[0] if len(front) == 1 else winner(front)
             values[name] = None if w is None else _decode_with(f, w.value)
             if w is not None and len(front) > 1:
                 losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
                                           tuple(_cand(coll, s) for s in [w, *losers])))
-        elif f.merge == "counter":
+        elif merge == "counter":
             values[name] = sum(int(s.value or 0) for s in fs)
-        elif f.merge == "text":
+        elif merge == "text":
             values[name] = texts.get(name, "")
         else:
             values[name] = frozenset()
     values.update(_set_values(coll, sets))
 
     deleted = False
-    dels = frontier(by_field.get(DELETED, []))
+    dels = frontier(by_field.get(DELETED, ()))
     active = [d for d in dels if d.value is True]
     restores = [d for d in dels if d.value is not True]
-    edits = [s for front in live.values() for s in front]
-    clashing = [(d, s) for d in active for s in edits if mutually_concurrent(d, s)]
+    clashing = [(d, s) for d in active for front in live.values() for s in front if mutually_concurrent(d, s)] \
+        if active else []
     if coll.delete_policy == "delete-wins":
         deleted = bool(active)
         if deleted:
@@ -215,19 +232,28 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
 
 def _set_values(coll: Collection, entries: Iterable[SetEntry]) -> dict[str, frozenset[Any]]:
     """Add-wins sets: an element is present while some writer's adds exceed what every remover had seen."""
-    import orjson
-
-    grouped: dict[tuple[str, str], list[SetEntry]] = defaultdict(list)
+    grouped: dict[tuple[str, str], list[SetEntry]] = {}
     for e in entries:
-        grouped[(e.field, e.element)].append(e)
+        es = grouped.get((e.field, e.element))
+        if es is None:
+            grouped[(e.field, e.element)] = [e]
+        else:
+            es.append(e)
+    if not grouped:
+        return {}
     out: dict[str, set[Any]] = defaultdict(set)
     for (name, element), es in grouped.items():
-        removed: dict[str, int] = {}
-        for e in es:
-            for w, n in e.removed.items():
-                if n > removed.get(w, 0):
-                    removed[w] = n
-        if any(e.adds > removed.get(e.writer, 0) for e in es):
+        if len(es) == 1:  # one writer: present while its adds exceed its own removes
+            e = es[0]
+            present = e.adds > e.removed.get(e.writer, 0)
+        else:
+            removed: dict[str, int] = {}
+            for e in es:
+                for w, n in e.removed.items():
+                    if n > removed.get(w, 0):
+                        removed[w] = n
+            present = any(e.adds > removed.get(e.writer, 0) for e in es)
+        if present:
             f = coll.fields.get(name)
             of = getattr(f, "of", None)
             raw = orjson.loads(element)

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, get_state
+from pycrdt import Doc, get_state, get_update, merge_updates
 
 from ..errors import RemoteProtocolError
 from .ywebsocket import (
@@ -104,15 +104,21 @@ class YRoom:
     def __init__(self, name: str, state: bytes | None = None) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
+        # updates Yrs keeps pending (they build on one not received yet): the document's own encoding
+        # leaves their structs out, so a stored state made from it alone would lose them
+        self.waiting: list[bytes] = []
         if state:
-            self.doc.apply_update(state)
+            self.apply(state)
         self.awareness: dict[int, AwarenessEntry] = {}
 
     def state_vector(self) -> bytes:
         return self.doc.get_state()
 
     def full_state(self) -> bytes:
-        return self.doc.get_update()
+        """The room's state to store: the document, and the updates still waiting for a missing one."""
+        if not self.waiting:
+            return self.doc.get_update()
+        return merge_updates(self.doc.get_update(), *self.waiting)
 
     def diff(self, state_vector: bytes) -> bytes:
         """What a peer at ``state_vector`` lacks (sync step 2); ``RemoteProtocolError`` if it is garbage."""
@@ -143,10 +149,19 @@ class YRoom:
         """Whether applying ``update`` would change the document; ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
-        mine = decode_state_vector(self.doc.get_state())
-        theirs = decode_state_vector(get_state(update))
-        if any(clock > mine.get(client, 0) for client, clock in theirs.items()):
+        # the part of the update the document lacks: its first varuint counts the clients with new structs
+        # (``get_state(update)`` cannot tell: it leaves out structs not starting at clock 0, i.e. those of
+        # every incremental update)
+        try:
+            rest = get_update(update, self.doc.get_state())
+        except BaseException as e:
+            if not _is_pycrdt_error(e):
+                raise
+            raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
+        if rest[:1] != b"\x00":
             return True
+        if rest == EMPTY_UPDATE:
+            return False  # no new structs and no deletions at all
         # Only deletions can be new: try them on a scratch copy, which costs a copy of the room.
         scratch: Doc[Any] = Doc()
         scratch.apply_update(self.doc.get_update())
@@ -166,6 +181,8 @@ class YRoom:
         """Apply a stored update; returns None, or why Yrs refused it (the document is then unchanged)."""
         try:
             self.doc.apply_update(update)
+            sv = self.doc.get_state()
+            self.waiting = [u for u in [*self.waiting, update] if get_update(u, sv)[:1] != b"\x00"]
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise

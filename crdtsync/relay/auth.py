@@ -94,6 +94,15 @@ class Tokens:
         self.open = grants is None
         self._by_digest = {_digest(t): g for t, g in (grants or {}).items()}
 
+    def scope_fields(self) -> dict[str, frozenset[str]]:
+        """Per collection, every field some token's ``where`` limit looks at: a change to one of them may
+        move a record into or out of a device's scope."""
+        out: dict[str, set[str]] = {}
+        for g in self._by_digest.values():
+            for c, cond in g.where.items():
+                out.setdefault(c, set()).update(cond)
+        return {c: frozenset(f) for c, f in out.items()}
+
     def grant(self, token: str | None) -> Grant | None:
         if self.open:
             return Grant.open()

@@ -13,16 +13,18 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from ..errors import CrdtSyncError, LocalError
 from ..schema import Schema
+from ..store.base import ByteStore
 from ..store.sqlite import SQLiteStore
 from .auth import Tokens, load_tokens
 from .server import Limits, Relay
 
-__all__ = ["add_arguments", "load_schema", "run"]
+__all__ = ["add_arguments", "is_postgres_url", "load_schema", "open_store", "run"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -31,6 +33,7 @@ _EPILOG = """\
 examples:
   crdtsync relay --schema app.schema:SCHEMA --tokens tokens.toml --host 0.0.0.0 --port 8765
   crdtsync relay --schema schema.json            # open relay on 127.0.0.1, development only
+  crdtsync relay --schema schema.json --tokens tokens.toml --db postgresql://relay:pw@db.internal/relay
 
 --schema is MODULE:ATTR (a crdtsync.Schema; MODULE is imported from the current directory too) or a JSON
 file written from Schema.to_dict(). Devices connect to ws://HOST:PORT with "Authorization: Bearer TOKEN";
@@ -52,8 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _EPILOG
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0: any free)")
-    parser.add_argument("--db", type=Path, default=Path("relay.db"), metavar="FILE",
-                        help="the relay's SQLite file, created if missing (default: relay.db)")
+    parser.add_argument("--db", default="relay.db", metavar="FILE|postgresql://...",
+                        help="the relay's SQLite file, created if missing (default: relay.db), or a PostgreSQL "
+                             "URL (postgresql://user:password@host:port/dbname; needs crdtsync[postgres]): "
+                             "the relay keeps its table kv there, created if missing")
+    parser.add_argument("--pg-schema", default=None, metavar="NAME",
+                        help="with a PostgreSQL --db: the schema that holds the relay's table (default: the "
+                             "server's search path)")
     parser.add_argument("--schema", required=True, metavar="MODULE:ATTR|FILE.json",
                         help="the collections and their fields (required; see below)")
     parser.add_argument("--tokens", type=Path, default=None, metavar="FILE.toml",
@@ -109,18 +117,49 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def _shown(db: str) -> str:
+    """The database as it may be printed: a URL without its password."""
+    if not is_postgres_url(db):
+        return db
+    parts = urlsplit(db)
+    if parts.password is None:
+        return db
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_store(db: str, *, synchronous: str = "FULL", pg_schema: str | None = None) -> ByteStore:
+    """The relay's byte store: SQLite for a file name, PostgreSQL for a ``postgresql://`` URL."""
+    if is_postgres_url(db):
+        from ..store.postgres import PostgresStore
+        return PostgresStore(db, schema=pg_schema)
+    return SQLiteStore(db, synchronous=synchronous)  # type: ignore[arg-type]
+
+
 async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> int:
+    shown = _shown(args.db)
     try:
-        store = SQLiteStore(args.db, synchronous=args.synchronous)
-    except sqlite3.Error as e:
-        print(f"crdtsync relay: cannot open the database {args.db}: {e}", file=sys.stderr)
+        store = open_store(args.db, synchronous=args.synchronous, pg_schema=args.pg_schema)
+    except (sqlite3.Error, CrdtSyncError) as e:
+        print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # psycopg's errors (bad URL, server down, refused login)
+        if type(e).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
     try:
         relay = Relay(store, schema, tokens, keep_log=args.keep_log,
                       limits=Limits(max_frame=args.max_frame, rate=args.rate, burst=int(args.rate * 2)))
-    except (sqlite3.Error, CrdtSyncError) as e:
+    except Exception as e:
         store.close()
-        print(f"crdtsync relay: cannot use the database {args.db}: {e}", file=sys.stderr)
+        if not isinstance(e, sqlite3.Error | CrdtSyncError) and type(e).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"crdtsync relay: cannot use the database {shown}: {e}", file=sys.stderr)
         return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +38,11 @@ from ..model.slots import SEP
 from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
-from ..schema import Schema
+from ..schema import Collection, Invalid, Schema, Text
+from ..schema import Set as SetField
 from ..store.base import Batch, ByteStore
 from .auth import Grant
+from .clients import ClientBindings, sv_clients
 from .drafts import Refusal, check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
@@ -61,12 +63,16 @@ def is_own_writer(writer: str, device: str) -> bool:
 
 @dataclass(frozen=True)
 class Accepted:
+    """A stored change. ``prev``: when the change altered a field that a ``where`` limit looks at, the
+    values those fields had before it (so a device that could see the record then is told it left)."""
+
     seq: int
     collection: str
     record: str
     device: str
     change_id: int
     update: bytes
+    prev: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -85,26 +91,36 @@ class _Refused(Exception):
         self.reason = reason
 
 
+class _Waits(_Refused):
+    """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``)."""
+
+
 def _encode_entry(a: Accepted) -> bytes:
     out = bytearray()
-    write_bytes(out, orjson.dumps([a.collection, a.record, a.device, a.change_id]))
+    head: list[Any] = [a.collection, a.record, a.device, a.change_id]
+    if a.prev is not None:
+        head.append(a.prev)
+    write_bytes(out, orjson.dumps(head))
     write_bytes(out, a.update)
     return bytes(out)
 
 
 def _decode_entry(seq: int, raw: bytes) -> Accepted:
     r = Reader(raw)
-    c, rid, dev, cid = orjson.loads(r.bytes())
-    return Accepted(seq, c, rid, dev, cid, r.bytes())
+    c, rid, dev, cid, *prev = orjson.loads(r.bytes())
+    return Accepted(seq, c, rid, dev, cid, r.bytes(), prev[0] if prev else None)
 
 
 class RelayLog:
     """The relay's records and change log. ``keep`` is how many log entries compaction keeps; it drops the
     older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
-    def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096) -> None:
+    def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096,
+                 scope_fields: Mapping[str, frozenset[str]] | None = None) -> None:
         self.store = store
         self.schema = schema
+        # the fields ``where`` limits look at, per collection (``Tokens.scope_fields``)
+        self.scope_fields = dict(scope_fields or {})
         self.keep = keep
         self.compact_slack = max(1, min(5000, keep // 10))
         raw = store.load(("relay", "id"))
@@ -136,6 +152,7 @@ class RelayLog:
         self._staged_dedup: dict[tuple[str, int], int] = {}
         self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
         self._stored_dedup: dict[tuple[str, int], bool] = {}  # looked up for the group being staged
+        self.clients = ClientBindings(store)  # Yjs client ids bound to the devices writing under them
 
     # -- devices -------------------------------------------------------------------------------------------
 
@@ -167,6 +184,12 @@ class RelayLog:
                 continue
             try:
                 accepted = self._stage_one(batch, device, grant, ch)
+            except _Waits as e:
+                refused.add(key)  # the record's later changes build on this one: they wait too
+                out.held.append(ch.change_id)
+                log.info("holding back %s change %d of %s/%s: %s", device, ch.change_id, ch.collection, ch.record,
+                         e.reason)
+                continue
             except _Refused as e:
                 refused.add(key)
                 out.rejected.append(Rejection(ch.change_id, e.code, e.reason))
@@ -211,13 +234,27 @@ class RelayLog:
             before = doc.state()
             if before.exists and not grant.in_scope(c, before.fields):
                 raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
+        watched = self.scope_fields.get(c)
+        prev: dict[str, Any] | None = None
+        if watched:
+            was = doc.state()
+            if was.exists:
+                prev = {f: was.fields.get(f) for f in sorted(watched)}
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
+        state_before = doc.doc.get_state()
         try:
             try:
                 with _Touched(doc) as touched:
                     new = doc.apply(ch.update)
+                if doc.held:
+                    # it builds on changes the relay does not have (made on a device that has not synced yet,
+                    # which this device got from it directly): acknowledged, it would be lost with the
+                    # relay's memory; so it is not stored, and the device keeps it and sends it again
+                    raise _Waits("held", "builds on changes the relay does not have yet (from a device that "
+                                         "has not synced them); sent again at the next sync")
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
+                unbound = self._unbound_clients(c, rid, device, sv_clients(state_before, doc.doc.get_state()))
                 # one read transaction for all the checks (each read would otherwise open one)
                 with doc.doc.transaction():
                     read = None
@@ -241,6 +278,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
+            _refuse_over_limits(doc)
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
@@ -252,14 +290,20 @@ class RelayLog:
             lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
                                     client_id=doc.doc.client_id, updates=saved)
             raise
+        if prev is not None:
+            now = doc.state().fields
+            # None: the change moved the record in or out of no one's scope; else kept, as JSON
+            prev = None if all(now.get(f) == v for f, v in prev.items()) else _plain(doc.collection, prev)
         self.docs.append(batch, c, rid, new)
         self.head += 1
-        a = Accepted(self.head, c, rid, device, ch.change_id, new)
+        a = Accepted(self.head, c, rid, device, ch.change_id, new, prev)
         batch.save(("log", a.seq), _encode_entry(a))
         batch.save(("dedup", device, ch.change_id), str(a.seq).encode())
         batch.save(("recs", c, rid), str(a.seq).encode())
         batch.save(("relay", "head"), str(self.head).encode())
         self._staged_dedup[(device, ch.change_id)] = a.seq
+        for cid in unbound:
+            self.clients.stage(batch, c, rid, cid, device, a.seq)
         if image:
             self._images.append(self._stage_image(batch, c, rid, image))
         return a
@@ -275,12 +319,25 @@ class RelayLog:
         batch.save(("relay", "head"), str(self.head).encode())
         return a
 
+    def _unbound_clients(self, c: str, rid: str, device: str, clients: list[int]) -> list[int]:
+        """Refuse items made under a Yjs client id bound to another device (``relay/clients.py``); return
+        the client ids not bound yet (bound to ``device`` when the change is staged)."""
+        unbound = []
+        for cid in clients:
+            owner = self.clients.owner(c, rid, cid)
+            if owner is None:
+                unbound.append(cid)
+            elif owner != device:
+                raise _Refused("forbidden", f"writes items as Yjs client {cid}, which is another device's")
+        return unbound
+
     def committed(self, accepted: Iterable[Accepted]) -> None:
         """After the batch holding ``accepted`` is durable: readers see the new state of those records."""
         for a in accepted:
             self.reader.reload(a.collection, a.record)
             self.durable = max(self.durable, a.seq)
             self._staged_dedup.pop((a.device, a.change_id), None)  # the next group's entries stay
+        self.clients.committed(self.durable)
 
     def abandon(self) -> None:
         """A commit failed: forget everything staged (the store is the truth)."""
@@ -288,6 +345,7 @@ class RelayLog:
         self.reader.forget()
         self._staged_dedup.clear()
         self._stored_dedup.clear()
+        self.clients.abandon()
         self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -319,8 +377,14 @@ class RelayLog:
     def item_for(self, grant: Grant, a: Accepted) -> Item | None:
         """How a stored change reaches a device with this grant: the update itself, or (for collections
         limited by ``where``, where the device may never have seen the record) its whole state; None when
-        it is out of the device's scope."""
-        if not grant.can_read(a.collection) or not self._visible(grant, a.collection, a.record):
+        it is out of the device's scope. A change that moved the record out of the scope (it was in scope
+        just before it) reaches the device as an item with an empty update: "this record left your scope"."""
+        if not grant.can_read(a.collection):
+            return None
+        if not self._visible(grant, a.collection, a.record):
+            if a.prev is not None and grant.limited(a.collection) \
+                    and grant.in_scope(a.collection, _typed(self.schema.collections[a.collection], a.prev)):
+                return Item(a.collection, a.record, a.seq, b"")
             return None
         if grant.limited(a.collection):
             return Item(a.collection, a.record, a.seq, self.record_update(a.collection, a.record))
@@ -407,6 +471,63 @@ class RelayLog:
         raw = batch.saves.get(("relay", "floor"))
         if raw is not None:
             self.floor = int(raw)
+
+
+def _refuse_over_limits(doc: RecordDoc) -> None:
+    """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
+    Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
+    the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
+    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check."""
+    limits = [(n, f) for n, f in doc.collection.fields.items()
+              if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
+    if not limits:
+        return
+    fields = doc.state().fields
+    for name, f in limits:
+        value = fields.get(name)
+        if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None \
+                and len(value) > f.max_length:
+            raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
+                                      f"is {len(value)} characters long, more than max_length={f.max_length}")
+        if isinstance(f, SetField) and f.max_items is not None and isinstance(value, frozenset) \
+                and len(value) > f.max_items:
+            raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
+                                      f"holds {len(value)} items, more than max_items={f.max_items}")
+
+
+def _plain(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values as JSON (the log entry's ``prev``); sets as sorted lists."""
+    out: dict[str, Any] = {}
+    for name, v in values.items():
+        f = coll.fields.get(name)
+        if v is None or f is None:
+            out[name] = v
+        elif f.merge == "set":
+            out[name] = sorted((f.of.encode(x) for x in v), key=repr)  # type: ignore[attr-defined]
+        elif f.merge == "register":
+            out[name] = f.encode(v)
+        else:
+            out[name] = v
+    return out
+
+
+def _typed(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``_plain`` undone: the values as the record's state holds them (what ``where`` compares with)."""
+    out: dict[str, Any] = {}
+    for name, v in values.items():
+        f = coll.fields.get(name)
+        try:
+            if v is None or f is None:
+                out[name] = v
+            elif f.merge == "set":
+                out[name] = frozenset(f.of.decode(x) for x in v)  # type: ignore[attr-defined]
+            elif f.merge == "register":
+                out[name] = f.decode(v)
+            else:
+                out[name] = v
+        except (Invalid, TypeError):
+            out[name] = v
+    return out
 
 
 def _refuse(refusal: Refusal | None) -> None:

@@ -106,11 +106,11 @@ class Relay:
                  keep_log: int = 100_000) -> None:
         self.store = store
         self.schema = schema
-        self.tokens = tokens
         self.limits = limits
         # the writer's record cache holds every record of the two groups that may be uncommitted at once
         self.log = RelayLog(store, schema, keep=keep_log,
                             cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
+        self.tokens = tokens
         self.sessions: set[_Session] = set()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -120,6 +120,16 @@ class Relay:
         yjs = _load_yjs()
         self.rooms: Any = yjs.YjsRooms(store) if yjs is not None else None
         self.address: tuple[str, int] = ("", 0)
+
+    @property
+    def tokens(self) -> Tokens:
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, tokens: Tokens) -> None:
+        """Replace the token table (SIGHUP reloads it): the log learns which fields ``where`` limits use."""
+        self._tokens = tokens
+        self.log.scope_fields = tokens.scope_fields()
 
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> tuple[str, int]:
         if self.tokens.open:

@@ -111,7 +111,8 @@ class RecordDocs:
 
     def get_many(self, keys: list[tuple[str, str]]) -> list[LoadedRecord]:
         """``get`` for many records, loading the ones not cached with two store queries in all (a bulk
-        merge loads hundreds of records, and two queries per record were a third of its cost)."""
+        merge loads hundreds of records, and two queries per record were a third of its cost), none for
+        a collection the store holds nothing of."""
         out: dict[tuple[str, str], LoadedRecord] = {}
         missing: list[tuple[str, str]] = []
         for key in keys:
@@ -122,15 +123,28 @@ class RecordDocs:
                 self._cache.move_to_end(key)
                 out[key] = lr
         if missing:
+            # a collection this store holds nothing of (the first sync of a new device): nothing to load
+            empty = {c for c in {c for c, _ in missing} if self._holds_none(c)}
+            if empty:
+                for c, rid in missing:
+                    if c in empty:
+                        out[(c, rid)] = self._cache[(c, rid)] = self._make(c, rid, None, None, None, [])
+                missing = [key for key in missing if key[0] not in empty]
+        if missing:
             small = self.store.load_many([(kind, c, rid) for c, rid in missing for kind in ("snap", "rmeta", "held")])
             ranges = self.store.load_ranges([("upd", c, rid) for c, rid in missing])
             for i, (c, rid) in enumerate(missing):
                 lr = self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
                 out[(c, rid)] = lr
                 self._cache[(c, rid)] = lr
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         return [out[key] for key in keys]
+
+    def _holds_none(self, collection: str) -> bool:
+        """Whether the store holds no record of ``collection`` at all (four one-row queries)."""
+        return not any(self.store.load_range((kind, collection), limit=1)
+                       for kind in ("snap", "upd", "held", "rmeta"))
 
     def _load(self, collection: str, record_id: str, skip: frozenset[int] = frozenset()) -> LoadedRecord:
         # one query for the record's small keys (a bulk merge loads many records it has never seen)

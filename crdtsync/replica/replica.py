@@ -63,7 +63,6 @@ _VECTOR_MAGIC = b"CSV1"
 _EMPTY_UPDATE = b"\x00\x00"
 _LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what one merge holds at once)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
-_BULK = 64  # keys an acknowledgement commits from which it checkpoints the store (see ByteStore.checkpoint)
 _DIRTY_MAX = 64  # records written locally whose rows are not written yet, at most (see the docstring)
 
 
@@ -143,7 +142,9 @@ class Replica:
 
         ``key`` encrypts the store at rest (AES-GCM); a wrong key raises ``WrongKeyError``.
         """
-        inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(path, synchronous=synchronous)
+        # checkpoints in the background: a sync's commit costs what it writes, however large the store
+        inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(
+            path, synchronous=synchronous, checkpoint="background")
         try:
             if key is not None:
                 store: ByteStore = EncryptedStore(inner, key)
@@ -288,12 +289,15 @@ class Replica:
             raise RecordNotFound(f"{coll.name}/{rid} does not exist")
         if state.deleted:
             raise RecordDeleted(f"{coll.name}/{rid} is deleted; restore() it first")
+        self._not_blocked(coll, rid)
+        return lr
+
+    def _not_blocked(self, coll: Collection, rid: str) -> None:
         err, _, _ = self.outbox.summary(coll.name, rid)
         if err is not None:
             code, reason = err.error or ("error", "")
-            raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); "
-                                "discard_record() it (or retry() it once the relay accepts it) first")
-        return lr
+            raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); fix() it with "
+                                "corrected values, discard_record() it, or retry() it once the relay accepts it")
 
     def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
                       write: Callable[[RecordDoc, int], bytes], lr: LoadedRecord | None = None) -> None:
@@ -385,6 +389,7 @@ class Replica:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if rec.deleted and not rec.conflicts:
             return
+        self._not_blocked(coll, id)
         self._commit_local(coll, id, "delete", {}, lambda doc, t: doc.set_deleted(True, t))
 
     def restore(self, collection: str, id: str) -> None:
@@ -395,6 +400,7 @@ class Replica:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if not rec.deleted and not any(c.field == "deleted" for c in rec.conflicts):
             return
+        self._not_blocked(coll, id)
         self._commit_local(coll, id, "restore", {}, lambda doc, t: doc.set_deleted(False, t))
 
     def resolve(self, collection: str, id: str, field: str, value: Any) -> None:
@@ -410,12 +416,14 @@ class Replica:
         if field == "deleted":
             if not isinstance(value, bool):
                 raise ValidationError(collection, id, field, "resolve 'deleted' with True or False")
+            self._not_blocked(coll, id)
             self._commit_local(coll, id, "resolve", {"deleted": value},
                                lambda doc, t: doc.set_deleted(value, t))
             return
         if not any(c.field == field for c in rec.conflicts) and field not in coll.fields:
             raise NoSuchConflict(f"{collection}/{id} has no field {field!r}")
         checked = coll.check(id, {field: value}, create=False)
+        self._not_blocked(coll, id)  # a deleted record's conflicts may be settled without restoring it
         self._commit_local(coll, id, "resolve", self._shown(coll, checked),
                            lambda doc, t: doc.write(checked, t, op="resolve", full_seen=True))
 
@@ -474,6 +482,53 @@ class Replica:
         ids = [x.id for x in self.outbox.for_record(collection, id)]
         return self._discard(collection, id, ids)
 
+    def fix(self, collection: str, id: str, values: Mapping[str, Any]) -> list[PendingChange]:
+        """Correct a record whose change the relay rejected, and send it again.
+
+        The rejected change and the record's later changes (held behind it) are replaced, in one
+        transaction, by one new pending change: it sets the fields they set, as they stand on this device,
+        with ``values`` over them. A record created by the rejected change is created again. ``values`` are
+        checked against the schema first; a bad fix raises ``ValidationError`` and changes nothing. Returns
+        the replaced changes. A deleted record cannot be fixed: discard its changes instead.
+        """
+        coll = self._coll(collection)
+        changes = self.outbox.for_record(collection, id)
+        first = next((e for e in changes if e.status == "error"), None)
+        if first is None:
+            raise LocalError(f"{collection}/{id} has no rejected change to fix")
+        replaced = [e for e in changes if e.id >= first.id]
+        coll.check(id, values, create=False)  # a bad value raises before anything changes
+        before = self.docs.get(collection, id).doc.state()
+        if before.deleted or any(e.op in ("delete", "restore") or "deleted" in e.fields for e in replaced):
+            raise RecordDeleted(f"{collection}/{id}: a rejected delete or restore cannot be fixed; "
+                                "discard_record() it instead")
+        names = dict.fromkeys(n for e in replaced for n in e.fields)
+        intended = {n: before.fields[n] for n in names if n in before.fields}
+        intended.update(values)
+        ids = [e.id for e in replaced]
+        gone = [e.public() for e in replaced]
+        batch = Batch()
+        try:
+            self.outbox.remove(batch, ids)
+            lr = self.docs.discard(batch, collection, id, set(ids))
+            create = not lr.doc.state().exists
+            checked = coll.check(id, intended, create=create)
+            t = self.clock.now()
+            op = "create" if create else "update"
+            update = lr.doc.write(checked, t, op=op, alive=create)
+            if update:
+                n = self.docs.append(batch, collection, id, update, change_id=t, lr=lr)
+                self.outbox.add(batch, OutboxEntry(t, collection, id, op, self._shown(coll, checked), n=n), update)
+            batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            rec = self._save_row(batch, coll, lr.doc)
+            self._commit(batch)
+        except BaseException:
+            self.docs.reload(collection, id)
+            self.outbox = self.docs.local = Outbox(self.store)
+            raise
+        self._emit([ChangeEvent(collection, id, "local", rec)])
+        return gone
+
     def _discard(self, collection: str, rid: str, ids: list[int]) -> list[PendingChange]:
         if not ids:
             return []
@@ -500,11 +555,12 @@ class Replica:
 
     # -- sync hooks (used by SyncClient and the simulator) -------------------------------------------------
 
-    def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None
-                 ) -> list[tuple[PendingChange, bytes]]:
-        """Pending changes ready to send, in order: a record with a rejected change holds its later ones."""
+    def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None, *,
+                 skip: Iterable[tuple[str, str]] = ()) -> list[tuple[PendingChange, bytes]]:
+        """Pending changes ready to send, in order: a record with a rejected change holds its later ones.
+        ``skip``: records (collection, id) whose changes are left out (the relay held them this run)."""
         wanted = set(collections) if collections is not None else None
-        held: set[tuple[str, str]] = set()
+        held: set[tuple[str, str]] = set(skip)
         out: list[tuple[PendingChange, bytes]] = []
         for e in self.outbox.entries():
             key = (e.collection, e.record)
@@ -582,11 +638,6 @@ class Replica:
                 self.docs.reload(*key)
             self.outbox = self.docs.local = Outbox(self.store)
             raise
-        if len(batch.saves) + len(batch.removes) >= _BULK:
-            try:  # a sync's bulk commit, not the next local writes, pays for its pages
-                self.store.checkpoint()
-            except Exception:  # only a hint: the acknowledgement is stored
-                log.debug("checkpoint after an acknowledgement failed", exc_info=True)
         self._emit(events)
 
     def apply_remote(self, items: Iterable[tuple[str, str, bytes]], *,
@@ -620,8 +671,9 @@ class Replica:
             for (c, rid), (lr, update) in fresh.items():
                 doc = lr.doc
                 self.docs.append(batch, c, rid, update, lr=lr)
+                exists = doc.state().exists  # not yet, when only updates that build on a missing one came
                 self.clock.observe(doc.max_time())
-                if doc.state().exists:  # not yet, when only updates that build on a missing one came
+                if exists:
                     changed.append(self._save_row(batch, self._coll(c), doc))
             if fresh:
                 batch.save(("meta", "hlc"), str(self.clock.last).encode())
@@ -635,20 +687,46 @@ class Replica:
         self._emit(ChangeEvent(r.collection, r.id, "remote", r) for r in changed)
         return changed
 
+    def evict(self, records: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Remove records from this device because they left its sync scope (the relay says so when a
+        record stops matching the device's ``where`` limit, e.g. it was reassigned to another owner).
+
+        A record with pending changes stays, with them: the user's work is never dropped this way (the
+        relay accepts or rejects those changes; a rejected one is kept as ``error`` for the user to export
+        or discard). Records not known here are ignored. Returns the records removed, each also announced
+        by a ``ChangeEvent`` with ``origin="remote"`` and ``record=None``. If such a record comes back into
+        scope, the relay sends its whole state again.
+        """
+        gone: list[tuple[str, str]] = []
+        batch = Batch()
+        for c, rid in dict.fromkeys(records):
+            if c not in self.schema.collections or self.outbox.for_record(c, rid) \
+                    or not self.docs.exists(c, rid):
+                continue
+            batch.remove_range(("upd", c, rid))
+            batch.remove(("snap", c, rid))
+            batch.remove(("held", c, rid))
+            batch.remove(("row", c, rid))  # ("rmeta", c, rid) stays: its writer epoch must only grow
+            gone.append((c, rid))
+        if not gone:
+            return []
+        try:
+            self._commit(batch)
+        finally:
+            for c, rid in gone:
+                self.docs.reload(c, rid)
+        self._emit(ChangeEvent(c, rid, "remote", None) for c, rid in gone)
+        return gone
+
     def _merge_one(self, batch: Batch, c: str, rid: str, lr: LoadedRecord, updates: list[bytes],
                    fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]]) -> None:
         """Apply one record's remote updates to its loaded document and check the result."""
         doc = lr.doc
         held = list(doc.held)
-        if len(updates) > 1:  # one apply (one integration check, one subscription) per record
-            try:
-                updates = [merge_updates(*updates)]
-            except ValueError as e:
-                raise MalformedUpdate(f"{c}/{rid}: {e}") from None
-        new = [part for u in updates if (part := doc.apply(u))]
+        new = doc.apply_many(updates)  # one apply (one integration check) per record
         if new:
             doc.check()
-            fresh[(c, rid)] = (lr, new[0] if len(new) == 1 else merge_updates(*new))
+            fresh[(c, rid)] = (lr, new)
         if doc.held != held:
             self.docs.save_held(batch, c, rid, doc.held)
 

@@ -100,9 +100,5 @@ class ByteStore(ABC):
         b.remove_range(prefix)
         self.commit(b)
 
-    def checkpoint(self) -> None:  # noqa: B027 - optional for backends without a write-ahead log
-        """A hint after a large commit: fold the write-ahead log into the database now, so that the small
-        commits that follow do not pay for it. Changes nothing a reader sees; never less durable."""
-
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         """Release the backend's resources."""

@@ -118,8 +118,5 @@ class EncryptedStore(ByteStore):
             sealed.saves[CRYPTO_KEY] = self._meta  # saves come after range removes: the key survives
         self.inner.commit(sealed)
 
-    def checkpoint(self) -> None:
-        self.inner.checkpoint()
-
     def close(self) -> None:
         self.inner.close()

@@ -16,21 +16,29 @@ _INT = 0x03
 _OFFSET = 1 << 63
 
 
-_SEGMENTS: dict[str, bytes] = {}  # encoded str segments: keys repeat their collection and record ids
+#: encoded str segments, by segment: the same few names and record ids make up most keys (a merge encodes
+#: five keys per record, all with its id), and encoding a segment cost more than a dict lookup. Bounded:
+#: cleared when full.
+_SEGMENTS: dict[str, bytes] = {}
 _SEGMENTS_MAX = 4096
+
+
+def _encode_str(seg: str) -> bytes:
+    b = str.encode(seg, "utf-8")
+    return b"\x02" + (b.replace(b"\x00", b"\x00\xff") if b"\x00" in b else b) + b"\x00\x00"
 
 
 def encode_key(key: Key) -> bytes:
     parts = []
+    cache = _SEGMENTS
     for seg in key:
         if type(seg) is str:  # the common case first: every key has a str segment or three
-            enc = _SEGMENTS.get(seg)
+            enc = cache.get(seg)
             if enc is None:
-                b = seg.encode("utf-8")
-                enc = b"\x02" + (b.replace(b"\x00", b"\x00\xff") if b"\x00" in b else b) + b"\x00\x00"
-                if len(_SEGMENTS) >= _SEGMENTS_MAX:
-                    _SEGMENTS.clear()
-                _SEGMENTS[seg] = enc
+                enc = _encode_str(seg)
+                if len(cache) >= _SEGMENTS_MAX:
+                    cache.clear()
+                cache[seg] = enc
             parts.append(enc)
         elif isinstance(seg, bool):
             raise TypeError("key segments are str or int, not bool")
@@ -39,7 +47,7 @@ def encode_key(key: Key) -> bytes:
                 raise ValueError(f"int key segment {seg} does not fit in 64 bits")
             parts.append(b"\x03" + (seg + _OFFSET).to_bytes(8, "big"))
         elif isinstance(seg, str):  # a str subclass
-            parts.append(b"\x02" + str.encode(seg, "utf-8").replace(b"\x00", b"\x00\xff") + b"\x00\x00")
+            parts.append(_encode_str(seg))
         else:
             raise TypeError(f"key segments are str or int, not {type(seg).__name__}")
     return b"".join(parts)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import orjson
 import pytest
-from pycrdt import Array, Doc
+from pycrdt import Array, Doc, Text
 from websockets.asyncio.client import connect
 
 from crdtsync import Replica
@@ -14,6 +14,7 @@ from crdtsync.errors import AuthError
 from crdtsync.model.record import RecordDoc
 from crdtsync.protocol import Ack, Change, Push
 from crdtsync.relay import Grant
+from crdtsync.relay.clients import sv_clients
 
 from .conftest import RawClient, RelayFactory, RelayHandle, client, sync
 
@@ -106,3 +107,33 @@ async def test_a_replica_of_another_user_gets_a_clear_error(shared: tuple[RelayH
         with pytest.raises(AuthError, match=r"belongs to user 'alice'.*writes as 'bob'"):
             await sync(c)
     assert [p.status for p in r.pending()] == ["pending"]  # nothing lost, nothing sent
+
+
+async def test_a_device_cannot_write_items_under_another_devices_yjs_client_id(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """The hijack this stops: mallory writes items as alice's Yjs client at the clocks alice uses next;
+    the relay would then take alice's real next change for one it has (acknowledged, never stored)."""
+    relay = await make_relay(GRANTS)
+    alice = make_replica("alice-phone", "alice")
+    rid = alice.create("accounts", {"name": "Acme", "notes": "hello"})
+    async with client(alice, relay.url, token="tok-alice") as c:
+        await sync(c)
+    seen: Doc = Doc()
+    seen.apply_update(stored(relay, rid))  # what every device reading the record receives
+    [alice_client] = sv_clients(b"\x00", seen.get_state())
+    forged_doc: Doc = Doc(client_id=alice_client)
+    forged_doc.apply_update(stored(relay, rid))
+    before = forged_doc.get_state()
+    name = "t:notes"  # the text field's root (docs/records.md)
+    forged_doc.get(name, type=Text).insert(5, " from mallory")
+    forged = forged_doc.get_update(before)
+    ack = await push_raw(relay, "tok-mallory", "mallory-pc", rid, forged)
+    [rej] = ack.rejected
+    assert rej.code == "forbidden" and str(alice_client) in rej.reason
+    alice.update("accounts", rid, {"notes": "hello world"})  # alice's next items: the clocks mallory aimed at
+    async with client(alice, relay.url, token="tok-alice") as c:
+        res = await sync(c)
+    assert res.uploaded == 1 and res.rejected == 0
+    check: Doc = Doc()
+    check.apply_update(stored(relay, rid))
+    assert str(check.get(name, type=Text)) == "hello world"

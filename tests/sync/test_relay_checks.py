@@ -14,6 +14,11 @@ from websockets.asyncio.client import connect
 from crdtsync import Replica
 from crdtsync.model.slots import SEP
 from crdtsync.protocol import Ack, Change, Push
+from crdtsync.relay import Grant
+from crdtsync.relay.log import Outcome, RelayLog
+from crdtsync.schema import Collection, Schema, Set, Str, Text
+from crdtsync.store.base import Batch
+from crdtsync.store.memory import MemoryStore
 
 from .conftest import RawClient, RelayFactory
 
@@ -71,3 +76,40 @@ async def test_an_invalid_entry_in_a_stored_record_is_rejected(
         [ok] = await raw.next_events()
         assert isinstance(ok, Ack) and ok.ok == (901,), ok
     assert relay.relay is not None and relay.relay.log.head == 2
+
+
+LIMITED = Schema(Collection("visits", {"summary": Str(required=True), "notes": Text(max_length=20),
+                                       "tags": Set(Str(), max_items=2)}))
+
+
+def _push(log: RelayLog, r: Replica, grant: Grant) -> Outcome:
+    changes = [Change(p.id, p.collection, p.record, u) for p, u in r.outgoing()]
+    batch = Batch()
+    out = log.stage(batch, r.device, grant, changes)
+    log.store.commit(batch)
+    log.committed(out.accepted)
+    return out
+
+
+@pytest.mark.parametrize("field, mine, theirs, says", [
+    ("notes", "twelve chars", "eleven char", "23 characters long, more than max_length=20"),
+    ("tags", {"a", "b"}, {"c"}, "holds 3 items, more than max_items=2"),
+])
+def test_a_change_whose_merge_breaks_a_text_or_set_limit_is_refused(
+        field: str, mine: Any, theirs: Any, says: str) -> None:
+    log = RelayLog(MemoryStore(), LIMITED)
+    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
+    a = Replica(MemoryStore(), LIMITED, device="a", user="u")
+    b = Replica(MemoryStore(), LIMITED, device="b", user="u")
+    rid = a.create("visits", {"summary": "s"})
+    assert _push(log, a, grant).ok
+    a.acknowledge(p.id for p in a.pending())
+    b.import_updates(a.export_updates())
+    a.update("visits", rid, {field: mine})  # each valid on its own device
+    b.update("visits", rid, {field: theirs})
+    assert _push(log, a, grant).ok
+    out = _push(log, b, grant)
+    [rej] = out.rejected
+    assert rej.code == "invalid" and says in rej.reason and not out.accepted
+    # the relay's copy is what a accepted: b's refused change left no trace in it
+    assert log.reader.get("visits", rid).doc.state().fields[field] == (mine if field == "notes" else frozenset(mine))

@@ -112,6 +112,33 @@ async def test_a_change_the_relays_schema_refuses_is_kept_as_error_until_discard
         old.close()
 
 
+async def test_the_user_fixes_a_change_the_relay_refused_and_it_syncs_everywhere(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], tmp_path: Path) -> None:
+    relay = await make_relay()
+    old = Replica.open(tmp_path / "old.db", LOOSE, device="old-app", user="u")  # an older, looser app version
+    peer = make_replica("peer")
+    try:
+        rid = old.create("accounts", {"name": "x" * 500})
+        old.update("accounts", rid, {"employees": 3})
+        async with client(old, relay.url) as c, client(peer, relay.url) as cp:
+            res = await sync(c)
+            assert (res.uploaded, res.rejected, res.held) == (0, 1, 1)
+            got = asyncio.get_running_loop().create_future()
+            peer.subscribe(lambda ev: got.done() or ev.id != rid or got.set_result(None))
+            old.fix("accounts", rid, {"name": "Acme"})  # the user corrects the name the relay refused
+            assert [(p.op, p.status) for p in old.pending()] == [("create", "pending")]
+            res = await sync(c)
+            assert (res.uploaded, res.rejected) == (1, 0) and old.pending() == []
+            await asyncio.wait_for(got, BOUND)
+            await sync(cp)
+        for r in (old, peer):
+            rec = r.get("accounts", rid)
+            assert rec is not None and (rec["name"], rec["employees"]) == ("Acme", 3) and rec.status == "synced"
+        assert relay.relay is not None and relay.relay.log.head == 1  # only the fix was ever stored
+    finally:
+        old.close()
+
+
 async def test_where_scoped_reads_never_leak_even_through_a_full_resync(
         make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
     grants = {"tok-alice": Grant("alice", frozenset({"accounts"}), frozenset(),
@@ -258,3 +285,32 @@ async def test_resolving_a_conflict_syncs_and_clears_it_everywhere_with_encrypte
     finally:
         a.close()
         b.close()
+
+
+async def test_a_change_built_on_work_the_relay_has_not_seen_waits_on_the_device_not_in_the_relays_memory(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """b got a's new record directly (a file, USB) and edited it; b syncs before a does. The relay cannot
+    integrate b's change yet: it holds it back (not acknowledged, not stored), b keeps it pending and sends
+    it again once a has synced, even across a relay restart."""
+    relay = await make_relay()
+    a, b, c = make_replica("a"), make_replica("b"), make_replica("c")
+    rid = a.create("accounts", {"name": "Acme", "notes": "hello"})
+    b.import_updates(a.export_updates())
+    b.update("accounts", rid, {"notes": "hello world", "employees": 3})
+    async with client(b, relay.url) as cb:
+        res = await sync(cb)
+    assert (res.uploaded, res.rejected, res.held) == (0, 0, 1)
+    assert [(p.record, p.status) for p in b.pending()] == [(rid, "pending")]
+    await relay.stop()
+    await relay.start()  # nothing of b's change may live only in the relay's memory
+    async with client(a, relay.url) as ca:
+        assert (await sync(ca)).uploaded == 1
+    async with client(b, relay.url) as cb:
+        res = await sync(cb)
+    assert (res.uploaded, res.held) == (1, 0) and b.pending() == []
+    async with client(c, relay.url) as cc, client(a, relay.url) as ca:
+        await sync(cc)
+        await sync(ca)
+    for r in (a, b, c):
+        rec = r.get("accounts", rid)
+        assert rec is not None and (rec["name"], rec["notes"], rec["employees"]) == ("Acme", "hello world", 3)

@@ -87,10 +87,11 @@ async def test_room_state_survives_a_restart_on_the_same_file(tmp_path: Path) ->
     store = SQLiteStore(db)
     async with yjs_server(store, compact_after=5) as srv, PyYClient(srv.room_url("doc")) as a:
         await a.wait_synced()
-        for i in range(12):
-            a.map[f"k{i}"] = f"v{i}"
         async with PyYClient(srv.room_url("doc")) as b:
-            await b.wait_until(lambda: len(b.map) == 12)
+            await b.wait_synced()
+            for i in range(12):  # one at a time: each is stored (and fanned out) before the next arrives
+                a.map[f"k{i}"] = f"v{i}"
+                await b.wait_until(lambda i=i: len(b.map) == i + 1)  # type: ignore[misc]
         keys = stored_keys(store, "doc")
         assert ("yjs", "doc", "s") in keys and len(keys) <= 1 + 5 + 2  # compaction ran while serving
     store.close()

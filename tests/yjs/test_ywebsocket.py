@@ -226,3 +226,53 @@ def test_awareness_message_layout_is_lib0s() -> None:
 ])
 def test_room_from_path_matches_how_websocketprovider_builds_urls(path: str, room: str | None) -> None:
     assert room_from_path(path) == room
+
+
+def test_is_news_tells_new_structs_and_deletions_from_repeats_without_copying_the_room() -> None:
+    writer: Doc = Doc(client_id=7)
+    text = writer.get("t", type=Text)
+    text += "hello"
+    first = writer.get_update()
+    before = writer.get_state()
+    text += " world"
+    more = writer.get_update(before)  # incremental: its structs start at clock 5
+    before = writer.get_state()
+    del text[0:2]
+    deletion = writer.get_update(before)
+    room = YRoom("r", first)
+    copies: list[int] = []
+    real_apply = Doc.apply_update
+
+    def counting(self: Doc, update: bytes) -> None:  # the scratch copy is the costly path
+        copies.append(1)
+        real_apply(self, update)
+
+    Doc.apply_update = counting  # type: ignore[method-assign]
+    try:
+        assert room.is_news(more) and not copies
+        assert not room.is_news(first) and not copies
+    finally:
+        Doc.apply_update = real_apply  # type: ignore[method-assign]
+    room.apply(more)
+    assert not room.is_news(more)
+    assert room.is_news(deletion)
+    room.apply(deletion)
+    assert not room.is_news(deletion)
+    assert str(room.doc.get("t", type=Text)) == "llo world"
+
+
+def test_a_stored_room_state_keeps_updates_that_wait_for_a_missing_one() -> None:
+    writer: Doc = Doc(client_id=7)
+    text = writer.get("t", type=Text)
+    text += "hello"
+    first = writer.get_update()
+    before = writer.get_state()
+    text += " world"
+    second = writer.get_update(before)
+    room = YRoom("r")
+    assert room.apply(second) is None  # arrives first: Yrs keeps it pending
+    assert str(room.doc.get("t", type=Text)) == ""
+    reloaded = YRoom("r", room.full_state())  # what compaction stores, loaded again (a relay restart)
+    assert reloaded.apply(first) is None
+    assert str(reloaded.doc.get("t", type=Text)) == "hello world"
+    assert reloaded.waiting == [] and reloaded.full_state() == reloaded.doc.get_update()

@@ -1,0 +1,85 @@
+"""Which device writes under which Yjs client id, per record.
+
+Every Yjs item carries the id of the client that made it and that client's clock. A device that wrote
+items under another device's client id, at clocks that device has not used yet, would make the relay take
+that device's next real change for one it already has (same client, same clocks): acknowledged, never
+stored, silently lost, with the forger's content in its place. The slot and history checks cannot see this
+(they look at what the items hold, not at who made them). So the relay binds each client id that writes to
+a record to the first device that did, and refuses (``forbidden``) a change carrying items of a client id
+bound to another device. Devices pick a random client id per record document and a fresh one after a
+discard, so bindings are per record: two devices that happen to draw the same id for different records do
+not collide. A binding is stored under ``("ycid", collection, record, client)`` with the change that made it.
+
+The clients a change wrote are those whose clock it moved in the relay's copy of the record: exact, since
+the relay integrates a change whole or not at all (it never keeps a change waiting for a missing one).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..codec import Reader
+from ..store.base import Batch, ByteStore
+
+__all__ = ["ClientBindings", "sv_clients"]
+
+BindingKey = tuple[str, str, int]
+
+
+def sv_clients(before: bytes, after: bytes) -> list[int]:
+    """The clients whose clock moved between two encoded state vectors of one document."""
+    old = _decode_sv(before)
+    return [c for c, clock in _decode_sv(after).items() if clock > old.get(c, 0)]
+
+
+def _decode_sv(sv: bytes) -> dict[int, int]:
+    r = Reader(sv)
+    return {r.varuint(): r.varuint() for _ in range(r.varuint())}
+
+
+class ClientBindings:
+    """The bindings, read through an LRU cache; new ones are staged with the change that makes them and
+    only become visible to the store with its commit (``committed``) or are forgotten (``abandon``)."""
+
+    def __init__(self, store: ByteStore, cache_size: int = 65536) -> None:
+        self.store = store
+        self.cache_size = cache_size
+        self._cache: OrderedDict[BindingKey, str] = OrderedDict()
+        self._staged: dict[BindingKey, tuple[str, int]] = {}  # with the log seq of the change staging it
+
+    def owner(self, collection: str, record: str, client: int) -> str | None:
+        key = (collection, record, client)
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged[0]
+        device = self._cache.get(key)
+        if device is not None:
+            self._cache.move_to_end(key)
+            return device
+        raw = self.store.load(("ycid", collection, record, client))
+        if raw is None:
+            return None
+        device = raw.decode()
+        self._remember(key, device)
+        return device
+
+    def stage(self, batch: Batch, collection: str, record: str, client: int, device: str, seq: int) -> None:
+        key = (collection, record, client)
+        self._staged[key] = (device, seq)
+        batch.save(("ycid", collection, record, client), device.encode())
+
+    def committed(self, durable: int) -> None:
+        """The changes up to log seq ``durable`` are committed (a later write group may be staged)."""
+        for key, (device, seq) in list(self._staged.items()):
+            if seq <= durable:
+                self._remember(key, device)
+                del self._staged[key]
+
+    def abandon(self) -> None:
+        self._staged.clear()
+
+    def _remember(self, key: BindingKey, device: str) -> None:
+        self._cache[key] = device
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
