@@ -48,6 +48,10 @@ class Checkpointer:
 
     def wrote(self, rows: int) -> None:
         """A commit of ``rows`` saves and removes returned: ask for a checkpoint if enough was written."""
+        written = self._written + rows
+        if written < self.every:  # no lock: commits (the only callers) are serialised by the store's lock,
+            self._written = written  # and nothing else changes the count (a local write commits one row)
+            return
         with self._cond:
             self._written += rows
             if self._written < self.every or self._closed:
