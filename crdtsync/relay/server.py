@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..protocol.connection import Connection, Role, State
@@ -323,6 +323,15 @@ class _Session:
 
     def _flush(self) -> None:
         for data in self.conn.data_to_send():
+            if self._closing is None and self.out.empty() and self._keeping_up():
+                # nothing queued ahead of it: written at once (what the send loop's ``ws.send`` would do,
+                # minus a task switch per frame); a connection that does not keep up goes through the queue
+                try:
+                    broadcast((self.ws,), data, raise_exceptions=True)
+                except ExceptionGroup:
+                    self.abort(1011, "could not write to the connection")
+                    return
+                continue
             try:
                 self.out.put_nowait(data)
             except asyncio.QueueFull:
@@ -331,6 +340,12 @@ class _Session:
         if self.conn.state is State.CLOSED and self._closing is None:
             self._closing = (self.conn.close_code or 1000, self.conn.close_reason or "")
             self._wake_sender()
+
+    def _keeping_up(self) -> bool:
+        """Whether the socket takes what is written: its write buffer is below the high-water mark, so the
+        websocket is not paused (``ws.send`` would not wait for it to drain)."""
+        transport = self.ws.transport
+        return transport is not None and transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
 
     def _wake_sender(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):
