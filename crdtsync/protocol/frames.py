@@ -2,7 +2,7 @@
 
 One frame is one websocket binary message::
 
-    byte 0       protocol version (1)
+    byte 0       protocol version (2: an ACK may answer several pushes)
     byte 1       frame kind (``Kind``)
     varuint      length of the header, then the header: an orjson object whose fields depend on the kind
     blobs        ``header["n"]`` times: varuint length, then that many bytes (Yjs updates, kept as bytes)
@@ -26,7 +26,7 @@ from ..codec import Reader, write_bytes
 __all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "VERSION", "Frame", "FrameError", "Kind", "check_header",
            "decode_frame", "encode_frame"]
 
-VERSION = 1
+VERSION = 2  # 2: ACK answers a list of pushes (``ids``) instead of one (``id``)
 MAX_FRAME = 16 * 1024 * 1024
 MAX_ITEMS = 10_000
 MAX_PUSH = 1000  # changes per push: keeps one relay write group within its document cache
@@ -108,6 +108,12 @@ def _ints(v: Any, what: str) -> None:
         _int(x, what)
 
 
+def _some_ints(v: Any, what: str) -> None:
+    if not isinstance(v, list) or not v:
+        raise FrameError(f"{what} must be a non-empty list")
+    _ints(v, what)
+
+
 def _triples(kinds: str) -> Callable[[Any, str], None]:
     """A list of fixed-length tuples; ``kinds`` gives each position: i(nt), n(ame), r(eason)."""
 
@@ -143,7 +149,7 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
     Kind.WELCOME: ({"user": _name, "relay": _name, "head": _int, "floor": _int, "read": _names,
                     "write": _names}, None),
     Kind.PUSH: ({"id": _int, "changes": _triples("inn")}, "changes"),
-    Kind.ACK: ({"id": _int, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
+    Kind.ACK: ({"ids": _some_ints, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
     Kind.PULL: ({"id": _int, "since": _int, "relay": _opt_name, "collections": _opt_names, "live": _bool},
                 None),
     Kind.CHANGES: ({"id": _int, "items": _triples("nni"), "done": _int, "total": _int, "to": _opt_int,

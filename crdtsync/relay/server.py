@@ -17,7 +17,6 @@ import contextlib
 import importlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,7 +25,21 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..protocol.connection import Connection, Role, State
-from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
+from ..protocol.events import (
+    Ack,
+    Acks,
+    Bye,
+    Change,
+    Changes,
+    Event,
+    Hello,
+    Item,
+    Live,
+    ProtocolError,
+    Pull,
+    Push,
+    Welcome,
+)
 from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
@@ -55,10 +68,9 @@ class Limits:
 
 @dataclass
 class _Job:
-    device: str
-    grant: Grant
+    session: _Session
+    push: int
     changes: tuple[Change, ...]
-    done: Callable[[Outcome], None]
 
 
 @dataclass
@@ -219,10 +231,10 @@ class Relay:
         """Validate and apply ``jobs`` into ``group`` (a new one if None), in order."""
         if group is None:
             group = _Group([], [], Batch())
-        self.log.prefetch_seen([(j.device, c.change_id) for j in jobs for c in j.changes])
+        self.log.prefetch_seen([(j.session.device, c.change_id) for j in jobs for c in j.changes])
         for j in jobs:
             group.jobs.append(j)
-            group.outcomes.append(self.log.stage(group.batch, j.device, j.grant, j.changes))
+            group.outcomes.append(self.log.stage(group.batch, j.session.device, j.session.grant, j.changes))
             group.changes += len(j.changes)
         return group
 
@@ -241,8 +253,11 @@ class Relay:
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
+        acks: dict[_Session, list[Ack]] = {}  # each device's acks of this group, in the order it pushed
         for j, o in zip(group.jobs, group.outcomes, strict=True):
-            j.done(o)
+            acks.setdefault(j.session, []).append(Ack(j.push, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
+        for s, session_acks in acks.items():
+            s.acknowledge(session_acks)
         if accepted:
             frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
             for s in list(self.sessions):
@@ -454,13 +469,28 @@ class _Session:
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 
     def _on_push(self, ev: Push) -> None:
-        def done(o: Outcome) -> None:
-            if self.conn.state is State.CLOSED or self._closing is not None:
-                return
-            self.conn.send(Ack(ev.id, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
-            self._flush()
+        self.relay.submit(_Job(self, ev.id, ev.changes))
 
-        self.relay.submit(_Job(self.device, self.grant, ev.changes, done))
+    def acknowledge(self, acks: list[Ack]) -> None:
+        """Send the acks of this device's pushes that one write group committed: as few ACK frames as the
+        protocol allows (one answers several pushes whose change ids are distinct, up to ``MAX_PUSH``
+        changes in all, which keeps the frame's lists and header within their limits)."""
+        if self.conn.state is not State.READY or self._closing is not None:
+            return
+        frame: list[Ack] = []
+        ids: set[int] = set()
+        for ack in acks:
+            mine = self.conn.ack_for(ack.id) or frozenset()
+            if frame and (len(ids) + len(mine) > MAX_PUSH or not ids.isdisjoint(mine)):
+                self._send_acks(frame)
+                frame, ids = [], set()
+            frame.append(ack)
+            ids |= mine
+        self._send_acks(frame)
+        self._flush()
+
+    def _send_acks(self, acks: list[Ack]) -> None:
+        self.conn.send(acks[0] if len(acks) == 1 else Acks(tuple(acks)))
 
     async def _put(self, ev: Event) -> None:
         """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
