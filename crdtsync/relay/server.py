@@ -210,13 +210,14 @@ class Relay:
 
     async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
         """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that
-        commit returns (then ``(False, None)``: its group is to be finished first)."""
+        commit returns (then ``(False, None)``: its group is to be finished first, before any more pushes are
+        staged: under load the queue is rarely empty, and the devices wait for those acks to push more)."""
         if committing is None:
             return True, await self._queue.get()
-        if not self._queue.empty():
-            return True, self._queue.get_nowait()
         if committing.commit is None or committing.commit.done():
             return False, None
+        if not self._queue.empty():
+            return True, self._queue.get_nowait()
         getter = asyncio.ensure_future(self._queue.get())
         await asyncio.wait((getter, committing.commit), return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
