@@ -487,7 +487,8 @@ class _Session:
                 frame, ids = [], set()
             frame.append(ack)
             ids |= mine
-        self._send_acks(frame)
+        if frame:
+            self._send_acks(frame)
         self._flush()
 
     def _send_acks(self, acks: list[Ack]) -> None:
