@@ -260,9 +260,14 @@ class Relay:
         for s, session_acks in acks.items():
             s.acknowledge(session_acks)
         if accepted:
-            frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
-            for s in list(self.sessions):
-                s.fan_out(accepted, frames)
+            # on the event loop's next turn: the acks leave first, so that their devices, which wait for them
+            # to push again, are not held up by the live frames of the same group (fan-outs stay in order)
+            asyncio.get_running_loop().call_soon(self._fan_out, accepted)
+
+    def _fan_out(self, accepted: list[Accepted]) -> None:
+        frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
+        for s in list(self.sessions):
+            s.fan_out(accepted, frames)
 
     async def _maybe_compact(self) -> None:
         batch = self.log.compact()
