@@ -265,9 +265,9 @@ class Relay:
             asyncio.get_running_loop().call_soon(self._fan_out, accepted)
 
     def _fan_out(self, accepted: list[Accepted]) -> None:
-        frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
+        frames = LiveFrames(self.log, accepted)  # one frame per scope, the same bytes for every device in it
         for s in list(self.sessions):
-            s.fan_out(accepted, frames)
+            s.fan_out(frames)
 
     async def _maybe_compact(self) -> None:
         batch = self.log.compact()
@@ -577,13 +577,17 @@ class _Session:
         self.sent_to = max(self.sent_to, to) if self.live else to
         self.live, self.live_collections = True, wanted
 
-    def fan_out(self, accepted: list[Accepted], frames: LiveFrames) -> None:
+    def fan_out(self, frames: LiveFrames) -> None:
         """Send changes just stored by others to this device, if in its scope (never twice)."""
         if not self.live or self._closing is not None or self.conn.state is not State.READY:
             return
-        selected = []
         wanted = self.live_collections
-        for a in accepted:
+        if frames.whole(self.device, self.sent_to, wanted):
+            self.sent_to = frames.last
+            self._send_live(frames.frame(self.scope, self.grant, frames.accepted))
+            return
+        selected = []
+        for a in frames.accepted:
             if a.seq <= self.sent_to:
                 continue
             self.sent_to = a.seq
@@ -592,9 +596,10 @@ class _Session:
             if wanted is not None and a.collection not in wanted:
                 continue
             selected.append(a)
-        if not selected:
-            return
-        made = frames.frame(self.scope, self.grant, selected)
+        if selected:
+            self._send_live(frames.frame(self.scope, self.grant, selected))
+
+    def _send_live(self, made: tuple[Live, bytes] | None) -> None:
         if made is not None:
             self.conn.send(*made)
             self._flush()
