@@ -132,6 +132,7 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
                 return c
 
             await asyncio.gather(*(join(i) for i in range(readers)))
+            frames0 = [c.messages_received for c in clients]
             cpu0, srv0 = time.process_time(), srv.cpu()
             t0 = time.perf_counter()
             if replica is None:
@@ -148,6 +149,10 @@ async def crdtsync_leg(updates: int, readers: int, timeout: float, tmp: Path, *,
                 refused = 0
             if refused:
                 notes.append(f"the relay refused or held {refused} changes")
+            frames = [c.messages_received - f0 for c, f0 in zip(clients, frames0, strict=True)]
+            if writer_mode == "push":
+                notes.append(f"frames the relay sent during the run: {frames[0]} to the writer (acks of "
+                             f"{len(changes)} pushes), {sum(frames[1:]) / max(1, readers):.0f} to each reader")
             closed = [c.device for c in clients if c.closed.done()]
             if closed:
                 notes.append(f"closed by the relay: {closed}")

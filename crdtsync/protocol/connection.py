@@ -9,19 +9,22 @@ event plus a BYE frame when the *peer* does it (the core then is ``CLOSED`` and 
     relay:  IDLE --recv HELLO--> HELLO_RECEIVED --send WELCOME--> READY (recv PUSH/PULL, send ACK/CHANGES/LIVE)
     any state but CLOSED --send or recv BYE, or peer garbage--> CLOSED
 
-Beyond the table, the core checks the order of requests and answers: an ACK must answer a push in flight
-and account for each of its changes exactly once; CHANGES must answer the pull in flight; a peer may not
-reuse a push id that is still in flight or start a second pull before the first one finished.
+Beyond the table, the core checks the order of requests and answers: an ACK must answer pushes in flight
+(one, or several whose change ids are distinct) and account for each of their changes exactly once; the
+receiving core splits it into one ``Ack`` event per push. CHANGES must answer the pull in flight; a peer may
+not reuse a push id that is still in flight or start a second pull before the first one finished.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LocalProtocolError
 from .events import (
     Ack,
+    Acks,
     Bye,
     Change,
     Changes,
@@ -97,7 +100,8 @@ CLOSE_CODES: dict[int, str] = {
 }
 
 _EVENT_KIND: dict[type[Any], Kind] = {Hello: Kind.HELLO, Welcome: Kind.WELCOME, Push: Kind.PUSH, Ack: Kind.ACK,
-                                      Pull: Kind.PULL, Changes: Kind.CHANGES, Live: Kind.LIVE, Bye: Kind.BYE}
+                                      Acks: Kind.ACK, Pull: Kind.PULL, Changes: Kind.CHANGES, Live: Kind.LIVE,
+                                      Bye: Kind.BYE}
 
 
 def _names(v: Any) -> Any:
@@ -115,8 +119,12 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
         return (Kind.PUSH, {"id": ev.id, "changes": [[c.change_id, c.collection, c.record] for c in ev.changes]},
                 [c.update for c in ev.changes])
     if isinstance(ev, Ack):
-        return Kind.ACK, {"id": ev.id, "ok": list(ev.ok), "held": list(ev.held),
+        return Kind.ACK, {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
                           "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}, []
+    if isinstance(ev, Acks):
+        return Kind.ACK, {"ids": [a.id for a in ev.acks], "ok": [i for a in ev.acks for i in a.ok],
+                          "held": [i for a in ev.acks for i in a.held],
+                          "rejected": [[r.change_id, r.code, r.reason] for a in ev.acks for r in a.rejected]}, []
     if isinstance(ev, Pull):
         return Kind.PULL, {"id": ev.id, "since": ev.since, "relay": ev.relay, "live": ev.live,
                            "collections": None if ev.collections is None else list(ev.collections)}, []
@@ -131,7 +139,17 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
     raise LocalProtocolError(f"{type(ev).__name__} is not a frame that can be sent")
 
 
-def _from_frame(f: Frame) -> Event:
+@dataclass(frozen=True)
+class _AckFrame:
+    """A received ACK frame, before it is split into one ``Ack`` per push it answers."""
+
+    ids: tuple[int, ...]
+    ok: tuple[int, ...]
+    rejected: tuple[Rejection, ...]
+    held: tuple[int, ...]
+
+
+def _from_frame(f: Frame) -> Event | _AckFrame:
     h, b = f.header, f.blobs
     if f.kind is Kind.HELLO:
         return Hello(h["device"], h["client"])
@@ -139,8 +157,9 @@ def _from_frame(f: Frame) -> Event:
         return Welcome(h["user"], h["relay"], h["head"], h["floor"], _names(h["read"]), _names(h["write"]))
     if f.kind is Kind.PUSH:
         return Push(h["id"], tuple(Change(c[0], c[1], c[2], u) for c, u in zip(h["changes"], b, strict=True)))
-    if f.kind is Kind.ACK:
-        return Ack(h["id"], tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]), tuple(h["held"]))
+    if f.kind is Kind.ACK:  # split into one Ack per push by the receiving core, which knows their changes
+        return _AckFrame(tuple(h["ids"]), tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]),
+                         tuple(h["held"]))
     if f.kind is Kind.PULL:
         cs = h["collections"]
         return Pull(h["id"], h["since"], h["relay"], None if cs is None else tuple(cs), h["live"])
@@ -244,13 +263,26 @@ class Connection:
             if self._pull is not None:
                 raise LocalProtocolError(f"pull {self._pull} is still in flight")
         elif isinstance(ev, Ack):
-            expected = self._pushes.get(ev.id)
-            if expected is None:
-                raise LocalProtocolError(f"no push {ev.id} to acknowledge")
-            if not _accounts_for(ev, expected):
-                raise LocalProtocolError(f"ack {ev.id} must list each change of the push exactly once")
+            self._guard_acks((ev,))
+        elif isinstance(ev, Acks):
+            self._guard_acks(ev.acks)
         elif isinstance(ev, Changes) and ev.id != self._pull:
             raise LocalProtocolError(f"no pull {ev.id} in flight")
+
+    def _guard_acks(self, acks: tuple[Ack, ...]) -> None:
+        if not acks:
+            raise LocalProtocolError("an ACK answers at least one push")
+        seen: set[int] = set()
+        for ack in acks:
+            expected = self._pushes.get(ack.id)
+            if expected is None:
+                raise LocalProtocolError(f"no push {ack.id} to acknowledge")
+            if not _accounts_for(ack, expected):
+                raise LocalProtocolError(f"ack {ack.id} must list each change of the push exactly once")
+            if not seen.isdisjoint(expected):
+                raise LocalProtocolError(f"push {ack.id} shares change ids with another push of the same ACK "
+                                         "(or is in it twice): acknowledge it in an ACK of its own")
+            seen |= expected
 
     def _commit_send(self, ev: Event) -> None:
         if isinstance(ev, Push):
@@ -259,6 +291,9 @@ class Connection:
             self._pull = ev.id
         elif isinstance(ev, Ack):
             del self._pushes[ev.id]
+        elif isinstance(ev, Acks):
+            for ack in ev.acks:
+                del self._pushes[ack.id]
         elif isinstance(ev, Changes) and not ev.more:
             self._pull = None
 
@@ -283,6 +318,14 @@ class Connection:
         except (TypeError, ValueError) as e:  # decode_frame checked the header: this is a safety net
             self._fail(4400, f"bad {frame.kind.name}: {e}")
             return
+        if isinstance(event, _AckFrame):
+            split = self._split_acks(event)
+            if isinstance(split, str):
+                self._fail(4400, split)
+                return
+            self.state = nxt
+            self._events += split
+            return
         problem = self._guard_recv(event)
         if problem is not None:
             self._fail(4400, problem)
@@ -292,7 +335,34 @@ class Connection:
             self.close_code, self.close_reason = event.code, event.reason
         self._events.append(event)
 
-    def _guard_recv(self, ev: Event) -> str | None:
+    def _split_acks(self, f: _AckFrame) -> list[Ack] | str:
+        """One ``Ack`` per push the frame answers (each change goes to the push holding it), or what is
+        wrong with the frame: a push not in flight (or twice), pushes sharing a change id, or a change
+        accounted for not exactly once."""
+        owner: dict[int, int] = {}  # change id -> the push holding it
+        answered: set[int] = set()
+        for pid in f.ids:
+            expected = self._pushes.get(pid)
+            if expected is None or pid in answered:
+                return f"ack {pid} answers no push in flight"
+            answered.add(pid)
+            for cid in expected:
+                if owner.setdefault(cid, pid) != pid:
+                    return f"ack {list(f.ids)} answers pushes {owner[cid]} and {pid} that share change id {cid}"
+        got = [*f.ok, *(r.change_id for r in f.rejected), *f.held]
+        if len(got) != len(owner) or set(got) != owner.keys():
+            return f"ack {list(f.ids)} does not account for each change of its pushes exactly once"
+        if len(f.ids) == 1:
+            acks = [Ack(f.ids[0], f.ok, f.rejected, f.held)]
+        else:
+            acks = [Ack(pid, tuple(i for i in f.ok if owner[i] == pid),
+                        tuple(r for r in f.rejected if owner[r.change_id] == pid),
+                        tuple(i for i in f.held if owner[i] == pid)) for pid in f.ids]
+        for pid in f.ids:
+            del self._pushes[pid]
+        return acks
+
+    def _guard_recv(self, ev: Event) -> str | None:  # ACK frames: ``_split_acks``
         if isinstance(ev, Push):
             if ev.id in self._pushes:
                 return f"push {ev.id} reused while still in flight"
@@ -308,13 +378,6 @@ class Connection:
             if self._pull is not None:
                 return f"pull {ev.id} sent while pull {self._pull} is in flight"
             self._pull = ev.id
-        elif isinstance(ev, Ack):
-            expected = self._pushes.get(ev.id)
-            if expected is None:
-                return f"ack {ev.id} answers no push in flight"
-            if not _accounts_for(ev, expected):
-                return f"ack {ev.id} does not account for each change of the push exactly once"
-            del self._pushes[ev.id]
         elif isinstance(ev, Changes):
             if ev.id != self._pull:
                 return f"changes {ev.id} answer no pull in flight"

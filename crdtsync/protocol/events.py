@@ -1,4 +1,5 @@
-"""What the protocol core hands back: one event per frame received, plus ``ProtocolError`` for garbage.
+"""What the protocol core hands back: one event per frame received (one ``Ack`` per push an ACK frame
+answers), plus ``ProtocolError`` for garbage.
 
 Events are plain frozen dataclasses; the same classes are given to ``Connection.send`` to emit frames.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Ack", "Bye", "Change", "Changes", "Event", "Hello", "Item", "Live", "ProtocolError", "Pull", "Push",
+__all__ = ["Ack", "Acks", "Bye", "Change", "Changes", "Event", "Hello", "Item", "Live", "ProtocolError", "Pull", "Push",
            "Rejection", "Welcome"]
 
 Names = tuple[str, ...] | Literal["*"]
@@ -73,6 +74,15 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Acks:
+    """Relay to client, only sent: the acks of several pushes in flight in one ACK frame (a write group
+    commits many pushes at once). Their pushes must hold distinct change ids, so that the receiving core
+    can tell the outcomes apart: it hands back one ``Ack`` per push, in this order."""
+
+    acks: tuple[Ack, ...]
+
+
+@dataclass(frozen=True)
 class Pull:
     """Client to relay: send what changed since ``since`` (in these collections, or all readable ones).
     ``relay`` is the relay id the cursor belongs to; ``live`` asks for live changes once caught up."""
@@ -133,4 +143,4 @@ class ProtocolError:
     reason: str
 
 
-Event = Hello | Welcome | Push | Ack | Pull | Changes | Live | Bye | ProtocolError
+Event = Hello | Welcome | Push | Ack | Acks | Pull | Changes | Live | Bye | ProtocolError

@@ -2,7 +2,7 @@
 
 One frame is one websocket binary message::
 
-    byte 0       protocol version (1)
+    byte 0       protocol version (2: an ACK may answer several pushes)
     byte 1       frame kind (``Kind``)
     varuint      length of the header, then the header: an orjson object whose fields depend on the kind
     blobs        ``header["n"]`` times: varuint length, then that many bytes (Yjs updates, kept as bytes)
@@ -26,7 +26,7 @@ from ..codec import Reader, write_bytes
 __all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "VERSION", "Frame", "FrameError", "Kind", "check_header",
            "decode_frame", "encode_frame"]
 
-VERSION = 1
+VERSION = 2  # 2: ACK answers a list of pushes (``ids``) instead of one (``id``)
 MAX_FRAME = 16 * 1024 * 1024
 MAX_ITEMS = 10_000
 MAX_PUSH = 1000  # changes per push: keeps one relay write group within its document cache
@@ -48,6 +48,9 @@ class Kind(enum.IntEnum):
     CHANGES = 6
     LIVE = 7
     BYE = 8
+
+
+_KINDS = {k.value: k for k in Kind}
 
 
 class FrameError(ValueError):
@@ -105,24 +108,58 @@ def _opt_names(v: Any, what: str) -> None:
 
 def _ints(v: Any, what: str) -> None:
     for x in _list(v, what):
-        _int(x, what)
+        if type(x) is not int or not 0 <= x <= _MAX_INT:  # the common case inline, the rest by ``_int``
+            _int(x, what)
+
+
+def _some_ints(v: Any, what: str) -> None:
+    if not isinstance(v, list) or not v:
+        raise FrameError(f"{what} must be a non-empty list")
+    _ints(v, what)
+
+
+def _entry(kinds: str, t: Any, what: str) -> None:
+    if not isinstance(t, list) or len(t) != len(kinds):
+        raise FrameError(f"{what} entries must be lists of {len(kinds)}")
+    for k, x in zip(kinds, t, strict=True):
+        if k == "i":
+            _int(x, what)
+        elif k == "n":
+            _name(x, what)
+        elif not isinstance(x, str) or len(x) > _MAX_REASON:
+            raise FrameError(f"{what}: reasons are str of at most {_MAX_REASON} characters")
 
 
 def _triples(kinds: str) -> Callable[[Any, str], None]:
-    """A list of fixed-length tuples; ``kinds`` gives each position: i(nt), n(ame), r(eason)."""
+    """A list of fixed-length tuples; ``kinds`` gives each position: i(nt), n(ame), r(eason).
+
+    The two shapes of every PUSH, CHANGES and LIVE entry (``inn``, ``nni``) are checked inline for the
+    exact types JSON gives (one entry per change: the hot path of both ends); anything else, or anything
+    that fails there, goes through ``_entry``, which accepts exactly the same and says what is wrong."""
 
     def check(v: Any, what: str) -> None:
         for t in _list(v, what):
-            if not isinstance(t, list) or len(t) != len(kinds):
-                raise FrameError(f"{what} entries must be lists of {len(kinds)}")
-            for k, x in zip(kinds, t, strict=True):
-                if k == "i":
-                    _int(x, what)
-                elif k == "n":
-                    _name(x, what)
-                elif not isinstance(x, str) or len(x) > _MAX_REASON:
-                    raise FrameError(f"{what}: reasons are str of at most {_MAX_REASON} characters")
-    return check
+            _entry(kinds, t, what)
+
+    def check_inn(v: Any, what: str) -> None:
+        for t in _list(v, what):
+            if type(t) is list and len(t) == 3:
+                a, b, c = t
+                if type(a) is int and 0 <= a <= _MAX_INT and type(b) is str and 0 < len(b) <= _MAX_NAME \
+                        and type(c) is str and 0 < len(c) <= _MAX_NAME:
+                    continue
+            _entry(kinds, t, what)
+
+    def check_nni(v: Any, what: str) -> None:
+        for t in _list(v, what):
+            if type(t) is list and len(t) == 3:
+                a, b, c = t
+                if type(a) is str and 0 < len(a) <= _MAX_NAME and type(b) is str and 0 < len(b) <= _MAX_NAME \
+                        and type(c) is int and 0 <= c <= _MAX_INT:
+                    continue
+            _entry(kinds, t, what)
+
+    return {"inn": check_inn, "nni": check_nni}.get(kinds, check)
 
 
 def _reason(v: Any, what: str) -> None:
@@ -143,7 +180,7 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
     Kind.WELCOME: ({"user": _name, "relay": _name, "head": _int, "floor": _int, "read": _names,
                     "write": _names}, None),
     Kind.PUSH: ({"id": _int, "changes": _triples("inn")}, "changes"),
-    Kind.ACK: ({"id": _int, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
+    Kind.ACK: ({"ids": _some_ints, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
     Kind.PULL: ({"id": _int, "since": _int, "relay": _opt_name, "collections": _opt_names, "live": _bool},
                 None),
     Kind.CHANGES: ({"id": _int, "items": _triples("nni"), "done": _int, "total": _int, "to": _opt_int,
@@ -161,9 +198,8 @@ def check_header(kind: Kind, header: Any) -> dict[str, Any]:
         if name not in header:
             raise FrameError(f"{kind.name} header lacks {name!r}")
         check(header[name], f"{kind.name}.{name}")
-    extra = set(header) - set(fields)
-    if extra:
-        raise FrameError(f"{kind.name} header has unknown fields {sorted(extra)}")
+    if len(header) != len(fields):  # every field is required: more keys means unknown ones
+        raise FrameError(f"{kind.name} header has unknown fields {sorted(set(header) - set(fields))}")
     return header
 
 
@@ -193,10 +229,9 @@ def decode_frame(data: bytes, *, max_size: int = MAX_FRAME) -> Frame:
         raise FrameError("truncated frame")
     if data[0] != VERSION:
         raise FrameError(f"unsupported protocol version {data[0]} (this end speaks {VERSION})")
-    try:
-        kind = Kind(data[1])
-    except ValueError:
-        raise FrameError(f"unknown frame kind {data[1]}") from None
+    kind = _KINDS.get(data[1])
+    if kind is None:
+        raise FrameError(f"unknown frame kind {data[1]}")
     r = Reader(data, 2)
     try:
         raw = r.bytes()
@@ -209,12 +244,33 @@ def decode_frame(data: bytes, *, max_size: int = MAX_FRAME) -> Frame:
         check_header(kind, header)
         _, listed = _HEADERS[kind]
         count = len(header[listed]) if listed is not None else 0
-        blobs = tuple(r.bytes() for _ in range(count))
+        blobs, pos = _read_blobs(data, r.pos, count)
     except FrameError:
         raise
     except ValueError as e:
         raise FrameError(f"truncated {kind.name} frame: {e}") from None
-    if not r.done():
-        raise FrameError(f"{len(data) - r.pos} unexpected bytes after the {kind.name} frame")
+    if pos < len(data):
+        raise FrameError(f"{len(data) - pos} unexpected bytes after the {kind.name} frame")
     return Frame(kind, header, blobs)
+
+
+def _read_blobs(data: bytes, pos: int, count: int) -> tuple[tuple[bytes, ...], int]:
+    """``count`` length-prefixed blobs from ``pos`` (as ``Reader.bytes``, inline: a LIVE or CHANGES frame
+    holds one per item); returns them and the position after the last. Raises ``ValueError`` if
+    truncated."""
+    out = []
+    end = len(data)
+    for _ in range(count):
+        if pos < end and data[pos] < 0x80:  # lengths below 128: one byte
+            n = data[pos]
+            pos += 1
+        else:
+            r = Reader(data, pos)
+            n = r.varuint()
+            pos = r.pos
+        if n > end - pos:
+            raise ValueError(f"length {n} runs past the end of the input")
+        out.append(data[pos:pos + n])
+        pos += n
+    return tuple(out), pos
 

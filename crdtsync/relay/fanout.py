@@ -29,17 +29,35 @@ def scope_key(grant: Grant) -> Hashable:
 
 
 class LiveFrames:
-    """The LIVE frames of one write group, made on demand and shared between devices."""
+    """The LIVE frames of one write group (``accepted``, in seq order), made on demand and shared between
+    devices.
 
-    def __init__(self, log: RelayLog) -> None:
+    Most devices are sent the whole group (none of it is theirs, they went live for every collection it
+    touches, and they were sent nothing of it yet): ``whole`` tells, without a look at each change."""
+
+    def __init__(self, log: RelayLog, accepted: list[Accepted]) -> None:
         self.log = log
+        self.accepted = accepted
+        self._devices = {a.device for a in accepted}
+        self._collections = {a.collection for a in accepted}
+        self._all = tuple(a.seq for a in accepted)
         self._items: dict[tuple[Hashable, int], Item | None] = {}
         self._frames: dict[tuple[Hashable, tuple[int, ...]], tuple[Live, bytes] | None] = {}
 
+    def whole(self, device: str, sent_to: int, collections: frozenset[str] | None) -> bool:
+        """Whether a device (went live for ``collections``, None: all; sent everything up to ``sent_to``)
+        is to be sent every change of the group."""
+        return bool(self.accepted) and sent_to < self._all[0] and device not in self._devices \
+            and (collections is None or self._collections <= collections)
+
+    @property
+    def last(self) -> int:
+        return self._all[-1]
+
     def frame(self, scope: Hashable, grant: Grant, selected: list[Accepted]) -> tuple[Live, bytes] | None:
-        """The LIVE event and its encoded frame for ``selected`` as seen with ``grant`` (whose
-        ``scope_key`` is ``scope``); None when none of them is in the grant's scope."""
-        key = (scope, tuple(a.seq for a in selected))
+        """The LIVE event and its encoded frame for ``selected`` (some of the group's changes, in order) as
+        seen with ``grant`` (whose ``scope_key`` is ``scope``); None when none of them is in its scope."""
+        key = (scope, self._all if len(selected) == len(self._all) else tuple(a.seq for a in selected))
         if key in self._frames:
             return self._frames[key]
         items = []

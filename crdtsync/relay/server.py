@@ -17,16 +17,29 @@ import contextlib
 import importlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 from ..protocol.connection import Connection, Role, State
-from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
+from ..protocol.events import (
+    Ack,
+    Acks,
+    Bye,
+    Change,
+    Changes,
+    Event,
+    Hello,
+    Item,
+    Live,
+    ProtocolError,
+    Pull,
+    Push,
+    Welcome,
+)
 from ..protocol.frames import MAX_FRAME, MAX_PUSH
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
@@ -55,10 +68,9 @@ class Limits:
 
 @dataclass
 class _Job:
-    device: str
-    grant: Grant
+    session: _Session
+    push: int
     changes: tuple[Change, ...]
-    done: Callable[[Outcome], None]
 
 
 @dataclass
@@ -208,13 +220,14 @@ class Relay:
 
     async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
         """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that
-        commit returns (then ``(False, None)``: its group is to be finished first)."""
+        commit returns (then ``(False, None)``: its group is to be finished first, before any more pushes are
+        staged: under load the queue is rarely empty, and the devices wait for those acks to push more)."""
         if committing is None:
             return True, await self._queue.get()
-        if not self._queue.empty():
-            return True, self._queue.get_nowait()
         if committing.commit is None or committing.commit.done():
             return False, None
+        if not self._queue.empty():
+            return True, self._queue.get_nowait()
         getter = asyncio.ensure_future(self._queue.get())
         await asyncio.wait((getter, committing.commit), return_when=asyncio.FIRST_COMPLETED)
         if not getter.done():
@@ -229,10 +242,10 @@ class Relay:
         """Validate and apply ``jobs`` into ``group`` (a new one if None), in order."""
         if group is None:
             group = _Group([], [], Batch())
-        self.log.prefetch_seen([(j.device, c.change_id) for j in jobs for c in j.changes])
+        self.log.prefetch_seen([(j.session.device, c.change_id) for j in jobs for c in j.changes])
         for j in jobs:
             group.jobs.append(j)
-            group.outcomes.append(self.log.stage(group.batch, j.device, j.grant, j.changes))
+            group.outcomes.append(self.log.stage(group.batch, j.session.device, j.session.grant, j.changes))
             group.changes += len(j.changes)
         return group
 
@@ -251,12 +264,20 @@ class Relay:
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
+        acks: dict[_Session, list[Ack]] = {}  # each device's acks of this group, in the order it pushed
         for j, o in zip(group.jobs, group.outcomes, strict=True):
-            j.done(o)
+            acks.setdefault(j.session, []).append(Ack(j.push, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
+        for s, session_acks in acks.items():
+            s.acknowledge(session_acks)
         if accepted:
-            frames = LiveFrames(self.log)  # one frame per scope, the same bytes for every device in it
-            for s in list(self.sessions):
-                s.fan_out(accepted, frames)
+            # on the event loop's next turn: the acks leave first, so that their devices, which wait for them
+            # to push again, are not held up by the live frames of the same group (fan-outs stay in order)
+            asyncio.get_running_loop().call_soon(self._fan_out, accepted)
+
+    def _fan_out(self, accepted: list[Accepted]) -> None:
+        frames = LiveFrames(self.log, accepted)  # one frame per scope, the same bytes for every device in it
+        for s in list(self.sessions):
+            s.fan_out(frames)
 
     async def _maybe_compact(self) -> None:
         batch = self.log.compact()
@@ -333,6 +354,15 @@ class _Session:
 
     def _flush(self) -> None:
         for data in self.conn.data_to_send():
+            if self._closing is None and self.out.empty() and self._keeping_up():
+                # nothing queued ahead of it: written at once (what the send loop's ``ws.send`` would do,
+                # minus a task switch per frame); a connection that does not keep up goes through the queue
+                try:
+                    broadcast((self.ws,), data, raise_exceptions=True)
+                except ExceptionGroup:
+                    self.abort(1011, "could not write to the connection")
+                    return
+                continue
             try:
                 self.out.put_nowait(data)
             except asyncio.QueueFull:
@@ -341,6 +371,12 @@ class _Session:
         if self.conn.state is State.CLOSED and self._closing is None:
             self._closing = (self.conn.close_code or 1000, self.conn.close_reason or "")
             self._wake_sender()
+
+    def _keeping_up(self) -> bool:
+        """Whether the socket takes what is written: its write buffer is below the high-water mark, so the
+        websocket is not paused (``ws.send`` would not wait for it to drain)."""
+        transport = self.ws.transport
+        return transport is not None and transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
 
     def _wake_sender(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -449,13 +485,29 @@ class _Session:
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 
     def _on_push(self, ev: Push) -> None:
-        def done(o: Outcome) -> None:
-            if self.conn.state is State.CLOSED or self._closing is not None:
-                return
-            self.conn.send(Ack(ev.id, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
-            self._flush()
+        self.relay.submit(_Job(self, ev.id, ev.changes))
 
-        self.relay.submit(_Job(self.device, self.grant, ev.changes, done))
+    def acknowledge(self, acks: list[Ack]) -> None:
+        """Send the acks of this device's pushes that one write group committed: as few ACK frames as the
+        protocol allows (one answers several pushes whose change ids are distinct, up to ``MAX_PUSH``
+        changes in all, which keeps the frame's lists and header within their limits)."""
+        if self.conn.state is not State.READY or self._closing is not None:
+            return
+        frame: list[Ack] = []
+        ids: set[int] = set()
+        for ack in acks:
+            mine = self.conn.ack_for(ack.id) or frozenset()
+            if frame and (len(ids) + len(mine) > MAX_PUSH or not ids.isdisjoint(mine)):
+                self._send_acks(frame)
+                frame, ids = [], set()
+            frame.append(ack)
+            ids |= mine
+        if frame:
+            self._send_acks(frame)
+        self._flush()
+
+    def _send_acks(self, acks: list[Ack]) -> None:
+        self.conn.send(acks[0] if len(acks) == 1 else Acks(tuple(acks)))
 
     async def _put(self, ev: Event) -> None:
         """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
@@ -535,13 +587,17 @@ class _Session:
         self.sent_to = max(self.sent_to, to) if self.live else to
         self.live, self.live_collections = True, wanted
 
-    def fan_out(self, accepted: list[Accepted], frames: LiveFrames) -> None:
+    def fan_out(self, frames: LiveFrames) -> None:
         """Send changes just stored by others to this device, if in its scope (never twice)."""
         if not self.live or self._closing is not None or self.conn.state is not State.READY:
             return
-        selected = []
         wanted = self.live_collections
-        for a in accepted:
+        if frames.whole(self.device, self.sent_to, wanted):
+            self.sent_to = frames.last
+            self._send_live(frames.frame(self.scope, self.grant, frames.accepted))
+            return
+        selected = []
+        for a in frames.accepted:
             if a.seq <= self.sent_to:
                 continue
             self.sent_to = a.seq
@@ -550,9 +606,10 @@ class _Session:
             if wanted is not None and a.collection not in wanted:
                 continue
             selected.append(a)
-        if not selected:
-            return
-        made = frames.frame(self.scope, self.grant, selected)
+        if selected:
+            self._send_live(frames.frame(self.scope, self.grant, selected))
+
+    def _send_live(self, made: tuple[Live, bytes] | None) -> None:
         if made is not None:
             self.conn.send(*made)
             self._flush()

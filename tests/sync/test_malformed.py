@@ -20,13 +20,13 @@ HELLO = encode_frame(Kind.HELLO, {"device": "raw", "client": "test"})
 
 CASES: list[tuple[str, list[bytes | str], int, str]] = [
     ("random bytes", [os.urandom(64)], 4400, ""),
-    ("random bytes after hello", [HELLO, b"\x01" + os.urandom(40)], 4400, ""),
+    ("random bytes after hello", [HELLO, b"\x02" + os.urandom(40)], 4400, ""),
     ("truncated", [HELLO[:-3]], 4400, "truncated"),
     ("wrong version", [b"\x09" + HELLO[1:]], 4400, "unsupported protocol version 9"),
-    ("unknown kind", [b"\x01\x77\x00"], 4400, "unknown frame kind"),
+    ("unknown kind", [b"\x02\x77\x00"], 4400, "unknown frame kind"),
     ("push before hello", [encode_frame(Kind.PUSH, {"id": 1, "changes": []})], 4400, "unexpected PUSH"),
     ("text frame", ["hello there"], 4400, "text"),
-    ("huge", [HELLO, b"\x01\x03" + b"\xff" * 70_000], 1009, ""),
+    ("huge", [HELLO, b"\x02\x03" + b"\xff" * 70_000], 1009, ""),
 ]
 
 

@@ -88,12 +88,12 @@ def test_misuse_raises_local_errors() -> None:
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "truncated"),
-    (b"\x02\x01\x00", "unsupported protocol version 2"),
-    (b"\x01\x63\x00", "unknown frame kind"),
-    (b"\x01\x01\x05{}", "truncated"),
+    (b"\x03\x01\x00", "unsupported protocol version 3"),
+    (b"\x02\x63\x00", "unknown frame kind"),
+    (b"\x02\x01\x05{}", "truncated"),
     (encode_frame(Kind.HELLO, {"device": "d", "client": "c"}) + b"!", "unexpected bytes"),
-    (b"\x01\x01\x02{}", "lacks 'device'"),
-    (b"\x01\x01\x03nul", "not JSON"),
+    (b"\x02\x01\x02{}", "lacks 'device'"),
+    (b"\x02\x01\x03nul", "not JSON"),
     (encode_frame(Kind.PUSH, {"id": 1, "changes": []}), "unexpected PUSH"),
 ])
 def test_garbage_becomes_an_error_event_and_a_bye(data: bytes, reason: str) -> None:
@@ -111,7 +111,7 @@ def test_garbage_becomes_an_error_event_and_a_bye(data: bytes, reason: str) -> N
 
 def test_oversized_frames_close_with_1009() -> None:
     r = Connection(Role.RELAY, max_frame=100)
-    r.receive_data(b"\x01\x01" + b"x" * 200)
+    r.receive_data(b"\x02\x01" + b"x" * 200)
     [ev] = r.events_received()
     assert isinstance(ev, ProtocolError) and ev.code == 1009
 
@@ -124,12 +124,12 @@ def test_out_of_order_answers_are_protocol_errors() -> None:
     r2.receive_data(encode_frame(Kind.PUSH, {"id": 5, "changes": [[1, "c", "r"]]}, [b"u"]))
     r2.send(Ack(5, (1,)))
     r2.data_to_send()
-    c.receive_data(encode_frame(Kind.ACK, {"id": 5, "ok": [1], "rejected": [], "held": []}))
+    c.receive_data(encode_frame(Kind.ACK, {"ids": [5], "ok": [1], "rejected": [], "held": []}))
     [ev] = c.events_received()
     assert isinstance(ev, ProtocolError) and "answers no push" in ev.reason
     c2, _ = pair()
     c2.send(Push(1, (Change(1, "a", "b", b""),)))
-    c2.receive_data(encode_frame(Kind.ACK, {"id": 1, "ok": [1, 2], "rejected": [], "held": []}))
+    c2.receive_data(encode_frame(Kind.ACK, {"ids": [1], "ok": [1, 2], "rejected": [], "held": []}))
     [ev2] = c2.events_received()
     assert isinstance(ev2, ProtocolError) and "exactly once" in ev2.reason
 
@@ -147,8 +147,8 @@ valid_frames = st.one_of(
     st.builds(lambda i, cs: encode_frame(Kind.PUSH, {"id": i, "changes": [[c, "a", "r"] for c in cs]},
                                          [b"u"] * len(cs)),
               st.integers(0, 3), st.lists(st.integers(0, 5), max_size=3)),
-    st.builds(lambda i, ok: encode_frame(Kind.ACK, {"id": i, "ok": ok, "rejected": [], "held": []}),
-              st.integers(0, 3), st.lists(st.integers(0, 5), max_size=3)),
+    st.builds(lambda ids, ok: encode_frame(Kind.ACK, {"ids": ids, "ok": ok, "rejected": [], "held": []}),
+              st.lists(st.integers(0, 3), min_size=1, max_size=3), st.lists(st.integers(0, 5), max_size=3)),
     st.builds(lambda i, live: encode_frame(Kind.PULL, {"id": i, "since": 0, "relay": None, "collections": None,
                                                        "live": live}), st.integers(0, 3), st.booleans()),
     st.builds(lambda i, more, done: encode_frame(Kind.CHANGES, {"id": i, "items": [["a", "r", 1]], "done": done,

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crdtsync import Replica, SQLiteStore
-from crdtsync.protocol import Changes, Pull
+from crdtsync.protocol import Changes, Live, Pull
 from crdtsync.relay import Limits
 from crdtsync.store import Batch
 
@@ -125,3 +125,53 @@ async def test_a_full_resync_during_a_commit_never_skips_the_change_being_commit
     finally:
         await clients[0].close()
         blocker.close()
+
+
+async def test_a_reader_that_falls_behind_for_a_while_still_gets_every_change_once_and_in_order(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """Frames go straight to the socket while a connection keeps up, and through its queue once it does not:
+    a reader that stops reading for a while (within the queue's limit) and then resumes gets every live
+    change exactly once, in seq order, across both ways."""
+    relay = await make_relay(limits=Limits(send_queue=256))
+    assert relay.relay is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", relay.port))
+    sock.setblocking(False)
+    async with connect(relay.url, sock=sock, max_queue=1, max_size=None) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("paused")
+        raw.conn.send(Pull(1, 0, live=True))
+        await raw.flush()
+        [page] = await raw.next_events()
+        assert isinstance(page, Changes) and not page.more
+        [session] = [s for s in relay.relay.sessions if s.device == "paused"]
+        writer = make_replica("writer")
+        made: list[str] = []
+        queued = False
+        async with client(writer, relay.url) as cw:
+            await sync(cw)
+            for i in range(40):  # bounded: each round stores one ~64 KB change (one write group, one frame)
+                made.append(writer.create("accounts", {"name": f"Big {i}", "notes": "x" * 64_000}))
+                await sync(cw)
+                queued = queued or session.out.qsize() > 0
+                if queued and len(made) >= 8:
+                    break
+            assert queued, "the reader's socket never fell behind: the queue was not exercised"
+            seqs: list[int] = []
+            records: list[str] = []
+
+            async def read(until: int) -> None:
+                while len(records) < until:
+                    for ev in await raw.next_events():
+                        assert isinstance(ev, Live), ev
+                        seqs.extend(it.seq for it in ev.items)
+                        records.extend(it.record for it in ev.items)
+
+            reading = asyncio.ensure_future(read(len(made) + 10))  # the reader reads again, meanwhile ...
+            for i in range(10):  # ... small changes follow, while the queue drains: both ways at once
+                made.append(writer.create("accounts", {"name": f"Small {i}"}))
+                await sync(cw)
+            await asyncio.wait_for(reading, BOUND)
+        assert records == made and seqs == sorted(set(seqs))  # all, once each, in order
+        assert ws.close_code is None  # never closed for being slow: it stayed within the queue's limit

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from crdtsync import Replica
-from crdtsync.protocol import Ack, Change, Push
+from crdtsync.protocol import Ack, Change, Kind, Push, decode_frame
 
 from .conftest import BOUND, RawClient, RelayFactory
 
@@ -68,3 +68,70 @@ async def test_a_group_is_staged_during_the_previous_commit_and_acknowledged_aft
                 assert store.load(("recs", "accounts", rid)) is not None  # durable before acknowledged
         assert [(x.id, x.ok) for x in acks] == [(1, (pa.id,)), (2, (pb.id,))]
     assert relay.log.durable == 2
+
+
+async def test_the_pushes_one_group_commits_are_acknowledged_in_one_frame(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device with several pushes in flight gets one ACK frame for all those one commit stored, except a
+    push that repeats a change id of another (a resend): its outcome could not be told apart, so it gets
+    a frame of its own. Each still comes back as its own ``Ack``, only after the commit."""
+    handle = await make_relay()
+    relay, store = handle.relay, handle.store
+    assert relay is not None and store is not None
+    w = make_replica("w")
+    for i in range(6):
+        w.create("accounts", {"name": f"A{i}"})
+    ch = [Change(pc.id, pc.collection, pc.record, u) for pc, u in w.outgoing()]
+    pushes = [Push(1, (ch[0],)), Push(2, (ch[1],)), Push(3, (ch[2],)), Push(4, (ch[3], ch[4])), Push(5, (ch[5],)),
+              Push(6, (ch[5],))]
+
+    staged = asyncio.Event()
+    real_stage = relay.log.stage
+    calls = 0
+
+    def stage(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        out = real_stage(*args, **kw)
+        calls += 1
+        if calls == len(pushes):
+            staged.set()
+        return out
+
+    monkeypatch.setattr(relay.log, "stage", stage)
+    in_commit = threading.Event()
+    async with connect(handle.url) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("w")
+        blocker = sqlite3.connect(store.path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        store._db.set_trace_callback(  # type: ignore[union-attr]  # tells us the writer reached BEGIN
+            lambda sql: in_commit.set() if sql.startswith("BEGIN") else None)
+        try:
+            raw.conn.send(pushes[0])
+            await raw.flush()
+            assert await asyncio.to_thread(in_commit.wait, BOUND)
+            for p in pushes[1:]:
+                raw.conn.send(p)
+            await raw.flush()
+            await asyncio.wait_for(staged.wait(), BOUND)  # all staged into the next group
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        frames: list[list[int]] = []
+        acks: list[Ack] = []
+        while len(acks) < len(pushes):
+            data = await asyncio.wait_for(ws.recv(), BOUND)
+            frame = decode_frame(data)
+            assert frame.kind is Kind.ACK
+            frames.append(frame.header["ids"])
+            raw.conn.receive_data(data)
+            for ev in raw.conn.events_received():
+                assert isinstance(ev, Ack), ev
+                acks.append(ev)
+                for c in pushes[ev.id - 1].changes:
+                    assert store.load(("recs", "accounts", c.record)) is not None  # durable before acknowledged
+        assert frames == [[1], [2, 3, 4, 5], [6]]
+        assert [(a.id, a.ok, a.rejected, a.held) for a in acks] == \
+            [(p.id, tuple(c.change_id for c in p.changes), (), ()) for p in pushes]
+        assert raw.conn.pushes_in_flight == 0
+    assert relay.log.durable == 6
