@@ -28,6 +28,8 @@ BindingKey = tuple[str, str, int]
 
 def sv_clients(before: bytes, after: bytes) -> list[int]:
     """The clients whose clock moved between two encoded state vectors of one document."""
+    if after == before:
+        return []
     old = _decode_sv(before)
     return [c for c, clock in _decode_sv(after).items() if clock > old.get(c, 0)]
 

@@ -241,7 +241,7 @@ class RelayLog:
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
-        state_before = doc.doc.get_state()
+        state_before = doc.state_vector()
         try:
             try:
                 with _Touched(doc) as touched:
@@ -254,7 +254,7 @@ class RelayLog:
                                          "has not synced them); sent again at the next sync")
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
-                unbound = self._unbound_clients(c, rid, device, sv_clients(state_before, doc.doc.get_state()))
+                unbound = self._unbound_clients(c, rid, device, sv_clients(state_before, doc.state_vector()))
                 # one read transaction for all the checks (each read would otherwise open one)
                 with doc.doc.transaction():
                     read = None
