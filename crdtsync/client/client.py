@@ -117,6 +117,9 @@ class SyncClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: _Session | None = None
         self._ids = itertools.count(1)
+        # records whose changes the relay held back because they build on changes it did not have yet: a
+        # sync runs again as soon as news of one of them arrives (the missing changes may have come with it)
+        self._waiting: set[tuple[str, str]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -395,6 +398,7 @@ class SyncClient:
         uploaded, rejected, held = await self._upload(session, collections, touched)
         n, again, cursor = await self._download(session, collections, changed, live=collections is None)
         received, reset = received + n, reset or again
+        self._retry_waiting(changed.keys())
         touched |= changed.keys()
         conflicts = 0
         for c, rid in sorted(touched):  # conflict events come before "completed", one per record
@@ -448,6 +452,8 @@ class SyncClient:
             done += len(batch)
             total = max(total, done)
             self._emit(SyncStatus("progress", phase="upload", done=done, total=total))
+        blocked = {(p.collection, p.record) for p in r.pending() if p.status == "error"}
+        self._waiting = waiting - blocked  # those held behind a rejected change wait for the user instead
         return uploaded, rejected, held
 
     def _fit(self, batch: list[tuple[PendingChange, bytes]]) -> list[tuple[PendingChange, bytes]] | None:
@@ -555,6 +561,13 @@ class SyncClient:
             if rec.conflicts:
                 self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,
                                       conflicts=rec.conflicts))
+        self._retry_waiting((i.collection, i.record) for i in items)
+
+    def _retry_waiting(self, records: Iterable[tuple[str, str]]) -> None:
+        """News of a record whose changes the relay held back: queue a sync to send them again."""
+        if self._waiting and not self._waiting.isdisjoint(records):
+            self._waiting.clear()
+            self._enqueue(None, None)
 
 
 def _names(collections: frozenset[str] | None) -> tuple[str, ...] | None:

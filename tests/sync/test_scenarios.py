@@ -314,3 +314,22 @@ async def test_a_change_built_on_work_the_relay_has_not_seen_waits_on_the_device
     for r in (a, b, c):
         rec = r.get("accounts", rid)
         assert rec is not None and (rec["name"], rec["notes"], rec["employees"]) == ("Acme", "hello world", 3)
+
+
+async def test_a_held_change_goes_out_by_itself_once_the_changes_it_builds_on_reach_the_relay(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay()
+    a, b = make_replica("a"), make_replica("b")
+    rid = a.create("accounts", {"name": "Acme"})
+    b.import_updates(a.export_updates())
+    b.update("accounts", rid, {"employees": 3})
+    async with client(b, relay.url) as cb:
+        wb = Watch(cb)
+        res = await sync(cb)
+        assert res.held == 1 and len(b.pending()) == 1
+        async with client(a, relay.url) as ca:
+            await sync(ca)  # a's record reaches the relay; b, live, hears of it
+        done = await wb.wait(lambda s: s.kind == "completed" and s.result is not None and s.result.uploaded == 1)
+        assert done.result is not None and done.result.held == 0
+    assert b.pending() == []
+    assert relay.relay is not None and relay.relay.log.head == 2
