@@ -228,17 +228,21 @@ def test_room_from_path_matches_how_websocketprovider_builds_urls(path: str, roo
     assert room_from_path(path) == room
 
 
-def test_is_news_tells_new_structs_and_deletions_from_repeats_without_copying_the_room() -> None:
+def _three_updates() -> tuple[bytes, bytes, bytes]:
+    """A text's "hello", then " world" (incremental: its structs start at clock 5), then a deletion."""
     writer: Doc = Doc(client_id=7)
     text = writer.get("t", type=Text)
-    text += "hello"
-    first = writer.get_update()
-    before = writer.get_state()
-    text += " world"
-    more = writer.get_update(before)  # incremental: its structs start at clock 5
-    before = writer.get_state()
-    del text[0:2]
-    deletion = writer.get_update(before)
+    out = []
+    for edit in (lambda: text.insert(0, "hello"), lambda: text.insert(5, " world"), lambda: text.__delitem__(
+            slice(0, 2))):
+        before = writer.get_state()
+        edit()
+        out.append(writer.get_update(before))
+    return out[0], out[1], out[2]
+
+
+def test_is_news_tells_new_structs_and_deletions_from_repeats_without_copying_the_room() -> None:
+    first, more, deletion = _three_updates()
     room = YRoom("r", first)
     copies: list[int] = []
     real_apply = Doc.apply_update
@@ -262,13 +266,7 @@ def test_is_news_tells_new_structs_and_deletions_from_repeats_without_copying_th
 
 
 def test_a_stored_room_state_keeps_updates_that_wait_for_a_missing_one() -> None:
-    writer: Doc = Doc(client_id=7)
-    text = writer.get("t", type=Text)
-    text += "hello"
-    first = writer.get_update()
-    before = writer.get_state()
-    text += " world"
-    second = writer.get_update(before)
+    first, second, _ = _three_updates()
     room = YRoom("r")
     assert room.apply(second) is None  # arrives first: Yrs keeps it pending
     assert str(room.doc.get("t", type=Text)) == ""
