@@ -15,8 +15,6 @@ Every write returns the Yjs update it produced; the caller stores and sends thos
 from __future__ import annotations
 
 import contextlib
-import difflib
-import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -27,31 +25,13 @@ from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Field, Invalid
 from .slots import DELETED, SEP, Slot
 from .state import Candidate, HistoryEntry, RecordState, SetEntry, compute_state
+from .textdiff import text_edits
+from .yrs import RawTxn, YDoc, observe
 
-__all__ = ["RecordDoc", "text_edits"]
+__all__ = ["RecordDoc"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 _MISSING = object()
-_DIFF_LIMIT = 20_000  # above this many characters, a single-region diff instead of difflib
-
-
-def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
-    """Edits ``(start, end, insert)`` turning ``old`` into ``new``, last first so indices stay valid.
-
-    Small edits keep concurrent edits elsewhere in the text intact when merged.
-    """
-    if old == new:
-        return []
-    if len(old) + len(new) > _DIFF_LIMIT:
-        p = 0
-        while p < min(len(old), len(new)) and old[p] == new[p]:
-            p += 1
-        s = 0
-        while s < min(len(old), len(new)) - p and old[-1 - s] == new[-1 - s]:
-            s += 1
-        return [(p, len(old) - s, new[p:len(new) - s])]
-    ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
-    return [(i1, i2, new[j1:j2]) for tag, i1, i2, j1, j2 in reversed(ops) if tag != "equal"]
 
 
 def _parse_slot(key: str, raw: Any) -> Slot:
@@ -78,33 +58,6 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     return SetEntry(name, element, writer, a, r)
 
 
-#: the Yrs document class pycrdt's ``Doc`` wraps
-_YDoc: Any = type(Doc()._doc)
-
-
-class _RawTxn:
-    """A Yrs transaction on a document that no pycrdt ``Doc`` wraps yet (see ``RecordDoc.doc``): what
-    ``Doc.transaction()`` does, without the bookkeeping (origins, locks, observer errors) that a document
-    nobody observes has no use for. It cost 2 us against 0.7, three times per record merged."""
-
-    __slots__ = ("_txn", "_ydoc")
-
-    def __init__(self, ydoc: Any) -> None:
-        self._ydoc = ydoc
-        self._txn: Any = None
-
-    def __enter__(self) -> _RawTxn:
-        self._txn = self._ydoc.create_transaction()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        txn, self._txn = self._txn, None
-        try:
-            txn.commit()
-        finally:
-            txn.drop()
-
-
 _REGISTERS: dict[int, tuple[Collection, frozenset[str]]] = {}
 
 
@@ -116,20 +69,6 @@ def _registers(coll: Collection) -> frozenset[str]:
             _REGISTERS.clear()
         hit = _REGISTERS[id(coll)] = (coll, frozenset(n for n, f in coll.fields.items() if f.merge == "register"))
     return hit[1]
-
-
-def _observe(doc: Doc[Any], callback: Callable[[TransactionEvent], None]) -> Any:
-    """``doc.observe(callback)`` without its cost: pycrdt 0.14's ``Doc.observe`` evaluates
-    ``typing.cast(Callable[[TransactionEvent], None], ...)`` at run time, which misses typing's cache and
-    took 80 us, a fifth of merging a record. The same subscription, made the way ``observe`` makes it."""
-    try:
-        from pycrdt._doc import observe_callback
-
-        sub = doc._doc.observe(functools.partial(observe_callback, callback, doc))
-        doc._subscriptions.append(sub)
-        return sub
-    except (ImportError, AttributeError):  # another pycrdt: the public way
-        return doc.observe(callback)
 
 
 class RecordDoc:
@@ -176,7 +115,7 @@ class RecordDoc:
         through Yrs handles alone (``_handles``), and making the three wrappers cost half as much as
         applying a record's update.
         """
-        self._ydoc: Any = _YDoc(client_id, None, None)
+        self._ydoc: Any = YDoc(client_id, None, None)
         self._tap_sub: Any = None  # see ``_tap``: made again for the new document
         self._tap_box: list[list[bytes] | None] | None = None
         self._pdoc: Doc[Any] | None = None
@@ -202,7 +141,7 @@ class RecordDoc:
     def _txn(self) -> Any:
         """A transaction on the document: pycrdt's once there is a pycrdt ``Doc`` (it may have observers
         and a transaction under way), else a bare Yrs one."""
-        return self._pdoc.transaction() if self._pdoc is not None else _RawTxn(self._ydoc)
+        return self._pdoc.transaction() if self._pdoc is not None else RawTxn(self._ydoc)
 
     @property
     def _slots(self) -> Map[Any]:
@@ -236,7 +175,7 @@ class RecordDoc:
         document (and this object) alive for ever, so records evicted from the cache were never freed
         (3000 records merged through a 10-record cache kept all 3000 in memory).
         """
-        sub = _observe(self.doc, self._on_txn)
+        sub = observe(self.doc, self._on_txn)
         try:
             yield
         finally:
