@@ -505,12 +505,8 @@ class Replica:
         names = dict.fromkeys(n for e in replaced for n in e.fields)
         intended = {n: before.fields[n] for n in names if n in before.fields}
         intended.update(values)
-        ids = [e.id for e in replaced]
-        gone = [e.public() for e in replaced]
-        batch = Batch()
-        try:
-            self.outbox.remove(batch, ids)
-            lr = self.docs.discard(batch, collection, id, set(ids))
+
+        def write_fix(batch: Batch, lr: LoadedRecord) -> None:
             create = not lr.doc.state().exists
             checked = coll.check(id, intended, create=create)
             t = self.clock.now()
@@ -519,17 +515,13 @@ class Replica:
             if update:
                 n = self.docs.append(batch, collection, id, update, change_id=t, lr=lr)
                 self.outbox.add(batch, OutboxEntry(t, collection, id, op, self._shown(coll, checked), n=n), update)
-            batch.save(("meta", "hlc"), str(self.clock.last).encode())
-            rec = self._save_row(batch, coll, lr.doc)
-            self._commit(batch)
-        except BaseException:
-            self.docs.reload(collection, id)
-            self.outbox = self.docs.local = Outbox(self.store)
-            raise
-        self._emit([ChangeEvent(collection, id, "local", rec)])
-        return gone
 
-    def _discard(self, collection: str, rid: str, ids: list[int]) -> list[PendingChange]:
+        return self._discard(collection, id, [e.id for e in replaced], write_fix)
+
+    def _discard(self, collection: str, rid: str, ids: list[int],
+                 replace: Callable[[Batch, LoadedRecord], None] | None = None) -> list[PendingChange]:
+        """Drop these pending changes of a record, in one transaction with what ``replace`` (``fix``) then
+        writes to the record rebuilt without them."""
         if not ids:
             return []
         coll = self._coll(collection)
@@ -538,6 +530,8 @@ class Replica:
         try:
             self.outbox.remove(batch, ids)
             lr = self.docs.discard(batch, collection, rid, set(ids))
+            if replace is not None:
+                replace(batch, lr)
             # the clock is restored from the outbox's newest change too: keep it past the discarded ones
             batch.save(("meta", "hlc"), str(self.clock.last).encode())
             rec: Record | None = None
