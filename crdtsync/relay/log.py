@@ -38,7 +38,8 @@ from ..model.slots import SEP
 from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
-from ..schema import Collection, Invalid, Schema, Text
+from ..replica.rows import decode_value, encode_value
+from ..schema import Collection, Field, Schema, Text
 from ..schema import Set as SetField
 from ..store.base import Batch, ByteStore
 from .auth import Grant
@@ -121,6 +122,7 @@ class RelayLog:
         self.schema = schema
         # the fields ``where`` limits look at, per collection (``Tokens.scope_fields``)
         self.scope_fields = dict(scope_fields or {})
+        self._merge_limits = {coll.name: _merge_limits(coll) for coll in schema}
         self.keep = keep
         self.compact_slack = max(1, min(5000, keep // 10))
         raw = store.load(("relay", "id"))
@@ -278,7 +280,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            _refuse_over_limits(doc)
+            _refuse_over_limits(doc, self._merge_limits[c])
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
@@ -292,8 +294,10 @@ class RelayLog:
             raise
         if prev is not None:
             now = doc.state().fields
+            fields = doc.collection.fields
             # None: the change moved the record in or out of no one's scope; else kept, as JSON
-            prev = None if all(now.get(f) == v for f, v in prev.items()) else _plain(doc.collection, prev)
+            prev = None if all(now.get(f) == v for f, v in prev.items()) \
+                else {n: encode_value(fields.get(n), v) for n, v in prev.items()}
         self.docs.append(batch, c, rid, new)
         self.head += 1
         a = Accepted(self.head, c, rid, device, ch.change_id, new, prev)
@@ -382,9 +386,11 @@ class RelayLog:
         if not grant.can_read(a.collection):
             return None
         if not self._visible(grant, a.collection, a.record):
-            if a.prev is not None and grant.limited(a.collection) \
-                    and grant.in_scope(a.collection, _typed(self.schema.collections[a.collection], a.prev)):
-                return Item(a.collection, a.record, a.seq, b"")
+            if a.prev is not None and grant.limited(a.collection):
+                fields = self.schema.collections[a.collection].fields
+                was = {n: decode_value(fields.get(n), v) for n, v in a.prev.items()}
+                if grant.in_scope(a.collection, was):
+                    return Item(a.collection, a.record, a.seq, b"")
             return None
         if grant.limited(a.collection):
             return Item(a.collection, a.record, a.seq, self.record_update(a.collection, a.record))
@@ -473,13 +479,17 @@ class RelayLog:
             self.floor = int(raw)
 
 
-def _refuse_over_limits(doc: RecordDoc) -> None:
+def _merge_limits(coll: Collection) -> list[tuple[str, Field]]:
+    """The fields of ``coll`` whose limits a merge can break (see ``_refuse_over_limits``)."""
+    return [(n, f) for n, f in coll.fields.items()
+            if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
+
+
+def _refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]]) -> None:
     """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
     Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
     the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
     it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check."""
-    limits = [(n, f) for n, f in doc.collection.fields.items()
-              if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
     if not limits:
         return
     fields = doc.state().fields
@@ -493,41 +503,6 @@ def _refuse_over_limits(doc: RecordDoc) -> None:
                 and len(value) > f.max_items:
             raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
                                       f"holds {len(value)} items, more than max_items={f.max_items}")
-
-
-def _plain(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Field values as JSON (the log entry's ``prev``); sets as sorted lists."""
-    out: dict[str, Any] = {}
-    for name, v in values.items():
-        f = coll.fields.get(name)
-        if v is None or f is None:
-            out[name] = v
-        elif f.merge == "set":
-            out[name] = sorted((f.of.encode(x) for x in v), key=repr)  # type: ignore[attr-defined]
-        elif f.merge == "register":
-            out[name] = f.encode(v)
-        else:
-            out[name] = v
-    return out
-
-
-def _typed(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
-    """``_plain`` undone: the values as the record's state holds them (what ``where`` compares with)."""
-    out: dict[str, Any] = {}
-    for name, v in values.items():
-        f = coll.fields.get(name)
-        try:
-            if v is None or f is None:
-                out[name] = v
-            elif f.merge == "set":
-                out[name] = frozenset(f.of.decode(x) for x in v)  # type: ignore[attr-defined]
-            elif f.merge == "register":
-                out[name] = f.decode(v)
-            else:
-                out[name] = v
-        except (Invalid, TypeError):
-            out[name] = v
-    return out
 
 
 def _refuse(refusal: Refusal | None) -> None:

@@ -21,12 +21,13 @@ from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
 
-__all__ = ["Rows", "Where"]
+__all__ = ["Rows", "Where", "decode_value", "encode_value"]
 
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
 
 
-def _enc(f: Field | None, value: Any) -> Any:
+def encode_value(f: Field | None, value: Any) -> Any:
+    """A field value as JSON (a row's, a relay log entry's): sets as sorted lists."""
     if f is None:
         return value
     if f.merge == "set":
@@ -35,7 +36,8 @@ def _enc(f: Field | None, value: Any) -> Any:
     return f.encode(value)
 
 
-def _dec(f: Field | None, raw: Any) -> Any:
+def decode_value(f: Field | None, raw: Any) -> Any:
+    """``encode_value`` undone; a value the field no longer accepts is returned as it is."""
     if f is None:
         return raw
     try:
@@ -64,14 +66,14 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
     """The row of a record; ``last_change`` is the id of the newest local change it reflects (0: none
     pending)."""
     return orjson.dumps({
-        "f": {n: _enc(coll.fields.get(n), v) for n, v in state.fields.items()},
+        "f": {n: encode_value(coll.fields.get(n), v) for n, v in state.fields.items()},
         "d": state.deleted,
         "s": status,
         "e": error,
         "u": state.updated,
         "b": {n: [c.device, c.user, c.time] for n, c in state.changed_by.items()},
         "c": [{"f": c.field, "k": c.kind,
-               "v": [[_enc(_cand_field(coll, c.kind, c.field, i), x.value), x.device, x.user, x.time]
+               "v": [[encode_value(_cand_field(coll, c.kind, c.field, i), x.value), x.device, x.user, x.time]
                      for i, x in enumerate(c.candidates)]}
               for c in state.conflicts],
         "x": last_change,
@@ -87,10 +89,10 @@ def row_change(raw: bytes) -> int | None:
 
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
     r = orjson.loads(raw)
-    fields = {n: _dec(coll.fields.get(n), v) for n, v in r["f"].items()}
+    fields = {n: decode_value(coll.fields.get(n), v) for n, v in r["f"].items()}
     conflicts = tuple(
         Conflict(coll.name, record_id, c["f"], c["k"],
-                 tuple(Candidate(_dec(_cand_field(coll, c["k"], c["f"], i), v), d, u, t)
+                 tuple(Candidate(decode_value(_cand_field(coll, c["k"], c["f"], i), v), d, u, t)
                        for i, (v, d, u, t) in enumerate(c["v"])))
         for c in r["c"])
     by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items()}
