@@ -14,36 +14,22 @@ from crdtsync.protocol import (
     Acks,
     Change,
     Connection,
-    Hello,
     Kind,
     ProtocolError,
     Push,
     Rejection,
     Role,
     State,
-    Welcome,
     decode_frame,
     encode_frame,
 )
 
-
-def pair() -> tuple[Connection, Connection]:
-    c, r = Connection(Role.CLIENT), Connection(Role.RELAY)
-    c.send(Hello("dev-1"))
-    for data in c.data_to_send():
-        r.receive_data(data)
-    r.send(Welcome("alice", "relay-1", 0, 0, "*", "*"))
-    for data in r.data_to_send():
-        c.receive_data(data)
-    c.events_received()
-    r.events_received()
-    return c, r
+from .test_protocol import deliver, pair
 
 
 def push(c: Connection, r: Connection, push_id: int, *change_ids: int) -> None:
     c.send(Push(push_id, tuple(Change(i, "accounts", f"r{i}", b"u") for i in change_ids)))
-    for data in c.data_to_send():
-        r.receive_data(data)
+    deliver(c, r)
     assert [type(e) for e in r.events_received()] == [Push]
 
 
@@ -91,8 +77,7 @@ def test_acks_the_relay_may_not_combine_raise_local_errors() -> None:
     assert r.data_to_send() == [] and r.ack_for(1) == frozenset({10})  # nothing sent, nothing forgotten
     r.send(Acks((Ack(1, (10,)), Ack(3, (30,)))))  # the distinct ones may go together
     r.send(Ack(2, (10,)))
-    for data in r.data_to_send():
-        c.receive_data(data)
+    deliver(r, c)
     assert [a.id for a in c.events_received()] == [1, 3, 2]  # type: ignore[union-attr]
     assert c.pushes_in_flight == 0
 
