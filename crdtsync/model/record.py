@@ -26,6 +26,7 @@ from ..schema import Collection, Field, Invalid
 from .slots import DELETED, SEP, Slot
 from .state import Candidate, HistoryEntry, RecordState, SetEntry, compute_state
 from .textdiff import text_edits
+from .trace import Traced, Tracer
 from .yrs import RawTxn, YDoc, observe
 
 __all__ = ["RecordDoc"]
@@ -91,6 +92,7 @@ class RecordDoc:
         #: an update that cannot be integrated yet got into it (see ``apply``)
         self._parts: list[bytes] = list(updates)
         self._tail_bytes = 0  # bytes of the parts after the first: they are merged into it when they outgrow it
+        self._tracer: Tracer | None = None  # made by ``apply_traced``, for the document it was made on
         self._build(client_id)
         #: remote updates that arrived before an update they build on; kept out of the document (see
         #: ``apply``) and tried again whenever an update arrives
@@ -115,6 +117,9 @@ class RecordDoc:
         through Yrs handles alone (``_handles``), and making the three wrappers cost half as much as
         applying a record's update.
         """
+        if self._tracer is not None:
+            self._tracer.close()
+            self._tracer = None
         self._ydoc: Any = YDoc(client_id, None, None)
         self._tap_sub: Any = None  # see ``_tap``: made again for the new document
         self._tap_box: list[list[bytes] | None] | None = None
@@ -700,6 +705,42 @@ class RecordDoc:
         self._changed_remotely()
         return update
 
+    def apply_traced(self, update: bytes) -> Traced | None:
+        """``apply``, reporting what the update did (``Traced``): the relay checks each change by that.
+
+        One bare Yrs transaction, watched by lasting subscriptions (``model/trace.py``). None, and nothing
+        applied, where that does not hold: a document a pycrdt ``Doc`` wraps (its observers expect pycrdt
+        transactions) or one with held updates (``apply`` retries them): use ``apply`` and observe it then.
+        """
+        if self._pdoc is not None or self.held:
+            return None
+        tracer = self._tracer
+        ydoc = self._ydoc
+        if tracer is None:
+            with RawTxn(ydoc) as txn:
+                slots, sets = self._handles(txn._txn)
+                hist = ydoc.get_or_insert_array(txn._txn, "h")
+            tracer = self._tracer = Tracer(ydoc, slots, sets, hist)
+        traced = tracer.arm()
+        try:
+            with RawTxn(ydoc) as txn:
+                ydoc.apply_update(txn._txn, update)
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        finally:
+            tracer.disarm()
+        if get_update(update, traced.after)[:1] != b"\x00":  # not integrated (see ``_integrated``)
+            self.held.append(update)
+            self._build(ydoc.client_id())  # without what is pending
+            return Traced(held=True)
+        new = traced.new
+        if new:
+            self._parts.append(new)
+            self._tail_bytes += len(new)
+            self._changed_remotely()
+            self._fold_parts()
+        return traced
+
     def _changed_remotely(self) -> None:
         """Drop the content caches after a remote update; keep what they held as the ``check`` baseline."""
         if self._base is None and self._slot_raw is not None and self._parsed is not None:
@@ -711,38 +752,48 @@ class RecordDoc:
         self._set_raw = self._set_parsed = None
         self._text_now = None
 
-    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> dict[str, Any] | None:
+    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> dict[str, Slot] | None:
         """Check only the slots and set entries under these keys (those an update just set; the rest was
         checked before); raise ``RemoteValidationError``. The relay checks each change this way, at a cost
         that does not grow with the record. Keys no longer present (deleted) are skipped.
 
-        Returns the raw slot values it read, by key (for further checks without reading them again); None
+        Returns the slots it read, parsed, by key (for further checks without reading them again); None
         for a document kind with its own ``check`` (another layout), which is then checked whole."""
         if type(self).check is not RecordDoc.check:
             self.check()
             return None
-        coll = self.collection
         try:
-            slots = self._get_many(self._slots, slot_keys)
-            sets = self._get_many(self._sets, set_keys)
+            slots, sets = self._get_many(slot_keys, set_keys)
         except Exception as e:  # Yrs lists an entry it cannot return (a corrupted update)
-            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e!r}") from None
-        for key, raw in slots.items():
-            self._check_slot(key, raw)
+            raise RemoteValidationError(self.collection.name, self.id, None, f"corrupted document: {e!r}") from None
+        return self.check_values(slots, sets)
+
+    def check_values(self, slots: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Slot] | None:
+        """``check_keys`` of values already read (under the keys they were read from): the values an
+        update left in the slot and set maps, as ``apply_traced`` reports them."""
+        if type(self).check is not RecordDoc.check:
+            self.check()
+            return None
+        check_slot = self._check_slot
+        parsed = {key: check_slot(key, raw) for key, raw in slots.items()}
         for key, raw in sets.items():
             self._check_set(key, raw)
-        return slots
+        return parsed
 
-    def _get_many(self, shared: Map[Any], keys: Iterable[str]) -> dict[str, Any]:
-        """The values present under ``keys``, read in one transaction (``Map.get`` opens two per key).
-        Nested shared types come back as Yrs objects, which no check accepts."""
-        out: dict[str, Any] = {}
-        with self.doc.transaction() as txn:
-            integrated, t = shared.integrated, txn._txn
-            for key in keys:
-                if key not in out and integrated.has(t, key):
-                    out[key] = integrated.get(t, key)
-        return out
+    def _get_many(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The values present under these keys of the slot map and the set map, read in one transaction
+        (``Map.get`` opens two per key). Nested shared types come back as Yrs objects, which no check
+        accepts."""
+        with self._txn() as txn:
+            t = txn._txn
+            out = []
+            for shared, keys in zip(self._handles(t), (slot_keys, set_keys), strict=True):
+                got: dict[str, Any] = {}
+                for key in keys:
+                    if key not in got and shared.has(t, key):
+                        got[key] = shared.get(t, key)
+                out.append(got)
+        return out[0], out[1]
 
     def check(self) -> None:
         """Check the slots and set entries against the schema; raise ``RemoteValidationError``.

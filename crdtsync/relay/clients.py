@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..codec import Reader
 from ..store.base import Batch, ByteStore
 
 __all__ = ["ClientBindings", "sv_clients"]
@@ -35,8 +34,21 @@ def sv_clients(before: bytes, after: bytes) -> list[int]:
 
 
 def _decode_sv(sv: bytes) -> dict[int, int]:
-    r = Reader(sv)
-    return {r.varuint(): r.varuint() for _ in range(r.varuint())}
+    """An encoded state vector (as Yrs encodes it: a count, then client and clock varuints) as a dict.
+    One pass over the bytes: a varuint read per method call cost five times as much, per change staged."""
+    values: list[int] = []
+    cur = shift = 0
+    for b in sv:
+        cur |= (b & 0x7F) << shift
+        if b & 0x80:
+            shift += 7
+        else:
+            values.append(cur)
+            cur = shift = 0
+    if shift or not values or len(values) != 1 + 2 * values[0]:
+        raise ValueError(f"malformed state vector {sv!r}")
+    it = iter(values[1:])
+    return dict(zip(it, it, strict=True))
 
 
 class ClientBindings:

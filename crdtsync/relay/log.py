@@ -30,12 +30,13 @@ from typing import Any
 import orjson
 from pycrdt import Array, Map, merge_updates
 
-from ..codec import Reader, write_bytes
+from ..codec import Reader, write_varuint
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.record import RecordDoc
-from ..model.slots import SEP
+from ..model.slots import SEP, Slot
 from ..model.strategies import new_record_doc
+from ..model.trace import Traced
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
 from ..replica.rows import decode_value, encode_value
@@ -97,13 +98,22 @@ class _Waits(_Refused):
 
 
 def _encode_entry(a: Accepted) -> bytes:
-    out = bytearray()
     head: list[Any] = [a.collection, a.record, a.device, a.change_id]
     if a.prev is not None:
         head.append(a.prev)
-    write_bytes(out, orjson.dumps(head))
-    write_bytes(out, a.update)
+    raw = orjson.dumps(head)
+    return b"".join((_varuint(len(raw)), raw, _varuint(len(a.update)), a.update))
+
+
+def _varuint(n: int) -> bytes:
+    if n < 0x80:
+        return _BYTES[n]
+    out = bytearray()
+    write_varuint(out, n)
     return bytes(out)
+
+
+_BYTES = [bytes((i,)) for i in range(0x80)]
 
 
 def _decode_entry(seq: int, raw: bytes) -> Accepted:
@@ -243,33 +253,35 @@ class RelayLog:
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
-        state_before = doc.state_vector()
         try:
             try:
-                with _Touched(doc) as touched:
-                    new = doc.apply(ch.update)
-                if doc.held:
+                traced = doc.apply_traced(ch.update)
+                observed, complete = traced is None, True
+                if traced is None:  # a document that cannot be traced: applied under observation
+                    traced, complete = _apply_observed(doc, ch.update)
+                if traced.held:
                     # it builds on changes the relay does not have (made on a device that has not synced yet,
                     # which this device got from it directly): acknowledged, it would be lost with the
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
                     raise _Waits("held", "builds on changes the relay does not have yet (from a device that "
                                          "has not synced them); sent again at the next sync")
+                new = traced.new
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
-                unbound = self._unbound_clients(c, rid, device, sv_clients(state_before, doc.state_vector()))
-                # one read transaction for all the checks (each read would otherwise open one)
-                with doc.doc.transaction():
-                    read = None
-                    if touched.complete:  # the rest of the record was checked when it was stored
-                        read = doc.check_keys(touched.slots, touched.sets)
-                    else:
-                        doc.check()
-                    user = None if grant.anonymous else grant.user
-                    if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
-                        _refuse(check_draft_keys(doc, touched.slots, lambda w: is_own_writer(w, device), device,
-                                                 user))
-                        touched.slots = []
-                    _check_own(doc, touched, device, user, read)
+                unbound = self._unbound_clients(c, rid, device, sv_clients(traced.before, traced.after))
+                # only what the change set is checked: the rest of the record was checked when it was stored
+                read = None
+                if not complete:
+                    doc.check()
+                elif observed:
+                    read = doc.check_keys(traced.slots, traced.sets)
+                else:
+                    read = doc.check_values(traced.slot_values, traced.set_values)
+                user = None if grant.anonymous else grant.user
+                if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
+                    _refuse(check_draft_keys(doc, traced.slots, lambda w: is_own_writer(w, device), device, user))
+                    traced.slots = []
+                _check_own(doc, traced, device, user, read)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise _Refused("invalid", str(e)) from None
             except _Refused:
@@ -510,51 +522,30 @@ def _refuse(refusal: Refusal | None) -> None:
         raise _Refused(*refusal)
 
 
-class _Touched:
-    """Records what an update changes while it is applied (pycrdt observers), so only that is checked:
-    the keys of the slot map ``f`` and the set map ``s`` it sets, and the entries it inserts into (or
-    deletes from) the history array ``h``.
+def _apply_observed(doc: RecordDoc, update: bytes) -> tuple[Traced, bool]:
+    """``doc.apply(update)`` under observers made for it, for a document ``apply_traced`` cannot trace:
+    what it changed, as ``apply_traced`` reports it, and whether that is all of it (False when the
+    document was rebuilt meanwhile, an update held back, see ``RecordDoc.apply``: what happened to the
+    new document was not observed)."""
+    traced = Traced(before=doc.state_vector())
+    ydoc = doc.doc
+    slots, sets, history = doc.roots()
 
-    The observers are subscribed on the Yrs types directly: pycrdt's ``observe`` runs ``inspect.signature``
-    on the callback and wraps every event into Python objects, which together cost more than the rest of
-    staging a small change. ``complete`` is False when the record's document was rebuilt meanwhile (an
-    update held back, see ``RecordDoc.apply``): what happened to the new document was not observed.
-    """
-
-    def __init__(self, doc: RecordDoc) -> None:
-        self.slots: list[str] = []
-        self.sets: list[str] = []
-        self.history: list[Any] = []
-        self.history_deleted = 0
-        self._record = doc
-        self._ydoc = doc.doc
-        slots, sets, history = doc.roots()
-        self._subs: list[Any] = [_subscribe(slots, self._collector(self.slots)),
-                                 _subscribe(sets, self._collector(self.sets)),
-                                 _subscribe(history, self._on_history)]
-
-    @property
-    def complete(self) -> bool:
-        return self._record.doc is self._ydoc
-
-    @staticmethod
-    def _collector(keys: list[str]) -> Any:
-        def collect(ev: Any) -> None:
-            keys.extend(ev.keys)
-        return collect
-
-    def _on_history(self, ev: Any) -> None:
+    def on_history(ev: Any) -> None:
         for op in ev.delta:
-            self.history.extend(op.get("insert", ()))
-            self.history_deleted += int(op.get("delete", 0))
+            traced.history.extend(op.get("insert", ()))
+            traced.history_deleted += int(op.get("delete", 0))
 
-    def __enter__(self) -> _Touched:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sub in self._subs:
+    subs = [_subscribe(slots, lambda ev: traced.slots.extend(ev.keys)),
+            _subscribe(sets, lambda ev: traced.sets.extend(ev.keys)), _subscribe(history, on_history)]
+    try:
+        traced.new = doc.apply(update)
+    finally:
+        for sub in subs:
             sub.drop()
-        self._subs.clear()
+    traced.held = bool(doc.held)
+    traced.after = doc.state_vector()
+    return traced, doc.doc is ydoc
 
 
 def _subscribe(shared: Map[Any] | Array[Any], callback: Any) -> Any:
@@ -575,33 +566,41 @@ class _PublicSub:
         self.shared.unobserve(self.sub)
 
 
-def _check_own(doc: RecordDoc, touched: _Touched, device: str, user: str | None,
-               read: dict[str, Any] | None = None) -> None:
+def _check_own(doc: RecordDoc, traced: Traced, device: str, user: str | None,
+               read: Mapping[str, Slot] | None = None) -> None:
     """Anti-impersonation: everything the update changed must be the device's own.
 
     Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
     its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
     writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
     relay runs without tokens and cannot know users), and only append to the history. Text characters
-    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the touched slots' values if
-    already read (``RecordDoc.check_keys``).
+    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the changed slots, parsed
+    and checked (``RecordDoc.check_keys``); None to read them here.
     """
-    slots = doc.roots()[0]
-    for key in touched.slots:
+    raw_slots = doc.raw_slots() if read is None and traced.slots else {}
+    for key in traced.slots:
         writer = key.rpartition(SEP)[2]
         if not is_own_writer(writer, device):
             raise _Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
                                         "not its own")
-        raw = read.get(key) if read is not None else slots.get(key)
-        if raw is not None:
-            _check_author(raw, device, user, "a slot")
-    for key in touched.sets:
+        if read is None:
+            raw = raw_slots.get(key)
+            if raw is not None:
+                _check_author(raw, device, user, "a slot")
+            continue
+        slot = read.get(key)
+        if slot is not None:
+            if slot.device != device:
+                raise _Refused("forbidden", f"a slot claims device {slot.device!r}, not {device!r}")
+            if user is not None and slot.user != user:
+                raise _Refused("forbidden", f"a slot claims user {slot.user!r}, but the token is {user!r}'s")
+    for key in traced.sets:
         writer = key.rpartition(SEP)[2]
         if not is_own_writer(writer, device):
             raise _Refused("forbidden", f"writes the set entry of writer {writer!r}, not its own")
-    if touched.history_deleted:
+    if traced.history_deleted:
         raise _Refused("forbidden", "deletes history entries: the history is append-only")
-    for raw in touched.history:
+    for raw in traced.history:
         _check_author(raw, device, user, "a history entry")
 
 

@@ -1,0 +1,111 @@
+"""``RecordDoc.apply_traced`` (the relay's way to apply a change and learn what it did) reports exactly
+what ``apply`` under observers made for it reports, leaves the document as ``apply`` does, and holds back
+an update that builds on a missing one."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+from crdtsync import Replica
+from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.model import RecordDoc, new_record_doc
+from crdtsync.relay.clients import sv_clients
+from crdtsync.relay.log import _apply_observed
+from crdtsync.testing import Cluster
+
+COLL = DEMO_SCHEMA.collections["accounts"]
+
+
+def edit(r: Replica, ops: list[int]) -> list[bytes]:
+    """One record's changes on replica ``r``, one update each: plain fields, text, set, counter, delete,
+    restore (the record created first, concurrently on each replica that edits it)."""
+    r.create("accounts", {"name": "Acme", "notes": "n", "tags": {"x"}}, id="r0")
+    for i, op in enumerate(ops):
+        rec = r.get("accounts", "r0")
+        assert rec is not None
+        if rec.deleted:
+            r.restore("accounts", "r0")
+        elif op == 0:
+            r.update("accounts", "r0", {"employees": i, "notes": f"note {i}"})
+        elif op == 1:
+            r.update("accounts", "r0", {"tags": {f"t{i % 3}"}})
+        elif op == 2:
+            r.increment("accounts", "r0", "visits", i)
+        elif op == 3:
+            r.update("accounts", "r0", {"name": f"Acme {i}"})
+        else:
+            r.delete("accounts", "r0")
+    return [u for _, u in r.outgoing()]
+
+
+def fresh(client_id: int = 7) -> RecordDoc:
+    return new_record_doc(COLL, "r0", writer="relay", device="relay", user="relay", client_id=client_id)
+
+
+UPDATES = edit(Cluster(DEMO_SCHEMA, 1).replicas[0], [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, 4), max_size=8), st.lists(st.integers(0, 4), max_size=8),
+       st.lists(st.booleans(), min_size=20, max_size=20))
+def test_traced_reports_what_observed_apply_reports(ops_a: list[int], ops_b: list[int], picks: list[bool]) -> None:
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    queues = [edit(a, ops_a), edit(b, ops_b)]  # two devices' concurrent edits: two Yjs clients, conflicts
+    order = []
+    for pick in picks + [False] * 20 + [True] * 20:  # each device's changes in its order, interleaved
+        q = queues[int(pick)]
+        if q:
+            order.append(q.pop(0))
+    traced_doc, observed_doc = fresh(), fresh()
+    for update in order:
+        t = traced_doc.apply_traced(update)
+        assert t is not None, "a document no pycrdt Doc wraps, with nothing held, is traced"
+        o, complete = _apply_observed(observed_doc, update)
+        assert complete and not t.held and not o.held
+        assert t.new == o.new
+        assert sorted(t.slots) == sorted(o.slots) and sorted(t.sets) == sorted(o.sets)
+        assert t.history == o.history and t.history_deleted == o.history_deleted
+        assert sv_clients(t.before, t.after) == sv_clients(o.before, o.after)
+        # the values the events carried are what the maps now hold under those keys
+        assert traced_doc.raw_slots() == observed_doc.raw_slots()
+        assert t.slot_values == {k: v for k, v in observed_doc.raw_slots().items() if k in t.slots}
+        assert traced_doc.state() == observed_doc.state()
+
+
+def test_an_update_building_on_a_missing_one_is_held_and_changes_nothing() -> None:
+    doc = fresh()
+    assert doc.apply_traced(UPDATES[0]) is not None
+    before = doc.state_vector(), doc.raw_slots()
+    t = doc.apply_traced(UPDATES[2])  # builds on UPDATES[1], not applied
+    assert t is not None and t.held
+    assert (doc.state_vector(), doc.raw_slots()) == before
+    assert doc.held == [UPDATES[2]]
+    # the missing update lets it in (``apply`` retries what is held; ``apply_traced`` leaves that to it)
+    assert doc.apply_traced(UPDATES[1]) is None
+    assert doc.apply(UPDATES[1])
+    assert not doc.held
+
+
+def test_deleted_keys_are_reported_without_a_value() -> None:
+    src: Doc[Map[str]] = Doc()
+    src["f"] = f = Map()
+    f["name\x1fpeer"] = "x"
+    first = src.get_update()
+    state = src.get_state()
+    del f["name\x1fpeer"]
+    second = src.get_update(state)
+    doc = fresh()
+    doc.apply_traced(first)
+    t = doc.apply_traced(second)
+    assert t is not None and t.slots == ["name\x1fpeer"] and t.slot_values == {}
+
+
+def test_a_document_wrapped_by_pycrdt_is_not_traced() -> None:
+    doc = fresh()
+    doc.apply(UPDATES[0])
+    doc.doc  # noqa: B018  (makes the pycrdt Doc)
+    sv = doc.state_vector()
+    assert doc.apply_traced(UPDATES[1]) is None
+    assert doc.state_vector() == sv
