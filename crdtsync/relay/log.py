@@ -310,13 +310,14 @@ class RelayLog:
             # None: the change moved the record in or out of no one's scope; else kept, as JSON
             prev = None if all(now.get(f) == v for f, v in prev.items()) \
                 else {n: encode_value(fields.get(n), v) for n, v in prev.items()}
-        self.docs.append(batch, c, rid, new)
+        self.docs.append(batch, c, rid, new, lr=lr)
         self.head += 1
         a = Accepted(self.head, c, rid, device, ch.change_id, new, prev)
+        seq = str(a.seq).encode()
         batch.save(("log", a.seq), _encode_entry(a))
-        batch.save(("dedup", device, ch.change_id), str(a.seq).encode())
-        batch.save(("recs", c, rid), str(a.seq).encode())
-        batch.save(("relay", "head"), str(self.head).encode())
+        batch.save(("dedup", device, ch.change_id), seq)
+        batch.save(("recs", c, rid), seq)
+        batch.save(("relay", "head"), seq)
         self._staged_dedup[(device, ch.change_id)] = a.seq
         for cid in unbound:
             self.clients.stage(batch, c, rid, cid, device, a.seq)
