@@ -164,6 +164,8 @@ class RelayLog:
         self._staged_dedup: dict[tuple[str, int], int] = {}
         self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
         self._stored_dedup: dict[tuple[str, int], bool] = {}  # looked up for the group being staged
+        # per device, the highest change id stored or staged (None: none); see ``_may_be_stored``
+        self._dedup_top: dict[str, int | None] = {}
         self.clients = ClientBindings(store)  # Yjs client ids bound to the devices writing under them
 
     # -- devices -------------------------------------------------------------------------------------------
@@ -217,9 +219,10 @@ class RelayLog:
 
     def prefetch_seen(self, keys: Sequence[tuple[str, int]]) -> None:
         """Look up in one query whether these (device, change id) are stored already: the changes of a
-        write group, about to be staged (one lookup per change was a store round trip each)."""
-        todo = list(dict.fromkeys(keys))
-        found = self.store.load_many([("dedup", d, cid) for d, cid in todo])
+        write group, about to be staged (one lookup per change was a store round trip each). Only ids that
+        can be stored are looked up (``_may_be_stored``): a device's new changes need no query at all."""
+        todo = [k for k in dict.fromkeys(keys) if self._may_be_stored(*k)]
+        found = self.store.load_many([("dedup", d, cid) for d, cid in todo]) if todo else []
         self._stored_dedup = {k: raw is not None for k, raw in zip(todo, found, strict=True)}
 
     def _seen(self, device: str, change_id: int) -> bool:
@@ -228,8 +231,19 @@ class RelayLog:
             return True
         stored = self._stored_dedup.get(key)
         if stored is None:
-            stored = self.store.load(("dedup", device, change_id)) is not None
+            stored = self._may_be_stored(device, change_id) \
+                and self.store.load(("dedup", device, change_id)) is not None
         return stored
+
+    def _may_be_stored(self, device: str, change_id: int) -> bool:
+        """False when no change of ``device`` with an id as high as ``change_id`` is stored: a device numbers
+        its changes in increasing order, so its new ones are all above the highest id stored (read once per
+        device, then kept up to date as changes are staged). Only a shortcut: ids below it are looked up."""
+        if device not in self._dedup_top:
+            last = self.store.load_range(("dedup", device), reverse=True, limit=1)
+            self._dedup_top[device] = int(last[0][0][2]) if last else None
+        top = self._dedup_top[device]
+        return top is not None and change_id <= top
 
     def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change) -> Accepted | None:
         c, rid = ch.collection, ch.record
@@ -319,6 +333,9 @@ class RelayLog:
         batch.save(("recs", c, rid), seq)
         batch.save(("relay", "head"), seq)
         self._staged_dedup[(device, ch.change_id)] = a.seq
+        top = self._dedup_top.get(device)
+        if top is None or ch.change_id > top:
+            self._dedup_top[device] = ch.change_id
         for cid in unbound:
             self.clients.stage(batch, c, rid, cid, device, a.seq)
         if image:
@@ -362,6 +379,7 @@ class RelayLog:
         self.reader.forget()
         self._staged_dedup.clear()
         self._stored_dedup.clear()
+        self._dedup_top.clear()
         self.clients.abandon()
         self.head = self.durable = int(self.store.load(("relay", "head")) or b"0")
 

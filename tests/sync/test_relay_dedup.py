@@ -1,0 +1,66 @@
+"""A change the relay stored is never stored twice, whatever order its device's ids come in and across a
+restart; the shortcut that skips looking up a device's new ids (above the highest it stored) changes
+nothing of that."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crdtsync import Replica
+from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.protocol.events import Change
+from crdtsync.relay.auth import Tokens
+from crdtsync.relay.log import RelayLog
+from crdtsync.store import MemoryStore, SQLiteStore
+from crdtsync.store.base import Batch
+
+
+def stage(lg: RelayLog, changes: list[Change]) -> tuple[list[int], list[int]]:
+    """Stage and commit ``changes`` of device ``d``; (ids acknowledged, ids newly stored)."""
+    grant = Tokens(None).grant(None)
+    assert grant is not None
+    batch = Batch()
+    lg.prefetch_seen([("d", c.change_id) for c in changes])
+    out = lg.stage(batch, "d", grant, changes)
+    lg.store.commit(batch)
+    lg.committed(out.accepted)
+    return out.ok, [a.change_id for a in out.accepted]
+
+
+def test_stored_ids_are_recognised_below_and_above_the_highest(tmp_path: Path) -> None:
+    r = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="u")
+    rids = [r.create("accounts", {"name": f"A{i}"}) for i in range(5)]
+    updates = {rid: u for (p, u), rid in zip(r.outgoing(), rids, strict=True)}
+    ch = {i: Change(i, "accounts", rid, updates[rid]) for i, rid in zip((10, 30, 20, 40, 5), rids, strict=True)}
+    path = tmp_path / "relay.db"
+
+    store = SQLiteStore(path)
+    lg = RelayLog(store, DEMO_SCHEMA)
+    assert stage(lg, [ch[10], ch[30]]) == ([10, 30], [10, 30])
+    assert stage(lg, [ch[30]]) == ([30], [])  # a resend: acknowledged, not stored again
+    head = lg.head
+    store.close()
+
+    store = SQLiteStore(path)  # a restart: what is stored is all the relay knows
+    lg = RelayLog(store, DEMO_SCHEMA)
+    assert lg.head == head
+    assert stage(lg, [ch[10], ch[30]]) == ([10, 30], [])
+    assert stage(lg, [ch[20]]) == ([20], [20])  # below the highest stored id, yet new: stored
+    assert stage(lg, [ch[40], ch[20], ch[5]]) == ([40, 20, 5], [40, 5])
+    assert stage(lg, [ch[5], ch[40]]) == ([5, 40], [])
+    assert lg.head == head + 3
+
+    looked_up: list[object] = []
+    real = store.load_many
+
+    def load_many(keys: list[tuple[str | int, ...]]) -> list[bytes | None]:
+        looked_up.extend(keys)
+        return real(keys)
+
+    store.load_many = load_many  # type: ignore[method-assign]
+    r.update("accounts", rids[0], {"name": "A0 v2"})
+    (_, u), = [x for x in r.outgoing() if x[0].record == rids[0] and x[1] != updates[rids[0]]]
+    assert stage(lg, [Change(41, "accounts", rids[0], u), ch[20]]) == ([41, 20], [41])
+    assert [k for k in looked_up if k[0] == "dedup"] == [("dedup", "d", 20)]  # 41: above every stored id
+    assert len(store.load_range(("log",))) == 6
+    store.close()
