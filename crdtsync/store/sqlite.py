@@ -17,6 +17,13 @@ on the size of the store. Values are updated in place (an upsert, not ``INSERT O
 delete the row and append it again). Files made with the earlier ``WITHOUT ROWID`` table keep working as
 they are (the statements suit both layouts).
 
+A commit of several keys writes them in multi-row statements (``INSERT ... SELECT ... FROM (VALUES
+(?,?), ...) ON CONFLICT``, ``DELETE ... WHERE k IN (...)``), not ``executemany``: one ``sqlite3_step``
+per statement, and ``sqlite3`` releases the GIL around each step, so a commit in a thread (the relay's
+group commit) gives the GIL back once, not once a row, and runs nearly all its SQLite work on another
+core while the event loop goes on. A batch of saves alone that fits in one statement is a transaction of
+its own (no BEGIN, no COMMIT); anything more runs in ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
 ``checkpoint="background"`` moves WAL checkpoints out of ``commit`` into a thread (``checkpoint.py``), so
 no commit pays for copying what earlier commits wrote; the default, ``"commit"``, is SQLite's own (the
 commit that fills the WAL past 1,000 pages checkpoints it). Devices use the background policy
