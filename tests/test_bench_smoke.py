@@ -53,3 +53,10 @@ def test_relay_drafts_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert set(_rows(out, {"crdt", "lww-record", "lww-patch"})) == {"crdt", "lww-record", "lww-patch"}
     assert "drafts/crdt at the end of the history" in out
+
+
+def test_commit_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import bench_commit
+    assert bench_commit.main(["--changes", "200", "--rounds", "1", "--synchronous", "OFF"]) == 0
+    out = capsys.readouterr().out
+    assert "commit  synchronous=OFF" in out and "ratio" in out

@@ -7,6 +7,8 @@ backend implement ``load_range`` as one range scan.
 
 from __future__ import annotations
 
+import struct
+
 __all__ = ["Key", "decode_key", "encode_key", "prefix_end"]
 
 Key = tuple[str | int, ...]
@@ -14,6 +16,7 @@ Key = tuple[str | int, ...]
 _STR = 0x02
 _INT = 0x03
 _OFFSET = 1 << 63
+_pack_int = struct.Struct(">BQ").pack  # the tag and the offset value, in one call
 
 
 #: encoded str segments, by segment: the same few names and record ids make up most keys (a merge encodes
@@ -40,6 +43,10 @@ def encode_key(key: Key) -> bytes:
                     cache.clear()
                 cache[seg] = enc
             parts.append(enc)
+        elif type(seg) is int:  # then an int (log sequence numbers, versions, change ids): no bool here
+            if not -_OFFSET <= seg < _OFFSET:
+                raise ValueError(f"int key segment {seg} does not fit in 64 bits")
+            parts.append(_pack_int(_INT, seg + _OFFSET))
         elif isinstance(seg, bool):
             raise TypeError("key segments are str or int, not bool")
         elif isinstance(seg, int):

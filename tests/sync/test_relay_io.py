@@ -99,7 +99,7 @@ async def test_a_full_resync_during_a_commit_never_skips_the_change_being_commit
     blocker = sqlite3.connect(relay.path, isolation_level=None, timeout=0)
     in_commit = threading.Event()
     relay.store._db.set_trace_callback(  # type: ignore[union-attr]
-        lambda sql: in_commit.set() if sql.startswith("BEGIN") else None)
+        lambda sql: in_commit.set() if sql.startswith(("BEGIN", "INSERT")) else None)
     blocker.execute("BEGIN IMMEDIATE")  # the relay's next commit waits (as on a slow disk)
     clients = [client(b, relay.url)]
     try:
