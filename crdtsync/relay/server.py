@@ -187,7 +187,8 @@ class Relay:
         """Take the queued pushes in groups and commit each group in one batch (off the event loop). While
         a group commits, the pushes arriving meanwhile are staged into the next group, which is committed
         as soon as the previous commit returned. A group is acknowledged and fanned out only once its own
-        commit returned. Commits stay in order, one at a time; compaction runs between them."""
+        commit returned, and after the next group's commit was started: that commit's disk wait overlaps
+        the acks and the fan-out. Commits stay in order, one at a time; compaction runs between them."""
         stopping = False
         committing: _Group | None = None
         while True:
@@ -210,17 +211,25 @@ class Relay:
                 group = self._stage_group(group, jobs)
                 if committing is None or group.changes >= self.limits.group_changes:
                     break
+            done: list[Accepted] | None = None
             if committing is not None:
-                await self._finish_group(committing)
-                committing = None
-            await self._maybe_compact()
-            if group is None:
-                if stopping:
-                    break
-                continue
-            group.commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, group.batch)) \
-                if group.batch else None
+                done = await self._settle_group(committing)
+            compaction = self.log.compact()
+            if compaction is not None:
+                if committing is not None and done is not None:
+                    self._answer_group(committing, done)  # not held up by the compaction's commit
+                    committing = None
+                await self._commit_compaction(compaction)
+            if group is not None:
+                # started before the previous group is answered (in the executor at once, not on the next
+                # turn of the event loop as ``to_thread`` would): its commit overlaps the acks and fan-out
+                loop = asyncio.get_running_loop()
+                group.commit = loop.run_in_executor(None, self.store.commit, group.batch) if group.batch else None
+            if committing is not None and done is not None:
+                self._answer_group(committing, done)
             committing = group
+            if group is None and stopping:
+                break
 
     async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
         """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that
@@ -254,8 +263,8 @@ class Relay:
             group.changes += len(j.changes)
         return group
 
-    async def _finish_group(self, group: _Group) -> None:
-        """Wait for the group's commit; then (only then) acknowledge its changes and fan them out."""
+    async def _settle_group(self, group: _Group) -> list[Accepted]:
+        """Wait for the group's commit; then its changes are durable (readers see them): returns them."""
         accepted = [a for o in group.outcomes for a in o.accepted]
         try:
             if group.commit is not None:
@@ -269,6 +278,10 @@ class Relay:
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
+        return accepted
+
+    def _answer_group(self, group: _Group, accepted: list[Accepted]) -> None:
+        """Once the group is settled (never before): acknowledge its pushes and fan its changes out."""
         acks: dict[_Session, list[Ack]] = {}  # each device's acks of this group, in the order it pushed
         for j, o in zip(group.jobs, group.outcomes, strict=True):
             acks.setdefault(j.session, []).append(Ack(j.push, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
@@ -284,12 +297,10 @@ class Relay:
         for s in list(self.sessions):
             s.fan_out(frames)
 
-    async def _maybe_compact(self) -> None:
-        batch = self.log.compact()
-        if batch is not None:
-            await asyncio.to_thread(self.store.commit, batch)
-            self.log.compacted(batch)
-            log.info("compacted the log: floor now %d", self.log.floor)
+    async def _commit_compaction(self, batch: Batch) -> None:
+        await asyncio.to_thread(self.store.commit, batch)
+        self.log.compacted(batch)
+        log.info("compacted the log: floor now %d", self.log.floor)
 
     def submit(self, job: _Job | None) -> None:
         """Queue a push for the writer (None: stop once the pushes queued before are done)."""
