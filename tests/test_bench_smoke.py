@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from bench import bench_delta, bench_fanout
+from bench import bench_delta, bench_fanout, bench_protocol_core
 
 HAS_PYCRDT_WEBSOCKET = importlib.util.find_spec("pycrdt.websocket") is not None
 
@@ -53,3 +53,10 @@ def test_relay_drafts_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert set(_rows(out, {"crdt", "lww-record", "lww-patch"})) == {"crdt", "lww-record", "lww-patch"}
     assert "drafts/crdt at the end of the history" in out
+
+
+def test_protocol_core_paths_run_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_protocol_core.main(["--updates", "70", "--group", "7", "--readers", "2", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert sum("baseline" in line for line in out.splitlines()) == 5
+    assert "relay: receive PUSH + one ACK per group" in out
