@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from bench import bench_delta, bench_fanout
+from bench import bench_delta, bench_fanout, bench_protocol_core
 
 HAS_PYCRDT_WEBSOCKET = importlib.util.find_spec("pycrdt.websocket") is not None
 
@@ -60,3 +60,10 @@ def test_commit_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> No
     assert bench_commit.main(["--changes", "200", "--rounds", "1", "--synchronous", "OFF"]) == 0
     out = capsys.readouterr().out
     assert "commit  synchronous=OFF" in out and "ratio" in out
+
+
+def test_protocol_core_paths_run_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_protocol_core.main(["--updates", "70", "--group", "7", "--readers", "2", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert sum("baseline" in line for line in out.splitlines()) == 5
+    assert "relay: receive PUSH + one ACK per group" in out

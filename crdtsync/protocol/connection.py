@@ -18,6 +18,7 @@ not reuse a push id that is still in flight or start a second pull before the fi
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from .events import (
     Rejection,
     Welcome,
 )
-from .frames import MAX_FRAME, MAX_PUSH, Frame, FrameError, Kind, decode_frame, encode_frame
+from .frames import MAX_FRAME, MAX_PUSH, FrameError, Kind, decode_parts, encode_frame
 
 __all__ = ["CLOSE_CODES", "TRANSITIONS", "Connection", "Direction", "Role", "State", "encode_event"]
 
@@ -87,6 +88,12 @@ for _role in Role:
             for _dir in Direction:
                 TRANSITIONS[(_role, _state, _dir, Kind.BYE)] = State.CLOSED
 
+# TRANSITIONS by (role, state, direction): kind -> next state, the rows a connection in that state looks up
+_ROWS: dict[tuple[Role, State, Direction], dict[Kind, State]] = {
+    (_role, _state, _dir): {} for _role in Role for _state in State for _dir in Direction}
+for (_role, _state, _dir, _kind), _nxt in TRANSITIONS.items():
+    _ROWS[(_role, _state, _dir)][_kind] = _nxt
+
 # close codes used by crdtsync (4000-4999 are free for applications in RFC 6455)
 CLOSE_CODES: dict[int, str] = {
     1000: "normal closure",
@@ -99,6 +106,9 @@ CLOSE_CODES: dict[int, str] = {
     4429: "rate limit exceeded",
 }
 
+# the kinds whose sending ``_guard_send`` checks and ``_commit_send`` records (pushes, pulls and their answers)
+_GUARDED = frozenset({Kind.PUSH, Kind.PULL, Kind.ACK, Kind.CHANGES})
+
 _EVENT_KIND: dict[type[Any], Kind] = {Hello: Kind.HELLO, Welcome: Kind.WELCOME, Push: Kind.PUSH, Ack: Kind.ACK,
                                       Acks: Kind.ACK, Pull: Kind.PULL, Changes: Kind.CHANGES, Live: Kind.LIVE,
                                       Bye: Kind.BYE}
@@ -109,15 +119,18 @@ def _names(v: Any) -> Any:
 
 
 def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
+    # the frames sent once per change or per write group first
+    if isinstance(ev, Push):
+        return (Kind.PUSH, {"id": ev.id, "changes": [[c.change_id, c.collection, c.record] for c in ev.changes]},
+                [c.update for c in ev.changes])
+    if isinstance(ev, Live):
+        return Kind.LIVE, {"items": [[i.collection, i.record, i.seq] for i in ev.items]}, [i.update for i in ev.items]
     if isinstance(ev, Hello):
         return Kind.HELLO, {"device": ev.device, "client": ev.client}, []
     if isinstance(ev, Welcome):
         return Kind.WELCOME, {"user": ev.user, "relay": ev.relay, "head": ev.head, "floor": ev.floor,
                               "read": ev.read if ev.read == "*" else list(ev.read),
                               "write": ev.write if ev.write == "*" else list(ev.write)}, []
-    if isinstance(ev, Push):
-        return (Kind.PUSH, {"id": ev.id, "changes": [[c.change_id, c.collection, c.record] for c in ev.changes]},
-                [c.update for c in ev.changes])
     if isinstance(ev, Ack):
         return Kind.ACK, {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
                           "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}, []
@@ -132,8 +145,6 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
         return (Kind.CHANGES, {"id": ev.id, "items": [[i.collection, i.record, i.seq] for i in ev.items],
                                "done": ev.done, "total": ev.total, "to": ev.to, "more": ev.more,
                                "reset": ev.reset}, [i.update for i in ev.items])
-    if isinstance(ev, Live):
-        return Kind.LIVE, {"items": [[i.collection, i.record, i.seq] for i in ev.items]}, [i.update for i in ev.items]
     if isinstance(ev, Bye):
         return Kind.BYE, {"code": ev.code, "reason": ev.reason}, []
     raise LocalProtocolError(f"{type(ev).__name__} is not a frame that can be sent")
@@ -149,26 +160,45 @@ class _AckFrame:
     held: tuple[int, ...]
 
 
-def _from_frame(f: Frame) -> Event | _AckFrame:
-    h, b = f.header, f.blobs
-    if f.kind is Kind.HELLO:
-        return Hello(h["device"], h["client"])
-    if f.kind is Kind.WELCOME:
-        return Welcome(h["user"], h["relay"], h["head"], h["floor"], _names(h["read"]), _names(h["write"]))
-    if f.kind is Kind.PUSH:
-        return Push(h["id"], tuple(Change(c[0], c[1], c[2], u) for c, u in zip(h["changes"], b, strict=True)))
-    if f.kind is Kind.ACK:  # split into one Ack per push by the receiving core, which knows their changes
-        return _AckFrame(tuple(h["ids"]), tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]),
-                         tuple(h["held"]))
-    if f.kind is Kind.PULL:
-        cs = h["collections"]
-        return Pull(h["id"], h["since"], h["relay"], None if cs is None else tuple(cs), h["live"])
-    if f.kind is Kind.CHANGES:
-        return Changes(h["id"], tuple(Item(i[0], i[1], i[2], u) for i, u in zip(h["items"], b, strict=True)),
-                       h["done"], h["total"], h["to"], h["more"], h["reset"])
-    if f.kind is Kind.LIVE:
-        return Live(tuple(Item(i[0], i[1], i[2], u) for i, u in zip(h["items"], b, strict=True)))
+def _hello(h: dict[str, Any], b: tuple[bytes, ...]) -> Hello:
+    return Hello(h["device"], h["client"])
+
+
+def _welcome(h: dict[str, Any], b: tuple[bytes, ...]) -> Welcome:
+    return Welcome(h["user"], h["relay"], h["head"], h["floor"], _names(h["read"]), _names(h["write"]))
+
+
+def _push(h: dict[str, Any], b: tuple[bytes, ...]) -> Push:
+    return Push(h["id"], tuple([Change(c[0], c[1], c[2], u) for c, u in zip(h["changes"], b, strict=True)]))
+
+
+def _ack(h: dict[str, Any], b: tuple[bytes, ...]) -> _AckFrame:
+    # split into one Ack per push by the receiving core, which knows their changes
+    return _AckFrame(tuple(h["ids"]), tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]), tuple(h["held"]))
+
+
+def _pull(h: dict[str, Any], b: tuple[bytes, ...]) -> Pull:
+    cs = h["collections"]
+    return Pull(h["id"], h["since"], h["relay"], None if cs is None else tuple(cs), h["live"])
+
+
+def _changes(h: dict[str, Any], b: tuple[bytes, ...]) -> Changes:
+    return Changes(h["id"], tuple([Item(i[0], i[1], i[2], u) for i, u in zip(h["items"], b, strict=True)]),
+                   h["done"], h["total"], h["to"], h["more"], h["reset"])
+
+
+def _live(h: dict[str, Any], b: tuple[bytes, ...]) -> Live:
+    return Live(tuple([Item(i[0], i[1], i[2], u) for i, u in zip(h["items"], b, strict=True)]))
+
+
+def _bye(h: dict[str, Any], b: tuple[bytes, ...]) -> Bye:
     return Bye(h["code"], h["reason"])
+
+
+# the event of a decoded frame (its header already checked by the decoder), by kind
+_FROM_FRAME: dict[Kind, Callable[[dict[str, Any], tuple[bytes, ...]], Event | _AckFrame]] = {
+    Kind.HELLO: _hello, Kind.WELCOME: _welcome, Kind.PUSH: _push, Kind.ACK: _ack, Kind.PULL: _pull,
+    Kind.CHANGES: _changes, Kind.LIVE: _live, Kind.BYE: _bye}
 
 
 def encode_event(event: Event) -> bytes:
@@ -193,6 +223,8 @@ class Connection:
         self.role = role
         self.max_push = max_push
         self.state = State.IDLE
+        self._recv_rows = _ROWS[(role, State.IDLE, Direction.RECV)]  # the TRANSITIONS rows of this state
+        self._send_rows = _ROWS[(role, State.IDLE, Direction.SEND)]
         self.max_frame = max_frame
         self.max_pushes_in_flight = max_pushes_in_flight
         self.close_code: int | None = None
@@ -230,17 +262,22 @@ class Connection:
         kind = _EVENT_KIND.get(type(event))
         if kind is None:
             raise LocalProtocolError(f"{type(event).__name__} is not a frame that can be sent")
-        nxt = TRANSITIONS.get((self.role, self.state, Direction.SEND, kind))
+        nxt = self._send_rows.get(kind)
         if nxt is None:
             raise LocalProtocolError(f"a {self.role.value} cannot send {kind.name} in state {self.state.value}")
-        self._guard_send(event)
+        guarded = kind in _GUARDED
+        if guarded:
+            self._guard_send(event)
         data = encode_event(event) if encoded is None else encoded
         if len(data) > self.max_frame:
             raise LocalProtocolError(f"{kind.name} of {len(data)} bytes exceeds the frame limit {self.max_frame}")
-        self._commit_send(event)
+        if guarded:
+            self._commit_send(event)
         self._out.append(data)
-        self.state = nxt
-        if isinstance(event, Bye):
+        if nxt is not self.state:
+            self._enter(nxt)
+        if kind is Kind.BYE:
+            assert isinstance(event, Bye)
             self.close_code, self.close_reason = event.code, event.reason
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -304,33 +341,35 @@ class Connection:
         if self.state is State.CLOSED:
             return
         try:
-            frame = decode_frame(data, max_size=self.max_frame)
+            kind, header, blobs = decode_parts(data, self.max_frame)
         except FrameError as e:
             too_big = isinstance(data, bytes | bytearray) and len(data) > self.max_frame
             self._fail(1009 if too_big else 4400, str(e))
             return
-        nxt = TRANSITIONS.get((self.role, self.state, Direction.RECV, frame.kind))
+        nxt = self._recv_rows.get(kind)
         if nxt is None:
-            self._fail(4400, f"unexpected {frame.kind.name} from the {_peer(self.role)} in state {self.state.value}")
+            self._fail(4400, f"unexpected {kind.name} from the {_peer(self.role)} in state {self.state.value}")
             return
         try:
-            event = _from_frame(frame)
-        except (TypeError, ValueError) as e:  # decode_frame checked the header: this is a safety net
-            self._fail(4400, f"bad {frame.kind.name}: {e}")
+            event = _FROM_FRAME[kind](header, blobs)
+        except (TypeError, ValueError) as e:  # decode_parts checked the header: this is a safety net
+            self._fail(4400, f"bad {kind.name}: {e}")
             return
         if isinstance(event, _AckFrame):
             split = self._split_acks(event)
             if isinstance(split, str):
                 self._fail(4400, split)
                 return
-            self.state = nxt
+            if nxt is not self.state:
+                self._enter(nxt)
             self._events += split
             return
         problem = self._guard_recv(event)
         if problem is not None:
             self._fail(4400, problem)
             return
-        self.state = nxt
+        if nxt is not self.state:
+            self._enter(nxt)
         if isinstance(event, Bye):
             self.close_code, self.close_reason = event.code, event.reason
         self._events.append(event)
@@ -391,8 +430,13 @@ class Connection:
         reason = reason[:500]
         self._events.append(ProtocolError(code, reason))
         self._out.append(encode_frame(Kind.BYE, {"code": code, "reason": reason}))
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self.close_code, self.close_reason = code, reason
+
+    def _enter(self, state: State) -> None:
+        self.state = state
+        self._recv_rows = _ROWS[(self.role, state, Direction.RECV)]
+        self._send_rows = _ROWS[(self.role, state, Direction.SEND)]
 
     def ack_for(self, push_id: int) -> frozenset[int] | None:
         """The change ids of a push still waiting for its ack (relay side), or None."""
@@ -400,6 +444,8 @@ class Connection:
 
 
 def _accounts_for(ack: Ack, expected: frozenset[int]) -> bool:
+    if not ack.rejected and not ack.held:  # the usual ack: every change stored
+        return len(ack.ok) == len(expected) and expected == set(ack.ok)
     got = [*ack.ok, *(r.change_id for r in ack.rejected), *ack.held]
     return len(got) == len(expected) and set(got) == expected
 

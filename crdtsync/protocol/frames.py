@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
-from ..codec import Reader, write_bytes
+from ..codec import Reader, write_varuint
 
 __all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "VERSION", "Frame", "FrameError", "Kind", "check_header",
-           "decode_frame", "encode_frame"]
+           "decode_frame", "decode_parts", "encode_frame"]
 
 VERSION = 2  # 2: ACK answers a list of pushes (``ids``) instead of one (``id``)
 MAX_FRAME = 16 * 1024 * 1024
@@ -189,88 +189,126 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
     Kind.BYE: ({"code": _int, "reason": _reason}, None),
 }
 
+# ``_HEADERS`` as the checks run them: (field, check, "KIND.field" for the error messages), made once
+_CHECKS: dict[Kind, tuple[tuple[str, _Check, str], ...]] = {
+    k: tuple((name, check, f"{k.name}.{name}") for name, check in fields.items())
+    for k, (fields, _) in _HEADERS.items()}
+_LISTED: dict[Kind, str | None] = {k: listed for k, (_, listed) in _HEADERS.items()}
+
 
 def check_header(kind: Kind, header: Any) -> dict[str, Any]:
-    if not isinstance(header, dict):
+    if type(header) is not dict and not isinstance(header, dict):
         raise FrameError(f"{kind.name} header must be an object")
-    fields, _ = _HEADERS[kind]
-    for name, check in fields.items():
+    checks = _CHECKS[kind]
+    for name, check, what in checks:
         if name not in header:
             raise FrameError(f"{kind.name} header lacks {name!r}")
-        check(header[name], f"{kind.name}.{name}")
-    if len(header) != len(fields):  # every field is required: more keys means unknown ones
-        raise FrameError(f"{kind.name} header has unknown fields {sorted(set(header) - set(fields))}")
+        check(header[name], what)
+    if len(header) != len(checks):  # every field is required: more keys means unknown ones
+        raise FrameError(f"{kind.name} header has unknown fields {sorted(set(header) - {c[0] for c in checks})}")
     return header
 
 
 def encode_frame(kind: Kind, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> bytes:
     """Encode a frame. The header is checked as strictly as the decoder would (a bad one is a bug here)."""
     check_header(kind, header)
-    _, listed = _HEADERS[kind]
+    listed = _LISTED[kind]
     if listed is not None and len(header[listed]) != len(blobs):
         raise FrameError(f"{kind.name} has {len(header[listed])} {listed} but {len(blobs)} blobs")
     if listed is None and blobs:
         raise FrameError(f"{kind.name} carries no blobs")
-    out = bytearray((VERSION, kind))
-    write_bytes(out, orjson.dumps(header))
+    raw = orjson.dumps(header)
+    parts = [bytes((VERSION, kind)), _varuint(len(raw)), raw]
     for b in blobs:
-        write_bytes(out, b)
+        parts.append(_varuint(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def _varuint(n: int) -> bytes:
+    """``n`` as a LEB128 varuint (as ``codec.write_varuint``; lengths below 16 KiB inline)."""
+    if n < 0x80:
+        return _BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    out = bytearray()
+    write_varuint(out, n)
     return bytes(out)
+
+
+_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def decode_frame(data: bytes, *, max_size: int = MAX_FRAME) -> Frame:
     """Decode one frame, or raise ``FrameError`` saying what is wrong with it."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise FrameError("frames are binary messages, not text")
-    data = bytes(data)
-    if len(data) > max_size:
-        raise FrameError(f"frame of {len(data)} bytes exceeds the limit of {max_size}")
-    if len(data) < 2:
+    return Frame(*decode_parts(data, max_size))
+
+
+def decode_parts(data: bytes, max_size: int = MAX_FRAME) -> tuple[Kind, dict[str, Any], tuple[bytes, ...]]:
+    """``decode_frame`` without the ``Frame`` around the result: (kind, header, blobs). The protocol core
+    takes a frame apart straight into its event, once per message received."""
+    if type(data) is not bytes:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise FrameError("frames are binary messages, not text")
+        data = bytes(data)
+    end = len(data)
+    if end > max_size:
+        raise FrameError(f"frame of {end} bytes exceeds the limit of {max_size}")
+    if end < 2:
         raise FrameError("truncated frame")
     if data[0] != VERSION:
         raise FrameError(f"unsupported protocol version {data[0]} (this end speaks {VERSION})")
     kind = _KINDS.get(data[1])
     if kind is None:
         raise FrameError(f"unknown frame kind {data[1]}")
-    r = Reader(data, 2)
     try:
-        raw = r.bytes()
-        if len(raw) > _MAX_HEADER:
+        n, pos = _read_varuint(data, 2, end)
+        if n > end - pos:
+            raise ValueError(f"length {n} runs past the end of the input")
+        if n > _MAX_HEADER:
             raise FrameError("header too large")
         try:
-            header = orjson.loads(raw)
+            header = orjson.loads(data[pos:pos + n])
         except orjson.JSONDecodeError as e:
             raise FrameError(f"{kind.name} header is not JSON: {e}") from None
         check_header(kind, header)
-        _, listed = _HEADERS[kind]
+        listed = _LISTED[kind]
         count = len(header[listed]) if listed is not None else 0
-        blobs, pos = _read_blobs(data, r.pos, count)
+        blobs, pos = _read_blobs(data, pos + n, end, count)
     except FrameError:
         raise
     except ValueError as e:
         raise FrameError(f"truncated {kind.name} frame: {e}") from None
-    if pos < len(data):
-        raise FrameError(f"{len(data) - pos} unexpected bytes after the {kind.name} frame")
-    return Frame(kind, header, blobs)
+    if pos < end:
+        raise FrameError(f"{end - pos} unexpected bytes after the {kind.name} frame")
+    return kind, header, blobs
 
 
-def _read_blobs(data: bytes, pos: int, count: int) -> tuple[tuple[bytes, ...], int]:
+def _read_varuint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varuint at ``pos`` and the position after it (as ``Reader.varuint``, with one- and two-byte
+    values inline: every length in a frame under 16 KiB). Raises ``ValueError`` if truncated."""
+    if pos < end:
+        b = data[pos]
+        if b < 0x80:
+            return b, pos + 1
+        if pos + 1 < end:
+            b2 = data[pos + 1]
+            if b2 < 0x80:
+                return (b & 0x7F) | (b2 << 7), pos + 2
+    r = Reader(data, pos)
+    n = r.varuint()
+    return n, r.pos
+
+
+def _read_blobs(data: bytes, pos: int, end: int, count: int) -> tuple[tuple[bytes, ...], int]:
     """``count`` length-prefixed blobs from ``pos`` (as ``Reader.bytes``, inline: a LIVE or CHANGES frame
     holds one per item); returns them and the position after the last. Raises ``ValueError`` if
     truncated."""
     out = []
-    end = len(data)
     for _ in range(count):
-        if pos < end and data[pos] < 0x80:  # lengths below 128: one byte
-            n = data[pos]
-            pos += 1
-        else:
-            r = Reader(data, pos)
-            n = r.varuint()
-            pos = r.pos
+        n, pos = _read_varuint(data, pos, end)
         if n > end - pos:
             raise ValueError(f"length {n} runs past the end of the input")
         out.append(data[pos:pos + n])
         pos += n
     return tuple(out), pos
-

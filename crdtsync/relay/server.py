@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -124,7 +125,10 @@ class Relay:
                             cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
         self.tokens = tokens
         self.sessions: set[_Session] = set()
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        # the pushes waiting for the writer, in arrival order (None: stop); ``_arrived`` is the future the
+        # writer waits on while there are none (a plain deque: one job per push frame, the hot path)
+        self._jobs: deque[_Job | None] = deque()
+        self._arrived: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._stopped = asyncio.Event()
@@ -166,7 +170,7 @@ class Relay:
             await self._server.wait_closed()
             self._server = None
         if self._writer is not None:
-            await self._queue.put(None)
+            self.submit(None)
             await self._writer
             self._writer = None
         if self.rooms is not None:
@@ -183,7 +187,8 @@ class Relay:
         """Take the queued pushes in groups and commit each group in one batch (off the event loop). While
         a group commits, the pushes arriving meanwhile are staged into the next group, which is committed
         as soon as the previous commit returned. A group is acknowledged and fanned out only once its own
-        commit returned. Commits stay in order, one at a time; compaction runs between them."""
+        commit returned, and after the next group's commit was started: that commit's disk wait overlaps
+        the acks and the fan-out. Commits stay in order, one at a time; compaction runs between them."""
         stopping = False
         committing: _Group | None = None
         while True:
@@ -200,43 +205,52 @@ class Relay:
                         break
                     jobs.append(job)
                     count += len(job.changes)
-                    if count >= self.limits.group_changes or self._queue.empty():
+                    if count >= self.limits.group_changes or not self._jobs:
                         break
-                    job = self._queue.get_nowait()
+                    job = self._jobs.popleft()
                 group = self._stage_group(group, jobs)
                 if committing is None or group.changes >= self.limits.group_changes:
                     break
+            done: list[Accepted] | None = None
             if committing is not None:
-                await self._finish_group(committing)
-                committing = None
-            await self._maybe_compact()
-            if group is None:
-                if stopping:
-                    break
-                continue
-            group.commit = asyncio.ensure_future(asyncio.to_thread(self.store.commit, group.batch)) \
-                if group.batch else None
+                done = await self._settle_group(committing)
+            compaction = self.log.compact()
+            if compaction is not None:
+                if committing is not None and done is not None:
+                    self._answer_group(committing, done)  # not held up by the compaction's commit
+                    committing = None
+                await self._commit_compaction(compaction)
+            if group is not None:
+                # started before the previous group is answered (in the executor at once, not on the next
+                # turn of the event loop as ``to_thread`` would): its commit overlaps the acks and fan-out
+                loop = asyncio.get_running_loop()
+                group.commit = loop.run_in_executor(None, self.store.commit, group.batch) if group.batch else None
+            if committing is not None and done is not None:
+                self._answer_group(committing, done)
             committing = group
+            if group is None and stopping:
+                break
 
     async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
         """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that
         commit returns (then ``(False, None)``: its group is to be finished first, before any more pushes are
         staged: under load the queue is rarely empty, and the devices wait for those acks to push more)."""
         if committing is None:
-            return True, await self._queue.get()
+            while not self._jobs:
+                await self._arrival()
+            return True, self._jobs.popleft()
         if committing.commit is None or committing.commit.done():
             return False, None
-        if not self._queue.empty():
-            return True, self._queue.get_nowait()
-        getter = asyncio.ensure_future(self._queue.get())
-        await asyncio.wait((getter, committing.commit), return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done():
-            getter.cancel()  # a cancelled Queue.get takes nothing from the queue
-            with contextlib.suppress(asyncio.CancelledError):
-                await getter
-        if getter.done() and not getter.cancelled():
-            return True, getter.result()
-        return False, None
+        if not self._jobs:
+            await asyncio.wait((self._arrival(), committing.commit), return_when=asyncio.FIRST_COMPLETED)
+            if not self._jobs:
+                return False, None
+        return True, self._jobs.popleft()
+
+    def _arrival(self) -> asyncio.Future[None]:
+        """A future that ``submit`` completes: the writer waits on it while no push is queued."""
+        self._arrived = asyncio.get_running_loop().create_future()
+        return self._arrived
 
     def _stage_group(self, group: _Group | None, jobs: list[_Job]) -> _Group:
         """Validate and apply ``jobs`` into ``group`` (a new one if None), in order."""
@@ -249,8 +263,8 @@ class Relay:
             group.changes += len(j.changes)
         return group
 
-    async def _finish_group(self, group: _Group) -> None:
-        """Wait for the group's commit; then (only then) acknowledge its changes and fan them out."""
+    async def _settle_group(self, group: _Group) -> list[Accepted]:
+        """Wait for the group's commit; then its changes are durable (readers see them): returns them."""
         accepted = [a for o in group.outcomes for a in o.accepted]
         try:
             if group.commit is not None:
@@ -264,6 +278,10 @@ class Relay:
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
+        return accepted
+
+    def _answer_group(self, group: _Group, accepted: list[Accepted]) -> None:
+        """Once the group is settled (never before): acknowledge its pushes and fan its changes out."""
         acks: dict[_Session, list[Ack]] = {}  # each device's acks of this group, in the order it pushed
         for j, o in zip(group.jobs, group.outcomes, strict=True):
             acks.setdefault(j.session, []).append(Ack(j.push, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
@@ -279,15 +297,17 @@ class Relay:
         for s in list(self.sessions):
             s.fan_out(frames)
 
-    async def _maybe_compact(self) -> None:
-        batch = self.log.compact()
-        if batch is not None:
-            await asyncio.to_thread(self.store.commit, batch)
-            self.log.compacted(batch)
-            log.info("compacted the log: floor now %d", self.log.floor)
+    async def _commit_compaction(self, batch: Batch) -> None:
+        await asyncio.to_thread(self.store.commit, batch)
+        self.log.compacted(batch)
+        log.info("compacted the log: floor now %d", self.log.floor)
 
-    def submit(self, job: _Job) -> None:
-        self._queue.put_nowait(job)
+    def submit(self, job: _Job | None) -> None:
+        """Queue a push for the writer (None: stop once the pushes queued before are done)."""
+        self._jobs.append(job)
+        waiter = self._arrived
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     # -- connections ---------------------------------------------------------------------------------------
 
@@ -404,8 +424,12 @@ class _Session:
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_loop())
         bucket = _Bucket(self.relay.limits.rate, self.relay.limits.burst, float(self.relay.limits.burst))
+        ws, conn = self.ws, self.conn
         try:
-            async for message in self.ws:
+            while True:
+                # ``recv`` rather than ``async for``: one generator frame less per message; both end the
+                # loop with ConnectionClosed (OK or not) once the connection closes
+                message = await ws.recv()
                 if self._closing is not None:
                     break
                 delay = bucket.delay()
@@ -419,8 +443,8 @@ class _Session:
                     log.warning("text frame from %s (%s)", self.device or "?", self.ws.remote_address)
                     self.conn.close(4400, "text frames are not part of the protocol: frames are binary")
                 else:
-                    self.conn.receive_data(message)
-                for ev in self.conn.events_received():
+                    conn.receive_data(message)
+                for ev in conn.events_received():
                     self._on_event(ev)
                 self._flush()
                 if self._closing is not None:
@@ -437,12 +461,12 @@ class _Session:
                 await sender
 
     def _on_event(self, ev: Event) -> None:
-        if isinstance(ev, ProtocolError):
+        if isinstance(ev, Push):  # nearly every frame
+            self.relay.submit(_Job(self, ev.id, ev.changes))
+        elif isinstance(ev, ProtocolError):
             log.warning("protocol error from %s (%s): %s", self.device or "?", self.ws.remote_address, ev.reason)
         elif isinstance(ev, Hello):
             self._hello_task = asyncio.create_task(self._on_hello(ev))
-        elif isinstance(ev, Push):
-            self._on_push(ev)
         elif isinstance(ev, Pull):
             refused = [c for c in ev.collections or () if not self.grant.can_read(c)]
             if refused:
@@ -483,9 +507,6 @@ class _Session:
                                self.grant.names("write")))
         self._flush()
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
-
-    def _on_push(self, ev: Push) -> None:
-        self.relay.submit(_Job(self, ev.id, ev.changes))
 
     def acknowledge(self, acks: list[Ack]) -> None:
         """Send the acks of this device's pushes that one write group committed: as few ACK frames as the
