@@ -237,8 +237,12 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
             values[name] = frozenset()
     values.update(_set_values(coll, sets))
 
+    vs = by_field.get(DELETED)
+    if vs is None or (len(vs) == 1 and vs[0].value is not True):  # no delete in effect: nothing to weigh
+        return _record_state(coll.name, record_id, values, False, tuple(conflicts), vector, bool(vector),
+                             max(vector.values(), default=0), changed_by)
     deleted = False
-    dels = frontier(by_field.get(DELETED, ()))
+    dels = frontier(vs)
     active = [d for d in dels if d.value is True]
     restores = [d for d in dels if d.value is not True]
     clashing = [(d, s) for d in active for front in live.values() for s in front if mutually_concurrent(d, s)] \
