@@ -111,3 +111,38 @@ def test_the_records_an_import_returns_are_the_records_read_back() -> None:
         assert back is not None and type(rec) is type(back)
         assert rec == back
     assert any(r.conflicts for r in changed)
+
+
+SET_KEYS = [SEP.join(p) for p in [("tags", '"x"', "w1"), ("tags", '"y"', "w2"), ("tags", "5", "w1"),
+                                  ("tags", "nul", "w1"), ("tags", '"x"', ""), ("name", '"x"', "w1"),
+                                  ("nope", '"x"', "w1"), ("tags", '"x"'), ("tags", '"x"', "w1", "z")]]
+
+
+@st.composite
+def raw_sets(draw: st.DrawFn) -> dict[str, Any]:
+    """Set entries as a peer could have written them: mostly well formed, each part possibly wrong."""
+    def part(good: list[Any], bad: list[Any]) -> Any:
+        return draw(st.sampled_from(good)) if draw(st.integers(0, 3)) < 3 else draw(st.sampled_from(bad))
+
+    out: dict[str, Any] = {}
+    for key in draw(st.lists(st.sampled_from(SET_KEYS[:2]) | st.sampled_from(SET_KEYS), min_size=1, max_size=4,
+                             unique=True)):
+        if not draw(st.integers(0, 9)):
+            out[key] = draw(st.sampled_from(["", "{", "[1]", 5, None, b'{"a":1,"r":{}}']))
+            continue
+        p: dict[str, Any] = {"a": part([1, 0, 3], [-1, True, 1.0, "1", None]),
+                             "r": part([{}, {"w1": 2}], [{"w1": True}, {"w1": "2"}, {"w1": 1.5}, [], None])}
+        if not draw(st.integers(0, 5)):
+            del p[draw(st.sampled_from(list(p)))]
+        out[key] = orjson.dumps(p).decode()
+    return out
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(raw_sets())
+def test_the_set_shortcut_accepts_and_refuses_exactly_as_check_set(sets: dict[str, Any]) -> None:
+    doc = new_record_doc(COLL, "r1", writer="me", device="me", user="u", client_id=1)
+    assert isinstance(doc, RecordDoc)
+    fast = outcome(lambda: doc._check_all_sets(sets))
+    slow = outcome(lambda: {k: doc._check_set(k, raw) for k, raw in sets.items()})
+    assert fast == slow
