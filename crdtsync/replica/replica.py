@@ -787,7 +787,8 @@ class Replica:
             while not r.done():
                 head = orjson.loads(r.bytes())
                 body = r.bytes()
-                if not (isinstance(head, list) and len(head) == 2 and all(isinstance(x, str) for x in head)):
+                if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], str)
+                        and isinstance(head[1], str)):
                     raise ValueError(f"bad entry header {head!r}")
                 key = (head[0], head[1])
                 out[key] = merge_updates(out[key], body) if key in out and magic == _EXPORT_MAGIC else body
