@@ -59,8 +59,8 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
 
 
 _new = object.__new__
-_PUT_FIELD, _PUT_ELEMENT, _PUT_WRITER, _PUT_ADDS, _PUT_REMOVED = (SetEntry.__dict__[n].__set__
-                                                                  for n in SetEntry.__slots__)
+_PUT_FIELD, _PUT_ELEMENT, _PUT_WRITER, _PUT_ADDS, _PUT_REMOVED = (
+    SetEntry.__dict__[n].__set__ for n in ("field", "element", "writer", "adds", "removed"))
 
 
 def _set_entry(name: str, element: str, writer: str, adds: int, removed: dict[str, int]) -> SetEntry:

@@ -122,7 +122,8 @@ def _decode_with(f: Field, raw: Any) -> Any:
 
 
 _new = object.__new__
-_SET_VALUE, _SET_DEVICE, _SET_USER, _SET_TIME = (Candidate.__dict__[n].__set__ for n in Candidate.__slots__)
+_SET_VALUE, _SET_DEVICE, _SET_USER, _SET_TIME = (Candidate.__dict__[n].__set__
+                                                  for n in ("value", "device", "user", "time"))
 
 
 def _by(device: str, user: str, time: int) -> Candidate:
