@@ -188,7 +188,7 @@ def slot_sets(draw: st.DrawFn) -> tuple[list[Slot], list[SetEntry]]:
     return slots, entries
 
 
-@settings(derandomize=True, max_examples=300, deadline=None)
+@settings(derandomize=True, max_examples=150, deadline=None)
 @given(slot_sets(), st.sampled_from(COLLS), st.booleans())
 def test_compute_state_agrees_with_the_long_way(content: tuple[list[Slot], list[SetEntry]], coll: Collection,
                                                 with_text: bool) -> None:
