@@ -1,6 +1,6 @@
-"""``RecordDoc.check`` of a record new here takes a shortcut for the usual slot (``_check_all_slots``): it
-must accept exactly what ``_check_slot`` accepts, as the same ``Slot``, and refuse the rest with the same
-error. Checked on slots a peer could write, good and bad, and through a whole import."""
+"""``RecordDoc.check`` of a record new here takes a shortcut for the usual slot and set entry (``checks.py``):
+it must accept exactly what ``_check_slot``/``_check_set`` accept, as the same objects, and refuse the rest
+with the same error. Checked on entries a peer could write, good and bad, and through whole imports."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pycrdt import Doc, merge_updates
 from crdtsync import Collection, Counter, Date, Int, Replica, Schema, Set, Str, Text
 from crdtsync.errors import RemoteValidationError
 from crdtsync.model import new_record_doc
+from crdtsync.model.checks import check_set_entries, check_slots
 from crdtsync.model.record import RecordDoc
 from crdtsync.model.slots import DELETED, SEP
 from crdtsync.store import MemoryStore
@@ -72,7 +73,7 @@ def outcome(f: Any) -> Any:
 def test_the_shortcut_accepts_and_refuses_exactly_as_check_slot(slots: dict[str, Any]) -> None:
     doc = new_record_doc(COLL, "r1", writer="me", device="me", user="u", client_id=1)
     assert isinstance(doc, RecordDoc)
-    fast = outcome(lambda: doc._check_all_slots(slots))
+    fast = outcome(lambda: check_slots(COLL, slots, doc._check_slot))
     slow = outcome(lambda: {k: doc._check_slot(k, raw) for k, raw in slots.items()})
     assert fast == slow
 
@@ -144,7 +145,7 @@ def raw_sets(draw: st.DrawFn) -> dict[str, Any]:
 def test_the_set_shortcut_accepts_and_refuses_exactly_as_check_set(sets: dict[str, Any]) -> None:
     doc = new_record_doc(COLL, "r1", writer="me", device="me", user="u", client_id=1)
     assert isinstance(doc, RecordDoc)
-    fast = outcome(lambda: doc._check_all_sets(sets))
+    fast = outcome(lambda: check_set_entries(COLL, sets, doc._check_set))
     slow = outcome(lambda: {k: doc._check_set(k, raw) for k, raw in sets.items()})
     assert fast == slow
 

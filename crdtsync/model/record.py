@@ -23,6 +23,7 @@ from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update, merge_up
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Field, Invalid
+from .checks import check_set_entries, check_slots
 from .slots import DELETED, SEP, Slot
 from .state import Candidate, HistoryEntry, RecordState, SetEntry, compute_state
 from .textdiff import text_edits
@@ -56,22 +57,6 @@ def _parse_set(key: str, raw: Any) -> SetEntry:
     if not (isinstance(a, int) and a >= 0 and isinstance(r, dict) and all(isinstance(v, int) for v in r.values())):
         raise ValueError(f"bad set entry {key!r}")
     return SetEntry(name, element, writer, a, r)
-
-
-_new = object.__new__
-_PUT_FIELD, _PUT_ELEMENT, _PUT_WRITER, _PUT_ADDS, _PUT_REMOVED = (
-    SetEntry.__dict__[n].__set__ for n in ("field", "element", "writer", "adds", "removed"))
-
-
-def _set_entry(name: str, element: str, writer: str, adds: int, removed: dict[str, int]) -> SetEntry:
-    """``SetEntry(...)`` made through its slots (its frozen ``__init__`` was a fifth of checking one)."""
-    e = _new(SetEntry)
-    _PUT_FIELD(e, name)
-    _PUT_ELEMENT(e, element)
-    _PUT_WRITER(e, writer)
-    _PUT_ADDS(e, adds)
-    _PUT_REMOVED(e, removed)
-    return e
 
 
 _REGISTERS: dict[int, tuple[Collection, frozenset[str]]] = {}
@@ -779,8 +764,12 @@ class RecordDoc:
         parsed: dict[str, Slot]
         set_parsed: dict[str, SetEntry]
         if base is None:  # nothing checked before (a record new here): every entry
-            parsed = self._check_all_slots(slots)
-            set_parsed = self._check_all_sets(sets) if sets else {}
+            # every entry at once (see ``checks.py``), unless a subclass checks them its own way
+            parsed = check_slots(coll, slots, check_slot) if type(self)._check_slot is RecordDoc._check_slot \
+                else {key: check_slot(key, raw) for key, raw in slots.items()}
+            set_parsed = check_set_entries(coll, sets, check_set) \
+                if sets and type(self)._check_set is RecordDoc._check_set \
+                else {key: check_set(key, raw) for key, raw in sets.items()}
         else:
             old_raw, old_parsed = base[0], base[1]
             parsed = {}
@@ -795,82 +784,6 @@ class RecordDoc:
         # checked: state() need not parse them again, and the next check starts from here
         self._parsed, self._set_parsed = parsed, set_parsed
         self._base = None
-
-    def _check_all_slots(self, slots: Mapping[str, Any]) -> dict[str, Slot]:
-        """``_check_slot`` of every slot (of a record new here: an import checks every slot it brings), with
-        the usual slot accepted inline. A slot the quick test does not pass (any doubt at all) goes through
-        ``_check_slot``, which accepts it or says what is wrong with it."""
-        check_slot = self._check_slot
-        if type(self)._check_slot is not RecordDoc._check_slot:
-            return {key: check_slot(key, raw) for key, raw in slots.items()}
-        fields = self.collection.fields
-        loads = orjson.loads
-        out: dict[str, Slot] = {}
-        for key, raw in slots.items():
-            name, _, writer = key.partition(SEP)
-            if writer and raw.__class__ is str:
-                try:
-                    p = loads(raw)
-                    t, d, u, c = p["t"], p["d"], p["u"], p["c"]
-                    v = p.get("v")
-                except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-                    out[key] = check_slot(key, raw)
-                    continue
-                if t.__class__ is int and t > 0 and d.__class__ is str and u.__class__ is str \
-                        and c.__class__ is dict:
-                    for x in c.values():
-                        if x.__class__ is not int:
-                            break
-                    else:
-                        f = fields.get(name)
-                        try:
-                            if f is None:
-                                ok = name == DELETED and v.__class__ is bool
-                            elif f.merge == "register":
-                                f.decode(v)
-                                ok = True
-                            elif f.merge == "counter":
-                                f.check(v)
-                                ok = True
-                            else:
-                                ok = v is None
-                        except Invalid:
-                            ok = False
-                        if ok:
-                            out[key] = Slot(name, writer, v, t, d, u, c)
-                            continue
-            out[key] = check_slot(key, raw)
-        return out
-
-    def _check_all_sets(self, sets: Mapping[str, Any]) -> dict[str, SetEntry]:
-        """``_check_set`` of every set entry, the usual one accepted inline (as ``_check_all_slots``)."""
-        check_set = self._check_set
-        if type(self)._check_set is not RecordDoc._check_set:
-            return {key: check_set(key, raw) for key, raw in sets.items()}
-        fields = self.collection.fields
-        loads = orjson.loads
-        out: dict[str, SetEntry] = {}
-        for key, raw in sets.items():
-            parts = key.split(SEP)
-            if len(parts) == 3 and raw.__class__ is str:
-                name, element, writer = parts
-                f = fields.get(name)
-                try:
-                    p = loads(raw)
-                    a, r = p["a"], p["r"]
-                    if f is not None and f.merge == "set" and a.__class__ is int and a >= 0 \
-                            and r.__class__ is dict:
-                        for x in r.values():
-                            if x.__class__ is not int:
-                                break
-                        else:
-                            f.of.decode(loads(element))  # type: ignore[attr-defined]
-                            out[key] = _set_entry(name, element, writer, a, r)
-                            continue
-                except (Invalid, ValueError, KeyError, TypeError):  # (orjson's errors are ValueErrors)
-                    pass
-            out[key] = check_set(key, raw)
-        return out
 
     def _check_slot(self, key: str, raw: Any) -> Slot:
         coll = self.collection
