@@ -38,17 +38,22 @@ class Reader:
         return self.pos >= len(self.data)
 
     def varuint(self) -> int:
+        data, pos = self.data, self.pos  # (locals: a bulk import reads two varuints per record)
+        end = len(data)
         n = shift = 0
         while True:
-            if self.pos >= len(self.data):
+            if pos >= end:
+                self.pos = pos
                 raise ValueError("truncated varuint")
-            b = self.data[self.pos]
-            self.pos += 1
+            b = data[pos]
+            pos += 1
             n |= (b & 0x7F) << shift
             if not b & 0x80:
+                self.pos = pos
                 return n
             shift += 7
             if shift > 63:
+                self.pos = pos
                 raise ValueError("varuint longer than 64 bits")
 
     def bytes(self) -> bytes:

@@ -23,6 +23,7 @@ from pycrdt import Array, Doc, Map, Text, TransactionEvent, get_update, merge_up
 
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..schema import Collection, Field, Invalid
+from .checks import check_set_entries, check_slots
 from .slots import DELETED, SEP, Slot
 from .state import Candidate, HistoryEntry, RecordState, SetEntry, compute_state
 from .textdiff import text_edits
@@ -814,8 +815,12 @@ class RecordDoc:
         parsed: dict[str, Slot]
         set_parsed: dict[str, SetEntry]
         if base is None:  # nothing checked before (a record new here): every entry
-            parsed = {key: check_slot(key, raw) for key, raw in slots.items()}
-            set_parsed = {key: check_set(key, raw) for key, raw in sets.items()}
+            # every entry at once (see ``checks.py``), unless a subclass checks them its own way
+            parsed = check_slots(coll, slots, check_slot) if type(self)._check_slot is RecordDoc._check_slot \
+                else {key: check_slot(key, raw) for key, raw in slots.items()}
+            set_parsed = check_set_entries(coll, sets, check_set) \
+                if sets and type(self)._check_set is RecordDoc._check_set \
+                else {key: check_set(key, raw) for key, raw in sets.items()}
         else:
             old_raw, old_parsed = base[0], base[1]
             parsed = {}

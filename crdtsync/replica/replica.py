@@ -63,6 +63,7 @@ _VECTOR_MAGIC = b"CSV1"
 _EMPTY_UPDATE = b"\x00\x00"
 _LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what one merge holds at once)
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_new = object.__new__
 _DIRTY_MAX = 64  # records written locally whose rows are not written yet, at most (see the docstring)
 
 
@@ -200,6 +201,8 @@ class Replica:
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
     def _emit(self, events: Iterable[ChangeEvent]) -> None:
+        if not self._listeners:  # (a generator passed in is then never run: a bulk merge makes no events)
+            return
         for ev in events:
             for cb in list(self._listeners):
                 try:
@@ -229,9 +232,13 @@ class Replica:
         state = doc.state()
         status, error = self._status(coll.name, doc.id, bool(state.conflicts))
         self.rows.save(batch, coll, state, status, error, self.outbox.last_for(coll.name, doc.id))
-        # the Record is what decode_row would make of the row just written, built without the round trip
-        return Record(coll.name, doc.id, dict(state.fields), status, state.conflicts, state.deleted, error,
-                      state.updated, dict(state.changed_by))
+        # the Record is what decode_row would make of the row just written, built without the round trip,
+        # and without the frozen ``__init__`` (one ``object.__setattr__`` per field: a merge makes one per record)
+        rec = _new(Record)
+        rec.__dict__.update(collection=coll.name, id=doc.id, fields=dict(state.fields), status=status,
+                            conflicts=state.conflicts, deleted=state.deleted, error=error, updated=state.updated,
+                            changed_by=dict(state.changed_by))
+        return rec
 
     def _record(self, coll: Collection, doc: RecordDoc) -> Record | None:
         """The record as its row would show it, from its document (None if it does not exist)."""
@@ -780,7 +787,8 @@ class Replica:
             while not r.done():
                 head = orjson.loads(r.bytes())
                 body = r.bytes()
-                if not (isinstance(head, list) and len(head) == 2 and all(isinstance(x, str) for x in head)):
+                if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], str)
+                        and isinstance(head[1], str)):
                     raise ValueError(f"bad entry header {head!r}")
                 key = (head[0], head[1])
                 out[key] = merge_updates(out[key], body) if key in out and magic == _EXPORT_MAGIC else body

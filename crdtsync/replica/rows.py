@@ -61,12 +61,31 @@ def _cand_field(coll: Collection, kind: str, name: str, index: int) -> Field | N
     return coll.fields.get(name)
 
 
+_ENCODED: dict[int, tuple[Collection, tuple[tuple[str, Field], ...]]] = {}
+
+
+def _encoded(coll: Collection) -> tuple[tuple[str, Field], ...]:
+    """The fields of a collection whose JSON form is not the value itself (sets, dates, floats...), computed
+    once per collection: ``encode_row`` copies the others as they are."""
+    hit = _ENCODED.get(id(coll))
+    if hit is None or hit[0] is not coll:  # (the collection is kept in the entry: its id stays its own)
+        if len(_ENCODED) >= 1024:
+            _ENCODED.clear()
+        hit = _ENCODED[id(coll)] = (coll, tuple((n, f) for n, f in coll.fields.items()
+                                                if f.merge == "set" or type(f).encode is not Field.encode))
+    return hit[1]
+
+
 def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error: str | None,
                last_change: int = 0) -> bytes:
     """The row of a record; ``last_change`` is the id of the newest local change it reflects (0: none
     pending)."""
+    fields = dict(state.fields)  # ``encode_value`` of each: the value itself, but for these
+    for n, f in _encoded(coll):
+        if n in fields:
+            fields[n] = encode_value(f, fields[n])
     return orjson.dumps({
-        "f": {n: encode_value(coll.fields.get(n), v) for n, v in state.fields.items()},
+        "f": fields,
         "d": state.deleted,
         "s": status,
         "e": error,
