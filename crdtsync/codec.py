@@ -4,7 +4,7 @@ length-prefixed byte strings. Decoding never raises anything but ``MalformedUpda
 
 from __future__ import annotations
 
-__all__ = ["Reader", "write_bytes", "write_varuint"]
+__all__ = ["Reader", "varuint_bytes", "write_bytes", "write_varuint"]
 
 
 def write_varuint(out: bytearray, n: int) -> None:
@@ -18,6 +18,21 @@ def write_varuint(out: bytearray, n: int) -> None:
         else:
             out.append(b)
             return
+
+
+def varuint_bytes(n: int) -> bytes:
+    """``n`` as a varuint, as ``write_varuint`` writes it; lengths below 16 KiB without a bytearray (frames
+    and log entries are built by joining parts, and a bytearray per length was a tenth of encoding one)."""
+    if 0 <= n < 0x80:
+        return _BYTE[n]
+    if 0 <= n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    out = bytearray()
+    write_varuint(out, n)
+    return bytes(out)
+
+
+_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def write_bytes(out: bytearray, data: bytes) -> None:

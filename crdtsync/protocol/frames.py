@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from ..codec import Reader, write_varuint
+from ..codec import Reader, varuint_bytes
 
 __all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "VERSION", "Frame", "FrameError", "Kind", "check_header",
            "decode_frame", "decode_parts", "encode_frame"]
@@ -218,25 +218,11 @@ def encode_frame(kind: Kind, header: dict[str, Any], blobs: Sequence[bytes] = ()
     if listed is None and blobs:
         raise FrameError(f"{kind.name} carries no blobs")
     raw = orjson.dumps(header)
-    parts = [bytes((VERSION, kind)), _varuint(len(raw)), raw]
+    parts = [bytes((VERSION, kind)), varuint_bytes(len(raw)), raw]
     for b in blobs:
-        parts.append(_varuint(len(b)))
+        parts.append(varuint_bytes(len(b)))
         parts.append(b)
     return b"".join(parts)
-
-
-def _varuint(n: int) -> bytes:
-    """``n`` as a LEB128 varuint (as ``codec.write_varuint``; lengths below 16 KiB inline)."""
-    if n < 0x80:
-        return _BYTE[n]
-    if n < 0x4000:
-        return bytes((n & 0x7F | 0x80, n >> 7))
-    out = bytearray()
-    write_varuint(out, n)
-    return bytes(out)
-
-
-_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def decode_frame(data: bytes, *, max_size: int = MAX_FRAME) -> Frame:

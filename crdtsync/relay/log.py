@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from pycrdt import Array, Map, merge_updates
 
-from ..codec import Reader, write_varuint
+from ..codec import Reader, varuint_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.record import RecordDoc
@@ -102,18 +102,7 @@ def _encode_entry(a: Accepted) -> bytes:
     if a.prev is not None:
         head.append(a.prev)
     raw = orjson.dumps(head)
-    return b"".join((_varuint(len(raw)), raw, _varuint(len(a.update)), a.update))
-
-
-def _varuint(n: int) -> bytes:
-    if n < 0x80:
-        return _BYTES[n]
-    out = bytearray()
-    write_varuint(out, n)
-    return bytes(out)
-
-
-_BYTES = [bytes((i,)) for i in range(0x80)]
+    return b"".join((varuint_bytes(len(raw)), raw, varuint_bytes(len(a.update)), a.update))
 
 
 def _decode_entry(seq: int, raw: bytes) -> Accepted:
