@@ -137,7 +137,8 @@ def open_store(db: str, *, synchronous: str = "FULL", pg_schema: str | None = No
     if is_postgres_url(db):
         from ..store.postgres import PostgresStore
         return PostgresStore(db, schema=pg_schema)
-    return SQLiteStore(db, synchronous=synchronous)  # type: ignore[arg-type]
+    # the relay commits from its event loop: the writes there, the fsync in a thread (``begin_commit``)
+    return SQLiteStore(db, synchronous=synchronous, defer_sync=True)  # type: ignore[arg-type]
 
 
 async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> int:

@@ -425,7 +425,10 @@ class RelayLog:
         to = since
         seen: set[tuple[str, str]] = set()
         for key, raw in self.store.load_range(("log",), start=("log", since + 1), limit=max_items):
-            a = _decode_entry(int(key[1]), raw)
+            seq = int(key[1])
+            if seq > self.durable:
+                break  # written, but its commit has not returned: it may not be durable yet (``begin_commit``)
+            a = _decode_entry(seq, raw)
             if a.device == device or (collections is not None and a.collection not in collections) \
                     or (grant.limited(a.collection) and (a.collection, a.record) in seen):
                 to = a.seq  # skipped: its own change, another collection, or a whole state already sent
@@ -451,6 +454,8 @@ class RelayLog:
             rows = self.store.load_range(("log",), start=("log", start), limit=chunk)
             for key, raw in rows:
                 a = _decode_entry(int(key[1]), raw)
+                if a.seq > self.durable:
+                    return n
                 if a.device != device and grant.can_read(a.collection) and (
                         collections is None or a.collection in collections):
                     n += 1

@@ -3,8 +3,9 @@
 Each connection is authenticated from its token (``Authorization: Bearer ...`` or ``?token=``) before
 anything is read; a bad or missing token gets close code 4401. Pushes from every connection go through one
 writer task, which validates and applies them in order, commits them to the store in groups (one durable
-commit for many changes, off the event loop), and only then acknowledges them and fans them out to the
-connected devices whose scope covers them. Readers (delta sync) only see committed changes.
+commit for many changes; ``Relay._begin_commit`` tells where its parts run), and only then acknowledges
+them and fans them out to the connected devices whose scope covers them. Readers (delta sync) only see
+committed changes.
 
 Paths: ``/`` (or ``/sync``) speaks the crdtsync protocol; ``/yjs/<room>`` is handed to the plain Yjs rooms
 (``crdtsync.relay.yjs``) after the room grants are checked.
@@ -18,6 +19,7 @@ import importlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -65,6 +67,9 @@ class Limits:
     send_queue: int = 1024
     page_items: int = 500
     group_changes: int = 2000  # a write group stops growing here (plus at most one push of MAX_PUSH changes)
+    # a store's commit that only has a local fsync left is finished on the event loop while fsyncs take
+    # less than this on average (seconds; 0: always in a thread); see ``Relay._begin_commit``
+    inline_sync: float = 0.002
 
 
 @dataclass
@@ -120,6 +125,7 @@ class Relay:
         self.store = store
         self.schema = schema
         self.limits = limits
+        self._sync_time = 0.0  # seconds, a moving average of the commits' fsyncs (``_begin_commit``)
         # the writer's record cache holds every record of the two groups that may be uncommitted at once
         self.log = RelayLog(store, schema, keep=keep_log,
                             cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
@@ -220,16 +226,49 @@ class Relay:
                     self._answer_group(committing, done)  # not held up by the compaction's commit
                     committing = None
                 await self._commit_compaction(compaction)
-            if group is not None:
-                # started before the previous group is answered (in the executor at once, not on the next
-                # turn of the event loop as ``to_thread`` would): its commit overlaps the acks and fan-out
-                loop = asyncio.get_running_loop()
-                group.commit = loop.run_in_executor(None, self.store.commit, group.batch) if group.batch else None
+            if group is not None and group.batch:
+                group.commit = self._begin_commit(group.batch)
             if committing is not None and done is not None:
                 self._answer_group(committing, done)
             committing = group
             if group is None and stopping:
                 break
+
+    def _begin_commit(self, batch: Batch) -> asyncio.Future[None]:
+        """Start committing a group, before the previous group is answered, so that its commit overlaps the
+        acks and fan-out.
+
+        The store does the quick part here (SQLite with deferred syncs: the writes, on the event loop: a
+        thread doing them fought the event loop for the GIL at every statement). What is left blocks: for
+        most stores, the whole commit, run in the executor (at once, not on the next turn of the event loop
+        as ``to_thread`` would). When all that is left is a local fsync (``ByteStore.sync_only``) and fsyncs
+        have been quick (an average under ``Limits.inline_sync``), it runs here, on the event loop, as
+        Redis does its ``appendfsync always``: a thread it is handed to must wait for the GIL and for a
+        core, which on a busy machine took longer (0.5-1 ms, measured on 2 shared cores) than a fast
+        disk's fsync; on a slow disk the event loop is not held up, the fsync goes to the thread."""
+        loop = asyncio.get_running_loop()
+        try:
+            finish = self.store.begin_commit(batch)
+            if self.store.sync_only and self._sync_time < self.limits.inline_sync:
+                t0 = time.perf_counter()
+                finish()
+                self._sync_time += (time.perf_counter() - t0 - self._sync_time) * 0.2
+                done: asyncio.Future[None] = loop.create_future()
+                done.set_result(None)
+                return done
+        except Exception as e:  # answered as a failed commit, in ``_settle_group``
+            failed: asyncio.Future[None] = loop.create_future()
+            failed.set_exception(e)
+            return failed
+        if not self.store.sync_only:
+            return loop.run_in_executor(None, finish)
+        return loop.run_in_executor(None, self._timed_sync, finish)
+
+    def _timed_sync(self, finish: Callable[[], None]) -> None:
+        """``finish`` in the executor, timed: once fsyncs are quick again, they go back to the event loop."""
+        t0 = time.perf_counter()
+        finish()
+        self._sync_time += (time.perf_counter() - t0 - self._sync_time) * 0.2
 
     async def _next_job(self, committing: _Group | None) -> tuple[bool, _Job | None]:
         """The next queued push (None: stop), waiting for one; while a commit is in flight, only until that

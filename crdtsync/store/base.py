@@ -8,8 +8,9 @@ durable: when it returns, every save and remove of the batch is on disk together
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from .keys import Key
 
@@ -43,7 +44,12 @@ class Batch:
 
 
 class ByteStore(ABC):
-    """Bytes under tuple keys. ``commit`` applies range removes, then removes, then saves, atomically."""
+    """Bytes under tuple keys. ``commit`` applies range removes, then removes, then saves, atomically.
+
+    ``sync_only``: the function ``begin_commit`` returns does no more than sync local files to disk (it
+    never waits on a network or on a lock held elsewhere), so a caller may run it where it is."""
+
+    sync_only: bool = False
 
     @abstractmethod
     def load(self, key: Key) -> bytes | None:
@@ -84,6 +90,17 @@ class ByteStore(ABC):
     @abstractmethod
     def commit(self, batch: Batch) -> None:
         """Apply a batch atomically and durably."""
+
+    def begin_commit(self, batch: Batch) -> Callable[[], None]:
+        """Commit ``batch`` in two steps, for a caller that must not block (the relay's event loop).
+
+        This call does what is quick and may block only briefly; the function it returns does the rest,
+        blocking (run it in a thread), and once it returned the batch is committed as by ``commit``. Between
+        the two, readers of this store may already see the batch (``SQLiteStore(defer_sync=True)`` writes it
+        at once and only syncs it to disk in the function), but it may not be durable yet: report nothing of
+        it as stored before the function returned. An error of either step means the batch may not be
+        stored. The default does everything in the function."""
+        return partial(self.commit, batch)
 
     def save(self, key: Key, data: bytes) -> None:
         b = Batch()

@@ -281,6 +281,45 @@ def check_batch_semantics(f: StoreFactory) -> None:
         s.close()
 
 
+def check_two_step_commit(f: StoreFactory) -> None:
+    s = f.open("main")
+    try:
+        _fill(s, [("p", 1), ("q", 1)])
+        b = Batch()
+        b.save(("p", 2), b"two")
+        b.remove(("q", 1))
+        finish = s.begin_commit(b)
+        if f.thread_safe:  # where it is meant to run: in a thread
+            errors: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    finish()
+                except BaseException as e:
+                    errors.append(e)
+
+            t = threading.Thread(target=run)
+            t.start()
+            t.join()
+            if errors:
+                raise errors[0]
+        else:
+            finish()
+        _eq(s.load_range(()), [(("p", 1), b"v0"), (("p", 2), b"two")], "begin_commit then its function commits")
+        bad = Batch()
+        bad.save(("fine",), b"x")
+        bad.remove(("p", 1))
+        bad.saves[("bad", 2**64)] = b"x"
+
+        def both() -> None:
+            s.begin_commit(bad)()
+
+        _raises((TypeError, ValueError), both, "begin_commit of a batch with a bad key, or its function")
+        _eq(s.load_range(()), [(("p", 1), b"v0"), (("p", 2), b"two")], "a refused two-step commit changes nothing")
+    finally:
+        s.close()
+
+
 def check_isolation(f: StoreFactory) -> None:
     a, b = f.open("one"), f.open("two")
     try:
@@ -388,6 +427,7 @@ CHECKS: dict[str, Callable[[StoreFactory], None]] = {
     "iter_range_paging": check_iter_range_paging,
     "remove_range": check_remove_range,
     "batch_semantics": check_batch_semantics,
+    "two_step_commit": check_two_step_commit,
     "isolation": check_isolation,
     "persistence": check_persistence,
     "closed": check_closed,
@@ -453,6 +493,9 @@ class ByteStoreConformance:
 
     def test_batch_semantics(self, store_factory: StoreFactory) -> None:
         check_batch_semantics(store_factory)
+
+    def test_two_step_commit(self, store_factory: StoreFactory) -> None:
+        check_two_step_commit(store_factory)
 
     def test_isolation(self, store_factory: StoreFactory) -> None:
         check_isolation(store_factory)

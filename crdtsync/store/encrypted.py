@@ -13,7 +13,7 @@ writes to it, and keeps it through a ``remove_range`` that covers it (such as ``
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -110,13 +110,23 @@ class EncryptedStore(ByteStore):
                 for rows in self.inner.load_ranges(prefixes)]
 
     def commit(self, batch: Batch) -> None:
+        self.inner.commit(self._sealed(batch))
+
+    def begin_commit(self, batch: Batch) -> Callable[[], None]:
+        return self.inner.begin_commit(self._sealed(batch))
+
+    @property
+    def sync_only(self) -> bool:  # type: ignore[override]
+        return self.inner.sync_only
+
+    def _sealed(self, batch: Batch) -> Batch:
         if CRYPTO_KEY in batch.saves or CRYPTO_KEY in batch.removes:
             raise ValueError(f"{CRYPTO_KEY!r} is reserved for the encryption metadata")
         sealed = Batch(saves={k: self._seal(k, v) for k, v in batch.saves.items()},
                        removes=set(batch.removes), range_removes=list(batch.range_removes))
         if any(CRYPTO_KEY[:len(p)] == p for p in batch.range_removes):
             sealed.saves[CRYPTO_KEY] = self._meta  # saves come after range removes: the key survives
-        self.inner.commit(sealed)
+        return sealed
 
     def close(self) -> None:
         self.inner.close()

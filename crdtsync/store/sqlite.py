@@ -33,10 +33,12 @@ commit that fills the WAL past 1,000 pages checkpoints it). Devices use the back
 from __future__ import annotations
 
 import bisect
+import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -74,27 +76,34 @@ Checkpoint = Literal["commit", "background"]
 
 
 class SQLiteStore(ByteStore):
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL", checkpoint: Checkpoint = "commit"
-                 ) -> None:
+    def __init__(self, path: str | Path, *, synchronous: Synchronous = "FULL", checkpoint: Checkpoint = "commit",
+                 defer_sync: bool = False) -> None:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError(f"synchronous must be FULL, NORMAL or OFF, not {synchronous!r}")
         if checkpoint not in ("commit", "background"):
             raise ValueError(f"checkpoint must be 'commit' or 'background', not {checkpoint!r}")
         self.path = str(path)
+        on_disk = self.path not in ("", ":memory:") and not self.path.startswith("file:")
+        # defer_sync: ``begin_commit`` writes at once and leaves the WAL's sync to the function it returns
+        self.defer_sync = self.sync_only = defer_sync and on_disk
+        self._sync_wal = self.defer_sync and synchronous == "FULL"
+        self._dir_synced = False
         self._lock = threading.RLock()  # the write connection
         self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None,
                                                               check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        # with deferred syncs the writer never syncs: ``_sync`` does it after each commit, and the
+        # checkpointer's connection (at ``synchronous``) syncs what each checkpoint copies
+        self._db.execute(f"PRAGMA synchronous={'OFF' if self._sync_wal else synchronous}")
         self._db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
         self._rlock = self._lock
         self._rdb: sqlite3.Connection | None = self._db
-        if self.path not in ("", ":memory:") and not self.path.startswith("file:"):
+        if on_disk:
             self._rlock = threading.RLock()
             self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._rdb.execute("PRAGMA query_only=ON")
         self.checkpointer: Checkpointer | None = None
-        if checkpoint == "background" and self._rdb is not self._db:
+        if (checkpoint == "background" or self.defer_sync) and on_disk:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
             self.checkpointer = Checkpointer(self.path, synchronous=synchronous)
             # a store dropped without close() must not leave its thread waiting forever
@@ -172,6 +181,37 @@ class SQLiteStore(ByteStore):
         return out
 
     def commit(self, batch: Batch) -> None:
+        self._write(batch)
+        if self._sync_wal:
+            self._sync()
+
+    def begin_commit(self, batch: Batch) -> Callable[[], None]:
+        """With ``defer_sync``: writes ``batch`` now (readers see it at once) and returns the sync of the
+        WAL to disk, for a thread (a no-op below ``synchronous=FULL``). Without: all of it in the function."""
+        if not self.defer_sync:
+            return partial(self.commit, batch)
+        self._write(batch)
+        return self._sync if self._sync_wal else _nothing
+
+    def _sync(self) -> None:
+        """Make every commit written so far durable: ``fdatasync`` of the WAL file, as SQLite itself does at
+        ``synchronous=FULL`` (and of its directory, once, as SQLite does after creating the WAL). The WAL
+        is opened anew each time: it is never replaced while the store is open (this store's connections
+        keep it), but a stale descriptor would sync nothing."""
+        fd = os.open(self.path + "-wal", os.O_RDONLY)
+        try:
+            _datasync(fd)
+        finally:
+            os.close(fd)
+        if not self._dir_synced:
+            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._dir_synced = True
+
+    def _write(self, batch: Batch) -> None:
         with self._lock:
             db = self._conn()
             if len(batch.saves) == 1 and not batch.removes and not batch.range_removes:
@@ -221,8 +261,19 @@ class SQLiteStore(ByteStore):
                 self._rdb.close()
             self._rdb = None
             if self._db is not None:
+                if self._sync_wal:
+                    # the last connection to close checkpoints the WAL into the database and deletes it:
+                    # at FULL, that checkpoint syncs the database first
+                    self._db.execute("PRAGMA synchronous=FULL")
                 self._db.close()
                 self._db = None
+
+
+def _nothing() -> None:
+    """The second step of a commit that had nothing left to do."""
+
+
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 
 def _params(rows: list[bytearray | int], width: int) -> list[list[bytearray | int]]:
