@@ -194,7 +194,8 @@ class Relay:
         a group commits, the pushes arriving meanwhile are staged into the next group, which is committed
         as soon as the previous commit returned. A group is acknowledged and fanned out only once its own
         commit returned, and after the next group's commit was started: that commit's disk wait overlaps
-        the acks and the fan-out. Commits stay in order, one at a time; compaction runs between them."""
+        the acks and the fan-out. A group whose commit finished on the event loop (``_begin_commit``) is
+        answered at once. Commits stay in order, one at a time; compaction runs between them."""
         stopping = False
         committing: _Group | None = None
         while True:
@@ -231,6 +232,13 @@ class Relay:
             if committing is not None and done is not None:
                 self._answer_group(committing, done)
             committing = group
+            if group is not None and (group.commit is None or group.commit.done()):
+                # committed already (on the event loop: ``_begin_commit``), or nothing to commit: answered
+                # now, not after the next group is staged and committed (a device waiting for its acks to
+                # push more would wait that long); then one turn of the event loop for its fan-out and reads
+                self._answer_group(group, await self._settle_group(group))
+                committing = None
+                await asyncio.sleep(0)
             if group is None and stopping:
                 break
 
