@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, merge_updates
 
 from crdtsync import Replica
 from crdtsync.demo import DEMO_SCHEMA
 from crdtsync.model import RecordDoc, new_record_doc
-from crdtsync.relay.clients import sv_clients
+from crdtsync.relay.clients import sv_clients, update_clients
 from crdtsync.relay.log import _apply_observed
 from crdtsync.testing import Cluster
 
@@ -68,6 +68,8 @@ def test_traced_reports_what_observed_apply_reports(ops_a: list[int], ops_b: lis
         assert sorted(t.slots) == sorted(o.slots) and sorted(t.sets) == sorted(o.sets)
         assert t.history == o.history and t.history_deleted == o.history_deleted
         assert sv_clients(t.before, t.after) == sv_clients(o.before, o.after)
+        moved = update_clients(t.new)  # the quick read of the clients that moved, where it answers
+        assert moved is None or moved == sv_clients(t.before, t.after)
         # the values the events carried are what the maps now hold under those keys
         assert traced_doc.raw_slots() == observed_doc.raw_slots()
         assert t.slot_values == {k: v for k, v in observed_doc.raw_slots().items() if k in t.slots}
@@ -109,3 +111,21 @@ def test_a_document_wrapped_by_pycrdt_is_not_traced() -> None:
     sv = doc.state_vector()
     assert doc.apply_traced(UPDATES[1]) is None
     assert doc.state_vector() == sv
+
+
+def test_the_clients_an_update_moved_are_read_off_the_new_part_only() -> None:
+    """A change that carries items the relay has already (another device's, forwarded) moved only its own
+    client: the new part names that one alone; an update of two new clients is left to the state vectors."""
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    ua, ub = edit(a, [0]), edit(b, [0])
+    doc = fresh()
+    first = doc.apply_traced(ua[0])
+    assert first is not None and update_clients(first.new) == sv_clients(first.before, first.after)
+    assert len(sv_clients(first.before, first.after)) == 1
+    both = doc.apply_traced(merge_updates(ua[0], ub[0]))  # a's part is known: only b's client moves
+    assert both is not None
+    assert update_clients(both.new) == sv_clients(both.before, both.after)
+    assert len(update_clients(both.new) or []) == 1
+    assert update_clients(merge_updates(ua[0], ub[0])) is None  # two clients: not read off the bytes
+    assert update_clients(b"\x00\x00") == []  # no items: no client moved
+    assert update_clients(b"") is None

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 from ..store.base import Batch, ByteStore
 
-__all__ = ["ClientBindings", "sv_clients"]
+__all__ = ["ClientBindings", "sv_clients", "sv_is_empty", "update_clients"]
 
 BindingKey = tuple[str, str, int]
 
@@ -31,6 +31,39 @@ def sv_clients(before: bytes, after: bytes) -> list[int]:
         return []
     old = _decode_sv(before)
     return [c for c, clock in _decode_sv(after).items() if clock > old.get(c, 0)]
+
+
+def update_clients(update: bytes) -> list[int] | None:
+    """The clients whose clock an update applied as a whole moved, read off its first bytes when that is
+    quick: none for an update of no items, the one client of a one-client update; None otherwise (then ask
+    ``sv_clients``). A Yjs v1 update starts with its number of clients, then the first client's number of
+    items, its id and its first clock; the part new to a document (``Traced.new``) holds exactly the
+    clients whose clock moved."""
+    if not update:
+        return None
+    first = update[0]
+    if first == 0:
+        return []
+    if first != 1:
+        return None
+    values: list[int] = []
+    cur = shift = 0
+    for b in update[1:12]:  # the count of items and the client id: two varuints, at most 5 + 5 bytes
+        cur |= (b & 0x7F) << shift
+        if b & 0x80:
+            shift += 7
+        else:
+            values.append(cur)
+            if len(values) == 2:
+                return [cur] if values[0] else None
+            cur = shift = 0
+    return None
+
+
+def sv_is_empty(sv: bytes) -> bool:
+    """Whether an encoded state vector is that of a document with nothing in it. Yrs's state before a
+    transaction already lists the clients it is about to write, at clock 0."""
+    return not any(_decode_sv(sv).values())
 
 
 def _decode_sv(sv: bytes) -> dict[int, int]:

@@ -6,7 +6,8 @@ Layout (only the ``ByteStore`` interface is used, so another byte store can repl
   ``[collection, record, device, change_id]`` then the Yjs update (the part new to the relay), length-prefixed;
 - ``("dedup", device, change_id)``: the seq a change was stored at, so a resend after a lost ack is not
   stored twice (Yjs would ignore it anyway; this keeps the log free of empty entries);
-- ``("recs", collection, record)``: the seq of the record's latest change: the index a full resync walks;
+- ``("recs", collection, record)``: the seq of the record's first change here, written once: the index of
+  records a full resync walks (files written before kept the latest change's seq; either serves);
 - ``("relay", "id" | "head" | "floor")``: the relay's identity (cursors belong to one relay log), the last
   seq stored, and the last seq compacted away (a cursor below it gets a full resync of its scope);
 - ``("relay", "device", device)``: the user a device id belongs to (a token may not speak for another
@@ -44,7 +45,7 @@ from ..schema import Collection, Field, Schema, Text
 from ..schema import Set as SetField
 from ..store.base import Batch, ByteStore
 from .auth import Grant
-from .clients import ClientBindings, sv_clients
+from .clients import ClientBindings, sv_clients, sv_is_empty, update_clients
 from .drafts import Refusal, check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
@@ -271,7 +272,11 @@ class RelayLog:
                 new = traced.new
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
-                unbound = self._unbound_clients(c, rid, device, sv_clients(traced.before, traced.after))
+                # traced: ``new`` is the transaction's own update, whose clients are those that moved
+                moved = None if observed else update_clients(new)
+                if moved is None:
+                    moved = sv_clients(traced.before, traced.after)
+                unbound = self._unbound_clients(c, rid, device, moved)
                 # only what the change set is checked: the rest of the record was checked when it was stored
                 read = None
                 if not complete:
@@ -319,7 +324,8 @@ class RelayLog:
         seq = str(a.seq).encode()
         batch.save(("log", a.seq), _encode_entry(a))
         batch.save(("dedup", device, ch.change_id), seq)
-        batch.save(("recs", c, rid), seq)
+        if sv_is_empty(traced.before):  # the record's first change here: it joins the index of records
+            batch.save(("recs", c, rid), seq)
         batch.save(("relay", "head"), seq)
         self._staged_dedup[(device, ch.change_id)] = a.seq
         top = self._dedup_top.get(device)
@@ -338,7 +344,6 @@ class RelayLog:
         self.head += 1
         a = Accepted(self.head, c, rid, SERVER_WRITER, 0, image)
         batch.save(("log", a.seq), _encode_entry(a))
-        batch.save(("recs", c, rid), str(a.seq).encode())
         batch.save(("relay", "head"), str(self.head).encode())
         return a
 
@@ -464,7 +469,9 @@ class RelayLog:
             start = int(rows[-1][0][1]) + 1
 
     def scope_records(self, grant: Grant, collections: frozenset[str] | None) -> Iterator[tuple[str, str, int]]:
-        """Every record (collection, id, last seq) in the grant's read scope, for a full resync."""
+        """Every record (collection, id, seq of its first change here) in the grant's read scope, for a full
+        resync (which sends each record's whole state; its items' seqs are informative only: the cursor
+        the resync ends on is the relay's head)."""
         for coll in self.schema:
             c = coll.name
             if not grant.can_read(c) or (collections is not None and c not in collections):
