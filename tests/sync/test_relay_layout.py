@@ -42,3 +42,20 @@ def test_the_index_of_records_is_written_with_a_records_first_change_only(tmp_pa
         assert got is not None and got["name"] == "A2"
     finally:
         store.close()
+
+
+def test_an_empty_state_vector_is_told_apart_from_any_other() -> None:
+    from pycrdt import Doc, Map
+
+    from crdtsync.relay.clients import sv_is_empty
+
+    assert sv_is_empty(b"\x00")
+    for client in (1, 127, 128, 300, 2**31 - 1, 2**32 + 5):
+        d = Doc(client_id=client)
+        assert sv_is_empty(d.get_state())
+        d["m"] = m = Map()
+        for clock in range(130):  # clocks of one and two bytes
+            m[str(clock)] = clock
+            assert not sv_is_empty(d.get_state())
+    assert sv_is_empty(b"\x02\x05\x00\x07\x00")  # two clients, both at 0
+    assert not sv_is_empty(b"\x02\x05\x00\x07\x80\x01")  # the second at 128
