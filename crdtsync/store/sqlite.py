@@ -87,6 +87,7 @@ class SQLiteStore(ByteStore):
         # defer_sync: ``begin_commit`` writes at once and leaves the WAL's sync to the function it returns
         self.defer_sync = self.sync_only = defer_sync and on_disk
         self._sync_wal = self.defer_sync and synchronous == "FULL"
+        self._wal = os.path.abspath(self.path) + "-wal"  # what ``_sync`` syncs (SQLite names it so)
         self._dir_synced = False
         self._lock = threading.RLock()  # the write connection
         self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None,
@@ -198,13 +199,13 @@ class SQLiteStore(ByteStore):
         ``synchronous=FULL`` (and of its directory, once, as SQLite does after creating the WAL). The WAL
         is opened anew each time: it is never replaced while the store is open (this store's connections
         keep it), but a stale descriptor would sync nothing."""
-        fd = os.open(self.path + "-wal", os.O_RDONLY)
+        fd = os.open(self._wal, os.O_RDONLY)
         try:
             _datasync(fd)
         finally:
             os.close(fd)
         if not self._dir_synced:
-            fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            fd = os.open(os.path.dirname(self._wal), os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
