@@ -129,3 +129,24 @@ def test_the_clients_an_update_moved_are_read_off_the_new_part_only() -> None:
     assert update_clients(merge_updates(ua[0], ub[0])) is None  # two clients: not read off the bytes
     assert update_clients(b"\x00\x00") == []  # no items: no client moved
     assert update_clients(b"") is None
+
+
+def test_a_held_update_with_a_gap_shows_nothing_and_fits_together_with_the_missing_one() -> None:
+    """``merge(u2, u4)`` arrives without ``u3``: Yrs integrates its ``u2`` part and keeps ``u4`` pending, and
+    the transaction's update carries both; none of it may show (``u4``'s name would count as seen by the
+    next local write). ``u3`` then needs ``u2``: neither fits alone, both fit together."""
+    u = edit(Cluster(DEMO_SCHEMA, 1).replicas[0], [0, 3, 0, 3])  # create, then four changes: u[0] .. u[4]
+    whole, before = fresh(), fresh()
+    for x in u:
+        whole.apply(x)
+    for x in u[:2]:
+        before.apply(x)
+    doc = fresh()
+    doc.apply(u[0])
+    doc.apply(u[1])
+    assert doc.apply(merge_updates(u[2], u[4])) == b""
+    assert len(doc.held) == 1 and doc.state() == before.state()  # held whole: nothing of it shows
+    assert doc.full_update() == before.full_update()
+    assert doc.apply(u[3]) != b""
+    assert doc.held == []
+    assert doc.state() == whole.state()

@@ -302,3 +302,28 @@ def test_check_keeps_refusing_a_bad_value_on_the_same_document() -> None:
     for _ in range(2):
         with pytest.raises(RemoteValidationError):
             doc.check()
+
+
+def test_updates_merged_across_a_gap_show_nothing_until_the_gap_is_filled() -> None:
+    """Two of a record's updates with the one between them missing, merged on arrival (one ``apply_remote``
+    call): none of it may show, or a local write made meanwhile would count the later name as seen and
+    silently beat it. Once the missing update comes, all of them are in and the concurrent writes conflict."""
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    rid = a.create("accounts", {"name": "Acme", "notes": "n"})
+    a.update("accounts", rid, {"employees": 1, "notes": "note 1"})
+    a.update("accounts", rid, {"name": "Acme 2"})
+    a.update("accounts", rid, {"employees": 3, "notes": "note 3"})
+    a.update("accounts", rid, {"name": "Acme 4"})
+    u = [upd for _, upd in a.outgoing()]
+    b.apply_remote([("accounts", rid, u[0]), ("accounts", rid, u[1])])
+    b.apply_remote([("accounts", rid, u[2]), ("accounts", rid, u[4])])  # "Acme 2" and "Acme 4", not u[3]
+    rec = b.get("accounts", rid)
+    assert rec is not None and rec["name"] == "Acme" and rec["employees"] == 1  # nothing of the pair shows
+    assert b.store.load_range(("held",)) != []  # kept, not lost
+    b.update("accounts", rid, {"name": "Bolt"})  # made without seeing "Acme 2" or "Acme 4"
+    b.apply_remote([("accounts", rid, u[3])])
+    rec = b.get("accounts", rid)
+    assert rec is not None and rec["employees"] == 3 and rec["notes"] == "note 3"
+    assert len(rec.conflicts) == 1
+    assert sorted(c.value for c in rec.conflicts[0].candidates) == ["Acme 4", "Bolt"]
+    assert b.store.load_range(("held",)) == []
