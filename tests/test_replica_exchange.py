@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pycrdt import merge_updates
 
 from crdtsync import MalformedUpdate, RemoteValidationError, Replica
 from crdtsync.demo import DEMO_SCHEMA
@@ -326,4 +327,33 @@ def test_updates_merged_across_a_gap_show_nothing_until_the_gap_is_filled() -> N
     assert rec is not None and rec["employees"] == 3 and rec["notes"] == "note 3"
     assert len(rec.conflicts) == 1
     assert sorted(c.value for c in rec.conflicts[0].candidates) == ["Acme 4", "Bolt"]
+    assert b.store.load_range(("held",)) == []
+
+
+@settings(derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_changes_merged_in_any_groups_with_gaps_converge(data: st.DataObject) -> None:
+    """A record's changes, merged in arbitrary groups (a group may skip changes: an update with gaps
+    inside), applied in any order, some twice: every replica ends with the writer's state, nothing held."""
+    a = Cluster(DEMO_SCHEMA, 1).replicas[0]
+    rid = a.create("accounts", {"name": "Acme", "notes": "n", "tags": {"x"}})
+    for i, op in enumerate(data.draw(st.lists(st.integers(0, 3), min_size=1, max_size=8))):
+        if op == 0:
+            a.update("accounts", rid, {"employees": i, "notes": f"note {i}"})
+        elif op == 1:
+            a.update("accounts", rid, {"name": f"Acme {i}", "tags": {f"t{i % 3}"}})
+        elif op == 2:
+            a.increment("accounts", rid, "visits", i + 1)
+        else:
+            a.update("accounts", rid, {"phone": f"+1 {i}"})
+    updates = [u for _, u in a.outgoing()]
+    groups = data.draw(st.lists(st.lists(st.sampled_from(range(len(updates))), min_size=1, max_size=4),
+                                min_size=1, max_size=6))
+    covered = {i for g in groups for i in g}
+    groups += [[i] for i in range(len(updates)) if i not in covered]  # every change arrives at least once
+    order = data.draw(st.permutations(range(len(groups))))
+    b = Cluster(DEMO_SCHEMA, 2).replicas[1]
+    for k in order:
+        b.apply_remote([("accounts", rid, merge_updates(*[updates[i] for i in sorted(set(groups[k]))]))])
+    assert state(b) == state(a)
     assert b.store.load_range(("held",)) == []
