@@ -140,3 +140,19 @@ def test_a_first_sync_into_an_empty_store_loads_nothing() -> None:
     b.apply_remote(items)  # known now: loaded from the store
     assert calls != []
     assert rows(b) == rows(a)
+
+
+def test_a_record_only_pending_here_is_loaded_with_its_changes_when_a_peer_sends_it() -> None:
+    """A collection the store holds no record of may still have records in the outbox (a local change is
+    stored there alone until acknowledged): a merge into one must start from them."""
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    b.create("accounts", {"name": "Mine", "employees": 3}, id="x")
+    a.create("accounts", {"name": "Theirs", "phone": "123"}, id="x")
+    b.docs.forget()
+    assert b.store.load_range(("upd",)) == [] and b.store.load_range(("snap",)) == []
+    b.import_updates(a.export_updates())
+    rec = b.get("accounts", "x")
+    assert rec is not None
+    assert (rec.fields["employees"], rec.fields["phone"]) == (3, "123")
+    assert {c.field for c in rec.conflicts} == {"name"}
+    assert [p.op for p in b.pending()] == ["create"]

@@ -128,7 +128,7 @@ class RecordDocs:
             if empty:
                 for c, rid in missing:
                     if c in empty:
-                        out[(c, rid)] = self._cache[(c, rid)] = self._make(c, rid, None, None, None, [])
+                        out[(c, rid)] = self._cache[(c, rid)] = self._make_new(c, rid)
                 missing = [key for key in missing if key[0] not in empty]
         if missing:
             small = self.store.load_many([(kind, c, rid) for c, rid in missing for kind in ("snap", "rmeta", "held")])
@@ -153,6 +153,15 @@ class RecordDocs:
                                                   ("held", collection, record_id)])
         return self._make(collection, record_id, snap, rmeta, held,
                           self.store.load_range(("upd", collection, record_id)), skip)
+
+    def _make_new(self, collection: str, record_id: str) -> LoadedRecord:
+        """``_make`` of a record the store holds nothing of (no snapshot, updates, identity or held updates):
+        what it makes then, without looking for them."""
+        if self.local is not None and self.local.local_updates(collection, record_id):
+            return self._make(collection, record_id, None, None, None, [])
+        doc = new_record_doc(self.schema.collection(collection), record_id, writer=self.device, device=self.device,
+                             user=self.user, client_id=self.client_id, wall=self.wall)
+        return LoadedRecord(doc, 0, [], {})
 
     def _make(self, collection: str, record_id: str, snap: bytes | None, rmeta: bytes | None,
               held: bytes | None, rows: list[tuple[Key, bytes]], skip: frozenset[int] = frozenset()
