@@ -4,12 +4,14 @@ end exactly as the merge of a known record would, and as a fresh load of what wa
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crdtsync import MalformedUpdate, RemoteValidationError, Replica
 from crdtsync.demo import DEMO_SCHEMA
 from crdtsync.model import new_record_doc
+from crdtsync.store import MemoryStore
 from crdtsync.testing import Cluster
 from crdtsync.testing.cluster import snapshot
 
@@ -156,3 +158,21 @@ def test_a_record_only_pending_here_is_loaded_with_its_changes_when_a_peer_sends
     assert (rec.fields["employees"], rec.fields["phone"]) == (3, "123")
     assert {c.field for c in rec.conflicts} == {"name"}
     assert [p.op for p in b.pending()] == ["create"]
+
+
+def test_an_export_of_a_collection_unknown_here_changes_nothing() -> None:
+    """``import_updates`` checks the collections as ``apply_remote`` does: before anything is merged."""
+    from crdtsync import Collection, Schema, Str
+
+    wider = Schema(*DEMO_SCHEMA, Collection("zones", {"name": Str()}))
+    a = Replica(MemoryStore(), wider, device="a", user="ua")
+    a.create("accounts", {"name": "Acme"}, id="x")
+    a.create("zones", {"name": "North"}, id="z")
+    b = Cluster(DEMO_SCHEMA, 2).replicas[1]
+    before = b.store.load_range(())
+    items = [(c, rid, u) for (c, rid), u in a._parse(a.export_updates(), b"CSX1").items()]
+    for merge in (lambda: b.import_updates(a.export_updates()), lambda: b.apply_remote(items)):
+        with pytest.raises(RemoteValidationError) as e:
+            merge()
+        assert (e.value.collection, e.value.record, str(e.value)) == ("zones", "z", "zones/z: unknown collection")
+        assert b.store.load_range(()) == before and b.get("accounts", "x") is None

@@ -656,6 +656,11 @@ class Replica:
             if c not in self.schema.collections:
                 raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
             grouped[(c, rid)].append(update)
+        return self._merge(grouped, meta)
+
+    def _merge(self, grouped: Mapping[tuple[str, str], list[bytes]], meta: Mapping[str, bytes] | None
+               ) -> list[Record]:
+        """``apply_remote`` of updates grouped by record, every collection known."""
         touched: list[tuple[str, str]] = []
         # the merged records are held here, not re-fetched from the cache: importing more records than
         # the cache holds evicts the first ones, and a reload from the store would miss their update
@@ -801,5 +806,9 @@ class Replica:
         of times. A malformed blob, or one whose content breaks the schema, raises and changes nothing.
         Returns the records that changed."""
         entries = self._parse(blob, _EXPORT_MAGIC)
-        return self.apply_remote((c, rid, u) for (c, rid), u in entries.items())
+        collections = self.schema.collections
+        for c, rid in entries:  # as ``apply_remote`` checks them, without regrouping what is one per record
+            if c not in collections:
+                raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
+        return self._merge({key: [u] for key, u in entries.items()}, None)
 
