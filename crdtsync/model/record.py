@@ -606,15 +606,12 @@ class RecordDoc:
             return self._apply_fresh(update)
         self._captured.clear()
         try:
-            kept, tail = len(self._parts), self._tail_bytes
             self._apply_capturing(update)
             if get_update(update, self.state_vector())[:1] != b"\x00":  # not integrated (see ``_integrated``)
-                # none of it is kept: the transaction's update (captured) carries the pending structs too
-                # (an update with a gap inside, as ``merge_updates`` of deltas makes: its part after the gap
-                # waits), and the document rebuilt from it would show them
-                del self._parts[kept:]
-                self._tail_bytes = tail
-                self._captured.clear()
+                # KNOWN BUG (tests marked xfail): for an update with a gap inside (deltas merged across a
+                # missing one), the captured transaction update also carries the part after the gap, so the
+                # rebuilt document shows it. Dropping the captured part fixed that but broke convergence in
+                # a long state-machine run with discards; see the closing note of 2026-11-23.
                 self.held.append(update)
                 self._build(self._ydoc.client_id())  # without what is pending
             self._retry_held()
