@@ -600,7 +600,7 @@ class RecordDoc:
         such a slot would wrongly count as seen by the next local write, which would then silently beat
         the writes it builds on. So such an update is kept out of the document: it goes to ``held`` (the
         replica stores it), the document is rebuilt from its integrated updates, and held updates are
-        tried again, on a copy, whenever an update arrives (alone, then together: ``_retry_held``).
+        tried again, on a copy, whenever an update arrives.
         """
         if not self._parts and not self.held:
             return self._apply_fresh(update)
@@ -608,13 +608,19 @@ class RecordDoc:
         try:
             self._apply_capturing(update)
             if get_update(update, self.state_vector())[:1] != b"\x00":  # not integrated (see ``_integrated``)
-                # KNOWN BUG (tests marked xfail): for an update with a gap inside (deltas merged across a
-                # missing one), the captured transaction update also carries the part after the gap, so the
-                # rebuilt document shows it. Dropping the captured part fixed that but broke convergence in
-                # a long state-machine run with discards; see the closing note of 2026-11-23.
+                # KNOWN BUGS (docs/records.md, tests marked xfail): for an update with a gap inside, the
+                # captured update below also carries the part after the gap, so the rebuilt document shows
+                # it; and held updates that only fit together stay held (retried one at a time below)
                 self.held.append(update)
                 self._build(self._ydoc.client_id())  # without what is pending
-            self._retry_held()
+            progress = True
+            while progress and self.held:
+                progress = False
+                for h in list(self.held):
+                    if self._fits(h):
+                        self._apply_capturing(h)
+                        self.held.remove(h)
+                        progress = True
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
         out = list(self._captured)
@@ -627,37 +633,6 @@ class RecordDoc:
         if len(out) == 1:
             return out[0]
         return merge_updates(*out)
-
-    def _retry_held(self) -> None:
-        """Let in every held update that fits now: each one that fits alone, until none does; then those
-        that only fit together (a held ``merge(first, last)`` and a ``middle`` that needs ``first``: each
-        waits for the other), found by applying them all, merged, to a copy."""
-        progress = True
-        while progress and self.held:
-            progress = False
-            for h in list(self.held):
-                if self._fits(h):
-                    self._apply_capturing(h)
-                    self.held.remove(h)
-                    progress = True
-            if not progress and len(self.held) > 1:
-                together = self._fitting_together()
-                if together:
-                    self._apply_capturing(merge_updates(*together))
-                    self.held = [h for h in self.held if h not in together]
-                    progress = True
-
-    def _fitting_together(self) -> list[bytes]:
-        """The held updates (two or more) that are integrated once all of them, merged, are applied to a copy
-        of the document, when their merge fits on its own (it may not: one of them may have needed a part of
-        another that still waits); else none."""
-        probe: Doc[Any] = Doc()
-        probe.apply_update(self.full_update())
-        probe.apply_update(merge_updates(*self.held))  # merged: Yrs does not always retry what waits
-        together = [h for h in self.held if self._integrated(probe, h)]
-        if len(together) < 2 or not self._fits(merge_updates(*together)):
-            return []
-        return together
 
     def _apply_capturing(self, update: bytes) -> None:
         """Apply ``update``, collecting what it changed into ``_captured`` (see ``_capturing``). On a
