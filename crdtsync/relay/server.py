@@ -258,9 +258,7 @@ class Relay:
         try:
             finish = self.store.begin_commit(batch)
             if self.store.sync_only and self._sync_time < self.limits.inline_sync:
-                t0 = time.perf_counter()
-                finish()
-                self._sync_time += (time.perf_counter() - t0 - self._sync_time) * 0.2
+                self._timed_sync(finish)
                 done: asyncio.Future[None] = loop.create_future()
                 done.set_result(None)
                 return done
@@ -273,7 +271,8 @@ class Relay:
         return loop.run_in_executor(None, self._timed_sync, finish)
 
     def _timed_sync(self, finish: Callable[[], None]) -> None:
-        """``finish`` in the executor, timed: once fsyncs are quick again, they go back to the event loop."""
+        """``finish`` (a store's fsync), timed into the moving average that decides where the next one runs:
+        on the event loop, or (when slow) in the executor until fsyncs are quick again."""
         t0 = time.perf_counter()
         finish()
         self._sync_time += (time.perf_counter() - t0 - self._sync_time) * 0.2

@@ -199,17 +199,9 @@ class SQLiteStore(ByteStore):
         ``synchronous=FULL`` (and of its directory, once, as SQLite does after creating the WAL). The WAL
         is opened anew each time: it is never replaced while the store is open (this store's connections
         keep it), but a stale descriptor would sync nothing."""
-        fd = os.open(self._wal, os.O_RDONLY)
-        try:
-            _datasync(fd)
-        finally:
-            os.close(fd)
+        _sync_path(self._wal, _datasync)
         if not self._dir_synced:
-            fd = os.open(os.path.dirname(self._wal), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _sync_path(os.path.dirname(self._wal), os.fsync)
             self._dir_synced = True
 
     def _write(self, batch: Batch) -> None:
@@ -275,6 +267,15 @@ def _nothing() -> None:
 
 
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+
+
+def _sync_path(path: str, sync: Callable[[int], None]) -> None:
+    """``sync`` (``fsync``, ``fdatasync``) of the file or directory at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        sync(fd)
+    finally:
+        os.close(fd)
 
 
 def _params(rows: list[bytearray | int], width: int) -> list[list[bytearray | int]]:
