@@ -54,7 +54,7 @@ def source(writes: int, records: int) -> tuple[bytes, list[bytes], list[tuple[st
             a.update("accounts", rid, {"name": f"Account {rid} v{done}"})
         done += 1
     blob = a.export_updates()
-    parts = [u for _, u in sorted(a._parse(blob, b"CSX1").items())]
+    parts = [u for _, us in sorted(a._parse_export(blob).items()) for u in us]
     changes = [(p.collection, p.record, u) for p, u in a.outgoing()]
     return blob, parts, changes
 

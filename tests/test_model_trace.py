@@ -4,7 +4,6 @@ an update that builds on a missing one."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map, merge_updates
@@ -132,12 +131,11 @@ def test_the_clients_an_update_moved_are_read_off_the_new_part_only() -> None:
     assert update_clients(b"") is None
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the part of an update after a gap inside shows while it waits "
-                                      "(RecordDoc.apply); the fix tried made long state-machine runs diverge")
 def test_a_held_update_with_a_gap_shows_nothing_and_fits_together_with_the_missing_one() -> None:
-    """``merge(u2, u4)`` arrives without ``u3``: Yrs integrates its ``u2`` part and keeps ``u4`` pending, and
-    the transaction's update carries both; none of it may show (``u4``'s name would count as seen by the
-    next local write). ``u3`` then needs ``u2``: neither fits alone, both fit together."""
+    """``merge(u2, u4)`` arrives without ``u3``: Yrs puts ``u4``'s entries in the map all the same (its state
+    vector stops at the gap) and the transaction's update carries them; none of it may show (``u4``'s name
+    would count as seen by the next local write). ``u3`` then needs ``u2``: neither fits alone, both fit
+    together."""
     u = edit(Cluster(DEMO_SCHEMA, 1).replicas[0], [0, 3, 0, 3])  # create, then four changes: u[0] .. u[4]
     whole, before = fresh(), fresh()
     for x in u:
@@ -150,13 +148,13 @@ def test_a_held_update_with_a_gap_shows_nothing_and_fits_together_with_the_missi
     assert doc.apply(merge_updates(u[2], u[4])) == b""
     assert len(doc.held) == 1 and doc.state() == before.state()  # held whole: nothing of it shows
     assert doc.full_update() == before.full_update()
+    assert doc.apply(merge_updates(u[2], u[4])) == b""  # sent again: held once
+    assert len(doc.held) == 1 and doc.full_update() == before.full_update()
     assert doc.apply(u[3]) != b""
     assert doc.held == []
     assert doc.state() == whole.state()
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: held updates are retried one at a time (RecordDoc.apply); "
-                                      "retrying them together made long state-machine runs diverge")
 def test_held_updates_that_only_fit_together_are_let_in_together() -> None:
     """Without ``u1``, ``u3`` and ``merge(u2, u4)`` are both held. Once ``u1`` comes, neither fits alone (``u3``
     needs ``u2``, the merge needs ``u3``): they are let in together."""
@@ -170,5 +168,28 @@ def test_held_updates_that_only_fit_together_are_let_in_together() -> None:
     doc.apply(merge_updates(u[2], u[4]))
     assert len(doc.held) == 2
     doc.apply(u[1])
+    assert doc.held == []
+    assert doc.state() == whole.state()
+
+
+def test_of_the_held_updates_the_largest_set_that_fits_together_goes_in() -> None:
+    """All waiting for ``u1``: ``merge(u2, u4)`` and ``u3`` (they fit together), ``merge(u5, u8)`` (waits for
+    ``u7`` too) and ``u6``. Tried all at once after ``u1``, ``u6`` goes in on the back of ``u5``; without
+    ``merge(u5, u8)`` it does not, so it stays held with it. Once ``u7`` comes, the rest goes in."""
+    u = edit(Cluster(DEMO_SCHEMA, 1).replicas[0], [0, 3, 0, 3, 0, 3, 0, 3])  # u[0] .. u[8]
+    upto4, whole = fresh(), fresh()
+    for x in u[:5]:
+        upto4.apply(x)
+    for x in u:
+        whole.apply(x)
+    doc = fresh()
+    doc.apply(u[0])
+    for x in (merge_updates(u[2], u[4]), u[3], merge_updates(u[5], u[8]), u[6]):
+        assert doc.apply(x) == b""
+    assert len(doc.held) == 4
+    assert doc.apply(u[1]) != b""  # lets in u1, merge(u2, u4) and u3; not u6
+    assert doc.held == [merge_updates(u[5], u[8]), u[6]]
+    assert doc.state() == upto4.state() and doc.full_update() == upto4.full_update()
+    doc.apply(u[7])
     assert doc.held == []
     assert doc.state() == whole.state()

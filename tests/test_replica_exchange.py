@@ -10,6 +10,7 @@ from pycrdt import merge_updates
 
 from crdtsync import MalformedUpdate, RemoteValidationError, Replica
 from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.store import MemoryStore
 from crdtsync.testing import Cluster
 from crdtsync.testing.cluster import snapshot
 
@@ -236,7 +237,7 @@ def test_mutated_updates_raise_only_remote_errors_and_change_nothing(data: st.Da
     a = Cluster(DEMO_SCHEMA, 1).replicas[0]
     a.create("accounts", {"name": "Acme", "notes": "hello", "tags": {"x"}}, id="r0")
     a.update("accounts", "r0", {"employees": 3})
-    update = bytearray(a._parse(a.export_updates(), b"CSX1")[("accounts", "r0")])
+    update = bytearray(a._parse_export(a.export_updates())[("accounts", "r0")][0])
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(update) - 1))
         how = data.draw(st.sampled_from(["set", "cut", "insert"]))
@@ -262,7 +263,6 @@ def test_a_bad_value_merged_into_a_known_record_is_refused() -> None:
     """``check`` validates only what changed since the last check: a bad write to a record the replica
     already holds (checked, cached) must be refused all the same, and the record keep its good value."""
     from crdtsync import Collection, Schema, Str
-    from crdtsync.store import MemoryStore
 
     loose = Schema(Collection("accounts", {"name": Str(), "phone": Str()}))
     peer = Replica(MemoryStore(), loose, device="peer", user="p")
@@ -305,12 +305,12 @@ def test_check_keeps_refusing_a_bad_value_on_the_same_document() -> None:
             doc.check()
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the part of an update after a gap inside shows while it waits, "
-                                      "and a local write made meanwhile beats it without a conflict (RecordDoc.apply)")
-def test_updates_merged_across_a_gap_show_nothing_until_the_gap_is_filled() -> None:
-    """Two of a record's updates with the one between them missing, merged on arrival (one ``apply_remote``
-    call): none of it may show, or a local write made meanwhile would count the later name as seen and
-    silently beat it. Once the missing update comes, all of them are in and the concurrent writes conflict."""
+@pytest.mark.parametrize("merged", [True, False])
+def test_an_update_waiting_for_a_missing_one_shows_nothing_until_it_comes(merged: bool) -> None:
+    """A record's updates u2 and u4 arrive without u3: merged into one update (``merge_updates``), or in one
+    ``apply_remote`` call. Nothing that waits for u3 may show (all of the merged update, which Yrs would
+    partly show; u4 alone when they come apart), or a local write made meanwhile would count "Acme 4" as
+    seen and silently beat it. Once u3 comes, all is in and the concurrent writes conflict."""
     a, b = Cluster(DEMO_SCHEMA, 2).replicas
     rid = a.create("accounts", {"name": "Acme", "notes": "n"})
     a.update("accounts", rid, {"employees": 1, "notes": "note 1"})
@@ -319,11 +319,14 @@ def test_updates_merged_across_a_gap_show_nothing_until_the_gap_is_filled() -> N
     a.update("accounts", rid, {"name": "Acme 4"})
     u = [upd for _, upd in a.outgoing()]
     b.apply_remote([("accounts", rid, u[0]), ("accounts", rid, u[1])])
-    b.apply_remote([("accounts", rid, u[2]), ("accounts", rid, u[4])])  # "Acme 2" and "Acme 4", not u[3]
+    if merged:
+        b.apply_remote([("accounts", rid, merge_updates(u[2], u[4]))])
+    else:
+        b.apply_remote([("accounts", rid, u[2]), ("accounts", rid, u[4])])
     rec = b.get("accounts", rid)
-    assert rec is not None and rec["name"] == "Acme" and rec["employees"] == 1  # nothing of the pair shows
+    assert rec is not None and rec["name"] == ("Acme" if merged else "Acme 2") and rec["employees"] == 1
     assert b.store.load_range(("held",)) != []  # kept, not lost
-    b.update("accounts", rid, {"name": "Bolt"})  # made without seeing "Acme 2" or "Acme 4"
+    b.update("accounts", rid, {"name": "Bolt"})  # made without seeing "Acme 4"
     b.apply_remote([("accounts", rid, u[3])])
     rec = b.get("accounts", rid)
     assert rec is not None and rec["employees"] == 3 and rec["notes"] == "note 3"
@@ -332,9 +335,6 @@ def test_updates_merged_across_a_gap_show_nothing_until_the_gap_is_filled() -> N
     assert b.store.load_range(("held",)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="known limit: held updates are retried one at a time (RecordDoc.apply), so "
-                                      "updates that only fit together stay held; retrying them together made long "
-                                      "state-machine runs diverge")
 @settings(derandomize=True, max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_changes_merged_in_any_groups_with_gaps_converge(data: st.DataObject) -> None:
@@ -362,3 +362,27 @@ def test_changes_merged_in_any_groups_with_gaps_converge(data: st.DataObject) ->
         b.apply_remote([("accounts", rid, merge_updates(*[updates[i] for i in sorted(set(groups[k]))]))])
     assert state(b) == state(a)
     assert b.store.load_range(("held",)) == []
+
+
+def test_held_updates_go_along_with_an_export() -> None:
+    """``b`` holds a's second change (it lacks the first); ``c`` has the first. ``b``'s export carries the
+    held change as an entry of its own, so ``c`` takes it; merged into the record's update, it would wait
+    there too. ``since`` exports carry it as well, and ``b`` itself still waits."""
+    a, b, c = Cluster(DEMO_SCHEMA, 3).replicas
+    rid = a.create("accounts", {"name": "Acme"})
+    first = [u for _, u in a.outgoing()]
+    a.update("accounts", rid, {"name": "Acme 2"})
+    second = [u for _, u in a.outgoing()][1:]
+    c.apply_remote([("accounts", rid, first[0])])
+    b.apply_remote([("accounts", rid, second[0])])
+    assert b.get("accounts", rid) is None and b.store.load_range(("held",)) != []
+    for blob in (b.export_updates(), b.export_updates(since=c.state_vectors())):
+        d = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="d")
+        d.import_updates(c.export_updates())
+        d.import_updates(blob)
+        rec = d.get("accounts", rid)
+        assert rec is not None and rec["name"] == "Acme 2" and d.store.load_range(("held",)) == []
+    c.import_updates(b.export_updates())
+    rec = c.get("accounts", rid)
+    assert rec is not None and rec["name"] == "Acme 2"
+    assert b.get("accounts", rid) is None

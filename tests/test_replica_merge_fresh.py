@@ -170,7 +170,7 @@ def test_an_export_of_a_collection_unknown_here_changes_nothing() -> None:
     a.create("zones", {"name": "North"}, id="z")
     b = Cluster(DEMO_SCHEMA, 2).replicas[1]
     before = b.store.load_range(())
-    items = [(c, rid, u) for (c, rid), u in a._parse(a.export_updates(), b"CSX1").items()]
+    items = [(c, rid, u) for (c, rid), us in a._parse_export(a.export_updates()).items() for u in us]
     for merge in (lambda: b.import_updates(a.export_updates()), lambda: b.apply_remote(items)):
         with pytest.raises(RemoteValidationError) as e:
             merge()

@@ -598,41 +598,87 @@ class RecordDoc:
         but (pycrdt 0.14) its map entries show up in reads all the same, and it does not always retry it
         when the missing update arrives (deltas applied in reverse order lost all but the first). Shown,
         such a slot would wrongly count as seen by the next local write, which would then silently beat
-        the writes it builds on. So such an update is kept out of the document: it goes to ``held`` (the
-        replica stores it), the document is rebuilt from its integrated updates, and held updates are
-        tried again, on a copy, whenever an update arrives.
+        the writes it builds on. So such an update is kept out of the document whole: it goes to ``held``
+        (the replica stores it), the document is rebuilt from its integrated updates, and held updates are
+        tried again, on copies, whenever an update arrives (``_retry_held``).
         """
         if not self._parts and not self.held:
             return self._apply_fresh(update)
         self._captured.clear()
         try:
-            self._apply_capturing(update)
-            if get_update(update, self.state_vector())[:1] != b"\x00":  # not integrated (see ``_integrated``)
-                # KNOWN BUGS (docs/records.md, tests marked xfail): for an update with a gap inside, the
-                # captured update below also carries the part after the gap, so the rebuilt document shows
-                # it; and held updates that only fit together stay held (retried one at a time below)
-                self.held.append(update)
-                self._build(self._ydoc.client_id())  # without what is pending
-            progress = True
-            while progress and self.held:
-                progress = False
-                for h in list(self.held):
-                    if self._fits(h):
-                        self._apply_capturing(h)
-                        self.held.remove(h)
-                        progress = True
+            if not self._take(update):
+                self._hold(update)
+            self._retry_held()
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        return self._new_part()
+
+    def _take(self, update: bytes) -> bool:
+        """Apply ``update`` if it is integrated whole; else undo it and return False.
+
+        Undone whole: Yrs puts the entries of an update after a gap inside it (``merge(u2, u4)`` without
+        ``u3``) into the map all the same (its state vector stops at the gap), and the transaction's update
+        carries them, so nothing of what the apply captured is kept and the document is rebuilt from its
+        integrated updates.
+        """
+        kept, tail, captured = len(self._parts), self._tail_bytes, len(self._captured)
+        self._apply_capturing(update)
+        if get_update(update, self.state_vector())[:1] == b"\x00":  # integrated (see ``_integrated``)
+            return True
+        del self._parts[kept:]
+        del self._captured[captured:]
+        self._tail_bytes = tail
+        self._build(self._ydoc.client_id())
+        return False
+
+    def _hold(self, update: bytes) -> None:
+        if update not in self.held:  # a peer may send it again
+            self.held.append(update)
+
+    def _new_part(self) -> bytes:
+        """What the updates applied since ``_captured`` was cleared added to the document (b"" if none)."""
         out = list(self._captured)
         self._captured.clear()
-        if out:
-            self._changed_remotely()
-            self._fold_parts()
         if not out:
             return b""
-        if len(out) == 1:
-            return out[0]
-        return merge_updates(*out)
+        self._changed_remotely()
+        self._fold_parts()
+        return out[0] if len(out) == 1 else merge_updates(*out)
+
+    def _retry_held(self) -> None:
+        """Let in the held updates that fit now: each one that fits alone, and then those that only fit
+        together (``merge(u2, u4)`` and ``u3`` once ``u1`` is in), until none does."""
+        while self.held:
+            fit = next((h for h in self.held if self._fits(h)), None)
+            if fit is not None:
+                self._apply_capturing(fit)
+                self.held.remove(fit)
+                continue
+            if len(self.held) < 2:
+                return
+            together = self._fitting_together()
+            if not together:
+                return
+            self._apply_capturing(merge_updates(*together))
+            for h in together:
+                self.held.remove(h)
+
+    def _fitting_together(self) -> list[bytes]:
+        """The largest set of held updates (two or more) that is integrated whole when applied together, or
+        [] if none. Tried on copies of the document: all of them at once, then only those that went in
+        whole, until every one tried goes in (one that needs a part of an update still waiting drops out,
+        and so may another that needed it)."""
+        together = list(self.held)
+        state = self.full_update()
+        while len(together) >= 2:
+            probe: Doc[Any] = Doc()
+            probe.apply_update(state)
+            probe.apply_update(merge_updates(*together))
+            fits = [h for h in together if self._integrated(probe, h)]
+            if len(fits) == len(together):
+                return together
+            together = fits
+        return []
 
     def _apply_capturing(self, update: bytes) -> None:
         """Apply ``update``, collecting what it changed into ``_captured`` (see ``_capturing``). On a
@@ -652,18 +698,25 @@ class RecordDoc:
     def apply_many(self, updates: list[bytes]) -> bytes:
         """``apply`` for several updates of the record: one apply of them merged, or, on a document that
         holds nothing yet, each applied in one transaction (merging them first cost more than applying them
-        all). Returns the part that was new to this document (b"" if none)."""
+        all). If some of them wait for an update not received, they are applied one at a time instead,
+        so that only those are held (merged, the gap would hold back all of them). Returns the part that
+        was new to this document (b"" if none)."""
         if len(updates) == 1:
             return self.apply(updates[0])
         if not self._parts and not self.held:
             new = self._apply_fresh_many(updates)
             if new is not None:
                 return new
+        self._captured.clear()
         try:
-            merged = merge_updates(*updates)
+            if not self._take(merge_updates(*updates)):
+                for u in updates:
+                    if not self._take(u):
+                        self._hold(u)
+            self._retry_held()
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
-        return self.apply(merged)
+        return self._new_part()
 
     def _apply_fresh_many(self, updates: list[bytes]) -> bytes | None:
         """``apply_many`` on an empty document, when every update is integrated: the new part is then the

@@ -206,6 +206,10 @@ class RecordDocs:
             out.append(r.bytes())
         return out
 
+    def stored_held(self, collection: str) -> dict[str, list[bytes]]:
+        """The held updates of a collection's records, by record id, from the store."""
+        return {str(key[2]): self._held(raw) for key, raw in self.store.iter_range(("held", collection))}
+
     def save_held(self, batch: Batch, collection: str, record_id: str, held: list[bytes]) -> None:
         if not held:
             batch.remove(("held", collection, record_id))

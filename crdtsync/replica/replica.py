@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -753,20 +753,24 @@ class Replica:
     def export_updates(self, collections: Iterable[str] | None = None, since: bytes | None = None) -> bytes:
         """Everything this replica knows (of some collections), as one blob for ``import_updates``.
 
-        With ``since`` (another replica's ``state_vectors()``), only what that replica lacks.
+        With ``since`` (another replica's ``state_vectors()``), only what that replica lacks. A record's
+        held updates (those waiting here for an update they build on) go along as entries of their own:
+        the receiver may have what they wait for, and merged into the record's update they would hold it
+        back whole where it does not.
         """
         vectors = self._parse(since, _VECTOR_MAGIC) if since is not None else {}
         out = bytearray(_EXPORT_MAGIC)
         for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
-            for rid in self.docs.record_ids(coll.name):
-                update = self._stored_update(coll.name, rid)
+            held = self.docs.stored_held(coll.name)
+            for rid in sorted(set(self.docs.record_ids(coll.name)) | set(held)):
                 sv = vectors.get((coll.name, rid))
-                if sv is not None:
-                    update = get_update(update, sv)
+                for update in [self._stored_update(coll.name, rid), *held.get(rid, ())]:
+                    if sv is not None:
+                        update = get_update(update, sv)
                     if update == _EMPTY_UPDATE:
                         continue
-                write_bytes(out, orjson.dumps([coll.name, rid]))
-                write_bytes(out, update)
+                    write_bytes(out, orjson.dumps([coll.name, rid]))
+                    write_bytes(out, update)
         return bytes(out)
 
     def state_vectors(self, collections: Iterable[str] | None = None) -> bytes:
@@ -779,7 +783,8 @@ class Replica:
         return bytes(out)
 
     @staticmethod
-    def _parse(blob: bytes, magic: bytes) -> dict[tuple[str, str], bytes]:
+    def _entries(blob: bytes, magic: bytes) -> Iterator[tuple[tuple[str, str], bytes]]:
+        """The (collection, id) and bytes of each entry of an export or a state-vector blob."""
         if not isinstance(blob, bytes | bytearray | memoryview):
             raise MalformedUpdate(f"expected bytes, got {type(blob).__name__}")
         blob = bytes(blob)
@@ -787,7 +792,6 @@ class Replica:
             raise MalformedUpdate(f"not a crdtsync {'export' if magic == _EXPORT_MAGIC else 'state vector'} "
                                   f"(starts with {blob[:4]!r})")
         r = Reader(blob, 4)
-        out: dict[tuple[str, str], bytes] = {}
         try:
             while not r.done():
                 head = orjson.loads(r.bytes())
@@ -795,20 +799,35 @@ class Replica:
                 if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], str)
                         and isinstance(head[1], str)):
                     raise ValueError(f"bad entry header {head!r}")
-                key = (head[0], head[1])
-                out[key] = merge_updates(out[key], body) if key in out and magic == _EXPORT_MAGIC else body
+                yield (head[0], head[1]), body
         except (ValueError, orjson.JSONDecodeError) as e:
             raise MalformedUpdate(f"malformed blob at byte {r.pos}: {e}") from None
+
+    @classmethod
+    def _parse(cls, blob: bytes, magic: bytes) -> dict[tuple[str, str], bytes]:
+        """A state-vector blob: each record's state vector."""
+        return dict(cls._entries(blob, magic))
+
+    @classmethod
+    def _parse_export(cls, blob: bytes) -> dict[tuple[str, str], list[bytes]]:
+        """An export: each record's updates, as they came (a record's held updates follow its update)."""
+        out: dict[tuple[str, str], list[bytes]] = {}
+        for key, body in cls._entries(blob, _EXPORT_MAGIC):
+            got = out.get(key)
+            if got is None:
+                out[key] = [body]
+            else:
+                got.append(body)
         return out
 
     def import_updates(self, blob: bytes) -> list[Record]:
         """Merge a blob from another replica's ``export_updates``. Idempotent, in any order, any number
         of times. A malformed blob, or one whose content breaks the schema, raises and changes nothing.
         Returns the records that changed."""
-        entries = self._parse(blob, _EXPORT_MAGIC)
+        entries = self._parse_export(blob)
         collections = self.schema.collections
-        for c, rid in entries:  # as ``apply_remote`` checks them, without regrouping what is one per record
+        for c, rid in entries:  # as ``apply_remote`` checks them
             if c not in collections:
                 raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
-        return self._merge({key: [u] for key, u in entries.items()}, None)
+        return self._merge(entries, None)
 
