@@ -1,23 +1,29 @@
-"""Checking every slot and set entry of a record at once (a record new here, as a merge brings it). No I/O.
+"""Checking a record's content against its collection's schema. No I/O.
 
-``RecordDoc._check_slot`` and ``_check_set`` check one entry and say exactly what is wrong with a bad one.
-Here the usual entry is accepted inline instead, without their two calls per entry (half of the cost of
-checking a slot); an entry the quick test does not pass, at the least doubt, goes through them, so what
-is accepted and how a bad entry is refused (``RemoteValidationError``) stay theirs.
+``CheckedRecordDoc`` checks what changed since its last check (``check``) or only some keys
+(``check_keys``, the relay's check of one change). Its ``_check_slot`` and ``_check_set`` check one entry
+and say exactly what is wrong with a bad one.
+
+``check_slots`` and ``check_set_entries`` check every entry of a record at once (a record new here, as a
+merge brings it). There the usual entry is accepted inline, without those two calls per entry (half of
+the cost of checking a slot); an entry the quick test does not pass, at the least doubt, goes through
+them, so what is accepted and how a bad entry is refused (``RemoteValidationError``) stay theirs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from ..errors import RemoteValidationError
 from ..schema import Collection, Invalid
+from .document import MISSING, BaseRecordDoc, parse_set, parse_slot
 from .slots import DELETED, SEP, Slot
 from .state import SetEntry
 
-__all__ = ["check_set_entries", "check_slots"]
+__all__ = ["CheckedRecordDoc", "check_set_entries", "check_slots"]
 
 _new = object.__new__
 _PUT_FIELD, _PUT_ELEMENT, _PUT_WRITER, _PUT_ADDS, _PUT_REMOVED = (
@@ -37,7 +43,7 @@ def _set_entry(name: str, element: str, writer: str, adds: int, removed: dict[st
 
 def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable[[str, Any], Slot]
                 ) -> dict[str, Slot]:
-    """``check_slot`` (``RecordDoc._check_slot``) of every slot, the usual one accepted inline."""
+    """``check_slot`` (``CheckedRecordDoc._check_slot``) of every slot, the usual one accepted inline."""
     fields = coll.fields
     loads = orjson.loads
     out: dict[str, Slot] = {}
@@ -79,7 +85,7 @@ def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable
 
 def check_set_entries(coll: Collection, sets: Mapping[str, Any], check_set: Callable[[str, Any], SetEntry]
                       ) -> dict[str, SetEntry]:
-    """``check_set`` (``RecordDoc._check_set``) of every set entry, the usual one accepted inline."""
+    """``check_set`` (``CheckedRecordDoc._check_set``) of every set entry, the usual one accepted inline."""
     fields = coll.fields
     loads = orjson.loads
     out: dict[str, SetEntry] = {}
@@ -103,3 +109,129 @@ def check_set_entries(coll: Collection, sets: Mapping[str, Any], check_set: Call
                 pass
         out[key] = check_set(key, raw)
     return out
+
+
+class CheckedRecordDoc(BaseRecordDoc):
+    """A record's document that checks its content against the schema (``check``, ``check_keys``)."""
+
+    def check_keys(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> dict[str, Slot] | None:
+        """Check only the slots and set entries under these keys (those an update just set; the rest was
+        checked before); raise ``RemoteValidationError``. The relay checks each change this way, at a cost
+        that does not grow with the record. Keys no longer present (deleted) are skipped.
+
+        Returns the slots it read, parsed, by key (for further checks without reading them again); None
+        for a document kind with its own ``check`` (another layout), which is then checked whole."""
+        if type(self).check is not CheckedRecordDoc.check:
+            self.check()
+            return None
+        try:
+            slots, sets = self._get_many(slot_keys, set_keys)
+        except Exception as e:  # Yrs lists an entry it cannot return (a corrupted update)
+            raise RemoteValidationError(self.collection.name, self.id, None, f"corrupted document: {e!r}") from None
+        return self.check_values(slots, sets)
+
+    def check_values(self, slots: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Slot] | None:
+        """``check_keys`` of values already read (under the keys they were read from): the values an
+        update left in the slot and set maps, as ``apply_traced`` reports them."""
+        if type(self).check is not CheckedRecordDoc.check:
+            self.check()
+            return None
+        check_slot = self._check_slot
+        parsed = {key: check_slot(key, raw) for key, raw in slots.items()}
+        for key, raw in sets.items():
+            self._check_set(key, raw)
+        return parsed
+
+    def _get_many(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The values present under these keys of the slot map and the set map, read in one transaction
+        (``Map.get`` opens two per key). Nested shared types come back as Yrs objects, which no check
+        accepts."""
+        with self._txn() as txn:
+            t = txn._txn
+            out = []
+            for shared, keys in zip(self._handles(t), (slot_keys, set_keys), strict=True):
+                got: dict[str, Any] = {}
+                for key in keys:
+                    if key not in got and shared.has(t, key):
+                        got[key] = shared.get(t, key)
+                out.append(got)
+        return out[0], out[1]
+
+    def check(self) -> None:
+        """Check the slots and set entries against the schema; raise ``RemoteValidationError``.
+
+        Only the entries that differ from the content before the updates applied since the last check
+        (all of it valid) are checked: a merge into a large record checks what the merge brought.
+        """
+        coll = self.collection
+        base = self._base
+        try:
+            if self._slot_raw is None or self._set_raw is None:
+                self._read_content()
+            slots, sets = self._slot_raw, self._set_raw
+            assert slots is not None and sets is not None
+        except ValueError as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
+        check_slot, check_set = self._check_slot, self._check_set
+        parsed: dict[str, Slot]
+        set_parsed: dict[str, SetEntry]
+        if base is None:  # nothing checked before (a record new here): every entry
+            # every entry at once (see ``checks.py``), unless a subclass checks them its own way
+            parsed = check_slots(coll, slots, check_slot) if type(self)._check_slot is CheckedRecordDoc._check_slot \
+                else {key: check_slot(key, raw) for key, raw in slots.items()}
+            set_parsed = check_set_entries(coll, sets, check_set) \
+                if sets and type(self)._check_set is CheckedRecordDoc._check_set \
+                else {key: check_set(key, raw) for key, raw in sets.items()}
+        else:
+            old_raw, old_parsed = base[0], base[1]
+            parsed = {}
+            for key, raw in slots.items():
+                parsed[key] = old_parsed[key] if old_raw.get(key, MISSING) == raw else check_slot(key, raw)
+            old_set_raw = base[2] if base[2] is not None else {}
+            old_set_parsed = base[3] if base[3] is not None else {}
+            set_parsed = {}
+            for key, raw in sets.items():
+                set_parsed[key] = old_set_parsed[key] if old_set_raw.get(key, MISSING) == raw \
+                    else check_set(key, raw)
+        # checked: state() need not parse them again, and the next check starts from here
+        self._parsed, self._set_parsed = parsed, set_parsed
+        self._base = None
+
+    def _check_slot(self, key: str, raw: Any) -> Slot:
+        coll = self.collection
+        try:
+            s = parse_slot(key, raw)
+        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
+            raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
+        name = s.field
+        if name == DELETED:
+            if not isinstance(s.value, bool):
+                raise RemoteValidationError(coll.name, self.id, "deleted", "deleted must be a bool")
+            return s
+        f = coll.fields.get(name)
+        if f is None:
+            raise RemoteValidationError(coll.name, self.id, name, "unknown field")
+        try:
+            merge = f.merge
+            if merge == "register":
+                f.decode(s.value)
+            elif merge == "counter":
+                f.check(s.value)
+            elif s.value is not None:
+                raise Invalid("markers hold no value")
+        except Invalid as e:
+            raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
+        return s
+
+    def _check_set(self, key: str, raw: Any) -> SetEntry:
+        coll = self.collection
+        try:
+            entry = parse_set(key, raw)
+            f = coll.fields.get(entry.field)
+            if f is None or f.merge != "set":
+                raise Invalid("unknown set field")
+            f.of.decode(orjson.loads(entry.element))  # type: ignore[attr-defined]
+        except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
+            raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
+        return entry
+

@@ -1,6 +1,6 @@
 """The ``lww-field`` strategy: every field takes the value written at the latest *wall-clock* time. No I/O.
 
-The document layout is the crdt one (per-writer slots, see ``record.py``), with one more number per slot:
+The document layout is the crdt one (per-writer slots, see ``document.py``), with one more number per slot:
 ``w``, the writer's own wall clock (ms) when it wrote, as its device reported it. The winner of a field is
 the slot with the latest ``(w, device, writer)``; nothing is ever surfaced as a conflict. This is the
 classic "last write wins by timestamp" found in many sync engines, and it has their flaws on purpose:

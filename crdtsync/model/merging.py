@@ -1,0 +1,239 @@
+"""Merging remote updates into a record's document, and holding back those that cannot go in yet. No I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pycrdt import Doc, get_update, merge_updates
+
+from ..errors import MalformedUpdate
+from .checks import CheckedRecordDoc
+from .trace import Traced, Tracer
+from .yrs import RawTxn
+
+__all__ = ["MergingRecordDoc"]
+
+
+class MergingRecordDoc(CheckedRecordDoc):
+    """``apply``, ``apply_many`` and ``apply_traced`` of remote updates, with the held updates."""
+
+    @staticmethod
+    def _integrated(doc: Doc[Any], update: bytes) -> bool:
+        """True when every struct of ``update`` is in ``doc`` (none waits for a missing one)."""
+        rest = get_update(update, doc.get_state())
+        return rest[:1] == b"\x00"  # the diff's first varuint: how many clients still have structs
+
+    def _fits(self, update: bytes) -> bool:
+        """Whether ``update`` would be integrated, tried on a copy of the document."""
+        probe: Doc[Any] = Doc()
+        probe.apply_update(self.full_update())
+        probe.apply_update(update)
+        return self._integrated(probe, update)
+
+    def apply(self, update: bytes) -> bytes:
+        """Apply a remote update; return the part that was new to this document (b"" if none).
+
+        An update that builds on one not received yet cannot be integrated. Yrs then keeps it pending,
+        but (pycrdt 0.14) its map entries show up in reads all the same, and it does not always retry it
+        when the missing update arrives (deltas applied in reverse order lost all but the first). Shown,
+        such a slot would wrongly count as seen by the next local write, which would then silently beat
+        the writes it builds on. So such an update is kept out of the document whole: it goes to ``held``
+        (the replica stores it), the document is rebuilt from its integrated updates, and held updates are
+        tried again, on copies, whenever an update arrives (``_retry_held``).
+        """
+        if not self._parts and not self.held:
+            return self._apply_fresh(update)
+        self._captured.clear()
+        try:
+            if not self._take(update):
+                self._hold(update)
+            self._retry_held()
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        return self._new_part()
+
+    def _take(self, update: bytes) -> bool:
+        """Apply ``update`` if it is integrated whole; else undo it and return False.
+
+        Undone whole: Yrs puts the entries of an update after a gap inside it (``merge(u2, u4)`` without
+        ``u3``) into the map all the same (its state vector stops at the gap), and the transaction's update
+        carries them, so nothing of what the apply captured is kept and the document is rebuilt from its
+        integrated updates.
+        """
+        kept, tail, captured = len(self._parts), self._tail_bytes, len(self._captured)
+        self._apply_capturing(update)
+        if get_update(update, self.state_vector())[:1] == b"\x00":  # integrated (see ``_integrated``)
+            return True
+        del self._parts[kept:]
+        del self._captured[captured:]
+        self._tail_bytes = tail
+        self._build(self._ydoc.client_id())
+        return False
+
+    def _hold(self, update: bytes) -> None:
+        if update not in self.held:  # a peer may send it again
+            self.held.append(update)
+
+    def _new_part(self) -> bytes:
+        """What the updates applied since ``_captured`` was cleared added to the document (b"" if none)."""
+        out = list(self._captured)
+        self._captured.clear()
+        if not out:
+            return b""
+        self._changed_remotely()
+        self._fold_parts()
+        return out[0] if len(out) == 1 else merge_updates(*out)
+
+    def _retry_held(self) -> None:
+        """Let in the held updates that fit now: each one that fits alone, and then those that only fit
+        together (``merge(u2, u4)`` and ``u3`` once ``u1`` is in), until none does."""
+        while self.held:
+            fit = next((h for h in self.held if self._fits(h)), None)
+            if fit is not None:
+                self._apply_capturing(fit)
+                self.held.remove(fit)
+                continue
+            if len(self.held) < 2:
+                return
+            together = self._fitting_together()
+            if not together:
+                return
+            self._apply_capturing(merge_updates(*together))
+            for h in together:
+                self.held.remove(h)
+
+    def _fitting_together(self) -> list[bytes]:
+        """The largest set of held updates (two or more) that is integrated whole when applied together, or
+        [] if none. Tried on copies of the document: all of them at once, then only those that went in
+        whole, until every one tried goes in (one that needs a part of an update still waiting drops out,
+        and so may another that needed it)."""
+        together = list(self.held)
+        state = self.full_update()
+        while len(together) >= 2:
+            probe: Doc[Any] = Doc()
+            probe.apply_update(state)
+            probe.apply_update(merge_updates(*together))
+            fits = [h for h in together if self._integrated(probe, h)]
+            if len(fits) == len(together):
+                return together
+            together = fits
+        return []
+
+    def _apply_capturing(self, update: bytes) -> None:
+        """Apply ``update``, collecting what it changed into ``_captured`` (see ``_capturing``). On a
+        document no pycrdt ``Doc`` wraps yet, with a bare Yrs subscription and transaction: a merge into a
+        known record then needs no pycrdt ``Doc`` either."""
+        if self._pdoc is not None:
+            with self._capturing():
+                self.doc.apply_update(update)
+            return
+        sub = self._ydoc.observe(self._on_txn)
+        try:
+            with self._txn() as txn:
+                self._ydoc.apply_update(txn._txn, update)
+        finally:
+            sub.drop()
+
+    def apply_many(self, updates: list[bytes]) -> bytes:
+        """``apply`` for several updates of the record: one apply of them merged, or, on a document that
+        holds nothing yet, each applied in one transaction (merging them first cost more than applying them
+        all). If some of them wait for an update not received, they are applied one at a time instead,
+        so that only those are held (merged, the gap would hold back all of them). Returns the part that
+        was new to this document (b"" if none)."""
+        if len(updates) == 1:
+            return self.apply(updates[0])
+        if not self._parts and not self.held:
+            new = self._apply_fresh_many(updates)
+            if new is not None:
+                return new
+        self._captured.clear()
+        try:
+            if not self._take(merge_updates(*updates)):
+                for u in updates:
+                    if not self._take(u):
+                        self._hold(u)
+            self._retry_held()
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        return self._new_part()
+
+    def _apply_fresh_many(self, updates: list[bytes]) -> bytes | None:
+        """``apply_many`` on an empty document, when every update is integrated: the new part is then the
+        document's whole state. None (and the document left empty) otherwise: some update builds on one
+        that is missing, or arrived before one it builds on (Yrs does not always integrate those later in
+        the same transaction), or is malformed; ``apply`` of them merged sorts those out."""
+        try:
+            with self._txn() as txn:
+                t = txn._txn
+                for u in updates:
+                    self._ydoc.apply_update(t, u)
+            state = self.state_vector()
+            integrated = all(get_update(u, state)[:1] == b"\x00" for u in updates)
+        except ValueError:
+            integrated = False
+        if not integrated or state == b"\x00":
+            self._build(self._ydoc.client_id())
+            return None
+        self._parts = [self.full_update()]
+        self._tail_bytes = 0
+        self._changed_remotely()
+        return self._parts[0]
+
+    def _apply_fresh(self, update: bytes) -> bytes:
+        """``apply`` to a document that holds nothing yet (a record new to this replica): when all of
+        ``update`` is integrated, what is new is ``update`` itself, so it needs no subscription to capture
+        it and no parts to fold. Otherwise it is held, as ``apply`` holds it."""
+        try:
+            with self._txn() as txn:
+                self._ydoc.apply_update(txn._txn, update)
+            state = self.state_vector()
+            integrated = get_update(update, state)[:1] == b"\x00"
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        if not integrated:
+            self.held.append(update)
+            self._build(self._ydoc.client_id())
+            return b""
+        if state == b"\x00":  # nothing integrated (an empty update, or deletes of unknown items)
+            return b""
+        self._parts = [update]
+        self._tail_bytes = 0
+        self._changed_remotely()
+        return update
+
+    def apply_traced(self, update: bytes) -> Traced | None:
+        """``apply``, reporting what the update did (``Traced``): the relay checks each change by that.
+
+        One bare Yrs transaction, watched by lasting subscriptions (``model/trace.py``). None, and nothing
+        applied, where that does not hold: a document a pycrdt ``Doc`` wraps (its observers expect pycrdt
+        transactions) or one with held updates (``apply`` retries them): use ``apply`` and observe it then.
+        """
+        if self._pdoc is not None or self.held:
+            return None
+        tracer = self._tracer
+        ydoc = self._ydoc
+        if tracer is None:
+            with RawTxn(ydoc) as txn:
+                slots, sets = self._handles(txn._txn)
+                hist = ydoc.get_or_insert_array(txn._txn, "h")
+            tracer = self._tracer = Tracer(ydoc, slots, sets, hist)
+        traced = tracer.arm()
+        try:
+            with RawTxn(ydoc) as txn:
+                ydoc.apply_update(txn._txn, update)
+        except ValueError as e:
+            raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
+        finally:
+            tracer.disarm()
+        if get_update(update, traced.after)[:1] != b"\x00":  # not integrated (see ``_integrated``)
+            self.held.append(update)
+            self._build(ydoc.client_id())  # without what is pending
+            return Traced(held=True)
+        new = traced.new
+        if new:
+            self._parts.append(new)
+            self._tail_bytes += len(new)
+            self._changed_remotely()
+            self._fold_parts()
+        return traced
+
