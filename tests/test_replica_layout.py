@@ -120,7 +120,7 @@ def test_reads_see_local_writes_whose_rows_wait(tmp_path: Path) -> None:
 
 
 def test_rows_are_written_in_groups_and_on_close(tmp_path: Path) -> None:
-    from crdtsync.replica.replica import _DIRTY_MAX
+    from crdtsync.replica.base import _DIRTY_MAX
 
     path = tmp_path / "r.db"
     with _open(path) as r:

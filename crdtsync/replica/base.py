@@ -1,0 +1,324 @@
+"""The replica's foundation: its store, identity, clock, documents, rows, events and commits.
+
+On it, ``exchange.py`` adds what crosses devices (the sync hooks, export and import) and ``replica.py``
+(``Replica``) the local writes, the reads and the outbox; the module docstring there says how a write is
+stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Self
+
+import orjson
+
+from ..clock import Hlc
+from ..errors import (
+    EncryptionError,
+    LocalError,
+    RecordBlocked,
+    RecordDeleted,
+    RecordNotFound,
+    ValidationError,
+    WrongKeyError,
+)
+from ..model.record import RecordDoc
+from ..schema import Collection, Schema, Set
+from ..store.base import Batch, ByteStore
+from ..store.encrypted import EncryptedStore, is_encrypted
+from ..store.memory import MemoryStore
+from ..store.sqlite import SQLiteStore, Synchronous
+from .docs import LoadedRecord, RecordDocs
+from .layout import upgrade
+from .outbox import Outbox, OutboxEntry
+from .rows import Rows, row_change
+from .types import ChangeEvent, Record, RecordStatus
+
+__all__ = ["ReplicaBase"]
+
+log = logging.getLogger("crdtsync.replica")
+
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_new = object.__new__
+_DIRTY_MAX = 64  # records written locally whose rows are not written yet, at most (see the docstring)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _check_name(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 100 or any(ord(ch) < 32 for ch in value) \
+            or "#" in value:
+        raise LocalError(f"{kind} must be a str of 1 to 100 printable characters without '#', got {value!r}")
+    return value
+
+
+class ReplicaBase:
+    """What the replica's layers share (see the module docstring); use ``Replica``."""
+
+    def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str,
+                 wall: Callable[[], int] = _wall_ms, random_bytes: Callable[[int], bytes] = os.urandom,
+                 cache_size: int = 2000, compact_after: int = 64) -> None:
+        self.schema = schema
+        self.device = _check_name("device", device)
+        self.user = _check_name("user", user)
+        self.store = store
+        self._random = random_bytes
+        self._wall = wall
+        ident = store.load(("meta", "identity"))
+        if ident is None:
+            client_id = self._new_client_id()
+            store.save(("meta", "identity"), orjson.dumps({"device": device, "client_id": client_id}))
+        else:
+            meta = orjson.loads(ident)
+            if meta["device"] != device:
+                raise LocalError(f"this store belongs to device {meta['device']!r}, not {device!r}; "
+                                 "each device needs its own store")
+            client_id = int(meta["client_id"])
+        upgrade(store)
+        self.outbox = Outbox(store)
+        raw_hlc = store.load(("meta", "hlc"))
+        self.clock = Hlc(wall, max(int(raw_hlc) if raw_hlc else 0, self.outbox.last_id()))
+        self.docs = RecordDocs(store, schema, device=device, user=user, client_id=client_id,
+                               new_client_id=self._new_client_id, cache_size=cache_size,
+                               compact_after=compact_after, wall=wall, local=self.outbox)
+        self.rows = Rows(store)
+        self._listeners: list[Callable[[ChangeEvent], None]] = []
+        self._closed = False
+        #: records whose stored rows may be behind their documents (an ordered set): read from the document
+        self._dirty: dict[tuple[str, str], None] = {}
+        self._find_dirty_rows()
+
+    def _find_dirty_rows(self) -> None:
+        """After a crash: the records whose rows are behind their pending changes (see the docstring)."""
+        queued = self.outbox.records()
+        keys = [("row", c, rid) for c, rid in queued]
+        try:
+            raws = self.store.load_many(keys)
+        except WrongKeyError:  # a tampered row: left as it is, for reads to report (the others are checked)
+            raws = []
+            for k in keys:
+                try:
+                    raws.append(self.store.load(k))
+                except WrongKeyError:
+                    raws.append(b'{"x": null}')
+        for key, raw in zip(queued, raws, strict=True):
+            if raw is None or row_change(raw) not in (None, self.outbox.last_for(*key)):
+                self._dirty[key] = None  # a crash came before its row was written
+        if self._dirty:  # write them now, so that reads come from rows again
+            batch = Batch()
+            self._stage_dirty_rows(batch)
+            self._commit(batch)
+            self.docs.forget()  # loaded for that only
+
+    @classmethod
+    def open(cls, path: str | Path, schema: Schema, *, device: str, user: str, key: bytes | str | None = None,
+             synchronous: Synchronous = "FULL", **kwargs: Any) -> Self:
+        """Open (or create) a replica stored at ``path`` (a SQLite file, or ``":memory:"``).
+
+        ``key`` encrypts the store at rest (AES-GCM); a wrong key raises ``WrongKeyError``.
+        """
+        # checkpoints in the background: a sync's commit costs what it writes, however large the store
+        inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(
+            path, synchronous=synchronous, checkpoint="background")
+        try:
+            if key is not None:
+                store: ByteStore = EncryptedStore(inner, key)
+            elif is_encrypted(inner):
+                raise EncryptionError(f"{path} is encrypted: open it with its key")
+            else:
+                store = inner
+            return cls(store, schema, device=device, user=user, **kwargs)
+        except BaseException:
+            inner.close()
+            raise
+
+    def _new_client_id(self) -> int:
+        return int.from_bytes(self._random(4), "big") & 0x7FFFFFFF or 1
+
+    def new_id(self) -> str:
+        """A fresh record id made on the device: time-ordered, 26 characters, 80 random bits."""
+        n = (self._wall() << 80) | int.from_bytes(self._random(10), "big")
+        chars = []
+        for _ in range(26):
+            chars.append(_ID_ALPHABET[n & 31])
+            n >>= 5
+        return "".join(reversed(chars))
+
+    def close(self) -> None:
+        """Write the rows not written yet, and close the store."""
+        if not self._closed:
+            self._closed = True
+            try:
+                if self._dirty:
+                    batch = Batch()
+                    self._stage_dirty_rows(batch)
+                    self._commit(batch)
+            except Exception:  # they are rebuilt on the next open
+                log.warning("could not write %d rows on close", len(self._dirty), exc_info=True)
+            finally:
+                self.store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- events --------------------------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` after every change to a record; returns a function that unsubscribes.
+
+        A callback that raises is logged and does not disturb the write, which is already stored.
+        """
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _emit(self, events: Iterable[ChangeEvent]) -> None:
+        if not self._listeners:  # (a generator passed in is then never run: a bulk merge makes no events)
+            return
+        for ev in events:
+            for cb in list(self._listeners):
+                try:
+                    cb(ev)
+                except Exception:
+                    log.exception("change listener %r failed on %s/%s", cb, ev.collection, ev.id)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _coll(self, name: str) -> Collection:
+        return self.schema.collection(name)
+
+    def _status(self, coll: str, rid: str, has_conflicts: bool) -> tuple[RecordStatus, str | None]:
+        err, syncing, queued = self.outbox.summary(coll, rid)
+        if err is not None:
+            code, reason = err.error or ("error", "")
+            return "error", f"{code}: {reason}"
+        if has_conflicts:
+            return "conflict", None
+        if syncing:
+            return "syncing", None
+        if queued:
+            return "pending", None
+        return "synced", None
+
+    def _save_row(self, batch: Batch, coll: Collection, doc: RecordDoc) -> Record:
+        state = doc.state()
+        status, error = self._status(coll.name, doc.id, bool(state.conflicts))
+        self.rows.save(batch, coll, state, status, error, self.outbox.last_for(coll.name, doc.id))
+        # the Record is what decode_row would make of the row just written, built without the round trip,
+        # and without the frozen ``__init__`` (one ``object.__setattr__`` per field: a merge makes one per record)
+        rec = _new(Record)
+        rec.__dict__.update(collection=coll.name, id=doc.id, fields=dict(state.fields), status=status,
+                            conflicts=state.conflicts, deleted=state.deleted, error=error, updated=state.updated,
+                            changed_by=dict(state.changed_by))
+        return rec
+
+    def _record(self, coll: Collection, doc: RecordDoc) -> Record | None:
+        """The record as its row would show it, from its document (None if it does not exist)."""
+        state = doc.state()
+        if not state.exists:
+            return None
+        status, error = self._status(coll.name, doc.id, bool(state.conflicts))
+        return Record(coll.name, doc.id, dict(state.fields), status, state.conflicts, state.deleted, error,
+                      state.updated, dict(state.changed_by))
+
+    def _stage_dirty_rows(self, batch: Batch) -> None:
+        """Stage the rows not written yet into ``batch`` (``_commit`` forgets them once it is stored)."""
+        for c, rid in list(self._dirty):
+            lr = self.docs.get(c, rid)
+            if lr.doc.state().exists:
+                self._save_row(batch, self._coll(c), lr.doc)
+            else:
+                batch.remove(("row", c, rid))
+
+    def _commit(self, batch: Batch) -> None:
+        """Commit ``batch``; the rows it writes (or removes) are no longer behind their records."""
+        self.store.commit(batch)
+        if self._dirty:
+            for key in [*batch.saves, *batch.removes]:
+                if key[0] == "row":
+                    self._dirty.pop((str(key[1]), str(key[2])), None)
+
+    def _overlay(self, coll: Collection) -> dict[str, Record | None]:
+        """The records of ``coll`` whose rows are not written yet, from their documents, by id."""
+        return {rid: self._record(coll, self.docs.get(c, rid).doc) for c, rid in list(self._dirty) if c == coll.name}
+
+    def _check_id(self, coll: Collection, rid: object) -> str:
+        if not isinstance(rid, str) or not 0 < len(rid) <= 200 or any(ord(ch) < 32 for ch in rid):
+            raise ValidationError(coll.name, repr(rid), None, "record ids are str of 1 to 200 printable characters")
+        return rid
+
+    def _row(self, coll: Collection, rid: str) -> Record | None:
+        if (coll.name, rid) in self._dirty:
+            return self._record(coll, self.docs.get(coll.name, rid).doc)
+        return self.rows.load(coll, rid)
+
+    def _writable(self, coll: Collection, rid: str) -> LoadedRecord:
+        """The loaded record; raise unless it exists, is not deleted and holds no rejected change.
+
+        Checked on the record's document (the one the write is about to load anyway), not its row: a
+        row decode per write was a fifth of the cost of ``update()``.
+        """
+        if not isinstance(rid, str):
+            raise RecordNotFound(f"{coll.name}/{rid!r} does not exist")
+        lr = self.docs.cached(coll.name, rid)
+        if lr is None and self.docs.exists(coll.name, rid):
+            lr = self.docs.get(coll.name, rid)
+        state = lr.doc.state() if lr is not None else None
+        if lr is None or state is None or not state.exists:
+            raise RecordNotFound(f"{coll.name}/{rid} does not exist")
+        if state.deleted:
+            raise RecordDeleted(f"{coll.name}/{rid} is deleted; restore() it first")
+        self._not_blocked(coll, rid)
+        return lr
+
+    def _not_blocked(self, coll: Collection, rid: str) -> None:
+        err, _, _ = self.outbox.summary(coll.name, rid)
+        if err is not None:
+            code, reason = err.error or ("error", "")
+            raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); fix() it with "
+                                "corrected values, discard_record() it, or retry() it once the relay accepts it")
+
+    def _commit_local(self, coll: Collection, rid: str, op: str, shown: dict[str, Any],
+                      write: Callable[[RecordDoc, int], bytes], lr: LoadedRecord | None = None) -> None:
+        if lr is None:
+            lr = self.docs.get(coll.name, rid)
+        t = self.clock.now()
+        update = write(lr.doc, t)
+        if not update:
+            return
+        batch = Batch({}, set(), [])  # (the default factories cost three calls)
+        key = (coll.name, rid)
+        try:
+            n = self.docs.append(batch, coll.name, rid, update, change_id=t, lr=lr)
+            self.outbox.add(batch, OutboxEntry(t, coll.name, rid, op, shown, n=n), update)
+            # the row waits (see the module docstring), unless too many rows wait already
+            flush = len(self._dirty) >= _DIRTY_MAX
+            if flush:
+                self._stage_dirty_rows(batch)
+                self._save_row(batch, coll, lr.doc)
+            self._commit(batch)
+        except BaseException:
+            # the store is the truth: drop what memory holds of this failed write
+            self.outbox.remove(Batch(), [t])
+            self.docs.reload(coll.name, rid)
+            raise
+        if not flush:
+            self._dirty[key] = None
+        if self._listeners:
+            self._emit([ChangeEvent(coll.name, rid, "local", self._record(coll, lr.doc))])
+
+    @staticmethod
+    def _shown(coll: Collection, values: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n, v in values.items():
+            f = coll.fields[n]
+            out[n] = sorted((f.of.encode(x) for x in v), key=repr) if isinstance(f, Set) else f.encode(v)
+        return out

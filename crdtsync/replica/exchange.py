@@ -1,0 +1,307 @@
+"""What crosses devices: the hooks a sync client and the simulator use (outgoing changes, status,
+acknowledgements, merging remote updates, eviction), and merging by hand (``export_updates`` and
+``import_updates``). No network here."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+
+import orjson
+from pycrdt import get_state, get_update, merge_updates
+
+from ..codec import Reader, write_bytes
+from ..errors import MalformedUpdate, RemoteValidationError
+from ..store.base import Batch
+from .base import ReplicaBase
+from .docs import LoadedRecord
+from .outbox import Outbox
+from .types import ChangeEvent, PendingChange, Record
+
+__all__ = ["ExchangingReplica"]
+
+_EXPORT_MAGIC = b"CSX1"
+_VECTOR_MAGIC = b"CSV1"
+_EMPTY_UPDATE = b"\x00\x00"
+_LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what one merge holds at once)
+
+
+class ExchangingReplica(ReplicaBase):
+    """The sync hooks and the export and import of a replica (see the module docstring); use ``Replica``."""
+
+    # -- sync hooks (used by SyncClient and the simulator) -------------------------------------------------
+
+    def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None, *,
+                 skip: Iterable[tuple[str, str]] = ()) -> list[tuple[PendingChange, bytes]]:
+        """Pending changes ready to send, in order: a record with a rejected change holds its later ones.
+        ``skip``: records (collection, id) whose changes are left out (the relay held them this run)."""
+        wanted = set(collections) if collections is not None else None
+        held: set[tuple[str, str]] = set(skip)
+        out: list[tuple[PendingChange, bytes]] = []
+        for e in self.outbox.entries():
+            key = (e.collection, e.record)
+            if e.status == "error":
+                held.add(key)
+                continue
+            if key in held or (wanted is not None and e.collection not in wanted):
+                continue
+            out.append((e.public(), self.outbox.update_bytes(e.id)))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _restatus(self, ids: Iterable[int], status: str, error: tuple[str, str] | None = None,
+                  persist: bool = False) -> None:
+        touched = {(e.collection, e.record) for i in ids if (e := self.outbox.get(i)) is not None}
+        # a record whose row is not written yet is read from its document with the status of the moment:
+        # take it before the change of status, to tell whether it changes
+        before = {key: self._row(self._coll(key[0]), key[1]) for key in touched if key in self._dirty}
+        batch = Batch()
+        self.outbox.set_status(batch if persist else None, ids, status, error)  # type: ignore[arg-type]
+        events = []
+        for c, rid in sorted(touched):
+            coll = self._coll(c)
+            rec = before[(c, rid)] if (c, rid) in before else self._row(coll, rid)
+            if rec is None:
+                continue
+            st, err = self._status(c, rid, bool(rec.conflicts))
+            if (st, err) != (rec.status, rec.error):
+                lr = self.docs.get(c, rid)
+                rec = self._save_row(batch, coll, lr.doc)
+                events.append(ChangeEvent(c, rid, "status", rec))
+        self._commit(batch)
+        self._emit(events)
+
+    def mark_syncing(self, ids: Iterable[int]) -> None:
+        self._restatus(list(ids), "syncing")
+
+    def mark_pending(self, ids: Iterable[int]) -> None:
+        self._restatus(list(ids), "pending")
+
+    def reject(self, change_id: int, code: str, reason: str) -> None:
+        """The relay refused a change: keep it, marked ``error``; its record holds later changes."""
+        self._restatus([change_id], "error", (code, reason), persist=True)
+
+    def retry(self, collection: str, id: str) -> None:
+        """Put a record's rejected changes back in the queue (after access was granted again, say)."""
+        ids = [e.id for e in self.outbox.for_record(collection, id) if e.status == "error"]
+        self._restatus(ids, "pending", None, persist=True)
+
+    def acknowledge(self, ids: Iterable[int]) -> None:
+        """The relay stored these changes: they leave the outbox; their records become ``synced``."""
+        ids = list(ids)
+        batch = Batch()
+        known = [e for i in ids if (e := self.outbox.get(i)) is not None]
+        updates = self.outbox.updates_of([e.id for e in known])
+        # load the records while the outbox still lists these changes: a record loaded after would miss them
+        loaded = {key: self.docs.get(*key) for key in sorted({(e.collection, e.record) for e in known})}
+        try:
+            removed = self.outbox.remove(batch, ids)
+            by_record: dict[tuple[str, str], set[int]] = defaultdict(set)
+            for e in removed:
+                by_record[(e.collection, e.record)].add(e.id)
+            events = []
+            for (c, rid), cids in sorted(by_record.items()):
+                self.docs.confirm(batch, c, rid, {i: updates[i] for i in cids if i in updates}, lr=loaded[(c, rid)])
+                coll = self._coll(c)
+                rec = self._save_row(batch, coll, loaded[(c, rid)].doc)
+                events.append(ChangeEvent(c, rid, "status", rec))
+            batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            self._commit(batch)
+        except BaseException:
+            # the store is the truth: forget what memory changed of this failed acknowledgement
+            for key in loaded:
+                self.docs.reload(*key)
+            self.outbox = self.docs.local = Outbox(self.store)
+            raise
+        self._emit(events)
+
+    def apply_remote(self, items: Iterable[tuple[str, str, bytes]], *,
+                     meta: Mapping[str, bytes] | None = None) -> list[Record]:
+        """Merge updates from peers: all of them, or (if any is malformed or breaks the schema) none.
+
+        ``meta``: app metadata (``set_meta`` names and values) written in the same commit as the merge, so
+        that both or neither are stored: a sync client's cursor for the page it applies (one durable
+        commit per page instead of two).
+
+        Returns the records that changed.
+        """
+        grouped: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        for c, rid, update in items:
+            if c not in self.schema.collections:
+                raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
+            grouped[(c, rid)].append(update)
+        return self._merge(grouped, meta)
+
+    def _merge(self, grouped: Mapping[tuple[str, str], list[bytes]], meta: Mapping[str, bytes] | None
+               ) -> list[Record]:
+        """``apply_remote`` of updates grouped by record, every collection known."""
+        touched: list[tuple[str, str]] = []
+        # the merged records are held here, not re-fetched from the cache: importing more records than
+        # the cache holds evicts the first ones, and a reload from the store would miss their update
+        fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]] = {}
+        batch = Batch()
+        try:
+            keys = list(grouped)
+            for start in range(0, len(keys), _LOAD_CHUNK):
+                chunk = keys[start:start + _LOAD_CHUNK]
+                touched += chunk
+                for (c, rid), lr in zip(chunk, self.docs.get_many(chunk), strict=True):
+                    self._merge_one(batch, c, rid, lr, grouped[(c, rid)], fresh)
+            changed: list[Record] = []
+            for (c, rid), (lr, update) in fresh.items():
+                doc = lr.doc
+                self.docs.append(batch, c, rid, update, lr=lr)
+                exists = doc.state().exists  # not yet, when only updates that build on a missing one came
+                self.clock.observe(doc.max_time())
+                if exists:
+                    changed.append(self._save_row(batch, self._coll(c), doc))
+            if fresh:
+                batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            for name, value in (meta or {}).items():
+                batch.save(("meta", "app", name), value)
+            self._commit(batch)
+        except BaseException:
+            for c, rid in touched:
+                self.docs.reload(c, rid)
+            raise
+        self._emit(ChangeEvent(r.collection, r.id, "remote", r) for r in changed)
+        return changed
+
+    def evict(self, records: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Remove records from this device because they left its sync scope (the relay says so when a
+        record stops matching the device's ``where`` limit, e.g. it was reassigned to another owner).
+
+        A record with pending changes stays, with them: the user's work is never dropped this way (the
+        relay accepts or rejects those changes; a rejected one is kept as ``error`` for the user to export
+        or discard). Records not known here are ignored. Returns the records removed, each also announced
+        by a ``ChangeEvent`` with ``origin="remote"`` and ``record=None``. If such a record comes back into
+        scope, the relay sends its whole state again.
+        """
+        gone: list[tuple[str, str]] = []
+        batch = Batch()
+        for c, rid in dict.fromkeys(records):
+            if c not in self.schema.collections or self.outbox.for_record(c, rid) \
+                    or not self.docs.exists(c, rid):
+                continue
+            batch.remove_range(("upd", c, rid))
+            batch.remove(("snap", c, rid))
+            batch.remove(("held", c, rid))
+            batch.remove(("row", c, rid))  # ("rmeta", c, rid) stays: its writer epoch must only grow
+            gone.append((c, rid))
+        if not gone:
+            return []
+        try:
+            self._commit(batch)
+        finally:
+            for c, rid in gone:
+                self.docs.reload(c, rid)
+        self._emit(ChangeEvent(c, rid, "remote", None) for c, rid in gone)
+        return gone
+
+    def _merge_one(self, batch: Batch, c: str, rid: str, lr: LoadedRecord, updates: list[bytes],
+                   fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]]) -> None:
+        """Apply one record's remote updates to its loaded document and check the result."""
+        doc = lr.doc
+        held = list(doc.held)
+        new = doc.apply_many(updates)  # one apply (one integration check) per record
+        if new:
+            doc.check()
+            fresh[(c, rid)] = (lr, new)
+        if doc.held != held:
+            self.docs.save_held(batch, c, rid, doc.held)
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self.store.load(("meta", "app", name))
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        self.store.save(("meta", "app", name), value)
+
+    # -- merging by hand -----------------------------------------------------------------------------------
+
+    def _stored_update(self, collection: str, rid: str) -> bytes:
+        parts = self.docs.stored_parts(collection, rid)
+        if not parts:
+            return _EMPTY_UPDATE
+        return parts[0] if len(parts) == 1 else merge_updates(*parts)
+
+    def export_updates(self, collections: Iterable[str] | None = None, since: bytes | None = None) -> bytes:
+        """Everything this replica knows (of some collections), as one blob for ``import_updates``.
+
+        With ``since`` (another replica's ``state_vectors()``), only what that replica lacks. A record's
+        held updates (those waiting here for an update they build on) go along as entries of their own:
+        the receiver may have what they wait for, and merged into the record's update they would hold it
+        back whole where it does not.
+        """
+        vectors = self._parse(since, _VECTOR_MAGIC) if since is not None else {}
+        out = bytearray(_EXPORT_MAGIC)
+        for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
+            held = self.docs.stored_held(coll.name)
+            for rid in sorted(set(self.docs.record_ids(coll.name)) | set(held)):
+                sv = vectors.get((coll.name, rid))
+                for update in [self._stored_update(coll.name, rid), *held.get(rid, ())]:
+                    if sv is not None:
+                        update = get_update(update, sv)
+                    if update == _EMPTY_UPDATE:
+                        continue
+                    write_bytes(out, orjson.dumps([coll.name, rid]))
+                    write_bytes(out, update)
+        return bytes(out)
+
+    def state_vectors(self, collections: Iterable[str] | None = None) -> bytes:
+        """What this replica has, per record, for a peer's ``export_updates(since=...)``."""
+        out = bytearray(_VECTOR_MAGIC)
+        for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
+            for rid in self.docs.record_ids(coll.name):
+                write_bytes(out, orjson.dumps([coll.name, rid]))
+                write_bytes(out, get_state(self._stored_update(coll.name, rid)))
+        return bytes(out)
+
+    @staticmethod
+    def _entries(blob: bytes, magic: bytes) -> Iterator[tuple[tuple[str, str], bytes]]:
+        """The (collection, id) and bytes of each entry of an export or a state-vector blob."""
+        if not isinstance(blob, bytes | bytearray | memoryview):
+            raise MalformedUpdate(f"expected bytes, got {type(blob).__name__}")
+        blob = bytes(blob)
+        if blob[:4] != magic:
+            raise MalformedUpdate(f"not a crdtsync {'export' if magic == _EXPORT_MAGIC else 'state vector'} "
+                                  f"(starts with {blob[:4]!r})")
+        r = Reader(blob, 4)
+        try:
+            while not r.done():
+                head = orjson.loads(r.bytes())
+                body = r.bytes()
+                if not (isinstance(head, list) and len(head) == 2 and isinstance(head[0], str)
+                        and isinstance(head[1], str)):
+                    raise ValueError(f"bad entry header {head!r}")
+                yield (head[0], head[1]), body
+        except (ValueError, orjson.JSONDecodeError) as e:
+            raise MalformedUpdate(f"malformed blob at byte {r.pos}: {e}") from None
+
+    @classmethod
+    def _parse(cls, blob: bytes, magic: bytes) -> dict[tuple[str, str], bytes]:
+        """A state-vector blob: each record's state vector."""
+        return dict(cls._entries(blob, magic))
+
+    @classmethod
+    def _parse_export(cls, blob: bytes) -> dict[tuple[str, str], list[bytes]]:
+        """An export: each record's updates, as they came (a record's held updates follow its update)."""
+        out: dict[tuple[str, str], list[bytes]] = {}
+        for key, body in cls._entries(blob, _EXPORT_MAGIC):
+            got = out.get(key)
+            if got is None:
+                out[key] = [body]
+            else:
+                got.append(body)
+        return out
+
+    def import_updates(self, blob: bytes) -> list[Record]:
+        """Merge a blob from another replica's ``export_updates``. Idempotent, in any order, any number
+        of times. A malformed blob, or one whose content breaks the schema, raises and changes nothing.
+        Returns the records that changed."""
+        entries = self._parse_export(blob)
+        collections = self.schema.collections
+        for c, rid in entries:  # as ``apply_remote`` checks them
+            if c not in collections:
+                raise RemoteValidationError(str(c), str(rid), None, "unknown collection")
+        return self._merge(entries, None)
