@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
+from crdtsync import Collection, Int, Schema, Set, Str
 from crdtsync.demo import DEMO_SCHEMA
 from crdtsync.model import Slot
 from crdtsync.model import state as state_module
@@ -89,3 +90,50 @@ def test_machine_finds_silent_last_writer_wins(monkeypatch: pytest.MonkeyPatch) 
         run_state_machine_as_test(replica_machine(DEMO_SCHEMA), settings=settings(
             derandomize=True, max_examples=100, stateful_step_count=30, deadline=None, database=None,
             phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+
+
+# -- runs the long state machines found (shrunk by hand) ------------------------------------------------------
+
+def test_a_resolve_held_behind_a_discarded_change_reaches_everyone() -> None:
+    """d0 resolves a conflict and sends it to d2, then discards its changes of the record; d2 discards its own
+    change there (already sent), so the resolve waits on d2 for it. The settling round passes d2 by before
+    the change comes back to it: d2's export must carry the held resolve, or d2 alone ends with it."""
+    schema = Schema(Collection("accounts", {"name": Str()}))
+    c = Cluster(schema, 3, cache_size=1, compact_after=2)
+    c.create(0, "accounts", "r0", {})
+    c.acknowledge(0)
+    c.create(0, "accounts", "r2", {})
+    c.settle()
+    c.update(1, "accounts", "r2", {"name": None})
+    c.update(2, "accounts", "r2", {"name": None})
+    c.settle()
+    c.delete(0, "accounts", "r0")
+    c.send(0, 1)
+    assert c.resolve(0, 0, 0)
+    c.deliver(0)
+    c.delete(0, "accounts", "r0")
+    c.send(0, 2, since=True)
+    c.discard(0, 0)  # d0's create of r2 and its resolve
+    c.discard(2, 0)  # d2's write to r2
+    c.deliver(0)
+    c.settle()
+    c.check()
+
+
+def test_a_resolve_that_would_break_a_limit_a_merge_broke_is_refused_and_changes_nothing() -> None:
+    """Two offline creations merge into a set over its ``max_items`` (merges do not refuse that). Resolving
+    the record's edit-vs-delete conflict on it by keeping that set is a write over the limit: refused."""
+    schema = Schema(Collection("accounts", {"name": Int(), "qty": Set(Str(), max_items=2)}))
+    c = Cluster(schema, 2)
+    c.create(1, "accounts", "r0", {"name": 0, "qty": frozenset(["", "00"])})
+    c.delete(1, "accounts", "r0")
+    c.create(0, "accounts", "r0", {"name": 0, "qty": frozenset(["0"])})
+    c.settle()
+    rec = c.replicas[0].get("accounts", "r0")
+    assert rec is not None and rec["qty"] == frozenset(["", "0", "00"])
+    found = c.open_conflicts(0)
+    pick = next(n for n, (r, k) in enumerate(found) if r.conflicts[k].field == "qty")
+    assert not c.resolve(0, pick, 0)  # refused, checked to change nothing
+    assert any(x.field == "qty" for x in c.replicas[0].get("accounts", "r0").conflicts)  # type: ignore[union-attr]
+    c.settle()
+    c.check()

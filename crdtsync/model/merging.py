@@ -23,13 +23,6 @@ class MergingRecordDoc(CheckedRecordDoc):
         rest = get_update(update, doc.get_state())
         return rest[:1] == b"\x00"  # the diff's first varuint: how many clients still have structs
 
-    def _fits(self, update: bytes) -> bool:
-        """Whether ``update`` would be integrated, tried on a copy of the document."""
-        probe: Doc[Any] = Doc()
-        probe.apply_update(self.full_update())
-        probe.apply_update(update)
-        return self._integrated(probe, update)
-
     def apply(self, update: bytes) -> bytes:
         """Apply a remote update; return the part that was new to this document (b"" if none).
 
@@ -85,34 +78,33 @@ class MergingRecordDoc(CheckedRecordDoc):
         return out[0] if len(out) == 1 else merge_updates(*out)
 
     def _retry_held(self) -> None:
-        """Let in the held updates that fit now: each one that fits alone, and then those that only fit
-        together (``merge(u2, u4)`` and ``u3`` once ``u1`` is in), until none does."""
-        while self.held:
-            fit = next((h for h in self.held if self._fits(h)), None)
-            if fit is not None:
-                self._apply_capturing(fit)
-                self.held.remove(fit)
-                continue
-            if len(self.held) < 2:
-                return
-            together = self._fitting_together()
-            if not together:
-                return
-            self._apply_capturing(merge_updates(*together))
-            for h in together:
-                self.held.remove(h)
+        """Let in the largest set of held updates that goes in whole (see ``_fitting_together``): those
+        that fit alone, and those that only fit together (``merge(u2, u4)`` and ``u3`` once ``u1`` is in).
+        One pass is enough: what stays out does not go in even with all the rest."""
+        if not self.held:
+            return
+        together = self._fitting_together()
+        if not together:
+            return
+        self._apply_capturing(together[0] if len(together) == 1 else merge_updates(*together))
+        for h in together:
+            self.held.remove(h)
 
     def _fitting_together(self) -> list[bytes]:
-        """The largest set of held updates (two or more) that is integrated whole when applied together, or
-        [] if none. Tried on copies of the document: all of them at once, then only those that went in
-        whole, until every one tried goes in (one that needs a part of an update still waiting drops out,
-        and so may another that needed it)."""
+        """The largest set of held updates that is integrated whole when applied together ([] if none).
+
+        Tried on copies of the document: all of them at once, then only those that went in whole, and so
+        on until every one tried goes in. One that needs a part of an update still waiting drops out, and
+        so may another that needed it; one that goes in alone never drops out (having more structs
+        around never keeps one out), so this is a few copies whatever the number held, not one per
+        held update.
+        """
         together = list(self.held)
         state = self.full_update()
-        while len(together) >= 2:
+        while together:
             probe: Doc[Any] = Doc()
             probe.apply_update(state)
-            probe.apply_update(merge_updates(*together))
+            probe.apply_update(together[0] if len(together) == 1 else merge_updates(*together))
             fits = [h for h in together if self._integrated(probe, h)]
             if len(fits) == len(together):
                 return together
@@ -137,8 +129,8 @@ class MergingRecordDoc(CheckedRecordDoc):
     def apply_many(self, updates: list[bytes]) -> bytes:
         """``apply`` for several updates of the record: one apply of them merged, or, on a document that
         holds nothing yet, each applied in one transaction (merging them first cost more than applying them
-        all). If some of them wait for an update not received, they are applied one at a time instead,
-        so that only those are held (merged, the gap would hold back all of them). Returns the part that
+        all). If some of them wait for an update not received, they are held each apart instead and
+        those that fit go in (merged, the gap would hold back all of them). Returns the part that
         was new to this document (b"" if none)."""
         if len(updates) == 1:
             return self.apply(updates[0])
@@ -148,10 +140,9 @@ class MergingRecordDoc(CheckedRecordDoc):
                 return new
         self._captured.clear()
         try:
-            if not self._take(merge_updates(*updates)):
+            if not self._take(merge_updates(*updates)):  # held, each apart: what fits goes in below
                 for u in updates:
-                    if not self._take(u):
-                        self._hold(u)
+                    self._hold(u)
             self._retry_held()
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None

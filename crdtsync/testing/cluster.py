@@ -26,7 +26,7 @@ import orjson
 
 from ..errors import RecordDeleted, ValidationError
 from ..replica import Record, Replica
-from ..schema import Collection, Field, Schema
+from ..schema import Collection, Field, Invalid, Schema
 from ..store.base import ByteStore
 from ..store.memory import MemoryStore
 from .strategies import DEFAULT_IDS, Op
@@ -277,6 +277,18 @@ class Cluster:
             value = rec.fields[c.field]
         if f.merge == "set":
             value = frozenset(value or ())
+        try:
+            f.check(value)
+        except Invalid:  # a merged set or text over its limit (merges do not refuse that): kept, it breaks it
+            before, pending = r.store.load_range(()), r.pending()
+            try:
+                r.resolve(rec.collection, rec.id, c.field, value)
+            except ValidationError as e:
+                assert (e.collection, e.record, e.field) == (rec.collection, rec.id, c.field), e
+            else:
+                raise AssertionError(f"d{i}: resolving {rec.collection}/{rec.id}.{c.field} with {value!r} was accepted")
+            assert r.store.load_range(()) == before and r.pending() == pending, "a refused resolve changed the store"
+            return False
         r.resolve(rec.collection, rec.id, c.field, value)
         self._record(i, coll, rec.id, {c.field: value}, rec)
         return True
