@@ -86,9 +86,9 @@ class MergingRecordDoc(CheckedRecordDoc):
         together = self._fitting_together()
         if not together:
             return
-        self._apply_capturing(together[0] if len(together) == 1 else merge_updates(*together))
-        for h in together:
-            self.held.remove(h)
+        if self._take(together[0] if len(together) == 1 else merge_updates(*together)):  # as on the copies
+            for h in together:
+                self.held.remove(h)
 
     def _fitting_together(self) -> list[bytes]:
         """The largest set of held updates that is integrated whole when applied together ([] if none).

@@ -1,13 +1,8 @@
 """One record as a pycrdt document, and the writes a device can make to it. No I/O.
 
-Layout of the document (root types merge field by field, so two devices creating the same record id
-offline merge instead of one replacing the other):
-
-- ``f`` (Map): slots, ``field\\x1fwriter -> JSON {v, t, d, u, c}`` (see ``slots.py``). Text, counter and set
-  fields keep a slot too, as a marker of who touched them when (and, for counters, the writer's total).
-- ``s`` (Map): add-wins set entries, ``field\\x1felement-json\\x1fwriter -> JSON {a, r}``.
-- ``t:<field>`` (Text): one per text field, merged character by character.
-- ``h`` (Array): the history, one JSON entry per field change, for audit.
+``RecordDoc`` is the record model the replica and the relay use: a device's writes (here) over the layers
+that build and read the document (``document.py``, which also describes its layout), check it against
+the schema (``checks.py``) and merge remote updates into it (``merging.py``).
 
 Every write returns the Yjs update it produced; the caller stores and sends those bytes.
 """
