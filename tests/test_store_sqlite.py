@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,39 @@ def test_without_deferred_sync_begin_commit_writes_nothing_until_its_function(tm
         assert store.load(("k",)) == b"v"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("defer_sync", [False, True])
+def test_a_background_checkpoint_lets_the_next_commit_start_the_wal_over(tmp_path: Path, defer_sync: bool) -> None:
+    """SQLite starts the WAL over only when a commit finds all of it copied back; a checkpoint running
+    beside a stream of commits never got there, and the WAL grew for as long as the commits went on. The
+    checkpointer ends each checkpoint by copying, the store's lock held, what was written meanwhile."""
+    path = tmp_path / "x.db"
+    store = SQLiteStore(path, synchronous="FULL" if defer_sync else "NORMAL", checkpoint="background",
+                        defer_sync=defer_sync)
+    assert store.checkpointer is not None
+    wal = str(path) + "-wal"
+    n = 0
+
+    def write(rows: int) -> None:  # fewer rows than start a checkpoint of the store's own
+        nonlocal n
+        for _ in range(rows):
+            n += 1
+            b = Batch()
+            b.save(("k", n), b"v" * 300)
+            store.begin_commit(b)()
+
+    write(60)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # a checkpoint's first pass...
+    write(20)  # ...and commits that came while it ran
+    size = os.path.getsize(wal)
+    write(60)
+    assert os.path.getsize(wal) > size  # appended: without a catch-up the WAL only grows
+    store.checkpointer._catch_up(other)
+    size = os.path.getsize(wal)
+    write(60)
+    assert os.path.getsize(wal) == size  # started over: written from its beginning again
+    assert len(store.load_range(("k",))) == n
+    other.close()
+    store.close()

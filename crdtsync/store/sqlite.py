@@ -106,7 +106,7 @@ class SQLiteStore(ByteStore):
         self.checkpointer: Checkpointer | None = None
         if (checkpoint == "background" or self.defer_sync) and on_disk:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
-            self.checkpointer = Checkpointer(self.path, synchronous=synchronous)
+            self.checkpointer = Checkpointer(self.path, synchronous=synchronous, lock=self._lock)
             # a store dropped without close() must not leave its thread waiting forever
             weakref.finalize(self, self.checkpointer.close)
 
