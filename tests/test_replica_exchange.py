@@ -386,3 +386,26 @@ def test_held_updates_go_along_with_an_export() -> None:
     rec = c.get("accounts", rid)
     assert rec is not None and rec["name"] == "Acme 2"
     assert b.get("accounts", rid) is None
+
+
+def test_a_deletion_of_an_item_not_here_yet_is_held_and_shows_as_stored() -> None:
+    """A delta holding only a deletion (``export_updates(since=...)`` after an overwrite) reaches a replica
+    that lacks the deleted item. Yrs would keep the deletion pending inside the document, unstored, and
+    apply it in memory once the item came: the record then showed what a fresh load of its stored updates
+    did not. It is held (stored) instead, and goes in with the item."""
+    a, b, c = Cluster(DEMO_SCHEMA, 3).replicas
+    rid = a.create("accounts", {"name": "Acme"})
+    c.import_updates(a.export_updates())  # c: the create only
+    a.update("accounts", rid, {"name": "Acme 2"})
+    deletion = a.export_updates(since=a.state_vectors())  # no structs: the overwritten name's deletion
+    b.import_updates(deletion)
+    assert b.get("accounts", rid) is None and b.store.load_range(("held",)) != []
+    b.import_updates(c.export_updates())
+    shown = b.get("accounts", rid)
+    b.docs.forget()
+    stored = b.docs.get("accounts", rid).doc.state()
+    assert shown is not None and shown.fields == stored.fields
+    assert b.store.load_range(("held",)) == []
+    b.import_updates(a.export_updates())
+    rec = b.get("accounts", rid)
+    assert rec is not None and rec["name"] == "Acme 2"

@@ -11,17 +11,92 @@ from .checks import CheckedRecordDoc
 from .trace import Traced, Tracer
 from .yrs import RawTxn
 
-__all__ = ["MergingRecordDoc"]
+__all__ = ["MergingRecordDoc", "integrated"]
+
+
+def integrated(update: bytes, state: bytes, *, applied: bytes | None = None) -> bool:
+    """Whether all of ``update`` is in a document whose state vector is ``state``.
+
+    Every struct (none waits for a missing one: the diff against ``state`` has none left), and every
+    deletion is of an item the document has. Yrs keeps a deletion of an item it lacks pending inside the
+    document, where it is neither stored nor shown, and applies it in memory when the item arrives: a
+    record then showed a field deleted that its stored updates, loaded afresh, still held. The diff
+    carries the update's whole delete set (after its zero struct count); each deleted range must lie under
+    the document's clock for its client.
+
+    ``applied``: the update of the transaction that applied ``update``, if known. Equal to ``update``, it
+    deleted all that ``update`` deletes (the usual case, and a bytes comparison instead of decoding).
+    """
+    rest = get_update(update, state)
+    if rest[:1] != b"\x00":
+        return False
+    if rest == b"\x00\x00" or update == applied:  # no deletion, or every one done
+        return True
+    return _deletions_known(rest, state)
+
+
+def _deletions_known(rest: bytes, state: bytes) -> bool:
+    """``integrated``'s check of the delete set in ``rest`` (from byte 1) against ``state``. Varuints read
+    inline: this runs for every update merged, and a ``Reader`` call per number tripled its cost."""
+    have: dict[int, int] = {}
+    pos, end = 0, len(state)
+    values = []
+    while pos < end:  # the state vector's numbers: count, then client and clock pairs
+        b = state[pos]
+        pos += 1
+        if b < 0x80:
+            values.append(b)
+            continue
+        n, shift = b & 0x7F, 7
+        while True:
+            if pos >= end:
+                raise ValueError("truncated state vector")
+            b = state[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        values.append(n)
+    for i in range(1, len(values) - 1, 2):
+        have[values[i]] = values[i + 1]
+    pos, end = 1, len(rest)
+    values = []
+    while pos < end:  # the delete set's numbers: clients; client, ranges; clock, length ...
+        b = rest[pos]
+        pos += 1
+        if b < 0x80:
+            values.append(b)
+            continue
+        n, shift = b & 0x7F, 7
+        while True:
+            if pos >= end:
+                raise ValueError("truncated delete set")
+            b = rest[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        values.append(n)
+    i, clients = 1, values[0] if values else 0
+    for _ in range(clients):
+        if i + 1 >= len(values):
+            raise ValueError("truncated delete set")
+        clock_max = have.get(values[i], 0)
+        ranges = values[i + 1]
+        i += 2
+        for _ in range(ranges):
+            if i + 1 >= len(values):
+                raise ValueError("truncated delete set")
+            if values[i] + values[i + 1] > clock_max:
+                return False
+            i += 2
+    return True
 
 
 class MergingRecordDoc(CheckedRecordDoc):
     """``apply``, ``apply_many`` and ``apply_traced`` of remote updates, with the held updates."""
-
-    @staticmethod
-    def _integrated(doc: Doc[Any], update: bytes) -> bool:
-        """True when every struct of ``update`` is in ``doc`` (none waits for a missing one)."""
-        rest = get_update(update, doc.get_state())
-        return rest[:1] == b"\x00"  # the diff's first varuint: how many clients still have structs
 
     def apply(self, update: bytes) -> bytes:
         """Apply a remote update; return the part that was new to this document (b"" if none).
@@ -55,7 +130,8 @@ class MergingRecordDoc(CheckedRecordDoc):
         """
         kept, tail, captured = len(self._parts), self._tail_bytes, len(self._captured)
         self._apply_capturing(update)
-        if get_update(update, self.state_vector())[:1] == b"\x00":  # integrated (see ``_integrated``)
+        applied = self._captured[captured] if len(self._captured) == captured + 1 else None
+        if integrated(update, self.state_vector(), applied=applied):
             return True
         del self._parts[kept:]
         del self._captured[captured:]
@@ -105,7 +181,8 @@ class MergingRecordDoc(CheckedRecordDoc):
             probe: Doc[Any] = Doc()
             probe.apply_update(state)
             probe.apply_update(together[0] if len(together) == 1 else merge_updates(*together))
-            fits = [h for h in together if self._integrated(probe, h)]
+            state_now = probe.get_state()
+            fits = [h for h in together if integrated(h, state_now)]
             if len(fits) == len(together):
                 return together
             together = fits
@@ -148,6 +225,22 @@ class MergingRecordDoc(CheckedRecordDoc):
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
         return self._new_part()
 
+    def _all_in(self, updates: list[bytes], state: bytes) -> bool:
+        """``integrated`` for updates just applied to a document that held nothing before them (whose
+        state vector is now ``state``): its deletions are then exactly theirs if all were done, so their
+        delete sets merged, compared with the document's, usually settle it without decoding any."""
+        rests = [get_update(u, state) for u in updates]
+        if any(r[:1] != b"\x00" for r in rests):
+            return False
+        dels = [r for r in rests if r != b"\x00\x00"]
+        if not dels:
+            return True
+        with self._txn() as txn:
+            mine = bytes(self._ydoc.get_update(txn._txn, state))  # no structs: the document's deletions
+        if (dels[0] if len(dels) == 1 else merge_updates(*dels)) == mine:
+            return True
+        return all(_deletions_known(r, state) for r in dels)
+
     def _apply_fresh_many(self, updates: list[bytes]) -> bytes | None:
         """``apply_many`` on an empty document, when every update is integrated: the new part is then the
         document's whole state. None (and the document left empty) otherwise: some update builds on one
@@ -159,10 +252,10 @@ class MergingRecordDoc(CheckedRecordDoc):
                 for u in updates:
                     self._ydoc.apply_update(t, u)
             state = self.state_vector()
-            integrated = all(get_update(u, state)[:1] == b"\x00" for u in updates)
+            whole = self._all_in(updates, state)
         except ValueError:
-            integrated = False
-        if not integrated or state == b"\x00":
+            whole = False
+        if not whole or state == b"\x00":
             self._build(self._ydoc.client_id())
             return None
         self._parts = [self.full_update()]
@@ -178,14 +271,14 @@ class MergingRecordDoc(CheckedRecordDoc):
             with self._txn() as txn:
                 self._ydoc.apply_update(txn._txn, update)
             state = self.state_vector()
-            integrated = get_update(update, state)[:1] == b"\x00"
+            whole = self._all_in([update], state)
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
-        if not integrated:
+        if not whole:
             self.held.append(update)
             self._build(self._ydoc.client_id())
             return b""
-        if state == b"\x00":  # nothing integrated (an empty update, or deletes of unknown items)
+        if state == b"\x00":  # nothing in it (an empty update)
             return b""
         self._parts = [update]
         self._tail_bytes = 0
@@ -216,7 +309,7 @@ class MergingRecordDoc(CheckedRecordDoc):
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
         finally:
             tracer.disarm()
-        if get_update(update, traced.after)[:1] != b"\x00":  # not integrated (see ``_integrated``)
+        if get_update(update, traced.after)[:1] != b"\x00":  # a struct waits (see ``integrated``)
             self.held.append(update)
             self._build(ydoc.client_id())  # without what is pending
             return Traced(held=True)
