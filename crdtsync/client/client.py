@@ -78,15 +78,19 @@ class _Session:
             raise _Lost(f"connection lost: {e}") from None
 
     def fail(self, reason: str) -> None:
+        """End the session: every future still waiting gets the loss. Each is marked as seen too
+        (``exception()``): one nobody awaits any more (the welcome, when sending the hello already
+        failed) made asyncio log "Future exception was never retrieved" at every refused connection."""
         if self.lost is None:
             self.lost = _Lost(reason)
-        for f in self.acks.values():
-            if not f.done():
-                f.set_exception(self.lost)
+        waiting = [f for f in self.acks.values() if not f.done()]
+        if not self.welcomed.done():
+            waiting.append(self.welcomed)
+        for f in waiting:
+            f.set_exception(self.lost)
+            f.exception()
         self.acks.clear()
         self.pages.put_nowait(self.lost)
-        if not self.welcomed.done():
-            self.welcomed.set_exception(self.lost)
 
 
 class SyncClient:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,9 +67,13 @@ async def test_missing_and_wrong_tokens_are_refused_before_anything_is_read(
     assert await closed_with(relay.url + "/?token=nope") == (4401, "unknown token")
     r = make_replica("x")
     r.create("accounts", {"name": "sneaky", "owner": "alice"})
+    reports: list[str] = []  # asyncio's "Future exception was never retrieved" and the like
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reports.append(ctx["message"]))
     async with client(r, relay.url, token="wrong") as c:
         with pytest.raises(AuthError, match="4401"):
             await sync(c)
+    gc.collect()  # (an unretrieved exception is reported when its future is collected)
+    assert reports == []
     assert head(relay) == 0 and len(r.pending()) == 1
 
 
