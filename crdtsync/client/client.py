@@ -22,6 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -83,7 +84,7 @@ class _Session:
         failed) made asyncio log "Future exception was never retrieved" at every refused connection."""
         if self.lost is None:
             self.lost = _Lost(reason)
-        waiting = [f for f in self.acks.values() if not f.done()]
+        waiting: list[asyncio.Future[Any]] = [f for f in self.acks.values() if not f.done()]
         if not self.welcomed.done():
             waiting.append(self.welcomed)
         for f in waiting:
