@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from ..errors import LocalError
 
-__all__ = ["ALL", "Grant", "Tokens", "load_tokens"]
+__all__ = ["ALL", "Grant", "Tokens", "load_tokens", "unknown_names"]
 
 ALL = "*"
 
@@ -128,6 +128,25 @@ def _grant(token: str, d: Any) -> Grant:
     return Grant(d["user"], _names(d.get("read", []), f"{where}: read"), _names(d.get("write", []), f"{where}: write"),
                  {c: dict(v) for c, v in cond.items()}, _names(d.get("rooms", []), f"{where}: rooms"),
                  _names(d.get("rooms_read_only", []), f"{where}: rooms_read_only"))
+
+
+def unknown_names(grants: Mapping[str, Grant], collections: Mapping[str, Any]) -> list[str]:
+    """What the grants name that the schema does not have (``collections``: name -> ``Collection``): a
+    collection in ``read``, ``write`` or ``where``, or a field in ``where``. A typo there only showed
+    later, as every write refused or every record out of scope."""
+    out = []
+    for g in grants.values():
+        for kind, names in (("read", g.read), ("write", g.write)):
+            out += [f"user {g.user!r}: {kind} names unknown collection {n!r}"
+                    for n in sorted(names - {ALL}) if n not in collections]
+        for c, cond in g.where.items():
+            coll = collections.get(c)
+            if coll is None:
+                out.append(f"user {g.user!r}: where names unknown collection {c!r}")
+                continue
+            out += [f"user {g.user!r}: where names unknown field {c}.{f}"
+                    for f in sorted(cond) if f not in coll.fields]
+    return sorted(set(out))
 
 
 def load_tokens(path: str | Path) -> dict[str, Grant]:

@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +22,7 @@ from ..errors import CrdtSyncError, LocalError
 from ..schema import Schema
 from ..store.base import ByteStore
 from ..store.sqlite import SQLiteStore
-from .auth import Tokens, load_tokens
+from .auth import Tokens, load_tokens, unknown_names
 from .server import Limits, Relay
 
 __all__ = ["add_arguments", "is_postgres_url", "load_schema", "open_store", "run"]
@@ -50,11 +51,26 @@ SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads th
 """
 
 
+def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` from ``low`` (to ``high``), else a usage error naming them."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value != value or value < low or (high is not None and value > high):  # (NaN fails the first)
+            span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {span}")
+        return value
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = _EPILOG
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0: any free)")
+    parser.add_argument("--port", type=_number(int, 0, 65535), default=8765,
+                        help="port to listen on (default: 8765; 0: any free)")
     parser.add_argument("--db", default="relay.db", metavar="FILE|postgresql://...",
                         help="the relay's SQLite file, created if missing (default: relay.db), or a PostgreSQL "
                              "URL (postgresql://user:password@host:port/dbname; needs crdtsync[postgres]): "
@@ -67,12 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=Path, default=None, metavar="FILE.toml",
                         help="who may connect and what they may read and write; without it the relay is open "
                              "to anyone and listens on loopback addresses only (development)")
-    parser.add_argument("--keep-log", type=int, default=100_000, metavar="N",
+    parser.add_argument("--keep-log", type=_number(int, 0), default=100_000, metavar="N",
                         help="log entries kept for delta sync; devices whose cursor is older get a full resync "
                              "(default: 100000)")
-    parser.add_argument("--max-frame", type=int, default=16 * 1024 * 1024, metavar="BYTES",
-                        help="largest frame accepted (default: 16 MiB)")
-    parser.add_argument("--rate", type=float, default=500.0, metavar="N",
+    parser.add_argument("--max-frame", type=_number(int, 64 * 1024), default=16 * 1024 * 1024, metavar="BYTES",
+                        help="largest frame accepted, from devices and from Yjs clients alike (default: 16 MiB; "
+                             "at least 64 KiB)")
+    parser.add_argument("--rate", type=_number(float, 0.001), default=500.0, metavar="N",
                         help="frames per second per connection before it is slowed down (default: 500)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: FULL)")
@@ -205,7 +222,13 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             tokens = Tokens(None)
         else:
-            tokens = Tokens(load_tokens(args.tokens))
+            grants = load_tokens(args.tokens)
+            unknown = unknown_names(grants, schema.collections)
+            if unknown:
+                print(f"crdtsync relay: {args.tokens} names what the schema does not have:\n  "
+                      + "\n  ".join(unknown), file=sys.stderr)
+                return 2
+            tokens = Tokens(grants)
     except CrdtSyncError as e:
         print(f"crdtsync relay: {e}", file=sys.stderr)
         return 2

@@ -71,6 +71,10 @@ class Limits:
     # less than this on average (seconds; 0: always in a thread); see ``Relay._begin_commit``
     inline_sync: float = 0.002
 
+    def __post_init__(self) -> None:
+        if not self.rate > 0 or self.burst < 1 or self.max_frame < 1024 or self.send_queue < 1:
+            raise ValueError(f"bad relay limits: {self} (rate > 0, burst >= 1, max_frame >= 1024, send_queue >= 1)")
+
 
 @dataclass
 class _Job:
@@ -140,7 +144,7 @@ class Relay:
         self._stopped = asyncio.Event()
         self._binding = asyncio.Lock()  # device ids are bound to users one at a time
         yjs = _load_yjs()
-        self.rooms: Any = yjs.YjsRooms(store) if yjs is not None else None
+        self.rooms: Any = yjs.YjsRooms(store, max_message=self.limits.max_frame) if yjs is not None else None
         self.address: tuple[str, int] = ("", 0)
 
     @property
@@ -497,6 +501,9 @@ class _Session:
                     break
         except ConnectionClosed:
             pass
+        except Exception:  # a bug here: the device is told (1011), not sent a normal close it would retry
+            log.exception("internal error serving %s (%s)", self.device or "?", self.ws.remote_address)
+            self.abort(1011, "relay failure: internal error")
         finally:
             self.live = False
             for task in (self._pull_task, self._hello_task):

@@ -38,3 +38,35 @@ def test_schema_from_json(tmp_path: Path) -> None:
     path.write_bytes(orjson.dumps(SCHEMA.to_dict()))
     assert load_schema(str(path)) == SCHEMA
     assert load_schema("tests.sync.conftest:SCHEMA") == SCHEMA
+
+
+@pytest.mark.parametrize(("option", "value", "says"), [
+    ("--port", "99999", "from 0 to 65535"), ("--port", "-1", "from 0 to 65535"),
+    ("--rate", "0", "at least 0.001"), ("--rate", "nan", "at least 0.001"), ("--keep-log", "-5", "at least 0"),
+    ("--max-frame", "0", "at least 65536"), ("--port", "http", "not a number"),
+])
+def test_numeric_options_out_of_range_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       option: str, value: str, says: str) -> None:
+    """``--rate 0`` used to start a relay that divided by zero on every device's first frame, and
+    ``--port 99999`` ended in a traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(["relay", "--db", str(tmp_path / "r.db"), "--schema", "tests.sync.conftest:SCHEMA", option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and says in err and "Traceback" not in err
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_tokens_naming_what_the_schema_lacks_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in a grant only showed later, as every write refused or every record out of scope."""
+    tokens = tmp_path / "t.toml"
+    tokens.write_text('[tokens."a"]\nuser = "alice"\nread = ["acounts", "*"]\nwrite = ["accounts"]\n'
+                      '[tokens."b"]\nuser = "bob"\nwrite = ["contacts"]\nwhere = { accounts = { ownr = "bob" }, '
+                      'deals = { owner = "bob" } }\n')
+    assert main(["relay", "--db", str(tmp_path / "r.db"), "--schema", "tests.sync.conftest:SCHEMA",
+                 "--tokens", str(tokens)]) == 2
+    err = capsys.readouterr().err
+    assert "user 'alice': read names unknown collection 'acounts'" in err
+    assert "user 'bob': where names unknown field accounts.ownr" in err
+    assert "user 'bob': where names unknown collection 'deals'" in err
+    assert not (tmp_path / "r.db").exists()

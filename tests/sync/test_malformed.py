@@ -130,3 +130,31 @@ async def test_a_device_id_that_mimics_a_writer_tag_is_refused(make_relay: Relay
         await raw.flush()
         [bye] = await raw.next_events()
         assert isinstance(bye, Bye) and bye.code == 4400 and "'#'" in bye.reason
+
+
+async def test_an_internal_error_serving_a_device_closes_it_with_1011(
+        make_relay: RelayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while serving a device (here, made by hand: nothing a peer sends causes one) used to end the
+    session with a normal close (1000, no reason), which the device took for a clean end and retried."""
+    from crdtsync.relay import server
+
+    relay = await make_relay()
+    async with connect(relay.url) as ws:
+        raw = RawClient(ws)
+        await raw.handshake("raw")
+
+        def broken(self: object) -> float:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(server._Bucket, "delay", broken)
+        raw.conn.send(Pull(1, 0))
+        await raw.flush()
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), BOUND)
+        assert ws.close_code == 1011 and ws.close_reason == "relay failure: internal error"
+
+
+async def test_yjs_rooms_take_the_relays_frame_limit(make_relay: RelayFactory) -> None:
+    relay = await make_relay(limits=Limits(max_frame=100_000))
+    assert relay.relay.rooms.max_message == 100_000
