@@ -332,8 +332,10 @@ class YjsRooms:
                 if compact:
                     batch.save(room_key(room.name, "s"), room.state.full_state())
                     batch.remove_range(room_key(room.name, "u"))
+                keys = []
                 for update, _ in items:
-                    batch.save(room_key(room.name, "u", room.next_n), update)
+                    keys.append(room_key(room.name, "u", room.next_n))
+                    batch.save(keys[-1], update)
                     room.next_n += 1
                 try:
                     await self._io(self.store.commit, batch)
@@ -346,16 +348,27 @@ class YjsRooms:
                         await self._done(room, len(update))
                     continue
                 room.stored = (0 if compact else room.stored) + len(items)
-                for update, sender in items:
+                refused = Batch()
+                for key, (update, sender) in zip(keys, items, strict=True):
                     err = room.state.apply(update)
                     if err is not None:
-                        log.error("yjs room %r: %s", room.name, err)
+                        # it decoded (``check_update``) but Yrs cannot apply it: garbage that looks like an
+                        # update. Its sender is told, as for any malformed message, and it is not kept
+                        log.warning("yjs room %r: %s", room.name, err)
+                        refused.remove(key)
+                        if sender is not None:
+                            sender.abandon(CloseRequest(CLOSE_MALFORMED, f"update refused: {err}"[:120]))
                     else:
                         frame = sync_message(SYNC_UPDATE, update)
                         for other in list(room.conns):
                             if other is not sender:
                                 await other.put(frame)
                     await self._done(room, len(update))
+                if refused:
+                    try:
+                        await self._io(self.store.commit, refused)
+                    except Exception:  # left in the store: loading skips it, the next compaction drops it
+                        log.exception("yjs room %r: removing refused updates failed", room.name)
         finally:
             room.flusher = None
             if room.pending:  # cancelled mid-way: nothing more will run; do not leave waiters hanging

@@ -255,3 +255,32 @@ async def test_a_client_that_stops_reading_is_closed_and_holds_nobody_up() -> No
             assert len(data) < 20 * chunk  # it did not get everything: it was cut off, not waited for
         finally:
             stalled.close()
+
+
+#: decodes as a Yjs v1 update (so it passes ``YRoom.check_update``), but Yrs cannot apply it (a scenario
+#: run's mutation fuzzer found it)
+_REFUSED_BY_YRS = bytes.fromhex(
+    "0103c5a3e89602d484c5a3e89602000368c3a9a8c5a3e896023e017c4020000088c5a3e8960245017c4160000001c5a3e896020e"
+    "0101030106010c01130118011a011c0123012a012c05340139013e01")
+
+
+async def test_an_update_yrs_refuses_closes_its_sender_and_is_not_kept() -> None:
+    """It used to be stored, then refused by the room with only a line in the log: its sender was never
+    told, and the store kept it until the next compaction."""
+    from websockets.exceptions import ConnectionClosed
+
+    from crdtsync.protocol.ywebsocket import SYNC_UPDATE, sync_message
+
+    store = MemoryStore()
+    async with yjs_server(store) as srv, PyYClient(srv.room_url("g")) as a:
+        await a.wait_synced()
+        async with websockets.connect(srv.room_url("g")) as ws:
+            await ws.send(sync_message(SYNC_UPDATE, _REFUSED_BY_YRS))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 4400 and ws.close_reason and "update refused" in ws.close_reason
+        a.map["after"] = "1"  # the room goes on
+        async with PyYClient(srv.room_url("g")) as c:
+            await c.wait_until(lambda: "after" in c.map)
+    assert all(v != _REFUSED_BY_YRS for _, v in store.load_range(("yjs", "g")))
