@@ -162,7 +162,7 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
     shown = _shown(args.db)
     try:
         store = open_store(args.db, synchronous=args.synchronous, pg_schema=args.pg_schema)
-    except (sqlite3.Error, CrdtSyncError) as e:
+    except (sqlite3.Error, CrdtSyncError, ImportError) as e:  # (ImportError: psycopg not installed)
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # psycopg's errors (bad URL, server down, refused login)

@@ -70,3 +70,15 @@ def test_tokens_naming_what_the_schema_lacks_are_refused(tmp_path: Path, capsys:
     assert "user 'bob': where names unknown field accounts.ownr" in err
     assert "user 'bob': where names unknown collection 'deals'" in err
     assert not (tmp_path / "r.db").exists()
+
+
+def test_a_postgres_url_without_psycopg_is_a_clear_error(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as without the [postgres] extra: importing it fails
+    monkeypatch.delitem(sys.modules, "crdtsync.store.postgres", raising=False)
+    code = main(["relay", "--db", "postgresql://u:secret@127.0.0.1:1/db", "--schema", "tests.sync.conftest:SCHEMA"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "secret" not in err
+    assert 'PostgresStore needs psycopg 3: pip install "crdtsync[postgres]"' in err
