@@ -35,50 +35,36 @@ def integrated(update: bytes, state: bytes, *, applied: bytes | None = None) -> 
     return _deletions_known(rest, state)
 
 
+def _varuints(data: bytes, pos: int) -> list[int]:
+    """Every varuint in ``data`` from ``pos``, read inline: this runs for every update merged, and a
+    ``Reader`` call per number tripled its cost."""
+    values = []
+    end = len(data)
+    while pos < end:
+        b = data[pos]
+        pos += 1
+        if b < 0x80:
+            values.append(b)
+            continue
+        n, shift = b & 0x7F, 7
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated or overlong varuint")
+            b = data[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        values.append(n)
+    return values
+
+
 def _deletions_known(rest: bytes, state: bytes) -> bool:
-    """``integrated``'s check of the delete set in ``rest`` (from byte 1) against ``state``. Varuints read
-    inline: this runs for every update merged, and a ``Reader`` call per number tripled its cost."""
-    have: dict[int, int] = {}
-    pos, end = 0, len(state)
-    values = []
-    while pos < end:  # the state vector's numbers: count, then client and clock pairs
-        b = state[pos]
-        pos += 1
-        if b < 0x80:
-            values.append(b)
-            continue
-        n, shift = b & 0x7F, 7
-        while True:
-            if pos >= end:
-                raise ValueError("truncated state vector")
-            b = state[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        values.append(n)
-    for i in range(1, len(values) - 1, 2):
-        have[values[i]] = values[i + 1]
-    pos, end = 1, len(rest)
-    values = []
-    while pos < end:  # the delete set's numbers: clients; client, ranges; clock, length ...
-        b = rest[pos]
-        pos += 1
-        if b < 0x80:
-            values.append(b)
-            continue
-        n, shift = b & 0x7F, 7
-        while True:
-            if pos >= end:
-                raise ValueError("truncated delete set")
-            b = rest[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        values.append(n)
+    """``integrated``'s check of the delete set in ``rest`` (from byte 1) against ``state``."""
+    sv = _varuints(state, 0)  # count, then client and clock pairs
+    have = {sv[i]: sv[i + 1] for i in range(1, len(sv) - 1, 2)}
+    values = _varuints(rest, 1)  # clients; client, ranges; clock, length ...
     i, clients = 1, values[0] if values else 0
     for _ in range(clients):
         if i + 1 >= len(values):
