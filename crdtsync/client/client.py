@@ -338,6 +338,11 @@ class SyncClient:
             self._apply_live(ev.items)
         elif isinstance(ev, ProtocolError):
             log.warning("protocol error from the relay: %s", ev.reason)
+            if session.welcome is None and self._fatal is None:
+                # before any welcome: not the crdtsync protocol at all (a Yjs room's URL, another server);
+                # reconnecting would only meet it again
+                self._fatal = SyncError(f"{self.url} does not answer as a crdtsync relay ({ev.reason}): use "
+                                        "the relay's root URL, ws://HOST:PORT, not a /yjs/ room")
         elif isinstance(ev, Bye):
             log.info("relay said goodbye: %d %s", ev.code, ev.reason)
 

@@ -55,3 +55,15 @@ async def test_a_wrong_path_is_a_clear_error_not_endless_retries(
             await asyncio.wait_for(c.sync_now(), BOUND)
         with pytest.raises(SyncError):  # and stays so: no reconnect loop behind the app's back
             await sync(c)
+
+
+async def test_a_yjs_room_url_is_a_clear_error_not_a_reconnect_loop(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """The relay's Yjs endpoint accepts the connection and answers in y-websocket: the client used to take
+    that for a passing protocol error and reconnect for ever."""
+    relay = await make_relay()
+    async with client(make_replica("a"), relay.url + "/yjs/notes") as c:
+        with pytest.raises(SyncError, match="does not answer as a crdtsync relay"):
+            await asyncio.wait_for(c.sync_now(), BOUND)
+        with pytest.raises(SyncError):
+            await sync(c)
