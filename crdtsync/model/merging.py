@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
@@ -11,7 +12,13 @@ from .checks import CheckedRecordDoc
 from .trace import Traced, Tracer
 from .yrs import RawTxn
 
-__all__ = ["MergingRecordDoc", "integrated"]
+__all__ = ["MergingRecordDoc", "integrated", "merged"]
+
+
+def merged(updates: Sequence[bytes]) -> bytes:
+    """One update holding ``updates`` (one or more): the update itself when there is one, as
+    ``merge_updates`` of a single update would re-encode it for nothing."""
+    return updates[0] if len(updates) == 1 else merge_updates(*updates)
 
 
 def integrated(update: bytes, state: bytes, *, applied: bytes | None = None) -> bool:
@@ -137,7 +144,7 @@ class MergingRecordDoc(CheckedRecordDoc):
             return b""
         self._changed_remotely()
         self._fold_parts()
-        return out[0] if len(out) == 1 else merge_updates(*out)
+        return merged(out)
 
     def _retry_held(self) -> None:
         """Let in the largest set of held updates that goes in whole (see ``_fitting_together``): those
@@ -148,7 +155,7 @@ class MergingRecordDoc(CheckedRecordDoc):
         together = self._fitting_together()
         if not together:
             return
-        if self._take(together[0] if len(together) == 1 else merge_updates(*together)):  # as on the copies
+        if self._take(merged(together)):  # as on the copies
             for h in together:
                 self.held.remove(h)
 
@@ -166,7 +173,7 @@ class MergingRecordDoc(CheckedRecordDoc):
         while together:
             probe: Doc[Any] = Doc()
             probe.apply_update(state)
-            probe.apply_update(together[0] if len(together) == 1 else merge_updates(*together))
+            probe.apply_update(merged(together))
             state_now = probe.get_state()
             fits = [h for h in together if integrated(h, state_now)]
             if len(fits) == len(together):
@@ -223,7 +230,7 @@ class MergingRecordDoc(CheckedRecordDoc):
             return True
         with self._txn() as txn:
             mine = bytes(self._ydoc.get_update(txn._txn, state))  # no structs: the document's deletions
-        if (dels[0] if len(dels) == 1 else merge_updates(*dels)) == mine:
+        if merged(dels) == mine:
             return True
         return all(_deletions_known(r, state) for r in dels)
 

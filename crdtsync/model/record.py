@@ -13,11 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from pycrdt import merge_updates
 
 from ..schema import Collection, Field, Invalid
 from .document import EMPTY_UPDATE
-from .merging import MergingRecordDoc
+from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
 from .state import Candidate, RecordState, SetEntry
 from .textdiff import text_edits
@@ -62,9 +61,7 @@ class RecordDoc(MergingRecordDoc):
         self._captured.clear()
         if not out:
             return b""
-        if len(out) == 1:
-            return out[0]
-        return merge_updates(*out)
+        return merged(out)
 
     def _put_slot(self, name: str, value: Any, t: int, seen: Mapping[str, int]) -> None:
         key = f"{name}{SEP}{self.writer}"
@@ -187,7 +184,7 @@ class RecordDoc(MergingRecordDoc):
         self._fold_parts()
         if not out:
             return b""
-        return out[0] if len(out) == 1 else merge_updates(*out)
+        return merged(out)
 
     def _tap(self) -> list[list[bytes] | None]:
         """A lasting subscription to the document's updates for ``_write_registers``: a box whose list, when

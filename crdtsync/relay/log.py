@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pycrdt import Array, Map, merge_updates
+from pycrdt import Array, Map
 
 from ..codec import Reader, varuint_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
+from ..model.merging import merged
 from ..model.record import RecordDoc
 from ..model.slots import SEP, Slot
 from ..model.strategies import new_record_doc
@@ -396,7 +397,7 @@ class RelayLog:
         parts += [raw[1:] for _, raw in self.store.load_range(("upd", collection, record))]
         if not parts:
             return _EMPTY_UPDATE
-        return parts[0] if len(parts) == 1 else merge_updates(*parts)
+        return merged(parts)
 
     def _visible(self, grant: Grant, collection: str, record: str) -> bool:
         if not grant.limited(collection):

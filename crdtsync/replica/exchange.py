@@ -8,10 +8,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 
 import orjson
-from pycrdt import get_state, get_update, merge_updates
+from pycrdt import get_state, get_update
 
 from ..codec import Reader, write_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
+from ..model.merging import merged
 from ..store.base import Batch
 from .base import ReplicaBase
 from .docs import LoadedRecord
@@ -223,7 +224,7 @@ class ExchangingReplica(ReplicaBase):
         parts = self.docs.stored_parts(collection, rid)
         if not parts:
             return _EMPTY_UPDATE
-        return parts[0] if len(parts) == 1 else merge_updates(*parts)
+        return merged(parts)
 
     def export_updates(self, collections: Iterable[str] | None = None, since: bytes | None = None) -> bytes:
         """Everything this replica knows (of some collections), as one blob for ``import_updates``.
@@ -233,7 +234,7 @@ class ExchangingReplica(ReplicaBase):
         the receiver may have what they wait for, and merged into the record's update they would hold it
         back whole where it does not.
         """
-        vectors = self._parse(since, _VECTOR_MAGIC) if since is not None else {}
+        vectors = self._parse_vectors(since) if since is not None else {}
         out = bytearray(_EXPORT_MAGIC)
         for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
             held = self.docs.stored_held(coll.name)
@@ -279,9 +280,9 @@ class ExchangingReplica(ReplicaBase):
             raise MalformedUpdate(f"malformed blob at byte {r.pos}: {e}") from None
 
     @classmethod
-    def _parse(cls, blob: bytes, magic: bytes) -> dict[tuple[str, str], bytes]:
-        """A state-vector blob: each record's state vector."""
-        return dict(cls._entries(blob, magic))
+    def _parse_vectors(cls, blob: bytes) -> dict[tuple[str, str], bytes]:
+        """A state-vector blob (``state_vectors``): each record's state vector."""
+        return dict(cls._entries(blob, _VECTOR_MAGIC))
 
     @classmethod
     def _parse_export(cls, blob: bytes) -> dict[tuple[str, str], list[bytes]]:
