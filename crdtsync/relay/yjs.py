@@ -8,10 +8,13 @@ asyncio shell around it, and it owns three policies:
   room's document and sent to the others. Commits are batched per room: while one is on disk, the next
   updates gather and go in one transaction. Store calls run on one worker thread, never on the event loop,
   and in submission order.
-- **Backpressure, never drops.** Each connection has a bounded send queue; a full queue makes whoever sends
-  to it wait, and a room admits at most ``max_pending`` (count and bytes) updates in flight, after which it
-  stops reading from its clients. A client that has not read for ``send_timeout`` seconds is closed (code
-  1013, "reconnect"): a Yjs client that reconnects resyncs the whole document, so nothing is lost.
+- **No drops, and nobody waits for a slow reader.** A room admits at most ``max_pending`` (count and bytes)
+  updates in flight, after which it stops reading from its clients (TCP pushes back on the senders). What
+  a room sends to its clients never waits: a client that reads slower than the room writes falls behind
+  (``queue_size`` frames queued for it), and one still behind after ``send_timeout`` seconds, or
+  with more than ``max_queue_bytes`` queued, is closed (code 1013, "reconnect"); a Yjs client that
+  reconnects resyncs the whole document, so it misses nothing. A client's replies to its own messages
+  wait for room in its queue, which holds up only that client.
 - **Lazy rooms, compaction.** A room is loaded on its first connection (concurrent first connections share
   one load) and unloaded after its last leaves, once its updates are stored. Layout under the store:
   ``("yjs", room, "s")`` the snapshot, one merged Yjs update; ``("yjs", room, "u", n)`` updates since.
@@ -71,21 +74,28 @@ def room_key(room: str, *rest: str | int) -> Key:
 
 
 class _Conn:
-    """One websocket with its bounded send queue and the task that drains it.
+    """One websocket with its send queue and the task that drains it.
 
-    Whoever queues a frame waits while the queue is full (backpressure); when the connection dies every
-    waiter is released at once, and one that waited ``send_timeout`` closes the connection instead.
+    ``put`` (a reply to the client's own message) waits while ``queue_size`` frames are queued, and gives up
+    on the client after ``send_timeout``. ``push`` (what the room sends to everyone) never waits: it starts
+    the ``send_timeout`` clock when the queue reaches ``queue_size``, stops it once the client has read its
+    way back below, and closes the client at once past ``max_bytes`` queued.
     """
 
-    def __init__(self, ws: ServerConnection, queue_size: int, send_timeout: float) -> None:
+    def __init__(self, ws: ServerConnection, room: str, queue_size: int, send_timeout: float, max_bytes: int
+                 ) -> None:
         self.ws = ws
+        self.room = room
         self.queue_size = queue_size
         self.send_timeout = send_timeout
+        self.max_bytes = max_bytes
         self.queue: deque[bytes | CloseRequest] = deque()
+        self.queued_bytes = 0
         self.space = asyncio.Event()  # set when a frame left the queue, or the connection died
         self.ready = asyncio.Event()  # set when the queue holds a frame
         self.dead = False
         self.closing: asyncio.Task[None] | None = None
+        self.behind: asyncio.TimerHandle | None = None  # running while the client is behind (``push``)
         self.writer = asyncio.create_task(self._write())
 
     async def put(self, frame: bytes | CloseRequest) -> None:
@@ -97,21 +107,45 @@ class _Conn:
             try:
                 await asyncio.wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                self.abandon(CloseRequest(CLOSE_TOO_SLOW, "client too slow to read; reconnect to resync"))
+                self._too_slow()
         if not self.dead:
-            self.queue.append(frame)
-            self.ready.set()
+            self._append(frame)
+
+    def push(self, frame: bytes) -> None:
+        """Queue a frame without waiting (see the class docstring)."""
+        if self.dead:
+            return
+        self._append(frame)
+        if self.queued_bytes > self.max_bytes:
+            self._too_slow()
+        elif len(self.queue) >= self.queue_size and self.behind is None:
+            self.behind = asyncio.get_running_loop().call_later(self.send_timeout, self._too_slow)
+
+    def _append(self, frame: bytes | CloseRequest) -> None:
+        self.queue.append(frame)
+        if not isinstance(frame, CloseRequest):
+            self.queued_bytes += len(frame)
+        self.ready.set()
+
+    def _too_slow(self) -> None:
+        if self.closing is None:
+            log.warning("yjs room %r: closing a client too slow to read (%d frames, %d bytes queued for it)",
+                        self.room, len(self.queue), self.queued_bytes)
+        self.abandon(CloseRequest(CLOSE_TOO_SLOW, "client too slow to read; reconnect to resync"))
 
     def offer(self, frame: bytes) -> None:
         """Queue a frame if there is room (for ephemeral awareness removals sent while leaving)."""
         if not self.dead and len(self.queue) < self.queue_size:
-            self.queue.append(frame)
-            self.ready.set()
+            self._append(frame)
 
     def die(self) -> None:
         """Mark the connection gone: drop the queue and release everyone waiting to queue."""
         self.dead = True
         self.queue.clear()
+        self.queued_bytes = 0
+        if self.behind is not None:
+            self.behind.cancel()
+            self.behind = None
         self.space.set()
 
     def abandon(self, req: CloseRequest) -> None:
@@ -140,6 +174,10 @@ class _Conn:
                 if isinstance(item, CloseRequest):
                     await self.ws.close(item.code, item.reason)
                     return
+                self.queued_bytes -= len(item)
+                if self.behind is not None and len(self.queue) < self.queue_size:
+                    self.behind.cancel()  # caught up
+                    self.behind = None
                 await self.ws.send(item)
         except ConnectionClosed:
             pass
@@ -169,12 +207,13 @@ class YjsRooms:
     """Serves y-websocket rooms kept in ``store``; see the module docstring for the policies."""
 
     def __init__(self, store: ByteStore, *, max_message: int = 16 * 2**20, queue_size: int = 64,
-                 send_timeout: float = 30.0, max_pending: int = 256, max_pending_bytes: int = 32 * 2**20,
-                 compact_after: int = 200) -> None:
+                 send_timeout: float = 30.0, max_queue_bytes: int = 64 * 2**20, max_pending: int = 256,
+                 max_pending_bytes: int = 32 * 2**20, compact_after: int = 200) -> None:
         self.store = store
         self.max_message = max_message
         self.queue_size = queue_size
         self.send_timeout = send_timeout
+        self.max_queue_bytes = max_queue_bytes
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.compact_after = compact_after
@@ -218,7 +257,7 @@ class YjsRooms:
             await ws.close(CLOSE_SERVER_ERROR, "the room could not be loaded")
             return
         assert room.state is not None
-        conn = _Conn(ws, self.queue_size, self.send_timeout)
+        conn = _Conn(ws, name, self.queue_size, self.send_timeout, max(self.max_queue_bytes, self.max_message))
         session = YSession(room.state, can_write=can_write)
         room.conns[conn] = None
         self._conns.add(conn)
@@ -234,7 +273,7 @@ class YjsRooms:
                     await conn.put(frame)
                 for frame in out.to_all:
                     for other in list(room.conns):
-                        await other.put(frame)
+                        other.push(frame)
                 for update in out.updates:
                     await self._submit(room, update, conn)
                 if out.close is not None:
@@ -362,7 +401,7 @@ class YjsRooms:
                         frame = sync_message(SYNC_UPDATE, update)
                         for other in list(room.conns):
                             if other is not sender:
-                                await other.put(frame)
+                                other.push(frame)
                     await self._done(room, len(update))
                 if refused:
                     try:

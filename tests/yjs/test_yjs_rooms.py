@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -232,10 +235,60 @@ async def _raw_ws_that_never_reads(url: str) -> socket.socket:
     return sock
 
 
-async def test_a_client_that_stops_reading_is_closed_and_holds_nobody_up() -> None:
-    """Its queue fills, fan-out waits ``send_timeout``, then it is closed (1013) and the room moves on."""
+class _Closing(logging.Handler):
+    """Set when the relay logs that it closes a client too slow to read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "too slow to read" in record.getMessage():
+            self.seen.set()
+
+
+@contextlib.contextmanager
+def _watch_too_slow() -> Iterator[_Closing]:
+    handler = _Closing()
+    logger = logging.getLogger("crdtsync.relay.yjs")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # (the demo quiets "crdtsync", and tests run it in this process)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+async def _paced(writer: PyYClient, reader: PyYClient, n: int, size: int) -> None:
+    """``n`` updates of ``size`` bytes, each once ``reader`` got the one before: a reader that keeps up
+    never has more than one queued, whatever the machine's load."""
+    for i in range(n):
+        writer.array.append("x" * size + str(i))
+        await reader.wait_until(lambda i=i: len(reader.array) == i + 1, timeout=30)  # type: ignore[misc]
+
+
+async def _read_until_closed(sock: socket.socket, code: int, reason: bytes) -> int:
+    """Read what the server sent to ``sock`` until its close frame (``code``, ``reason``); the bytes read."""
+    close_frame = bytes([0x88, 2 + len(reason)]) + code.to_bytes(2, "big") + reason
+    data = bytearray()
+    loop = asyncio.get_running_loop()
+    while not data.endswith(close_frame):
+        more = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+        assert more, f"EOF without the close frame; got {len(data)} bytes"
+        data += more
+    return len(data)
+
+
+_TOO_SLOW = b"client too slow to read; reconnect to resync"
+
+
+async def test_a_client_that_stops_reading_holds_nobody_up() -> None:
+    """The others get every update at once, not after ``send_timeout``: fan-out never waits for a reader (it
+    used to, up to 30 s by default, holding up the whole room)."""
     chunk = 1 << 20
-    async with yjs_server(MemoryStore(), queue_size=2, send_timeout=0.5) as srv, \
+    async with yjs_server(MemoryStore(), queue_size=2, send_timeout=600, max_queue_bytes=1 << 30) as srv, \
             PyYClient(srv.room_url("slow")) as writer, PyYClient(srv.room_url("slow")) as reader:
         await asyncio.gather(writer.wait_synced(), reader.wait_synced())
         stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
@@ -243,16 +296,41 @@ async def test_a_client_that_stops_reading_is_closed_and_holds_nobody_up() -> No
             for i in range(24):  # 24 MiB: far more than the socket buffers hold
                 writer.array.append("x" * chunk + str(i))
             await reader.wait_until(lambda: len(reader.array) == 24, timeout=30)
-            # now read what the server had sent to the stalled client: it ends with a close frame
-            reason = b"client too slow to read; reconnect to resync"
-            close_frame = bytes([0x88, 2 + len(reason)]) + (1013).to_bytes(2, "big") + reason
-            data = bytearray()
-            loop = asyncio.get_running_loop()
-            while not data.endswith(close_frame):
-                more = await asyncio.wait_for(loop.sock_recv(stalled, 1 << 20), 10)
-                assert more, f"EOF without the close frame; got {len(data)} bytes"
-                data += more
-            assert len(data) < 20 * chunk  # it did not get everything: it was cut off, not waited for
+        finally:
+            stalled.close()
+
+
+async def test_a_client_behind_for_send_timeout_is_closed() -> None:
+    """``queue_size`` frames queued for ``send_timeout`` seconds: closed with 1013."""
+    chunk = 1 << 20
+    async with yjs_server(MemoryStore(), queue_size=2, send_timeout=0.5, max_queue_bytes=1 << 30) as srv, \
+            PyYClient(srv.room_url("slow")) as writer, PyYClient(srv.room_url("slow")) as reader:
+        await asyncio.gather(writer.wait_synced(), reader.wait_synced())
+        stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
+        try:
+            with _watch_too_slow() as closing:
+                await _paced(writer, reader, 24, chunk)
+                await asyncio.wait_for(closing.seen.wait(), 10)  # (reading before would catch it up)
+            # it did not get everything: it was cut off, not waited for
+            assert await _read_until_closed(stalled, 1013, _TOO_SLOW) < 20 * chunk
+        finally:
+            stalled.close()
+
+
+async def test_a_client_with_too_much_queued_is_closed_at_once() -> None:
+    """Past ``max_queue_bytes`` queued the client is closed without waiting for ``send_timeout``: the
+    bytes a stalled client can hold in memory are bounded."""
+    chunk = 1 << 20
+    async with yjs_server(MemoryStore(), max_message=2 * chunk, queue_size=2, send_timeout=600,
+                          max_queue_bytes=4 * chunk) as srv, \
+            PyYClient(srv.room_url("slow")) as writer, PyYClient(srv.room_url("slow")) as reader:
+        await asyncio.gather(writer.wait_synced(), reader.wait_synced())
+        stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
+        try:
+            with _watch_too_slow() as closing:
+                await _paced(writer, reader, 24, chunk)
+                assert closing.seen.is_set()  # at 4 MiB queued, not after send_timeout
+            assert await _read_until_closed(stalled, 1013, _TOO_SLOW) < 20 * chunk
         finally:
             stalled.close()
 
