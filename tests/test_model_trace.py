@@ -14,8 +14,8 @@ from pycrdt import Doc, Map, merge_updates
 from crdtsync import Replica
 from crdtsync.demo import DEMO_SCHEMA
 from crdtsync.model import RecordDoc, new_record_doc
+from crdtsync.relay.checks import apply_observed
 from crdtsync.relay.clients import sv_clients, update_clients
-from crdtsync.relay.log import _apply_observed
 from crdtsync.testing import Cluster
 
 COLL = DEMO_SCHEMA.collections["accounts"]
@@ -65,7 +65,7 @@ def test_traced_reports_what_observed_apply_reports(ops_a: list[int], ops_b: lis
     for update in order:
         t = traced_doc.apply_traced(update)
         assert t is not None, "a document no pycrdt Doc wraps, with nothing held, is traced"
-        o, complete = _apply_observed(observed_doc, update)
+        o, complete = apply_observed(observed_doc, update)
         assert complete and not t.held and not o.held
         assert t.new == o.new
         assert sorted(t.slots) == sorted(o.slots) and sorted(t.sets) == sorted(o.sets)

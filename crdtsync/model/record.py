@@ -18,7 +18,7 @@ from ..schema import Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
-from .state import Candidate, RecordState, SetEntry
+from .state import RecordState, SetEntry, _by, _record_state
 from .textdiff import text_edits
 
 __all__ = ["RecordDoc"]
@@ -213,7 +213,7 @@ class RecordDoc(MergingRecordDoc):
         """
         fields = dict(state.fields)
         changed_by = dict(state.changed_by)
-        by = Candidate(None, self.device, self.user, t)
+        by = _by(self.device, self.user, t)
         for name, value in values.items():
             f = self.collection.fields[name]
             if f.merge == "register":
@@ -231,7 +231,7 @@ class RecordDoc(MergingRecordDoc):
             changed_by[name] = by
         vector = dict(state.vector)
         vector[self.writer] = t
-        return RecordState(state.collection, state.id, fields, False, (), vector, True, t, changed_by)
+        return _record_state(state.collection, state.id, fields, False, (), vector, True, t, changed_by)
 
     def _write_set(self, name: str, new: frozenset[Any], old: frozenset[Any], t: int,
                    seen: Mapping[str, int]) -> None:

@@ -29,25 +29,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from pycrdt import Array, Map
 
 from ..codec import Reader, varuint_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
-from ..model.record import RecordDoc
-from ..model.slots import SEP, Slot
 from ..model.strategies import new_record_doc
-from ..model.trace import Traced
 from ..protocol.events import Change, Item, Rejection
 from ..replica.docs import RecordDocs
 from ..replica.rows import decode_value, encode_value
-from ..schema import Collection, Field, Schema, Text
-from ..schema import Set as SetField
+from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant
+from .checks import Refused, Waits, apply_observed, check_own, is_own_writer, merge_limits, refuse, refuse_over_limits
 from .clients import ClientBindings, sv_clients, sv_is_empty, update_clients
-from .drafts import Refusal, check_draft_keys, replay_arrived
+from .drafts import check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
 
@@ -55,14 +51,6 @@ log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
 _CONTROL = re.compile(r"[\x00-\x1f]")
-
-
-def is_own_writer(writer: str, device: str) -> bool:
-    """A device writes slots tagged with its id, or ``device#N`` after it discarded changes of a record."""
-    if writer == device:
-        return True
-    head, sep, tail = writer.rpartition("#")
-    return bool(sep) and head == device and tail.isdigit()
 
 
 @dataclass(frozen=True)
@@ -89,16 +77,6 @@ class Outcome:
     accepted: list[Accepted] = field(default_factory=list)
 
 
-class _Refused(Exception):
-    def __init__(self, code: str, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
-class _Waits(_Refused):
-    """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``)."""
-
-
 def _encode_entry(a: Accepted) -> bytes:
     head: list[Any] = [a.collection, a.record, a.device, a.change_id]
     if a.prev is not None:
@@ -123,7 +101,7 @@ class RelayLog:
         self.schema = schema
         # the fields ``where`` limits look at, per collection (``Tokens.scope_fields``)
         self.scope_fields = dict(scope_fields or {})
-        self._merge_limits = {coll.name: _merge_limits(coll) for coll in schema}
+        self._merge_limits = {coll.name: merge_limits(coll) for coll in schema}
         self.keep = keep
         self.compact_slack = max(1, min(5000, keep // 10))
         raw = store.load(("relay", "id"))
@@ -189,13 +167,13 @@ class RelayLog:
                 continue
             try:
                 accepted = self._stage_one(batch, device, grant, ch)
-            except _Waits as e:
+            except Waits as e:
                 refused.add(key)  # the record's later changes build on this one: they wait too
                 out.held.append(ch.change_id)
                 log.info("holding back %s change %d of %s/%s: %s", device, ch.change_id, ch.collection, ch.record,
                          e.reason)
                 continue
-            except _Refused as e:
+            except Refused as e:
                 refused.add(key)
                 out.rejected.append(Rejection(ch.change_id, e.code, e.reason))
                 log.info("rejected %s change %d of %s/%s: %s: %s", device, ch.change_id, ch.collection,
@@ -239,18 +217,18 @@ class RelayLog:
     def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change) -> Accepted | None:
         c, rid = ch.collection, ch.record
         if c not in self.schema.collections:
-            raise _Refused("gone", f"collection {c!r} does not exist on the relay")
+            raise Refused("gone", f"collection {c!r} does not exist on the relay")
         if not grant.can_write(c):
-            raise _Refused("forbidden", f"user {grant.user!r} may not write {c!r}")
+            raise Refused("forbidden", f"user {grant.user!r} may not write {c!r}")
         if not 0 < len(rid) <= 200 or _CONTROL.search(rid):
-            raise _Refused("invalid", "bad record id")
+            raise Refused("invalid", "bad record id")
         lr = self.docs.get(c, rid)
         doc = lr.doc
         limited = grant.limited(c)
         if limited:
             before = doc.state()
             if before.exists and not grant.in_scope(c, before.fields):
-                raise _Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
+                raise Refused("forbidden", f"{c}/{rid} is outside the records {grant.user!r} may write")
         watched = self.scope_fields.get(c)
         prev: dict[str, Any] | None = None
         if watched:
@@ -263,12 +241,12 @@ class RelayLog:
                 traced = doc.apply_traced(ch.update)
                 observed, complete = traced is None, True
                 if traced is None:  # a document that cannot be traced: applied under observation
-                    traced, complete = _apply_observed(doc, ch.update)
+                    traced, complete = apply_observed(doc, ch.update)
                 if traced.held:
                     # it builds on changes the relay does not have (made on a device that has not synced yet,
                     # which this device got from it directly): acknowledged, it would be lost with the
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
-                    raise _Waits("held", "builds on changes the relay does not have yet (from a device that "
+                    raise Waits("held", "builds on changes the relay does not have yet (from a device that "
                                          "has not synced them); sent again at the next sync")
                 new = traced.new
                 if not new:
@@ -288,27 +266,27 @@ class RelayLog:
                     read = doc.check_values(traced.slot_values, traced.set_values)
                 user = None if grant.anonymous else grant.user
                 if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
-                    _refuse(check_draft_keys(doc, traced.slots, lambda w: is_own_writer(w, device), device, user))
+                    refuse(check_draft_keys(doc, traced.slots, lambda w: is_own_writer(w, device), device, user))
                     traced.slots = []
-                _check_own(doc, traced, device, user, read)
+                check_own(doc, traced, device, user, read)
             except (MalformedUpdate, RemoteValidationError) as e:
-                raise _Refused("invalid", str(e)) from None
-            except _Refused:
+                raise Refused("invalid", str(e)) from None
+            except Refused:
                 raise
             except BaseException as e:
                 # pycrdt can panic (PanicException derives from BaseException) on hostile updates
                 if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
-                raise _Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            _refuse_over_limits(doc, self._merge_limits[c])
+                raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
+            refuse_over_limits(doc, self._merge_limits[c])
             if limited and not grant.in_scope(c, doc.state().fields):
-                raise _Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
+                raise Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")
             image = b""
             if isinstance(doc, DraftRecordDoc):  # the relay, as the drafts' server, replays in arrival order
                 image, refusal = replay_arrived(doc)
-                _refuse(refusal)
+                refuse(refusal)
         except BaseException:
             lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
                                     client_id=doc.doc.client_id, updates=saved)
@@ -357,7 +335,7 @@ class RelayLog:
             if owner is None:
                 unbound.append(cid)
             elif owner != device:
-                raise _Refused("forbidden", f"writes items as Yjs client {cid}, which is another device's")
+                raise Refused("forbidden", f"writes items as Yjs client {cid}, which is another device's")
         return unbound
 
     def committed(self, accepted: Iterable[Accepted]) -> None:
@@ -510,129 +488,3 @@ class RelayLog:
         raw = batch.saves.get(("relay", "floor"))
         if raw is not None:
             self.floor = int(raw)
-
-
-def _merge_limits(coll: Collection) -> list[tuple[str, Field]]:
-    """The fields of ``coll`` whose limits a merge can break (see ``_refuse_over_limits``)."""
-    return [(n, f) for n, f in coll.fields.items()
-            if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
-
-
-def _refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]]) -> None:
-    """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
-    Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
-    the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
-    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check."""
-    if not limits:
-        return
-    fields = doc.state().fields
-    for name, f in limits:
-        value = fields.get(name)
-        if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None \
-                and len(value) > f.max_length:
-            raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
-                                      f"is {len(value)} characters long, more than max_length={f.max_length}")
-        if isinstance(f, SetField) and f.max_items is not None and isinstance(value, frozenset) \
-                and len(value) > f.max_items:
-            raise _Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
-                                      f"holds {len(value)} items, more than max_items={f.max_items}")
-
-
-def _refuse(refusal: Refusal | None) -> None:
-    if refusal is not None:
-        raise _Refused(*refusal)
-
-
-def _apply_observed(doc: RecordDoc, update: bytes) -> tuple[Traced, bool]:
-    """``doc.apply(update)`` under observers made for it, for a document ``apply_traced`` cannot trace:
-    what it changed, as ``apply_traced`` reports it, and whether that is all of it (False when the
-    document was rebuilt meanwhile, an update held back, see ``RecordDoc.apply``: what happened to the
-    new document was not observed)."""
-    traced = Traced(before=doc.state_vector())
-    ydoc = doc.doc
-    slots, sets, history = doc.roots()
-
-    def on_history(ev: Any) -> None:
-        for op in ev.delta:
-            traced.history.extend(op.get("insert", ()))
-            traced.history_deleted += int(op.get("delete", 0))
-
-    subs = [_subscribe(slots, lambda ev: traced.slots.extend(ev.keys)),
-            _subscribe(sets, lambda ev: traced.sets.extend(ev.keys)), _subscribe(history, on_history)]
-    try:
-        traced.new = doc.apply(update)
-    finally:
-        for sub in subs:
-            sub.drop()
-    traced.held = bool(doc.held)
-    traced.after = doc.state_vector()
-    return traced, doc.doc is ydoc
-
-
-def _subscribe(shared: Map[Any] | Array[Any], callback: Any) -> Any:
-    """Observe a root type's own Yrs events (``keys`` of a map event, ``delta`` of an array event, both
-    plain Python values for our string entries); drop the returned subscription to stop."""
-    integrated = getattr(shared, "integrated", None)
-    if integrated is None or not hasattr(integrated, "observe"):  # another pycrdt: the public way
-        sub = shared.observe(callback)
-        return _PublicSub(shared, sub)
-    return integrated.observe(callback)
-
-
-class _PublicSub:
-    def __init__(self, shared: Map[Any] | Array[Any], sub: Any) -> None:
-        self.shared, self.sub = shared, sub
-
-    def drop(self) -> None:
-        self.shared.unobserve(self.sub)
-
-
-def _check_own(doc: RecordDoc, traced: Traced, device: str, user: str | None,
-               read: Mapping[str, Slot] | None = None) -> None:
-    """Anti-impersonation: everything the update changed must be the device's own.
-
-    Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
-    its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
-    writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
-    relay runs without tokens and cannot know users), and only append to the history. Text characters
-    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the changed slots, parsed
-    and checked (``RecordDoc.check_keys``); None to read them here.
-    """
-    raw_slots = doc.raw_slots() if read is None and traced.slots else {}
-    for key in traced.slots:
-        writer = key.rpartition(SEP)[2]
-        if not is_own_writer(writer, device):
-            raise _Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
-                                        "not its own")
-        if read is None:
-            raw = raw_slots.get(key)
-            if raw is not None:
-                _check_author(raw, device, user, "a slot")
-            continue
-        slot = read.get(key)
-        if slot is not None:
-            if slot.device != device:
-                raise _Refused("forbidden", f"a slot claims device {slot.device!r}, not {device!r}")
-            if user is not None and slot.user != user:
-                raise _Refused("forbidden", f"a slot claims user {slot.user!r}, but the token is {user!r}'s")
-    for key in traced.sets:
-        writer = key.rpartition(SEP)[2]
-        if not is_own_writer(writer, device):
-            raise _Refused("forbidden", f"writes the set entry of writer {writer!r}, not its own")
-    if traced.history_deleted:
-        raise _Refused("forbidden", "deletes history entries: the history is append-only")
-    for raw in traced.history:
-        _check_author(raw, device, user, "a history entry")
-
-
-def _check_author(raw: Any, device: str, user: str | None, what: str) -> None:
-    try:
-        p = orjson.loads(raw) if isinstance(raw, str) else None
-    except orjson.JSONDecodeError:
-        p = None
-    if not isinstance(p, dict):
-        raise _Refused("invalid", f"{what} is not a JSON object")
-    if p.get("d") != device:
-        raise _Refused("forbidden", f"{what} claims device {p.get('d')!r}, not {device!r}")
-    if user is not None and p.get("u") != user:
-        raise _Refused("forbidden", f"{what} claims user {p.get('u')!r}, but the token is {user!r}'s")

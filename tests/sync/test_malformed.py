@@ -136,7 +136,7 @@ async def test_an_internal_error_serving_a_device_closes_it_with_1011(
         make_relay: RelayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug while serving a device (here, made by hand: nothing a peer sends causes one) used to end the
     session with a normal close (1000, no reason), which the device took for a clean end and retried."""
-    from crdtsync.relay import server
+    from crdtsync.relay import session
 
     relay = await make_relay()
     async with connect(relay.url) as ws:
@@ -146,7 +146,7 @@ async def test_an_internal_error_serving_a_device_closes_it_with_1011(
         def broken(self: object) -> float:
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(server._Bucket, "delay", broken)
+        monkeypatch.setattr(session.Bucket, "delay", broken)
         raw.conn.send(Pull(1, 0))
         await raw.flush()
         with pytest.raises(ConnectionClosed):

@@ -1,0 +1,170 @@
+"""What the relay checks in a device's change beyond the schema: that everything it changed is the
+device's own (``check_own``: slots, set entries and history entries under its writer tag, naming itself
+and its token's user; the history only grows), and the limits a merge can break (``refuse_over_limits``).
+``apply_observed`` applies a change to a document ``apply_traced`` cannot trace, observing what it changed.
+A refused change raises ``Refused`` (``Waits``: held for the device to send again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from pycrdt import Array, Map
+
+from ..model.record import RecordDoc
+from ..model.slots import SEP, Slot
+from ..model.trace import Traced
+from ..schema import Collection, Field, Text
+from ..schema import Set as SetField
+from .drafts import Refusal
+
+__all__ = ["Refused", "Waits", "apply_observed", "check_own", "is_own_writer", "merge_limits", "refuse",
+           "refuse_over_limits"]
+
+
+def is_own_writer(writer: str, device: str) -> bool:
+    """A device writes slots tagged with its id, or ``device#N`` after it discarded changes of a record."""
+    if writer == device:
+        return True
+    head, sep, tail = writer.rpartition("#")
+    return bool(sep) and head == device and tail.isdigit()
+
+
+class Refused(Exception):
+    """A change the relay refuses: ``code`` (``invalid``, ``forbidden``, ``gone``) and a reason for the device."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+class Waits(Refused):
+    """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``)."""
+
+
+def merge_limits(coll: Collection) -> list[tuple[str, Field]]:
+    """The fields of ``coll`` whose limits a merge can break (see ``_refuse_over_limits``)."""
+    return [(n, f) for n, f in coll.fields.items()
+            if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
+
+
+def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]]) -> None:
+    """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
+    Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
+    the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
+    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check."""
+    if not limits:
+        return
+    fields = doc.state().fields
+    for name, f in limits:
+        value = fields.get(name)
+        if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None \
+                and len(value) > f.max_length:
+            raise Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
+                                      f"is {len(value)} characters long, more than max_length={f.max_length}")
+        if isinstance(f, SetField) and f.max_items is not None and isinstance(value, frozenset) \
+                and len(value) > f.max_items:
+            raise Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
+                                      f"holds {len(value)} items, more than max_items={f.max_items}")
+
+
+def refuse(refusal: Refusal | None) -> None:
+    if refusal is not None:
+        raise Refused(*refusal)
+
+
+def apply_observed(doc: RecordDoc, update: bytes) -> tuple[Traced, bool]:
+    """``doc.apply(update)`` under observers made for it, for a document ``apply_traced`` cannot trace:
+    what it changed, as ``apply_traced`` reports it, and whether that is all of it (False when the
+    document was rebuilt meanwhile, an update held back, see ``RecordDoc.apply``: what happened to the
+    new document was not observed)."""
+    traced = Traced(before=doc.state_vector())
+    ydoc = doc.doc
+    slots, sets, history = doc.roots()
+
+    def on_history(ev: Any) -> None:
+        for op in ev.delta:
+            traced.history.extend(op.get("insert", ()))
+            traced.history_deleted += int(op.get("delete", 0))
+
+    subs = [_subscribe(slots, lambda ev: traced.slots.extend(ev.keys)),
+            _subscribe(sets, lambda ev: traced.sets.extend(ev.keys)), _subscribe(history, on_history)]
+    try:
+        traced.new = doc.apply(update)
+    finally:
+        for sub in subs:
+            sub.drop()
+    traced.held = bool(doc.held)
+    traced.after = doc.state_vector()
+    return traced, doc.doc is ydoc
+
+
+def _subscribe(shared: Map[Any] | Array[Any], callback: Any) -> Any:
+    """Observe a root type's own Yrs events (``keys`` of a map event, ``delta`` of an array event, both
+    plain Python values for our string entries); drop the returned subscription to stop."""
+    integrated = getattr(shared, "integrated", None)
+    if integrated is None or not hasattr(integrated, "observe"):  # another pycrdt: the public way
+        sub = shared.observe(callback)
+        return _PublicSub(shared, sub)
+    return integrated.observe(callback)
+
+
+class _PublicSub:
+    def __init__(self, shared: Map[Any] | Array[Any], sub: Any) -> None:
+        self.shared, self.sub = shared, sub
+
+    def drop(self) -> None:
+        self.shared.unobserve(self.sub)
+
+
+def check_own(doc: RecordDoc, traced: Traced, device: str, user: str | None,
+               read: Mapping[str, Slot] | None = None) -> None:
+    """Anti-impersonation: everything the update changed must be the device's own.
+
+    Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
+    its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
+    writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
+    relay runs without tokens and cannot know users), and only append to the history. Text characters
+    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the changed slots, parsed
+    and checked (``RecordDoc.check_keys``); None to read them here.
+    """
+    raw_slots = doc.raw_slots() if read is None and traced.slots else {}
+    for key in traced.slots:
+        writer = key.rpartition(SEP)[2]
+        if not is_own_writer(writer, device):
+            raise Refused("forbidden", f"writes the slot of writer {writer!r} ({key.partition(SEP)[0]}), "
+                                        "not its own")
+        if read is None:
+            raw = raw_slots.get(key)
+            if raw is not None:
+                _check_author(raw, device, user, "a slot")
+            continue
+        slot = read.get(key)
+        if slot is not None:
+            if slot.device != device:
+                raise Refused("forbidden", f"a slot claims device {slot.device!r}, not {device!r}")
+            if user is not None and slot.user != user:
+                raise Refused("forbidden", f"a slot claims user {slot.user!r}, but the token is {user!r}'s")
+    for key in traced.sets:
+        writer = key.rpartition(SEP)[2]
+        if not is_own_writer(writer, device):
+            raise Refused("forbidden", f"writes the set entry of writer {writer!r}, not its own")
+    if traced.history_deleted:
+        raise Refused("forbidden", "deletes history entries: the history is append-only")
+    for raw in traced.history:
+        _check_author(raw, device, user, "a history entry")
+
+
+def _check_author(raw: Any, device: str, user: str | None, what: str) -> None:
+    try:
+        p = orjson.loads(raw) if isinstance(raw, str) else None
+    except orjson.JSONDecodeError:
+        p = None
+    if not isinstance(p, dict):
+        raise Refused("invalid", f"{what} is not a JSON object")
+    if p.get("d") != device:
+        raise Refused("forbidden", f"{what} claims device {p.get('d')!r}, not {device!r}")
+    if user is not None and p.get("u") != user:
+        raise Refused("forbidden", f"{what} claims user {p.get('u')!r}, but the token is {user!r}'s")

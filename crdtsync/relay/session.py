@@ -1,0 +1,366 @@
+"""One device's connection to the relay: its frames go through a protocol core (``Connection``), its
+pushes to the relay's writer (``Relay.submit``), its pulls are served from the relay log, and the changes
+the relay accepts reach it live (``fan_out``) once it has caught up.
+
+Each session has a rate limit (``Bucket``: over ``Limits.rate`` frames a second it is slowed down, not
+dropped) and a bounded live queue (``Limits.send_queue``): a device that reads slower than the others write
+is closed with 4408 and catches up by delta sync when it reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+
+from ..protocol.connection import Connection, Role, State
+from ..protocol.events import (
+    Ack,
+    Acks,
+    Bye,
+    Change,
+    Changes,
+    Event,
+    Hello,
+    Item,
+    Live,
+    ProtocolError,
+    Pull,
+    Push,
+    Welcome,
+)
+from ..protocol.frames import MAX_PUSH
+from .auth import Grant
+from .fanout import LiveFrames, scope_key
+
+if TYPE_CHECKING:
+    from .server import Relay
+
+__all__ = ["Bucket", "PushJob", "Session"]
+
+log = logging.getLogger("crdtsync.relay")
+
+
+@dataclass
+class PushJob:
+    """A push from one session, queued for the relay's writer."""
+
+    session: Session
+    push: int
+    changes: tuple[Change, ...]
+
+
+
+
+@dataclass
+class Bucket:
+    """A token bucket: ``delay()`` is how long to wait before the next frame (0 if none)."""
+
+    rate: float
+    burst: int
+    tokens: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+    warned: bool = False
+
+    def delay(self) -> float:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        self.tokens -= 1
+        return -self.tokens / self.rate
+
+
+
+
+class Session:
+    """One device's connection: feeds its frames to a protocol core and acts on the events."""
+
+    def __init__(self, relay: Relay, ws: ServerConnection, grant: Grant) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.grant = grant
+        self.scope = scope_key(grant)
+        self.device = ""
+        self.conn = Connection(Role.RELAY, max_frame=relay.limits.max_frame)
+        self.out: asyncio.Queue[bytes | None] = asyncio.Queue(relay.limits.send_queue)
+        self.live = False
+        self.sent_to = 0  # highest seq this device has been sent (or skipped)
+        self.live_collections: frozenset[str] | None = None
+        self._pull_task: asyncio.Task[None] | None = None
+        self._hello_task: asyncio.Task[None] | None = None
+        self._closing: tuple[int, str] | None = None
+
+    def _flush(self) -> None:
+        for data in self.conn.data_to_send():
+            if self._closing is None and self.out.empty() and self._keeping_up():
+                # nothing queued ahead of it: written at once (what the send loop's ``ws.send`` would do,
+                # minus a task switch per frame); a connection that does not keep up goes through the queue
+                try:
+                    broadcast((self.ws,), data, raise_exceptions=True)
+                except ExceptionGroup:
+                    self.abort(1011, "could not write to the connection")
+                    return
+                continue
+            try:
+                self.out.put_nowait(data)
+            except asyncio.QueueFull:
+                self.abort(4408, "too slow: fell behind the live stream; reconnect to catch up")
+                return
+        if self.conn.state is State.CLOSED and self._closing is None:
+            self._closing = (self.conn.close_code or 1000, self.conn.close_reason or "")
+            self._wake_sender()
+
+    def _keeping_up(self) -> bool:
+        """Whether the socket takes what is written: its write buffer is below the high-water mark, so the
+        websocket is not paused (``ws.send`` would not wait for it to drain)."""
+        transport = self.ws.transport
+        return transport is not None and transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+
+    def _wake_sender(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.out.put_nowait(None)
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close this connection with a code and reason, without waiting for queued frames."""
+        if self._closing is None:
+            log.warning("closing %s (%s): %d %s", self.device or "?", self.ws.remote_address, code, reason)
+            self._closing = (code, reason)
+            self.live = False
+            while not self.out.empty():
+                self.out.get_nowait()
+            self._wake_sender()
+
+    async def _send_loop(self) -> None:
+        while True:
+            data = await self.out.get()
+            if data is None:
+                break
+            await self.ws.send(data)
+        code, reason = self._closing or (1000, "")
+        await self.ws.close(code, reason)
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_loop())
+        bucket = Bucket(self.relay.limits.rate, self.relay.limits.burst, float(self.relay.limits.burst))
+        ws, conn = self.ws, self.conn
+        try:
+            while True:
+                # ``recv`` rather than ``async for``: one generator frame less per message; both end the
+                # loop with ConnectionClosed (OK or not) once the connection closes
+                message = await ws.recv()
+                if self._closing is not None:
+                    break
+                delay = bucket.delay()
+                if delay > 0:
+                    if not bucket.warned:
+                        log.warning("%s (%s) is over the rate limit; slowing it down", self.device or "?",
+                                    self.ws.remote_address)
+                        bucket.warned = True
+                    await asyncio.sleep(delay)
+                if isinstance(message, str):
+                    log.warning("text frame from %s (%s)", self.device or "?", self.ws.remote_address)
+                    self.conn.close(4400, "text frames are not part of the protocol: frames are binary")
+                else:
+                    conn.receive_data(message)
+                for ev in conn.events_received():
+                    self._on_event(ev)
+                self._flush()
+                if self._closing is not None:
+                    break
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug here: the device is told (1011), not sent a normal close it would retry
+            log.exception("internal error serving %s (%s)", self.device or "?", self.ws.remote_address)
+            self.abort(1011, "relay failure: internal error")
+        finally:
+            self.live = False
+            for task in (self._pull_task, self._hello_task):
+                if task is not None:
+                    task.cancel()
+            self._wake_sender()
+            with contextlib.suppress(ConnectionClosed):
+                await sender
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, Push):  # nearly every frame
+            self.relay.submit(PushJob(self, ev.id, ev.changes))
+        elif isinstance(ev, ProtocolError):
+            log.warning("protocol error from %s (%s): %s", self.device or "?", self.ws.remote_address, ev.reason)
+        elif isinstance(ev, Hello):
+            self._hello_task = asyncio.create_task(self._on_hello(ev))
+        elif isinstance(ev, Pull):
+            refused = [c for c in ev.collections or () if not self.grant.can_read(c)]
+            if refused:
+                log.warning("refused %s a pull of %s", self.device, refused)
+                self.conn.close(4403, f"user {self.grant.user!r} may not read {', '.join(map(repr, refused))}")
+                return
+            self._pull_task = asyncio.create_task(self._serve_pull(ev))
+        elif isinstance(ev, Bye):
+            self._closing = (1000, "bye")
+
+    async def _on_hello(self, ev: Hello) -> None:
+        """Bind the device to the token's user (a durable write, so in a thread: the event loop never waits
+        for a commit) and welcome it. The peer may send nothing else until it is welcomed."""
+        if "#" in ev.device or any(ord(ch) < 32 for ch in ev.device):
+            # "device#N" is the writer tag of a device's records after a discard: not a device id
+            self.conn.close(4400, "device ids are printable and contain no '#'")
+            self._flush()
+            return
+        try:
+            async with self.relay.device_binding:
+                ok = await asyncio.to_thread(self.relay.log.bind_device, ev.device, self.grant.user)
+        except Exception:
+            log.exception("binding device %r failed", ev.device)
+            self.abort(1011, "relay storage failure")
+            return
+        if self._closing is not None or self.conn.state is State.CLOSED:
+            return
+        if not ok:
+            log.warning("refused device %r for user %r: it belongs to another user", ev.device, self.grant.user)
+            self.conn.close(4403, f"device {ev.device!r} belongs to another user")
+            self._flush()
+            return
+        self.device = ev.device
+        lg = self.relay.log
+        # "*": an open relay knows no users, so it accepts whichever user a device writes as
+        user = "*" if self.grant.anonymous else self.grant.user
+        self.conn.send(Welcome(user, lg.relay_id, lg.durable, lg.floor, self.grant.names("read"),
+                               self.grant.names("write")))
+        self._flush()
+        log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
+
+    def acknowledge(self, acks: list[Ack]) -> None:
+        """Send the acks of this device's pushes that one write group committed: as few ACK frames as the
+        protocol allows (one answers several pushes whose change ids are distinct, up to ``MAX_PUSH``
+        changes in all, which keeps the frame's lists and header within their limits)."""
+        if self.conn.state is not State.READY or self._closing is not None:
+            return
+        frame: list[Ack] = []
+        ids: set[int] = set()
+        for ack in acks:
+            mine = self.conn.ack_for(ack.id) or frozenset()
+            if frame and (len(ids) + len(mine) > MAX_PUSH or not ids.isdisjoint(mine)):
+                self._send_acks(frame)
+                frame, ids = [], set()
+            frame.append(ack)
+            ids |= mine
+        if frame:
+            self._send_acks(frame)
+        self._flush()
+
+    def _send_acks(self, acks: list[Ack]) -> None:
+        self.conn.send(acks[0] if len(acks) == 1 else Acks(tuple(acks)))
+
+    async def _put(self, ev: Event) -> None:
+        """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
+        live frames go through the bounded queue. Live frames only start after the last page was sent."""
+        self.conn.send(ev)
+        for data in self.conn.data_to_send():
+            await self.ws.send(data)
+
+    async def _serve_pull(self, ev: Pull) -> None:
+        lg = self.relay.log
+        wanted = None if ev.collections is None else frozenset(ev.collections)
+        try:
+            if lg.needs_reset(ev.since, ev.relay):
+                to = await self._serve_reset(ev, wanted)
+            else:
+                to = since = ev.since
+                total = await asyncio.to_thread(lg.count_delta, self.grant, self.device, since, wanted)
+                done = 0
+                while True:
+                    items, to = lg.delta(self.grant, self.device, since, wanted,
+                                         max_items=self.relay.limits.page_items,
+                                         max_bytes=self.relay.limits.max_frame // 4)
+                    more = since < to < lg.durable
+                    done += len(items)
+                    # progress counts updates sent; the last page settles total on what was really sent
+                    total = max(total, done) if more else done
+                    await self._put(Changes(ev.id, tuple(items), done, total, to, more))
+                    if not more:
+                        break
+                    since = to
+            if ev.live:
+                self._go_live(to, wanted)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("serving pull %d to %s failed", ev.id, self.device)
+            self.abort(1011, "internal error while serving the pull")
+
+    async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
+        """A full resync of the scope: every record's whole state, then the cursor ``head``."""
+        lg = self.relay.log
+        head = lg.durable  # never a cursor past a change still being committed
+        records = list(lg.scope_records(self.grant, wanted))
+        total = len(records)
+        page = self.relay.limits.page_items
+        if total == 0:
+            await self._put(Changes(ev.id, (), 0, 0, head, False, True))
+            return head
+        budget = self.relay.limits.max_frame // 4
+        done = 0
+        chunk: list[Item] = []
+        size = 0
+        for c, r, seq in records:
+            item = Item(c, r, seq, lg.record_update(c, r))
+            if chunk and (len(chunk) >= page or size + len(item.update) > budget):
+                done += len(chunk)
+                await self._put(Changes(ev.id, tuple(chunk), done, total, None, True, True))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item.update)
+        await self._put(Changes(ev.id, tuple(chunk), total, total, head, False, True))
+        return head
+
+    def _go_live(self, to: int, wanted: frozenset[str] | None) -> None:
+        """Switch to live changes after a pull that ended at ``to``, first sending (with no await in
+        between, so no fan-out can slip past) whatever was stored while the last page was on its way."""
+        lg = self.relay.log
+        while to < lg.durable and self._closing is None:
+            items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items,
+                                  max_bytes=self.relay.limits.max_frame // 4)
+            if nxt <= to:
+                break
+            to = nxt
+            if items:
+                self.conn.send(Live(tuple(items)))
+                self._flush()
+        self.sent_to = max(self.sent_to, to) if self.live else to
+        self.live, self.live_collections = True, wanted
+
+    def fan_out(self, frames: LiveFrames) -> None:
+        """Send changes just stored by others to this device, if in its scope (never twice)."""
+        if not self.live or self._closing is not None or self.conn.state is not State.READY:
+            return
+        wanted = self.live_collections
+        if frames.whole(self.device, self.sent_to, wanted):
+            self.sent_to = frames.last
+            self._send_live(frames.frame(self.scope, self.grant, frames.accepted))
+            return
+        selected = []
+        for a in frames.accepted:
+            if a.seq <= self.sent_to:
+                continue
+            self.sent_to = a.seq
+            if a.device == self.device:
+                continue
+            if wanted is not None and a.collection not in wanted:
+                continue
+            selected.append(a)
+        if selected:
+            self._send_live(frames.frame(self.scope, self.grant, selected))
+
+    def _send_live(self, made: tuple[Live, bytes] | None) -> None:
+        if made is not None:
+            self.conn.send(*made)
+            self._flush()
