@@ -47,7 +47,8 @@ plain Yjs clients to ws://HOST:PORT/yjs/ROOM?token=TOKEN. A tokens file:
   where = { accounts = { owner = "alice" } }   # optional: only these records
   rooms = ["*"]                                # plain Yjs rooms; rooms_read_only = [...]
 
-SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads the tokens file.
+SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads the tokens file, and
+connections whose token was removed (4401) or whose grant changed (1012, they reconnect) are closed.
 """
 
 

@@ -93,8 +93,10 @@ class Relay:
         # the writer's record cache holds every record of the two groups that may be uncommitted at once
         self.log = RelayLog(store, schema, keep=keep_log,
                             cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
-        self.tokens = tokens
         self.sessions: set[Session] = set()
+        self._room_conns: dict[ServerConnection, tuple[str | None, str, bool]] = {}  # token, room, can write
+        self._closing: set[asyncio.Future[None]] = set()
+        self.tokens = tokens
         # the pushes waiting for the writer, in arrival order (None: stop); ``_arrived`` is the future the
         # writer waits on while there are none (a plain deque: one job per push frame, the hot path)
         self._jobs: deque[PushJob | None] = deque()
@@ -113,9 +115,43 @@ class Relay:
 
     @tokens.setter
     def tokens(self, tokens: Tokens) -> None:
-        """Replace the token table (SIGHUP reloads it): the log learns which fields ``where`` limits use."""
+        """Replace the token table (SIGHUP reloads it): the log learns which fields ``where`` limits use, and
+        every connection whose token's grant changed is closed (``_regrant``)."""
         self._tokens = tokens
         self.log.scope_fields = tokens.scope_fields()
+        self._regrant()
+
+    def _regrant(self) -> None:
+        """Hold every open connection to the current token table: one whose token is gone is closed with
+        4401 (the device stops: its token was revoked), one whose grant changed with 1012 (it reconnects at
+        once and works under the new grant, as after a restart of the relay with the new file)."""
+        closed = 0
+        for session in list(self.sessions):
+            grant = self._tokens.grant(session.token)
+            if grant is None:
+                session.abort(4401, "token revoked")
+            elif grant != session.grant:
+                session.abort(1012, "access changed: reconnect")
+            else:
+                continue
+            closed += 1
+        for ws, (token, room, can_write) in list(self._room_conns.items()):
+            grant = self._tokens.grant(token)
+            if grant is None:
+                code, reason = 4401, "token revoked"
+            elif not grant.can_join_room(room):
+                code, reason = 4403, f"user {grant.user!r} may no longer join room {room!r}"
+            elif grant.can_write_room(room) != can_write:
+                code, reason = 1012, "access changed: reconnect"
+            else:
+                continue
+            del self._room_conns[ws]
+            task = asyncio.ensure_future(ws.close(code, reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            closed += 1
+        if closed:
+            log.info("tokens changed: closed %d connection(s) whose access was revoked or changed", closed)
 
     async def start(self, host: str = "127.0.0.1", port: int = 8765) -> tuple[str, int]:
         if self.tokens.open:
@@ -338,19 +374,19 @@ class Relay:
             return
         path = target.path
         if path.startswith("/yjs/"):
-            await self._handle_room(ws, grant, unquote(path[5:]))
+            await self._handle_room(ws, grant, unquote(path[5:]), token)
             return
         if path not in ("/", "/sync"):
             await ws.close(4404, f"no such endpoint {path!r}")
             return
-        session = Session(self, ws, grant)
+        session = Session(self, ws, grant, token)
         self.sessions.add(session)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
 
-    async def _handle_room(self, ws: ServerConnection, grant: Grant, room: str) -> None:
+    async def _handle_room(self, ws: ServerConnection, grant: Grant, room: str, token: str | None) -> None:
         if not room:
             await ws.close(4400, "no room name in the path")
             return
@@ -361,4 +397,9 @@ class Relay:
         if self.rooms is None:
             await ws.close(4404, "plain Yjs rooms are not available on this relay")
             return
-        await self.rooms.serve(ws, room, can_write=grant.can_write_room(room))
+        can_write = grant.can_write_room(room)
+        self._room_conns[ws] = (token, room, can_write)
+        try:
+            await self.rooms.serve(ws, room, can_write=can_write)
+        finally:
+            self._room_conns.pop(ws, None)

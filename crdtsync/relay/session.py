@@ -84,10 +84,11 @@ class Bucket:
 class Session:
     """One device's connection: feeds its frames to a protocol core and acts on the events."""
 
-    def __init__(self, relay: Relay, ws: ServerConnection, grant: Grant) -> None:
+    def __init__(self, relay: Relay, ws: ServerConnection, grant: Grant, token: str | None = None) -> None:
         self.relay = relay
         self.ws = ws
         self.grant = grant
+        self.token = token  # (looked up again when the tokens are reloaded)
         self.scope = scope_key(grant)
         self.device = ""
         self.conn = Connection(Role.RELAY, max_frame=relay.limits.max_frame)

@@ -200,6 +200,50 @@ async def test_access_revoked_while_offline_turns_changes_into_errors(
     assert head(relay) == 1
 
 
+async def test_tokens_reloaded_while_devices_are_connected_apply_to_them(
+        make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
+    """A reload (SIGHUP) used to reach only new connections: a connected device kept writing, and kept
+    receiving, under the grant it connected with, even with its token removed."""
+    relay = await make_relay(grants)
+    assert relay.relay is not None
+    a = make_replica("alice-phone", "alice")
+    rid = a.create("accounts", {"name": "hers", "owner": "alice"})
+    async with client(a, relay.url, token="tok-alice") as c:
+        await sync(c)
+        relay.relay.tokens = Tokens({**grants, "tok-alice": Grant("alice", frozenset({"accounts"}))})  # read only
+        a.update("accounts", rid, {"employees": 7})
+        res = await sync(c)  # on a new connection: the old one was closed (1012) and the client reconnected
+        assert res.rejected == 1 and a.get("accounts", rid).status == "error"  # type: ignore[union-attr]
+        assert head(relay) == 1
+        relay.relay.tokens = Tokens({k: v for k, v in grants.items() if k != "tok-alice"})  # token removed
+        with pytest.raises(AuthError, match="4401"):
+            await sync(c)
+    assert head(relay) == 1
+
+
+async def test_tokens_reloaded_close_room_connections_whose_access_changed(
+        make_relay: RelayFactory, grants: dict[str, Grant]) -> None:
+    grants = {**grants, "tok-dan": Grant("dan", rooms=frozenset({"*"}))}
+    relay = await make_relay(grants)
+    assert relay.relay is not None
+    async with connect(relay.url + "/yjs/lobby?token=tok-alice") as alice, \
+            connect(relay.url + "/yjs/lobby?token=tok-rita") as rita, \
+            connect(relay.url + "/yjs/lobby?token=tok-dan") as dan:
+        for ws in (alice, rita, dan):
+            await asyncio.wait_for(ws.recv(), BOUND)  # the room's sync step 1: in the room
+        changed = dict(grants)
+        changed["tok-alice"] = Grant("alice", rooms_read_only=frozenset({"lobby"}))  # read only now
+        del changed["tok-rita"]
+        relay.relay.tokens = Tokens(changed)  # dan's grant is unchanged
+        for ws, code in ((alice, 1012), (rita, 4401)):
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), BOUND)
+            assert ws.close_code == code
+        await asyncio.wait_for(await dan.ping(), BOUND)  # still connected
+    assert (await closed_with(relay.url + "/yjs/lobby?token=tok-rita"))[0] == 4401
+
+
 async def test_room_grants(make_relay: RelayFactory, grants: dict[str, Grant]) -> None:
     relay = await make_relay(grants)
     assert (await closed_with(relay.url + "/yjs/lobby?token=nope"))[0] == 4401
