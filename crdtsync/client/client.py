@@ -32,7 +32,7 @@ from websockets.uri import parse_uri
 from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, SyncError
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
-from ..protocol.frames import MAX_FRAME, MAX_PUSH
+from ..protocol.frames import MAX_FRAME, MAX_PUSH, MAX_RETURNS
 from ..replica import PendingChange, Record, Replica
 from .backoff import Backoff
 from .status import SyncResult, SyncStatus
@@ -506,8 +506,9 @@ class SyncClient:
             cursors = {}
         wanted = sorted(collections) if collections is not None else [c.name for c in self.replica.schema]
         since = min((cursors.get(c, 0) for c in wanted), default=0)
+        returns = self.replica.returns(MAX_RETURNS)  # changes discarded here that the relay may have
         pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),
-                    live=live)
+                    live=live, returns=tuple(returns))
         await session.send(pull)
         received = 0
         reset = False
@@ -528,6 +529,10 @@ class SyncClient:
             received += len(page.items)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
             if not page.more:
+                # answered (what came back of them is in, with its page): by a delta pull, which sends them
+                # back whatever the collections, or by a full resync of every collection
+                if not reset or collections is None:
+                    self.replica.returned(returns)
                 return received, reset, to
 
     def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:

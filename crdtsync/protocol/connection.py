@@ -140,7 +140,8 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
                           "rejected": [[r.change_id, r.code, r.reason] for a in ev.acks for r in a.rejected]}, []
     if isinstance(ev, Pull):
         return Kind.PULL, {"id": ev.id, "since": ev.since, "relay": ev.relay, "live": ev.live,
-                           "collections": None if ev.collections is None else list(ev.collections)}, []
+                           "collections": None if ev.collections is None else list(ev.collections),
+                           "returns": list(ev.returns)}, []
     if isinstance(ev, Changes):
         return (Kind.CHANGES, {"id": ev.id, "items": [[i.collection, i.record, i.seq] for i in ev.items],
                                "done": ev.done, "total": ev.total, "to": ev.to, "more": ev.more,
@@ -179,7 +180,7 @@ def _ack(h: dict[str, Any], b: tuple[bytes, ...]) -> _AckFrame:
 
 def _pull(h: dict[str, Any], b: tuple[bytes, ...]) -> Pull:
     cs = h["collections"]
-    return Pull(h["id"], h["since"], h["relay"], None if cs is None else tuple(cs), h["live"])
+    return Pull(h["id"], h["since"], h["relay"], None if cs is None else tuple(cs), h["live"], tuple(h["returns"]))
 
 
 def _changes(h: dict[str, Any], b: tuple[bytes, ...]) -> Changes:

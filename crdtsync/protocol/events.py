@@ -85,13 +85,16 @@ class Acks:
 @dataclass(frozen=True)
 class Pull:
     """Client to relay: send what changed since ``since`` (in these collections, or all readable ones).
-    ``relay`` is the relay id the cursor belongs to; ``live`` asks for live changes once caught up."""
+    ``relay`` is the relay id the cursor belongs to; ``live`` asks for live changes once caught up.
+    ``returns``: ids of changes this device discarded that may have reached the relay before: the relay
+    sends back the records it stored any of them in (a device is not sent its own changes otherwise)."""
 
     id: int
     since: int
     relay: str | None = None
     collections: tuple[str, ...] | None = None
     live: bool = False
+    returns: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

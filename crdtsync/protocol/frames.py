@@ -23,13 +23,14 @@ import orjson
 
 from ..codec import Reader, varuint_bytes
 
-__all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "VERSION", "Frame", "FrameError", "Kind", "check_header",
-           "decode_frame", "decode_parts", "encode_frame"]
+__all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "MAX_RETURNS", "VERSION", "Frame", "FrameError", "Kind",
+           "check_header", "decode_frame", "decode_parts", "encode_frame"]
 
 VERSION = 2  # 2: ACK answers a list of pushes (``ids``) instead of one (``id``)
 MAX_FRAME = 16 * 1024 * 1024
 MAX_ITEMS = 10_000
 MAX_PUSH = 1000  # changes per push: keeps one relay write group within its document cache
+MAX_RETURNS = 1000  # discarded change ids one PULL asks back (``Pull.returns``)
 _MAX_HEADER = 4 * 1024 * 1024
 _MAX_INT = (1 << 63) - 1
 _MAX_NAME = 200
@@ -181,8 +182,8 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
                     "write": _names}, None),
     Kind.PUSH: ({"id": _int, "changes": _triples("inn")}, "changes"),
     Kind.ACK: ({"ids": _some_ints, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
-    Kind.PULL: ({"id": _int, "since": _int, "relay": _opt_name, "collections": _opt_names, "live": _bool},
-                None),
+    Kind.PULL: ({"id": _int, "since": _int, "relay": _opt_name, "collections": _opt_names, "live": _bool,
+                 "returns": _ints}, None),
     Kind.CHANGES: ({"id": _int, "items": _triples("nni"), "done": _int, "total": _int, "to": _opt_int,
                     "more": _bool, "reset": _bool}, "items"),
     Kind.LIVE: ({"items": _triples("nni")}, "items"),

@@ -36,6 +36,7 @@ from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
+from ..protocol.frames import MAX_RETURNS
 from ..replica.docs import RecordDocs
 from ..replica.rows import decode_value, encode_value
 from ..schema import Schema
@@ -399,6 +400,26 @@ class RelayLog:
         if grant.limited(a.collection):
             return Item(a.collection, a.record, a.seq, self.record_update(a.collection, a.record))
         return Item(a.collection, a.record, a.seq, a.update)
+
+    def returned(self, grant: Grant, device: str, change_ids: Iterable[int]) -> list[Item]:
+        """The records in which the relay stored any of these changes of ``device`` (changes it discarded,
+        see ``Pull.returns``), each as its whole merged state, within the read scope (whatever collections
+        the pull asks for: the device forgets the ids once answered): a delta skips a device's own changes,
+        so a change it discarded after the relay stored it would otherwise never come back to it."""
+        keys = [("dedup", device, cid) for cid in sorted(set(change_ids))[:MAX_RETURNS]]
+        records: dict[tuple[str, str], int] = {}
+        for raw in self.store.load_many(keys) if keys else []:
+            if raw is None:
+                continue  # never stored here (refused, held, or never arrived)
+            seq = int(raw)
+            entry = self.store.load(("log", seq))
+            if entry is None or seq > self.durable:
+                continue  # compacted away (then long since acknowledged), or not durable yet
+            a = _decode_entry(seq, entry)
+            if grant.can_read(a.collection):
+                records.setdefault((a.collection, a.record), seq)
+        return [Item(c, rid, seq, self.record_update(c, rid)) for (c, rid), seq in records.items()
+                if self._visible(grant, c, rid)]
 
     def delta(self, grant: Grant, device: str, since: int, collections: frozenset[str] | None, *,
               max_items: int = 500, max_bytes: int = 4 << 20) -> tuple[list[Item], int]:

@@ -278,6 +278,19 @@ class Session:
                 to = since = ev.since
                 total = await asyncio.to_thread(lg.count_delta, self.grant, self.device, since, wanted)
                 done = 0
+                if ev.returns:  # records holding changes it discarded after they got here: first, on their own
+                    back = await asyncio.to_thread(lg.returned, self.grant, self.device, ev.returns)
+                    total += len(back)
+                    budget = self.relay.limits.max_frame // 4
+                    while back:
+                        n, size = 0, 0
+                        while n < len(back) and n < self.relay.limits.page_items \
+                                and (n == 0 or size + len(back[n].update) <= budget):
+                            size += len(back[n].update)
+                            n += 1
+                        done += n
+                        await self._put(Changes(ev.id, tuple(back[:n]), done, total, None, True))
+                        back = back[n:]
                 while True:
                     items, to = lg.delta(self.grant, self.device, since, wanted,
                                          max_items=self.relay.limits.page_items,

@@ -212,6 +212,21 @@ class ExchangingReplica(ReplicaBase):
         if doc.held != held:
             self.docs.save_held(batch, c, rid, doc.held)
 
+    def returns(self, limit: int | None = None) -> list[int]:
+        """Ids of changes discarded here that a relay may have stored before (their ack lost, or in flight
+        when discarded): a sync asks the relay for them back (``Pull.returns``), as a peer's changes would
+        come back. The oldest first, at most ``limit``."""
+        rows = self.store.load_range(("meta", "returns"), limit=limit)
+        return [int(key[2]) for key, _ in rows]
+
+    def returned(self, ids: Iterable[int]) -> None:
+        """The relay answered for these discarded changes (``returns``): stop asking for them."""
+        batch = Batch()
+        for i in ids:
+            batch.remove(("meta", "returns", i))
+        if batch:
+            self._commit(batch)
+
     def get_meta(self, name: str) -> bytes | None:
         return self.store.load(("meta", "app", name))
 

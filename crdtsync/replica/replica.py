@@ -236,6 +236,8 @@ class Replica(ExchangingReplica):
                 replace(batch, lr)
             # the clock is restored from the outbox's newest change too: keep it past the discarded ones
             batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            for i in ids:  # they may have reached a relay already: the next sync asks for them back
+                batch.save(("meta", "returns", i), b"")
             rec: Record | None = None
             if lr.doc.state().exists:
                 rec = self._save_row(batch, coll, lr.doc)

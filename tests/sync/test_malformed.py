@@ -64,7 +64,7 @@ async def test_out_of_order_pull_closes_with_a_reason(make_relay: RelayFactory) 
         raw.conn.send(Pull(1, 0))
         await raw.flush()
         await ws.send(encode_frame(Kind.PULL, {"id": 2, "since": 0, "relay": None, "collections": None,
-                                               "live": False}))
+                                               "live": False, "returns": []}))
         with pytest.raises(ConnectionClosed):
             while True:
                 await asyncio.wait_for(ws.recv(), BOUND)
