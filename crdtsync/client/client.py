@@ -429,7 +429,7 @@ class SyncClient:
         done = uploaded = rejected = held = 0
         waiting: set[tuple[str, str]] = set()  # records whose changes the relay held: sent again next run
         while True:
-            batch = self._fit(r.outgoing(collections, limit=self.batch_size, skip=waiting))
+            batch = self._fit(r.outgoing(collections, limit=self.batch_size, skip=waiting), session)
             if batch is None:  # a change too large for any frame was set aside as an error
                 rejected += 1
                 continue
@@ -466,16 +466,22 @@ class SyncClient:
         self._waiting = waiting - blocked  # those held behind a rejected change wait for the user instead
         return uploaded, rejected, held
 
-    def _fit(self, batch: list[tuple[PendingChange, bytes]]) -> list[tuple[PendingChange, bytes]] | None:
-        """The longest prefix of ``batch`` that fits in half a frame; None if its first change can never
-        be sent (it is then rejected locally, kept as ``error`` for the user to export or discard)."""
-        budget = self.max_frame // 2
+    def _fit(self, batch: list[tuple[PendingChange, bytes]], session: _Session
+             ) -> list[tuple[PendingChange, bytes]] | None:
+        """The longest prefix of ``batch`` that fits in half a frame (the smaller of this client's
+        ``max_frame`` and the relay's); None if its first change can never be sent (it is then rejected
+        locally, kept as ``error`` for the user to export or discard)."""
+        relay_max = session.welcome.max_frame if session.welcome is not None else self.max_frame
+        limit = min(self.max_frame, relay_max)
+        budget = limit // 2
         size = 0
         for n, (pc, update) in enumerate(batch):
             size += len(update) + 64 + len(pc.collection) + len(pc.record)
             if size > budget:
                 if n == 0:
-                    reason = f"the change is {len(update)} bytes, more than a frame may carry"
+                    whose = "this client's" if limit == self.max_frame else "the relay's"
+                    reason = (f"the change is {len(update)} bytes, more than a frame may carry ({whose} limit is "
+                              f"{limit} bytes a frame, half of it for one push)")
                     self.replica.reject(pc.id, "invalid", reason)
                     self._emit(SyncStatus("error", reason, collection=pc.collection, record=pc.record,
                                           change_id=pc.id, code="invalid"))

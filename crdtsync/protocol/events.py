@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .frames import MAX_FRAME
+
 __all__ = ["Ack", "Acks", "Bye", "Change", "Changes", "Event", "Hello", "Item", "Live", "ProtocolError", "Pull", "Push",
            "Rejection", "Welcome"]
 
@@ -26,7 +28,8 @@ class Hello:
 @dataclass(frozen=True)
 class Welcome:
     """Relay to client, after HELLO: the user the token belongs to, the relay's identity (cursors are only
-    meaningful for one relay log), its head and floor sequence numbers, and the collections granted."""
+    meaningful for one relay log), its head and floor sequence numbers, the collections granted, and the
+    largest frame it accepts (a push is made to fit it; a change that cannot becomes an ``error``)."""
 
     user: str
     relay: str
@@ -34,6 +37,7 @@ class Welcome:
     floor: int
     read: Names
     write: Names
+    max_frame: int = MAX_FRAME
 
 
 @dataclass(frozen=True)

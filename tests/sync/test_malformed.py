@@ -106,6 +106,25 @@ async def test_a_change_too_large_for_any_frame_is_kept_as_error(
     assert got is not None and got.status == "synced"
 
 
+async def test_a_change_too_large_for_the_relay_is_kept_as_error_with_the_relay_limit(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """The client's own limit is the default (16 MiB): the relay's is smaller. Its WELCOME says how large;
+    the client used to send the change anyway, be closed with 1009, reconnect, and so on for ever, with
+    every later change stuck behind it."""
+    relay = await make_relay(limits=Limits(max_frame=64 * 1024))
+    r = make_replica("big")
+    rid = r.create("accounts", {"name": "big", "notes": "x" * 100_000})
+    small = r.create("accounts", {"name": "small"})
+    async with client(r, relay.url) as c:
+        res = await sync(c)
+    assert (res.uploaded, res.rejected) == (1, 1)
+    rec = r.get("accounts", rid)
+    assert rec is not None and rec.status == "error" and rec.error is not None
+    assert "the relay's limit is 65536 bytes" in rec.error
+    got = r.get("accounts", small)
+    assert got is not None and got.status == "synced"
+
+
 async def test_a_connection_over_the_rate_limit_is_slowed_and_logged(
         make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
     relay = await make_relay(limits=Limits(rate=100.0, burst=2))
