@@ -92,6 +92,9 @@ class ReplicaBase:
         self._closed = False
         #: records whose stored rows may be behind their documents (an ordered set): read from the document
         self._dirty: dict[tuple[str, str], None] = {}
+        #: records that left the sync scope while they held unsent changes (``evict``): they leave once those
+        #: are gone (discarded), unless news of them comes first (back in scope). Kept in the store too
+        self._left: set[tuple[str, str]] = {(str(k[2]), str(k[3])) for k, _ in store.iter_range(("meta", "left"))}
         self._find_dirty_rows()
 
     def _find_dirty_rows(self) -> None:

@@ -150,6 +150,9 @@ class ExchangingReplica(ReplicaBase):
                 for (c, rid), lr in zip(chunk, self.docs.get_many(chunk), strict=True):
                     self._merge_one(batch, c, rid, lr, grouped[(c, rid)], fresh)
             changed: list[Record] = []
+            back = self._left.intersection(fresh) if self._left else ()
+            for c, rid in back:  # news of a record that left the scope: it is back in it
+                batch.remove(("meta", "left", c, rid))
             for (c, rid), (lr, update) in fresh.items():
                 doc = lr.doc
                 self.docs.append(batch, c, rid, update, lr=lr)
@@ -162,6 +165,7 @@ class ExchangingReplica(ReplicaBase):
             for name, value in (meta or {}).items():
                 batch.save(("meta", "app", name), value)
             self._commit(batch)
+            self._left.difference_update(back)
         except BaseException:
             for c, rid in touched:
                 self.docs.reload(c, rid)
@@ -175,30 +179,42 @@ class ExchangingReplica(ReplicaBase):
 
         A record with pending changes stays, with them: the user's work is never dropped this way (the
         relay accepts or rejects those changes; a rejected one is kept as ``error`` for the user to export
-        or discard). Records not known here are ignored. Returns the records removed, each also announced
-        by a ``ChangeEvent`` with ``origin="remote"`` and ``record=None``. If such a record comes back into
+        or discard). It leaves once the user discarded them, unless news of it came meanwhile (it is back
+        in scope). Records not known here are ignored. Returns the records removed, each also announced by
+        a ``ChangeEvent`` with ``origin="remote"`` and ``record=None``. If such a record comes back into
         scope, the relay sends its whole state again.
         """
         gone: list[tuple[str, str]] = []
         batch = Batch()
         for c, rid in dict.fromkeys(records):
-            if c not in self.schema.collections or self.outbox.for_record(c, rid) \
-                    or not self.docs.exists(c, rid):
+            if c not in self.schema.collections or not self.docs.exists(c, rid):
                 continue
-            batch.remove_range(("upd", c, rid))
-            batch.remove(("snap", c, rid))
-            batch.remove(("held", c, rid))
-            batch.remove(("row", c, rid))  # ("rmeta", c, rid) stays: its writer epoch must only grow
+            if self.outbox.for_record(c, rid):
+                if (c, rid) not in self._left:
+                    batch.save(("meta", "left", c, rid), b"")
+                continue
+            self._stage_removal(batch, c, rid)
             gone.append((c, rid))
-        if not gone:
+        if not batch:
             return []
         try:
             self._commit(batch)
         finally:
             for c, rid in gone:
                 self.docs.reload(c, rid)
+        self._left.update(k for k in ((str(k[2]), str(k[3])) for k in batch.saves) if k not in gone)
+        self._left.difference_update(gone)
         self._emit(ChangeEvent(c, rid, "remote", None) for c, rid in gone)
         return gone
+
+    def _stage_removal(self, batch: Batch, c: str, rid: str) -> None:
+        """Stage the removal of a record that left the scope (``evict``), its ``left`` mark included."""
+        batch.remove_range(("upd", c, rid))
+        batch.remove(("snap", c, rid))
+        batch.remove(("held", c, rid))
+        batch.remove(("row", c, rid))  # ("rmeta", c, rid) stays: its writer epoch must only grow
+        if (c, rid) in self._left:
+            batch.remove(("meta", "left", c, rid))
 
     def _merge_one(self, batch: Batch, c: str, rid: str, lr: LoadedRecord, updates: list[bytes],
                    fresh: dict[tuple[str, str], tuple[LoadedRecord, bytes]]) -> None:

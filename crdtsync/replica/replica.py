@@ -239,7 +239,12 @@ class Replica(ExchangingReplica):
             for i in ids:  # they may have reached a relay already: the next sync asks for them back
                 batch.save(("meta", "returns", i), b"")
             rec: Record | None = None
-            if lr.doc.state().exists:
+            # a record that left the scope while these waited (``evict``) leaves now, unless more wait
+            leaves = (collection, rid) in self._left and replace is None \
+                and not self.outbox.for_record(collection, rid)
+            if leaves:
+                self._stage_removal(batch, collection, rid)
+            elif lr.doc.state().exists:
                 rec = self._save_row(batch, coll, lr.doc)
             else:
                 batch.remove(("row", collection, rid))
@@ -248,5 +253,10 @@ class Replica(ExchangingReplica):
             self.docs.reload(collection, rid)
             self.outbox = self.docs.local = Outbox(self.store)
             raise
-        self._emit([ChangeEvent(collection, rid, "local", rec)])
+        if leaves:
+            self._left.discard((collection, rid))
+            self.docs.reload(collection, rid)
+            self._emit([ChangeEvent(collection, rid, "remote", None)])
+        else:
+            self._emit([ChangeEvent(collection, rid, "local", rec)])
         return gone

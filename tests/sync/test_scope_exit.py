@@ -89,6 +89,34 @@ async def test_a_record_with_unsent_work_stays_and_its_change_becomes_an_error(
     rec = alice.get("accounts", rid)
     assert rec is not None and rec.status == "error" and rec["phone"] == "555"  # kept for the user
     assert [p.error[0] for p in alice.pending() if p.error] == ["forbidden"]
-    # the user gives up the change: the record can then leave like any other at the next news of it
+    # the user gives up the change: the record leaves with it (the relay will not tell again: it stayed on
+    # the device for good, with its old values, shown as synced)
+    ids, _, _ = removed(alice)
     alice.discard_record("accounts", rid)
-    assert alice.evict([("accounts", rid)]) == [("accounts", rid)] and alice.get("accounts", rid) is None
+    assert alice.get("accounts", rid) is None and ids == [rid]
+    async with client(alice, relay.url, token="tok-alice") as ca:
+        await sync(ca)
+    assert alice.get("accounts", rid) is None and alice.query("accounts") == []
+
+
+async def test_a_record_back_in_scope_before_its_refused_change_is_discarded_stays(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay(GRANTS)
+    admin, alice = make_replica("admin-pc", "admin"), make_replica("alice-phone", "alice")
+    rid = admin.create("accounts", {"name": "Acme", "owner": "alice"})
+    async with client(admin, relay.url, token="tok-admin") as cadm:
+        await sync(cadm)
+        async with client(alice, relay.url, token="tok-alice") as ca:
+            await sync(ca)
+        alice.update("accounts", rid, {"phone": "555"})
+        admin.update("accounts", rid, {"owner": "bob"})
+        await sync(cadm)
+        async with client(alice, relay.url, token="tok-alice") as ca:
+            assert (await sync(ca)).rejected == 1
+        admin.update("accounts", rid, {"owner": "alice", "name": "Acme 2"})  # hers again
+        await sync(cadm)
+    async with client(alice, relay.url, token="tok-alice") as ca:
+        await sync(ca)  # its whole state comes: news of it, so it stays
+    alice.discard_record("accounts", rid)
+    rec = alice.get("accounts", rid)
+    assert rec is not None and rec["name"] == "Acme 2" and rec["phone"] is None and rec.status == "synced"
