@@ -559,9 +559,13 @@ class SyncClient:
                 try:
                     out += self.replica.apply_remote([(i.collection, i.record, i.update)])
                 except (MalformedUpdate, RemoteValidationError) as e:
-                    log.error("skipped a bad update of %s/%s from the relay: %s", i.collection, i.record, e)
-                    self._emit(SyncStatus("error", f"bad update from the relay: {e}", collection=i.collection,
-                                          record=i.record, code="invalid"))
+                    # kept aside, not lost: an app still on an older schema refuses what a newer one wrote,
+                    # and opening the replica with the newer schema applies it (``retry_set_aside``)
+                    self.replica.set_aside(i.collection, i.record, i.update)
+                    log.error("set aside an update of %s/%s from the relay that this replica refuses: %s",
+                              i.collection, i.record, e)
+                    self._emit(SyncStatus("error", f"update from the relay refused, set aside: {e}",
+                                          collection=i.collection, record=i.record, code="invalid"))
             for name, value in (cursor or {}).items():
                 self.replica.set_meta(name, value)
             return out

@@ -4,8 +4,10 @@ acknowledgements, merging remote updates, eviction), and merging by hand (``expo
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import orjson
 from pycrdt import get_state, get_update
@@ -29,6 +31,10 @@ _LOAD_CHUNK = 256  # records loaded per store query when merging (bounds what on
 
 class ExchangingReplica(ReplicaBase):
     """The sync hooks and the export and import of a replica (see the module docstring); use ``Replica``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_set_aside()  # the schema may accept them now (the app was upgraded)
 
     # -- sync hooks (used by SyncClient and the simulator) -------------------------------------------------
 
@@ -242,6 +248,31 @@ class ExchangingReplica(ReplicaBase):
             batch.remove(("meta", "returns", i))
         if batch:
             self._commit(batch)
+
+    def set_aside(self, collection: str, record: str, update: bytes) -> None:
+        """Keep a remote update this replica refused (``apply_remote`` raised): one a newer schema accepts
+        (a field or collection added on the relay and the other devices first, in a rolling upgrade) must
+        not be lost with the cursor moving past it. ``retry_set_aside`` tries them again, and opening the
+        replica does."""
+        digest = hashlib.blake2b(update, digest_size=8).hexdigest()  # (the same update twice: kept once)
+        self.store.save(("aside", collection, record, digest), update)
+
+    def retry_set_aside(self) -> list[Record]:
+        """Apply the updates ``set_aside`` kept, one by one: those accepted now leave the pile, the others
+        stay. Returns the records that changed."""
+        out: list[Record] = []
+        for key, update in self.store.load_range(("aside",)):
+            c, rid = str(key[1]), str(key[2])
+            try:
+                out += self.apply_remote([(c, rid, update)])
+            except (MalformedUpdate, RemoteValidationError):
+                continue
+            self.store.remove(key)
+        return out
+
+    def set_aside_count(self) -> int:
+        """How many refused remote updates are kept for a later schema (``set_aside``)."""
+        return len(self.store.load_range(("aside",)))
 
     def get_meta(self, name: str) -> bytes | None:
         return self.store.load(("meta", "app", name))
