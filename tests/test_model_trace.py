@@ -221,3 +221,24 @@ def test_held_updates_are_retried_on_a_few_copies_however_many_wait(monkeypatch:
         doc.apply(x)
     assert doc.held == [] and doc.state() == whole.state()
     assert copies <= 2 * len(u)  # one per arrival, and one more for the last; one per held: ~800
+
+
+def test_a_traced_document_is_freed_once_dropped() -> None:
+    """The tracer's lasting subscriptions are held by the document (on the Rust side) and hold it: callbacks
+    that referred to the tracer closed a loop the collector cannot see, and every document the relay had
+    traced stayed in memory for good (+120 KB a 60 KB record, measured, past any cache size)."""
+    import gc
+
+    from crdtsync.model.trace import Tracer
+
+    def tracers() -> int:
+        gc.collect()
+        return sum(type(o) is Tracer for o in gc.get_objects())
+
+    before = tracers()
+    for i in range(30):
+        doc = fresh(100 + i)
+        traced = doc.apply_traced(UPDATES[0])
+        assert traced is not None and traced.new
+    del doc, traced
+    assert tracers() == before

@@ -8,13 +8,18 @@ after cost more than all the checks together (about 60 us a change, against 8 fo
 ``Traced`` only while it is armed: one bare transaction applies the update and its commit reports
 everything, the document's new part and its state vectors before and after included.
 
-The callbacks hold no reference to the document or its ``RecordDoc``: a lasting subscription is owned by
-the Rust side, and a callback that referred to its document would keep it alive for ever (see
-``RecordDoc._capturing``). They refer to the tracer alone, which the ``RecordDoc`` owns.
+The callbacks hold no strong reference to the document, its ``RecordDoc`` or the tracer: a lasting
+subscription is owned by the Rust side, and the tracer holds its subscriptions, which hold the document.
+A callback that referred to the tracer closed that loop through Rust, where Python's collector cannot see
+it: every document the relay ever traced stayed in memory (+120 KB a 60 KB record, measured, whatever the
+cache size). They reach the tracer through a weak reference; the ``RecordDoc`` owns it, and when that
+goes, the tracer, its subscriptions and the document go too.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +57,13 @@ class Tracer:
     them record into a fresh ``Traced`` until ``disarm()``. Other transactions on the document (reads,
     local writes) find it disarmed and cost one call each."""
 
-    __slots__ = ("_current", "_subs")
+    __slots__ = ("__weakref__", "_current", "_subs")
 
     def __init__(self, ydoc: Any, slots: Any, sets: Any, history: Any) -> None:
         self._current: Traced | None = None
-        self._subs = [ydoc.observe(self._on_txn), slots.observe(self._on_slots), sets.observe(self._on_sets),
-                      history.observe(self._on_history)]
+        me = weakref.ref(self)
+        self._subs = [ydoc.observe(_weakly(me, Tracer._on_txn)), slots.observe(_weakly(me, Tracer._on_slots)),
+                      sets.observe(_weakly(me, Tracer._on_sets)), history.observe(_weakly(me, Tracer._on_history))]
 
     def arm(self) -> Traced:
         t = self._current = Traced()
@@ -100,6 +106,15 @@ class Tracer:
         for op in event.delta:
             t.history.extend(op.get("insert", ()))
             t.history_deleted += int(op.get("delete", 0))
+
+
+def _weakly(ref: weakref.ReferenceType[Tracer], method: Callable[[Tracer, Any], None]) -> Callable[[Any], None]:
+    """``method`` of the tracer ``ref`` points to, as a callback that does not keep the tracer alive."""
+    def callback(event: Any) -> None:
+        tracer = ref()
+        if tracer is not None:
+            method(tracer, event)
+    return callback
 
 
 def _collect(changes: dict[str, dict[str, Any]], keys: list[str], values: dict[str, Any]) -> None:
