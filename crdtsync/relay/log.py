@@ -46,12 +46,16 @@ from .checks import Refused, Waits, apply_observed, check_own, is_own_writer, me
 from .clients import ClientBindings, sv_clients, sv_is_empty, update_clients
 from .drafts import check_draft_keys, replay_arrived
 
-__all__ = ["Accepted", "Outcome", "RelayLog", "is_own_writer"]
+__all__ = ["Accepted", "LogGap", "Outcome", "RelayLog", "is_own_writer"]
 
 log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
 _CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+class LogGap(Exception):
+    """Log entries after a cursor are gone: compacted away while a pull paged through them (``delta``)."""
 
 
 @dataclass(frozen=True)
@@ -424,12 +428,19 @@ class RelayLog:
     def delta(self, grant: Grant, device: str, since: int, collections: frozenset[str] | None, *,
               max_items: int = 500, max_bytes: int = 4 << 20) -> tuple[list[Item], int]:
         """One page of changes after ``since`` within the scope; returns the items and the seq the page
-        covers up to (the device's next cursor). Its own changes are skipped: the device has them."""
+        covers up to (the device's next cursor). Its own changes are skipped: the device has them.
+
+        Raises ``LogGap`` when entries after ``since`` are gone (seqs have no holes but at the bottom, which
+        compaction raises): compacted while a pull paged through the log, they would have been skipped for
+        good, and the device needs a full resync instead."""
         items: list[Item] = []
         size = 0
         to = since
         seen: set[tuple[str, str]] = set()
-        for key, raw in self.store.load_range(("log",), start=("log", since + 1), limit=max_items):
+        rows = self.store.load_range(("log",), start=("log", since + 1), limit=max_items)
+        if (rows and int(rows[0][0][1]) != since + 1) or (not rows and since < self.durable):
+            raise LogGap(f"log entries after {since} were compacted away (floor {self.floor})")
+        for key, raw in rows:
             seq = int(key[1])
             if seq > self.durable:
                 break  # written, but its commit has not returned: it may not be durable yet (``begin_commit``)

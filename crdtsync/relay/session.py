@@ -38,6 +38,7 @@ from ..protocol.events import (
 from ..protocol.frames import MAX_PUSH
 from .auth import Grant
 from .fanout import LiveFrames, scope_key
+from .log import LogGap
 
 if TYPE_CHECKING:
     from .server import Relay
@@ -275,34 +276,11 @@ class Session:
             if lg.needs_reset(ev.since, ev.relay):
                 to = await self._serve_reset(ev, wanted)
             else:
-                to = since = ev.since
-                total = await asyncio.to_thread(lg.count_delta, self.grant, self.device, since, wanted)
-                done = 0
-                if ev.returns:  # records holding changes it discarded after they got here: first, on their own
-                    back = await asyncio.to_thread(lg.returned, self.grant, self.device, ev.returns)
-                    total += len(back)
-                    budget = self.relay.limits.max_frame // 4
-                    while back:
-                        n, size = 0, 0
-                        while n < len(back) and n < self.relay.limits.page_items \
-                                and (n == 0 or size + len(back[n].update) <= budget):
-                            size += len(back[n].update)
-                            n += 1
-                        done += n
-                        await self._put(Changes(ev.id, tuple(back[:n]), done, total, None, True))
-                        back = back[n:]
-                while True:
-                    items, to = lg.delta(self.grant, self.device, since, wanted,
-                                         max_items=self.relay.limits.page_items,
-                                         max_bytes=self.relay.limits.max_frame // 4)
-                    more = since < to < lg.durable
-                    done += len(items)
-                    # progress counts updates sent; the last page settles total on what was really sent
-                    total = max(total, done) if more else done
-                    await self._put(Changes(ev.id, tuple(items), done, total, to, more))
-                    if not more:
-                        break
-                    since = to
+                try:
+                    to = await self._serve_delta(ev, wanted)
+                except LogGap:  # compacted while it paged through: what it missed comes with a full resync
+                    log.info("the log was compacted under a pull of %s: a full resync instead", self.device)
+                    to = await self._serve_reset(ev, wanted)
             if ev.live:
                 self._go_live(to, wanted)
         except ConnectionClosed:
@@ -310,6 +288,40 @@ class Session:
         except Exception:
             log.exception("serving pull %d to %s failed", ev.id, self.device)
             self.abort(1011, "internal error while serving the pull")
+
+    async def _serve_delta(self, ev: Pull, wanted: frozenset[str] | None) -> int:
+        """The records it asked back (``Pull.returns``), then the log after its cursor, page by page; returns
+        the cursor it ends on. Raises ``LogGap`` if the log was compacted past a page still to send."""
+        lg = self.relay.log
+        to = since = ev.since
+        total = await asyncio.to_thread(lg.count_delta, self.grant, self.device, since, wanted)
+        done = 0
+        if ev.returns:  # records holding changes it discarded after they got here: first, on their own
+            back = await asyncio.to_thread(lg.returned, self.grant, self.device, ev.returns)
+            total += len(back)
+            budget = self.relay.limits.max_frame // 4
+            while back:
+                n, size = 0, 0
+                while n < len(back) and n < self.relay.limits.page_items \
+                        and (n == 0 or size + len(back[n].update) <= budget):
+                    size += len(back[n].update)
+                    n += 1
+                done += n
+                await self._put(Changes(ev.id, tuple(back[:n]), done, total, None, True))
+                back = back[n:]
+        while True:
+            items, to = lg.delta(self.grant, self.device, since, wanted,
+                                 max_items=self.relay.limits.page_items,
+                                 max_bytes=self.relay.limits.max_frame // 4)
+            more = since < to < lg.durable
+            done += len(items)
+            # progress counts updates sent; the last page settles total on what was really sent
+            total = max(total, done) if more else done
+            await self._put(Changes(ev.id, tuple(items), done, total, to, more))
+            if not more:
+                break
+            since = to
+        return to
 
     async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
         """A full resync of the scope: every record's whole state, then the cursor ``head``."""
@@ -341,8 +353,12 @@ class Session:
         between, so no fan-out can slip past) whatever was stored while the last page was on its way."""
         lg = self.relay.log
         while to < lg.durable and self._closing is None:
-            items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items,
-                                  max_bytes=self.relay.limits.max_frame // 4)
+            try:
+                items, nxt = lg.delta(self.grant, self.device, to, wanted, max_items=self.relay.limits.page_items,
+                                      max_bytes=self.relay.limits.max_frame // 4)
+            except LogGap:  # compacted meanwhile: its next pull gets a full resync
+                self.abort(4408, "the log was compacted past this device's position: reconnect to catch up")
+                return
             if nxt <= to:
                 break
             to = nxt
