@@ -6,7 +6,9 @@ status change or an acknowledgement rewrites them in the same transaction as the
 local write does not (see ``Replica``): its record is read from its document (an *overlay* here) until
 its row is written, a few writes later, so that a write commits one key, not two. Each row says in
 ``x`` the newest local change it reflects, so that a replica reopened after a crash knows which rows
-are behind their records' pending changes.
+are behind their records' pending changes. A row's status may be ``syncing`` (its record's changes are
+on their way to the relay): a replica reopened after a crash mid-sync rewrites those rows too, since
+nothing is syncing at open (the outbox puts their changes back to ``pending``).
 """
 
 from __future__ import annotations
@@ -99,11 +101,12 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
     })
 
 
-def row_change(raw: bytes) -> int | None:
-    """The newest local change a stored row reflects; None for a row written before rows said so (they
-    were all written with their change, so they are current)."""
-    x = orjson.loads(raw).get("x")
-    return x if isinstance(x, int) else None
+def row_marks(raw: bytes) -> tuple[int | None, str | None]:
+    """The newest local change a stored row reflects (None for a row written before rows said so: they
+    were all written with their change, so they are current), and the status the row shows."""
+    r = orjson.loads(raw)
+    x, s = r.get("x"), r.get("s")
+    return (x if isinstance(x, int) else None), (s if isinstance(s, str) else None)
 
 
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
