@@ -10,7 +10,10 @@ changes are not sent back to it.)
 
 A run cut short by a lost connection is not lost: its changes go back to ``pending`` and the same request
 runs again after reconnecting (a resend is recognised by the relay). Only a refused token (or a device id
-that belongs to another user) stops the client: ``sync_now`` then raises ``AuthError``.
+that belongs to another user) stops the client: ``sync_now`` then raises ``AuthError``. So does a replica
+closed before its client (close the client first): the client stops, with a ``failed`` status event and
+``SyncError("the replica was closed ...")`` for every waiting and later ``sync_now``, instead of
+reconnecting to meet the closed store again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
-from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, SyncError
+from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, StoreClosed, SyncError
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
 from ..protocol.frames import MAX_FRAME, MAX_PUSH
@@ -182,8 +185,10 @@ class SyncClient:
         While offline the request waits for the connection. With ``timeout`` (seconds), ``SyncError`` says
         why it did not complete in time (say "offline: cannot reach the relay: ..."); the request stays
         queued and runs once the relay is back. Raises ``AuthError`` if the relay refused the token or the
-        replica's user, ``SyncError`` if the request was discarded or the client closed.
+        replica's user, ``SyncError`` if the request was discarded, the client closed, or the replica closed.
         """
+        if self.replica.closed:
+            self._replica_closed()
         if self._fatal is not None:
             raise self._fatal
         if self._closed.is_set():
@@ -233,13 +238,27 @@ class SyncClient:
 
     # -- connection ----------------------------------------------------------------------------------------
 
+    def _replica_closed(self) -> None:
+        """The replica was closed under the client: stop for good, as for a refused token (each connection
+        would only meet the closed store again)."""
+        if self._fatal is None:
+            self._fatal = SyncError(f"the replica was closed ({self.replica.device}): close the SyncClient "
+                                    "before its Replica")
+        self._wake.set()  # an idle worker ends (``_work_loop``), and with it the connection
+
     async def _connect_loop(self) -> None:
         while not self._closed.is_set():
-            try:
-                reason = await self._connect_once()
-            except Exception as e:  # a bug or an unforeseen transport error: stay alive, report, retry
-                log.exception("connecting to %s failed", self.url)
-                reason = f"cannot connect: {e!r}"
+            reason = "closed"
+            if not self.replica.closed:
+                try:
+                    reason = await self._connect_once()
+                except StoreClosed:  # the replica's store was closed under it
+                    self._replica_closed()
+                except Exception as e:  # a bug or an unforeseen transport error: stay alive, report, retry
+                    log.exception("connecting to %s failed", self.url)
+                    reason = f"cannot connect: {e!r}"
+            if self.replica.closed:
+                self._replica_closed()
             if self._fatal is not None or self._closed.is_set():
                 break
             self._emit(SyncStatus("offline", reason))
@@ -313,6 +332,9 @@ class SyncClient:
                     break
         except ConnectionClosed:
             pass
+        except StoreClosed:  # a live update found the replica closed
+            self._replica_closed()
+            reason = str(self._fatal)
         rcvd = ws.close_code
         if rcvd is not None and session.conn.state is not State.CLOSED:
             reason = f"relay closed the connection: {rcvd} {ws.close_reason or ''}".strip()
@@ -361,12 +383,16 @@ class SyncClient:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-                if self._closed.is_set():
+                if self._closed.is_set() or self._fatal is not None:
                     return
             req = self._queue[0]
             req.running = True
             try:
                 result = await self._run(session, req.collections)
+            except StoreClosed:  # the client stops (``_connect_loop``), failing every request
+                req.running = False
+                self._replica_closed()
+                return
             except _Lost as e:  # the request stays queued and runs again after reconnecting
                 req.running = False
                 session.fail(str(e))

@@ -156,6 +156,11 @@ class ReplicaBase:
             n >>= 5
         return "".join(reversed(chars))
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (every read and write then raises ``StoreClosed``)."""
+        return self._closed
+
     def close(self) -> None:
         """Write the rows not written yet, and close the store."""
         if not self._closed:

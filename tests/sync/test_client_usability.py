@@ -67,3 +67,62 @@ async def test_a_yjs_room_url_is_a_clear_error_not_a_reconnect_loop(
             await asyncio.wait_for(c.sync_now(), BOUND)
         with pytest.raises(SyncError):
             await sync(c)
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("crdtsync") and r.exc_info]
+
+
+async def test_a_replica_closed_under_its_client_stops_it_at_the_next_live_update(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    """App shutdown in the wrong order: the client used to reconnect for ever, logging a ``StoreClosed``
+    traceback at each attempt."""
+    relay = await make_relay()
+    a, b = make_replica("a"), make_replica("b")
+    c = client(a, relay.url)
+    w = Watch(c)
+    await c.start()
+    await sync(c)
+    a.close()
+    failed = asyncio.ensure_future(w.wait(lambda s: s.kind == "failed"))
+    b.create("accounts", {"name": "live"})
+    async with client(b, relay.url) as cb:
+        await sync(cb)  # a's client receives it live, and finds its replica closed
+    st = await failed
+    assert st.reason is not None and st.reason.startswith("the replica was closed (a)")
+    assert c.status.kind == "failed" and not c.online
+    with pytest.raises(SyncError, match=r"the replica was closed \(a\): close the SyncClient"):
+        await sync(c)
+    await c.close()  # still fine afterwards
+    assert w.kinds().count("online") == 1 and _tracebacks(caplog) == []
+
+
+async def test_sync_now_after_the_replica_closed_fails_at_once_and_stops_the_client(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    relay = await make_relay()
+    a = make_replica("a")
+    async with client(a, relay.url) as c:
+        w = Watch(c)
+        await sync(c)
+        failed = asyncio.ensure_future(w.wait(lambda s: s.kind == "failed"))
+        a.close()
+        with pytest.raises(SyncError, match="the replica was closed"):
+            await sync(c)
+        st = await failed  # the idle connection ends too
+        assert st.reason is not None and "the replica was closed" in st.reason
+    assert w.kinds().count("online") == 1 and _tracebacks(caplog) == []
+
+
+async def test_a_replica_closed_while_offline_fails_the_waiting_sync_and_stops_retrying(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay()
+    await relay.stop()  # nothing listens: the client retries
+    a = make_replica("a")
+    async with client(a, relay.url) as c:
+        w = Watch(c)
+        waiting = asyncio.ensure_future(c.sync_now())
+        await w.wait(lambda s: s.kind == "offline")
+        a.close()
+        with pytest.raises(SyncError, match="the replica was closed"):
+            await asyncio.wait_for(waiting, BOUND)
+        assert c.status.kind == "failed" and c.pending_requests() == 0
