@@ -32,7 +32,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
-from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, StoreClosed, SyncError
+from ..errors import (
+    AuthError,
+    LocalError,
+    MalformedUpdate,
+    RemoteValidationError,
+    StoreClosed,
+    SyncError,
+    ValidationError,
+)
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
 from ..protocol.frames import MAX_FRAME, MAX_PUSH
@@ -182,11 +190,17 @@ class SyncClient:
                        ) -> SyncResult:
         """Queue a sync run (of some collections: sync units, or all) and wait for it to complete.
 
+        ``collections`` is a list (any iterable) of collection names, or None for all; an empty one syncs
+        nothing. A name the schema does not have raises ``ValidationError`` naming it (as ``Replica.get``
+        does), and a bare str ``TypeError`` (``sync_now("accounts")`` would otherwise be read as the
+        collections ``a``, ``c``, ``o`` ...: write ``sync_now(["accounts"])``); both before anything is queued.
+
         While offline the request waits for the connection. With ``timeout`` (seconds), ``SyncError`` says
         why it did not complete in time (say "offline: cannot reach the relay: ..."); the request stays
         queued and runs once the relay is back. Raises ``AuthError`` if the relay refused the token or the
         replica's user, ``SyncError`` if the request was discarded, the client closed, or the replica closed.
         """
+        units = None if collections is None else self._units(collections)
         if self.replica.closed:
             self._replica_closed()
         if self._fatal is not None:
@@ -195,7 +209,7 @@ class SyncClient:
             raise SyncError("client closed")
         await self.start()
         fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
-        self._enqueue(None if collections is None else frozenset(collections), fut)
+        self._enqueue(units, fut)
         if timeout is None:
             return await fut
         try:
@@ -206,6 +220,20 @@ class SyncClient:
                     req.futures.remove(fut)
             fut.cancel()
             raise SyncError(f"sync did not complete within {timeout:g} s ({self.status}); it stays queued") from None
+
+    def _units(self, collections: Iterable[str]) -> frozenset[str]:
+        """``sync_now``'s sync units, checked against the schema (see there)."""
+        if isinstance(collections, str | bytes):
+            raise TypeError(f"sync_now() takes a list of collection names, not the {type(collections).__name__} "
+                            f"{collections!r}: write sync_now([{collections!r}])")
+        names = frozenset(collections)
+        known = self.replica.schema.collections
+        unknown = sorted((n for n in names if not isinstance(n, str) or n not in known), key=repr)
+        if unknown:
+            raise ValidationError(", ".join(map(str, unknown)), None, None,
+                                  f"unknown collection{'s' if len(unknown) > 1 else ''}; the schema has "
+                                  f"{sorted(known)}")
+        return names
 
     def _enqueue(self, collections: frozenset[str] | None, fut: asyncio.Future[SyncResult] | None) -> None:
         for req in self._queue:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from crdtsync import Replica, SyncClient
-from crdtsync.errors import LocalError, SyncError
+from crdtsync.errors import LocalError, SyncError, ValidationError
 
 from .conftest import BOUND, RelayFactory, Watch, client, sync
 
@@ -126,3 +126,23 @@ async def test_a_replica_closed_while_offline_fails_the_waiting_sync_and_stops_r
         with pytest.raises(SyncError, match="the replica was closed"):
             await asyncio.wait_for(waiting, BOUND)
         assert c.status.kind == "failed" and c.pending_requests() == 0
+
+
+async def test_sync_units_must_be_a_list_of_collections_of_the_schema(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """A typo, or a bare str, used to complete "successfully" having synced nothing."""
+    relay = await make_relay()
+    a = make_replica("a")
+    async with client(a, relay.url) as c:
+        await sync(c)
+        a.create("contacts", {"name": "queued"})
+        with pytest.raises(ValidationError, match=r"^contact: unknown collection; the schema has \['accounts'"):
+            await sync(c, ["contact"])
+        with pytest.raises(ValidationError, match=r"^nope, secret: unknown collections") as err:
+            await sync(c, ["accounts", "secret", "nope"])
+        assert err.value.collection == "nope, secret"
+        with pytest.raises(TypeError, match=r"not the str 'contacts': write sync_now\(\['contacts'\]\)"):
+            await c.sync_now("contacts")
+        assert c.pending_requests() == 0 and len(a.pending()) == 1  # nothing queued, nothing sent
+        res = await sync(c, ["contacts"])
+        assert res.uploaded == 1 and a.pending() == []
