@@ -17,6 +17,7 @@ message that says what to do about it.
     │   ├── RecordBlocked               the record holds an errored change: fix or discard it first
     │   ├── NoSuchConflict              resolve() of a field that has no open conflict
     │   ├── StoreClosed                 the replica or store was closed
+    │   ├── StoreInUse                  the store file is open already (in this process or another)
     │   └── EncryptionError             the store is encrypted and the key is missing
     │       └── WrongKeyError           the key does not open this store
     ├── RemoteError                     a peer sent something we cannot accept
@@ -49,6 +50,7 @@ __all__ = [
     "RemoteValidationError",
     "SchemaError",
     "StoreClosed",
+    "StoreInUse",
     "SyncError",
     "ValidationError",
     "WrongKeyError",
@@ -108,6 +110,17 @@ class NoSuchConflict(LocalError):
 
 class StoreClosed(LocalError):
     """The replica or store was closed."""
+
+
+class StoreInUse(LocalError):
+    """The store file is open already, through another ``Replica`` or ``SQLiteStore``, in this process or
+    another. Two handles on one file would each keep their own view of it and lose each other's writes;
+    close the other one first. ``path`` names the file. Nothing was read or changed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is open already (in this process or another): one Replica or SQLiteStore "
+                         "per file at a time; close the other one first")
 
 
 class EncryptionError(LocalError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,24 @@ def test_status_goes_pending_syncing_synced(pair: list[Replica]) -> None:
     assert status(a, rid) == ("pending", None) and len(a.pending()) == 1
     a.acknowledge([changes[1].id])
     assert status(a, rid) == ("synced", None) and a.pending() == []
+
+
+def test_a_record_syncing_when_the_app_stopped_is_pending_after_reopening(tmp_path: Path) -> None:
+    """Nothing is syncing at open: the rows of a sync cut short (a crash, or a replica closed before its
+    client) must agree with the outbox, which puts those changes back to ``pending``."""
+    path = tmp_path / "phone.db"
+    a = Replica.open(path, DEMO_SCHEMA, device="phone", user="alice")
+    sent = a.create("accounts", {"name": "Sent"})
+    queued = a.create("accounts", {"name": "Queued"})
+    a.close()  # the rows are written
+    a = Replica.open(path, DEMO_SCHEMA, device="phone", user="alice")
+    a.mark_syncing([p.id for p in a.pending() if p.record == sent])  # written to its row
+    assert status(a, sent) == ("syncing", None)
+    a.close()
+    with Replica.open(path, DEMO_SCHEMA, device="phone", user="alice") as b:
+        assert [p.status for p in b.pending()] == ["pending", "pending"]
+        assert status(b, sent) == ("pending", None) and status(b, queued) == ("pending", None)
+        assert [(r.id, r.status) for r in b.query("accounts")] == sorted([(sent, "pending"), (queued, "pending")])
 
 
 def test_conflict_status_until_resolved(pair: list[Replica]) -> None:

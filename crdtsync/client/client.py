@@ -10,7 +10,10 @@ changes are not sent back to it.)
 
 A run cut short by a lost connection is not lost: its changes go back to ``pending`` and the same request
 runs again after reconnecting (a resend is recognised by the relay). Only a refused token (or a device id
-that belongs to another user) stops the client: ``sync_now`` then raises ``AuthError``.
+that belongs to another user) stops the client: ``sync_now`` then raises ``AuthError``. So does a replica
+closed before its client (close the client first): the client stops, with a ``failed`` status event and
+``SyncError("the replica was closed ...")`` for every waiting and later ``sync_now``, instead of
+reconnecting to meet the closed store again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.uri import parse_uri
 
-from ..errors import AuthError, LocalError, MalformedUpdate, RemoteValidationError, SyncError
+from ..errors import (
+    AuthError,
+    LocalError,
+    MalformedUpdate,
+    RemoteValidationError,
+    StoreClosed,
+    SyncError,
+    ValidationError,
+)
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import Ack, Bye, Change, Changes, Event, Hello, Item, Live, ProtocolError, Pull, Push, Welcome
 from ..protocol.frames import MAX_FRAME, MAX_PUSH, MAX_RETURNS
@@ -179,18 +190,26 @@ class SyncClient:
                        ) -> SyncResult:
         """Queue a sync run (of some collections: sync units, or all) and wait for it to complete.
 
+        ``collections`` is a list (any iterable) of collection names, or None for all; an empty one syncs
+        nothing. A name the schema does not have raises ``ValidationError`` naming it (as ``Replica.get``
+        does), and a bare str ``TypeError`` (``sync_now("accounts")`` would otherwise be read as the
+        collections ``a``, ``c``, ``o`` ...: write ``sync_now(["accounts"])``); both before anything is queued.
+
         While offline the request waits for the connection. With ``timeout`` (seconds), ``SyncError`` says
         why it did not complete in time (say "offline: cannot reach the relay: ..."); the request stays
         queued and runs once the relay is back. Raises ``AuthError`` if the relay refused the token or the
-        replica's user, ``SyncError`` if the request was discarded or the client closed.
+        replica's user, ``SyncError`` if the request was discarded, the client closed, or the replica closed.
         """
+        units = None if collections is None else self._units(collections)
+        if self.replica.closed:
+            self._replica_closed()
         if self._fatal is not None:
             raise self._fatal
         if self._closed.is_set():
             raise SyncError("client closed")
         await self.start()
         fut: asyncio.Future[SyncResult] = asyncio.get_running_loop().create_future()
-        self._enqueue(None if collections is None else frozenset(collections), fut)
+        self._enqueue(units, fut)
         if timeout is None:
             return await fut
         try:
@@ -201,6 +220,20 @@ class SyncClient:
                     req.futures.remove(fut)
             fut.cancel()
             raise SyncError(f"sync did not complete within {timeout:g} s ({self.status}); it stays queued") from None
+
+    def _units(self, collections: Iterable[str]) -> frozenset[str]:
+        """``sync_now``'s sync units, checked against the schema (see there)."""
+        if isinstance(collections, str | bytes):
+            raise TypeError(f"sync_now() takes a list of collection names, not the {type(collections).__name__} "
+                            f"{collections!r}: write sync_now([{collections!r}])")
+        names = frozenset(collections)
+        known = self.replica.schema.collections
+        unknown = sorted((n for n in names if not isinstance(n, str) or n not in known), key=repr)
+        if unknown:
+            raise ValidationError(", ".join(map(str, unknown)), None, None,
+                                  f"unknown collection{'s' if len(unknown) > 1 else ''}; the schema has "
+                                  f"{sorted(known)}")
+        return names
 
     def _enqueue(self, collections: frozenset[str] | None, fut: asyncio.Future[SyncResult] | None) -> None:
         for req in self._queue:
@@ -233,13 +266,27 @@ class SyncClient:
 
     # -- connection ----------------------------------------------------------------------------------------
 
+    def _replica_closed(self) -> None:
+        """The replica was closed under the client: stop for good, as for a refused token (each connection
+        would only meet the closed store again)."""
+        if self._fatal is None:
+            self._fatal = SyncError(f"the replica was closed ({self.replica.device}): close the SyncClient "
+                                    "before its Replica")
+        self._wake.set()  # an idle worker ends (``_work_loop``), and with it the connection
+
     async def _connect_loop(self) -> None:
         while not self._closed.is_set():
-            try:
-                reason = await self._connect_once()
-            except Exception as e:  # a bug or an unforeseen transport error: stay alive, report, retry
-                log.exception("connecting to %s failed", self.url)
-                reason = f"cannot connect: {e!r}"
+            reason = "closed"
+            if not self.replica.closed:
+                try:
+                    reason = await self._connect_once()
+                except StoreClosed:  # the replica's store was closed under it
+                    self._replica_closed()
+                except Exception as e:  # a bug or an unforeseen transport error: stay alive, report, retry
+                    log.exception("connecting to %s failed", self.url)
+                    reason = f"cannot connect: {e!r}"
+            if self.replica.closed:
+                self._replica_closed()
             if self._fatal is not None or self._closed.is_set():
                 break
             self._emit(SyncStatus("offline", reason))
@@ -313,6 +360,9 @@ class SyncClient:
                     break
         except ConnectionClosed:
             pass
+        except StoreClosed:  # a live update found the replica closed
+            self._replica_closed()
+            reason = str(self._fatal)
         rcvd = ws.close_code
         if rcvd is not None and session.conn.state is not State.CLOSED:
             reason = f"relay closed the connection: {rcvd} {ws.close_reason or ''}".strip()
@@ -361,12 +411,16 @@ class SyncClient:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-                if self._closed.is_set():
+                if self._closed.is_set() or self._fatal is not None:
                     return
             req = self._queue[0]
             req.running = True
             try:
                 result = await self._run(session, req.collections)
+            except StoreClosed:  # the client stops (``_connect_loop``), failing every request
+                req.running = False
+                self._replica_closed()
+                return
             except _Lost as e:  # the request stays queued and runs again after reconnecting
                 req.running = False
                 session.fail(str(e))

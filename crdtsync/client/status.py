@@ -18,8 +18,13 @@ class SyncResult:
     """One finished sync run.
 
     - ``uploaded``: pending changes the relay stored (they left the outbox); ``rejected``: changes the relay
-      refused (now ``error``, kept); ``held``: changes not sent or not stored because an earlier change of
-      the same record was rejected (still pending);
+      refused (now ``error``, kept); ``held``: changes the relay answered as held, neither stored nor
+      rejected, which stay pending: those after a change of the same record that it rejected in the same
+      push (they wait for the user to fix, discard or retry it), and those that build on changes the relay
+      does not have yet (another device's, received here directly and not synced by that device yet),
+      with the later changes of their record (sent again as soon as news of the record arrives, or at the
+      next sync). Changes not sent at all, because their record holds a change rejected in an earlier
+      run, are not counted;
     - ``received``: record updates the relay sent (the ``n of m`` of the download progress events);
       ``downloaded``: distinct records those updates changed on this device (an update it already had
       changes nothing);

@@ -17,9 +17,13 @@ from ..clock import hlc_wall_ms
 from ..schema import Bool, Collection, Field, Int, Invalid, Ref, Str
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
-__all__ = ["Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state"]
+__all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state"]
 
 ConflictKind = Literal["concurrent-write", "edit-vs-delete", "delete-vs-edit"]
+
+#: the value of a field that no write ever reached, by its merge kind: what ``compute_state`` shows (and
+#: what a stored row made before the field was added to the schema is read with: ``replica/rows.py``)
+UNWRITTEN: Mapping[str, Any] = {"register": None, "counter": 0, "text": "", "set": frozenset()}
 
 
 def _wall(t: int) -> dt.datetime:
@@ -202,8 +206,7 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
     for name, f, merge, as_stored in _plan(coll):
         fs = by_field.get(name)
         if not fs:  # never written: most fields of most records
-            values[name] = None if merge == "register" else 0 if merge == "counter" \
-                else texts.get(name, "") if merge == "text" else frozenset()
+            values[name] = texts.get(name, "") if merge == "text" else UNWRITTEN[merge]
             continue
         if len(fs) == 1:  # one writer (the common case): its slot is the frontier, the latest and the winner
             s = fs[0]

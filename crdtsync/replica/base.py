@@ -35,7 +35,7 @@ from ..store.sqlite import SQLiteStore, Synchronous
 from .docs import LoadedRecord, RecordDocs
 from .layout import upgrade
 from .outbox import Outbox, OutboxEntry
-from .rows import Rows, row_change
+from .rows import Rows, row_marks
 from .types import ChangeEvent, Record, RecordStatus
 
 __all__ = ["ReplicaBase"]
@@ -98,7 +98,9 @@ class ReplicaBase:
         self._find_dirty_rows()
 
     def _find_dirty_rows(self) -> None:
-        """After a crash: the records whose rows are behind their pending changes (see the docstring)."""
+        """After a crash: the records whose rows are behind their pending changes (see the docstring), or
+        show ``syncing``: a sync cut short by the crash left them so, and nothing is syncing at open (the
+        outbox made their changes ``pending`` again). Only records with pending changes can be either."""
         queued = self.outbox.records()
         keys = [("row", c, rid) for c, rid in queued]
         try:
@@ -111,8 +113,12 @@ class ReplicaBase:
                 except WrongKeyError:
                     raws.append(b'{"x": null}')
         for key, raw in zip(queued, raws, strict=True):
-            if raw is None or row_change(raw) not in (None, self.outbox.last_for(*key)):
+            if raw is None:
                 self._dirty[key] = None  # a crash came before its row was written
+                continue
+            change, status = row_marks(raw)
+            if change not in (None, self.outbox.last_for(*key)) or status == "syncing":
+                self._dirty[key] = None
         if self._dirty:  # write them now, so that reads come from rows again
             batch = Batch()
             self._stage_dirty_rows(batch)
@@ -152,6 +158,11 @@ class ReplicaBase:
             chars.append(_ID_ALPHABET[n & 31])
             n >>= 5
         return "".join(reversed(chars))
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (every read and write then raises ``StoreClosed``)."""
+        return self._closed
 
     def close(self) -> None:
         """Write the rows not written yet, and close the store."""

@@ -6,7 +6,13 @@ status change or an acknowledgement rewrites them in the same transaction as the
 local write does not (see ``Replica``): its record is read from its document (an *overlay* here) until
 its row is written, a few writes later, so that a write commits one key, not two. Each row says in
 ``x`` the newest local change it reflects, so that a replica reopened after a crash knows which rows
-are behind their records' pending changes.
+are behind their records' pending changes. A row's status may be ``syncing`` (its record's changes are
+on their way to the relay): a replica reopened after a crash mid-sync rewrites those rows too, since
+nothing is syncing at open (the outbox puts their changes back to ``pending``).
+
+A row lists every field of the schema it was written under. Read under a schema with more fields (an app
+update added some), it shows those with the values of fields never written (``UNWRITTEN``), as a record
+created since or read from its document does; it is not rewritten for that.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, cast
 
 import orjson
 
-from ..model.state import Candidate, Conflict, RecordState
+from ..model.state import UNWRITTEN, Candidate, Conflict, RecordState
 from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
@@ -76,6 +82,20 @@ def _encoded(coll: Collection) -> tuple[tuple[str, Field], ...]:
     return hit[1]
 
 
+_UNWRITTEN: dict[int, tuple[Collection, dict[str, Any]]] = {}
+
+
+def _unwritten(coll: Collection) -> dict[str, Any]:
+    """Each field of a collection with the value it has while never written (``UNWRITTEN``), in schema
+    order, computed once per collection."""
+    hit = _UNWRITTEN.get(id(coll))
+    if hit is None or hit[0] is not coll:
+        if len(_UNWRITTEN) >= 1024:
+            _UNWRITTEN.clear()
+        hit = _UNWRITTEN[id(coll)] = (coll, {n: UNWRITTEN[f.merge] for n, f in coll.fields.items()})
+    return hit[1]
+
+
 def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error: str | None,
                last_change: int = 0) -> bytes:
     """The row of a record; ``last_change`` is the id of the newest local change it reflects (0: none
@@ -99,16 +119,22 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
     })
 
 
-def row_change(raw: bytes) -> int | None:
-    """The newest local change a stored row reflects; None for a row written before rows said so (they
-    were all written with their change, so they are current)."""
-    x = orjson.loads(raw).get("x")
-    return x if isinstance(x, int) else None
+def row_marks(raw: bytes) -> tuple[int | None, str | None]:
+    """The newest local change a stored row reflects (None for a row written before rows said so: they
+    were all written with their change, so they are current), and the status the row shows."""
+    r = orjson.loads(raw)
+    x, s = r.get("x"), r.get("s")
+    return (x if isinstance(x, int) else None), (s if isinstance(s, str) else None)
 
 
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
     r = orjson.loads(raw)
     fields = {n: decode_value(coll.fields.get(n), v) for n, v in r["f"].items()}
+    unwritten = _unwritten(coll)
+    if not unwritten.keys() <= fields.keys():
+        # a row stored before these fields were added to the schema: they show as never written, as in a
+        # record created since (its row lists every field) or read from its document
+        fields = {**unwritten, **fields}
     conflicts = tuple(
         Conflict(coll.name, record_id, c["f"], c["k"],
                  tuple(Candidate(decode_value(_cand_field(coll, c["k"], c["f"], i), v), d, u, t)

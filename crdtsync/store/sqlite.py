@@ -28,6 +28,18 @@ its own (no BEGIN, no COMMIT); anything more runs in ``BEGIN IMMEDIATE`` ... ``C
 no commit pays for copying what earlier commits wrote; the default, ``"commit"``, is SQLite's own (the
 commit that fills the WAL past 1,000 pages checkpoints it). Devices use the background policy
 (``Replica.open``): a sync's commit should cost what it writes.
+
+One store per file at a time: a second ``SQLiteStore`` (or ``Replica``) opened on a file that is open
+already, in this process or another, raises ``StoreInUse`` before it touches the file. Two handles would
+each keep their own view (a replica its outbox, clock and cached documents; the relay its log position)
+and overwrite each other's writes. The lock is an OS advisory lock (``flock``, exclusive) on an empty file
+beside the database, ``<path>-lock``, held from open to ``close`` (or until the store is garbage
+collected): the OS drops it when the process dies, however it dies, so a crash never leaves a file
+locked. The ``-lock`` file stays in place after close (removing it would race with another open); it
+holds nothing. ``flock`` locks conflict between two opens in one process too. A child made by ``fork``
+while a store is open shares its lock. SQLite's own locks are POSIX record locks on the database file,
+which ``flock`` on another file never touches. Windows has no ``flock``: there a second open is not
+detected. ``":memory:"`` and ``file:`` URIs take no lock.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from __future__ import annotations
 import bisect
 import os
 import sqlite3
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -42,7 +55,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal
 
-from ..errors import StoreClosed
+from ..errors import StoreClosed, StoreInUse
 from .base import Batch, ByteStore
 from .checkpoint import Checkpointer
 from .keys import Key, decode_key, encode_key, prefix_end
@@ -89,23 +102,33 @@ class SQLiteStore(ByteStore):
         self._sync_wal = self.defer_sync and synchronous == "FULL"
         self._wal = os.path.abspath(self.path) + "-wal"  # what ``_sync`` syncs (SQLite names it so)
         self._dir_synced = False
-        self._lock = threading.RLock()  # the write connection
-        self._db: sqlite3.Connection | None = sqlite3.connect(self.path, isolation_level=None,
-                                                              check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # before SQLite opens the file: a second handle fails having changed nothing (see the docstring)
+        fd = _lock_file(self.path) if on_disk else None
+        # released at most once: by ``close``, or when a store dropped without it is garbage collected
+        self._unlock: Callable[[], object] | None = None if fd is None else weakref.finalize(self, os.close, fd)
+        self._lock = self._rlock = threading.RLock()  # the write connection (and the reader's, in memory)
+        self._db: sqlite3.Connection | None = None
+        self._rdb: sqlite3.Connection | None = None
+        self.checkpointer: Checkpointer | None = None
+        try:
+            self._connect(synchronous, checkpoint, on_disk)
+        except BaseException:
+            self.close()  # and unlock: a file SQLite cannot open stays free for another try
+            raise
+
+    def _connect(self, synchronous: Synchronous, checkpoint: Checkpoint, on_disk: bool) -> None:
+        db = self._db = self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
         # with deferred syncs the writer never syncs: ``_sync`` does it after each commit, and the
         # checkpointer's connection (at ``synchronous``) syncs what each checkpoint copies
-        self._db.execute(f"PRAGMA synchronous={'OFF' if self._sync_wal else synchronous}")
-        self._db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
-        self._rlock = self._lock
-        self._rdb: sqlite3.Connection | None = self._db
+        db.execute(f"PRAGMA synchronous={'OFF' if self._sync_wal else synchronous}")
+        db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
         if on_disk:
             self._rlock = threading.RLock()
             self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._rdb.execute("PRAGMA query_only=ON")
-        self.checkpointer: Checkpointer | None = None
         if (checkpoint == "background" or self.defer_sync) and on_disk:
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute("PRAGMA wal_autocheckpoint=0")
             self.checkpointer = Checkpointer(self.path, synchronous=synchronous, lock=self._lock)
             # a store dropped without close() must not leave its thread waiting forever
             weakref.finalize(self, self.checkpointer.close)
@@ -260,6 +283,30 @@ class SQLiteStore(ByteStore):
                     self._db.execute("PRAGMA synchronous=FULL")
                 self._db.close()
                 self._db = None
+        if self._unlock is not None:
+            self._unlock()  # last: another handle may open the file once this one is done with it
+
+
+def _lock_file(path: str) -> int | None:
+    """Take the exclusive lock on ``<path>-lock`` (see the module docstring), or raise ``StoreInUse``.
+
+    Returns the descriptor that holds it (closing it releases the lock); None where there is no ``flock``
+    (Windows)."""
+    if sys.platform == "win32":
+        return None
+    import fcntl
+
+    lock_path = os.path.abspath(path) + "-lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUse(path) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _nothing() -> None:

@@ -17,7 +17,7 @@ from crdtsync.model.record import RecordDoc
 from crdtsync.protocol import Ack, Bye, Change, Pull, Push
 from crdtsync.relay import Grant, Tokens, load_tokens
 
-from .conftest import BOUND, RawClient, RelayFactory, RelayHandle, client, sync
+from .conftest import BOUND, RawClient, RelayFactory, RelayHandle, Watch, client, sync
 
 TOKENS = """
 [tokens."tok-alice"]
@@ -85,9 +85,15 @@ async def test_read_only_token_writing_is_rejected_and_kept_as_error(
     r.update("accounts", rid, {"employees": 3})
     other = r.create("contacts", {"name": "c"})
     async with client(r, relay.url, token="tok-rita") as c:
+        w = Watch(c)
         res = await sync(c)
     assert (res.uploaded, res.rejected, res.held) == (0, 2, 1)
     assert head(relay) == 0
+    # the order docs/sync.md gives: a first sync with pending changes downloads first; each push's errors
+    # come before the progress event that counts their changes as answered
+    assert [str(e).split(":")[0] for e in w.events if e.kind != "online"] == [
+        "started", "progress download 0 of 0", "error", "error", "progress upload 3 of 3",
+        "progress download 0 of 0", "completed"]
     rec = r.get("accounts", rid)
     assert rec is not None and rec.status == "error" and rec.error is not None and "forbidden" in rec.error
     assert "may not write 'accounts'" in rec.error

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crdtsync import Replica
+from crdtsync import Replica, SQLiteStore
 from crdtsync.cli import main
 from crdtsync.relay.cli import load_schema
 
@@ -98,3 +99,19 @@ def test_relay_help_explains_schema_and_tokens(capsys: pytest.CaptureFixture[str
         main(["relay", "--help"])
     out = capsys.readouterr().out
     assert "Schema.to_dict()" in out and '[tokens."s3cret-alice"]' in out and "(default: 8765" in out
+
+
+def test_a_second_relay_on_the_same_database_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "relay.db"
+    running = SQLiteStore(db)  # as a relay already running on it holds it
+    taken = socket.socket()  # and its port: a relay that opened the database anyway stops there, not serves
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        assert main(["relay", "--port", str(port), "--db", str(db), "--schema", "tests.sync.conftest:SCHEMA"]) == 1
+    finally:
+        running.close()
+        taken.close()
+    err = capsys.readouterr().err
+    assert f"cannot open the database {db}: {db} is open already" in err

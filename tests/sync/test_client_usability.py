@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from crdtsync import Replica, SyncClient
-from crdtsync.errors import LocalError, SyncError
+from crdtsync.errors import LocalError, SyncError, ValidationError
 
 from .conftest import BOUND, RelayFactory, Watch, client, sync
 
@@ -67,3 +67,82 @@ async def test_a_yjs_room_url_is_a_clear_error_not_a_reconnect_loop(
             await asyncio.wait_for(c.sync_now(), BOUND)
         with pytest.raises(SyncError):
             await sync(c)
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("crdtsync") and r.exc_info]
+
+
+async def test_a_replica_closed_under_its_client_stops_it_at_the_next_live_update(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    """App shutdown in the wrong order: the client used to reconnect for ever, logging a ``StoreClosed``
+    traceback at each attempt."""
+    relay = await make_relay()
+    a, b = make_replica("a"), make_replica("b")
+    c = client(a, relay.url)
+    w = Watch(c)
+    await c.start()
+    await sync(c)
+    a.close()
+    failed = asyncio.ensure_future(w.wait(lambda s: s.kind == "failed"))
+    b.create("accounts", {"name": "live"})
+    async with client(b, relay.url) as cb:
+        await sync(cb)  # a's client receives it live, and finds its replica closed
+    st = await failed
+    assert st.reason is not None and st.reason.startswith("the replica was closed (a)")
+    assert c.status.kind == "failed" and not c.online
+    with pytest.raises(SyncError, match=r"the replica was closed \(a\): close the SyncClient"):
+        await sync(c)
+    await c.close()  # still fine afterwards
+    assert w.kinds().count("online") == 1 and _tracebacks(caplog) == []
+
+
+async def test_sync_now_after_the_replica_closed_fails_at_once_and_stops_the_client(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    relay = await make_relay()
+    a = make_replica("a")
+    async with client(a, relay.url) as c:
+        w = Watch(c)
+        await sync(c)
+        failed = asyncio.ensure_future(w.wait(lambda s: s.kind == "failed"))
+        a.close()
+        with pytest.raises(SyncError, match="the replica was closed"):
+            await sync(c)
+        st = await failed  # the idle connection ends too
+        assert st.reason is not None and "the replica was closed" in st.reason
+    assert w.kinds().count("online") == 1 and _tracebacks(caplog) == []
+
+
+async def test_a_replica_closed_while_offline_fails_the_waiting_sync_and_stops_retrying(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay()
+    await relay.stop()  # nothing listens: the client retries
+    a = make_replica("a")
+    async with client(a, relay.url) as c:
+        w = Watch(c)
+        waiting = asyncio.ensure_future(c.sync_now())
+        await w.wait(lambda s: s.kind == "offline")
+        a.close()
+        with pytest.raises(SyncError, match="the replica was closed"):
+            await asyncio.wait_for(waiting, BOUND)
+        assert c.status.kind == "failed" and c.pending_requests() == 0
+
+
+async def test_sync_units_must_be_a_list_of_collections_of_the_schema(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """A typo, or a bare str, used to complete "successfully" having synced nothing."""
+    relay = await make_relay()
+    a = make_replica("a")
+    async with client(a, relay.url) as c:
+        await sync(c)
+        a.create("contacts", {"name": "queued"})
+        with pytest.raises(ValidationError, match=r"^contact: unknown collection; the schema has \['accounts'"):
+            await sync(c, ["contact"])
+        with pytest.raises(ValidationError, match=r"^nope, secret: unknown collections") as err:
+            await sync(c, ["accounts", "secret", "nope"])
+        assert err.value.collection == "nope, secret"
+        with pytest.raises(TypeError, match=r"not the str 'contacts': write sync_now\(\['contacts'\]\)"):
+            await c.sync_now("contacts")
+        assert c.pending_requests() == 0 and len(a.pending()) == 1  # nothing queued, nothing sent
+        res = await sync(c, ["contacts"])
+        assert res.uploaded == 1 and a.pending() == []

@@ -16,7 +16,7 @@ from crdtsync.protocol import Ack, Change, Push
 from crdtsync.relay import Grant
 from crdtsync.relay.clients import sv_clients
 
-from .conftest import RawClient, RelayFactory, RelayHandle, client, sync
+from .conftest import SCHEMA, RawClient, RelayFactory, RelayHandle, client, sync
 
 ALL = frozenset({"*"})
 GRANTS = {"tok-alice": Grant("alice", ALL, ALL), "tok-mallory": Grant("mallory", ALL, ALL)}
@@ -82,17 +82,15 @@ async def test_history_is_append_only(shared: tuple[RelayHandle, str]) -> None:
     assert [(r.code, "append-only" in r.reason) for r in ack.rejected] == [("forbidden", True)]
 
 
-async def test_a_slot_naming_another_user_is_forbidden(shared: tuple[RelayHandle, str],
-                                                       make_replica: Callable[..., Replica]) -> None:
+async def test_a_slot_naming_another_user_is_forbidden(shared: tuple[RelayHandle, str]) -> None:
     relay, rid = shared
-    r = make_replica("alice-phone")  # only for the schema
-    doc = RecordDoc(r.schema["accounts"], rid, writer="mallory-phone", device="mallory-phone", user="alice",
+    doc = RecordDoc(SCHEMA["accounts"], rid, writer="mallory-phone", device="mallory-phone", user="alice",
                     client_id=4242, updates=[stored(relay, rid)])
     update = doc.write({"name": "Mine now"}, 2**50)
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
     assert [(r.code, "claims user 'alice'" in r.reason) for r in ack.rejected] == [("forbidden", True)]
     # the same write in its own name is fine
-    doc = RecordDoc(r.schema["accounts"], rid, writer="mallory-phone", device="mallory-phone", user="mallory",
+    doc = RecordDoc(SCHEMA["accounts"], rid, writer="mallory-phone", device="mallory-phone", user="mallory",
                     client_id=4243, updates=[stored(relay, rid)])
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, doc.write({"name": "Mine now"}, 2**50))
     assert not ack.rejected and len(ack.ok) == 1

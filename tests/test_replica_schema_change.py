@@ -1,0 +1,42 @@
+"""An app update adds fields to a collection: records stored before it show them too, never written.
+
+Rows are written with the fields of the schema of the moment; a record stored before the update used to
+come back without the new keys (``rec["sla"]`` raised ``KeyError``) while a record created after it had
+``sla=None``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from crdtsync import Collection, Counter, Int, Replica, Schema, Set, Str, Text
+from crdtsync.schema import Strategy
+
+V1 = Schema(Collection("work_orders", {"title": Str(required=True)}))
+V2 = Schema(Collection("work_orders", {"title": Str(required=True), "sla": Int(), "hours": Counter(),
+                                       "notes": Text(), "tags": Set(Str())}))
+NEVER_WRITTEN: dict[str, object] = {"sla": None, "hours": 0, "notes": "", "tags": frozenset()}
+
+
+@pytest.mark.parametrize("strategy", ["crdt", "lww-field", "lww-record", "lww-patch"])
+def test_fields_added_to_the_schema_show_on_records_stored_before(tmp_path: Path, strategy: Strategy) -> None:
+    path = tmp_path / "phone.db"
+    with Replica.open(path, V1.with_strategy(strategy), device="phone", user="alice") as r:
+        old = r.create("work_orders", {"title": "old"})
+        r.acknowledge(p.id for p in r.pending())  # synced: its row is all a read looks at
+    v2 = V2.with_strategy(strategy)
+    with Replica.open(path, v2, device="phone", user="alice") as r:
+        new = r.create("work_orders", {"title": "new"})
+        rec = r.get("work_orders", old)
+        assert rec is not None and rec.fields == {"title": "old", **NEVER_WRITTEN}
+        assert rec["sla"] is None and list(rec.fields) == list(v2["work_orders"].fields)  # schema order
+        fresh = r.get("work_orders", new)
+        assert fresh is not None and fresh.fields == {"title": "new", **NEVER_WRITTEN}
+        assert [x.fields for x in r.query("work_orders", order_by="title")] == [fresh.fields, rec.fields]
+        assert [x.id for x in r.query("work_orders", where={"hours": 0, "tags": frozenset()})] == sorted([old, new])
+        assert [x.id for x in r.query("work_orders", order_by="sla", limit=1)] in ([old], [new])
+        r.increment("work_orders", old, "hours", 2)  # and the new fields are writable as any other
+        after = r.get("work_orders", old)
+        assert after is not None and after.fields == {"title": "old", **NEVER_WRITTEN, "hours": 2}
