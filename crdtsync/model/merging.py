@@ -302,6 +302,10 @@ class MergingRecordDoc(CheckedRecordDoc):
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
         finally:
             tracer.disarm()
+        if not traced.new and traced.after == b"\x00":
+            # nothing changed, so Yrs reported no transaction (an update already in, e.g. sent again): the
+            # state vectors are the document's own (they were left empty, and everything looked pending)
+            traced.before = traced.after = self.state_vector()
         if get_update(update, traced.after)[:1] != b"\x00":  # a struct waits (see ``integrated``)
             self.held.append(update)
             self._build(ydoc.client_id())  # without what is pending
