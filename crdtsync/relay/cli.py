@@ -202,7 +202,15 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
             print(f"crdtsync relay: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
             return 1
         print(f"listening on ws://{host}:{port}", flush=True)
-        await stop.wait()
+        stopped = asyncio.ensure_future(relay.wait_stopped())
+        signalled = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([stopped, signalled], return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        if relay.failure is not None:  # it stopped by itself: storing failed (logged); a supervisor restarts it
+            await stopped
+            print(f"crdtsync relay: storing failed, stopped: {relay.failure!r}", file=sys.stderr)
+            return 1
+        stopped.cancel()
         log.info("shutting down")
         await relay.stop()
     finally:

@@ -104,6 +104,8 @@ class Relay:
         self._writer: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._stopped = asyncio.Event()
+        #: why the relay stopped by itself (its writer failed to store), None while it runs or after ``stop()``
+        self.failure: BaseException | None = None
         self.device_binding = asyncio.Lock()  # device ids are bound to users one at a time
         yjs = _load_yjs()
         self.rooms: Any = yjs.YjsRooms(store, max_message=self.limits.max_frame) if yjs is not None else None
@@ -157,6 +159,7 @@ class Relay:
         if self.tokens.open:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
+        self._writer.add_done_callback(self._writer_ended)
         try:
             self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
                                        compression=None)
@@ -176,8 +179,9 @@ class Relay:
             await self._server.wait_closed()
             self._server = None
         if self._writer is not None:
-            self.submit(None)
-            await self._writer
+            if not self._writer.done():
+                self.submit(None)
+                await asyncio.wait([self._writer])
             self._writer = None
         if self.rooms is not None:
             await self.rooms.close()
@@ -185,7 +189,22 @@ class Relay:
         log.info("relay stopped at log head %d", self.log.head)
 
     async def wait_stopped(self) -> None:
+        """Return once the relay stopped: ``stop()`` ran, or it failed (``failure``)."""
         await self._stopped.wait()
+
+    def _writer_ended(self, task: asyncio.Task[None]) -> None:
+        """The writer ended: after ``stop()`` asked it to, or because storing failed (a storage error, a
+        database gone). Then nothing can be acknowledged any more: the relay stops, with ``failure`` set,
+        for its process to exit and be restarted, instead of welcoming devices it can never answer."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failure = task.exception()
+        log.critical("storing failed (%r): the relay stops", self.failure, exc_info=self.failure)
+        for session in list(self.sessions):
+            session.abort(1011, "relay storage failure")
+        stopping = asyncio.ensure_future(self.stop())
+        self._closing.add(stopping)
+        stopping.add_done_callback(self._closing.discard)
 
     # -- the writer ----------------------------------------------------------------------------------------
 
