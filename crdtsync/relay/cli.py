@@ -154,7 +154,12 @@ def open_store(db: str, *, synchronous: str = "FULL", pg_schema: str | None = No
     """The relay's byte store: SQLite for a file name, PostgreSQL for a ``postgresql://`` URL."""
     if is_postgres_url(db):
         from ..store.postgres import PostgresStore
-        return PostgresStore(db, schema=pg_schema)
+        store = PostgresStore(db, schema=pg_schema)
+        if not store.hold("relay"):  # one relay per table (a SQLite file is held by its store itself)
+            store.close()
+            where = f"schema {pg_schema}" if pg_schema else "the default schema"
+            raise LocalError(f"another relay is using it ({where}): one relay process per database")
+        return store
     # the relay commits from its event loop: the writes there, the fsync in a thread (``begin_commit``)
     return SQLiteStore(db, synchronous=synchronous, defer_sync=True)  # type: ignore[arg-type]
 

@@ -18,6 +18,7 @@ operations raise psycopg's ``OperationalError``; open a new store.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -96,6 +97,17 @@ class PostgresStore(ByteStore):
         except BaseException:
             self._db.close()
             raise
+
+    def hold(self, name: str) -> bool:
+        """Take the session-level advisory lock ``name`` of this store's table, on its connection: held
+        until the store closes or its process dies. False (and nothing held) if another session holds it:
+        ``crdtsync relay`` holds ``"relay"``, for one relay process per table (two would number one log
+        each on their own)."""
+        digest = hashlib.blake2b(f"crdtsync\0{name}\0{self.schema or ''}\0{self.table}".encode(), digest_size=8)
+        key = int.from_bytes(digest.digest(), "big", signed=True)
+        with self._lock:
+            row = self._conn().execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+        return bool(row and row[0])
 
     def _conn(self) -> psycopg.Connection[Any]:
         if self._db is None:

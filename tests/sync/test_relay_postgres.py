@@ -113,3 +113,29 @@ def test_urls_are_shown_without_their_password() -> None:
     assert _shown("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
     assert _shown("postgresql://u@h/d") == "postgresql://u@h/d"
     assert _shown("relay.db") == "relay.db"
+
+
+async def test_a_second_relay_on_the_same_postgresql_schema_is_refused(pg_server: str, tmp_path: Path) -> None:
+    """Two relays on one log would number it each on their own: a device syncing by delta through one of them
+    silently missed the other's changes. The first holds the log; the second exits 1 saying why."""
+    (tmp_path / "schema.json").write_bytes(orjson.dumps(SCHEMA.to_dict()))
+    schema = f"relay_{os.getpid()}_{id(tmp_path) & 0xFFFF}_two"
+    db = pg_url(pg_server)
+    proc, _ = await start_relay(tmp_path, db, "--pg-schema", schema)
+    try:
+        second = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "crdtsync", "relay", "--port", "0", "--db", db, "--schema", "schema.json",
+            "--pg-schema", schema, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        out, err = await asyncio.wait_for(second.communicate(), BOUND)
+        assert second.returncode == 1 and not out
+        assert "another relay is using it" in err.decode() and "s3cret" not in err.decode()
+        other, _ = await start_relay(tmp_path, db, "--pg-schema", schema + "_b")  # another schema: its own log
+        await stop_relay(other)
+        await stop_relay(proc)
+        again, _ = await start_relay(tmp_path, db, "--pg-schema", schema)  # free once the first stopped
+        await stop_relay(again)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
