@@ -27,7 +27,8 @@ message that says what to do about it.
     │   └── Rejected                    the relay refused a change (invalid, forbidden, gone)
     ├── LocalProtocolError              the sync protocol API was driven in the wrong order
     └── SyncError                       a sync run failed (offline, auth refused, timed out)
-        └── AuthError                   the relay refused the token
+        ├── AuthError                   the relay refused the token
+        └── StoreBehind                 the relay has later changes of this device than this store sent
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "RemoteProtocolError",
     "RemoteValidationError",
     "SchemaError",
+    "StoreBehind",
     "StoreClosed",
     "StoreInUse",
     "SyncError",
@@ -174,3 +176,12 @@ class SyncError(CrdtSyncError):
 
 class AuthError(SyncError):
     """The relay refused the device's token."""
+
+
+class StoreBehind(SyncError):
+    """The relay holds a change of this device (by its id) later than any this store had acknowledged and
+    not one this store holds: the store is not the device's latest (restored from a backup, or copied), or
+    another installation uses the same device id. Its Yjs client ids would then collide with those of the
+    changes it lacks, and what it writes would be lost: the client stops instead. Open a new store (a new
+    device id, or the same id after removing this store) and re-enter the pending changes it lists
+    (``Replica.pending()``; ``export_updates`` keeps them)."""

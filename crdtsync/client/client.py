@@ -37,6 +37,7 @@ from ..errors import (
     LocalError,
     MalformedUpdate,
     RemoteValidationError,
+    StoreBehind,
     StoreClosed,
     SyncError,
     ValidationError,
@@ -321,6 +322,10 @@ class SyncClient:
                 self._fatal = AuthError(f"the token belongs to user {welcome.user!r}, but this replica writes "
                                         f"as {self.replica.user!r}: open the replica with user={welcome.user!r}")
                 return str(self._fatal)
+            behind = self._behind(welcome.last)
+            if behind is not None:
+                self._fatal = behind
+                return str(behind)
             self.backoff.reset()
             log.info("online: device %s of %s connected to %s", self.replica.device,
                      "an open relay" if welcome.user == "*" else repr(welcome.user), self.url)
@@ -519,6 +524,20 @@ class SyncClient:
         blocked = {(p.collection, p.record) for p in r.pending() if p.status == "error"}
         self._waiting = waiting - blocked  # those held behind a rejected change wait for the user instead
         return uploaded, rejected, held
+
+    def _behind(self, last: int) -> StoreBehind | None:
+        """``StoreBehind`` if the relay holds a later change of this device (``last``, its WELCOME's) than any
+        this store had acknowledged, and not one it still holds (pending, its ack lost; or discarded)."""
+        acked = self.replica.last_acknowledged()
+        if acked is None or last <= acked:
+            return None  # (a store that never synced has fresh Yjs client ids: nothing of it can collide)
+        if any(p.id == last for p in self.replica.pending()) or last in self.replica.returns():
+            return None
+        return StoreBehind(
+            f"the relay has changes of device {self.replica.device!r} up to change {last}, but this store had "
+            f"only up to {acked} acknowledged: it was restored from a backup or copied, or another "
+            "installation uses this device id. Syncing would lose changes; open a new store (a new device id) "
+            "and re-enter what pending() lists")
 
     def _fit(self, batch: list[tuple[PendingChange, bytes]], session: _Session
              ) -> list[tuple[PendingChange, bytes]] | None:

@@ -179,7 +179,7 @@ _Check = Callable[[Any, str], Any]
 _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
     Kind.HELLO: ({"device": _name, "client": _reason}, None),
     Kind.WELCOME: ({"user": _name, "relay": _name, "head": _int, "floor": _int, "read": _names,
-                    "write": _names, "max_frame": _int}, None),
+                    "write": _names, "max_frame": _int, "last": _int}, None),
     Kind.PUSH: ({"id": _int, "changes": _triples("inn")}, "changes"),
     Kind.ACK: ({"ids": _some_ints, "ok": _ints, "rejected": _triples("irr"), "held": _ints}, None),
     Kind.PULL: ({"id": _int, "since": _int, "relay": _opt_name, "collections": _opt_names, "live": _bool,

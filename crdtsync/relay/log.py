@@ -209,6 +209,12 @@ class RelayLog:
                 and self.store.load(("dedup", device, change_id)) is not None
         return stored
 
+    def last_change(self, device: str) -> int:
+        """The highest change id stored from ``device`` (0 if none, or all compacted away): its WELCOME's
+        ``last``. Reads the store the first time a device is asked about (call it off the event loop)."""
+        self._may_be_stored(device, 0)
+        return self._dedup_top.get(device) or 0
+
     def _may_be_stored(self, device: str, change_id: int) -> bool:
         """False when no change of ``device`` with an id as high as ``change_id`` is stored: a device numbers
         its changes in increasing order, so its new ones are all above the highest id stored (read once per

@@ -220,6 +220,7 @@ class Session:
         try:
             async with self.relay.device_binding:
                 ok = await asyncio.to_thread(self.relay.log.bind_device, ev.device, self.grant.user)
+                last = await asyncio.to_thread(self.relay.log.last_change, ev.device) if ok else 0
         except Exception:
             log.exception("binding device %r failed", ev.device)
             self.abort(1011, "relay storage failure")
@@ -236,7 +237,7 @@ class Session:
         # "*": an open relay knows no users, so it accepts whichever user a device writes as
         user = "*" if self.grant.anonymous else self.grant.user
         self.conn.send(Welcome(user, lg.relay_id, lg.durable, lg.floor, self.grant.names("read"),
-                               self.grant.names("write"), self.relay.limits.max_frame))
+                               self.grant.names("write"), self.relay.limits.max_frame, last))
         self._flush()
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 

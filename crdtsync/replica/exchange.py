@@ -114,6 +114,9 @@ class ExchangingReplica(ReplicaBase):
                 rec = self._save_row(batch, coll, loaded[(c, rid)].doc)
                 events.append(ChangeEvent(c, rid, "status", rec))
             batch.save(("meta", "hlc"), str(self.clock.last).encode())
+            top = max((e.id for e in removed), default=0)
+            if top > (self.last_acknowledged() or 0):
+                batch.save(("meta", "acked"), str(top).encode())
             self._commit(batch)
         except BaseException:
             # the store is the truth: forget what memory changed of this failed acknowledgement
@@ -233,6 +236,13 @@ class ExchangingReplica(ReplicaBase):
             fresh[(c, rid)] = (lr, new)
         if doc.held != held:
             self.docs.save_held(batch, c, rid, doc.held)
+
+    def last_acknowledged(self) -> int | None:
+        """The highest id of a change of this store a relay acknowledged (None before the first): a relay
+        holding a later change of this device that this store never sent means the store is not the
+        device's latest (restored from a backup, or copied) or another installation uses its device id."""
+        raw = self.store.load(("meta", "acked"))
+        return int(raw) if raw is not None else None
 
     def returns(self, limit: int | None = None) -> list[int]:
         """Ids of changes discarded here that a relay may have stored before (their ack lost, or in flight

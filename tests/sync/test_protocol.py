@@ -143,7 +143,8 @@ blobs = st.binary(max_size=16)
 valid_frames = st.one_of(
     st.builds(lambda d: encode_frame(Kind.HELLO, {"device": d, "client": "x"}), names),
     st.builds(lambda u, h: encode_frame(Kind.WELCOME, {"user": u, "relay": "r", "head": h, "floor": 0,
-                                                       "read": "*", "write": ["a"], "max_frame": 1 << 20}),
+                                                       "read": "*", "write": ["a"], "max_frame": 1 << 20,
+                                                       "last": 0}),
               names, ints),
     st.builds(lambda i, cs: encode_frame(Kind.PUSH, {"id": i, "changes": [[c, "a", "r"] for c in cs]},
                                          [b"u"] * len(cs)),
@@ -190,7 +191,7 @@ def test_core_never_raises_and_stays_consistent(role: Role, inputs: list[bytes],
         if role is Role.CLIENT:
             conn.send(Hello("me"))
             conn.receive_data(encode_frame(Kind.WELCOME, {"user": "u", "relay": "r", "head": 0, "floor": 0,
-                                                          "read": "*", "write": "*", "max_frame": 1 << 20}))
+                                                          "read": "*", "write": "*", "max_frame": 1 << 20, "last": 0}))
             conn.send(Push(1, (Change(1, "a", "r", b""), Change(2, "a", "r", b""))))
             conn.send(Pull(1, 0))
         else:
@@ -229,7 +230,7 @@ def test_a_push_over_the_size_limit_is_refused_both_ways() -> None:
     small_c = Connection(Role.CLIENT, max_push=3)
     small_c.send(Hello("d"))
     small_c.receive_data(encode_frame(Kind.WELCOME, {"user": "u", "relay": "r", "head": 0, "floor": 0,
-                                                     "read": "*", "write": "*", "max_frame": 1 << 20}))
+                                                     "read": "*", "write": "*", "max_frame": 1 << 20, "last": 0}))
     with pytest.raises(LocalProtocolError, match="at most 3"):
         small_c.send(big)
     small_r = Connection(Role.RELAY, max_push=3)

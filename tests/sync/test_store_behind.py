@@ -1,0 +1,89 @@
+"""A store that is not its device's latest (restored from a backup after it synced more, or a second install
+using the same device id) would reuse Yjs client ids the relay has seen with other content: what it wrote
+was dropped as "already there", acknowledged, and lost for everyone else. The relay's WELCOME says the
+highest change id it stored from the device; a store that never had it acknowledged, and does not hold it,
+stops with ``StoreBehind``. Real relay, real sockets, real files."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from crdtsync import Replica, StoreBehind
+
+from .conftest import SCHEMA, RelayFactory, client, sync
+
+
+def open_store(path: Path, device: str = "phone") -> Replica:
+    return Replica.open(path, SCHEMA, device=device, user="u", synchronous="NORMAL")
+
+
+async def test_a_store_restored_from_a_backup_stops_instead_of_losing_its_writes(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    relay = await make_relay()
+    assert relay.relay is not None
+    path, backup = tmp_path / "phone.db", tmp_path / "backup.db"
+    a = open_store(path)
+    rid = a.create("accounts", {"name": "Acme"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    shutil.copy(path, backup)  # the phone's backup
+    a = open_store(path)
+    a.update("accounts", rid, {"phone": "E1"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    for f in tmp_path.glob("phone.db*"):
+        f.unlink()
+    shutil.copy(backup, path)  # restored
+    a = open_store(path)
+    try:
+        a.update("accounts", rid, {"employees": 2})  # E2: the same Yjs clock as E1
+        head = relay.relay.log.head
+        async with client(a, relay.url) as c:
+            with pytest.raises(StoreBehind, match="restored from a backup"):
+                await sync(c)
+        assert relay.relay.log.head == head  # nothing taken for "already there"
+        assert [p.fields for p in a.pending()] == [{"employees": 2}]  # kept, for the user to re-enter
+    finally:
+        a.close()
+
+
+async def test_two_stores_with_one_device_id_are_told(make_relay: RelayFactory, tmp_path: Path) -> None:
+    relay = await make_relay()
+    first, second = open_store(tmp_path / "one.db"), open_store(tmp_path / "two.db")
+    try:
+        first.create("accounts", {"name": "from the first"})
+        async with client(first, relay.url) as c:
+            await sync(c)
+        second.create("accounts", {"name": "from the second"})
+        async with client(second, relay.url) as c:
+            await sync(c)  # a store that never synced: fresh Yjs client ids, nothing of it can collide
+        first.create("accounts", {"name": "again"})
+        async with client(first, relay.url) as c:
+            with pytest.raises(StoreBehind, match="another installation uses this device id"):
+                await sync(c)
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_a_change_stored_whose_ack_was_lost_is_not_taken_for_a_restore(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """The relay's last change is then one the store still holds as pending: it sends it again."""
+    from .test_discard_returns import _push_as
+
+    relay = await make_relay()
+    a = make_replica("a")
+    a.create("accounts", {"name": "Acme"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.create("accounts", {"name": "Bolt"})
+    await _push_as(relay.url, "a", a)  # stored; a never got the ack
+    async with client(a, relay.url) as c:
+        res = await sync(c)
+    assert res.uploaded == 1 and a.pending() == []
