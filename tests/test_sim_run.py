@@ -46,6 +46,18 @@ def test_bad_strategy_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> No
     assert "--loss in [0, 1]" in capsys.readouterr().err
 
 
+def test_runs_report_the_mean_cpu_time_not_the_sum() -> None:
+    """``--runs 3`` printed the three runs' CPU seconds added up, next to means of everything else."""
+    from dataclasses import replace
+
+    from crdtsync.sim.report import aggregate, table
+
+    one = run_plan(make_plan(Params(seed=1, devices=2, records=4, edits=10)), "crdt")
+    runs = [replace(one, cpu_s=c) for c in (1.0, 2.0, 6.0)]
+    assert aggregate("crdt", runs)["cpu_s"] == 3.0
+    assert table(Params(), {"crdt": runs}).splitlines()[3].endswith("  3.0")
+
+
 def _clash_params(seed: int) -> Params:
     """Few records, most edits on them, long offline periods: many concurrent same-field edits."""
     return Params(seed=seed, devices=3, records=6, edits=60, hot_fraction=0.5, fields_per_edit=3,
