@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -44,6 +46,36 @@ def test_bad_strategy_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> No
     assert "unknown strategy" in capsys.readouterr().err
     assert main(["simulate", "--loss", "1.5"]) == 2
     assert "--loss in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--strategies", "crdt,,crdt"], "--strategies has an empty name in 'crdt,,crdt'"),
+    (["--strategies", "crdt,"], "--strategies has an empty name"),
+    (["--strategies", "crdt,lww-record,crdt"], "--strategies names crdt more than once"),
+    (["--sweep-edits", "-5"], "--sweep-edits must be >= 1"),
+    (["--sweep-edits", "0"], "--sweep-edits must be >= 1"),
+])
+def test_bad_strategy_lists_and_sweeps_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        args: list[str], says: str) -> None:
+    """``crdt,,crdt`` was reported as a mean of two runs of ``crdt``, and ``--sweep-edits -5`` drew a plot
+    titled "(-5 edits)" of zeros."""
+    plot = tmp_path / "p.png"
+    assert main(["simulate", *SMALL, "--plot", str(plot), *args]) == 2
+    captured = capsys.readouterr()
+    assert says in captured.err and captured.out == ""
+    assert not plot.exists()
+
+
+def test_runs_report_the_mean_cpu_time_not_the_sum() -> None:
+    """``--runs 3`` printed the three runs' CPU seconds added up, next to means of everything else."""
+    from dataclasses import replace
+
+    from crdtsync.sim.report import aggregate, table
+
+    one = run_plan(make_plan(Params(seed=1, devices=2, records=4, edits=10)), "crdt")
+    runs = [replace(one, cpu_s=c) for c in (1.0, 2.0, 6.0)]
+    assert aggregate("crdt", runs)["cpu_s"] == 3.0
+    assert table(Params(), {"crdt": runs}).splitlines()[3].endswith("  3.0")
 
 
 def _clash_params(seed: int) -> Params:

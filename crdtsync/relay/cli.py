@@ -25,7 +25,8 @@ from ..store.sqlite import SQLiteStore
 from .auth import Tokens, load_tokens, unknown_names
 from .server import Limits, Relay
 
-__all__ = ["add_arguments", "is_postgres_url", "load_schema", "open_store", "run"]
+__all__ = ["add_arguments", "is_postgres_url", "limits", "load_schema", "open_store", "read_tokens", "reload_tokens",
+           "run"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -47,7 +48,8 @@ plain Yjs clients to ws://HOST:PORT/yjs/ROOM?token=TOKEN. A tokens file:
   where = { accounts = { owner = "alice" } }   # optional: only these records
   rooms = ["*"]                                # plain Yjs rooms; rooms_read_only = [...]
 
-SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads the tokens file, and
+SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads the tokens file (a file
+refused at start, unreadable or naming what the schema lacks, is logged and the old tokens kept), and
 connections whose token was removed (4401) or whose grant changed (1012, they reconnect) are closed.
 """
 
@@ -77,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "URL (postgresql://user:password@host:port/dbname; needs crdtsync[postgres]): "
                              "the relay keeps its table kv there, created if missing")
     parser.add_argument("--pg-schema", default=None, metavar="NAME",
-                        help="with a PostgreSQL --db: the schema that holds the relay's table (default: the "
-                             "server's search path)")
+                        help="with a PostgreSQL --db only: the schema that holds the relay's table (default: "
+                             "the server's search path)")
     parser.add_argument("--schema", required=True, metavar="MODULE:ATTR|FILE.json",
                         help="the collections and their fields (required; see below)")
     parser.add_argument("--tokens", type=Path, default=None, metavar="FILE.toml",
@@ -91,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest frame accepted, from devices and from Yjs clients alike (default: 16 MiB; "
                              "at least 64 KiB)")
     parser.add_argument("--rate", type=_number(float, 0.001), default=500.0, metavar="N",
-                        help="frames per second per connection before it is slowed down (default: 500)")
+                        help="frames per second per connection before it is slowed down, in bursts of two "
+                             "seconds' worth (at least one frame) (default: 500)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: FULL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection and commit")
@@ -164,6 +167,49 @@ def open_store(db: str, *, synchronous: str = "FULL", pg_schema: str | None = No
     return SQLiteStore(db, synchronous=synchronous, defer_sync=True)  # type: ignore[arg-type]
 
 
+class _Held(logging.Filter):
+    """Holds back the records of the relay's logger (while it starts): a start that fails because the port
+    is taken logs the warnings of a start and then its own undoing ("relay stopped at log head 0"), noise
+    in front of the command's one-line error. A start that succeeds lets them through, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+
+def limits(args: argparse.Namespace) -> Limits:
+    """The relay's limits from the options: bursts of two seconds' worth of ``--rate``, and at least one
+    frame (a rate under 0.5 made a burst of 0, which ``Limits`` refuses: the relay died at start)."""
+    return Limits(max_frame=args.max_frame, rate=args.rate, burst=max(1, int(args.rate * 2)))
+
+
+def read_tokens(path: Path, schema: Schema) -> Tokens:
+    """The tokens file at ``path``, checked against ``schema``: raises ``LocalError`` if it cannot be read or
+    if a grant names a collection or field the schema does not have (at start and on every reload alike)."""
+    grants = load_tokens(path)
+    unknown = unknown_names(grants, schema.collections)
+    if unknown:
+        raise LocalError(f"{path} names what the schema does not have: " + "; ".join(unknown))
+    return Tokens(grants)
+
+
+def reload_tokens(relay: Relay, path: Path) -> bool:
+    """SIGHUP: replace the relay's tokens with the file's, if it passes ``read_tokens``; else log why and
+    keep the old ones. Returns whether the new tokens were taken."""
+    try:
+        tokens = read_tokens(path, relay.schema)
+    except LocalError as e:
+        log.error("kept the old tokens: %s", e)
+        return False
+    relay.tokens = tokens
+    log.info("reloaded %s", path)
+    return True
+
+
 async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> int:
     shown = _shown(args.db)
     try:
@@ -177,8 +223,7 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
     try:
-        relay = Relay(store, schema, tokens, keep_log=args.keep_log,
-                      limits=Limits(max_frame=args.max_frame, rate=args.rate, burst=int(args.rate * 2)))
+        relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args))
     except Exception as e:
         store.close()
         if not isinstance(e, sqlite3.Error | CrdtSyncError) and type(e).__module__.split(".")[0] != "psycopg":
@@ -191,21 +236,22 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         loop.add_signal_handler(sig, stop.set)
 
     def reload() -> None:
-        if args.tokens is None:
-            return
-        try:
-            relay.tokens = Tokens(load_tokens(args.tokens))
-            log.info("reloaded %s", args.tokens)
-        except LocalError as e:
-            log.error("kept the old tokens: %s", e)
+        if args.tokens is not None:
+            reload_tokens(relay, args.tokens)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
+        held = _Held()
+        log.addFilter(held)
         try:
             host, port = await relay.start(args.host, args.port)
-        except OSError as e:
+        except OSError as e:  # the port is taken: the one-line error, without the log of a start undone
             print(f"crdtsync relay: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
             return 1
+        finally:
+            log.removeFilter(held)
+        for record in held.records:
+            log.handle(record)
         print(f"listening on ws://{host}:{port}", flush=True)
         stopped = asyncio.ensure_future(relay.wait_stopped())
         signalled = asyncio.ensure_future(stop.wait())
@@ -226,6 +272,10 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.pg_schema is not None and not is_postgres_url(args.db):
+        print(f"crdtsync relay: --pg-schema is for a PostgreSQL --db (postgresql://...); {args.db} is a SQLite "
+              "file", file=sys.stderr)
+        return 2
     try:
         schema = load_schema(args.schema)
         if args.tokens is None:
@@ -236,13 +286,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             tokens = Tokens(None)
         else:
-            grants = load_tokens(args.tokens)
-            unknown = unknown_names(grants, schema.collections)
-            if unknown:
-                print(f"crdtsync relay: {args.tokens} names what the schema does not have:\n  "
-                      + "\n  ".join(unknown), file=sys.stderr)
-                return 2
-            tokens = Tokens(grants)
+            tokens = read_tokens(args.tokens, schema)
     except CrdtSyncError as e:
         print(f"crdtsync relay: {e}", file=sys.stderr)
         return 2

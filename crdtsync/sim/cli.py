@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--records", type=int, default=d.records)
     parser.add_argument("--edits", type=int, default=d.edits)
     parser.add_argument("--strategies", default="crdt,lww-field,lww-record",
-                        help=f"comma-separated, from {','.join(STRATEGIES)}")
+                        help=f"comma-separated, each once, from {','.join(STRATEGIES)}")
     parser.add_argument("--runs", type=int, default=1, help="runs with seeds seed, seed+1, ...; means reported")
     parser.add_argument("--skew-ms", type=int, default=d.skew_ms, help="max clock skew of a device")
     parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms, help="mean offline period")
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cpu", action="store_true", help="leave out CPU time (byte-for-byte output)")
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the comparison (matplotlib)")
     parser.add_argument("--sweep-edits", type=int, default=None,
-                        help="edits per run in the plot's offline/skew sweeps (default: edits/5)")
+                        help="edits per run in the plot's offline/skew sweeps, at least 1 (default: edits/5)")
 
 
 class Progress:
@@ -69,20 +69,34 @@ def simulate(params: Params, strategies: list[Strategy], runs: int = 1,
     return results
 
 
+def _strategies(text: str) -> list[Strategy] | str:
+    """The names of ``--strategies``, or what is wrong with them: an unknown or empty name, or one named
+    twice (its runs would be added to the first one's, as if it were a run of its own)."""
+    names = [s.strip() for s in text.split(",")]
+    if "" in names:
+        return f"--strategies has an empty name in {text!r}"
+    bad = [s for s in names if s not in STRATEGIES]
+    if bad:
+        return f"unknown strategy {', '.join(bad)}; choose from {', '.join(STRATEGIES)}"
+    twice = sorted({s for s in names if names.count(s) > 1})
+    if twice:
+        return f"--strategies names {', '.join(twice)} more than once"
+    return cast(list[Strategy], names)
+
+
 def run(args: argparse.Namespace) -> int:
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    bad = [s for s in strategies if s not in STRATEGIES]
-    if bad or not strategies:
-        print(f"crdtsync simulate: unknown strategy {bad}; choose from {', '.join(STRATEGIES)}", file=sys.stderr)
+    chosen = _strategies(args.strategies)
+    if isinstance(chosen, str):
+        print(f"crdtsync simulate: {chosen}", file=sys.stderr)
         return 2
-    if args.runs < 1 or args.devices < 1 or args.records < 1 or args.edits < 0 or args.skew_ms < 0 \
-            or args.offline_ms < 0 or not 0 <= args.loss <= 1:
-        print("crdtsync simulate: --runs, --devices and --records must be >= 1, --edits, --skew-ms and "
-              "--offline-ms >= 0, --loss in [0, 1]", file=sys.stderr)
+    sweep_edits = 1 if args.sweep_edits is None else args.sweep_edits
+    if min(args.runs, args.devices, args.records, sweep_edits) < 1 \
+            or min(args.edits, args.skew_ms, args.offline_ms) < 0 or not 0 <= args.loss <= 1:
+        print("crdtsync simulate: --runs, --devices, --records and --sweep-edits must be >= 1, --edits, --skew-ms "
+              "and --offline-ms >= 0, --loss in [0, 1]", file=sys.stderr)
         return 2
     params = Params(seed=args.seed, devices=args.devices, records=args.records, edits=args.edits,
                     skew_ms=args.skew_ms, offline_mean_ms=args.offline_ms, loss=args.loss)
-    chosen = cast(list[Strategy], strategies)
     sweep_runs = 0
     if args.plot is not None:
         from .plot import SWEEP_POINTS

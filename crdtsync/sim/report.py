@@ -41,7 +41,7 @@ def aggregate(strategy: str, runs: Sequence[StrategyResult], *, cpu: bool = True
     out["lost_updates_max"] = max(r.lost_updates for r in runs)
     out["silently_lost_max"] = max(r.silently_lost for r in runs)
     if cpu:
-        out["cpu_s"] = round(sum(r.cpu_s for r in runs), 3)
+        out["cpu_s"] = round(sum(r.cpu_s for r in runs) / n, 3)
     return out
 
 

@@ -82,3 +82,54 @@ def test_a_postgres_url_without_psycopg_is_a_clear_error(capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "secret" not in err
     assert 'PostgresStore needs psycopg 3: pip install "crdtsync[postgres]"' in err
+
+
+def test_a_pg_schema_with_a_sqlite_db_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--pg-schema`` next to a SQLite ``--db`` was ignored without a word."""
+    import socket
+
+    with socket.socket() as taken:  # were the option ignored, the relay would fail here, not serve for good
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = main(["relay", "--db", str(tmp_path / "r.db"), "--pg-schema", "relay", "--schema",
+                     "tests.sync.conftest:SCHEMA", "--port", str(taken.getsockname()[1])])
+    assert code == 2
+    assert "--pg-schema is for a PostgreSQL --db" in capsys.readouterr().err
+    assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.001, 1), (0.4, 1), (0.5, 1), (2.5, 5), (500.0, 1000)])
+def test_every_accepted_rate_makes_valid_limits(rate: float, burst: int) -> None:
+    """``--rate`` under 0.5 made a burst of 0, which ``Limits`` refuses: the relay died at start."""
+    from argparse import Namespace
+
+    from crdtsync.relay.cli import limits
+
+    got = limits(Namespace(rate=rate, max_frame=64 * 1024))
+    assert (got.rate, got.burst, got.max_frame) == (rate, burst, 64 * 1024)
+
+
+async def test_a_reload_refuses_tokens_naming_what_the_schema_lacks(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Startup refused such a file (exit 2), SIGHUP took it."""
+    from crdtsync.relay import Relay, Tokens, load_tokens
+    from crdtsync.relay.cli import reload_tokens
+    from crdtsync.store.memory import MemoryStore
+
+    from .conftest import SCHEMA
+
+    path = tmp_path / "t.toml"
+    path.write_text('[tokens."t1"]\nuser = "alice"\nread = "*"\nwrite = "*"\n')
+    relay = Relay(MemoryStore(), SCHEMA, Tokens(load_tokens(path)))
+    before = relay.tokens
+    path.write_text('[tokens."t2"]\nuser = "bob"\nread = ["nosuch"]\nwrite = "*"\n'
+                    '[tokens."t3"]\nuser = "carol"\nwhere = { accounts = { ownr = "carol" } }\n')
+    assert not reload_tokens(relay, path)
+    assert relay.tokens is before
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"kept the old tokens: {path} names what the schema")
+    assert "user 'bob': read names unknown collection 'nosuch'" in errors[0]
+    assert "user 'carol': where names unknown field accounts.ownr" in errors[0]
+    path.write_text('[tokens."t2"]\nuser = "bob"\nread = ["accounts"]\nwrite = "*"\n')
+    assert reload_tokens(relay, path)
+    assert (g := relay.tokens.grant("t2")) is not None and g.user == "bob" and relay.tokens.grant("t1") is None

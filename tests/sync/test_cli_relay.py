@@ -115,3 +115,38 @@ def test_a_second_relay_on_the_same_database_is_refused(tmp_path: Path, capsys: 
         taken.close()
     err = capsys.readouterr().err
     assert f"cannot open the database {db}: {db} is open already" in err
+
+
+async def test_a_rate_under_one_frame_in_two_seconds_starts(tmp_path: Path) -> None:
+    """``--rate 0.4`` passed the option check and the relay then died at start (a burst of 0 frames)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crdtsync", "relay", "--port", "0", "--db", "relay.db", "--schema",
+        "tests.sync.conftest:SCHEMA", "--rate", "0.4", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), BOUND)).decode()
+        assert line.startswith("listening on ws://127.0.0.1:"), line + (await proc.stderr.read()).decode()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), BOUND) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_a_port_in_use_is_one_line_of_error(tmp_path: Path) -> None:
+    """The relay logged the warnings of a start and "relay stopped at log head 0" before the error."""
+    import socket
+    import subprocess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "crdtsync", "relay", "--port", str(port), "--db", "relay.db",
+                               "--schema", "tests.sync.conftest:SCHEMA"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=BOUND, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"crdtsync relay: cannot listen on 127.0.0.1:{port}: "), lines
