@@ -326,6 +326,7 @@ class SyncClient:
             if behind is not None:
                 self._fatal = behind
                 return str(behind)
+            self._forget_unreadable(welcome)
             self.backoff.reset()
             log.info("online: device %s of %s connected to %s", self.replica.device,
                      "an open relay" if welcome.user == "*" else repr(welcome.user), self.url)
@@ -525,6 +526,26 @@ class SyncClient:
         self._waiting = waiting - blocked  # those held behind a rejected change wait for the user instead
         return uploaded, rejected, held
 
+    def _forget_unreadable(self, welcome: Welcome) -> None:
+        """The records of collections the token may not read (its read access was revoked) leave the device,
+        as records leaving a ``where`` scope do (``Replica.evict``: those with pending changes stay until the
+        user discards them), and so does their cursor: if access comes back, they are downloaded whole."""
+        if welcome.read == "*":
+            return
+        gone = [c.name for c in self.replica.schema if c.name not in welcome.read]
+        relay, cursors = self._cursor()
+        dropped = [c for c in gone if c in cursors]
+        if dropped:
+            for c in dropped:
+                del cursors[c]
+            self.replica.set_meta(_CURSOR, self._cursor_meta(relay or welcome.relay, cursors)[_CURSOR])
+        for c in gone:
+            ids = self.replica.record_ids(c)
+            if ids:
+                removed = self.replica.evict((c, rid) for rid in ids)
+                log.warning("%s: no longer readable with this token: %d record(s) removed from the device", c,
+                            len(removed))
+
     def _behind(self, last: int) -> StoreBehind | None:
         """``StoreBehind`` if the relay holds a later change of this device (``last``, its WELCOME's) than any
         this store had acknowledged, and not one it still holds (pending, its ack lost; or discarded)."""
@@ -583,7 +604,9 @@ class SyncClient:
         stored_relay, cursors = self._cursor()
         if stored_relay != relay_id:
             cursors = {}
-        wanted = sorted(collections) if collections is not None else [c.name for c in self.replica.schema]
+        readable = session.welcome.read
+        wanted = sorted(collections) if collections is not None \
+            else [c.name for c in self.replica.schema if readable == "*" or c.name in readable]
         since = min((cursors.get(c, 0) for c in wanted), default=0)
         returns = self.replica.returns(MAX_RETURNS)  # changes discarded here that the relay may have
         pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),

@@ -182,6 +182,12 @@ class ExchangingReplica(ReplicaBase):
         self._emit(ChangeEvent(r.collection, r.id, "remote", r) for r in changed)
         return changed
 
+    def record_ids(self, collection: str) -> list[str]:
+        """Every record id of ``collection`` this replica stores (deleted ones and pending creates
+        included), from the store: for evicting a whole collection (``evict``)."""
+        self._coll(collection)
+        return self.docs.record_ids(collection)
+
     def evict(self, records: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Remove records from this device because they left its sync scope (the relay says so when a
         record stops matching the device's ``where`` limit, e.g. it was reassigned to another owner).
