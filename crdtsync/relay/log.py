@@ -4,8 +4,10 @@ Layout (only the ``ByteStore`` interface is used, so another byte store can repl
 
 - ``("log", seq)``: each accepted change, in the order the relay stored it: JSON
   ``[collection, record, device, change_id]`` then the Yjs update (the part new to the relay), length-prefixed;
-- ``("dedup", device, change_id)``: the seq a change was stored at, so a resend after a lost ack is not
-  stored twice (Yjs would ignore it anyway; this keeps the log free of empty entries);
+- ``("dedup", device, change_id)``: the seq a change was stored at and a digest of its update (``seq digest``;
+  entries written before hold the seq alone), so a resend after a lost ack is not stored twice (Yjs would
+  ignore it anyway; this keeps the log free of empty entries), and another change under a used id (another
+  store with the same device id) is refused instead of being taken for a resend;
 - ``("recs", collection, record)``: the seq of the record's first change here, written once: the index of
   records a full resync walks (files written before kept the latest change's seq; either serves);
 - ``("relay", "id" | "head" | "floor")``: the relay's identity (cursors belong to one relay log), the last
@@ -21,6 +23,7 @@ off the event loop and calls ``committed`` after.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -52,6 +55,16 @@ log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
 _CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+_ID_REUSED = ("another change of device {device!r} was stored under this change id: another installation uses "
+              "this device id, or this store was restored from a backup; open a new store (a new device id) and "
+              "re-enter the change")
+
+
+def _digest(update: bytes) -> bytes:
+    """What the dedup key keeps of a stored change's update: a resend sends the same bytes."""
+    return hashlib.blake2b(update, digest_size=8).hexdigest().encode()
 
 
 class LogGap(Exception):
@@ -135,9 +148,9 @@ class RelayLog:
                                cache_size=cache_size)
         self.reader = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
                                  cache_size=cache_size)
-        self._staged_dedup: dict[tuple[str, int], int] = {}
+        self._staged_dedup: dict[tuple[str, int], bytes] = {}  # (device, change id) -> the update's digest
         self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
-        self._stored_dedup: dict[tuple[str, int], bool] = {}  # looked up for the group being staged
+        self._stored_dedup: dict[tuple[str, int], bytes | None] = {}  # looked up for the group being staged
         # per device, the highest change id stored or staged (None: none); see ``_may_be_stored``
         self._dedup_top: dict[str, int | None] = {}
         self.clients = ClientBindings(store)  # Yjs client ids bound to the devices writing under them
@@ -167,8 +180,16 @@ class RelayLog:
             if key in refused:
                 out.held.append(ch.change_id)
                 continue
-            if self._seen(device, ch.change_id):
-                out.ok.append(ch.change_id)
+            seen = self._seen(device, ch.change_id)
+            if seen is not None:
+                if seen and seen != _digest(ch.update):
+                    # not a resend (the same bytes): another store wrote under this device's id
+                    refused.add(key)
+                    out.rejected.append(Rejection(ch.change_id, "invalid", _ID_REUSED.format(device=device)))
+                    log.warning("refused %s change %d of %s/%s: another change was stored under its id", device,
+                                ch.change_id, ch.collection, ch.record)
+                else:
+                    out.ok.append(ch.change_id)
                 continue
             try:
                 accepted = self._stage_one(batch, device, grant, ch)
@@ -197,17 +218,23 @@ class RelayLog:
         can be stored are looked up (``_may_be_stored``): a device's new changes need no query at all."""
         todo = [k for k in dict.fromkeys(keys) if self._may_be_stored(*k)]
         found = self.store.load_many([("dedup", d, cid) for d, cid in todo]) if todo else []
-        self._stored_dedup = {k: raw is not None for k, raw in zip(todo, found, strict=True)}
+        self._stored_dedup = dict(zip(todo, found, strict=True))
 
-    def _seen(self, device: str, change_id: int) -> bool:
+    def _seen(self, device: str, change_id: int) -> bytes | None:
+        """The digest of the update stored under this change id of ``device`` (b"" for an entry written
+        without one), or None if none is stored."""
         key = (device, change_id)
-        if key in self._staged_dedup:
-            return True
-        stored = self._stored_dedup.get(key)
-        if stored is None:
-            stored = self._may_be_stored(device, change_id) \
-                and self.store.load(("dedup", device, change_id)) is not None
-        return stored
+        staged = self._staged_dedup.get(key)
+        if staged is not None:
+            return staged
+        if key in self._stored_dedup:
+            raw = self._stored_dedup[key]
+        else:
+            raw = self.store.load(("dedup", device, change_id)) if self._may_be_stored(device, change_id) else None
+        if raw is None:
+            return None
+        _, _, digest = raw.partition(b" ")
+        return digest
 
     def last_change(self, device: str) -> int:
         """The highest change id stored from ``device`` (0 if none, or all compacted away): its WELCOME's
@@ -313,11 +340,12 @@ class RelayLog:
         a = Accepted(self.head, c, rid, device, ch.change_id, new, prev)
         seq = str(a.seq).encode()
         batch.save(("log", a.seq), _encode_entry(a))
-        batch.save(("dedup", device, ch.change_id), seq)
+        digest = _digest(ch.update)
+        batch.save(("dedup", device, ch.change_id), seq + b" " + digest)
         if sv_is_empty(traced.before):  # the record's first change here: it joins the index of records
             batch.save(("recs", c, rid), seq)
         batch.save(("relay", "head"), seq)
-        self._staged_dedup[(device, ch.change_id)] = a.seq
+        self._staged_dedup[(device, ch.change_id)] = digest
         top = self._dedup_top.get(device)
         if top is None or ch.change_id > top:
             self._dedup_top[device] = ch.change_id
@@ -421,7 +449,7 @@ class RelayLog:
         for raw in self.store.load_many(keys) if keys else []:
             if raw is None:
                 continue  # never stored here (refused, held, or never arrived)
-            seq = int(raw)
+            seq = int(raw.partition(b" ")[0])
             entry = self.store.load(("log", seq))
             if entry is None or seq > self.durable:
                 continue  # compacted away (then long since acknowledged), or not durable yet

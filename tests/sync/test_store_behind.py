@@ -87,3 +87,31 @@ async def test_a_change_stored_whose_ack_was_lost_is_not_taken_for_a_restore(
     async with client(a, relay.url) as c:
         res = await sync(c)
     assert res.uploaded == 1 and a.pending() == []
+
+
+async def test_a_change_under_an_id_another_store_of_the_device_used_is_refused(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    """Two stores of one device id on clocks that agree to the millisecond number their changes alike; the
+    second's change was taken for a resend of the first's, acknowledged, and lost."""
+    relay = await make_relay()
+
+    def frozen() -> int:
+        return 1_800_000_000_000
+
+    first = Replica.open(tmp_path / "one.db", SCHEMA, device="phone", user="u", wall=frozen)
+    second = Replica.open(tmp_path / "two.db", SCHEMA, device="phone", user="u", wall=frozen)
+    try:
+        first.create("accounts", {"name": "from the first"})
+        rid = second.create("accounts", {"name": "from the second"})
+        assert first.pending()[0].id == second.pending()[0].id
+        async with client(first, relay.url) as c:
+            await sync(c)
+        async with client(second, relay.url) as c:
+            res = await sync(c)
+        assert (res.uploaded, res.rejected) == (0, 1)
+        rec = second.get("accounts", rid)
+        assert rec is not None and rec.status == "error" and rec.error is not None
+        assert "another installation uses this device id" in rec.error
+    finally:
+        first.close()
+        second.close()
