@@ -87,7 +87,9 @@ class Accepted:
 
 @dataclass
 class Outcome:
-    """What became of one push: stored, rejected with a reason, or held behind a rejected change."""
+    """What became of one push: stored (or stored before: ``ok``), rejected with a reason, or held (not
+    stored, sent again later): behind a refused or held change of the same record, or building on changes
+    the relay does not have yet."""
 
     ok: list[int] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
