@@ -258,12 +258,18 @@ class ExchangingReplica(ReplicaBase):
         return [int(key[2]) for key, _ in rows]
 
     def returned(self, ids: Iterable[int]) -> None:
-        """The relay answered for these discarded changes (``returns``): stop asking for them."""
+        """The relay answered for these discarded changes (``returns``): stop asking for them. They count as
+        acknowledged from then on (``last_acknowledged``): the relay may hold them, and they are this
+        store's own."""
+        ids = list(ids)
+        if not ids:
+            return
         batch = Batch()
         for i in ids:
             batch.remove(("meta", "returns", i))
-        if batch:
-            self._commit(batch)
+        if max(ids) > (self.last_acknowledged() or 0):
+            batch.save(("meta", "acked"), str(max(ids)).encode())
+        self._commit(batch)
 
     def set_aside(self, collection: str, record: str, update: bytes) -> None:
         """Keep a remote update this replica refused (``apply_remote`` raised): one a newer schema accepts

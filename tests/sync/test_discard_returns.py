@@ -47,6 +47,8 @@ async def test_a_change_discarded_after_the_relay_stored_it_comes_back(
         await sync(ca)
         assert a.get("accounts", rid).fields["employees"] == 12  # type: ignore[union-attr]
         assert a.returns() == []  # answered: not asked again
+    async with client(a, relay.url) as ca:
+        await sync(ca)  # the relay's last change of "a" is the discarded one: a's own, not another store's
         a.update("accounts", rid, {"phone": "555"})  # and the record goes on as usual
         await sync(ca)
     async with client(b, relay.url) as cb:
