@@ -56,6 +56,7 @@ __all__ = [
     "CLOSE_TOO_SLOW",
     "EMPTY_UPDATE",
     "MAX_READ_ONLY_CHECKS",
+    "Applied",
     "CloseRequest",
     "Outcome",
     "YRoom",
@@ -81,6 +82,26 @@ def _is_pycrdt_error(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
+def _integrated(update: bytes, state: bytes) -> bool:
+    """Whether all of ``update`` is in a document whose state vector is ``state``: every struct (the diff
+    against ``state`` has none left), and every deletion is of an item the document has (each deleted range
+    lies under the document's clock for its client). The idea of ``crdtsync.model.merging.integrated``."""
+    rest = get_update(update, state)
+    if rest[:1] != b"\x00":
+        return False
+    if rest == EMPTY_UPDATE:
+        return True
+    have = dict(decode_state_vector(state))
+    r = Reader(rest, "delete set")
+    r.var_uint()  # no structs
+    for _ in range(r.var_uint()):
+        clock_max = have.get(r.var_uint(), 0)
+        for _ in range(r.var_uint()):
+            if r.var_uint() + r.var_uint() > clock_max:
+                return False
+    return True
+
+
 @dataclass(frozen=True)
 class CloseRequest:
     code: int
@@ -98,15 +119,28 @@ class Outcome:
     error: RemoteProtocolError | None = None
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What ``YRoom.integrate`` did: ``error`` (why Yrs refused the update: the document is unchanged), or
+    ``update``, the update of the room document's transaction (what it integrated, as Yrs encodes it;
+    None when nothing changed: a repeat, or an update that waits for a missing one)."""
+
+    update: bytes | None = None
+    error: str | None = None
+
+
 class YRoom:
-    """A room's document and awareness. ``state`` is its stored state (one merged Yjs update)."""
+    """A room's document and awareness. ``full_state()`` is its state to store (one merged Yjs update)."""
 
     def __init__(self, name: str, state: bytes | None = None) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
-        # updates Yrs keeps pending (they build on one not received yet): the document's own encoding
-        # leaves their structs out, so a stored state made from it alone would lose them
+        # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
+        # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
+        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them
         self.waiting: list[bytes] = []
+        self._txn_updates: list[bytes] = []
+        self.doc.observe(lambda event: self._txn_updates.append(event.update))
         if state:
             self.apply(state)
         self.awareness: dict[int, AwarenessEntry] = {}
@@ -124,11 +158,14 @@ class YRoom:
         """What a peer at ``state_vector`` lacks (sync step 2); ``RemoteProtocolError`` if it is garbage."""
         decode_state_vector(state_vector)
         try:
-            return self.doc.get_update(state_vector)
+            diff = self.doc.get_update(state_vector)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError(f"state vector rejected by Yrs: {e}") from None
+        # as Yjs's ``encodeStateAsUpdate`` does, the peer also gets what the room holds pending: it keeps
+        # them pending in turn, and integrates them when the update they wait for comes
+        return merge_updates(diff, *self.waiting) if self.waiting else diff
 
     @staticmethod
     def check_update(update: bytes) -> None:
@@ -179,15 +216,26 @@ class YRoom:
 
     def apply(self, update: bytes) -> str | None:
         """Apply a stored update; returns None, or why Yrs refused it (the document is then unchanged)."""
+        return self.integrate(update).error
+
+    def integrate(self, update: bytes) -> Applied:
+        """Apply an update and return what the document integrated (see ``Applied``)."""
+        self._txn_updates.clear()
         try:
             self.doc.apply_update(update)
             sv = self.doc.get_state()
-            self.waiting = [u for u in [*self.waiting, update] if get_update(u, sv)[:1] != b"\x00"]
+            txn = self._txn_updates[0] if len(self._txn_updates) == 1 else (
+                merge_updates(*self._txn_updates) if self._txn_updates else None)
+            self.waiting = [u for u in self.waiting if not _integrated(u, sv)]
+            if not (update == txn or _integrated(update, sv)):
+                self.waiting.append(update)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
-            return f"Yrs refused an update: {e}"
-        return None
+            return Applied(error=f"Yrs refused an update: {e}")
+        finally:
+            self._txn_updates.clear()
+        return Applied(update=txn)
 
     def awareness_states(self) -> list[AwarenessEntry]:
         return [e for e in self.awareness.values() if not e.removed]
