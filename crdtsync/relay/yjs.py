@@ -389,7 +389,8 @@ class YjsRooms:
                 room.stored = (0 if compact else room.stored) + len(items)
                 refused = Batch()
                 for key, (update, sender) in zip(keys, items, strict=True):
-                    err = room.state.apply(update)
+                    applied = room.state.integrate(update)
+                    err = applied.error
                     if err is not None:
                         # it decoded (``check_update``) but Yrs cannot apply it: garbage that looks like an
                         # update. Its sender is told, as for any malformed message, and it is not kept
@@ -397,8 +398,10 @@ class YjsRooms:
                         refused.remove(key)
                         if sender is not None:
                             sender.abandon(CloseRequest(CLOSE_MALFORMED, f"update refused: {err}"[:120]))
-                    else:
-                        frame = sync_message(SYNC_UPDATE, update)
+                    elif applied.update is not None:
+                        # what the room integrated, as Yrs encodes it, not the sender's bytes: the same as a
+                        # client joining later gets, and nothing when the update was a repeat or waits
+                        frame = sync_message(SYNC_UPDATE, applied.update)
                         for other in list(room.conns):
                             if other is not sender:
                                 other.push(frame)
