@@ -189,3 +189,13 @@ async def test_clients_get_what_the_room_integrated_not_the_senders_bytes() -> N
         async with NodeClient(srv.url, "odd") as late:
             await late.synced()
             assert await online.dump() == await late.dump()
+
+
+async def test_a_provider_with_the_protocols_option_connects() -> None:
+    """``ws`` (like browsers) aborts when it offered subprotocols and the server picked none: the provider
+    never synced and kept reconnecting."""
+    async with yjs_server(MemoryStore()) as srv, \
+            NodeClient(srv.url, "sp", protocols=["y-websocket", "app.v1"]) as a, NodeClient(srv.url, "sp") as b:
+        await asyncio.gather(a.synced(), b.synced())
+        await a.command({"op": "set", "key": "k", "value": "v"})
+        await b.wait(map_keys=["k"])

@@ -385,3 +385,24 @@ async def test_compaction_waits_until_the_updates_weigh_half_the_snapshot() -> N
             w.array.append(60)
             await r.wait_until(lambda: len(r.array) == 61)
             assert stored_keys(store, "big") == [("yjs", "big", "s"), ("yjs", "big", "u", 61)]
+
+
+async def test_a_client_offering_subprotocols_gets_its_first_one() -> None:
+    """WebsocketProvider's ``protocols`` option: the relay picked none, and browsers (and ``ws``) abort then."""
+    offered = ["y-websocket", "auth.x"]
+    async with yjs_server(MemoryStore()) as srv, \
+            websockets.connect(srv.room_url("sp"), subprotocols=offered) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "y-websocket"
+        await asyncio.wait_for(ws.recv(), 10)  # the room's sync step 1: it is served
+
+
+@pytest.mark.parametrize("path", ["/", "/health"])
+async def test_a_plain_http_get_is_a_health_check(path: str) -> None:
+    """The reference server answers 200 "okay"; websockets answered 426 Upgrade Required."""
+    async with yjs_server(MemoryStore()) as srv:
+        port = int(srv.url.rsplit(":", 1)[1].split("/")[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"okay\n")
