@@ -48,7 +48,7 @@ log = logging.getLogger("crdtsync.relay")
 def _health(ws: ServerConnection, request: Request) -> Response | None:
     """A plain HTTP GET of ``/`` or ``/health`` (a load balancer's health check) gets 200 "okay"."""
     if request.headers.get("Upgrade", "").lower() != "websocket" and urlsplit(request.path).path in ("/", "/health"):
-        return ws.respond(HTTPStatus.OK, "okay\n")
+        return ws.respond(HTTPStatus.OK, "okay")
     return None
 
 

@@ -405,4 +405,4 @@ async def test_a_plain_http_get_is_a_health_check(path: str) -> None:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
-        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"okay\n")
+        assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\nokay")
