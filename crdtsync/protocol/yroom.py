@@ -139,8 +139,6 @@ class YRoom:
         # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
         # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them
         self.waiting: list[bytes] = []
-        self._txn_updates: list[bytes] = []
-        self.doc.observe(lambda event: self._txn_updates.append(event.update))
         if state:
             self.apply(state)
         self.awareness: dict[int, AwarenessEntry] = {}
@@ -216,16 +214,20 @@ class YRoom:
 
     def apply(self, update: bytes) -> str | None:
         """Apply a stored update; returns None, or why Yrs refused it (the document is then unchanged)."""
-        return self.integrate(update).error
+        return self._apply(update, capture=False).error
 
     def integrate(self, update: bytes) -> Applied:
         """Apply an update and return what the document integrated (see ``Applied``)."""
-        self._txn_updates.clear()
+        return self._apply(update, capture=True)
+
+    def _apply(self, update: bytes, *, capture: bool) -> Applied:
+        # Yrs encodes a transaction's update only for a subscriber: loading a stored room skips that cost
+        txns: list[bytes] = []
+        sub = self.doc.observe(lambda event: txns.append(event.update)) if capture else None
         try:
             self.doc.apply_update(update)
             sv = self.doc.get_state()
-            txn = self._txn_updates[0] if len(self._txn_updates) == 1 else (
-                merge_updates(*self._txn_updates) if self._txn_updates else None)
+            txn = txns[0] if len(txns) == 1 else (merge_updates(*txns) if txns else None)
             self.waiting = [u for u in self.waiting if not _integrated(u, sv)]
             if not (update == txn or _integrated(update, sv)):
                 self.waiting.append(update)
@@ -234,7 +236,8 @@ class YRoom:
                 raise
             return Applied(error=f"Yrs refused an update: {e}")
         finally:
-            self._txn_updates.clear()
+            if sub is not None:
+                self.doc.unobserve(sub)
         return Applied(update=txn)
 
     def awareness_states(self) -> list[AwarenessEntry]:
