@@ -8,12 +8,14 @@ websocket connection to that room: feed it each binary message with ``receive()`
 2. send ``to_all`` frames (awareness) to every connection of the room, this one included: y-websocket
    clients drop a connection that has received nothing for 30 s, and a lone client's own awareness
    echo (renewed every 15 s) is what keeps it alive, exactly as with the reference server;
-3. store each of ``updates`` durably, then ``YRoom.apply()`` it and send ``sync_message(SYNC_UPDATE, u)``
-   to the room's other connections: the document only ever holds what is on disk;
+3. store each of ``updates`` durably, then ``YRoom.integrate()`` it and send the room's other connections
+   ``sync_message(SYNC_UPDATE, applied.update)`` (what the document integrated, if anything), not the
+   sender's bytes: the document only ever holds what is on disk, and online clients see what later ones do;
 4. if ``close`` is set, send what is queued and close the connection with its code and reason.
 
 It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
-the current awareness states; it answers a client's step 1 with step 2; it relays awareness and drops a
+the current awareness states; it answers a client's step 1 with step 2, which carries the updates the
+room holds pending (as Yjs's ``encodeStateAsUpdate`` does); it relays awareness and drops a
 leaving connection's awareness states. It also answers query-awareness, which the reference ignores.
 
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
