@@ -8,12 +8,14 @@ websocket connection to that room: feed it each binary message with ``receive()`
 2. send ``to_all`` frames (awareness) to every connection of the room, this one included: y-websocket
    clients drop a connection that has received nothing for 30 s, and a lone client's own awareness
    echo (renewed every 15 s) is what keeps it alive, exactly as with the reference server;
-3. store each of ``updates`` durably, then ``YRoom.apply()`` it and send ``sync_message(SYNC_UPDATE, u)``
-   to the room's other connections: the document only ever holds what is on disk;
+3. store each of ``updates`` durably, then ``YRoom.integrate()`` it and send the room's other connections
+   ``sync_message(SYNC_UPDATE, applied.update)`` (what the document integrated, if anything), not the
+   sender's bytes: the document only ever holds what is on disk, and online clients see what later ones do;
 4. if ``close`` is set, send what is queued and close the connection with its code and reason.
 
 It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
-the current awareness states; it answers a client's step 1 with step 2; it relays awareness and drops a
+the current awareness states; it answers a client's step 1 with step 2, which carries the updates the
+room holds pending (as Yjs's ``encodeStateAsUpdate`` does); it relays awareness and drops a
 leaving connection's awareness states. It also answers query-awareness, which the reference ignores.
 
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
@@ -56,6 +58,7 @@ __all__ = [
     "CLOSE_TOO_SLOW",
     "EMPTY_UPDATE",
     "MAX_READ_ONLY_CHECKS",
+    "Applied",
     "CloseRequest",
     "Outcome",
     "YRoom",
@@ -81,6 +84,26 @@ def _is_pycrdt_error(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
+def _integrated(update: bytes, state: bytes) -> bool:
+    """Whether all of ``update`` is in a document whose state vector is ``state``: every struct (the diff
+    against ``state`` has none left), and every deletion is of an item the document has (each deleted range
+    lies under the document's clock for its client). The idea of ``crdtsync.model.merging.integrated``."""
+    rest = get_update(update, state)
+    if rest[:1] != b"\x00":
+        return False
+    if rest == EMPTY_UPDATE:
+        return True
+    have = dict(decode_state_vector(state))
+    r = Reader(rest, "delete set")
+    r.var_uint()  # no structs
+    for _ in range(r.var_uint()):
+        clock_max = have.get(r.var_uint(), 0)
+        for _ in range(r.var_uint()):
+            if r.var_uint() + r.var_uint() > clock_max:
+                return False
+    return True
+
+
 @dataclass(frozen=True)
 class CloseRequest:
     code: int
@@ -98,14 +121,25 @@ class Outcome:
     error: RemoteProtocolError | None = None
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What ``YRoom.integrate`` did: ``error`` (why Yrs refused the update: the document is unchanged), or
+    ``update``, the update of the room document's transaction (what it integrated, as Yrs encodes it;
+    None when nothing changed: a repeat, or an update that waits for a missing one)."""
+
+    update: bytes | None = None
+    error: str | None = None
+
+
 class YRoom:
-    """A room's document and awareness. ``state`` is its stored state (one merged Yjs update)."""
+    """A room's document and awareness. ``full_state()`` is its state to store (one merged Yjs update)."""
 
     def __init__(self, name: str, state: bytes | None = None) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
-        # updates Yrs keeps pending (they build on one not received yet): the document's own encoding
-        # leaves their structs out, so a stored state made from it alone would lose them
+        # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
+        # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
+        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them
         self.waiting: list[bytes] = []
         if state:
             self.apply(state)
@@ -124,11 +158,14 @@ class YRoom:
         """What a peer at ``state_vector`` lacks (sync step 2); ``RemoteProtocolError`` if it is garbage."""
         decode_state_vector(state_vector)
         try:
-            return self.doc.get_update(state_vector)
+            diff = self.doc.get_update(state_vector)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError(f"state vector rejected by Yrs: {e}") from None
+        # as Yjs's ``encodeStateAsUpdate`` does, the peer also gets what the room holds pending: it keeps
+        # them pending in turn, and integrates them when the update they wait for comes
+        return merge_updates(diff, *self.waiting) if self.waiting else diff
 
     @staticmethod
     def check_update(update: bytes) -> None:
@@ -179,15 +216,31 @@ class YRoom:
 
     def apply(self, update: bytes) -> str | None:
         """Apply a stored update; returns None, or why Yrs refused it (the document is then unchanged)."""
+        return self._apply(update, capture=False).error
+
+    def integrate(self, update: bytes) -> Applied:
+        """Apply an update and return what the document integrated (see ``Applied``)."""
+        return self._apply(update, capture=True)
+
+    def _apply(self, update: bytes, *, capture: bool) -> Applied:
+        # Yrs encodes a transaction's update only for a subscriber: loading a stored room skips that cost
+        txns: list[bytes] = []
+        sub = self.doc.observe(lambda event: txns.append(event.update)) if capture else None
         try:
             self.doc.apply_update(update)
             sv = self.doc.get_state()
-            self.waiting = [u for u in [*self.waiting, update] if get_update(u, sv)[:1] != b"\x00"]
+            txn = txns[0] if len(txns) == 1 else (merge_updates(*txns) if txns else None)
+            self.waiting = [u for u in self.waiting if not _integrated(u, sv)]
+            if not (update == txn or _integrated(update, sv)):
+                self.waiting.append(update)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
-            return f"Yrs refused an update: {e}"
-        return None
+            return Applied(error=f"Yrs refused an update: {e}")
+        finally:
+            if sub is not None:
+                self.doc.unobserve(sub)
+        return Applied(update=txn)
 
     def awareness_states(self) -> list[AwarenessEntry]:
         return [e for e in self.awareness.values() if not e.removed]

@@ -8,7 +8,8 @@ them and fans them out to the connected devices whose scope covers them. Readers
 committed changes.
 
 Paths: ``/`` (or ``/sync``) speaks the crdtsync protocol; ``/yjs/<room>`` is handed to the plain Yjs rooms
-(``crdtsync.relay.yjs``) after the room grants are checked.
+(``crdtsync.relay.yjs``) after the room grants are checked; a ``/yjs/`` client offering subprotocols gets its
+first one. A plain HTTP GET of ``/`` or ``/health`` is answered 200 "okay" (health checks).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import importlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from ..protocol.events import (
     Ack,
@@ -39,6 +43,20 @@ from .session import PushJob, Session
 __all__ = ["Limits", "Relay"]
 
 log = logging.getLogger("crdtsync.relay")
+
+
+def _health(ws: ServerConnection, request: Request) -> Response | None:
+    """A plain HTTP GET of ``/`` or ``/health`` (a load balancer's health check) gets 200 "okay"."""
+    if request.headers.get("Upgrade", "").lower() != "websocket" and urlsplit(request.path).path in ("/", "/health"):
+        return ws.respond(HTTPStatus.OK, "okay")
+    return None
+
+
+def _subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """A Yjs client's first offered subprotocol (WebsocketProvider's ``protocols``): a browser gives up on a
+    server that picks none. Not a token source: the token goes in ``?token=`` or ``Authorization``."""
+    path = ws.request.path if ws.request is not None else ""
+    return offered[0] if offered and path.startswith("/yjs/") else None
 
 
 @dataclass(frozen=True)
@@ -162,7 +180,7 @@ class Relay:
         self._writer.add_done_callback(self._writer_ended)
         try:
             self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
-                                       compression=None)
+                                       compression=None, process_request=_health, select_subprotocol=_subprotocol)
         except BaseException:  # e.g. the port is taken: leave nothing running
             await self.stop()
             raise

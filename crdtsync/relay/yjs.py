@@ -18,7 +18,9 @@ asyncio shell around it, and it owns three policies:
 - **Lazy rooms, compaction.** A room is loaded on its first connection (concurrent first connections share
   one load) and unloaded after its last leaves, once its updates are stored. Layout under the store:
   ``("yjs", room, "s")`` the snapshot, one merged Yjs update; ``("yjs", room, "u", n)`` updates since.
-  Once ``compact_after`` updates pile up, and when the room unloads, they are folded into the snapshot.
+  When the room unloads, and while it is served once the updates since the snapshot are ``compact_after``
+  (200) or more and weigh ``compact_ratio`` (half) of the snapshot's bytes, or are ``compact_max`` (10,000)
+  in number, they are folded into the snapshot: so re-encoding a large room costs a bounded time per update.
 """
 
 from __future__ import annotations
@@ -199,7 +201,9 @@ class _Room:
         self.flusher: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
-        self.stored = 0
+        self.stored = 0  # updates stored since the snapshot, and their bytes
+        self.stored_bytes = 0
+        self.snapshot_bytes = 0
         self.next_n = 0
 
 
@@ -208,7 +212,8 @@ class YjsRooms:
 
     def __init__(self, store: ByteStore, *, max_message: int = 16 * 2**20, queue_size: int = 64,
                  send_timeout: float = 30.0, max_queue_bytes: int = 64 * 2**20, max_pending: int = 256,
-                 max_pending_bytes: int = 32 * 2**20, compact_after: int = 200) -> None:
+                 max_pending_bytes: int = 32 * 2**20, compact_after: int = 200, compact_ratio: float = 0.5,
+                 compact_max: int = 10_000) -> None:
         self.store = store
         self.max_message = max_message
         self.queue_size = queue_size
@@ -217,6 +222,8 @@ class YjsRooms:
         self.max_pending = max_pending
         self.max_pending_bytes = max_pending_bytes
         self.compact_after = compact_after
+        self.compact_ratio = compact_ratio
+        self.compact_max = compact_max
         self._rooms: dict[str, _Room] = {}
         self._conns: set[_Conn] = set()
         self._serving = 0
@@ -312,7 +319,7 @@ class YjsRooms:
         return room
 
     async def _load(self, room: _Room) -> None:
-        def read() -> tuple[list[bytes], bytes | None, int, int]:
+        def read() -> tuple[list[bytes], bytes | None, int, int, int]:
             snap = self.store.load(room_key(room.name, "s"))
             ups = self.store.load_range(room_key(room.name, "u"))
             parts = ([snap] if snap is not None else []) + [v for _, v in ups]
@@ -325,10 +332,11 @@ class YjsRooms:
                 except Exception:  # a stored update Yrs cannot read: fall back to one by one
                     merged = None
             next_n = int(ups[-1][0][-1]) + 1 if ups else 0
-            return parts, merged, len(ups), next_n
+            return parts, merged, len(ups), next_n, len(snap or b"")
 
         try:
-            parts, merged, room.stored, room.next_n = await self._io(read)
+            parts, merged, room.stored, room.next_n, room.snapshot_bytes = await self._io(read)
+            room.stored_bytes = sum(map(len, parts)) - room.snapshot_bytes
             state = YRoom(room.name)
             if merged is None or state.apply(merged) is not None:
                 for i, part in enumerate(parts):
@@ -367,9 +375,10 @@ class YjsRooms:
             while room.pending:
                 items, room.pending = room.pending, []
                 batch = Batch()
-                compact = room.stored >= self.compact_after
+                compact = self._time_to_compact(room)
                 if compact:
-                    batch.save(room_key(room.name, "s"), room.state.full_state())
+                    snapshot = room.state.full_state()
+                    batch.save(room_key(room.name, "s"), snapshot)
                     batch.remove_range(room_key(room.name, "u"))
                 keys = []
                 for update, _ in items:
@@ -386,10 +395,14 @@ class YjsRooms:
                                                         "the relay could not store an update; reconnect to retry"))
                         await self._done(room, len(update))
                     continue
-                room.stored = (0 if compact else room.stored) + len(items)
+                if compact:
+                    room.stored, room.stored_bytes, room.snapshot_bytes = 0, 0, len(snapshot)
+                room.stored += len(items)
+                room.stored_bytes += sum(len(u) for u, _ in items)
                 refused = Batch()
                 for key, (update, sender) in zip(keys, items, strict=True):
-                    err = room.state.apply(update)
+                    applied = room.state.integrate(update)
+                    err = applied.error
                     if err is not None:
                         # it decoded (``check_update``) but Yrs cannot apply it: garbage that looks like an
                         # update. Its sender is told, as for any malformed message, and it is not kept
@@ -397,8 +410,10 @@ class YjsRooms:
                         refused.remove(key)
                         if sender is not None:
                             sender.abandon(CloseRequest(CLOSE_MALFORMED, f"update refused: {err}"[:120]))
-                    else:
-                        frame = sync_message(SYNC_UPDATE, update)
+                    elif applied.update is not None:
+                        # what the room integrated, as Yrs encodes it, not the sender's bytes: the same as a
+                        # client joining later gets, and nothing when the update was a repeat or waits
+                        frame = sync_message(SYNC_UPDATE, applied.update)
                         for other in list(room.conns):
                             if other is not sender:
                                 other.push(frame)
@@ -413,6 +428,17 @@ class YjsRooms:
             if room.pending:  # cancelled mid-way: nothing more will run; do not leave waiters hanging
                 room.pending.clear()
             room.idle.set()
+
+    def _time_to_compact(self, room: _Room) -> bool:
+        """Whether to fold the stored updates into a new snapshot now (see the module docstring).
+
+        A snapshot re-encodes the whole room on the event loop (Yrs holds the GIL while it encodes, so a
+        worker thread would stall the loop all the same): once the updates since the last one weigh a
+        ``compact_ratio`` of it, its cost per update stays bounded, whatever the room's size.
+        """
+        if room.stored >= self.compact_max:
+            return True
+        return room.stored >= self.compact_after and room.stored_bytes >= self.compact_ratio * room.snapshot_bytes
 
     async def _leave(self, room: _Room) -> None:
         room.refs -= 1

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,10 @@ def node_missing() -> str | None:
 class NodeClient:
     """A WebsocketProvider in a Node process, connected to ``server_url``/``room`` with ``token``."""
 
-    def __init__(self, server_url: str, room: str, token: str | None = "rw") -> None:
+    def __init__(self, server_url: str, room: str, token: str | None = "rw", *,
+                 protocols: list[str] | None = None) -> None:
         self.args = [server_url, room] + ([token] if token else [])
+        self.env = {**os.environ, "YCLIENT_PROTOCOLS": ",".join(protocols)} if protocols else None
         self.proc: asyncio.subprocess.Process | None = None
         self.events: list[dict[str, Any]] = []
         self._seen = 0
@@ -47,7 +50,7 @@ class NodeClient:
     async def __aenter__(self) -> NodeClient:
         self.proc = await asyncio.create_subprocess_exec(
             "node", str(SCRIPT), *self.args, cwd=HERE, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=self.env)
         self._reader = asyncio.create_task(self._read())
         return self
 

@@ -13,6 +13,7 @@ import pytest
 import websockets
 from pycrdt import Array, Doc
 
+from crdtsync.protocol.ywebsocket import SYNC_UPDATE, sync_message
 from crdtsync.store.memory import MemoryStore
 from crdtsync.store.sqlite import SQLiteStore
 from tests.interop.nodeclient import NodeClient, node_missing
@@ -168,3 +169,33 @@ async def test_burst_from_a_node_client_reaches_every_reader_and_the_store(tmp_p
         stored.apply_update(update)
     assert len(stored.get("a", type=Array)) == n
     store.close()
+
+
+# An update Yrs accepts and Yjs cannot decode (found by the explorer's fuzzing: Yjs throws "contentRefs[...]
+# is not a function"); Yrs integrates its text, array and map items.
+_YRS_ONLY = bytes.fromhex(
+    "010691a6ceefb6cb0800040101740b68656c6c6f20776f726c642801016d016b017701762801016d016e017c3fc000000801016101"
+    "77017891a6ceefd2b6cb080d01280091a6ceefd2b6cb080e0171017c3f80000000")
+
+
+async def test_clients_get_what_the_room_integrated_not_the_senders_bytes() -> None:
+    """Forwarded raw, the update made the connected Yjs client throw and keep an empty document, while a
+    client joining later got Yrs's re-encoding: the two never agreed again."""
+    async with yjs_server(MemoryStore()) as srv, NodeClient(srv.url, "odd") as online:
+        await online.synced()
+        async with websockets.connect(srv.room_url("odd")) as raw:
+            await raw.send(sync_message(SYNC_UPDATE, _YRS_ONLY))
+            await online.wait(text_includes=["hello world"], map_keys=["k"])
+        async with NodeClient(srv.url, "odd") as late:
+            await late.synced()
+            assert await online.dump() == await late.dump()
+
+
+async def test_a_provider_with_the_protocols_option_connects() -> None:
+    """``ws`` (like browsers) aborts when it offered subprotocols and the server picked none: the provider
+    never synced and kept reconnecting."""
+    async with yjs_server(MemoryStore()) as srv, \
+            NodeClient(srv.url, "sp", protocols=["y-websocket", "app.v1"]) as a, NodeClient(srv.url, "sp") as b:
+        await asyncio.gather(a.synced(), b.synced())
+        await a.command({"op": "set", "key": "k", "value": "v"})
+        await b.wait(map_keys=["k"])

@@ -1,6 +1,6 @@
 // A real Yjs client (y-websocket's WebsocketProvider on Node, with the `ws` polyfill), driven by pytest.
 //
-// Usage: node yclient.mjs SERVER_URL ROOM [TOKEN]
+// Usage: [YCLIENT_PROTOCOLS=a,b] node yclient.mjs SERVER_URL ROOM [TOKEN]
 // It reads one JSON command per line on stdin and prints one JSON event per line on stdout:
 //   events: {"event":"status","status":...}  {"event":"synced"}  {"event":"connection-close","code":..,"reason":..}
 //           {"event":"closed","code":..,"reason":..} (the provider gave up: close code 4400-4499)
@@ -33,8 +33,10 @@ console.warn = (...args) => {
 }
 
 const params = token ? { token } : {}
+// YCLIENT_PROTOCOLS: comma-separated subprotocols for the provider's `protocols` option
+const protocols = process.env.YCLIENT_PROTOCOLS ? process.env.YCLIENT_PROTOCOLS.split(',') : undefined
 const provider = new WebsocketProvider(serverUrl, room, doc, {
-  WebSocketPolyfill: WebSocket, params, disableBc: true, maxBackoffTime: 500
+  WebSocketPolyfill: WebSocket, params, disableBc: true, maxBackoffTime: 500, protocols
 })
 print({ event: 'url', url: provider.url })
 provider.on('status', ({ status }) => print({ event: 'status', status }))

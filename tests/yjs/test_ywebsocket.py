@@ -274,3 +274,50 @@ def test_a_stored_room_state_keeps_updates_that_wait_for_a_missing_one() -> None
     assert reloaded.apply(first) is None
     assert str(reloaded.doc.get("t", type=Text)) == "hello world"
     assert reloaded.waiting == [] and reloaded.full_state() == reloaded.doc.get_update()
+
+
+def _text_of(update: bytes, *more: bytes) -> str:
+    doc: Doc[Any] = Doc()
+    for u in (update, *more):
+        doc.apply_update(u)
+    return str(doc.get("t", type=Text))
+
+
+def test_step2_carries_the_updates_the_room_holds_pending() -> None:
+    """As Yjs's ``encodeStateAsUpdate`` does: a client that joins while the room holds an update waiting
+    for a missing one gets it too, and integrates it when the missing one comes (it ended at "hello")."""
+    first, more, deletion = _three_updates()
+    room = YRoom("r")
+    room.apply(more)
+    step2 = parse_message(YSession(room, can_write=True).receive(sync_message(SYNC_STEP1, b"\x00")).reply[0])
+    assert isinstance(step2, SyncMessage) and step2.step == SYNC_STEP2
+    assert _text_of(step2.payload) == ""
+    assert _text_of(step2.payload, first) == "hello world"
+    lone_delete = YRoom("d")
+    lone_delete.apply(deletion)  # a deletion of items the room lacks: Yrs keeps it pending too
+    assert _text_of(lone_delete.diff(b"\x00"), first, more) == "llo world"
+
+
+def test_a_stored_room_state_keeps_a_deletion_that_came_before_its_items() -> None:
+    """Yrs's encoding leaves out its pending delete set: ``full_state`` after a lone deletion was empty, and
+    the deletion was lost at the next compaction, unload or restart."""
+    first, more, deletion = _three_updates()
+    room = YRoom("r")
+    assert room.apply(deletion) is None
+    assert room.waiting == [deletion]
+    reloaded = YRoom("r", room.full_state())
+    reloaded.apply(more)
+    assert len(reloaded.waiting) == 2  # ``more`` waits for ``first``, and so does the deletion (of "he")
+    reloaded.apply(first)
+    assert str(reloaded.doc.get("t", type=Text)) == "llo world"
+    assert reloaded.waiting == [] and reloaded.full_state() == reloaded.doc.get_update()
+
+
+def test_integrate_returns_what_the_document_took_in() -> None:
+    first, more, _ = _three_updates()
+    room = YRoom("r")
+    assert room.integrate(more).update is None  # waits for ``first``: nothing integrated yet
+    both = room.integrate(first).update
+    assert both is not None and _text_of(both) == "hello world"  # ``first`` and the pending ``more``
+    assert room.integrate(first).update is None  # a repeat changes nothing
+    assert room.integrate(b"\x00\x01\x05").error is not None
