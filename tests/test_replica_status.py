@@ -272,6 +272,7 @@ def test_query_and_conflicts_come_from_rows(pair: list[Replica]) -> None:
         a.create("accounts", {"name": f"n{i}", "employees": i}, id=f"a{i}")
     a.delete("accounts", "a0")
     assert [r.id for r in a.query("accounts", {"employees": 3})] == ["a3"]
+    assert a.query("accounts", {"employees": True}) == []  # a bool is not 1 (Python's True == 1 matched a1)
     assert [r.id for r in a.query("accounts", order_by="employees", descending=True, limit=2)] == ["a4", "a3"]
     assert len(a.query("accounts")) == 4 and len(a.query("accounts", include_deleted=True)) == 5
     assert a.query("accounts", lambda r: r.fields["name"] == "n2")[0].id == "a2"

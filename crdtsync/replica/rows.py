@@ -195,7 +195,7 @@ class Rows:
                 if callable(where):
                     if not where(rec):
                         continue
-                elif any(rec.fields.get(k) != v for k, v in where.items()):
+                elif any(not _same(rec.fields.get(k), v) for k, v in where.items()):
                     continue
             out.append(rec)
             if limit is not None and order_by is None and len(out) >= limit:
@@ -209,3 +209,9 @@ class Rows:
             if limit is not None:
                 out = out[:limit]
         return out
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    """``value == wanted``, except that a bool never matches a number (Python's ``True == 1``: a ``where``
+    of ``{"priority": True}`` matched priority 1)."""
+    return value == wanted and (type(value) is bool) == (type(wanted) is bool)
