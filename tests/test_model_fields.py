@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crdtsync import Bool, Collection, Counter, Date, DateTime, Float, Int, Ref, Replica, Schema, Set, Str, Text
 from crdtsync.model import text_edits
@@ -99,6 +102,53 @@ def test_text_edits_are_small_diffs() -> None:
     assert text_edits("same", "same") == []
     big = "x" * 15_000
     assert text_edits(big, big + "!") == [(15_000, 15_000, "!")]
+
+
+def _applied(old: str, edits: list[tuple[int, int, str]]) -> str:
+    for start, end, insert in edits:  # last first: each leaves the earlier offsets valid
+        old = old[:start] + insert + old[end:]
+    return old
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.text(alphabet="ab \n|é😀", max_size=700), st.lists(st.tuples(st.integers(0, 700), st.integers(0, 3),
+                                                                       st.sampled_from("ab \n|é😀")), max_size=25))
+def test_text_edits_turn_old_into_new_last_first(old: str, changes: list[tuple[int, int, str]]) -> None:
+    new = list(old)
+    for at, kind, ch in changes:
+        at = min(at, len(new))
+        if kind == 0 or not new:
+            new.insert(at, ch)
+        elif kind == 1:
+            del new[min(at, len(new) - 1)]
+        else:
+            new[min(at, len(new) - 1)] = ch
+    edits = text_edits(old, "".join(new))
+    assert _applied(old, edits) == "".join(new)
+    assert all(later[1] <= earlier[0] for earlier, later in itertools.pairwise(edits))
+
+
+def test_a_long_repetitive_text_is_diffed_line_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One word changed on each of 300 identical lines: one edit per line, and no character diff over more
+    than a few hundred characters (difflib over the characters of the whole text took 26 s for this, its
+    time growing with the cube of the length)."""
+    import difflib
+
+    sizes: list[int] = []
+    real = difflib.SequenceMatcher
+
+    class Counting(real):  # type: ignore[misc,valid-type]
+        def __init__(self, isjunk: object, a: object, b: object, autojunk: bool = True) -> None:
+            if isinstance(a, str) and isinstance(b, str):
+                sizes.append(len(a) + len(b))
+            super().__init__(isjunk, a, b, autojunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(difflib, "SequenceMatcher", Counting)
+    old = "\n".join(["| col | col |"] * 300)
+    new = "\n".join(["| col | val |"] * 300)
+    edits = text_edits(old, new)
+    assert len(edits) == 300 and _applied(old, edits) == new
+    assert sizes and max(sizes) <= 500
 
 
 def test_counter_concurrent_increments_add_up(trio: list[Replica]) -> None:

@@ -96,3 +96,16 @@ def test_another_process_holding_the_file_is_detected_and_its_death_frees_it(tmp
         proc.stdin.close()
     with Replica.open(path, DEMO_SCHEMA, device="phone", user="alice") as r:
         assert r.pending() == []
+
+
+def test_a_second_open_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    """The lock file sits beside the real file: a symlink to an open store names the same lock."""
+    real = tmp_path / "real.db"
+    link = tmp_path / "link.db"
+    first = SQLiteStore(real)
+    link.symlink_to(real)
+    try:
+        with pytest.raises(StoreInUse):
+            SQLiteStore(link)
+    finally:
+        first.close()

@@ -296,7 +296,7 @@ def _lock_file(path: str) -> int | None:
         return None
     import fcntl
 
-    lock_path = os.path.abspath(path) + "-lock"
+    lock_path = os.path.realpath(path) + "-lock"  # (a symlink to the file locks the file itself)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
