@@ -30,7 +30,7 @@ class Welcome:
     """Relay to client, after HELLO: the user the token belongs to, the relay's identity (cursors are only
     meaningful for one relay log), its head and floor sequence numbers, the collections granted, and the
     largest frame it accepts (a push is made to fit it; a change that cannot becomes an ``error``), and
-    ``last``: the highest change id it stored from this device (0 if none), for the device to tell whether
+    ``last``: the id of this device's change it stored last (0 if none), for the device to tell whether
     its store is behind what it sent (``Replica.last_acknowledged``)."""
 
     user: str

@@ -12,6 +12,7 @@ Layout (only the ``ByteStore`` interface is used, so another byte store can repl
   records a full resync walks (files written before kept the latest change's seq; either serves);
 - ``("relay", "id" | "head" | "floor")``: the relay's identity (cursors belong to one relay log), the last
   seq stored, and the last seq compacted away (a cursor below it gets a full resync of its scope);
+- ``("relay", "last", device)``: the id of the device's change stored last (``last_change``);
 - ``("relay", "device", device)``: the user a device id belongs to (a token may not speak for another
   user's device);
 - ``snap`` / ``upd`` / ``rmeta``: each record's merged document, kept by ``RecordDocs`` (snapshots +
@@ -212,6 +213,9 @@ class RelayLog:
                 out.accepted.append(accepted)
                 out.accepted.extend(self._images)  # drafts strategies: the relay's image, logged after the draft
                 self._images.clear()
+        last = next((a.change_id for a in reversed(out.accepted) if a.device == device), None)
+        if last is not None:
+            batch.save(("relay", "last", device), str(last).encode())
         return out
 
     def prefetch_seen(self, keys: Sequence[tuple[str, int]]) -> None:
@@ -239,8 +243,13 @@ class RelayLog:
         return digest
 
     def last_change(self, device: str) -> int:
-        """The highest change id stored from ``device`` (0 if none, or all compacted away): its WELCOME's
-        ``last``. Reads the store the first time a device is asked about (call it off the event loop)."""
+        """The id of the change of ``device`` stored last (by arrival, not the highest: a store reinstalled
+        with a clock behind the old one's numbers below it; 0 if none): its WELCOME's ``last``. Kept under
+        ``("relay", "last", device)``, which compaction leaves; a log written before that key existed
+        gives its highest dedup key. Reads the store (call it off the event loop)."""
+        raw = self.store.load(("relay", "last", device))
+        if raw is not None:
+            return int(raw)
         self._may_be_stored(device, 0)
         return self._dedup_top.get(device) or 0
 

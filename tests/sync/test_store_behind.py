@@ -115,3 +115,63 @@ async def test_a_change_under_an_id_another_store_of_the_device_used_is_refused(
     finally:
         first.close()
         second.close()
+
+
+async def test_a_reinstall_behind_the_old_install_s_clock_is_not_taken_for_a_restore(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    """The old install's change ids ran an hour ahead (its clock had met a device's fast clock); the new
+    install numbers below them. The relay's ``last`` is the change stored last, not the highest id."""
+    relay = await make_relay()
+    hour = 3_600_000
+    old = Replica.open(tmp_path / "old.db", SCHEMA, device="phone", user="u", wall=lambda: 1_800_000_000_000 + hour)
+    old.create("accounts", {"name": "from the old install"})
+    async with client(old, relay.url) as c:
+        await sync(c)
+    old.close()
+    new = Replica.open(tmp_path / "new.db", SCHEMA, device="phone", user="u", wall=lambda: 1_800_000_000_000)
+    try:
+        new.create("accounts", {"name": "first"})
+        async with client(new, relay.url) as c:
+            await sync(c)
+        new.create("accounts", {"name": "second"})
+        async with client(new, relay.url) as c:
+            assert (await sync(c)).uploaded == 1  # no StoreBehind
+    finally:
+        new.close()
+
+
+async def test_a_restored_store_is_stopped_after_compaction_and_a_relay_restart(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], tmp_path: Path) -> None:
+    """Compaction drops dedup keys; the relay's ``last`` of a device survives it (and the restart)."""
+    relay = await make_relay(keep_log=10)
+    path, backup = tmp_path / "phone.db", tmp_path / "backup.db"
+    a = open_store(path)
+    rid = a.create("accounts", {"name": "Acme"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    shutil.copy(path, backup)
+    a = open_store(path)
+    a.update("accounts", rid, {"phone": "E1"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    b = make_replica("b")
+    for i in range(40):  # the log compacts past a's changes
+        b.create("contacts", {"name": f"c{i}"})
+    async with client(b, relay.url, batch_size=5) as c:
+        await sync(c)
+    assert relay.relay is not None and relay.relay.log.floor > 2
+    await relay.stop()
+    await relay.start()
+    for f in tmp_path.glob("phone.db*"):
+        f.unlink()
+    shutil.copy(backup, path)
+    a = open_store(path)
+    try:
+        a.update("accounts", rid, {"employees": 2})
+        async with client(a, relay.url) as c:
+            with pytest.raises(StoreBehind):
+                await sync(c)
+    finally:
+        a.close()
