@@ -608,9 +608,12 @@ class SyncClient:
         wanted = sorted(collections) if collections is not None \
             else [c.name for c in self.replica.schema if readable == "*" or c.name in readable]
         since = min((cursors.get(c, 0) for c in wanted), default=0)
+        # a collection with no cursor while others have one (read access back, or new in the schema) needs
+        # a full resync: a delta from 0 would skip the log compacted away, and this device's own changes
+        ask_reset = bool(cursors) and any(c not in cursors for c in wanted)
         returns = self.replica.returns(MAX_RETURNS)  # changes discarded here that the relay may have
-        pull = Pull(next(self._ids), since, stored_relay, None if collections is None else tuple(wanted),
-                    live=live, returns=tuple(returns))
+        pull = Pull(next(self._ids), since, None if ask_reset else stored_relay,
+                    None if collections is None else tuple(wanted), live=live, returns=tuple(returns))
         await session.send(pull)
         received = 0
         reset = False

@@ -229,25 +229,27 @@ async def test_tokens_reloaded_while_devices_are_connected_apply_to_them(
 
 async def test_records_of_a_collection_no_longer_readable_leave_the_device_and_come_back_with_access(
         make_relay: RelayFactory, grants: dict[str, Grant], make_replica: Callable[..., Replica]) -> None:
-    """They stayed, frozen and shown as synced; a record leaving a ``where`` scope left already."""
+    """They stayed, frozen and shown as synced; a record leaving a ``where`` scope left already. Back with
+    access, they come whole, her own records too (a delta from 0 would skip those: a full resync)."""
+    grants = {**grants, "tok-admin": Grant("admin", frozenset({"*"}), frozenset({"*"}))}
     relay = await make_relay(grants)
     assert relay.relay is not None
-    bob = make_replica("bob-pc", "bob")
-    kept = bob.create("contacts", {"name": "Kim"})
-    gone = bob.create("contacts", {"name": "Lee"})
-    async with client(bob, relay.url, token="tok-bob") as cb:
+    admin = make_replica("admin-pc", "admin")
+    theirs = admin.create("accounts", {"name": "Kim", "owner": "alice"})
+    async with client(admin, relay.url, token="tok-admin") as cb:
         await sync(cb)
     alice = make_replica("alice-phone", "alice")
     async with client(alice, relay.url, token="tok-alice") as ca:
         await sync(ca)
-        assert {r.id for r in alice.query("contacts")} == {kept, gone}
-        relay.relay.tokens = Tokens({**grants, "tok-alice": Grant("alice", frozenset({"accounts"}),
-                                                                  frozenset({"accounts"}))})
-        await sync(ca)  # on the new connection (1012): contacts are not readable any more
-        assert alice.query("contacts") == [] and alice.get("contacts", kept) is None
-        relay.relay.tokens = Tokens(grants)  # access back
+        hers = alice.create("accounts", {"name": "Ann", "owner": "alice"})
         await sync(ca)
-        assert {r.id for r in alice.query("contacts")} == {kept, gone}
+        assert {r.id for r in alice.query("accounts")} == {theirs, hers}
+        relay.relay.tokens = Tokens({**grants, "tok-alice": Grant("alice", frozenset({"contacts"}))})
+        await sync(ca)  # on the new connection (1012): accounts are not readable any more
+        assert alice.query("accounts") == [] and alice.get("accounts", hers) is None
+        relay.relay.tokens = Tokens(grants)  # access back
+        res = await sync(ca)
+        assert res.reset and {r.id for r in alice.query("accounts")} == {theirs, hers}
 
 
 async def test_tokens_reloaded_close_room_connections_whose_access_changed(
