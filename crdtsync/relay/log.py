@@ -117,9 +117,12 @@ class RelayLog:
     older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096,
-                 scope_fields: Mapping[str, frozenset[str]] | None = None) -> None:
+                 scope_fields: Mapping[str, frozenset[str]] | None = None, max_record: int | None = None) -> None:
         self.store = store
         self.schema = schema
+        #: the largest a record's whole state may grow (bytes; None: no limit): a full resync, a record
+        #: asked back or back in scope is sent whole, in one frame (the relay passes half its frame limit)
+        self.max_record = max_record
         # the fields ``where`` limits look at, per collection (``Tokens.scope_fields``)
         self.scope_fields = dict(scope_fields or {})
         self._merge_limits = {coll.name: merge_limits(coll) for coll in schema}
@@ -329,6 +332,11 @@ class RelayLog:
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
             refuse_over_limits(doc, self._merge_limits[c])
+            if self.max_record is not None and sum(map(len, doc.parts())) > self.max_record:
+                size = len(doc.full_update())  # (the parts' total is an upper bound: exact only when needed)
+                if size > self.max_record:
+                    raise Refused("invalid", f"{c}/{rid} would be {size} bytes, more than the relay sends in one "
+                                             f"frame ({self.max_record}): split what it holds")
             if limited and not grant.in_scope(c, doc.state().fields):
                 raise Refused("forbidden", f"the change puts {c}/{rid} outside the records {grant.user!r} may "
                                             "write")

@@ -110,7 +110,8 @@ class Relay:
         self._sync_time = 0.0  # seconds, a moving average of the commits' fsyncs (``_begin_commit``)
         # the writer's record cache holds every record of the two groups that may be uncommitted at once
         self.log = RelayLog(store, schema, keep=keep_log,
-                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1))
+                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1),
+                            max_record=limits.max_frame // 2)
         self.sessions: set[Session] = set()
         self._room_conns: dict[ServerConnection, tuple[str | None, str, bool]] = {}  # token, room, can write
         self._closing: set[asyncio.Future[None]] = set()

@@ -125,6 +125,29 @@ async def test_a_change_too_large_for_the_relay_is_kept_as_error_with_the_relay_
     assert got is not None and got.status == "synced"
 
 
+async def test_a_record_that_would_outgrow_a_frame_is_refused_and_full_resyncs_go_on(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """Changes small enough each grew a record past the frame limit; a full resync, which sends each record
+    whole, then failed (1011) on every attempt for every new device."""
+    relay = await make_relay(limits=Limits(max_frame=64 * 1024))
+    a = make_replica("a")
+    rid = a.create("accounts", {"name": "big"})
+    async with client(a, relay.url) as c:
+        for i in range(40):
+            a.update("accounts", rid, {"notes": f"{a.get('accounts', rid)['notes']}{i:04} " + "x" * 2000})  # type: ignore[index]
+            res = await sync(c)
+            if res.rejected:
+                break
+    assert res.rejected == 1
+    rec = a.get("accounts", rid)
+    assert rec is not None and rec.status == "error" and rec.error is not None
+    assert "more than the relay sends in one frame" in rec.error
+    b = make_replica("b")
+    async with client(b, relay.url) as c:
+        res = await sync(c)
+    assert res.reset and b.get("accounts", rid) is not None
+
+
 async def test_a_connection_over_the_rate_limit_is_slowed_and_logged(
         make_relay: RelayFactory, caplog: pytest.LogCaptureFixture) -> None:
     relay = await make_relay(limits=Limits(rate=100.0, burst=2))
