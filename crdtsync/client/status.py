@@ -92,7 +92,8 @@ class SyncStatus:
             return f"conflict on {self.collection}/{self.record}: {fields}" + (f" ({self.reason})" if self.reason
                                                                                else "")
         if k == "error":
-            return f"error: change {self.change_id} of {self.collection}/{self.record} {self.code}: {self.reason}"
+            what = f"change {self.change_id} of " if self.change_id is not None else "update of "  # (from the relay)
+            return f"error: {what}{self.collection}/{self.record} {self.code}: {self.reason}"
         if k == "started":
             return "started" + (f" ({', '.join(self.collections)})" if self.collections else "")
         return k + (f": {self.reason}" if self.reason else "")

@@ -44,7 +44,7 @@ plain Yjs clients to ws://HOST:PORT/yjs/ROOM?token=TOKEN. A tokens file:
   [tokens."s3cret-alice"]
   user = "alice"
   read = ["accounts", "contacts"]              # or "*"
-  write = ["accounts"]
+  write = ["accounts"]                         # (writing a collection implies reading it)
   where = { accounts = { owner = "alice" } }   # optional: only these records
   rooms = ["*"]                                # plain Yjs rooms; rooms_read_only = [...]
 
