@@ -21,7 +21,8 @@ leaving connection's awareness states. It also answers query-awareness, which th
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
 change the document is refused: it is not applied, the client is told why (a y-protocols permission-denied
 message, which ``WebsocketProvider`` logs) and closed with code 4403. Updates that bring nothing new, like
-the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room, are fine.
+the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room (with the
+updates it got pending from the room's step 2), are fine.
 
 Close codes: 4400-4499 tell ``WebsocketProvider`` (y-websocket 3.1+) not to reconnect, which is right for
 a client that sends garbage or writes without permission; 1011 and 1013 make it reconnect and resync.
@@ -183,7 +184,8 @@ class YRoom:
             raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
 
     def is_news(self, update: bytes) -> bool:
-        """Whether applying ``update`` would change the document; ``RemoteProtocolError`` if Yrs refuses it."""
+        """Whether applying ``update`` would change the room (its document, or what it holds waiting: a
+        reader sends back the waiting updates it got in step 2); ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
         # the part of the update the document lacks: its first varuint counts the clients with new structs
@@ -196,7 +198,12 @@ class YRoom:
                 raise
             raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
         if rest[:1] != b"\x00":
-            return True
+            # new structs, unless the room holds them waiting (a reader that got them in step 2 keeps them
+            # pending and sends them back when it reconnects): then nothing the room lacks, merged in, is new
+            if not self.waiting:
+                return True
+            full = merge_updates(self.doc.get_update(), *self.waiting)
+            return merge_updates(full, update) != merge_updates(full)
         if rest == EMPTY_UPDATE:
             return False  # no new structs and no deletions at all
         # Only deletions can be new: try them on a scratch copy, which costs a copy of the room.

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pycrdt import Decoder, Doc, Map, Text, write_var_uint
+from pycrdt import Decoder, Doc, Map, Text, merge_updates, write_var_uint
 
 from crdtsync.errors import RemoteProtocolError
 from crdtsync.protocol.yroom import CLOSE_MALFORMED, CLOSE_READ_ONLY, MAX_READ_ONLY_CHECKS, YRoom, YSession
@@ -321,3 +321,20 @@ def test_integrate_returns_what_the_document_took_in() -> None:
     assert both is not None and _text_of(both) == "hello world"  # ``first`` and the pending ``more``
     assert room.integrate(first).update is None  # a repeat changes nothing
     assert room.integrate(b"\x00\x01\x05").error is not None
+
+
+def test_a_reader_sending_back_what_the_room_holds_waiting_is_not_refused() -> None:
+    """A reader gets the room's waiting updates in step 2 and keeps them pending; reconnecting, its step 2 (or
+    an update) carries them back. That is nothing the room lacks: it was closed with 4403 for good."""
+    _, more, _ = _three_updates()
+    room = YRoom("r", _doc_with("other", client_id=1).get_update())
+    room.integrate(more)  # waits for ``first``
+    for copy in (more, merge_updates(room.doc.get_update(), more)):
+        ro = YSession(room, can_write=False)
+        for step in (SYNC_STEP2, SYNC_UPDATE):
+            out = ro.receive(sync_message(step, copy))
+            assert out.close is None and not out.updates
+    new = _doc_with("new", client_id=2).get_update()
+    out = YSession(room, can_write=False).receive(sync_message(SYNC_STEP2, merge_updates(more, new)))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY  # with something new: refused
+
