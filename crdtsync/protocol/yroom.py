@@ -49,6 +49,7 @@ from .ywebsocket import (
     parse_message,
     permission_denied_message,
     sync_message,
+    var_uint,
 )
 
 __all__ = [
@@ -85,24 +86,45 @@ def _is_pycrdt_error(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
+def _lacking_deletions(rest: bytes, state: bytes) -> bytes:
+    """``rest`` (an update with no structs) cut to the deleted ranges that reach past ``state``: those of
+    items a document at ``state`` lacks (it has the others: their deletion is already in it or applied)."""
+    have = dict(decode_state_vector(state))
+    r = Reader(rest, "delete set")
+    r.var_uint()  # no structs
+    kept: list[tuple[int, list[tuple[int, int]]]] = []
+    for _ in range(r.var_uint()):
+        client = r.var_uint()
+        clock_max = have.get(client, 0)
+        ranges = [(r.var_uint(), r.var_uint()) for _ in range(r.var_uint())]
+        ranges = [(c, n) for c, n in ranges if c + n > clock_max]
+        if ranges:
+            kept.append((client, ranges))
+    if not kept:
+        return EMPTY_UPDATE
+    out = bytearray(b"\x00" + var_uint(len(kept)))
+    for client, ranges in kept:
+        out += var_uint(client) + var_uint(len(ranges))
+        for c, n in ranges:
+            out += var_uint(c) + var_uint(n)
+    return bytes(out)
+
+
+def _remainder(update: bytes, state: bytes) -> bytes:
+    """The part of ``update`` a document at ``state`` has not integrated (``EMPTY_UPDATE`` if none): its
+    structs the document lacks, and its deletions of items the document lacks. When structs remain, Yrs
+    keeps the update's delete set whole beside them (cutting it would mean re-encoding the structs)."""
+    rest = get_update(update, state)
+    if rest[:1] != b"\x00" or rest == EMPTY_UPDATE:
+        return rest
+    return _lacking_deletions(rest, state)
+
+
 def _integrated(update: bytes, state: bytes) -> bool:
     """Whether all of ``update`` is in a document whose state vector is ``state``: every struct (the diff
     against ``state`` has none left), and every deletion is of an item the document has (each deleted range
     lies under the document's clock for its client). The idea of ``crdtsync.model.merging.integrated``."""
-    rest = get_update(update, state)
-    if rest[:1] != b"\x00":
-        return False
-    if rest == EMPTY_UPDATE:
-        return True
-    have = dict(decode_state_vector(state))
-    r = Reader(rest, "delete set")
-    r.var_uint()  # no structs
-    for _ in range(r.var_uint()):
-        clock_max = have.get(r.var_uint(), 0)
-        for _ in range(r.var_uint()):
-            if r.var_uint() + r.var_uint() > clock_max:
-                return False
-    return True
+    return _remainder(update, state) == EMPTY_UPDATE
 
 
 @dataclass(frozen=True)
@@ -140,7 +162,8 @@ class YRoom:
         self.doc: Doc[Any] = Doc()
         # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
         # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
-        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them
+        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them.
+        # Each entry is a remainder (what the document lacks of an update, see ``_remainder``)
         self.waiting: list[bytes] = []
         if state:
             self.apply(state)
@@ -232,14 +255,23 @@ class YRoom:
     def _apply(self, update: bytes, *, capture: bool) -> Applied:
         # Yrs encodes a transaction's update only for a subscriber: loading a stored room skips that cost
         txns: list[bytes] = []
-        sub = self.doc.observe(lambda event: txns.append(event.update)) if capture else None
+        sub = self.doc.observe(lambda event: txns.append(event.update)) if capture or self.waiting else None
         try:
             self.doc.apply_update(update)
             sv = self.doc.get_state()
             txn = txns[0] if len(txns) == 1 else (merge_updates(*txns) if txns else None)
-            self.waiting = [u for u in self.waiting if not _integrated(u, sv)]
-            if not (update == txn or _integrated(update, sv)):
-                self.waiting.append(update)
+            if txns and self.waiting:
+                # the document changed: keep of each waiting update only what it still lacks
+                kept = []
+                for u in self.waiting:
+                    rest = _remainder(u, sv)
+                    if rest != EMPTY_UPDATE:
+                        kept.append(rest)
+                self.waiting = kept
+            if update != txn:
+                rest = _remainder(update, sv)
+                if rest != EMPTY_UPDATE:
+                    self.waiting.append(rest)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
@@ -247,7 +279,7 @@ class YRoom:
         finally:
             if sub is not None:
                 self.doc.unobserve(sub)
-        return Applied(update=txn)
+        return Applied(update=txn if capture else None)
 
     def awareness_states(self) -> list[AwarenessEntry]:
         return [e for e in self.awareness.values() if not e.removed]

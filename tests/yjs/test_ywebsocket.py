@@ -338,3 +338,17 @@ def test_a_reader_sending_back_what_the_room_holds_waiting_is_not_refused() -> N
     out = YSession(room, can_write=False).receive(sync_message(SYNC_STEP2, merge_updates(more, new)))
     assert out.close is not None and out.close.code == CLOSE_READ_ONLY  # with something new: refused
 
+
+def test_a_reloaded_room_keeps_waiting_only_what_its_document_lacks() -> None:
+    """The stored state is the document merged with the waiting updates; loading it kept all of it waiting,
+    so every step 2 carried the whole document and every update cost a whole-document merge."""
+    first, more, _ = _three_updates()
+    room = YRoom("r", _doc_with("x" * 20_000, client_id=1).get_update())
+    room.integrate(more)
+    reloaded = YRoom("r", room.full_state())
+    assert reloaded.waiting == room.waiting == [more]
+    in_sync = reloaded.diff(reloaded.state_vector())
+    assert len(in_sync) < 100 and _text_of(in_sync) == ""  # only ``more``, not the document
+    assert reloaded.integrate(first).update is not None
+    assert str(reloaded.doc.get("t", type=Text)).endswith("hello world") and reloaded.waiting == []
+
