@@ -163,7 +163,7 @@ class YRoom:
         # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
         # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
         # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them.
-        # Each entry is a remainder (what the document lacks of an update, see ``_remainder``)
+        # Each entry is a remainder (what the document lacks of an update, see ``_remainder``), kept once
         self.waiting: list[bytes] = []
         if state:
             self.apply(state)
@@ -270,7 +270,7 @@ class YRoom:
                 self.waiting = kept
             if update != txn:
                 rest = _remainder(update, sv)
-                if rest != EMPTY_UPDATE:
+                if rest != EMPTY_UPDATE and not self._holds_waiting(rest):
                     self.waiting.append(rest)
         except BaseException as e:
             if not _is_pycrdt_error(e):
@@ -280,6 +280,16 @@ class YRoom:
             if sub is not None:
                 self.doc.unobserve(sub)
         return Applied(update=txn if capture else None)
+
+    def _holds_waiting(self, rest: bytes) -> bool:
+        """Whether ``rest`` (a remainder) is already among the waiting updates: one of them byte for byte,
+        or contained in them (merging it in changes nothing)."""
+        if not self.waiting:
+            return False
+        if rest in self.waiting:
+            return True
+        held = merge_updates(*self.waiting)
+        return merge_updates(held, rest) == merge_updates(held)
 
     def awareness_states(self) -> list[AwarenessEntry]:
         return [e for e in self.awareness.values() if not e.removed]

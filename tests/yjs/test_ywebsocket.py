@@ -352,3 +352,15 @@ def test_a_reloaded_room_keeps_waiting_only_what_its_document_lacks() -> None:
     assert reloaded.integrate(first).update is not None
     assert str(reloaded.doc.get("t", type=Text)).endswith("hello world") and reloaded.waiting == []
 
+
+def test_a_waiting_update_sent_again_is_kept_once() -> None:
+    """Each reconnecting writer's step 2 carries its copy of the room's waiting update: each was kept again
+    (1,001 copies after 1,000 reconnects, and every later update cost more)."""
+    first, more, _ = _three_updates()
+    room = YRoom("r", _doc_with("other", client_id=1).get_update())
+    room.integrate(more)
+    for copy in (more, more, merge_updates(room.doc.get_update(), more), more):
+        assert room.integrate(copy).update is None
+    assert room.waiting == [more]
+    assert room.integrate(first).update is not None and room.waiting == []
+    assert str(room.doc.get("t", type=Text)) in ("hello worldother", "otherhello world")
