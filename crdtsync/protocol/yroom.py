@@ -11,6 +11,7 @@ websocket connection to that room: feed it each binary message with ``receive()`
 3. store each of ``updates`` durably, then ``YRoom.integrate()`` it and send the room's other connections
    ``sync_message(SYNC_UPDATE, applied.update)`` (what the document integrated, if anything), not the
    sender's bytes: the document only ever holds what is on disk, and online clients see what later ones do;
+   send it to the sender too when ``applied.unblocked`` (it let in waiting updates the sender lacks);
 4. if ``close`` is set, send what is queued and close the connection with its code and reason.
 
 It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
@@ -148,10 +149,12 @@ class Outcome:
 class Applied:
     """What ``YRoom.integrate`` did: ``error`` (why Yrs refused the update: the document is unchanged), or
     ``update``, the update of the room document's transaction (what it integrated, as Yrs encodes it;
-    None when nothing changed: a repeat, or an update that waits for a missing one)."""
+    None when nothing changed: a repeat, or an update that waits for a missing one). ``unblocked``: the
+    transaction also let in (part of) updates the room held waiting, which the sender lacks too."""
 
     update: bytes | None = None
     error: str | None = None
+    unblocked: bool = False
 
 
 class YRoom:
@@ -256,6 +259,7 @@ class YRoom:
         # Yrs encodes a transaction's update only for a subscriber: loading a stored room skips that cost
         txns: list[bytes] = []
         sub = self.doc.observe(lambda event: txns.append(event.update)) if capture or self.waiting else None
+        unblocked = False
         try:
             self.doc.apply_update(update)
             sv = self.doc.get_state()
@@ -265,6 +269,7 @@ class YRoom:
                 kept = []
                 for u in self.waiting:
                     rest = _remainder(u, sv)
+                    unblocked = unblocked or rest != u
                     if rest != EMPTY_UPDATE:
                         kept.append(rest)
                 self.waiting = kept
@@ -279,7 +284,7 @@ class YRoom:
         finally:
             if sub is not None:
                 self.doc.unobserve(sub)
-        return Applied(update=txn if capture else None)
+        return Applied(update=txn if capture else None, unblocked=unblocked)
 
     def _holds_waiting(self, rest: bytes) -> bool:
         """Whether ``rest`` (a remainder) is already among the waiting updates: one of them byte for byte,
