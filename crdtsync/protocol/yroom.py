@@ -11,6 +11,7 @@ websocket connection to that room: feed it each binary message with ``receive()`
 3. store each of ``updates`` durably, then ``YRoom.integrate()`` it and send the room's other connections
    ``sync_message(SYNC_UPDATE, applied.update)`` (what the document integrated, if anything), not the
    sender's bytes: the document only ever holds what is on disk, and online clients see what later ones do;
+   send it to the sender too when ``applied.unblocked`` (it let in waiting updates the sender lacks);
 4. if ``close`` is set, send what is queued and close the connection with its code and reason.
 
 It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
@@ -21,7 +22,8 @@ leaving connection's awareness states. It also answers query-awareness, which th
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
 change the document is refused: it is not applied, the client is told why (a y-protocols permission-denied
 message, which ``WebsocketProvider`` logs) and closed with code 4403. Updates that bring nothing new, like
-the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room, are fine.
+the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room (with the
+updates it got pending from the room's step 2), are fine.
 
 Close codes: 4400-4499 tell ``WebsocketProvider`` (y-websocket 3.1+) not to reconnect, which is right for
 a client that sends garbage or writes without permission; 1011 and 1013 make it reconnect and resync.
@@ -48,6 +50,7 @@ from .ywebsocket import (
     parse_message,
     permission_denied_message,
     sync_message,
+    var_uint,
 )
 
 __all__ = [
@@ -84,24 +87,45 @@ def _is_pycrdt_error(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
+def _lacking_deletions(rest: bytes, state: bytes) -> bytes:
+    """``rest`` (an update with no structs) cut to the deleted ranges that reach past ``state``: those of
+    items a document at ``state`` lacks (it has the others: their deletion is already in it or applied)."""
+    have = dict(decode_state_vector(state))
+    r = Reader(rest, "delete set")
+    r.var_uint()  # no structs
+    kept: list[tuple[int, list[tuple[int, int]]]] = []
+    for _ in range(r.var_uint()):
+        client = r.var_uint()
+        clock_max = have.get(client, 0)
+        ranges = [(r.var_uint(), r.var_uint()) for _ in range(r.var_uint())]
+        ranges = [(c, n) for c, n in ranges if c + n > clock_max]
+        if ranges:
+            kept.append((client, ranges))
+    if not kept:
+        return EMPTY_UPDATE
+    out = bytearray(b"\x00" + var_uint(len(kept)))
+    for client, ranges in kept:
+        out += var_uint(client) + var_uint(len(ranges))
+        for c, n in ranges:
+            out += var_uint(c) + var_uint(n)
+    return bytes(out)
+
+
+def _remainder(update: bytes, state: bytes) -> bytes:
+    """The part of ``update`` a document at ``state`` has not integrated (``EMPTY_UPDATE`` if none): its
+    structs the document lacks, and its deletions of items the document lacks. When structs remain, Yrs
+    keeps the update's delete set whole beside them (cutting it would mean re-encoding the structs)."""
+    rest = get_update(update, state)
+    if rest[:1] != b"\x00" or rest == EMPTY_UPDATE:
+        return rest
+    return _lacking_deletions(rest, state)
+
+
 def _integrated(update: bytes, state: bytes) -> bool:
     """Whether all of ``update`` is in a document whose state vector is ``state``: every struct (the diff
     against ``state`` has none left), and every deletion is of an item the document has (each deleted range
     lies under the document's clock for its client). The idea of ``crdtsync.model.merging.integrated``."""
-    rest = get_update(update, state)
-    if rest[:1] != b"\x00":
-        return False
-    if rest == EMPTY_UPDATE:
-        return True
-    have = dict(decode_state_vector(state))
-    r = Reader(rest, "delete set")
-    r.var_uint()  # no structs
-    for _ in range(r.var_uint()):
-        clock_max = have.get(r.var_uint(), 0)
-        for _ in range(r.var_uint()):
-            if r.var_uint() + r.var_uint() > clock_max:
-                return False
-    return True
+    return _remainder(update, state) == EMPTY_UPDATE
 
 
 @dataclass(frozen=True)
@@ -125,10 +149,12 @@ class Outcome:
 class Applied:
     """What ``YRoom.integrate`` did: ``error`` (why Yrs refused the update: the document is unchanged), or
     ``update``, the update of the room document's transaction (what it integrated, as Yrs encodes it;
-    None when nothing changed: a repeat, or an update that waits for a missing one)."""
+    None when nothing changed: a repeat, or an update that waits for a missing one). ``unblocked``: the
+    transaction also let in (part of) updates the room held waiting, which the sender lacks too."""
 
     update: bytes | None = None
     error: str | None = None
+    unblocked: bool = False
 
 
 class YRoom:
@@ -139,7 +165,8 @@ class YRoom:
         self.doc: Doc[Any] = Doc()
         # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
         # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
-        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them
+        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them.
+        # Each entry is a remainder (what the document lacks of an update, see ``_remainder``), kept once
         self.waiting: list[bytes] = []
         if state:
             self.apply(state)
@@ -183,7 +210,8 @@ class YRoom:
             raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
 
     def is_news(self, update: bytes) -> bool:
-        """Whether applying ``update`` would change the document; ``RemoteProtocolError`` if Yrs refuses it."""
+        """Whether applying ``update`` would change the room (its document, or what it holds waiting: a
+        reader sends back the waiting updates it got in step 2); ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
         # the part of the update the document lacks: its first varuint counts the clients with new structs
@@ -196,7 +224,12 @@ class YRoom:
                 raise
             raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
         if rest[:1] != b"\x00":
-            return True
+            # new structs, unless the room holds them waiting (a reader that got them in step 2 keeps them
+            # pending and sends them back when it reconnects): then nothing the room lacks, merged in, is new
+            if not self.waiting:
+                return True
+            full = merge_updates(self.doc.get_update(), *self.waiting)
+            return merge_updates(full, update) != merge_updates(full)
         if rest == EMPTY_UPDATE:
             return False  # no new structs and no deletions at all
         # Only deletions can be new: try them on a scratch copy, which costs a copy of the room.
@@ -225,14 +258,25 @@ class YRoom:
     def _apply(self, update: bytes, *, capture: bool) -> Applied:
         # Yrs encodes a transaction's update only for a subscriber: loading a stored room skips that cost
         txns: list[bytes] = []
-        sub = self.doc.observe(lambda event: txns.append(event.update)) if capture else None
+        sub = self.doc.observe(lambda event: txns.append(event.update)) if capture or self.waiting else None
+        unblocked = False
         try:
             self.doc.apply_update(update)
             sv = self.doc.get_state()
             txn = txns[0] if len(txns) == 1 else (merge_updates(*txns) if txns else None)
-            self.waiting = [u for u in self.waiting if not _integrated(u, sv)]
-            if not (update == txn or _integrated(update, sv)):
-                self.waiting.append(update)
+            if txns and self.waiting:
+                # the document changed: keep of each waiting update only what it still lacks
+                kept = []
+                for u in self.waiting:
+                    rest = _remainder(u, sv)
+                    unblocked = unblocked or rest != u
+                    if rest != EMPTY_UPDATE:
+                        kept.append(rest)
+                self.waiting = kept
+            if update != txn:
+                rest = _remainder(update, sv)
+                if rest != EMPTY_UPDATE and not self._holds_waiting(rest):
+                    self.waiting.append(rest)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
@@ -240,7 +284,17 @@ class YRoom:
         finally:
             if sub is not None:
                 self.doc.unobserve(sub)
-        return Applied(update=txn)
+        return Applied(update=txn if capture else None, unblocked=unblocked)
+
+    def _holds_waiting(self, rest: bytes) -> bool:
+        """Whether ``rest`` (a remainder) is already among the waiting updates: one of them byte for byte,
+        or contained in them (merging it in changes nothing)."""
+        if not self.waiting:
+            return False
+        if rest in self.waiting:
+            return True
+        held = merge_updates(*self.waiting)
+        return merge_updates(held, rest) == merge_updates(held)
 
     def awareness_states(self) -> list[AwarenessEntry]:
         return [e for e in self.awareness.values() if not e.removed]

@@ -5,7 +5,8 @@ until it closes. The protocol logic lives in ``crdtsync.protocol.yroom`` (no I/O
 asyncio shell around it, and it owns three policies:
 
 - **Durable before visible.** An update from a client is committed to the store, then applied to the
-  room's document and sent to the others. Commits are batched per room: while one is on disk, the next
+  room's document and sent to the others (and to the sender too when it let in updates the room held
+  pending: it lacks those). Commits are batched per room: while one is on disk, the next
   updates gather and go in one transaction. Store calls run on one worker thread, never on the event loop,
   and in submission order.
 - **No drops, and nobody waits for a slow reader.** A room admits at most ``max_pending`` (count and bytes)
@@ -412,10 +413,11 @@ class YjsRooms:
                             sender.abandon(CloseRequest(CLOSE_MALFORMED, f"update refused: {err}"[:120]))
                     elif applied.update is not None:
                         # what the room integrated, as Yrs encodes it, not the sender's bytes: the same as a
-                        # client joining later gets, and nothing when the update was a repeat or waits
+                        # client joining later gets, and nothing when the update was a repeat or waits.
+                        # The sender gets it too when it let in updates the room held waiting: it lacks those
                         frame = sync_message(SYNC_UPDATE, applied.update)
                         for other in list(room.conns):
-                            if other is not sender:
+                            if other is not sender or applied.unblocked:
                                 other.push(frame)
                     await self._done(room, len(update))
                 if refused:

@@ -15,9 +15,11 @@ from pycrdt import Doc, Text
 
 from crdtsync.protocol.ywebsocket import (
     MESSAGE_AWARENESS,
+    SYNC_UPDATE,
     Reader,
     decode_awareness,
     query_awareness_message,
+    sync_message,
 )
 from crdtsync.store.base import Batch
 from crdtsync.store.memory import MemoryStore
@@ -406,3 +408,27 @@ async def test_a_plain_http_get_is_a_health_check(path: str) -> None:
         answer = await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\nokay")
+
+
+async def test_the_sender_gets_the_waiting_updates_its_update_let_in() -> None:
+    """X is online when another connection sends " world", which waits for "hello" (not sent to anyone).
+    X then sends "hello": the room integrates both in one transaction, which went to everyone but X, so X
+    lacked " world" until it reconnected. The reference server sends it to all, X included."""
+    src: Doc = Doc(client_id=7)
+    text = src.get("t", type=Text)
+    text.insert(0, "hello")
+    first = src.get_update()
+    before = src.get_state()
+    text.insert(5, " world")
+    more = src.get_update(before)
+    async with yjs_server(MemoryStore()) as srv, PyYClient(srv.room_url("sx")) as x, \
+            PyYClient(srv.room_url("sx")) as y:
+        await x.wait_synced()
+        await y.wait_synced()
+        await y.send_raw(sync_message(SYNC_UPDATE, more))
+        y.map["marker"] = 1  # stored after ``more``: once x has it, the room holds ``more`` waiting
+        await x.wait_until(lambda: "marker" in x.map)
+        assert str(x.text) == ""
+        x.doc.apply_update(first)  # x's own edit, sent as an update
+        await x.wait_until(lambda: str(x.text) == "hello world")
+        await y.wait_until(lambda: str(y.text) == "hello world")

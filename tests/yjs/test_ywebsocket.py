@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pycrdt import Decoder, Doc, Map, Text, write_var_uint
+from pycrdt import Decoder, Doc, Map, Text, merge_updates, write_var_uint
 
 from crdtsync.errors import RemoteProtocolError
 from crdtsync.protocol.yroom import CLOSE_MALFORMED, CLOSE_READ_ONLY, MAX_READ_ONLY_CHECKS, YRoom, YSession
@@ -321,3 +321,46 @@ def test_integrate_returns_what_the_document_took_in() -> None:
     assert both is not None and _text_of(both) == "hello world"  # ``first`` and the pending ``more``
     assert room.integrate(first).update is None  # a repeat changes nothing
     assert room.integrate(b"\x00\x01\x05").error is not None
+
+
+def test_a_reader_sending_back_what_the_room_holds_waiting_is_not_refused() -> None:
+    """A reader gets the room's waiting updates in step 2 and keeps them pending; reconnecting, its step 2 (or
+    an update) carries them back. That is nothing the room lacks: it was closed with 4403 for good."""
+    _, more, _ = _three_updates()
+    room = YRoom("r", _doc_with("other", client_id=1).get_update())
+    room.integrate(more)  # waits for ``first``
+    for copy in (more, merge_updates(room.doc.get_update(), more)):
+        ro = YSession(room, can_write=False)
+        for step in (SYNC_STEP2, SYNC_UPDATE):
+            out = ro.receive(sync_message(step, copy))
+            assert out.close is None and not out.updates
+    new = _doc_with("new", client_id=2).get_update()
+    out = YSession(room, can_write=False).receive(sync_message(SYNC_STEP2, merge_updates(more, new)))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY  # with something new: refused
+
+
+def test_a_reloaded_room_keeps_waiting_only_what_its_document_lacks() -> None:
+    """The stored state is the document merged with the waiting updates; loading it kept all of it waiting,
+    so every step 2 carried the whole document and every update cost a whole-document merge."""
+    first, more, _ = _three_updates()
+    room = YRoom("r", _doc_with("x" * 20_000, client_id=1).get_update())
+    room.integrate(more)
+    reloaded = YRoom("r", room.full_state())
+    assert reloaded.waiting == room.waiting == [more]
+    in_sync = reloaded.diff(reloaded.state_vector())
+    assert len(in_sync) < 100 and _text_of(in_sync) == ""  # only ``more``, not the document
+    assert reloaded.integrate(first).update is not None
+    assert str(reloaded.doc.get("t", type=Text)).endswith("hello world") and reloaded.waiting == []
+
+
+def test_a_waiting_update_sent_again_is_kept_once() -> None:
+    """Each reconnecting writer's step 2 carries its copy of the room's waiting update: each was kept again
+    (1,001 copies after 1,000 reconnects, and every later update cost more)."""
+    first, more, _ = _three_updates()
+    room = YRoom("r", _doc_with("other", client_id=1).get_update())
+    room.integrate(more)
+    for copy in (more, more, merge_updates(room.doc.get_update(), more), more):
+        assert room.integrate(copy).update is None
+    assert room.waiting == [more]
+    assert room.integrate(first).update is not None and room.waiting == []
+    assert str(room.doc.get("t", type=Text)) in ("hello worldother", "otherhello world")
