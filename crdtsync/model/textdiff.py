@@ -1,20 +1,25 @@
 """Character diffs for text fields: a write of a whole new text becomes small edits, so concurrent edits
 elsewhere in the text survive the merge. No I/O.
 
-The cost is bounded: the common prefix and suffix are cut first; what is left is diffed line by line, and
-only blocks of changed lines short enough (``_CHAR_LIMIT``) are diffed character by character; a longer
-block is replaced whole. ``difflib`` at character level over a whole text took time growing with the cube
-of its length on repetitive texts (a 4 KB table-like note: 26 s for one ``update()``, measured).
+The cost is bounded: the common prefix and suffix are cut first; what is left is diffed line by line; a
+block of changed lines short enough (``_CHAR_LIMIT``) is diffed character by character, a longer one word
+by word (then by character within short changed spans), and only a block too long even for that is
+replaced whole. ``difflib`` at character level over a whole text took time growing with the cube of its
+length on repetitive texts (a 4 KB table-like note: 26 s for one ``update()``, measured); replacing a long
+changed line whole garbled a concurrent edit inside the same paragraph.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 
 __all__ = ["text_edits"]
 
 _DIFF_LIMIT = 20_000  # changed characters (old + new) above which the changed region is replaced whole
 _CHAR_LIMIT = 500  # a block of changed lines up to this many characters (old + new) is diffed by character
+_TOKEN_LIMIT = 4_000  # a longer block up to this many words and separators (old + new) is diffed by word
+_TOKENS = re.compile(r"\w+|\s+|[^\w\s]")
 
 
 def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
@@ -36,6 +41,34 @@ def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
         return [(p, p + len(o), w)]
     edits = _block(o, w, p) if len(o) + len(w) <= _CHAR_LIMIT else _by_lines(o, w, p)
     return edits[::-1]
+
+
+def _fine(o: str, w: str, at: int) -> list[tuple[int, int, str]]:
+    """Edits turning one changed region ``o`` into ``w``, as fine as the cost bound allows, first first."""
+    n = min(len(o), len(w))
+    p = 0
+    while p < n and o[p] == w[p]:
+        p += 1
+    s = 0
+    while s < n - p and o[-1 - s] == w[-1 - s]:
+        s += 1
+    o, w, at = o[p:len(o) - s], w[p:len(w) - s], at + p
+    if not o or not w or len(o) + len(w) <= _CHAR_LIMIT:
+        return _block(o, w, at) if o and w else [(at, at + len(o), w)]
+    to, tw = _TOKENS.findall(o), _TOKENS.findall(w)
+    if len(to) + len(tw) > _TOKEN_LIMIT:
+        return [(at, at + len(o), w)]
+    so, sw = _starts(to), _starts(tw)
+    out: list[tuple[int, int, str]] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, to, tw, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        a, b, c, d = so[i1], so[i2], sw[j1], sw[j2]
+        if a < b and c < d and (b - a) + (d - c) <= _CHAR_LIMIT:
+            out += _block(o[a:b], w[c:d], at + a)
+        else:
+            out.append((at + a, at + b, w[c:d]))
+    return out
 
 
 def _block(o: str, w: str, at: int) -> list[tuple[int, int, str]]:
@@ -61,10 +94,9 @@ def _by_lines(o: str, w: str, at: int) -> list[tuple[int, int, str]]:
             for k in range(i2 - i1):
                 a, b = starts_o[i1 + k], starts_o[i1 + k + 1]
                 c, d = starts_w[j1 + k], starts_w[j1 + k + 1]
-                if (b - a) + (d - c) <= _CHAR_LIMIT:
-                    out += _block(o[a:b], w[c:d], at + a)
-                else:
-                    out.append((at + a, at + b, w[c:d]))
+                out += _fine(o[a:b], w[c:d], at + a)
+        elif a < b and c < d:
+            out += _fine(o[a:b], w[c:d], at + a)
         else:
             out.append((at + a, at + b, w[c:d]))
     return out
