@@ -29,22 +29,16 @@ def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
     """
     if old == new:
         return []
-    n = min(len(old), len(new))
-    p = 0
-    while p < n and old[p] == new[p]:
-        p += 1
-    s = 0
-    while s < n - p and old[-1 - s] == new[-1 - s]:
-        s += 1
-    o, w = old[p:len(old) - s], new[p:len(new) - s]
+    o, w, p = _trim(old, new, 0)
     if not o or not w or len(o) + len(w) > _DIFF_LIMIT:
         return [(p, p + len(o), w)]
     edits = _block(o, w, p) if len(o) + len(w) <= _CHAR_LIMIT else _by_lines(o, w, p)
     return edits[::-1]
 
 
-def _fine(o: str, w: str, at: int) -> list[tuple[int, int, str]]:
-    """Edits turning one changed region ``o`` into ``w``, as fine as the cost bound allows, first first."""
+def _trim(o: str, w: str, at: int) -> tuple[str, str, int]:
+    """``o`` and ``w`` (at offset ``at``) without their common prefix and suffix, and where what is left
+    starts."""
     n = min(len(o), len(w))
     p = 0
     while p < n and o[p] == w[p]:
@@ -52,7 +46,12 @@ def _fine(o: str, w: str, at: int) -> list[tuple[int, int, str]]:
     s = 0
     while s < n - p and o[-1 - s] == w[-1 - s]:
         s += 1
-    o, w, at = o[p:len(o) - s], w[p:len(w) - s], at + p
+    return o[p:len(o) - s], w[p:len(w) - s], at + p
+
+
+def _fine(o: str, w: str, at: int) -> list[tuple[int, int, str]]:
+    """Edits turning one changed region ``o`` into ``w``, as fine as the cost bound allows, first first."""
+    o, w, at = _trim(o, w, at)
     if not o or not w or len(o) + len(w) <= _CHAR_LIMIT:
         return _block(o, w, at) if o and w else [(at, at + len(o), w)]
     to, tw = _TOKENS.findall(o), _TOKENS.findall(w)

@@ -14,11 +14,28 @@ import pytest
 
 from crdtsync import Replica, StoreBehind
 
-from .conftest import SCHEMA, RelayFactory, client, sync
+from .conftest import SCHEMA, RelayFactory, RelayHandle, client, sync
 
 
 def open_store(path: Path, device: str = "phone") -> Replica:
     return Replica.open(path, SCHEMA, device=device, user="u", synchronous="NORMAL")
+
+
+async def backed_up_then_synced_more(relay: RelayHandle, path: Path, backup: Path) -> str:
+    """A phone's store at ``path`` that synced a record, was backed up to ``backup`` (the app closed), then
+    synced one more change (E1). Returns the record's id."""
+    a = open_store(path)
+    rid = a.create("accounts", {"name": "Acme"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    shutil.copy(path, backup)
+    a = open_store(path)
+    a.update("accounts", rid, {"phone": "E1"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    return rid
 
 
 async def test_a_store_restored_from_a_backup_stops_instead_of_losing_its_writes(
@@ -26,17 +43,7 @@ async def test_a_store_restored_from_a_backup_stops_instead_of_losing_its_writes
     relay = await make_relay()
     assert relay.relay is not None
     path, backup = tmp_path / "phone.db", tmp_path / "backup.db"
-    a = open_store(path)
-    rid = a.create("accounts", {"name": "Acme"})
-    async with client(a, relay.url) as c:
-        await sync(c)
-    a.close()
-    shutil.copy(path, backup)  # the phone's backup
-    a = open_store(path)
-    a.update("accounts", rid, {"phone": "E1"})
-    async with client(a, relay.url) as c:
-        await sync(c)
-    a.close()
+    rid = await backed_up_then_synced_more(relay, path, backup)
     for f in tmp_path.glob("phone.db*"):
         f.unlink()
     shutil.copy(backup, path)  # restored
@@ -145,17 +152,7 @@ async def test_a_restored_store_is_stopped_after_compaction_and_a_relay_restart(
     """Compaction drops dedup keys; the relay's ``last`` of a device survives it (and the restart)."""
     relay = await make_relay(keep_log=10)
     path, backup = tmp_path / "phone.db", tmp_path / "backup.db"
-    a = open_store(path)
-    rid = a.create("accounts", {"name": "Acme"})
-    async with client(a, relay.url) as c:
-        await sync(c)
-    a.close()
-    shutil.copy(path, backup)
-    a = open_store(path)
-    a.update("accounts", rid, {"phone": "E1"})
-    async with client(a, relay.url) as c:
-        await sync(c)
-    a.close()
+    rid = await backed_up_then_synced_more(relay, path, backup)
     b = make_replica("b")
     for i in range(40):  # the log compacts past a's changes
         b.create("contacts", {"name": f"c{i}"})
