@@ -59,6 +59,10 @@ def run_and_kill(path: Path, after_lines: int, synchronous: str) -> list[str]:
                 break
             lines.append(line.strip())
         os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        # what the child printed before the kill landed and was not read yet: it may have gone on for a few
+        # lines (an acknowledgement among them), and every call it printed after returned
+        lines += [line.strip() for line in proc.stdout]
     finally:
         proc.wait(timeout=30)
         proc.stdout.close()
