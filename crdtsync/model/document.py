@@ -76,7 +76,8 @@ class BaseRecordDoc:
         #: every integrated update of the document (merged now and then): what it is rebuilt from when
         #: an update that cannot be integrated yet got into it (see ``apply``)
         self._parts: list[bytes] = list(updates)
-        self._tail_bytes = 0  # bytes of the parts after the first: they are merged into it when they outgrow it
+        # bytes of the parts after the first: they are merged into it when they outgrow it
+        self._tail_bytes = sum(map(len, self._parts[1:]))
         self._tracer: Tracer | None = None  # made by ``apply_traced``, for the document it was made on
         self._build(client_id)
         #: remote updates that arrived before an update they build on; kept out of the document (see
@@ -307,6 +308,12 @@ class BaseRecordDoc:
     def full_update(self) -> bytes:
         with self._txn() as txn:
             return bytes(self._ydoc.get_update(txn._txn, b"\x00"))
+
+    def stored_size(self) -> int:
+        """About how many bytes the document takes encoded (its parts and held updates; the parts after
+        the first may repeat some of it): what a cache of records weighs it by."""
+        parts, held = self._parts, self.held
+        return (len(parts[0]) + self._tail_bytes if parts else 0) + (sum(map(len, held)) if held else 0)
 
     def parts(self) -> list[bytes]:
         """The updates the document is made of (a copy of the list): enough to rebuild it, e.g. to undo an

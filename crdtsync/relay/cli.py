@@ -89,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-log", type=_number(int, 0), default=100_000, metavar="N",
                         help="log entries kept for delta sync; devices whose cursor is older get a full resync "
                              "(default: 100000)")
+    parser.add_argument("--cache-mb", type=_number(float, 1), default=256, metavar="MB",
+                        help="records kept in memory, in MB of their encoded updates (the memory they take is of that "
+                             "order) (default: 256)")
     parser.add_argument("--max-frame", type=_number(int, 64 * 1024), default=16 * 1024 * 1024, metavar="BYTES",
                         help="largest frame accepted, from devices and from Yjs clients alike (default: 16 MiB; "
                              "at least 64 KiB)")
@@ -223,7 +226,7 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
     try:
-        relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args))
+        relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args), cache_mb=args.cache_mb)
     except Exception as e:
         store.close()
         if not isinstance(e, sqlite3.Error | CrdtSyncError) and type(e).__module__.split(".")[0] != "psycopg":

@@ -117,6 +117,7 @@ class RelayLog:
     older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096,
+                 cache_bytes: int | None = None,
                  scope_fields: Mapping[str, frozenset[str]] | None = None, max_record: int | None = None) -> None:
         self.store = store
         self.schema = schema
@@ -146,14 +147,14 @@ class RelayLog:
             return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
 
         # The writer's documents (only ``stage`` touches them) and a separate read cache, refreshed after
-        # each commit, so readers never see (or cache) a document half-way through a group commit. The
-        # writer's cache must hold every record of the write groups not committed yet (two: one staged while
-        # the other commits; each up to Limits.group_changes + MAX_PUSH): a
-        # record evicted with staged, uncommitted updates would be reloaded without them.
+        # each commit, so readers never see (or cache) a document half-way through a group commit. Each
+        # holds up to ``cache_size`` records and ``cache_bytes`` of their encoded updates; the writer's
+        # pins every record with staged changes until their commit (``committed``): a record evicted with
+        # staged, uncommitted updates would be reloaded without them.
         self.docs = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
-                               cache_size=cache_size)
+                               cache_size=cache_size, cache_bytes=cache_bytes)
         self.reader = RecordDocs(store, schema, device="relay", user="relay", client_id=ids(), new_client_id=ids,
-                                 cache_size=cache_size)
+                                 cache_size=cache_size, cache_bytes=cache_bytes)
         self._staged_dedup: dict[tuple[str, int], bytes] = {}  # (device, change id) -> the update's digest
         self._images: list[Accepted] = []  # drafts strategies: image entries staged with the last change
         self._stored_dedup: dict[tuple[str, int], bytes | None] = {}  # looked up for the group being staged
@@ -355,6 +356,7 @@ class RelayLog:
             prev = None if all(now.get(f) == v for f, v in prev.items()) \
                 else {n: encode_value(fields.get(n), v) for n, v in prev.items()}
         self.docs.append(batch, c, rid, new, lr=lr)
+        self.docs.pin(c, rid)  # until ``committed`` (or ``abandon``)
         self.head += 1
         a = Accepted(self.head, c, rid, device, ch.change_id, new, prev)
         seq = str(a.seq).encode()
@@ -378,6 +380,7 @@ class RelayLog:
         """Log the relay's own update of a drafts record (its new image) right after the draft it answers.
         Written by ``#server``, so every device receives it, the draft's author too; no idempotency key."""
         self.docs.append(batch, c, rid, image)
+        self.docs.pin(c, rid)
         self.head += 1
         a = Accepted(self.head, c, rid, SERVER_WRITER, 0, image)
         batch.save(("log", a.seq), _encode_entry(a))
@@ -399,6 +402,7 @@ class RelayLog:
     def committed(self, accepted: Iterable[Accepted]) -> None:
         """After the batch holding ``accepted`` is durable: readers see the new state of those records."""
         for a in accepted:
+            self.docs.unpin(a.collection, a.record)
             self.reader.reload(a.collection, a.record)
             self.durable = max(self.durable, a.seq)
             self._staged_dedup.pop((a.device, a.change_id), None)  # the next group's entries stay

@@ -32,7 +32,7 @@ from websockets.typing import Subprotocol
 from ..protocol.events import (
     Ack,
 )
-from ..protocol.frames import MAX_FRAME, MAX_PUSH
+from ..protocol.frames import MAX_FRAME
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant, Tokens
@@ -103,14 +103,15 @@ class Relay:
     """A crdtsync relay over a byte store. ``await relay.start(host, port)``, then ``await relay.stop()``."""
 
     def __init__(self, store: ByteStore, schema: Schema, tokens: Tokens, *, limits: Limits = Limits(),
-                 keep_log: int = 100_000) -> None:
+                 keep_log: int = 100_000, cache_mb: float = 256) -> None:
+        """``cache_mb``: the records kept in memory, in MB of their encoded updates, for the writer and the
+        readers together (each holds half; records with changes being committed stay beyond it). The
+        memory they take is of that order: see docs/sync.md."""
         self.store = store
         self.schema = schema
         self.limits = limits
         self._sync_time = 0.0  # seconds, a moving average of the commits' fsyncs (``_begin_commit``)
-        # the writer's record cache holds every record of the two groups that may be uncommitted at once
-        self.log = RelayLog(store, schema, keep=keep_log,
-                            cache_size=max(4096, 2 * (limits.group_changes + MAX_PUSH) + 1),
+        self.log = RelayLog(store, schema, keep=keep_log, cache_size=4096, cache_bytes=int(cache_mb * 2**20) // 2,
                             max_record=limits.max_frame // 2)
         self.sessions: set[Session] = set()
         self._room_conns: dict[ServerConnection, tuple[str | None, str, bool]] = {}  # token, room, can write

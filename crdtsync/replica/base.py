@@ -63,7 +63,7 @@ class ReplicaBase:
 
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str,
                  wall: Callable[[], int] = _wall_ms, random_bytes: Callable[[int], bytes] = os.urandom,
-                 cache_size: int = 2000, compact_after: int = 64) -> None:
+                 cache_size: int = 2000, cache_bytes: int | None = 64 * 2**20, compact_after: int = 64) -> None:
         self.schema = schema
         self.device = _check_name("device", device)
         self.user = _check_name("user", user)
@@ -85,7 +85,7 @@ class ReplicaBase:
         raw_hlc = store.load(("meta", "hlc"))
         self.clock = Hlc(wall, max(int(raw_hlc) if raw_hlc else 0, self.outbox.last_id()))
         self.docs = RecordDocs(store, schema, device=device, user=user, client_id=client_id,
-                               new_client_id=self._new_client_id, cache_size=cache_size,
+                               new_client_id=self._new_client_id, cache_size=cache_size, cache_bytes=cache_bytes,
                                compact_after=compact_after, wall=wall, local=self.outbox)
         self.rows = Rows(store)
         self._listeners: list[Callable[[ChangeEvent], None]] = []

@@ -11,8 +11,11 @@ Used by the device replica and by the relay alike. Layout under the store:
 - ``("held", collection, id)``: only while some remote update of the record arrived before an update it
   builds on: those updates, applied again once the missing one arrives.
 
-A record is loaded from its snapshot and updates on first use and evicted when the cache is full;
-compaction folds the updates into the snapshot once there are ``compact_after`` of them and none is pending.
+A record is loaded from its snapshot and updates on first use and evicted, least recently used first,
+when the cache holds more than ``cache_size`` records or more than ``cache_bytes`` bytes of encoded
+updates (a few records with long notes weigh as much as thousands of small ones). A pinned record is
+never evicted: the relay pins those with staged changes not committed yet. Compaction folds the updates
+into the snapshot once there are ``compact_after`` of them and none is pending.
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ class RecordDocs:
     """Loads, caches, appends to and compacts record documents kept in a byte store."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str, client_id: int,
-                 new_client_id: Callable[[], int], cache_size: int = 2000, compact_after: int = 64,
-                 wall: Callable[[], int] | None = None, local: LocalChanges | None = None) -> None:
+                 new_client_id: Callable[[], int], cache_size: int = 2000, cache_bytes: int | None = None,
+                 compact_after: int = 64, wall: Callable[[], int] | None = None,
+                 local: LocalChanges | None = None) -> None:
         self.store = store
         self.local = local  # the device's pending updates; None for the relay, which has none
         self.schema = schema
@@ -70,9 +74,68 @@ class RecordDocs:
         self.client_id = client_id
         self.new_client_id = new_client_id
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes  # None: no bound but the count
         self.compact_after = compact_after
         self.wall = wall  # the device's wall clock, for strategies that stamp it (lww-field)
         self._cache: OrderedDict[tuple[str, str], LoadedRecord] = OrderedDict()
+        self._sizes: dict[tuple[str, str], int] = {}  # each cached record's weight when last touched
+        self.cached_bytes = 0  # their sum
+        self._pins: dict[tuple[str, str], int] = {}  # record -> how many times pinned (see ``pin``)
+
+    def _put(self, key: tuple[str, str], lr: LoadedRecord) -> None:
+        """Cache ``lr`` as the most recently used record, weighed now; evict beyond the bounds."""
+        self._cache[key] = lr
+        self._cache.move_to_end(key)
+        self._weigh(key, lr)
+        self._evict()
+
+    def _weigh(self, key: tuple[str, str], lr: LoadedRecord) -> None:
+        size = lr.doc.stored_size()
+        self.cached_bytes += size - self._sizes.get(key, 0)
+        self._sizes[key] = size
+
+    def _evict(self) -> None:
+        """Drop least recently used records while the cache holds too many or weighs too much. Pinned ones
+        stay (moved to the recent end: they are in use), and so does the most recently used one."""
+        cache, limit = self._cache, self.cache_bytes
+        if len(cache) < 2 or (len(cache) <= self.cache_size and (limit is None or self.cached_bytes <= limit)):
+            return
+        newest = next(reversed(cache))  # the record just used stays, however much it weighs: it is in use
+        budget = len(cache)  # each record is looked at once at most
+        while budget > 0 and (len(cache) > self.cache_size or (limit is not None and self.cached_bytes > limit)):
+            budget -= 1
+            key = next(iter(cache))
+            if key == newest:
+                break
+            if key in self._pins:
+                cache.move_to_end(key)
+                continue
+            del cache[key]
+            self.cached_bytes -= self._sizes.pop(key, 0)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        if self._cache.pop(key, None) is not None:
+            self.cached_bytes -= self._sizes.pop(key, 0)
+
+    def pin(self, collection: str, record_id: str) -> None:
+        """Keep the record in the cache until as many ``unpin`` calls (it must be cached): the relay's
+        writer pins each record it stages a change of until the commit, since a record evicted with staged,
+        uncommitted updates would be reloaded without them."""
+        key = (collection, record_id)
+        assert key in self._cache, "only a cached record can be pinned"
+        self._pins[key] = self._pins.get(key, 0) + 1
+
+    def unpin(self, collection: str, record_id: str) -> None:
+        key = (collection, record_id)
+        n = self._pins.get(key, 0)
+        if n <= 1:
+            self._pins.pop(key, None)
+        else:
+            self._pins[key] = n - 1
+        lr = self._cache.get(key)
+        if lr is not None:
+            self._weigh(key, lr)
+        self._evict()
 
     def cached(self, collection: str, record_id: str) -> LoadedRecord | None:
         """The record if it is in the cache (made most recently used), else None: loads nothing."""
@@ -94,12 +157,10 @@ class RecordDocs:
         key = (collection, record_id)
         lr = self._cache.get(key)
         if lr is not None:
-            self._cache.move_to_end(key)
+            self._cache.move_to_end(key)  # (weighed again by ``append``, when it grows)
             return lr
         lr = self._load(collection, record_id)
-        self._cache[key] = lr
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._put(key, lr)
         return lr
 
     def _identity(self, raw: bytes | None) -> tuple[str, int]:
@@ -120,7 +181,6 @@ class RecordDocs:
             if lr is None:
                 missing.append(key)
             else:
-                self._cache.move_to_end(key)
                 out[key] = lr
         if missing:
             # a collection this store holds nothing of (the first sync of a new device): nothing to load
@@ -128,17 +188,20 @@ class RecordDocs:
             if empty:
                 for c, rid in missing:
                     if c in empty:
-                        out[(c, rid)] = self._cache[(c, rid)] = self._make_new(c, rid)
+                        out[(c, rid)] = self._make_new(c, rid)
                 missing = [key for key in missing if key[0] not in empty]
         if missing:
             small = self.store.load_many([(kind, c, rid) for c, rid in missing for kind in ("snap", "rmeta", "held")])
             ranges = self.store.load_ranges([("upd", c, rid) for c, rid in missing])
             for i, (c, rid) in enumerate(missing):
-                lr = self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
-                out[(c, rid)] = lr
-                self._cache[(c, rid)] = lr
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+                out[(c, rid)] = self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
+        cache = self._cache
+        for key in keys:  # in their order: the last ones are the most recently used
+            lr = out[key]
+            if cache.get(key) is lr:
+                cache.move_to_end(key)
+            else:
+                self._put(key, lr)
         return [out[key] for key in keys]
 
     def _holds_none(self, collection: str) -> bool:
@@ -240,8 +303,6 @@ class RecordDocs:
         """
         if lr is None:
             lr = self.get(collection, record_id)
-        else:
-            self._pin(collection, record_id, lr)
         n = lr.next_n
         lr.next_n += 1
         if change_id is None:
@@ -250,15 +311,12 @@ class RecordDocs:
             self.maybe_compact(batch, collection, record_id, lr)
         else:
             lr.pending[n] = change_id  # nothing to compact while a change is pending
+        self._put((collection, record_id), lr)  # cached again if evicted meanwhile, weighed with the update
         return n
 
     def _pin(self, collection: str, record_id: str, lr: LoadedRecord) -> None:
         """Make ``lr`` the cached copy of the record again (it may have been evicted meanwhile)."""
-        key = (collection, record_id)
-        self._cache[key] = lr
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._put((collection, record_id), lr)
 
     def replace(self, collection: str, record_id: str, doc: RecordDoc) -> None:
         """Put a merged scratch document in place of the cached one (after its update was staged)."""
@@ -266,6 +324,7 @@ class RecordDocs:
         if lr is None:
             lr = self.get(collection, record_id)
         lr.doc = doc
+        self._put((collection, record_id), lr)
 
     def confirm(self, batch: Batch, collection: str, record_id: str, updates: Mapping[int, bytes],
                 lr: LoadedRecord | None = None) -> None:
@@ -319,14 +378,18 @@ class RecordDocs:
                              device=self.device, user=self.user, client_id=client,
                              updates=[fresh.doc.full_update()], held=fresh.doc.held, wall=self.wall)
         fresh.doc = doc
-        self._cache[(collection, record_id)] = fresh
+        self._put((collection, record_id), fresh)
         return fresh
 
     def reload(self, collection: str, record_id: str) -> None:
-        self._cache.pop((collection, record_id), None)
+        self._drop((collection, record_id))
 
     def forget(self) -> None:
+        """Drop every cached record, pins included (the relay's writer after a failed commit)."""
         self._cache.clear()
+        self._sizes.clear()
+        self._pins.clear()
+        self.cached_bytes = 0
 
     def stored_parts(self, collection: str, record_id: str) -> list[bytes]:
         """The record's stored Yjs updates (snapshot, updates, pending local changes), without loading it."""

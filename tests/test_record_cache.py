@@ -1,0 +1,72 @@
+"""The record cache is bounded by weight as well as by count: a few records with long notes must not keep
+hundreds of MB in memory. The relay's writer pins records with staged, uncommitted changes."""
+
+from __future__ import annotations
+
+from crdtsync import Replica
+from crdtsync.demo import DEMO_SCHEMA
+from crdtsync.protocol.events import Change
+from crdtsync.relay.auth import Tokens
+from crdtsync.relay.log import RelayLog
+from crdtsync.store import MemoryStore
+from crdtsync.store.base import Batch
+
+NOTE = "Site survey: " + "the north wall needs a new bracket; " * 600  # about 21 KB
+
+
+def test_the_cache_holds_no_more_encoded_bytes_than_its_bound() -> None:
+    r = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="u", cache_bytes=100_000)
+    ids = [r.create("accounts", {"name": f"A{i}", "notes": NOTE}) for i in range(30)]
+    docs = r.docs
+    assert 0 < docs.cached_bytes <= 100_000
+    assert len(docs._cache) < 10  # about four of these records weigh the bound
+    assert docs.cached_bytes == sum(lr.doc.stored_size() for lr in docs._cache.values())
+    for rid in ids:  # evicted ones load again, whole
+        assert r.get("accounts", rid).fields["notes"] == NOTE
+    unbounded = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="u", cache_bytes=None)
+    for i in range(30):
+        unbounded.create("accounts", {"name": f"A{i}", "notes": NOTE})
+    assert len(unbounded.docs._cache) == 30
+
+
+def test_the_record_in_use_stays_cached_however_much_it_weighs() -> None:
+    r = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="u", cache_bytes=10)
+    rid = r.create("accounts", {"name": "A", "notes": NOTE})
+    r.create("accounts", {"name": "B", "notes": NOTE})
+    lr = r.docs.get("accounts", rid)
+    assert r.docs.cached("accounts", rid) is lr
+    r.update("accounts", rid, {"notes": NOTE + " Done."})
+    assert r.get("accounts", rid).fields["notes"] == NOTE + " Done."
+
+
+def test_the_relay_keeps_records_with_staged_changes_until_their_commit() -> None:
+    """Two write groups in flight (one staged while the other commits) over a cache that holds almost
+    nothing: a record evicted with a staged change would be reloaded from the store without it, and its
+    next change, which builds on it, held back."""
+    w = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="u")
+    big = w.create("accounts", {"name": "Big", "notes": NOTE})
+    others = [w.create("accounts", {"name": f"O{i}"}) for i in range(20)]
+    w.update("accounts", big, {"employees": 5})
+    changes = [Change(p.id, p.collection, p.record, u) for p, u in w.outgoing()]
+    first, second = (c for c in changes if c.record == big)
+    rest = [c for c in changes if c.record != big]
+    assert [c.record for c in rest] == others
+
+    store = MemoryStore()
+    lg = RelayLog(store, DEMO_SCHEMA, cache_size=2, cache_bytes=1000)
+    grant = Tokens(None).grant(None)
+    assert grant is not None
+    group1, group2 = Batch(), Batch()
+    out1 = lg.stage(group1, "d", grant, [first, *rest[:10]])  # group 1: not committed yet
+    out2 = lg.stage(group2, "d", grant, [*rest[10:], second])  # group 2, staged meanwhile
+    assert out1.held == [] and out2.held == [] and out1.rejected == [] and out2.rejected == []
+    assert len(out1.accepted) == 11 and len(out2.accepted) == 11
+    store.commit(group1)
+    lg.committed(out1.accepted)
+    store.commit(group2)
+    lg.committed(out2.accepted)
+    assert lg.docs._pins == {}
+    assert len(lg.docs._cache) <= 2
+    fresh = RelayLog(store, DEMO_SCHEMA)
+    state = fresh.docs.get("accounts", big).doc.state()
+    assert state.fields["employees"] == 5 and state.fields["notes"] == NOTE
