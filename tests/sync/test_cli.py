@@ -43,7 +43,7 @@ def test_schema_from_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("option", "value", "says"), [
     ("--port", "99999", "from 0 to 65535"), ("--port", "-1", "from 0 to 65535"),
     ("--rate", "0", "at least 0.001"), ("--rate", "nan", "at least 0.001"), ("--keep-log", "-5", "at least 0"),
-    ("--max-frame", "0", "at least 65536"), ("--port", "http", "not a number"),
+    ("--max-frame", "0", "at least 65536"), ("--port", "http", "not a number"), ("--cache-mb", "0.5", "at least 1"),
 ])
 def test_numeric_options_out_of_range_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        option: str, value: str, says: str) -> None:
