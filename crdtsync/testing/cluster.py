@@ -103,8 +103,8 @@ class Cluster:
     """
 
     def __init__(self, schema: Schema, n: int = 3, *, ids: Sequence[str] = DEFAULT_IDS,
-                 skews: Sequence[int] | None = None, cache_size: int = 2, compact_after: int = 4,
-                 store: Callable[[int], ByteStore] | None = None) -> None:
+                 skews: Sequence[int] | None = None, cache_size: int = 2, cache_bytes: int | None = 64 * 2**20,
+                 compact_after: int = 4, store: Callable[[int], ByteStore] | None = None) -> None:
         self.schema = schema
         self.ids = list(ids)
         self.now = _EPOCH_MS
@@ -112,7 +112,7 @@ class Cluster:
         make = store or (lambda i: MemoryStore())
         self.replicas = [Replica(make(i), schema, device=f"d{i}", user=f"u{i}", wall=self._wall(i),
                                  random_bytes=random.Random(i).randbytes, cache_size=cache_size,
-                                 compact_after=compact_after) for i in range(n)]
+                                 cache_bytes=cache_bytes, compact_after=compact_after) for i in range(n)]
         self.known: list[set[int]] = [set() for _ in range(n)]
         self.writes: list[Write] = []
         self.set_ops: list[_SetOp] = []

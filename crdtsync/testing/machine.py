@@ -52,7 +52,9 @@ class ReplicaMachine(RuleBasedStateMachine):
         n = data.draw(st.integers(self.min_replicas, self.max_replicas), label="replicas")
         skews = data.draw(st.lists(st.sampled_from([0, 0, 3, -3, 1000]), min_size=n, max_size=n), label="skews")
         cache = data.draw(st.sampled_from([1, 2, 100]), label="cache_size")
-        self.cluster = Cluster(schema, n, ids=self.ids, skews=skews, cache_size=cache,
+        # a few hundred bytes: records are evicted by weight, whatever the count
+        weight = data.draw(st.sampled_from([None, 400, 64 * 2**20]), label="cache_bytes")
+        self.cluster = Cluster(schema, n, ids=self.ids, skews=skews, cache_size=cache, cache_bytes=weight,
                                compact_after=data.draw(st.sampled_from([2, 64]), label="compact_after"))
 
     def _pick(self, data: st.DataObject) -> tuple[int, str, str]:
