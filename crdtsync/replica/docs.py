@@ -282,16 +282,6 @@ class RecordDocs:
             write_bytes(out, u)
         batch.save(("held", collection, record_id), bytes(out))
 
-    def scratch(self, collection: str, record_id: str) -> RecordDoc:
-        """A copy of the record's document to try a merge on before committing to it."""
-        key = (collection, record_id)
-        lr = self._cache.get(key)
-        if lr is None:
-            return self._load(collection, record_id).doc
-        src = lr.doc
-        return new_record_doc(src.collection, record_id, writer=src.writer, device=self.device, user=self.user,
-                              client_id=src.doc.client_id, updates=[src.full_update()], wall=self.wall)
-
     def append(self, batch: Batch, collection: str, record_id: str, update: bytes,
                change_id: int | None = None, lr: LoadedRecord | None = None) -> int:
         """Stage an update of the record (already applied to its doc) into ``batch``; return its index ``n``.
@@ -316,14 +306,6 @@ class RecordDocs:
 
     def _pin(self, collection: str, record_id: str, lr: LoadedRecord) -> None:
         """Make ``lr`` the cached copy of the record again (it may have been evicted meanwhile)."""
-        self._put((collection, record_id), lr)
-
-    def replace(self, collection: str, record_id: str, doc: RecordDoc) -> None:
-        """Put a merged scratch document in place of the cached one (after its update was staged)."""
-        lr = self._cache.get((collection, record_id))
-        if lr is None:
-            lr = self.get(collection, record_id)
-        lr.doc = doc
         self._put((collection, record_id), lr)
 
     def confirm(self, batch: Batch, collection: str, record_id: str, updates: Mapping[int, bytes],
