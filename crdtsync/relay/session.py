@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from ..protocol.connection import Connection, Role, State
 from ..protocol.events import (
@@ -178,8 +179,10 @@ class Session:
                 self._flush()
                 if self._closing is not None:
                     break
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as e:
+            if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                log.warning("%s (%s) sent a frame over the %d-byte limit (relay --max-frame): closed with 1009",
+                            self.device or "a device", self.ws.remote_address, self.relay.limits.max_frame)
         except Exception:  # a bug here: the device is told (1011), not sent a normal close it would retry
             log.exception("internal error serving %s (%s)", self.device or "?", self.ws.remote_address)
             self.abort(1011, "relay failure: internal error")

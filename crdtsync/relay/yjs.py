@@ -38,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from pycrdt import merge_updates
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
 from ..protocol.yroom import (
     CLOSE_GOING_AWAY,
@@ -288,8 +289,11 @@ class YjsRooms:
                     log.info("yjs room %r: closing a connection: %s", name, out.close.reason)
                     await conn.close_after_queue(out.close)
                     break
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as e:
+            if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                # y-websocket reconnects and sends it again, in a loop, showing ``synced`` all the while
+                log.warning("yjs room %r: a client sent a message over the %d-byte limit (relay --max-frame); "
+                            "closed with 1009 (its edits are not stored; it will retry)", name, self.max_message)
         finally:
             room.conns.pop(conn, None)
             self._conns.discard(conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 
@@ -33,7 +34,8 @@ CASES: list[tuple[str, list[bytes | str], int, str]] = [
 @pytest.mark.parametrize("name, frames, code, reason", CASES, ids=[c[0] for c in CASES])
 async def test_garbage_closes_only_that_connection(
         make_relay: RelayFactory, make_replica: Callable[..., Replica],
-        name: str, frames: list[bytes | str], code: int, reason: str) -> None:
+        name: str, frames: list[bytes | str], code: int, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="crdtsync.relay")
     relay = await make_relay(limits=Limits(max_frame=64 * 1024))
     good, other = make_replica("good"), make_replica("other")
     async with client(good, relay.url) as cg, client(other, relay.url) as co:
@@ -53,6 +55,9 @@ async def test_garbage_closes_only_that_connection(
         await sync(cg)
         await asyncio.wait_for(got, BOUND)
         assert co.online
+    # (logged as the relay saw the frame, before this sync's round trips)
+    too_big = [r for r in caplog.records if "over the 65536-byte limit" in r.getMessage()]
+    assert len(too_big) == (1 if code == 1009 else 0)  # an operator sees why a device keeps reconnecting
 
 
 async def test_out_of_order_pull_closes_with_a_reason(make_relay: RelayFactory) -> None:

@@ -209,9 +209,11 @@ async def test_large_updates_pass_and_oversized_ones_close_the_sender() -> None:
         await asyncio.gather(a.wait_synced(), b.wait_synced())
         a.text.insert(0, "x" * (2 * 2**20))
         await b.wait_until(lambda: len(str(b.text)) == 2 * 2**20)
-        b.text.insert(0, "y" * (4 * 2**20))
-        code, _ = await b.wait_closed()
-        assert code == 1009
+        with _watch_log("over the 3145728-byte limit") as logged:  # an operator sees it (clients retry)
+            b.text.insert(0, "y" * (4 * 2**20))
+            code, _ = await b.wait_closed()
+            assert code == 1009
+            await asyncio.wait_for(logged.seen.wait(), 10)
         a.map["still"] = "here"
         async with PyYClient(srv.room_url("big")) as c:
             await c.wait_until(lambda: "still" in c.map)
@@ -237,21 +239,22 @@ async def _raw_ws_that_never_reads(url: str) -> socket.socket:
     return sock
 
 
-class _Closing(logging.Handler):
-    """Set when the relay logs that it closes a client too slow to read."""
+class _Watch(logging.Handler):
+    """Set when the relay's room server logs a message holding ``text``."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str) -> None:
         super().__init__()
+        self.text = text
         self.seen = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "too slow to read" in record.getMessage():
+        if record.levelno >= logging.WARNING and self.text in record.getMessage():
             self.seen.set()
 
 
 @contextlib.contextmanager
-def _watch_too_slow() -> Iterator[_Closing]:
-    handler = _Closing()
+def _watch_log(text: str) -> Iterator[_Watch]:
+    handler = _Watch(text)
     logger = logging.getLogger("crdtsync.relay.yjs")
     level = logger.level
     logger.setLevel(logging.WARNING)  # (the demo quiets "crdtsync", and tests run it in this process)
@@ -310,7 +313,7 @@ async def test_a_client_behind_for_send_timeout_is_closed() -> None:
         await asyncio.gather(writer.wait_synced(), reader.wait_synced())
         stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
         try:
-            with _watch_too_slow() as closing:
+            with _watch_log("too slow to read") as closing:
                 await _paced(writer, reader, 24, chunk)
                 await asyncio.wait_for(closing.seen.wait(), 10)  # (reading before would catch it up)
             # it did not get everything: it was cut off, not waited for
@@ -329,7 +332,7 @@ async def test_a_client_with_too_much_queued_is_closed_at_once() -> None:
         await asyncio.gather(writer.wait_synced(), reader.wait_synced())
         stalled = await _raw_ws_that_never_reads(srv.room_url("slow"))
         try:
-            with _watch_too_slow() as closing:
+            with _watch_log("too slow to read") as closing:
                 await _paced(writer, reader, 24, chunk)
                 assert closing.seen.is_set()  # at 4 MiB queued, not after send_timeout
             assert await _read_until_closed(stalled, 1013, _TOO_SLOW) < 20 * chunk
