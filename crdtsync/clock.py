@@ -2,7 +2,9 @@
 
 An HLC time is one int: ``wall_ms << 16 | counter``. It orders like the wall clock when clocks agree, and
 stays monotonic when the wall clock jumps backwards or when a peer's clock runs ahead: ``now()`` never
-returns a time at or below one it returned or observed before. Times fit in 63 bits until the year 10889.
+returns a time at or below one it returned or observed before. Times fit in 63 bits (the stores' int keys)
+until the year 6429; ``MAX_TIME``, the start of the year 3000, bounds every time a record may hold, so
+that no peer can push a clock to where its next time no longer fits.
 
 Kulkarni et al., "Logical Physical Clocks and Consistent Snapshots in Globally Distributed Databases".
 """
@@ -11,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["Hlc", "hlc_counter", "hlc_pack", "hlc_wall_ms"]
+__all__ = ["MAX_TIME", "Hlc", "hlc_counter", "hlc_pack", "hlc_wall_ms"]
 
 _COUNTER_BITS = 16
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
+
+#: no record may hold a time at or after this one (the start of the year 3000, UTC)
+MAX_TIME = 32503680000000 << _COUNTER_BITS
 
 
 def hlc_pack(wall_ms: int, counter: int) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ..clock import MAX_TIME
 from ..errors import RemoteValidationError
 from ..schema import Collection, Invalid
 from .document import MISSING, BaseRecordDoc, parse_set, parse_slot
@@ -57,9 +58,10 @@ def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
                 out[key] = check_slot(key, raw)
                 continue
-            if t.__class__ is int and t > 0 and d.__class__ is str and u.__class__ is str and c.__class__ is dict:
+            if t.__class__ is int and 0 < t < MAX_TIME and d.__class__ is str and u.__class__ is str \
+                    and c.__class__ is dict:
                 for x in c.values():
-                    if x.__class__ is not int:
+                    if x.__class__ is not int or not 0 <= x < MAX_TIME:
                         break
                 else:
                     f = fields.get(name)
@@ -141,6 +143,10 @@ class CheckedRecordDoc(BaseRecordDoc):
         for key, raw in sets.items():
             self._check_set(key, raw)
         return parsed
+
+    def get_sets(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The set entries present under these keys, as stored (JSON strings), read in one transaction."""
+        return self._get_many((), keys)[1]
 
     def _get_many(self, slot_keys: Iterable[str], set_keys: Iterable[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The values present under these keys of the slot map and the set map, read in one transaction

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
+from ..clock import MAX_TIME
 from ..schema import Collection
 from .slots import SEP, Slot
 from .state import HistoryEntry, RecordState, SetEntry, compute_state
@@ -41,10 +42,11 @@ def parse_slot(key: str, raw: Any) -> Slot:
     p = orjson.loads(raw)
     t, d, u, c = p["t"], p["d"], p["u"], p["c"]
     # written out rather than ``all(...)``: a merge parses every slot it brings (the generator was a fifth)
-    if not (isinstance(t, int) and t > 0 and isinstance(d, str) and isinstance(u, str) and isinstance(c, dict)):
+    if not (isinstance(t, int) and 0 < t < MAX_TIME and isinstance(d, str) and isinstance(u, str)
+            and isinstance(c, dict)):
         raise ValueError(f"bad slot {key!r}")
     for v in c.values():
-        if not isinstance(v, int):
+        if not isinstance(v, int) or not 0 <= v < MAX_TIME:
             raise ValueError(f"bad slot {key!r}")
     return Slot(name, writer, p.get("v"), t, d, u, c)
 

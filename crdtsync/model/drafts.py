@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 import orjson
 
+from ..clock import MAX_TIME
 from ..errors import RemoteValidationError
 from ..schema import Collection, Field, Invalid
 from .record import RecordDoc
@@ -146,14 +147,17 @@ def _parse_draft(key: str, raw: Any) -> Draft:
     if not (isinstance(f, dict) and isinstance(d, bool) and isinstance(k, list)
             and all(isinstance(x, str) for x in k)):
         raise ValueError(f"bad draft {key!r}")
-    return Draft(writer, int(t_hex, 16), str(p["dv"]), str(p["u"]), str(p["o"]), f, d, tuple(k), int(p["b"]))
+    t = int(t_hex, 16)
+    if not 0 < t < MAX_TIME:
+        raise ValueError(f"bad draft {key!r}: time out of range")
+    return Draft(writer, t, str(p["dv"]), str(p["u"]), str(p["o"]), f, d, tuple(k), int(p["b"]))
 
 
 def _parse_image(raw: Any) -> Image:
     p = orjson.loads(raw)
     f, d, n, a, t = p["f"], p["d"], p["n"], p["a"], p["t"]
     if not (isinstance(f, dict) and isinstance(d, bool) and isinstance(n, int) and isinstance(a, dict)
-            and all(isinstance(v, int) for v in a.values()) and isinstance(t, int)):
+            and all(isinstance(v, int) for v in a.values()) and isinstance(t, int) and 0 <= t < MAX_TIME):
         raise ValueError("bad image")
     by = {k: (str(v[0]), str(v[1]), int(v[2])) for k, v in p.get("by", {}).items()}
     return Image(f, d, n, a, t, by)

@@ -8,11 +8,14 @@ A refused change raises ``Refused`` (``Waits``: held for the device to send agai
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pycrdt import Array, Map
 
+from ..clock import MAX_TIME, hlc_wall_ms
+from ..model.document import parse_set, parse_slot
 from ..model.record import RecordDoc
 from ..model.slots import SEP, Slot
 from ..model.trace import Traced
@@ -20,8 +23,12 @@ from ..schema import Collection, Field, Text
 from ..schema import Set as SetField
 from .drafts import Refusal
 
-__all__ = ["Refused", "Waits", "apply_observed", "check_own", "is_own_writer", "merge_limits", "refuse",
-           "refuse_over_limits"]
+__all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "is_own_writer",
+           "merge_limits", "refuse", "refuse_over_limits"]
+
+#: how far ahead of the relay's clock a change may be stamped: a device whose clock runs ahead stamps its
+#: writes ahead, and every device that takes them in moves its own clock there (an HLC never goes back)
+MAX_AHEAD_MS = 30 * 24 * 3600 * 1000
 
 
 def is_own_writer(writer: str, device: str) -> bool:
@@ -120,15 +127,16 @@ class _PublicSub:
 
 
 def check_own(doc: RecordDoc, traced: Traced, device: str, user: str | None,
-               read: Mapping[str, Slot] | None = None) -> None:
+               read: Mapping[str, Slot] | None = None, latest: int = MAX_TIME) -> None:
     """Anti-impersonation: everything the update changed must be the device's own.
 
     Slot keys are ``field SEP writer`` and set keys ``field SEP element SEP writer``; a slot also names
     its device ``d`` and user ``u``, and so does each history entry. A device may write only under its own
     writer tag (``device`` or ``device#N``), name only itself and its token's user (``user``; None when the
-    relay runs without tokens and cannot know users), and only append to the history. Text characters
-    carry no author, so they cannot be checked (see docs/sync.md). ``read``: the changed slots, parsed
-    and checked (``RecordDoc.check_keys``); None to read them here.
+    relay runs without tokens and cannot know users), and only append to the history, with entries stamped
+    no later than ``latest``. Text characters carry no author, so they cannot be checked (see
+    docs/sync.md). ``read``: the changed slots, parsed and checked (``RecordDoc.check_keys``); None to
+    read them here.
     """
     raw_slots = doc.raw_slots() if read is None and traced.slots else {}
     for key in traced.slots:
@@ -154,10 +162,10 @@ def check_own(doc: RecordDoc, traced: Traced, device: str, user: str | None,
     if traced.history_deleted:
         raise Refused("forbidden", "deletes history entries: the history is append-only")
     for raw in traced.history:
-        _check_author(raw, device, user, "a history entry")
+        _check_author(raw, device, user, "a history entry", latest)
 
 
-def _check_author(raw: Any, device: str, user: str | None, what: str) -> None:
+def _check_author(raw: Any, device: str, user: str | None, what: str, latest: int | None = None) -> None:
     try:
         p = orjson.loads(raw) if isinstance(raw, str) else None
     except orjson.JSONDecodeError:
@@ -168,3 +176,79 @@ def _check_author(raw: Any, device: str, user: str | None, what: str) -> None:
         raise Refused("forbidden", f"{what} claims device {p.get('d')!r}, not {device!r}")
     if user is not None and p.get("u") != user:
         raise Refused("forbidden", f"{what} claims user {p.get('u')!r}, but the token is {user!r}'s")
+    if latest is not None:
+        t = p.get("t")
+        if t.__class__ is not int or not 0 < t <= latest:
+            raise Refused("invalid", f"{what} is stamped {t!r}: not a time up to {_when(latest)}")
+
+
+def check_claims(doc: RecordDoc, traced: Traced, read: Mapping[str, Slot] | None, latest: int,
+                 known: dict[str, int] | None) -> dict[str, int] | None:
+    """Check what a change says of time and of what its author had seen, against the record the relay holds
+    (after the change): a device can only stamp what it writes, so these are all it could forge.
+
+    - Its slots must be stamped no later than ``latest`` (the relay's clock plus ``MAX_AHEAD_MS``), else
+      ``invalid``: a time far ahead moves every device's clock there for good (``check_own`` checks the
+      history entries' times with their authors).
+    - A slot's ``c`` (the writes its author had seen) and a set entry's ``r`` (the adds it had seen
+      removed) must name only writes the record holds: claiming to have seen a later write of another
+      device would let this one silently override that write when it comes. A claim beyond them is held
+      (``Waits``), as a change building on updates the relay lacks: a device may have got another's
+      write directly (``import_updates``) before that device synced it.
+
+    ``known``: the latest slot time of each writer of the record as the relay last read it (None: not
+    read yet); claims within it need no reading of the record (its state costs more than the rest of the
+    relay's checks). Returns it as read, with this change's slots in it.
+    """
+    slots = _changed_slots(doc, traced, read)
+    for key, s in slots.items():
+        if s.t > latest:
+            raise Refused("invalid", f"slot {key.partition(SEP)[0]!r} is stamped {_when(s.t)}, more than "
+                                     f"{MAX_AHEAD_MS // 86_400_000} days ahead of the relay's clock: the "
+                                     "device's clock is wrong")
+    fresh = False
+    for key, s in slots.items():
+        for w, n in s.seen.items():
+            if w == s.writer or (known is not None and n <= known.get(w, 0)):
+                continue  # (its own writes are ordered by its times, not by what it says it saw)
+            if known is None or not fresh:  # the record's writers as they stand (it only added its own slots)
+                known, fresh = dict(doc.state().vector), True
+            if n > known.get(w, 0):
+                raise Waits("held", f"slot {key.partition(SEP)[0]!r} claims to have seen a write of {w!r} the "
+                                    "relay does not have (from a device that has not synced it); sent again at "
+                                    "the next sync")
+    # (an entry as devices write it, that removes nothing, ends so: one that says otherwise is parsed)
+    claiming = {k: v for k, v in traced.set_values.items() if not (isinstance(v, str) and v.endswith('"r":{}}'))}
+    if claiming:
+        entries = [parse_set(k, v) for k, v in claiming.items()]
+        others = {f"{e.field}{SEP}{e.element}{SEP}{w}" for e in entries for w in e.removed if w != e.writer}
+        adds = {k: parse_set(k, v).adds for k, v in doc.get_sets(others).items()} if others else {}
+        for e in entries:
+            for w, n in e.removed.items():
+                have = e.adds if w == e.writer else adds.get(f"{e.field}{SEP}{e.element}{SEP}{w}", 0)
+                if n > have:
+                    raise Waits("held", f"a set entry of {e.field!r} claims to have seen adds of {w!r} the "
+                                        "relay does not have; sent again at the next sync")
+    if known is not None:
+        for s in slots.values():
+            if s.t > known.get(s.writer, 0):
+                known[s.writer] = s.t
+    return known
+
+
+def _changed_slots(doc: RecordDoc, traced: Traced, read: Mapping[str, Slot] | None) -> dict[str, Slot]:
+    """The slots the change set, parsed (``read``, or read here); the schema check refused bad ones."""
+    if read is not None:
+        return dict(read)
+    raw = doc.raw_slots() if traced.slots else {}
+    out = {}
+    for key in traced.slots:
+        value = raw.get(key)
+        if value is not None:
+            out[key] = parse_slot(key, value)
+    return out
+
+
+def _when(t: int) -> str:
+    return datetime.fromtimestamp(hlc_wall_ms(t) / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC") \
+        if 0 < t < MAX_TIME else str(t)

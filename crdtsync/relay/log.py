@@ -28,12 +28,14 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ..clock import hlc_pack
 from ..codec import Reader, varuint_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
@@ -46,7 +48,18 @@ from ..replica.rows import decode_value, encode_value
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
 from .auth import Grant
-from .checks import Refused, Waits, apply_observed, check_own, is_own_writer, merge_limits, refuse, refuse_over_limits
+from .checks import (
+    MAX_AHEAD_MS,
+    Refused,
+    Waits,
+    apply_observed,
+    check_claims,
+    check_own,
+    is_own_writer,
+    merge_limits,
+    refuse,
+    refuse_over_limits,
+)
 from .clients import ClientBindings, sv_clients, sv_is_empty, update_clients
 from .drafts import check_draft_keys, replay_arrived
 
@@ -117,13 +130,14 @@ class RelayLog:
     older ones once ``compact_slack`` of them have gathered (not a few after every write group)."""
 
     def __init__(self, store: ByteStore, schema: Schema, *, keep: int = 100_000, cache_size: int = 4096,
-                 cache_bytes: int | None = None,
+                 cache_bytes: int | None = None, wall: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
                  scope_fields: Mapping[str, frozenset[str]] | None = None, max_record: int | None = None) -> None:
         self.store = store
         self.schema = schema
         #: the largest a record's whole state may grow (bytes; None: no limit): a full resync, a record
         #: asked back or back in scope is sent whole, in one frame (the relay passes half its frame limit)
         self.max_record = max_record
+        self.wall = wall  # ms since the epoch: how far ahead a change may be stamped (``check_claims``)
         # the fields ``where`` limits look at, per collection (``Tokens.scope_fields``)
         self.scope_fields = dict(scope_fields or {})
         self._merge_limits = {coll.name: merge_limits(coll) for coll in schema}
@@ -321,7 +335,9 @@ class RelayLog:
                 if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
                     refuse(check_draft_keys(doc, traced.slots, lambda w: is_own_writer(w, device), device, user))
                     traced.slots = []
-                check_own(doc, traced, device, user, read)
+                latest = hlc_pack(self.wall() + MAX_AHEAD_MS, 0xFFFF)
+                check_own(doc, traced, device, user, read, latest)
+                lr.vector = check_claims(doc, traced, read, latest, lr.vector)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise Refused("invalid", str(e)) from None
             except Refused:
@@ -348,6 +364,7 @@ class RelayLog:
         except BaseException:
             lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
                                     client_id=doc.doc.client_id, updates=saved)
+            lr.vector = None  # (it may hold the refused change's times)
             raise
         if prev is not None:
             now = doc.state().fields

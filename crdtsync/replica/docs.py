@@ -57,6 +57,9 @@ class LoadedRecord:
     next_n: int
     confirmed: list[int] = field(default_factory=list)
     pending: dict[int, int] = field(default_factory=dict)  # upd index -> change id (stored in the outbox)
+    #: the relay's: each writer's latest slot time in the record, kept from one change to the next
+    #: (``relay.checks.check_claims``); None until read
+    vector: dict[str, int] | None = None
 
 
 class RecordDocs:

@@ -7,6 +7,7 @@ is closed. Every expectation below is the behaviour docs/strategies.md promises,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,16 @@ from websockets.asyncio.client import connect
 
 from crdtsync import Replica, SQLiteStore, SyncClient
 from crdtsync.client import SyncResult
+from crdtsync.clock import hlc_pack
 from crdtsync.model.drafts import IMAGE, SERVER_WRITER, DraftRecordDoc
 from crdtsync.protocol import Ack, Change, Push
 from crdtsync.relay import Grant, Relay, Tokens
 from crdtsync.schema import Collection, Int, Schema, Str
 
 from .conftest import BOUND, RawClient, Watch, fast_backoff
+
+#: a time the relay accepts (at most 30 days ahead of its clock), well after any the test's devices make
+SOON = hlc_pack(time.time_ns() // 1_000_000 + 3_600_000, 0)
 
 SCHEMA = Schema(
     Collection("deals", {"name": Str(), "stage": Str(), "amount": Int()}, strategy="lww-record"),
@@ -206,7 +211,7 @@ async def test_forging_another_devices_draft_is_forbidden(env: Env, writer: str,
                                                           why: str) -> None:
     _, _, rid = await shared_record(env, "deals")
     before, head = env.stored("deals", rid), env.relay.log.head
-    update = draft_doc(env, rid, writer, device, user).write({"name": "Evil"}, 2**60)
+    update = draft_doc(env, rid, writer, device, user).write({"name": "Evil"}, SOON)
     ack = await push_raw(env, "m", "mallory", "deals", rid, update)
     assert [(r.code, why in r.reason) for r in ack.rejected] == [("forbidden", True)], ack
     assert env.stored("deals", rid) == before and env.relay.log.head == head  # nothing stored
@@ -214,7 +219,7 @@ async def test_forging_another_devices_draft_is_forbidden(env: Env, writer: str,
 
 async def test_a_draft_naming_another_user_is_forbidden_when_the_relay_knows_users(env: Env) -> None:
     _, _, rid = await shared_record(env, "deals")
-    update = draft_doc(env, rid, "m", "m", "alice").write({"name": "Evil"}, 2**60)
+    update = draft_doc(env, rid, "m", "m", "alice").write({"name": "Evil"}, SOON)
     ack = await push_raw(env, "m", "mallory", "deals", rid, update)
     if env.tokens:
         assert [(r.code, "claims user 'alice'" in r.reason) for r in ack.rejected] == [("forbidden", True)]
@@ -228,7 +233,7 @@ async def test_writing_the_servers_image_is_forbidden(env: Env) -> None:
     doc: Doc[Any] = Doc()
     doc.apply_update(before)
     sv = doc.get_state()
-    image = {"f": {"name": "Evil"}, "d": False, "n": 99, "a": {}, "t": 2**60, "by": {}}
+    image = {"f": {"name": "Evil"}, "d": False, "n": 99, "a": {}, "t": SOON, "by": {}}
     doc.get("f", type=Map)[IMAGE] = orjson.dumps(image).decode()
     ack = await push_raw(env, "m", "mallory", "deals", rid, doc.get_update(sv))
     assert [(r.code, "only the relay (#server) may" in r.reason) for r in ack.rejected] == [("forbidden", True)]
@@ -241,16 +246,16 @@ async def test_a_retried_draft_is_acknowledged_again_and_applied_once(env: Env) 
     _, _, rid = await shared_record(env, "tasks")
     doc = DraftRecordDoc(SCHEMA.collection("tasks"), rid, writer="m", device="m", user="mallory",
                          client_id=4242, updates=[env.relay.log.record_update("tasks", rid)])
-    update = doc.write({"amount": 11}, 2**60)
+    update = doc.write({"amount": 11}, SOON)
     head = env.relay.log.head
     for _ in range(2):
-        ack = await push_raw(env, "m", "mallory", "tasks", rid, update, change_id=2**60)
-        assert ack.ok == (2**60,) and ack.rejected == ()
+        ack = await push_raw(env, "m", "mallory", "tasks", rid, update, change_id=SOON)
+        assert ack.ok == (SOON,) and ack.rejected == ()
         assert env.relay.log.head == head + 2  # the draft and the relay's image, once
     img = env.relay.log.reader.get("tasks", rid).doc
     assert isinstance(img, DraftRecordDoc)
     image = img.image()
-    assert image is not None and image.n == 2 and image.fields["amount"] == 11 and image.applied["m"] == 2**60
+    assert image is not None and image.n == 2 and image.fields["amount"] == 11 and image.applied["m"] == SOON
     assert SERVER_WRITER in img.state().vector
 
 

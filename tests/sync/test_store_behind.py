@@ -7,6 +7,7 @@ stops with ``StoreBehind``. Real relay, real sockets, real files."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pytest
 from crdtsync import Replica, StoreBehind
 
 from .conftest import SCHEMA, RelayFactory, RelayHandle, client, sync
+
+#: a fixed wall clock for the devices, near the relay's own (it refuses times far ahead of it)
+NOW = time.time_ns() // 1_000_000
 
 
 def open_store(path: Path, device: str = "phone") -> Replica:
@@ -103,7 +107,7 @@ async def test_a_change_under_an_id_another_store_of_the_device_used_is_refused(
     relay = await make_relay()
 
     def frozen() -> int:
-        return 1_800_000_000_000
+        return NOW
 
     first = Replica.open(tmp_path / "one.db", SCHEMA, device="phone", user="u", wall=frozen)
     second = Replica.open(tmp_path / "two.db", SCHEMA, device="phone", user="u", wall=frozen)
@@ -130,12 +134,12 @@ async def test_a_reinstall_behind_the_old_install_s_clock_is_not_taken_for_a_res
     install numbers below them. The relay's ``last`` is the change stored last, not the highest id."""
     relay = await make_relay()
     hour = 3_600_000
-    old = Replica.open(tmp_path / "old.db", SCHEMA, device="phone", user="u", wall=lambda: 1_800_000_000_000 + hour)
+    old = Replica.open(tmp_path / "old.db", SCHEMA, device="phone", user="u", wall=lambda: NOW + hour)
     old.create("accounts", {"name": "from the old install"})
     async with client(old, relay.url) as c:
         await sync(c)
     old.close()
-    new = Replica.open(tmp_path / "new.db", SCHEMA, device="phone", user="u", wall=lambda: 1_800_000_000_000)
+    new = Replica.open(tmp_path / "new.db", SCHEMA, device="phone", user="u", wall=lambda: NOW)
     try:
         new.create("accounts", {"name": "first"})
         async with client(new, relay.url) as c:

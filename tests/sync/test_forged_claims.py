@@ -1,0 +1,146 @@
+"""What a change says of time and of what its author had seen is checked against the record the relay
+holds: a device stamps its own writes, so a forged time or a forged "seen" claim could otherwise stop
+every other device from writing (a clock pushed past 64 bits) or silently override their later writes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import pytest
+from pycrdt import Doc, Map
+
+from crdtsync import Replica
+from crdtsync.clock import MAX_TIME, hlc_pack
+from crdtsync.errors import RemoteValidationError
+from crdtsync.model.slots import SEP
+from crdtsync.relay import Grant
+
+from .conftest import RelayFactory, RelayHandle, client, sync
+from .test_impersonation import history_edit, push_raw, stored
+
+ALL = frozenset({"*"})
+GRANTS = {"tok-alice": Grant("alice", ALL, ALL), "tok-mallory": Grant("mallory", ALL, ALL)}
+DAY_MS = 24 * 3600 * 1000
+
+
+def now() -> int:
+    return hlc_pack(time.time_ns() // 1_000_000, 0)
+
+
+def map_edit(base: bytes, root: str, key: str, value: dict[str, Any]) -> bytes:
+    """An update that sets one entry of the slot map (``f``) or the set map (``s``), made with plain
+    pycrdt, as an attacker would."""
+    doc: Doc = Doc()
+    doc.apply_update(base)
+    before = doc.get_state()
+    doc.get(root, type=Map)[key] = orjson.dumps(value).decode()
+    return doc.get_update(before)
+
+
+def mallory_slot(t: int, seen: dict[str, int] | None = None) -> dict[str, Any]:
+    return {"v": "Mallory's", "t": t, "d": "mallory-phone", "u": "mallory", "c": seen or {}}
+
+
+@pytest.fixture
+async def shared(make_relay: RelayFactory, make_replica: Callable[..., Replica]
+                 ) -> tuple[RelayHandle, Replica, str]:
+    relay = await make_relay(GRANTS)
+    alice = make_replica("alice-phone", "alice")
+    rid = alice.create("accounts", {"name": "Acme", "tags": {"vip"}})
+    async with client(alice, relay.url, token="tok-alice") as c:
+        await sync(c)
+    return relay, alice, rid
+
+
+@pytest.mark.parametrize(("t", "why"), [
+    (now() + hlc_pack(60 * DAY_MS, 0), "more than 30 days ahead of the relay's clock"),
+    (2**63 - 1, "malformed slot"),  # taken in, every device's next change id would not fit in 64 bits
+], ids=["60 days ahead", "past 63 bits"])
+async def test_a_slot_stamped_far_ahead_is_refused(shared: tuple[RelayHandle, Replica, str], t: int,
+                                                   why: str) -> None:
+    relay, alice, rid = shared
+    before = stored(relay, rid)
+    update = map_edit(before, "f", f"name{SEP}mallory-phone", mallory_slot(t))
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
+    assert [(r.code, why in r.reason) for r in ack.rejected] == [("invalid", True)], ack
+    assert stored(relay, rid) == before
+    # and a device taking such a slot in directly refuses it, its clock untouched
+    last = alice.clock.last
+    if t >= MAX_TIME:
+        with pytest.raises(RemoteValidationError, match="malformed slot"):
+            alice.apply_remote([("accounts", rid, update)])
+    assert alice.clock.last == last
+    alice.update("accounts", rid, {"name": "still writable"})
+
+
+async def test_a_slot_claiming_to_have_seen_writes_the_relay_lacks_is_held(
+        shared: tuple[RelayHandle, Replica, str], make_replica: Callable[..., Replica]) -> None:
+    """Mallory's slot claims to have seen alice's writes up to a time far ahead: stored, it would win over
+    every write alice makes until then, silently, with no conflict."""
+    relay, alice, rid = shared
+    before = stored(relay, rid)
+    forged = mallory_slot(now(), {"alice-phone": now() + hlc_pack(DAY_MS, 0)})
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, map_edit(before, "f", f"name{SEP}mallory-phone",
+                                                                              forged))
+    assert ack.held == (1,) and ack.ok == () and ack.rejected == ()
+    assert stored(relay, rid) == before
+    alice.update("accounts", rid, {"name": "Acme Ltd"})
+    async with client(alice, relay.url, token="tok-alice") as c:
+        await sync(c)
+    other = make_replica("admin-phone", "alice")
+    async with client(other, relay.url, token="tok-alice") as c:
+        await sync(c)
+    got = other.get("accounts", rid)
+    assert got is not None and got.fields["name"] == "Acme Ltd"
+
+
+async def test_a_set_entry_claiming_to_have_seen_adds_the_relay_lacks_is_held(
+        shared: tuple[RelayHandle, Replica, str]) -> None:
+    relay, _, rid = shared
+    before = stored(relay, rid)
+    element = orjson.dumps("vip").decode()
+    update = map_edit(before, "s", f"tags{SEP}{element}{SEP}mallory-phone", {"a": 0, "r": {"alice-phone": 10**9}})
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
+    assert ack.held == (1,) and ack.ok == () and ack.rejected == ()
+    assert stored(relay, rid) == before
+    # a removal of what the record holds is the device's to make
+    ok = map_edit(before, "s", f"tags{SEP}{element}{SEP}mallory-phone", {"a": 0, "r": {"alice-phone": 1}})
+    assert (await push_raw(relay, "tok-mallory", "mallory-phone", rid, ok)).ok == (1,)
+
+
+async def test_a_write_made_after_seeing_a_peers_unsynced_write_waits_for_it(
+        shared: tuple[RelayHandle, Replica, str], make_replica: Callable[..., Replica]) -> None:
+    """The honest case of a claim beyond what the relay holds: mallory got alice's new write directly
+    (a file), edited over it and synced first. The change waits until alice's write reaches the relay,
+    then goes in, and wins without a conflict (it was made after seeing alice's)."""
+    relay, alice, rid = shared
+    mallory = make_replica("mallory-phone", "mallory")
+    async with client(mallory, relay.url, token="tok-mallory") as cm:
+        await sync(cm)
+        alice.update("accounts", rid, {"name": "Acme (alice)"})
+        mallory.import_updates(alice.export_updates())
+        mallory.update("accounts", rid, {"name": "Acme (mallory, after alice)"})
+        res = await sync(cm)
+        assert res.held >= 1
+        async with client(alice, relay.url, token="tok-alice") as ca:
+            await sync(ca)
+            await sync(cm)
+            await sync(ca)
+    for r in (alice, mallory):
+        got = r.get("accounts", rid)
+        assert got is not None and got.fields["name"] == "Acme (mallory, after alice)" and not got.conflicts
+    assert mallory.pending() == []
+
+
+async def test_a_history_entry_stamped_far_ahead_is_refused(shared: tuple[RelayHandle, Replica, str]) -> None:
+    relay, _, rid = shared
+    before = stored(relay, rid)
+    entry = {"f": "name", "o": "set", "v": "x", "d": "mallory-phone", "u": "mallory",
+             "t": now() + hlc_pack(60 * DAY_MS, 0)}
+    update = history_edit(before, lambda h: h.append(orjson.dumps(entry).decode()))
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
+    assert [(r.code, "a history entry is stamped" in r.reason) for r in ack.rejected] == [("invalid", True)]
+    assert stored(relay, rid) == before
