@@ -311,6 +311,11 @@ class BaseRecordDoc:
         with self._txn() as txn:
             return bytes(self._ydoc.get_update(txn._txn, b"\x00"))
 
+    def root_names(self) -> list[str]:
+        """The names of the document's root types (``f``, ``s``, ``h`` and ``t:<text field>`` are ours)."""
+        with self._txn() as txn:
+            return list(self._ydoc.roots(txn._txn))
+
     def stored_size(self) -> int:
         """About how many bytes the document takes encoded (its parts and held updates; the parts after
         the first may repeat some of it): what a cache of records weighs it by."""

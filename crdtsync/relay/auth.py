@@ -132,8 +132,8 @@ def _grant(token: str, d: Any) -> Grant:
 
 def unknown_names(grants: Mapping[str, Grant], collections: Mapping[str, Any]) -> list[str]:
     """What the grants name that the schema does not have (``collections``: name -> ``Collection``): a
-    collection in ``read``, ``write`` or ``where``, or a field in ``where``. A typo there only showed
-    later, as every write refused or every record out of scope."""
+    collection in ``read``, ``write`` or ``where``, or a field in ``where``; and room names that look like
+    patterns. A typo there only showed later, as every write refused or every record out of scope."""
     out = []
     for g in grants.values():
         for kind, names in (("read", g.read), ("write", g.write)):
@@ -146,6 +146,10 @@ def unknown_names(grants: Mapping[str, Grant], collections: Mapping[str, Any]) -
                 continue
             out += [f"user {g.user!r}: where names unknown field {c}.{f}"
                     for f in sorted(cond) if f not in coll.fields]
+        for kind, rooms in (("rooms", g.rooms), ("rooms_read_only", g.rooms_read_only)):
+            # only "*" alone is a pattern: "bob-*" was taken literally, and bob-x refused, without a word
+            out += [f"user {g.user!r}: {kind} names {r!r}, but only \"*\" alone means more than one room; "
+                    "list the rooms" for r in sorted(rooms - {ALL}) if "*" in r]
     return sorted(set(out))
 
 

@@ -23,8 +23,8 @@ from ..schema import Collection, Field, Text
 from ..schema import Set as SetField
 from .drafts import Refusal
 
-__all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "is_own_writer",
-           "merge_limits", "refuse", "refuse_over_limits"]
+__all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "check_roots",
+           "is_own_writer", "merge_limits", "refuse", "refuse_over_limits"]
 
 #: how far ahead of the relay's clock a change may be stamped: a device whose clock runs ahead stamps its
 #: writes ahead, and every device that takes them in moves its own clock there (an HLC never goes back)
@@ -252,3 +252,22 @@ def _changed_slots(doc: RecordDoc, traced: Traced, read: Mapping[str, Slot] | No
 def _when(t: int) -> str:
     return datetime.fromtimestamp(hlc_wall_ms(t) / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC") \
         if 0 < t < MAX_TIME else str(t)
+
+
+_ROOTS: dict[int, tuple[Collection, frozenset[str]]] = {}
+
+
+def check_roots(doc: RecordDoc) -> None:
+    """Refuse (``invalid``) a record holding root types besides ours: the slot map ``f``, the set map
+    ``s``, the history ``h`` and one text per text field (``t:<name>``). Anything else in an update is
+    stored and sent to every reader while no API shows it: room for covert data, up to the record limit."""
+    coll = doc.collection
+    hit = _ROOTS.get(id(coll))
+    if hit is None or hit[0] is not coll:
+        if len(_ROOTS) >= 1024:
+            _ROOTS.clear()
+        names = frozenset({"f", "s", "h"} | {f"t:{n}" for n, f in coll.fields.items() if f.merge == "text"})
+        hit = _ROOTS[id(coll)] = (coll, names)
+    extra = [n for n in doc.root_names() if n not in hit[1]]
+    if extra:
+        raise Refused("invalid", f"writes outside the record's fields: root types {sorted(extra)[:3]!r}")

@@ -55,6 +55,7 @@ from .checks import (
     apply_observed,
     check_claims,
     check_own,
+    check_roots,
     is_own_writer,
     merge_limits,
     refuse,
@@ -338,6 +339,7 @@ class RelayLog:
                 latest = hlc_pack(self.wall() + MAX_AHEAD_MS, 0xFFFF)
                 check_own(doc, traced, device, user, read, latest)
                 lr.vector = check_claims(doc, traced, read, latest, lr.vector)
+                check_roots(doc)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise Refused("invalid", str(e)) from None
             except Refused:

@@ -222,7 +222,10 @@ class Session:
             return
         try:
             async with self.relay.device_binding:
-                ok = await asyncio.to_thread(self.relay.log.bind_device, ev.device, self.grant.user)
+                # an open relay knows no users: binding its devices to its placeholder user refused them
+                # all for good once tokens came (a pilot, then production)
+                ok = self.grant.anonymous or await asyncio.to_thread(self.relay.log.bind_device, ev.device,
+                                                                     self.grant.user)
                 last = await asyncio.to_thread(self.relay.log.last_change, ev.device) if ok else 0
         except Exception:
             log.exception("binding device %r failed", ev.device)

@@ -332,3 +332,20 @@ async def test_a_record_entering_a_scope_arrives_whole(
     assert not res.reset and res.downloaded == 1
     got_b = b.get("accounts", rid)
     assert got_b is not None and got_b.fields == rec.fields
+
+
+async def test_devices_of_an_open_pilot_connect_under_tokens_later(make_relay: RelayFactory,
+                                                                   make_replica: Callable[..., Replica]) -> None:
+    """An open relay (no tokens) bound every device to its placeholder user, so once tokens came every
+    device of the pilot was refused for good (4403, "belongs to another user"). It binds none now."""
+    pilot = await make_relay(None)
+    phone = make_replica("al-1", "alice")
+    rid = phone.create("accounts", {"name": "Pilot"})
+    async with client(phone, pilot.url) as c:
+        await sync(c)
+    await pilot.stop()
+    relay = await make_relay({"tok-alice": Grant("alice", frozenset({"*"}), frozenset({"*"}))})
+    phone.update("accounts", rid, {"name": "Live"})
+    async with client(phone, relay.url, token="tok-alice") as c:
+        res = await sync(c)
+    assert res.uploaded == 1 and phone.pending() == []

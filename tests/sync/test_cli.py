@@ -62,13 +62,14 @@ def test_tokens_naming_what_the_schema_lacks_are_refused(tmp_path: Path, capsys:
     tokens = tmp_path / "t.toml"
     tokens.write_text('[tokens."a"]\nuser = "alice"\nread = ["acounts", "*"]\nwrite = ["accounts"]\n'
                       '[tokens."b"]\nuser = "bob"\nwrite = ["contacts"]\nwhere = { accounts = { ownr = "bob" }, '
-                      'deals = { owner = "bob" } }\n')
+                      'deals = { owner = "bob" } }\nrooms = ["*", "bob-*"]\n')
     assert main(["relay", "--db", str(tmp_path / "r.db"), "--schema", "tests.sync.conftest:SCHEMA",
                  "--tokens", str(tokens)]) == 2
     err = capsys.readouterr().err
     assert "user 'alice': read names unknown collection 'acounts'" in err
     assert "user 'bob': where names unknown field accounts.ownr" in err
     assert "user 'bob': where names unknown collection 'deals'" in err
+    assert "user 'bob': rooms names 'bob-*', but only \"*\" alone means more than one room" in err
     assert not (tmp_path / "r.db").exists()
 
 

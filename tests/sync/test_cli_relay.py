@@ -150,3 +150,29 @@ def test_a_port_in_use_is_one_line_of_error(tmp_path: Path) -> None:
     assert proc.returncode == 1 and proc.stdout == ""
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"crdtsync relay: cannot listen on 127.0.0.1:{port}: "), lines
+
+
+async def test_verbose_logs_hold_no_token(tmp_path: Path) -> None:
+    """With -v, websockets' DEBUG lines logged every request line, a Yjs client's ``?token=`` in clear."""
+    from websockets.asyncio.client import connect
+
+    (tmp_path / "tokens.toml").write_text('[tokens."sekrit-token-1"]\nuser = "alice"\nrooms = ["*"]\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crdtsync", "relay", "--port", "0", "--db", "relay.db", "--schema",
+        "tests.sync.conftest:SCHEMA", "--tokens", "tokens.toml", "-v", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), BOUND)).decode()
+        url = line.removeprefix("listening on ").strip()
+        async with connect(f"{url}/yjs/team?token=sekrit-token-1") as ws:
+            await asyncio.wait_for(ws.recv(), BOUND)  # the room's sync step 1: served
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), BOUND) == 0
+        err = (await proc.stderr.read()).decode()
+        assert " DEBUG " in err  # verbose, still
+        assert "sekrit-token-1" not in err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, Text
 
 from crdtsync import Replica
 from crdtsync.clock import MAX_TIME, hlc_pack
@@ -143,4 +143,22 @@ async def test_a_history_entry_stamped_far_ahead_is_refused(shared: tuple[RelayH
     update = history_edit(before, lambda h: h.append(orjson.dumps(entry).decode()))
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
     assert [(r.code, "a history entry is stamped" in r.reason) for r in ack.rejected] == [("invalid", True)]
+    assert stored(relay, rid) == before
+
+
+@pytest.mark.parametrize("root", ["junk", "t:name"])  # (name is a Str field: its value is in its slot)
+async def test_root_types_outside_the_records_fields_are_refused(shared: tuple[RelayHandle, Replica, str],
+                                                                 root: str) -> None:
+    """Stored, they would reach every reader, unseen through any API: room for covert data."""
+    relay, _, rid = shared
+    before = stored(relay, rid)
+    doc: Doc = Doc()
+    doc.apply_update(before)
+    sv = doc.get_state()
+    if root.startswith("t:"):
+        doc.get(root, type=Text).insert(0, "hidden")
+    else:
+        doc.get(root, type=Map)["x"] = "hidden"
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, doc.get_update(sv))
+    assert [(r.code, "root types" in r.reason) for r in ack.rejected] == [("invalid", True)], ack
     assert stored(relay, rid) == before
