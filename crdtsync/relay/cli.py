@@ -275,8 +275,9 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # websockets' own DEBUG lines hold every request line (a Yjs client's ?token=...) and every frame
-    logging.getLogger("websockets").setLevel(logging.INFO)
+    # websockets' own DEBUG lines hold every request line (a Yjs client's ?token=...) and every frame; its
+    # INFO lines are two per connection ("connection open", "connection closed"): only with -v
+    logging.getLogger("websockets").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.pg_schema is not None and not is_postgres_url(args.db):
         print(f"crdtsync relay: --pg-schema is for a PostgreSQL --db (postgresql://...); {args.db} is a SQLite "
               "file", file=sys.stderr)
