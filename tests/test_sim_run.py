@@ -183,3 +183,63 @@ def test_crdt_shows_the_clash_to_the_later_editor() -> None:
     c_write = next(w for w in out.writes if w.device == "d2")
     assert c_write.shown is not None and {("name", "w0-name"), ("name", "w1-name")} <= c_write.shown
     assert run_plan(_masked_plan(True), "crdt").lost_updates == 0
+
+
+def test_plot_without_matplotlib_is_a_usage_error_before_any_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It ran the whole simulation, printed the table, then died with a ModuleNotFoundError traceback."""
+    import sys
+
+    import crdtsync.sim.cli as sim_cli
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ModuleNotFoundError
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking for matplotlib")
+
+    monkeypatch.setattr(sim_cli, "simulate", no_run)
+    plot = tmp_path / "p.png"
+    assert main(["simulate", *SMALL, "--plot", str(plot)]) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "crdtsync[plot]"' in captured.err and "matplotlib" in captured.err
+    assert captured.out == "" and not plot.exists()
+
+
+def test_the_table_and_the_plot_title_name_the_fault_settings_changed() -> None:
+    """``--skew-ms 0 --loss 0.3`` printed the same header as the defaults."""
+    from crdtsync.sim.plot import title
+    from crdtsync.sim.report import table
+
+    changed = Params(seed=3, skew_ms=0, offline_mean_ms=5_000, loss=0.3)
+    run = run_plan(make_plan(changed.but(devices=2, records=3, edits=5)), "crdt")
+    assert table(changed, {"crdt": [run]}).splitlines()[0] == \
+        "seed 3, 5 devices, 200 records, 5000 edits, --skew-ms 0, --offline-ms 5000, --loss 0.3"
+    assert title(changed) == ("crdtsync simulate --seed 3 --devices 5 --records 200 --edits 5000 "
+                              "--skew-ms 0 --offline-ms 5000 --loss 0.3")
+    assert table(Params(), {"crdt": [run]}).splitlines()[0] == "seed 7, 5 devices, 200 records, 5000 edits"
+    assert "pooled" in table(Params(), {"crdt": [run, run]}).splitlines()[0]
+
+
+def test_plot_with_no_offline_periods_leaves_out_the_offline_sweep(tmp_path: Path) -> None:
+    """``--offline-ms 0`` swept five identical runs and drew them on a log axis at x = 0."""
+    import warnings
+
+    from crdtsync.sim.plot import plot, sweep, sweep_runs
+
+    base = Params(seed=2, devices=2, records=3, edits=4, offline_mean_ms=0)
+    assert set(sweep(base, ["crdt"])) == {"skew"} and sweep_runs(base, ["crdt"]) == 5
+    assert sweep_runs(base.but(offline_mean_ms=1_000), ["crdt", "lww-record"]) == 20
+    out = tmp_path / "p.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot(out, base, ["crdt"], {"crdt": [run_plan(make_plan(base), "crdt")]}, sweep_edits=2)
+    assert out.stat().st_size > 0
+
+
+def test_deletes_spare_the_hot_record_even_when_it_is_the_only_one() -> None:
+    """With ``--records 1``, ``ids[len(hot):] or ids`` fell back to deleting the hot record itself."""
+    plan = make_plan(Params(seed=3, records=1, edits=100))
+    deletes = [o.record for o in plan.ops if o.kind == "delete"]
+    assert deletes and "a0000" not in deletes

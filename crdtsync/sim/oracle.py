@@ -2,8 +2,9 @@
 
 It looks only at (1) the history of writes the simulated users made, each with the causal knowledge its
 author had when making it (tracked by the simulator from the messages it delivered, never read from a
-replica), (2) which writes their authors were told had failed (a rejected change they then discarded), and
-(3) the final state of every device as plain data. It never calls strategy code. See docs/simulator.md for
+replica) and what the author's screen showed of the record just then, (2) which writes their authors were
+told had failed (a rejected change they then discarded), and (3) the final state of every device as plain
+data. It never calls strategy code. See docs/simulator.md for
 the definitions; in short, a field write is
 
 - ``kept``: its value is the field's value in the final state (record not deleted);
@@ -19,8 +20,9 @@ the definitions; in short, a field write is
 another field of the same record, and no concurrent write of their own field nor a concurrent delete: a
 strategy that merges field by field has no reason to lose any of them.
 
-A delete is kept when the record ends deleted, surfaced when a conflict on ``deleted`` shows it, and lost
-(a *resurrection*) otherwise.
+A delete is kept when the record ends deleted, surfaced when a conflict on ``deleted`` shows it, superseded
+when a later write of ``deleted`` overwrote it knowingly (by its author, or by someone who had seen it and
+was shown the record deleted), and lost (a *resurrection*) otherwise.
 """
 
 from __future__ import annotations
