@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from crdtsync.sim.oracle import DELETED, FinalRecord, Write, evaluate
 
 
@@ -248,3 +250,10 @@ def test_the_oracles_work_grows_about_linearly_with_the_history() -> None:
     _Budget.reads, _Budget.limit = 0, 100 * len(ws)
     rep = evaluate(ws, finals)
     assert rep.field_writes > 3_000
+
+
+def test_a_history_whose_knowledge_shrinks_is_refused() -> None:
+    """The oracle's bisections rely on a device never forgetting what it had seen."""
+    later = w(2, "A", 2, "name", "y")  # had seen nothing of B, after a write that had
+    with pytest.raises(ValueError, match="had seen less"):
+        evaluate([w(1, "A", 1, "name", "x", seen={"B": 1}), later], [])

@@ -33,8 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["DELETED", "FinalRecord", "OracleReport", "Verdict", "Write", "concurrent", "evaluate",
-           "overwrote_knowingly", "saw"]
+__all__ = ["DELETED", "FinalRecord", "OracleReport", "Verdict", "Write", "evaluate", "overwrote_knowingly",
+           "saw"]
 
 DELETED = "deleted"
 Verdict = Literal["kept", "surfaced", "superseded", "lost"]
@@ -89,11 +89,6 @@ def overwrote_knowingly(later: Write, earlier: Write) -> bool:
         or (earlier.field, earlier.value) in later.shown
 
 
-def concurrent(a: Write, b: Write) -> bool:
-    """True when ``a`` and ``b`` come from two devices and neither author had seen the other write."""
-    return a.device != b.device and not saw(a, b) and not saw(b, a)
-
-
 @dataclass
 class OracleReport:
     """The verdicts and the metrics that follow from them (see docs/simulator.md)."""
@@ -131,8 +126,6 @@ def _verdict_on(w: Write, rec: FinalRecord | None, superseded: bool) -> Verdict:
 
 
 _RANK: dict[Verdict, int] = {"lost": 0, "superseded": 1, "surfaced": 2, "kept": 3}
-
-
 
 
 class _Lane:
@@ -217,8 +210,8 @@ def _independent(ws: list[Write], lanes: Mapping[tuple[str, str, str], _Lane]) -
             if dev == w.device:
                 continue
             clash = f in (w.field, DELETED)
-            if (same if clash else other):
-                continue  # already known: the lane cannot change the answer
+            if other and not clash:
+                continue  # already known to have met another field
             # the lane's writes ``w`` had seen come first, the ones that had seen ``w`` last
             lo = bisect_right(lane.seqs, w.seen.get(dev, 0))
             if lo < lane.first_that_saw(w):
@@ -236,8 +229,8 @@ def evaluate(writes: Iterable[Write], finals: Sequence[Mapping[str, FinalRecord]
     """Judge every write against every device's final state; a write lost on any device is lost.
 
     ``notified`` holds the ids of writes whose authors were told they failed (rejected, then discarded).
-    A device's knowledge must never shrink (``ValueError`` otherwise). The cost is about linear in the number of
-    writes: per write, a bisection in each (device, field) lane of its record.
+    A device's knowledge must never shrink (``ValueError`` otherwise). The cost is about linear in the
+    number of writes: per write, a bisection in each (device, field) lane of its record.
     """
     ws = list(writes)
     told = set(notified)
