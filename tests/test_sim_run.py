@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from crdtsync.cli import main
-from crdtsync.sim import Params, make_plan, run_plan
+from crdtsync.schema import Strategy
+from crdtsync.sim import Params, Plan, make_plan, run_plan
+from crdtsync.sim.run import play
+from crdtsync.sim.workload import Op, Window
 
 SMALL = ["--devices", "3", "--records", "12", "--edits", "120"]
 
@@ -147,3 +151,95 @@ def test_the_oracle_imports_no_strategy_code() -> None:
     imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in imported if "model" in m or "replica" in m or m.startswith(".")], imported
+
+
+def _masked_plan(c_edits: bool) -> Plan:
+    """A and B set ``name`` offline; A is back at 30 s, B at 40 s, so B's value wins and A's is dropped
+    without a word under last-writer-wins. C, offline from 20 s to 50 s, never shows A's value; with
+    ``c_edits`` it sets ``name`` at 60 s, after it had received A's write."""
+    p = Params(seed=1, devices=3, records=1, edits=3, loss=0.0, duplicate=0.0, skew_ms=0, jitter_ms=0,
+               partition_every_ms=0, crash_every_ms=0)
+    ops = [Op(0, 2_000, 0, "update", "a0000", {"name": "w0-name"}),
+           Op(1, 3_000, 1, "update", "a0000", {"name": "w1-name"})]
+    if c_edits:
+        ops.append(Op(2, 60_000, 2, "update", "a0000", {"name": "w2-name"}))
+    initial: list[tuple[str, dict[str, Any]]] = [
+        ("a0000", {"name": "seed-0", "phone": "p-0", "stage": "new", "owner": "o-0", "amount": -1})]
+    offline = {0: [Window(1_000, 30_000)], 1: [Window(1_000, 40_000)], 2: [Window(20_000, 50_000)]}
+    return Plan(p, initial, ops, offline, [], [], [0, 0, 0], 120_000)
+
+
+@pytest.mark.parametrize("strategy", ["lww-field", "lww-record", "lww-patch"])
+def test_a_later_edit_by_someone_who_never_saw_a_dropped_value_does_not_excuse_the_loss(strategy: Strategy) -> None:
+    """C's edit came causally after A's dropped write, but C never had A's value on screen: A's write is
+    still lost (it was reported as superseded, lost 0)."""
+    for c_edits in (False, True):
+        r = run_plan(_masked_plan(c_edits), strategy)
+        assert (r.lost_updates, r.silently_lost, r.converged) == (1, 1, True), c_edits
+
+
+def test_crdt_shows_the_clash_to_the_later_editor() -> None:
+    out = play(_masked_plan(True), "crdt")
+    c_write = next(w for w in out.writes if w.device == "d2")
+    assert c_write.shown is not None and {("name", "w0-name"), ("name", "w1-name")} <= c_write.shown
+    assert run_plan(_masked_plan(True), "crdt").lost_updates == 0
+
+
+def test_plot_without_matplotlib_is_a_usage_error_before_any_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It ran the whole simulation, printed the table, then died with a ModuleNotFoundError traceback."""
+    import sys
+
+    import crdtsync.sim.cli as sim_cli
+
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ModuleNotFoundError
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking for matplotlib")
+
+    monkeypatch.setattr(sim_cli, "simulate", no_run)
+    plot = tmp_path / "p.png"
+    assert main(["simulate", *SMALL, "--plot", str(plot)]) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "crdtsync[plot]"' in captured.err and "matplotlib" in captured.err
+    assert captured.out == "" and not plot.exists()
+
+
+def test_the_table_and_the_plot_title_name_the_fault_settings_changed() -> None:
+    """``--skew-ms 0 --loss 0.3`` printed the same header as the defaults."""
+    from crdtsync.sim.plot import title
+    from crdtsync.sim.report import table
+
+    changed = Params(seed=3, skew_ms=0, offline_mean_ms=5_000, loss=0.3)
+    run = run_plan(make_plan(changed.but(devices=2, records=3, edits=5)), "crdt")
+    assert table(changed, {"crdt": [run]}).splitlines()[0] == \
+        "seed 3, 5 devices, 200 records, 5000 edits, --skew-ms 0, --offline-ms 5000, --loss 0.3"
+    assert title(changed) == ("crdtsync simulate --seed 3 --devices 5 --records 200 --edits 5000 "
+                              "--skew-ms 0 --offline-ms 5000 --loss 0.3")
+    assert table(Params(), {"crdt": [run]}).splitlines()[0] == "seed 7, 5 devices, 200 records, 5000 edits"
+    assert "pooled" in table(Params(), {"crdt": [run, run]}).splitlines()[0]
+
+
+def test_plot_with_no_offline_periods_leaves_out_the_offline_sweep(tmp_path: Path) -> None:
+    """``--offline-ms 0`` swept five identical runs and drew them on a log axis at x = 0."""
+    import warnings
+
+    from crdtsync.sim.plot import plot, sweep, sweep_runs
+
+    base = Params(seed=2, devices=2, records=3, edits=4, offline_mean_ms=0)
+    assert set(sweep(base, ["crdt"])) == {"skew"} and sweep_runs(base, ["crdt"]) == 5
+    assert sweep_runs(base.but(offline_mean_ms=1_000), ["crdt", "lww-record"]) == 20
+    out = tmp_path / "p.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot(out, base, ["crdt"], {"crdt": [run_plan(make_plan(base), "crdt")]}, sweep_edits=2)
+    assert out.stat().st_size > 0
+
+
+def test_deletes_spare_the_hot_record_even_when_it_is_the_only_one() -> None:
+    """With ``--records 1``, ``ids[len(hot):] or ids`` fell back to deleting the hot record itself."""
+    plan = make_plan(Params(seed=3, records=1, edits=100))
+    deletes = [o.record for o in plan.ops if o.kind == "delete"]
+    assert deletes and "a0000" not in deletes

@@ -27,13 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edits", type=int, default=d.edits)
     parser.add_argument("--strategies", default="crdt,lww-field,lww-record",
                         help=f"comma-separated, each once, from {','.join(STRATEGIES)}")
-    parser.add_argument("--runs", type=int, default=1, help="runs with seeds seed, seed+1, ...; means reported")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs with seeds seed, seed+1, ...; means reported (indep.surv pooled)")
     parser.add_argument("--skew-ms", type=int, default=d.skew_ms, help="max clock skew of a device")
     parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms, help="mean offline period")
     parser.add_argument("--loss", type=float, default=d.loss, help="message loss probability")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per strategy)")
     parser.add_argument("--no-cpu", action="store_true", help="leave out CPU time (byte-for-byte output)")
-    parser.add_argument("--plot", type=Path, default=None, help="write a PNG of the comparison (matplotlib)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help='write a PNG of the comparison (needs matplotlib: pip install "crdtsync[plot]")')
     parser.add_argument("--sweep-edits", type=int, default=None,
                         help="edits per run in the plot's offline/skew sweeps, at least 1 (default: edits/5)")
 
@@ -95,13 +97,20 @@ def run(args: argparse.Namespace) -> int:
         print("crdtsync simulate: --runs, --devices, --records and --sweep-edits must be >= 1, --edits, --skew-ms "
               "and --offline-ms >= 0, --loss in [0, 1]", file=sys.stderr)
         return 2
+    if args.plot is not None:
+        from .plot import matplotlib_missing
+        missing = matplotlib_missing()
+        if missing is not None:
+            print(f'crdtsync simulate: --plot needs matplotlib ({missing}): pip install "crdtsync[plot]"',
+                  file=sys.stderr)
+            return 2
     params = Params(seed=args.seed, devices=args.devices, records=args.records, edits=args.edits,
                     skew_ms=args.skew_ms, offline_mean_ms=args.offline_ms, loss=args.loss)
-    sweep_runs = 0
+    sweeps = 0
     if args.plot is not None:
-        from .plot import SWEEP_POINTS
-        sweep_runs = 2 * SWEEP_POINTS * len(chosen)
-    progress = Progress(args.runs * len(chosen) + sweep_runs)
+        from .plot import sweep_runs
+        sweeps = sweep_runs(params, chosen)
+    progress = Progress(args.runs * len(chosen) + sweeps)
     results = simulate(params, chosen, args.runs, progress)
     cpu = not args.no_cpu
     sys.stdout.write(to_json(params, results, cpu=cpu) + "\n" if args.json else table(params, results, cpu=cpu))

@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LocalError
-from ..replica import Replica
+from ..replica import Record, Replica
 from ..schema import Schema
 from ..store.memory import MemoryStore
 from .oracle import DELETED, FinalRecord, Write
 from .workload import COLLECTION, Op
 
-__all__ = ["EPOCH_MS", "SimDevice", "merge_knowledge", "snapshot"]
+__all__ = ["EPOCH_MS", "SimDevice", "merge_knowledge", "on_screen", "snapshot"]
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: simulated time 0 on a correct clock
 
@@ -35,6 +35,17 @@ def snapshot(replica: Replica) -> dict[str, FinalRecord]:
             conflicts.setdefault(c.field, []).extend(x.value for x in c.candidates)
         out[rec.id] = FinalRecord(rec.deleted, dict(rec.fields), conflicts)
     return out
+
+
+def on_screen(rec: Record | None) -> frozenset[tuple[str, Any]]:
+    """What a user sees of ``rec``: each field's value, each conflict candidate, ``(deleted, True)`` if deleted."""
+    if rec is None:
+        return frozenset()
+    shown = set(rec.fields.items())
+    shown.update((c.field, x.value) for c in rec.conflicts for x in c.candidates)
+    if rec.deleted:
+        shown.add((DELETED, True))
+    return frozenset(shown)
 
 
 class SimDevice:
@@ -106,7 +117,8 @@ class SimDevice:
         seen[self.name] = self.seq
         self.knowledge[self.name] = self.seq
         values = {DELETED: True} if op.kind == "delete" else op.values
-        writes = [Write(next_id(), self.name, self.seq, op.record, f, v, seen, op.time)
+        shown = on_screen(rec)
+        writes = [Write(next_id(), self.name, self.seq, op.record, f, v, seen, op.time, shown)
                   for f, v in sorted(values.items())]
         self.change_writes[r.outbox.last_id()] = [w.id for w in writes]
         return writes

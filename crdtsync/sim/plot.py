@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..schema import Strategy
+from .report import changed_options
 from .run import StrategyResult, run_plan
 from .workload import Params, make_plan
 
-__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "plot", "sweep"]
+__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "matplotlib_missing", "plot", "sweep", "sweep_runs",
+           "title"]
 
 OFFLINE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)      # times the mean offline period
 SKEWS_MS = (0, 1_000, 10_000, 60_000, 300_000)    # max clock skew
@@ -24,12 +26,42 @@ class _Step(Protocol):
     def step(self, label: str) -> None: ...
 
 
+def matplotlib_missing() -> str | None:
+    """Why matplotlib cannot be used (the import error), or None if it can: checked before any run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def _variants(base: Params) -> dict[str, list[Params]]:
+    """The sweeps' parameters. With no offline periods (``offline_mean_ms`` 0) there is nothing to scale."""
+    out = {"skew": [base.but(skew_ms=s) for s in SKEWS_MS]}
+    if base.offline_mean_ms > 0:
+        out["offline"] = [base.but(offline_mean_ms=int(base.offline_mean_ms * f)) for f in OFFLINE_FACTORS]
+    return out
+
+
+def sweep_runs(base: Params, strategies: Sequence[Strategy]) -> int:
+    """How many runs ``sweep`` makes."""
+    return sum(len(ps) for ps in _variants(base).values()) * len(strategies)
+
+
+def title(params: Params) -> str:
+    """The figure's title: the command line that reproduces it (options left at their default omitted)."""
+    return " ".join([f"crdtsync simulate --seed {params.seed} --devices {params.devices} --records "
+                     f"{params.records} --edits {params.edits}", *changed_options(params)])
+
+
 def sweep(base: Params, strategies: Sequence[Strategy], progress: _Step | None = None
           ) -> dict[str, dict[str, list[StrategyResult]]]:
-    """Runs of ``base`` with the offline mean scaled, and with the skew set, per strategy."""
-    out: dict[str, dict[str, list[StrategyResult]]] = {"offline": {}, "skew": {}}
-    variants = {"offline": [base.but(offline_mean_ms=int(base.offline_mean_ms * f)) for f in OFFLINE_FACTORS],
-                "skew": [base.but(skew_ms=s) for s in SKEWS_MS]}
+    """Runs of ``base`` with the offline mean scaled (unless it is 0), and with the skew set, per strategy."""
+    variants = _variants(base)
+    out: dict[str, dict[str, list[StrategyResult]]] = {axis: {} for axis in variants}
     for axis, params in variants.items():
         for s in strategies:
             out[axis][s] = []
@@ -86,16 +118,20 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
     ax.set_title("Convergence time (faults off after the workload)")
 
     ax = axes[1][0]
-    xo = [params.offline_mean_ms * f / 1000 for f in OFFLINE_FACTORS]
-    for s in names:
-        ax.plot(xo, [r.lost_updates for r in sw["offline"][s]], marker="o", label=s, color=colors[s])
-    ax.set_xscale("log")
-    ax.set_xticks(xo, [f"{x:g}" for x in xo])
-    ax.minorticks_off()
-    ax.set_xlabel("mean offline period (s)")
-    ax.set_ylabel("lost updates")
+    if "offline" in sw:
+        xo = [params.offline_mean_ms * f / 1000 for f in OFFLINE_FACTORS]
+        for s in names:
+            ax.plot(xo, [r.lost_updates for r in sw["offline"][s]], marker="o", label=s, color=colors[s])
+        ax.set_xscale("log")
+        ax.set_xticks(xo, [f"{x:g}" for x in xo])
+        ax.minorticks_off()
+        ax.set_xlabel("mean offline period (s)")
+        ax.set_ylabel("lost updates")
+        ax.legend()
+    else:
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no offline periods (--offline-ms 0):\nno sweep", ha="center", va="center")
     ax.set_title(f"As offline time grows ({small.edits} edits)")
-    ax.legend()
 
     ax = axes[1][1]
     xk = [max(s, 100) / 1000 for s in SKEWS_MS]
@@ -109,8 +145,7 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
     ax.set_title(f"As clock skew grows ({small.edits} edits)")
     ax.legend()
 
-    fig.suptitle(f"crdtsync simulate --seed {params.seed} --devices {params.devices} --records {params.records} "
-                 f"--edits {params.edits}")
+    fig.suptitle(title(params))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Software": None})

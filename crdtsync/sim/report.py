@@ -1,7 +1,9 @@
 """The simulator's output: a readable table and JSON, both reproducible from the seed.
 
-Per strategy, with several runs (``--runs``), every metric is the mean over the runs (``converged`` is the
-share of runs that converged; ``convergence_ms`` the mean over those that did). ``cpu_s`` is the one number
+Per strategy, with several runs (``--runs``), every count is the mean over the runs (``converged`` is the
+share of runs that converged; ``convergence_ms`` the mean over those that did). ``independent_survival`` is
+pooled, not a mean of ratios: one minus the independent-field writes lost in all runs over those made in
+all runs, so a run with few such writes weighs little. ``cpu_s`` is the one number
 that depends on the machine: ``deterministic=True`` leaves it out so that two runs of one seed print the
 same bytes.
 """
@@ -16,11 +18,24 @@ import orjson
 from .run import StrategyResult
 from .workload import Params
 
-__all__ = ["aggregate", "table", "to_json"]
+__all__ = ["aggregate", "changed_options", "table", "to_json"]
 
 _SUMMED = ("ops_done", "ops_skipped", "field_writes", "deletes", "lost_updates", "silently_lost",
            "conflicts_surfaced", "surfaced_writes", "independent_writes", "independent_lost",
            "delete_update_losses", "resurrections", "sim_ms", "bytes_sent", "messages_sent", "messages_lost")
+
+
+def changed_options(params: Params) -> list[str]:
+    """The ``crdtsync simulate`` options for the fault settings that differ from their defaults."""
+    d = Params()
+    out = []
+    if params.skew_ms != d.skew_ms:
+        out.append(f"--skew-ms {params.skew_ms}")
+    if params.offline_mean_ms != d.offline_mean_ms:
+        out.append(f"--offline-ms {params.offline_mean_ms}")
+    if params.loss != d.loss:
+        out.append(f"--loss {params.loss:g}")
+    return out
 
 
 def aggregate(strategy: str, runs: Sequence[StrategyResult], *, cpu: bool = True) -> dict[str, Any]:
@@ -89,8 +104,10 @@ def table(params: Params, results: dict[str, list[StrategyResult]], *, cpu: bool
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = []
     runs = rows[0]["runs"] if rows else 0
-    lines.append(f"seed {params.seed}, {params.devices} devices, {params.records} records, {params.edits} edits"
-                 + (f", mean of {runs} runs (seeds {params.seed}..{params.seed + runs - 1})" if runs > 1 else ""))
+    lines.append(", ".join([f"seed {params.seed}", f"{params.devices} devices", f"{params.records} records",
+                            f"{params.edits} edits", *changed_options(params)])
+                 + (f", mean of {runs} runs (seeds {params.seed}..{params.seed + runs - 1}; indep.surv pooled over "
+                    "them)" if runs > 1 else ""))
     for i, row in enumerate(cells):
         pairs = enumerate(zip(row, widths, strict=True))
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in pairs))

@@ -138,9 +138,10 @@ def make_plan(p: Params) -> Plan:
             ops.append(Op(n, t, d, "create", rid, values))
             created[d].append(rid)
             ids.append(rid)
-        elif r < p.p_create + p.p_delete:
+        elif r < p.p_create + p.p_delete and len(ids) > len(hot):
             # hot records are where same-field clashes happen; deleting them would end the clashes early
-            ops.append(Op(n, t, d, "delete", rng.choice(ids[len(hot):] or ids)))
+            # (with no record outside the hot set yet, the action is an update instead)
+            ops.append(Op(n, t, d, "delete", rng.choice(ids[len(hot):])))
         else:
             rid = rng.choice(hot) if rng.random() < 0.5 else rng.choice(ids)
             k = rng.randint(1, max(1, p.fields_per_edit))
