@@ -156,7 +156,11 @@ class SyncClient:
                 self._tasks.append(asyncio.create_task(self._schedule_loop(), name="crdtsync-schedule"))
 
     async def close(self) -> None:
-        """Disconnect and stop; queued sync requests fail with ``SyncError("client closed")``."""
+        """Disconnect and stop; queued sync requests fail with ``SyncError("client closed")``. The app is
+        told: a run under way ends with its ``failed`` event (its changes are pending again), then comes
+        ``offline``, both with the reason "client closed" (``status`` stays that ``offline``)."""
+        started = bool(self._tasks)
+        running = next((r for r in self._queue if r.running), None)
         self._closed.set()
         self._wake.set()
         for t in self._tasks:
@@ -165,7 +169,11 @@ class SyncClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if running is not None and running.running and running in self._queue:  # cancelled mid-run
+            self._emit(SyncStatus("failed", "client closed", collections=_names(running.collections)))
         self._fail_queue(SyncError("client closed"))
+        if started:
+            self._emit(SyncStatus("offline", "client closed"))
 
     @property
     def online(self) -> bool:
