@@ -51,7 +51,8 @@ class Conflict:
     """An open conflict on one field: ``candidates[0]`` is the value in effect, the rest lost but kept.
 
     ``kind`` is ``concurrent-write`` (two devices wrote the field without seeing each other),
-    ``edit-vs-delete`` (the record was deleted while this field was edited; restore to keep the edit) or
+    ``edit-vs-delete`` (the record was deleted while this field was edited; ``candidates[0]`` is the delete,
+    with value ``True``, which ``resolve`` takes to confirm the delete; restore to keep the edit) or
     ``delete-vs-edit`` (field ``deleted``: the record came back because of a concurrent edit; delete it
     again to confirm the delete).
     """
