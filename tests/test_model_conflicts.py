@@ -200,6 +200,25 @@ def test_delete_wins_confirming_the_delete_clears_the_conflict() -> None:
     assert rec is not None and rec.deleted and rec.conflicts == ()
 
 
+@pytest.mark.parametrize("field", ["phone", "notes", "visits"])
+def test_delete_wins_resolving_an_edit_vs_delete_conflict_with_the_delete_confirms_it(field: str) -> None:
+    """``candidates[0]`` of an edit-vs-delete conflict is the delete (``True``): resolving with it used to
+    raise ValidationError for any field but a bool."""
+    a, b, x = rs = cluster().replicas
+    rid = a.create("dw", {"name": "Acme", "notes": "hello"})
+    sync(*rs)
+    a.delete("dw", rid)
+    b.update("dw", rid, {"phone": "555", "notes": "hello world"})
+    b.increment("dw", rid, "visits", 3)
+    sync(*rs)
+    [conflict] = [c for c in x.conflicts() if c.field == field]
+    x.resolve("dw", rid, field, conflict.value)
+    sync(*rs)
+    same_everywhere(rs, "dw", rid)
+    rec = a.get("dw", rid)
+    assert rec is not None and rec.deleted and rec.conflicts == () and x.conflicts() == []
+
+
 def test_edit_wins_brings_the_record_back_and_surfaces_the_delete() -> None:
     a, b, x = rs = cluster().replicas
     rid = a.create("ew", {"name": "Acme"})

@@ -75,7 +75,9 @@ class _Session:
         self.ws = ws
         self.conn = Connection(Role.CLIENT, max_frame=max_frame)
         self.acks: dict[int, asyncio.Future[Ack]] = {}
-        self.pages: asyncio.Queue[Changes | _Lost] = asyncio.Queue()
+        # pages of the pull being received, in order; a LIVE frame that arrives while pages wait here goes
+        # behind them (``_on_event``), so that it is applied, and moves the cursor, only after them
+        self.pages: asyncio.Queue[Changes | Live | _Lost] = asyncio.Queue()
         self.welcome: Welcome | None = None
         self.welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
         self.lost: _Lost | None = None
@@ -154,7 +156,11 @@ class SyncClient:
                 self._tasks.append(asyncio.create_task(self._schedule_loop(), name="crdtsync-schedule"))
 
     async def close(self) -> None:
-        """Disconnect and stop; queued sync requests fail with ``SyncError("client closed")``."""
+        """Disconnect and stop; queued sync requests fail with ``SyncError("client closed")``. The app is
+        told: a run under way ends with its ``failed`` event (its changes are pending again), then comes
+        ``offline``, both with the reason "client closed" (``status`` stays that ``offline``)."""
+        started = bool(self._tasks)
+        running = next((r for r in self._queue if r.running), None)
         self._closed.set()
         self._wake.set()
         for t in self._tasks:
@@ -163,7 +169,11 @@ class SyncClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if running is not None and running.running and running in self._queue:  # cancelled mid-run
+            self._emit(SyncStatus("failed", "client closed", collections=_names(running.collections)))
         self._fail_queue(SyncError("client closed"))
+        if started:
+            self._emit(SyncStatus("offline", "client closed"))
 
     @property
     def online(self) -> bool:
@@ -391,7 +401,13 @@ class SyncClient:
         elif isinstance(ev, Changes):
             session.pages.put_nowait(ev)
         elif isinstance(ev, Live):
-            self._apply_live(ev.items)
+            if session.pages.empty():
+                self._apply_live(ev.items)
+            else:
+                # pages received and not applied yet: the protocol core counts the pull as answered by
+                # now, and a cursor stored with this frame would pass them (lost if the device stopped
+                # before applying them). ``_download`` applies it after them.
+                session.pages.put_nowait(ev)
         elif isinstance(ev, ProtocolError):
             log.warning("protocol error from the relay: %s", ev.reason)
             if session.welcome is None and self._fatal is None:
@@ -622,6 +638,9 @@ class SyncClient:
             page = await session.pages.get()
             if isinstance(page, _Lost):
                 raise page
+            if isinstance(page, Live):  # arrived behind a page applied before it
+                self._apply_live(page.items)
+                continue
             reset = reset or page.reset
             cursor = None
             if page.to is not None:  # stored in the same commit as the page's updates
@@ -638,6 +657,7 @@ class SyncClient:
                 # back whatever the collections, or by a full resync of every collection
                 if not reset or collections is None:
                     self.replica.returned(returns)
+                self._apply_queued_live(session)
                 return received, reset, to
 
     def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:
@@ -668,6 +688,15 @@ class SyncClient:
             for name, value in (cursor or {}).items():
                 self.replica.set_meta(name, value)
             return out
+
+    def _apply_queued_live(self, session: _Session) -> None:
+        """Apply the LIVE frames that arrived behind the last page of a pull (it is applied now)."""
+        while not session.pages.empty():
+            ev = session.pages.get_nowait()
+            if not isinstance(ev, Live):  # the connection's loss: left for the next pull to meet
+                session.pages.put_nowait(ev)
+                return
+            self._apply_live(ev.items)
 
     def _apply_live(self, items: tuple[Item, ...]) -> None:
         if not items or self._session is None or self._session.welcome is None:

@@ -53,14 +53,15 @@ class SyncResult:
 class SyncStatus:
     """A status event. ``kind``:
 
-    - ``offline``: no connection to the relay (``reason`` says why); ``online``: connected;
+    - ``offline``: no connection to the relay (``reason`` says why; "client closed" after ``close()``, the
+      client's last event); ``online``: connected;
     - ``started``: a sync run began (``collections``: its sync units, None for all);
     - ``progress``: ``done`` of ``total`` in ``phase`` ``upload`` (pending changes sent and answered) or
       ``download`` (record updates received: a delta counts the log entries in the device's scope that
       it did not make itself, a full resync counts records; records outside a ``where`` limit are only
       found out while sending, so the last page may lower ``total`` to what was actually sent);
     - ``completed``: the run ended (``result``); ``failed``: it was cut short (``reason``), and is retried
-      when the connection comes back;
+      when the connection comes back (not after "client closed": ``close()`` ended it);
     - ``conflict``: a record uploaded or changed by a sync run (just before its ``completed``), or changed by
       a live update (``reason`` "live update"), has an open conflict (``collection``, ``record``,
       ``conflicts``);

@@ -45,7 +45,7 @@ from ..errors import RemoteValidationError
 from ..schema import Collection, Field, Invalid
 from .record import RecordDoc
 from .slots import DELETED, SEP, Slot
-from .state import Candidate, RecordState
+from .state import Candidate, RecordState, hidden_fields
 
 __all__ = ["DRAFT", "IMAGE", "SERVER_WRITER", "Draft", "DraftMode", "DraftRecordDoc", "Image", "Replay",
            "apply_draft", "decode_value", "encode_value"]
@@ -232,7 +232,8 @@ class DraftRecordDoc(RecordDoc):
                 vector[SERVER_WRITER] = img.t
             by = {n: Candidate(None, dv, u, t) for n, (dv, u, t) in view.by.items() if n in coll.fields}
             self._state = RecordState(coll.name, self.id, values, view.deleted, (), vector, view.exists,
-                                      max(vector.values(), default=0), by)
+                                      max(vector.values(), default=0), by,
+                                      hidden_fields(coll, [n for n, v in view.fields.items() if v is not None]))
         return self._state
 
     def max_time(self) -> int:

@@ -27,7 +27,7 @@ from ..clock import hlc_wall_ms
 from ..schema import Collection
 from .record import RecordDoc
 from .slots import DELETED, SEP, Slot
-from .state import Candidate, RecordState, SetEntry, _decode, _set_values
+from .state import Candidate, RecordState, SetEntry, _decode, _set_values, hidden_fields
 
 __all__ = ["LwwFieldDoc", "compute_lww_state", "lww_winner"]
 
@@ -71,7 +71,7 @@ def compute_lww_state(coll: Collection, record_id: str, slots: Iterable[tuple[Sl
     d = lww_winner(by_field.get(DELETED, []))
     deleted = d is not None and d.value is True
     return RecordState(coll.name, record_id, values, deleted, (), vector, bool(vector),
-                       max(vector.values(), default=0), changed_by)
+                       max(vector.values(), default=0), changed_by, hidden_fields(coll, by_field))
 
 
 class LwwFieldDoc(RecordDoc):

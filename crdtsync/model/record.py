@@ -231,7 +231,7 @@ class RecordDoc(MergingRecordDoc):
             changed_by[name] = by
         vector = dict(state.vector)
         vector[self.writer] = t
-        return _record_state(state.collection, state.id, fields, False, (), vector, True, t, changed_by)
+        return _record_state(state.collection, state.id, fields, False, (), vector, True, t, changed_by, state.hidden)
 
     def _write_set(self, name: str, new: frozenset[Any], old: frozenset[Any], t: int,
                    seen: Mapping[str, int]) -> None:

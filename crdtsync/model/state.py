@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Collection as Collection_
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,7 +18,8 @@ from ..clock import hlc_wall_ms
 from ..schema import Bool, Collection, Field, Int, Invalid, Ref, Str
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
-__all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state"]
+__all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state",
+           "hidden_fields"]
 
 ConflictKind = Literal["concurrent-write", "edit-vs-delete", "delete-vs-edit"]
 
@@ -49,7 +51,8 @@ class Conflict:
     """An open conflict on one field: ``candidates[0]`` is the value in effect, the rest lost but kept.
 
     ``kind`` is ``concurrent-write`` (two devices wrote the field without seeing each other),
-    ``edit-vs-delete`` (the record was deleted while this field was edited; restore to keep the edit) or
+    ``edit-vs-delete`` (the record was deleted while this field was edited; ``candidates[0]`` is the delete,
+    with value ``True``, which ``resolve`` takes to confirm the delete; restore to keep the edit) or
     ``delete-vs-edit`` (field ``deleted``: the record came back because of a concurrent edit; delete it
     again to confirm the delete).
     """
@@ -106,6 +109,9 @@ class RecordState:
     exists: bool
     updated: int
     changed_by: dict[str, Candidate] = field(default_factory=dict)
+    #: fields the document holds values of that the schema lacks (written under a newer schema, before the
+    #: app was rolled back): a row written now cannot show them, and is rebuilt once the schema has them
+    hidden: frozenset[str] = frozenset()
 
 
 def _decode(coll: Collection, name: str, raw: Any) -> Any:
@@ -144,12 +150,12 @@ def _by(device: str, user: str, time: int) -> Candidate:
 
 def _record_state(collection: str, record_id: str, fields: dict[str, Any], deleted: bool,
                   conflicts: tuple[Conflict, ...], vector: dict[str, int], exists: bool, updated: int,
-                  changed_by: dict[str, Candidate]) -> RecordState:
+                  changed_by: dict[str, Candidate], hidden: frozenset[str] = frozenset()) -> RecordState:
     """``RecordState(...)`` with its attributes set in one step rather than one ``object.__setattr__`` each
     (its frozen ``__init__`` cost a tenth of ``compute_state``)."""
     st = _new(RecordState)
     st.__dict__.update(collection=collection, id=record_id, fields=fields, deleted=deleted, conflicts=conflicts,
-                       vector=vector, exists=exists, updated=updated, changed_by=changed_by)
+                       vector=vector, exists=exists, updated=updated, changed_by=changed_by, hidden=hidden)
     return st
 
 
@@ -240,11 +246,12 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
         else:
             values[name] = frozenset()
     values.update(_set_values(coll, sets))
+    hidden = hidden_fields(coll, by_field)
 
     vs = by_field.get(DELETED)
     if vs is None or (len(vs) == 1 and vs[0].value is not True):  # no delete in effect: nothing to weigh
         return _record_state(coll.name, record_id, values, False, tuple(conflicts), vector, bool(vector),
-                             max(vector.values(), default=0), changed_by)
+                             max(vector.values(), default=0), changed_by, hidden)
     deleted = False
     dels = frontier(vs)
     active = [d for d in dels if d.value is True]
@@ -281,7 +288,19 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
     exists = bool(vector)
     updated = max(vector.values(), default=0)
     return _record_state(coll.name, record_id, values, deleted, tuple(conflicts), vector, exists, updated,
-                         changed_by)
+                         changed_by, hidden)
+
+
+_NO_FIELDS: frozenset[str] = frozenset()
+
+
+def hidden_fields(coll: Collection, written: Collection_[str]) -> frozenset[str]:
+    """The names among ``written`` (fields with slots in a document) that ``coll`` does not have."""
+    fields = coll.fields
+    if all(n in fields or n == DELETED for n in written):  # the usual case: no set to make
+        return _NO_FIELDS
+    return frozenset(n for n in written if n not in fields and n != DELETED)
+
 
 
 def _set_values(coll: Collection, entries: Iterable[SetEntry]) -> dict[str, frozenset[Any]]:
@@ -309,6 +328,8 @@ def _set_values(coll: Collection, entries: Iterable[SetEntry]) -> dict[str, froz
             present = any(e.adds > removed.get(e.writer, 0) for e in es)
         if present:
             f = coll.fields.get(name)
+            if f is None:  # a set the schema lacks (``RecordState.hidden``)
+                continue
             of = getattr(f, "of", None)
             raw = orjson.loads(element)
             if of is None or type(of) in _AS_STORED:

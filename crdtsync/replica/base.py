@@ -35,7 +35,7 @@ from ..store.sqlite import SQLiteStore, Synchronous
 from .docs import LoadedRecord, RecordDocs
 from .layout import upgrade
 from .outbox import Outbox, OutboxEntry
-from .rows import Rows, row_marks
+from .rows import Rows, row_marks, stale_row
 from .types import ChangeEvent, Record, RecordStatus
 
 __all__ = ["ReplicaBase"]
@@ -49,6 +49,11 @@ _DIRTY_MAX = 64  # records written locally whose rows are not written yet, at mo
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _field_names(coll: Collection) -> bytes:
+    """What ``_rows_for_schema`` keeps of a collection's schema: its field names."""
+    return orjson.dumps(sorted(coll.fields))
 
 
 def _check_name(kind: str, value: object) -> str:
@@ -73,7 +78,11 @@ class ReplicaBase:
         ident = store.load(("meta", "identity"))
         if ident is None:
             client_id = self._new_client_id()
-            store.save(("meta", "identity"), orjson.dumps({"device": device, "client_id": client_id}))
+            new = Batch()  # a new store: its rows will be written under this schema (``_rows_for_schema``)
+            new.save(("meta", "identity"), orjson.dumps({"device": device, "client_id": client_id}))
+            for coll in schema:
+                new.save(("meta", "fields", coll.name), _field_names(coll))
+            store.commit(new)
         else:
             meta = orjson.loads(ident)
             if meta["device"] != device:
@@ -95,7 +104,39 @@ class ReplicaBase:
         #: records that left the sync scope while they held unsent changes (``evict``): they leave once those
         #: are gone (discarded), unless news of them comes first (back in scope). Kept in the store too
         self._left: set[tuple[str, str]] = {(str(k[2]), str(k[3])) for k, _ in store.iter_range(("meta", "left"))}
+        self._rows_for_schema()
         self._find_dirty_rows()
+
+    def _rows_for_schema(self) -> None:
+        """Rows written under a schema whose fields differ from this one's (the app was upgraded or rolled
+        back): rebuild from their documents those that show their records otherwise than the documents do
+        under this schema (``rows.stale_row``; the others only show the added fields as never written, and
+        not the removed ones, when read). Each collection's field names are kept in the store
+        (``("meta", "fields", collection)``), so an open with the same schema as the last only reads them."""
+        batch = Batch()
+        for coll in self.schema:
+            key = ("meta", "fields", coll.name)
+            names = _field_names(coll)
+            last = self.store.load(key)
+            if last == names:
+                continue
+            # fields only added (an app update): only rows naming fields their documents hold that their
+            # schema lacked (``o``, rare) can be stale, and the others need no parsing
+            added = last is not None and set(orjson.loads(last)) <= coll.fields.keys()
+            stale = [str(k[2]) for k, raw in self.store.iter_range(("row", coll.name))
+                     if (not added or b'"o":' in raw) and stale_row(coll, raw)]
+            for rid in stale:
+                lr = self.docs.get(coll.name, rid)
+                if lr.doc.state().exists:
+                    self._save_row(batch, coll, lr.doc)
+                else:
+                    batch.remove(("row", coll.name, rid))
+            if stale:
+                log.info("%s: %d row(s) rebuilt for the fields of this schema", coll.name, len(stale))
+            batch.save(key, names)
+        if batch.saves or batch.removes:
+            self._commit(batch)
+            self.docs.forget()  # loaded for that only
 
     def _find_dirty_rows(self) -> None:
         """After a crash: the records whose rows are behind their pending changes (see the docstring), or

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import LocalError, NoSuchConflict, RecordDeleted, RecordExists, RecordNotFound, ValidationError
 from ..model.record import RecordDoc
 from ..model.state import Conflict, HistoryEntry
-from ..schema import Invalid
+from ..schema import Bool, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
@@ -109,6 +109,10 @@ class Replica(ExchangingReplica):
         """Settle a conflict: ``value`` (one of the candidates, or a new one) replaces every value seen.
 
         For the ``deleted`` pseudo-field, ``True`` confirms the delete and ``False`` restores the record.
+        An ``edit-vs-delete`` conflict of a field is settled by picking either candidate: ``True`` (the
+        delete, ``candidates[0]``; for a ``Bool`` field, a value like the others: confirm the delete with
+        ``delete()``) confirms the delete, clearing the record's conflicts; any other value (an edit's, or a
+        new one) settles the field, and the record stays deleted: ``restore()`` brings it back with it.
         The resolution is a change like any other: it syncs and clears the conflict on every device.
         """
         coll = self._coll(collection)
@@ -124,6 +128,10 @@ class Replica(ExchangingReplica):
             return
         if not any(c.field == field for c in rec.conflicts) and field not in coll.fields:
             raise NoSuchConflict(f"{collection}/{id} has no field {field!r}")
+        if value is True and rec.deleted and not isinstance(coll.fields.get(field), Bool) \
+                and any(c.field == field and c.kind == "edit-vs-delete" for c in rec.conflicts):
+            self.resolve(collection, id, "deleted", True)  # the delete's candidate: the delete is confirmed
+            return
         checked = coll.check(id, {field: value}, create=False)
         self._not_blocked(coll, id)  # a deleted record's conflicts may be settled without restoring it
         self._commit_local(coll, id, "resolve", self._shown(coll, checked),

@@ -10,9 +10,14 @@ are behind their records' pending changes. A row's status may be ``syncing`` (it
 on their way to the relay): a replica reopened after a crash mid-sync rewrites those rows too, since
 nothing is syncing at open (the outbox puts their changes back to ``pending``).
 
-A row lists every field of the schema it was written under. Read under a schema with more fields (an app
-update added some), it shows those with the values of fields never written (``UNWRITTEN``), as a record
-created since or read from its document does; it is not rewritten for that.
+A row lists every field of the schema it was written under, and in ``o`` the fields its document holds
+that this schema lacks (``RecordState.hidden``: written under a newer schema, read after the app was
+rolled back). Read under another schema, a row shows the fields of that schema: those it lacks (an app
+update added them) with the values of fields never written (``UNWRITTEN``), as a record created since or
+read from its document does, and not those the schema lacks. That is what the document shows, unless the
+row's record had values in fields the row could not show (``o``) or the row shows fields the schema lacks
+that were written: ``stale_row`` says so, and the replica rebuilds such rows from their documents when it
+is opened with a schema whose fields differ from the last one's (``ReplicaBase._rows_for_schema``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
 
-__all__ = ["Rows", "Where", "decode_value", "encode_value"]
+__all__ = ["Rows", "Where", "decode_value", "encode_value", "stale_row"]
 
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
 
@@ -104,7 +109,7 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
     for n, f in _encoded(coll):
         if n in fields:
             fields[n] = encode_value(f, fields[n])
-    return orjson.dumps({
+    row = {
         "f": fields,
         "d": state.deleted,
         "s": status,
@@ -116,7 +121,10 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
                      for i, x in enumerate(c.candidates)]}
               for c in state.conflicts],
         "x": last_change,
-    })
+    }
+    if state.hidden:
+        row["o"] = sorted(state.hidden)
+    return orjson.dumps(row)
 
 
 def row_marks(raw: bytes) -> tuple[int | None, str | None]:
@@ -127,20 +135,36 @@ def row_marks(raw: bytes) -> tuple[int | None, str | None]:
     return (x if isinstance(x, int) else None), (s if isinstance(s, str) else None)
 
 
+def stale_row(coll: Collection, raw: bytes) -> bool:
+    """Whether a row shows its record otherwise than its document does under ``coll``'s fields (see the
+    module docstring): its record holds values in fields of ``coll`` the row was written without, or the row
+    shows written fields (values, conflicts) that ``coll`` lacks, which may have decided more than their
+    own value (a concurrent edit of one keeps a deleted record, under the delete policy ``edit-wins``)."""
+    r = orjson.loads(raw)
+    fields = coll.fields
+    if any(n in fields for n in r.get("o", ())):
+        return True
+    if r["f"].keys() <= fields.keys():
+        return False
+    return any(n not in fields for n in r["b"]) or any(c["f"] not in fields and c["f"] != "deleted"
+                                                        for c in r["c"])
+
+
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
     r = orjson.loads(raw)
     fields = {n: decode_value(coll.fields.get(n), v) for n, v in r["f"].items()}
     unwritten = _unwritten(coll)
-    if not unwritten.keys() <= fields.keys():
-        # a row stored before these fields were added to the schema: they show as never written, as in a
-        # record created since (its row lists every field) or read from its document
-        fields = {**unwritten, **fields}
+    others = fields.keys() != unwritten.keys()
+    if others:
+        # a row stored under another schema: the fields added since show as never written, as in a record
+        # created since (its row lists every field) or read from its document; those removed do not show
+        fields = {n: fields.get(n, v) for n, v in unwritten.items()}
     conflicts = tuple(
         Conflict(coll.name, record_id, c["f"], c["k"],
                  tuple(Candidate(decode_value(_cand_field(coll, c["k"], c["f"], i), v), d, u, t)
                        for i, (v, d, u, t) in enumerate(c["v"])))
-        for c in r["c"])
-    by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items()}
+        for c in r["c"] if not others or c["f"] in unwritten or c["f"] == "deleted")
+    by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items() if not others or n in unwritten}
     return Record(coll.name, record_id, fields, cast(RecordStatus, r["s"]), conflicts, r["d"], r["e"], r["u"], by)
 
 

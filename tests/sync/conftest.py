@@ -6,6 +6,7 @@ Nothing here sleeps to wait: tests await status events or futures, each bounded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from crdtsync import Replica, SQLiteStore, SyncClient
 from crdtsync.client import Backoff, SyncStatus
 from crdtsync.protocol import Connection, Event, Hello, Role, Welcome
+from crdtsync.protocol.frames import Kind, decode_parts
 from crdtsync.relay import Grant, Limits, Relay, Tokens
 from crdtsync.schema import Collection, Counter, Int, Ref, Schema, Set, Str, Text
 
@@ -167,3 +169,136 @@ class RawClient:
             evs = self.conn.events_received()
             if evs:
                 return evs
+
+
+class HoldingProxy:
+    """A TCP proxy on 127.0.0.1 between a client (one connection at a time) and a relay that can hold what
+    the relay sends and release it in one write, as a network that delivers a burst at once: the client then
+    reads every frame of it before any of its other tasks runs (a timing a real relay only meets under load).
+
+    ``hold()`` starts holding the relay's bytes; ``seen(pred)`` waits until a held frame (kind, header)
+    matches; ``release()`` writes what is held and passes everything through again."""
+
+    def __init__(self, relay_port: int) -> None:
+        self.relay_port = relay_port
+        self.port = 0
+        self.held: bytearray | None = None
+        self.frames: list[tuple[Kind, dict[str, Any]]] = []  # those held, decoded
+        self._waiters: list[tuple[Callable[[Kind, dict[str, Any]], bool], asyncio.Future[None]]] = []
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._down: asyncio.StreamWriter | None = None  # to the client (one connection at a time)
+
+    async def start(self) -> HoldingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def hold(self) -> None:
+        if self.held is None:
+            self.held = bytearray()
+
+    def release(self) -> None:
+        held, self.held = self.held, None
+        if held and self._down is not None:
+            self._down.write(bytes(held))
+
+    async def seen(self, pred: Callable[[Kind, dict[str, Any]], bool]) -> None:
+        if any(pred(k, h) for k, h in self.frames):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((pred, fut))
+        await asyncio.wait_for(fut, BOUND)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.relay_port)
+        self._writers += [writer, up_writer]
+        self._down = writer
+        for t in (self._pump(reader, up_writer), self._pump_down(up_reader, writer)):
+            task = asyncio.create_task(t)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+        writer.close()
+
+    async def _pump_down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buf = bytearray()  # the relay's bytes not parsed yet: HTTP response, then websocket frames
+        handshake = True
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                if self.held is not None:
+                    self.held += data
+                else:
+                    writer.write(data)
+                buf += data
+                if handshake:
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        continue
+                    del buf[:end + 4]
+                    handshake = False
+                while (frame := _ws_frame(buf)) is not None:
+                    if self.held is not None and frame[0] == 2:  # a binary message: a crdtsync frame
+                        kind, header, _ = decode_parts(frame[1])
+                        self.frames.append((kind, header))
+                        for pred, fut in self._waiters:
+                            if not fut.done() and pred(kind, header):
+                                fut.set_result(None)
+        writer.close()
+
+
+def _ws_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    """Take one unmasked websocket frame (opcode, payload) off the front of ``buf``, if it is all there."""
+    if len(buf) < 2:
+        return None
+    n, pos = buf[1] & 0x7F, 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n, pos = int.from_bytes(buf[2:4], "big"), 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n, pos = int.from_bytes(buf[2:10], "big"), 10
+    if len(buf) < pos + n:
+        return None
+    frame = (buf[0] & 0x0F, bytes(buf[pos:pos + n]))
+    del buf[:pos + n]
+    return frame
+
+
+ProxyFactory = Callable[[int], Awaitable[HoldingProxy]]
+
+
+@pytest.fixture
+async def make_proxy() -> AsyncIterator[ProxyFactory]:
+    proxies: list[HoldingProxy] = []
+
+    async def make(relay_port: int) -> HoldingProxy:
+        proxies.append(await HoldingProxy(relay_port).start())
+        return proxies[-1]
+
+    yield make
+    for p in proxies:
+        await p.stop()

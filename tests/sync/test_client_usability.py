@@ -10,8 +10,9 @@ import pytest
 
 from crdtsync import Replica, SyncClient
 from crdtsync.errors import LocalError, SyncError, ValidationError
+from crdtsync.protocol.frames import Kind
 
-from .conftest import BOUND, RelayFactory, Watch, client, sync
+from .conftest import BOUND, ProxyFactory, RelayFactory, Watch, client, sync
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8765", "127.0.0.1:8765", "localhost"])
@@ -146,3 +147,41 @@ async def test_sync_units_must_be_a_list_of_collections_of_the_schema(
         assert c.pending_requests() == 0 and len(a.pending()) == 1  # nothing queued, nothing sent
         res = await sync(c, ["contacts"])
         assert res.uploaded == 1 and a.pending() == []
+
+
+async def test_closing_an_idle_client_ends_with_offline(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    relay = await make_relay()
+    a = make_replica("a")
+    a.create("accounts", {"name": "synced"})
+    c = client(a, relay.url)
+    w = Watch(c)
+    async with c:
+        await sync(c)
+    assert w.kinds()[-2:] == ["completed", "offline"]
+    assert w.events[-1].reason == "client closed"
+    assert c.status.kind == "offline" and c.status.reason == "client closed" and not c.online
+
+
+async def test_closing_a_client_during_a_run_ends_the_run_with_failed_then_offline(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], make_proxy: ProxyFactory) -> None:
+    relay = await make_relay()
+    proxy = await make_proxy(relay.port)
+    a = make_replica("a")
+    c = client(a, proxy.url)
+    w = Watch(c)
+    await c.start()
+    await sync(c)
+    a.create("accounts", {"name": "under way"})
+    proxy.hold()  # the relay's answers never arrive
+    waiting = asyncio.ensure_future(c.sync_now(["accounts"]))
+    await proxy.seen(lambda kind, h: kind is Kind.ACK)  # the run is under way: its push was stored
+    assert c.status.kind == "started"
+    await c.close()
+    with pytest.raises(SyncError, match="client closed"):
+        await asyncio.wait_for(waiting, BOUND)
+    assert w.kinds()[-3:] == ["started", "failed", "offline"], w.kinds()
+    assert [(e.reason, e.collections) for e in w.events[-2:]] == [("client closed", ("accounts",)),
+                                                                   ("client closed", None)]
+    assert c.status.kind == "offline" and c.status.reason == "client closed"
+    assert [p.status for p in a.pending()] == ["pending"]  # sent again at the next sync
