@@ -329,10 +329,15 @@ class Session:
         return to
 
     async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
-        """A full resync of the scope: every record's whole state, then the cursor ``head``."""
+        """A full resync of the scope: every record's whole state, then the cursor ``head``. Finding the
+        records in scope yields to the event loop between parts (``RelayLog.scope_chunks``), and so does
+        each page: other connections are served meanwhile."""
         lg = self.relay.log
         head = lg.durable  # never a cursor past a change still being committed
-        records = list(lg.scope_records(self.grant, wanted))
+        records: list[tuple[str, str, int]] = []
+        for part in lg.scope_chunks(self.grant, wanted):
+            records += part
+            await asyncio.sleep(0)
         total = len(records)
         page = self.relay.limits.page_items
         if total == 0:
@@ -347,6 +352,7 @@ class Session:
             if chunk and (len(chunk) >= page or size + len(item.update) > budget):
                 done += len(chunk)
                 await self._put(Changes(ev.id, tuple(chunk), done, total, None, True, True))
+                await asyncio.sleep(0)  # (``_put`` only waits when the socket's buffer is full)
                 chunk, size = [], 0
             chunk.append(item)
             size += len(item.update)
