@@ -269,7 +269,11 @@ class Session:
 
     async def _put(self, ev: Event) -> None:
         """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
-        live frames go through the bounded queue. Live frames only start after the last page was sent."""
+        live frames go through the bounded queue. Live frames only start after the last page was sent.
+        A connection being closed (``abort``: say its grant changed) is sent no further page: the rest of a
+        resync under a grant that was just narrowed would carry records outside the new one."""
+        if self._closing is not None:
+            raise ConnectionClosed(None, None)
         self.conn.send(ev)
         for data in self.conn.data_to_send():
             await self.ws.send(data)

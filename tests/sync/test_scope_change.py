@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
 from websockets.asyncio.client import connect
 
 from crdtsync import Replica
 from crdtsync.protocol import Hello
-from crdtsync.relay import Grant, Tokens
+from crdtsync.relay import Grant, Limits, Tokens
 
 from .conftest import BOUND, RawClient, RelayFactory, RelayHandle, client, sync
 
@@ -126,3 +127,44 @@ async def test_the_relay_sends_scopes_only_to_clients_that_ask_for_them(make_rel
     assert getattr(old, "scopes", "no welcome") is None
     async with connect(relay.url, additional_headers={"Authorization": "Bearer tok-admin"}) as ws:
         assert (await RawClient(ws).handshake("admin-pc")).scopes == {}  # no limit: no fingerprint
+
+
+async def test_a_resync_under_a_changed_limit_cut_short_is_done_again(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records outside the new limit leave only once the whole resync has arrived, and the new limit is
+    stored with its last page: a connection lost half-way leaves the next sync to resync and evict. And a
+    connection the relay closes is sent no further page of a resync."""
+    relay = await make_relay(WIDE, limits=Limits(page_items=1))  # one record a page
+    assert relay.relay is not None
+    admin, alice = make_replica("admin-pc", "admin"), make_replica("alice-phone", "alice")
+    ids = await seeded(relay, admin)
+    for name in ("A2", "A3"):
+        admin.create("accounts", {"name": name, "owner": "alice"})
+    async with client(admin, relay.url, token="tok-admin") as c:
+        await sync(c)
+    armed = False
+    made = 0
+    real = relay.relay.log.record_update
+
+    def record_update(c: str, rid: str) -> bytes:
+        nonlocal made
+        made += armed
+        if made == 3:  # the resync under the new limit has sent its first page and made its second
+            assert relay.relay is not None
+            for s in list(relay.relay.sessions):
+                s.abort(1011, "cut short by the test")
+        return real(c, rid)
+
+    monkeypatch.setattr(relay.relay.log, "record_update", record_update)
+    pages: list[int] = []
+    async with client(alice, relay.url, token="tok-alice") as ca:
+        await sync(ca)
+        assert names(alice) == ["A", "A2", "A3", "B", "C"]
+        ca.subscribe(lambda st: pages.append(st.done) if armed and st.phase == "download" else None)
+        armed = True
+        relay.relay.tokens = Tokens(NARROW)
+        await sync(ca)
+        assert pages == [1, 1, 2, 3]  # one page, cut; then the whole resync again
+        assert names(alice) == ["A", "A2", "A3"] and alice.get("accounts", ids["B"]) is None
+        res = await sync(ca)
+    assert not res.reset
