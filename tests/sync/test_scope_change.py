@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import orjson
 import pytest
 from websockets.asyncio.client import connect
 
@@ -168,3 +169,21 @@ async def test_a_resync_under_a_changed_limit_cut_short_is_done_again(
         assert names(alice) == ["A", "A2", "A3"] and alice.get("accounts", ids["B"]) is None
         res = await sync(ca)
     assert not res.reset
+
+
+async def test_a_cursor_stored_without_fingerprints_counts_as_unlimited(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """A store synced by a client from before fingerprints (its cursor has none) under a limit: its limited
+    collections are resynced once, as for a limit that changed from none, and then synced by delta."""
+    relay = await make_relay(NARROW)
+    admin, alice = make_replica("admin-pc", "admin"), make_replica("alice-phone", "alice")
+    await seeded(relay, admin)
+    async with client(alice, relay.url, token="tok-alice") as ca:
+        await sync(ca)
+    stored = orjson.loads(alice.get_meta("sync.cursor") or b"{}")
+    assert stored["s"] == {"accounts": NARROW["tok-alice"].scopes()["accounts"]}
+    del stored["s"]
+    alice.set_meta("sync.cursor", orjson.dumps(stored))  # as an older client left it
+    async with client(alice, relay.url, token="tok-alice") as ca:
+        first, second = await sync(ca), await sync(ca)
+    assert first.reset and not second.reset and names(alice) == ["A"]
