@@ -70,3 +70,19 @@ def test_the_relay_keeps_records_with_staged_changes_until_their_commit() -> Non
     fresh = RelayLog(store, DEMO_SCHEMA)
     state = fresh.docs.get("accounts", big).doc.state()
     assert state.fields["employees"] == 5 and state.fields["notes"] == NOTE
+
+
+def test_a_look_at_many_records_leaves_the_cache_as_it_was() -> None:
+    """``peek_many`` (a relay's full resync under a ``where`` limit looks at every record of a collection)
+    loads what is not cached without caching it, and gives the cached records as they are."""
+    r = Replica(MemoryStore(), DEMO_SCHEMA, device="d", user="u", cache_size=3)
+    ids = [r.create("accounts", {"name": f"A{i}", "employees": i}) for i in range(8)]
+    r.update("accounts", ids[7], {"employees": 70})  # the last ones written are the cached ones
+    before = list(r.docs._cache.items())
+    assert len(before) == 3 and ("accounts", ids[0]) not in r.docs._cache
+    keys = [("accounts", rid) for rid in reversed(ids)]
+    seen = list(r.docs.peek_many(keys))
+    assert [lr.doc.state().fields["employees"] for lr in seen] == [70, 6, 5, 4, 3, 2, 1, 0]
+    assert list(r.docs._cache.items()) == before  # nothing added, nothing evicted, the order unchanged
+    assert seen[0] is before[-1][1]  # a cached record is the cached object
+    assert list(r.docs.peek_many([])) == []

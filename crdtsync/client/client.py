@@ -549,12 +549,12 @@ class SyncClient:
         if welcome.read == "*":
             return
         gone = [c.name for c in self.replica.schema if c.name not in welcome.read]
-        relay, cursors = self._cursor()
+        relay, cursors, marks = self._cursor_state()
         dropped = [c for c in gone if c in cursors]
         if dropped:
             for c in dropped:
                 del cursors[c]
-            self.replica.set_meta(_CURSOR, self._cursor_meta(relay or welcome.relay, cursors)[_CURSOR])
+            self.replica.set_meta(_CURSOR, self._cursor_meta(relay or welcome.relay, cursors, marks)[_CURSOR])
         for c in gone:
             ids = self.replica.record_ids(c)
             if ids:
@@ -600,33 +600,63 @@ class SyncClient:
         return batch
 
     def _cursor(self) -> tuple[str | None, dict[str, int]]:
+        relay, cursors, _ = self._cursor_state()
+        return relay, cursors
+
+    def _cursor_state(self) -> tuple[str | None, dict[str, int], dict[str, str]]:
+        """The relay id the cursors belong to, the cursor of each collection, and the fingerprint of the
+        ``where`` limit each collection was last downloaded under (WELCOME's ``scopes``; none: unlimited)."""
         raw = self.replica.get_meta(_CURSOR)
         if raw is None:
-            return None, {}
+            return None, {}, {}
         d = orjson.loads(raw)
-        return d.get("relay"), {str(k): int(v) for k, v in d.get("c", {}).items()}
+        return (d.get("relay"), {str(k): int(v) for k, v in d.get("c", {}).items()},
+                {str(k): str(v) for k, v in d.get("s", {}).items()})
 
     @staticmethod
-    def _cursor_meta(relay: str, cursors: dict[str, int]) -> dict[str, bytes]:
+    def _cursor_meta(relay: str, cursors: dict[str, int], marks: dict[str, str]) -> dict[str, bytes]:
         """The cursor as replica metadata, to store with the updates it covers (``apply_remote(meta=)``)."""
-        return {_CURSOR: orjson.dumps({"relay": relay, "c": cursors})}
+        d: dict[str, Any] = {"relay": relay, "c": cursors}
+        if marks:
+            d["s"] = marks
+        return {_CURSOR: orjson.dumps(d)}
+
+    @staticmethod
+    def _rescoped(welcome: Welcome, stored_relay: str | None, cursors: dict[str, int], marks: dict[str, str],
+                  wanted: Iterable[str]) -> set[str]:
+        """The wanted collections whose ``where`` limit changed since this device last downloaded them from
+        this relay (a tokens reload): their fingerprint in WELCOME's ``scopes`` differs from the one stored
+        with the cursor (a cursor stored before fingerprints were, or by a relay that sends none, counts as
+        unlimited). Unknown when the relay sends no ``scopes`` (an older relay): none then."""
+        if welcome.scopes is None or stored_relay != welcome.relay:
+            return set()
+        return {c for c in wanted if (c in cursors or c in marks) and marks.get(c, "") != welcome.scopes.get(c, "")}
 
     async def _download(self, session: _Session, collections: frozenset[str] | None,
                         changed: dict[tuple[str, str], Record], *, live: bool) -> tuple[int, bool, int]:
         """Pull what changed since the cursor; returns (updates received, whether it was a full resync, the
         new cursor). The records the updates changed are put in ``changed``, as merged."""
         assert session.welcome is not None
-        relay_id = session.welcome.relay
-        stored_relay, cursors = self._cursor()
-        if stored_relay != relay_id:
-            cursors = {}
-        readable = session.welcome.read
+        welcome = session.welcome
+        relay_id = welcome.relay
+        stored_relay, cursors, marks = self._cursor_state()
+        readable = welcome.read
         wanted = sorted(collections) if collections is not None \
             else [c.name for c in self.replica.schema if readable == "*" or c.name in readable]
+        # collections whose ``where`` limit changed: a full resync, after which what it did not bring is
+        # evicted (``_rescope``)
+        rescope = self._rescoped(welcome, stored_relay, cursors, marks, wanted)
+        if stored_relay != relay_id:
+            cursors, marks = {}, {}
+        for c in rescope:
+            cursors.pop(c, None)
+        if welcome.scopes is not None:  # stored with the cursors: the limits this download is made under
+            marks = {c: v for c, v in marks.items() if c not in wanted}
+            marks.update((c, welcome.scopes[c]) for c in wanted if c in welcome.scopes)
         since = min((cursors.get(c, 0) for c in wanted), default=0)
         # a collection with no cursor while others have one (read access back, or new in the schema) needs
         # a full resync: a delta from 0 would skip the log compacted away, and this device's own changes
-        ask_reset = bool(cursors) and any(c not in cursors for c in wanted)
+        ask_reset = bool(rescope) or (bool(cursors) and any(c not in cursors for c in wanted))
         returns = self.replica.returns(MAX_RETURNS)  # changes discarded here that the relay may have
         pull = Pull(next(self._ids), since, None if ask_reset else stored_relay,
                     None if collections is None else tuple(wanted), live=live, returns=tuple(returns))
@@ -634,6 +664,7 @@ class SyncClient:
         received = 0
         reset = False
         to = since
+        kept: set[tuple[str, str]] = set()  # the records of ``rescope`` collections the resync brought
         while True:
             page = await session.pages.get()
             if isinstance(page, _Lost):
@@ -643,12 +674,16 @@ class SyncClient:
                 continue
             reset = reset or page.reset
             cursor = None
+            if rescope:
+                kept.update((i.collection, i.record) for i in page.items if i.update and i.collection in rescope)
             if page.to is not None:  # stored in the same commit as the page's updates
                 to = page.to
+                if rescope:  # the resync's last page (the only one with a cursor): the rest goes first
+                    self._rescope(rescope, kept)
                 _, cursors = self._cursor()
                 for c in wanted:
                     cursors[c] = to if page.reset else max(cursors.get(c, 0), to)
-                cursor = self._cursor_meta(relay_id, cursors)
+                cursor = self._cursor_meta(relay_id, cursors, marks)
             changed.update(((rec.collection, rec.id), rec) for rec in self._apply(page.items, cursor))
             received += len(page.items)
             self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
@@ -659,6 +694,18 @@ class SyncClient:
                     self.replica.returned(returns)
                 self._apply_queued_live(session)
                 return received, reset, to
+
+    def _rescope(self, collections: set[str], kept: set[tuple[str, str]]) -> None:
+        """After a full resync of collections whose ``where`` limit changed: their records it did not bring
+        are outside the new limit, and leave the device (``Replica.evict``: those with pending changes stay
+        until the user discards them). Done before the cursor and the new limit's fingerprint are stored: if
+        it is cut short, the next sync resyncs them again."""
+        for c in sorted(collections):
+            gone = [(c, rid) for rid in self.replica.record_ids(c) if (c, rid) not in kept]
+            removed = self.replica.evict(gone) if gone else []
+            if removed:
+                log.warning("%s: outside this token's changed limit: %d record(s) removed from the device", c,
+                            len(removed))
 
     def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped). The
@@ -706,10 +753,14 @@ class SyncClient:
         # the connection dropped before its last page (its own cursor updates cover these items)
         if self._session.conn.pull_in_flight is None:
             top = max(i.seq for i in items)
-            _, cursors = self._cursor()
+            _, cursors, marks = self._cursor_state()
+            readable = self._session.welcome.read
+            # only the collections the live stream covers (every readable one): a cursor for another would
+            # make its first download once it becomes readable a delta, which skips what came before
             for c in self.replica.schema:
-                cursors[c.name] = max(cursors.get(c.name, 0), top)
-            cursor = self._cursor_meta(self._session.welcome.relay, cursors)
+                if readable == "*" or c.name in readable:
+                    cursors[c.name] = max(cursors.get(c.name, 0), top)
+            cursor = self._cursor_meta(self._session.welcome.relay, cursors, marks)
         for rec in self._apply(items, cursor):
             if rec.conflicts:
                 self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,

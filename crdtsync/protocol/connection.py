@@ -128,10 +128,12 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
     if isinstance(ev, Hello):
         return Kind.HELLO, {"device": ev.device, "client": ev.client}, []
     if isinstance(ev, Welcome):
-        return Kind.WELCOME, {"user": ev.user, "relay": ev.relay, "head": ev.head, "floor": ev.floor,
-                              "read": ev.read if ev.read == "*" else list(ev.read),
-                              "write": ev.write if ev.write == "*" else list(ev.write), "max_frame": ev.max_frame,
-                              "last": ev.last}, []
+        h = {"user": ev.user, "relay": ev.relay, "head": ev.head, "floor": ev.floor,
+             "read": ev.read if ev.read == "*" else list(ev.read),
+             "write": ev.write if ev.write == "*" else list(ev.write), "max_frame": ev.max_frame, "last": ev.last}
+        if ev.scopes is not None:
+            h["scopes"] = dict(ev.scopes)
+        return Kind.WELCOME, h, []
     if isinstance(ev, Ack):
         return Kind.ACK, {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
                           "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}, []
@@ -168,7 +170,7 @@ def _hello(h: dict[str, Any], b: tuple[bytes, ...]) -> Hello:
 
 def _welcome(h: dict[str, Any], b: tuple[bytes, ...]) -> Welcome:
     return Welcome(h["user"], h["relay"], h["head"], h["floor"], _names(h["read"]), _names(h["write"]), h["max_frame"],
-                   h["last"])
+                   h["last"], h.get("scopes"))
 
 
 def _push(h: dict[str, Any], b: tuple[bytes, ...]) -> Push:

@@ -6,10 +6,11 @@ Events are plain frozen dataclasses; the same classes are given to ``Connection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .frames import MAX_FRAME
+from .frames import FEATURES, MAX_FRAME
 
 __all__ = ["Ack", "Acks", "Bye", "Change", "Changes", "Event", "Hello", "Item", "Live", "ProtocolError", "Pull", "Push",
            "Rejection", "Welcome"]
@@ -19,10 +20,15 @@ Names = tuple[str, ...] | Literal["*"]
 
 @dataclass(frozen=True)
 class Hello:
-    """Client to relay, first frame: who the device is."""
+    """Client to relay, first frame: who the device is. ``client``: the client's name and version, then
+    the optional fields it understands (``FEATURES``), as words: the relay sends those only to a client
+    that names them (an older client, "crdtsync/0.1", names none)."""
 
     device: str
-    client: str = "crdtsync/0.1"
+    client: str = " ".join(("crdtsync/0.2", *FEATURES))
+
+    def understands(self, feature: str) -> bool:
+        return feature in self.client.split()
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,11 @@ class Welcome:
     meaningful for one relay log), its head and floor sequence numbers, the collections granted, and the
     largest frame it accepts (a push is made to fit it; a change that cannot becomes an ``error``), and
     ``last``: the id of this device's change it stored last (0 if none), for the device to tell whether
-    its store is behind what it sent (``Replica.last_acknowledged``)."""
+    its store is behind what it sent (``Replica.last_acknowledged``).
+
+    ``scopes`` (only to a client whose HELLO asked for it; None otherwise): for each readable collection the
+    grant limits by ``where``, a fingerprint of that limit. A device whose limit changed since its last
+    sync (a tokens reload) is told so: it resyncs the collection and drops what is no longer in scope."""
 
     user: str
     relay: str
@@ -41,6 +51,7 @@ class Welcome:
     write: Names
     max_frame: int = MAX_FRAME
     last: int = 0
+    scopes: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import orjson
 
 from ..codec import Reader, varuint_bytes
 
-__all__ = ["MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "MAX_RETURNS", "VERSION", "Frame", "FrameError", "Kind",
+__all__ = ["FEATURES", "MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "MAX_RETURNS", "VERSION", "Frame", "FrameError", "Kind",
            "check_header", "decode_frame", "decode_parts", "encode_frame"]
 
 VERSION = 2  # 2: ACK answers a list of pushes (``ids``) instead of one (``id``)
@@ -173,7 +173,19 @@ def _opt_int(v: Any, what: str) -> None:
         _int(v, what)
 
 
+def _scopes(v: Any, what: str) -> None:
+    if not isinstance(v, dict) or len(v) > MAX_ITEMS:
+        raise FrameError(f"{what} must be an object of at most {MAX_ITEMS} entries")
+    for k, x in v.items():
+        _name(k, what)
+        _name(x, what)
+
+
 _Check = Callable[[Any, str], Any]
+
+#: the words of HELLO's ``client`` that ask for optional fields: a relay sends a field only to a client that
+#: names it, so a client that predates the field (its decoder refuses unknown fields) never receives it
+FEATURES = ("scopes",)
 
 # kind -> (required header fields and their checks, which list holds one entry per blob)
 _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
@@ -188,6 +200,11 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
                     "more": _bool, "reset": _bool}, "items"),
     Kind.LIVE: ({"items": _triples("nni")}, "items"),
     Kind.BYE: ({"code": _int, "reason": _reason}, None),
+}
+
+# kind -> fields a frame may carry or not (a peer sends them only when its peer asked for them: ``FEATURES``)
+_OPTIONAL: dict[Kind, dict[str, _Check]] = {
+    Kind.WELCOME: {"scopes": _scopes},  # collection -> fingerprint of the grant's ``where`` limit on it
 }
 
 # ``_HEADERS`` as the checks run them: (field, check, "KIND.field" for the error messages), made once
@@ -205,8 +222,14 @@ def check_header(kind: Kind, header: Any) -> dict[str, Any]:
         if name not in header:
             raise FrameError(f"{kind.name} header lacks {name!r}")
         check(header[name], what)
-    if len(header) != len(checks):  # every field is required: more keys means unknown ones
-        raise FrameError(f"{kind.name} header has unknown fields {sorted(set(header) - {c[0] for c in checks})}")
+    if len(header) != len(checks):  # more keys than the required ones: optional ones, or unknown ones
+        optional = _OPTIONAL.get(kind, {})
+        unknown = sorted(set(header) - {c[0] for c in checks} - set(optional))
+        if unknown:
+            raise FrameError(f"{kind.name} header has unknown fields {unknown}")
+        for name, check in optional.items():
+            if name in header:
+                check(header[name], f"{kind.name}.{name}")
     return header
 
 

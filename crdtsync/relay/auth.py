@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
+
 from ..errors import LocalError
 
 __all__ = ["ALL", "Grant", "Tokens", "load_tokens", "unknown_names"]
@@ -79,6 +81,14 @@ class Grant:
 
     def can_write_room(self, room: str) -> bool:
         return self._has(self.rooms, room)
+
+    def scopes(self) -> dict[str, str]:
+        """For each readable collection limited by ``where``, a fingerprint of its limit (WELCOME's
+        ``scopes``): a device stores it with its cursor and learns that its limit changed when the
+        fingerprint does (without being told the limit itself)."""
+        return {c: hashlib.blake2b(orjson.dumps(cond, option=orjson.OPT_SORT_KEYS, default=str),
+                                   digest_size=8).hexdigest()
+                for c, cond in sorted(self.where.items()) if self.can_read(c)}
 
     def names(self, which: Literal["read", "write"]) -> tuple[str, ...] | Literal["*"]:
         """The collections granted for reading (which includes writing) or writing, or "*"."""

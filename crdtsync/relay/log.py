@@ -176,6 +176,8 @@ class RelayLog:
         # per device, the highest change id stored or staged (None: none); see ``_may_be_stored``
         self._dedup_top: dict[str, int | None] = {}
         self.clients = ClientBindings(store)  # Yjs client ids bound to the devices writing under them
+        #: records a full resync looks at between two turns of the event loop (``scope_chunks``)
+        self.scope_chunk = 200
 
     # -- devices -------------------------------------------------------------------------------------------
 
@@ -559,14 +561,38 @@ class RelayLog:
         """Every record (collection, id, seq of its first change here) in the grant's read scope, for a full
         resync (which sends each record's whole state; its items' seqs are informative only: the cursor
         the resync ends on is the relay's head)."""
+        for part in self.scope_chunks(grant, collections):
+            yield from part
+
+    def scope_chunks(self, grant: Grant, collections: frozenset[str] | None
+                     ) -> Iterator[list[tuple[str, str, int]]]:
+        """``scope_records`` in parts: the records in scope among each ``scope_chunk`` records looked at (a
+        part may be empty). Under a ``where`` limit every record of the collection is loaded to be checked
+        (20,000 of them take over a second): the relay's event loop serves other connections between parts.
+        Use it from the event loop only (it reads the readers' cache); the store is read in pages, so
+        commits between parts are fine (a record they change is sent as it is then)."""
+        step = self.scope_chunk
         for coll in self.schema:
             c = coll.name
             if not grant.can_read(c) or (collections is not None and c not in collections):
                 continue
-            for key, raw in self.store.iter_range(("recs", c)):
-                rid = str(key[2])
-                if self._visible(grant, c, rid):
-                    yield c, rid, int(raw)
+            rows: list[tuple[str, int]] = []
+            for key, raw in self.store.iter_range(("recs", c), batch=step):
+                rows.append((str(key[2]), int(raw)))
+                if len(rows) == step:
+                    yield self._in_scope(grant, c, rows)
+                    rows = []
+            if rows:
+                yield self._in_scope(grant, c, rows)
+
+    def _in_scope(self, grant: Grant, c: str, rows: list[tuple[str, int]]) -> list[tuple[str, str, int]]:
+        """The records among ``rows`` (id, seq) of collection ``c`` within the grant's scope. Those not in
+        the readers' cache are loaded in bulk and not cached (``RecordDocs.peek_many``)."""
+        if not grant.limited(c):
+            return [(c, rid, seq) for rid, seq in rows]
+        docs = self.reader.peek_many([(c, rid) for rid, _ in rows])
+        return [(c, rid, seq) for (rid, seq), lr in zip(rows, docs, strict=True)
+                if grant.in_scope(c, lr.doc.state().fields)]
 
     # -- compaction ----------------------------------------------------------------------------------------
 

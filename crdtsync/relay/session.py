@@ -243,7 +243,8 @@ class Session:
         # "*": an open relay knows no users, so it accepts whichever user a device writes as
         user = "*" if self.grant.anonymous else self.grant.user
         self.conn.send(Welcome(user, lg.relay_id, lg.durable, lg.floor, self.grant.names("read"),
-                               self.grant.names("write"), self.relay.limits.max_frame, last))
+                               self.grant.names("write"), self.relay.limits.max_frame, last,
+                               self.grant.scopes() if ev.understands("scopes") else None))
         self._flush()
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 
@@ -271,7 +272,11 @@ class Session:
 
     async def _put(self, ev: Event) -> None:
         """Send a page of a pull straight away, waiting for the socket to drain (backpressure); acks and
-        live frames go through the bounded queue. Live frames only start after the last page was sent."""
+        live frames go through the bounded queue. Live frames only start after the last page was sent.
+        A connection being closed (``abort``: say its grant changed) is sent no further page: the rest of a
+        resync under a grant that was just narrowed would carry records outside the new one."""
+        if self._closing is not None:
+            raise ConnectionClosed(None, None)
         self.conn.send(ev)
         for data in self.conn.data_to_send():
             await self.ws.send(data)
@@ -331,10 +336,15 @@ class Session:
         return to
 
     async def _serve_reset(self, ev: Pull, wanted: frozenset[str] | None) -> int:
-        """A full resync of the scope: every record's whole state, then the cursor ``head``."""
+        """A full resync of the scope: every record's whole state, then the cursor ``head``. Finding the
+        records in scope yields to the event loop between parts (``RelayLog.scope_chunks``), and so does
+        each page: other connections are served meanwhile."""
         lg = self.relay.log
         head = lg.durable  # never a cursor past a change still being committed
-        records = list(lg.scope_records(self.grant, wanted))
+        records: list[tuple[str, str, int]] = []
+        for part in lg.scope_chunks(self.grant, wanted):
+            records += part
+            await asyncio.sleep(0)
         total = len(records)
         page = self.relay.limits.page_items
         if total == 0:
@@ -349,6 +359,7 @@ class Session:
             if chunk and (len(chunk) >= page or size + len(item.update) > budget):
                 done += len(chunk)
                 await self._put(Changes(ev.id, tuple(chunk), done, total, None, True, True))
+                await asyncio.sleep(0)  # (``_put`` only waits when the socket's buffer is full)
                 chunk, size = [], 0
             chunk.append(item)
             size += len(item.update)

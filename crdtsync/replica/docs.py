@@ -21,7 +21,7 @@ into the snapshot once there are ``compact_after`` of them and none is pending.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -206,6 +206,24 @@ class RecordDocs:
             else:
                 self._put(key, lr)
         return [out[key] for key in keys]
+
+    def peek_many(self, keys: list[tuple[str, str]]) -> Iterator[LoadedRecord]:
+        """The records, in order: from the cache, or else loaded (two store queries in all, as ``get_many``)
+        without being cached, each made only when the iterator gets to it. For a look at many records once
+        (the relay checks every record of a collection against a ``where`` limit for a full resync): it does
+        not push the records in use out of the cache, and each record it makes can be dropped before the
+        next one is made (records kept alive in thousands made the garbage collector run full passes)."""
+        cached = [self._cache.get(key) for key in keys]
+        missing = [key for key, lr in zip(keys, cached, strict=True) if lr is None]
+        small = self.store.load_many([(kind, c, rid) for c, rid in missing for kind in ("snap", "rmeta", "held")]) \
+            if missing else []
+        ranges = self.store.load_ranges([("upd", c, rid) for c, rid in missing]) if missing else []
+        i = 0
+        for (c, rid), lr in zip(keys, cached, strict=True):
+            if lr is None:
+                lr = self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
+                i += 1
+            yield lr
 
     def _holds_none(self, collection: str) -> bool:
         """Whether the store holds no record of ``collection`` at all (four one-row queries)."""

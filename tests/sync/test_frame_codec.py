@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,3 +146,17 @@ def test_the_encoder_writes_what_a_plain_one_does(blob_sizes: list[int]) -> None
     data = encode_frame(Kind.LIVE, header, blobs)
     assert data == reference_encode(Kind.LIVE, header, blobs)
     assert decode_frame(data) == Frame(Kind.LIVE, header, tuple(blobs))
+
+
+def test_welcome_scopes_are_optional_and_checked_and_other_fields_still_unknown() -> None:
+    base = {"user": "u", "relay": "r", "head": 0, "floor": 0, "read": "*", "write": "*", "max_frame": 1, "last": 0}
+    assert "scopes" not in decode_frame(encode_frame(Kind.WELCOME, base)).header  # a relay before scopes
+    with_scopes = {**base, "scopes": {"accounts": "0123abcd"}}
+    assert decode_frame(reference_encode(Kind.WELCOME, with_scopes, [])).header == with_scopes
+    for bad in ({"accounts": 1}, ["accounts"], {"": "x"}):
+        with pytest.raises(FrameError, match=r"WELCOME\.scopes"):
+            decode_frame(reference_encode(Kind.WELCOME, {**base, "scopes": bad}, []))
+    for kind, header in ((Kind.WELCOME, {**with_scopes, "extra": 1}),
+                         (Kind.BYE, {"code": 1, "reason": "", "scopes": {}})):
+        with pytest.raises(FrameError, match="unknown fields"):
+            decode_frame(reference_encode(kind, header, []))
