@@ -721,6 +721,7 @@ class SyncClient:
             return self.replica.apply_remote(((i.collection, i.record, i.update) for i in items), meta=cursor)
         except (MalformedUpdate, RemoteValidationError):
             out: list[Record] = []
+            refused: list[str] = []
             for i in items:
                 try:
                     out += self.replica.apply_remote([(i.collection, i.record, i.update)])
@@ -728,10 +729,15 @@ class SyncClient:
                     # kept aside, not lost: an app still on an older schema refuses what a newer one wrote,
                     # and opening the replica with the newer schema applies it (``retry_set_aside``)
                     self.replica.set_aside(i.collection, i.record, i.update)
-                    log.error("set aside an update of %s/%s from the relay that this replica refuses: %s",
-                              i.collection, i.record, e)
+                    refused.append(f"{i.collection}/{i.record}: {e}")
                     self._emit(SyncStatus("error", f"update from the relay refused, set aside: {e}",
                                           collection=i.collection, record=i.record, code="invalid"))
+            # one line a page, not one a record: a rolling upgrade (devices on the older schema refusing
+            # what upgraded ones write) is expected, and an ERROR per update flooded crash reporting
+            if refused:
+                log.warning("set aside %d update(s) from the relay that this replica's schema refuses (an "
+                            "older app version?); opening it with a schema that accepts them applies them. "
+                            "First: %s", len(refused), refused[0])
             for name, value in (cursor or {}).items():
                 self.replica.set_meta(name, value)
             return out
