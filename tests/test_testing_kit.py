@@ -102,3 +102,26 @@ def test_cluster_close_releases_sqlite_files(tmp_path: Path) -> None:
 def test_replica_machine_refuses_an_unknown_store() -> None:
     with pytest.raises(ValueError, match="store"):
         replica_machine(None, store="postgres")  # type: ignore[arg-type]
+
+
+_SET_OPS = """
+from crdtsync import Collection, Schema, Set, Str
+from crdtsync.testing import Cluster
+c = Cluster(Schema(Collection("a", {"tags": Set(Str())})), 2)
+c.create(0, "a", "r0", {"tags": frozenset(["alpha", "beta", "gamma", "delta", "epsilon"])})
+c.update(0, "a", "r0", {"tags": frozenset(["zeta", "eta"])})
+print([(op.id, op.element, op.add) for op in c.set_ops])
+"""
+
+
+def test_the_oracle_does_not_depend_on_string_hashing() -> None:
+    """What the oracle records, in what order, is the same in every process (set elements are handled in
+    encoded order, not in set order, which follows PYTHONHASHSEED)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    outs = {subprocess.run([sys.executable, "-c", _SET_OPS], capture_output=True, text=True, check=True, cwd=root,
+                           env={**os.environ, "PYTHONPATH": str(root), "PYTHONHASHSEED": str(h)}).stdout
+            for h in (1, 2, 3)}
+    assert len(outs) == 1, outs

@@ -160,12 +160,13 @@ class Cluster:
                 self.counters[(coll.name, rid, name)].append((i, t, value - (old or 0)))
             elif f.merge == "set":
                 prev = old or frozenset()
-                for v in value - prev:
-                    op = _SetOp(self._id(), i, t, key, name, _elem(f, v), True, seen)
+                # in encoded order, not set order: the oracle's ids do not depend on string hashing
+                for e in sorted(_elem(f, v) for v in value - prev):
+                    op = _SetOp(self._id(), i, t, key, name, e, True, seen)
                     self.set_ops.append(op)
                     new.append(op.id)
-                for v in prev - value:
-                    op = _SetOp(self._id(), i, t, key, name, _elem(f, v), False, seen)
+                for e in sorted(_elem(f, v) for v in prev - value):
+                    op = _SetOp(self._id(), i, t, key, name, e, False, seen)
                     self.set_ops.append(op)
                     new.append(op.id)
         self.known[i].update(new)
