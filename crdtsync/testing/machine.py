@@ -9,9 +9,10 @@
 
 Rules create, update, increment, delete, restore, resolve and discard on random replicas, and send, deliver
 (in any order, more than once) and drop exported blobs between them; a rule also tries writes that break
-the schema and checks that they change nothing. At the end of every run the machine exchanges everything
-and asserts convergence and no lost write (see ``crdtsync.testing.cluster``). ``replica_machine(None)``
-draws the schema itself, from ``crdtsync.testing.schemas()``.
+the schema and checks that they change nothing. At the end of every run the machine exchanges everything,
+sending each replica only what it lacks (``settle_since``), and asserts convergence and no lost write (see
+``crdtsync.testing.cluster``). ``replica_machine(None)`` draws the schema itself, from
+``crdtsync.testing.schemas()``; ``replica_machine(SCHEMA, store="sqlite")`` runs it on SQLite files.
 """
 
 from __future__ import annotations
