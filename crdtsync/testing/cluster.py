@@ -160,12 +160,13 @@ class Cluster:
                 self.counters[(coll.name, rid, name)].append((i, t, value - (old or 0)))
             elif f.merge == "set":
                 prev = old or frozenset()
-                for v in value - prev:
-                    op = _SetOp(self._id(), i, t, key, name, _elem(f, v), True, seen)
+                # in encoded order, not set order: the oracle's ids do not depend on string hashing
+                for e in sorted(_elem(f, v) for v in value - prev):
+                    op = _SetOp(self._id(), i, t, key, name, e, True, seen)
                     self.set_ops.append(op)
                     new.append(op.id)
-                for v in prev - value:
-                    op = _SetOp(self._id(), i, t, key, name, _elem(f, v), False, seen)
+                for e in sorted(_elem(f, v) for v in prev - value):
+                    op = _SetOp(self._id(), i, t, key, name, e, False, seen)
                     self.set_ops.append(op)
                     new.append(op.id)
         self.known[i].update(new)
@@ -370,15 +371,31 @@ class Cluster:
         assert r.pending() == []
         return bool(ids)
 
-    def settle(self) -> None:
-        """Exchange everything: each replica sends all it has to the first, which sends it to all."""
+    def settle(self, *, since: bool = False) -> None:
+        """Exchange everything: each replica sends all it has to the first, which sends it to all.
+
+        ``since=True`` sends, each time, only what the receiver lacks (``export_updates(since=...)``), as
+        a delta sync does: a replica whose partial exports lose something is then left behind, where
+        full exports would repair it.
+        """
         self.in_flight.clear()
         for i in range(1, len(self.replicas)):
-            self.send(i, 0)
+            self.send(i, 0, since=since)
             self.deliver(0)
         for i in range(1, len(self.replicas)):
-            self.send(0, i)
+            self.send(0, i, since=since)
             self.deliver(0)
+
+    def close(self) -> None:
+        """Close every replica and its store (SQLite files, ...); the cluster is unusable afterwards."""
+        for r in self.replicas:
+            r.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- edit histories ------------------------------------------------------------------------------------
 
@@ -406,10 +423,10 @@ class Cluster:
         return self.acknowledge(i)
 
     def run(self, history: Iterable[Op]) -> None:
-        """Apply a history, settle, and check."""
+        """Apply a history, settle (sending only what each replica lacks), and check."""
         for op in history:
             self.apply(op)
-        self.settle()
+        self.settle(since=True)
         self.check()
 
     # -- the checks ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from ..schema import (
     Field,
     Float,
     Int,
+    Invalid,
     Ref,
     Schema,
     Set,
@@ -57,14 +58,32 @@ def record_ids(ids: Sequence[str] = DEFAULT_IDS) -> st.SearchStrategy[str]:
     return st.sampled_from(list(ids))
 
 
+def _accepts(f: Field) -> Callable[[Any], bool]:
+    def ok(value: Any) -> bool:
+        try:
+            f.check(value)
+        except Invalid:
+            return False
+        return True
+    return ok
+
+
 def _str_values(f: Str | Text, *, required: bool) -> st.SearchStrategy[str]:
     if isinstance(f, Str) and f.choices is not None:
         return st.sampled_from(list(f.choices))
-    lo = max(getattr(f, "min_length", None) or 0, 1 if required and isinstance(f, Text) else 0)
-    hi = min(f.max_length if f.max_length is not None else 12, max(lo, 12))
     if isinstance(f, Str) and f.pattern is not None:
-        return st.from_regex(f.pattern, fullmatch=True).filter(lambda s: lo <= len(s) <= hi)
-    return st.text(_CHARS, min_size=lo, max_size=hi)
+        # filtered by the field's own limits only: a pattern longer than any default cap still draws
+        return st.from_regex(f.pattern, fullmatch=True, alphabet=_CHARS).filter(_accepts(f))
+    lo = max(getattr(f, "min_length", None) or 0, 1 if required and isinstance(f, Text) else 0)
+    hi = f.max_length
+    short = max(lo, 12) if hi is None else min(hi, max(lo, 12))
+    # mostly short strings, but also any length up to max_length, and max_length itself
+    parts = [st.text(_CHARS, min_size=lo, max_size=short)] * 2
+    if hi is not None and hi > short:
+        parts += [st.text(_CHARS, min_size=short + 1, max_size=hi), st.text(_CHARS, min_size=hi, max_size=hi)]
+    elif hi is None:
+        parts.append(st.text(_CHARS, min_size=short + 1, max_size=200))
+    return st.one_of(parts)
 
 
 def field_values(f: Field, *, ids: Sequence[str] = DEFAULT_IDS, allow_none: bool = True
