@@ -236,7 +236,14 @@ class ExchangingReplica(ReplicaBase):
         """Apply one record's remote updates to its loaded document and check the result."""
         doc = lr.doc
         held = list(doc.held)
-        new = doc.apply_many(updates)  # one apply (one integration check) per record
+        try:
+            new = doc.apply_many(updates)  # one apply (one integration check) per record
+        except BaseException as e:
+            # Yrs can panic on hostile bytes (pyo3's PanicException derives from BaseException): refused as
+            # any malformed update; ``_merge`` drops the documents it touched (the store is the truth)
+            if type(e).__name__ != "PanicException":
+                raise
+            raise MalformedUpdate(f"{c}/{rid}: the update could not be applied (Yrs: {e})") from None
         if new:
             doc.check()
             fresh[(c, rid)] = (lr, new)
