@@ -243,3 +243,17 @@ def test_deletes_spare_the_hot_record_even_when_it_is_the_only_one() -> None:
     plan = make_plan(Params(seed=3, records=1, edits=100))
     deletes = [o.record for o in plan.ops if o.kind == "delete"]
     assert deletes and "a0000" not in deletes
+
+
+def test_the_plot_title_names_the_options_that_shape_the_figure(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--sweep-edits``, ``--runs`` and ``--strategies`` were left out of the title (said to reproduce it)."""
+    import crdtsync.sim.plot as plot_module
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(plot_module, "plot", lambda *a, **kw: seen.update(kw))
+    assert main(["simulate", *SMALL, "--runs", "2", "--strategies", "crdt", "--sweep-edits", "50",
+                 "--plot", str(tmp_path / "p.png"), "--no-cpu"]) == 0
+    assert plot_module.title(Params(devices=3, records=12, edits=120), seen["extra"]) == (
+        "crdtsync simulate --seed 7 --devices 3 --records 12 --edits 120 --strategies crdt --runs 2 "
+        "--sweep-edits 50")

@@ -134,6 +134,7 @@ class SyncClient:
         self._closed = asyncio.Event()
         self._fatal: SyncError | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._close_done: asyncio.Event | None = None  # made by the first close(), set once it is done
         self._session: _Session | None = None
         self._ids = itertools.count(1)
         # records whose changes the relay held back because they build on changes it did not have yet: a
@@ -159,21 +160,28 @@ class SyncClient:
         """Disconnect and stop; queued sync requests fail with ``SyncError("client closed")``. The app is
         told: a run under way ends with its ``failed`` event (its changes are pending again), then comes
         ``offline``, both with the reason "client closed" (``status`` stays that ``offline``)."""
-        started = bool(self._tasks)
-        running = next((r for r in self._queue if r.running), None)
-        self._closed.set()
-        self._wake.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
-        if running is not None and running.running and running in self._queue:  # cancelled mid-run
-            self._emit(SyncStatus("failed", "client closed", collections=_names(running.collections)))
-        self._fail_queue(SyncError("client closed"))
-        if started:
-            self._emit(SyncStatus("offline", "client closed"))
+        if self._close_done is not None:  # closed, or being closed by another call: that one tells the app
+            await self._close_done.wait()
+            return
+        self._close_done = asyncio.Event()
+        try:
+            started = bool(self._tasks)
+            running = next((r for r in self._queue if r.running), None)
+            self._closed.set()
+            self._wake.set()
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self._tasks.clear()
+            if running is not None and running.running and running in self._queue:  # cancelled mid-run
+                self._emit(SyncStatus("failed", "client closed", collections=_names(running.collections)))
+            self._fail_queue(SyncError("client closed"))
+            if started:
+                self._emit(SyncStatus("offline", "client closed"))
+        finally:
+            self._close_done.set()
 
     @property
     def online(self) -> bool:

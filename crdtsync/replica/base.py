@@ -52,8 +52,19 @@ def _wall_ms() -> int:
 
 
 def _field_names(coll: Collection) -> bytes:
-    """What ``_rows_for_schema`` keeps of a collection's schema: its field names."""
-    return orjson.dumps(sorted(coll.fields))
+    """What ``_rows_for_schema`` keeps of a collection's schema: its fields' names and kinds."""
+    return orjson.dumps(sorted([n, type(f).__name__] for n, f in coll.fields.items()))
+
+
+def _kinds(raw: bytes) -> dict[str, str | None]:
+    """``_field_names`` read back: name -> kind (None: kept before kinds were, as a list of names)."""
+    out: dict[str, str | None] = {}
+    for x in orjson.loads(raw):
+        if isinstance(x, list):
+            out[str(x[0])] = str(x[1])
+        else:
+            out[str(x)] = None
+    return out
 
 
 def _check_name(kind: str, value: object) -> str:
@@ -120,11 +131,15 @@ class ReplicaBase:
             last = self.store.load(key)
             if last == names:
                 continue
+            before = _kinds(last) if last is not None else None
+            # a field whose kind changed (Str to Text, Int to Str): every row shows it as the old kind read it
+            retyped = before is not None and any(k is not None and n in coll.fields
+                                                 and type(coll.fields[n]).__name__ != k for n, k in before.items())
             # fields only added (an app update): only rows naming fields their documents hold that their
             # schema lacked (``o``, rare) can be stale, and the others need no parsing
-            added = last is not None and set(orjson.loads(last)) <= coll.fields.keys()
+            added = before is not None and not retyped and before.keys() <= coll.fields.keys()
             stale = [str(k[2]) for k, raw in self.store.iter_range(("row", coll.name))
-                     if (not added or b'"o":' in raw) and stale_row(coll, raw)]
+                     if retyped or ((not added or b'"o":' in raw) and stale_row(coll, raw))]
             for rid in stale:
                 lr = self.docs.get(coll.name, rid)
                 if lr.doc.state().exists:

@@ -41,8 +41,13 @@ class ExchangingReplica(ReplicaBase):
     def outgoing(self, collections: Iterable[str] | None = None, limit: int | None = None, *,
                  skip: Iterable[tuple[str, str]] = ()) -> list[tuple[PendingChange, bytes]]:
         """Pending changes ready to send, in order: a record with a rejected change holds its later ones.
-        ``skip``: records (collection, id) whose changes are left out (the relay held them this run)."""
+        ``skip``: records (collection, id) whose changes are left out (the relay held them this run).
+
+        Changes of a collection the open schema lacks (an older app version opened the store) stay in the
+        outbox, unsent, until a schema with it opens the replica again (or they are discarded): taking them
+        stopped every sync of the device in a loop."""
         wanted = set(collections) if collections is not None else None
+        known = self.schema.collections
         held: set[tuple[str, str]] = set(skip)
         out: list[tuple[PendingChange, bytes]] = []
         for e in self.outbox.entries():
@@ -50,7 +55,7 @@ class ExchangingReplica(ReplicaBase):
             if e.status == "error":
                 held.add(key)
                 continue
-            if key in held or (wanted is not None and e.collection not in wanted):
+            if key in held or (wanted is not None and e.collection not in wanted) or e.collection not in known:
                 continue
             out.append((e.public(), self.outbox.update_bytes(e.id)))
             if limit is not None and len(out) >= limit:

@@ -228,7 +228,12 @@ class Rows:
             coll.field(None, order_by)
             present = [r for r in out if r.fields.get(order_by) is not None]
             missing = [r for r in out if r.fields.get(order_by) is None]
-            present.sort(key=lambda r: r.fields[order_by], reverse=descending)
+            try:
+                present.sort(key=lambda r: r.fields[order_by], reverse=descending)
+            except TypeError:  # values of several types (a field whose kind changed between app versions
+                # keeps the values written before that its new kind cannot read): grouped by type
+                present.sort(key=lambda r: (type(r.fields[order_by]).__name__, r.fields[order_by]),
+                             reverse=descending)
             out = present + missing
             if limit is not None:
                 out = out[:limit]

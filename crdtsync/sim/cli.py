@@ -18,6 +18,8 @@ from .workload import Params, make_plan
 
 __all__ = ["add_arguments", "run", "simulate"]
 
+_DEFAULT_STRATEGIES = "crdt,lww-field,lww-record"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Params()
@@ -25,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=d.devices)
     parser.add_argument("--records", type=int, default=d.records)
     parser.add_argument("--edits", type=int, default=d.edits)
-    parser.add_argument("--strategies", default="crdt,lww-field,lww-record",
+    parser.add_argument("--strategies", default=_DEFAULT_STRATEGIES,
                         help=f"comma-separated, each once, from {','.join(STRATEGIES)}")
     parser.add_argument("--runs", type=int, default=1,
                         help="runs with seeds seed, seed+1, ...; means reported (indep.surv pooled)")
@@ -116,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(to_json(params, results, cpu=cpu) + "\n" if args.json else table(params, results, cpu=cpu))
     if args.plot is not None:
         from .plot import plot
-        plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress)
+        extra = [f"--strategies {args.strategies}"] if args.strategies != _DEFAULT_STRATEGIES else []
+        extra += [f"--runs {args.runs}"] if args.runs != 1 else []
+        extra += [f"--sweep-edits {args.sweep_edits}"] if args.sweep_edits is not None else []
+        plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress, extra=extra)
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0

@@ -51,10 +51,12 @@ def sweep_runs(base: Params, strategies: Sequence[Strategy]) -> int:
     return sum(len(ps) for ps in _variants(base).values()) * len(strategies)
 
 
-def title(params: Params) -> str:
-    """The figure's title: the command line that reproduces it (options left at their default omitted)."""
+def title(params: Params, extra: Sequence[str] = ()) -> str:
+    """The figure's title: the command line that reproduces it (options left at their default omitted);
+    ``extra``: the options beyond ``params`` that shape the figure (``--strategies``, ``--runs``,
+    ``--sweep-edits``), as given."""
     return " ".join([f"crdtsync simulate --seed {params.seed} --devices {params.devices} --records "
-                     f"{params.records} --edits {params.edits}", *changed_options(params)])
+                     f"{params.records} --edits {params.edits}", *changed_options(params), *extra])
 
 
 def sweep(base: Params, strategies: Sequence[Strategy], progress: _Step | None = None
@@ -75,7 +77,7 @@ def sweep(base: Params, strategies: Sequence[Strategy], progress: _Step | None =
 
 
 def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: dict[str, list[StrategyResult]],
-         *, sweep_edits: int | None = None, progress: _Step | None = None) -> None:
+         *, sweep_edits: int | None = None, progress: _Step | None = None, extra: Sequence[str] = ()) -> None:
     """Write a 2x2 figure to ``path``: two bar charts of ``results`` and two sweeps."""
     import matplotlib
 
@@ -145,7 +147,7 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
     ax.set_title(f"As clock skew grows ({small.edits} edits)")
     ax.legend()
 
-    fig.suptitle(title(params))
+    fig.suptitle(title(params, extra))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90, metadata={"Software": None})

@@ -163,6 +163,19 @@ async def test_closing_an_idle_client_ends_with_offline(
     assert c.status.kind == "offline" and c.status.reason == "client closed" and not c.online
 
 
+async def test_closing_from_several_tasks_at_once_tells_the_app_once(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """Each of three concurrent close() calls sent its own ``offline``."""
+    relay = await make_relay()
+    c = client(make_replica("a"), relay.url)
+    w = Watch(c)
+    await c.start()
+    await sync(c)
+    await asyncio.gather(c.close(), c.close(), c.close())
+    await c.close()  # and once more, later
+    assert w.kinds().count("offline") == 1 and w.kinds()[-1] == "offline"
+
+
 async def test_closing_a_client_during_a_run_ends_the_run_with_failed_then_offline(
         make_relay: RelayFactory, make_replica: Callable[..., Replica], make_proxy: ProxyFactory) -> None:
     relay = await make_relay()

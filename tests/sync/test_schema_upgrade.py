@@ -59,3 +59,32 @@ async def test_an_update_an_older_schema_refuses_is_set_aside_until_the_app_is_u
         assert snapshot(upgraded) == snapshot(new)
     finally:
         upgraded.close()
+
+
+async def test_changes_of_a_collection_the_open_schema_lacks_wait_and_the_rest_syncs(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    """An older app version without ``contacts`` opened a store holding a pending change of it: every sync
+    failed at once ("unknown collection") and reconnected in a loop, sending nothing, the other
+    collections' changes included."""
+    relay = await make_relay()
+    path = tmp_path / "phone.db"
+    r = Replica.open(path, SCHEMA, device="phone", user="u", synchronous="NORMAL")
+    cid = r.create("contacts", {"name": "Ann"})
+    r.close()
+    no_contacts = Schema(*(c for c in SCHEMA if c.name != "contacts"))
+    r = Replica.open(path, no_contacts, device="phone", user="u", synchronous="NORMAL")
+    aid = r.create("accounts", {"name": "Acme"})
+    async with client(r, relay.url) as c:
+        res = await sync(c)
+    assert res.uploaded == 1 and [p.collection for p in r.pending()] == ["contacts"]
+    assert r.pending()[0].status == "pending"
+    r.close()
+    r = Replica.open(path, SCHEMA, device="phone", user="u", synchronous="NORMAL")
+    try:
+        async with client(r, relay.url) as c:
+            res = await sync(c)
+        assert res.uploaded == 1 and r.pending() == []
+        assert relay.relay is not None
+        assert relay.relay.log.record_update("contacts", cid) and relay.relay.log.record_update("accounts", aid)
+    finally:
+        r.close()
