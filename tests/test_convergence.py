@@ -25,26 +25,13 @@ _machine_settings = settings(derandomize=True, max_examples=2000 if LONG else 20
                              stateful_step_count=100 if LONG else 50, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
-# settled with full exports: after a discard, a replica can lose a peer's change to a delta exchange
-# (test_a_discard_does_not_hide_a_peers_change_from_a_delta_exchange below)
-DemoMachine = replica_machine(DEMO_SCHEMA, settle_since=False)
+DemoMachine = replica_machine(DEMO_SCHEMA)
 DemoMachine.TestCase.settings = _machine_settings
 TestDemoSchema = DemoMachine.TestCase
 
-DrawnMachine = replica_machine(None, settle_since=False)
+DrawnMachine = replica_machine(None)
 DrawnMachine.TestCase.settings = _machine_settings
 TestDrawnSchemas = DrawnMachine.TestCase
-
-
-class DemoSinceMachine(replica_machine(DEMO_SCHEMA)):  # type: ignore[misc]
-    """Settled with "only what the other lacks" exports, without the discard rule (see above)."""
-
-    def discard(self) -> None:  # not a rule here
-        pass
-
-
-DemoSinceMachine.TestCase.settings = settings(_machine_settings, max_examples=400 if LONG else 100)
-TestDemoSchemaSettledBySince = DemoSinceMachine.TestCase
 
 
 @settings(derandomize=True, max_examples=1000 if LONG else 100, deadline=None,
@@ -119,13 +106,11 @@ def test_machine_finds_a_since_export_that_loses_changes(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(Replica, "export_updates", lossy)
     with pytest.raises(AssertionError, match="differs"):
-        run_state_machine_as_test(DemoSinceMachine, settings=settings(
+        run_state_machine_as_test(DemoMachine, settings=settings(
             derandomize=True, max_examples=100, stateful_step_count=30, deadline=None, database=None,
             phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
 
 
-@pytest.mark.xfail(strict=True, reason="crdtsync/replica: after discard() a replica's state vector still "
-                   "claims a peer's change its rebuilt record no longer holds, so a delta exchange never sends it")
 def test_a_discard_does_not_hide_a_peers_change_from_a_delta_exchange() -> None:
     """Found by the machine settling by partial exports (shrunk by Hypothesis): d0 discards its changes
     of a record after importing d1's delete of it; d1's delete comes back to d0 only in a full export."""

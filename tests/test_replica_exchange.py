@@ -179,6 +179,28 @@ def test_held_updates_survive_a_discard_on_the_same_record() -> None:
     assert state(c) == state(a)
 
 
+def test_a_peers_update_built_on_a_discarded_change_waits_for_it_and_is_not_claimed() -> None:
+    """b's update builds on a's create (its history follows a's entries). Once a discards the create, that
+    update cannot go in: it is held, so a's state vectors no longer claim it and a delta exchange from b
+    sends it again, with a's create, which b still has. Before, a's stored updates kept it (its state
+    vector claimed it) while the rebuilt record had dropped it: a never got it back."""
+    a, b = Cluster(DEMO_SCHEMA, 2).replicas
+    a.create("accounts", {"name": "Acme"}, id="r0")
+    b.import_updates(a.export_updates())
+    b.update("accounts", "r0", {"phone": "555"})
+    a.import_updates(b.export_updates(since=a.state_vectors()))
+    a.discard_record("accounts", "r0")
+    lr = a.docs.get("accounts", "r0")
+    assert a.get("accounts", "r0") is None and len(lr.doc.held) == 1
+    claimed = a._parse_vectors(a.state_vectors()).get(("accounts", "r0"), b"\x00")
+    assert claimed == lr.doc.state_vector()
+    a.docs.forget()  # loaded again from the store: the same
+    assert a.get("accounts", "r0") is None
+    a.import_updates(b.export_updates(since=a.state_vectors()))
+    assert state(a) == state(b)
+    assert a.history("accounts", "r0") == b.history("accounts", "r0")
+
+
 def test_a_write_never_claims_to_have_seen_what_waits_for_its_base() -> None:
     """An update whose base is missing is not integrated, but Yrs shows its map entries anyway. Had the
     record's "seen" context counted them, b's write to ``phone`` would silently beat a's concurrent one."""

@@ -9,7 +9,8 @@ Used by the device replica and by the relay alike. Layout under the store:
 - ``("rmeta", collection, id)``: only for records whose local changes were discarded: the fresh Yjs
   client id and writer tag used since, so discarded changes can never collide with new ones.
 - ``("held", collection, id)``: only while some remote update of the record arrived before an update it
-  builds on: those updates, applied again once the missing one arrives.
+  builds on (or was merged on top of a local change since discarded): those updates, applied again once
+  the missing one arrives.
 
 A record is loaded from its snapshot and updates on first use and evicted, least recently used first,
 when the cache holds more than ``cache_size`` records or more than ``cache_bytes`` bytes of encoded
@@ -28,6 +29,7 @@ from typing import Protocol
 import orjson
 
 from ..codec import Reader, write_bytes
+from ..model.merging import integrated
 from ..model.record import RecordDoc
 from ..model.strategies import new_record_doc
 from ..schema import Schema
@@ -369,17 +371,41 @@ class RecordDocs:
         Yjs needs a client's updates without gaps, so the caller passes the record's later pending changes
         too. The record gets a fresh Yjs client id and writer tag: discarded changes that already left the
         device (an export) then show up as concurrent values and never silently overwrite new ones.
+
+        A peer's update merged since may build on the discarded changes (its history entries follow theirs,
+        its slot write replaces theirs): without them it is no longer integrated. Left among the stored
+        updates, Yrs would keep it pending in memory (and drop it from the rebuilt document) while the
+        record's stored state vector still claimed it, so a peer's ``export_updates(since=...)`` would
+        never send it again. Such updates move to ``held``, as if they had arrived before the changes they
+        build on: they go in when those come back (from a peer that got them before the discard).
         """
         lr = self.get(collection, record_id)
-        drop = frozenset(n for n, cid in lr.pending.items() if cid in change_ids)  # only in the outbox
+        drop = {n for n, cid in lr.pending.items() if cid in change_ids}  # only in the outbox
         raw = self.store.load(("rmeta", collection, record_id))
         epoch = (orjson.loads(raw)["epoch"] if raw else 0) + 1
         client = self.new_client_id()
         batch.save(("rmeta", collection, record_id), orjson.dumps({"epoch": epoch, "client": client}))
-        fresh = self._load(collection, record_id, skip=drop)
+        snap, held_raw = self.store.load_many([("snap", collection, record_id), ("held", collection, record_id)])
+        rows = self.store.load_range(("upd", collection, record_id))
+        moved: list[bytes] = []
+        while True:  # each update moved out may leave a later one that builds on it out too
+            fresh = self._make(collection, record_id, snap, None, held_raw, rows, frozenset(drop))
+            state = fresh.doc.state_vector()
+            out = [(int(key[3]), body[1:]) for key, body in rows
+                   if int(key[3]) not in drop and not integrated(body[1:], state)]
+            if not out:
+                break
+            for n, update in out:
+                drop.add(n)
+                moved.append(update)
+                batch.remove(("upd", collection, record_id, n))
+        held = list(fresh.doc.held)
+        if moved:
+            held += [u for u in moved if u not in held]
+            self.save_held(batch, collection, record_id, held)
         doc = new_record_doc(fresh.doc.collection, record_id, writer=f"{self.device}#{epoch}",
                              device=self.device, user=self.user, client_id=client,
-                             updates=[fresh.doc.full_update()], held=fresh.doc.held, wall=self.wall)
+                             updates=[fresh.doc.full_update()], held=held, wall=self.wall)
         fresh.doc = doc
         self._put((collection, record_id), fresh)
         return fresh
