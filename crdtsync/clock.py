@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["MAX_TIME", "Hlc", "hlc_counter", "hlc_pack", "hlc_wall_ms"]
+__all__ = ["MAX_AHEAD_MS", "MAX_TIME", "Hlc", "hlc_counter", "hlc_pack", "hlc_wall_ms"]
 
 _COUNTER_BITS = 16
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
 
 #: no record may hold a time at or after this one (the start of the year 3000, UTC)
 MAX_TIME = 32503680000000 << _COUNTER_BITS
+
+#: how far ahead of a clock's own wall time a time it observes may move it (and how far ahead of the relay's
+#: clock a change may be stamped): a peer whose clock ran ahead cannot drag this one further than that
+MAX_AHEAD_MS = 30 * 24 * 3600 * 1000
 
 
 def hlc_pack(wall_ms: int, counter: int) -> int:
@@ -70,6 +74,11 @@ class Hlc:
         return t
 
     def observe(self, remote: int) -> None:
-        """Take in a time seen on a remote event, so that later local times order after it."""
+        """Take in a time seen on a remote event, so that later local times order after it: up to half of
+        ``MAX_AHEAD_MS`` past this clock's wall time. A time further ahead (a peer whose clock runs ahead)
+        moves it only that far, so this device's writes stay within what a relay accepts (with room for
+        the two clocks to differ); they still supersede what they saw (that is judged by what a write had
+        seen, not by its time)."""
         if remote > self._last:
-            self._last = remote
+            bound = (self._wall() + MAX_AHEAD_MS // 2) << _COUNTER_BITS
+            self._last = max(self._last, min(remote, bound))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtsync.clock import Hlc, hlc_counter, hlc_pack, hlc_wall_ms
+from crdtsync.clock import MAX_AHEAD_MS, Hlc, hlc_counter, hlc_pack, hlc_wall_ms
 
 
 class FakeWall:
@@ -76,3 +76,17 @@ def test_now_is_strictly_increasing_and_after_everything_observed(steps: list[tu
             assert t > last
             assert hlc_wall_ms(t) >= wall.ms  # never behind the wall clock
             last = t
+
+
+def test_a_peer_far_ahead_moves_the_clock_only_half_the_relays_bound() -> None:
+    """An honest device that imported a file from a device whose clock ran 40 days ahead took its times in
+    whole, and the relay (which refuses writes stamped more than 30 days ahead) refused every change it
+    made for the next 10 days."""
+    day = 24 * 3600 * 1000
+    wall = FakeWall(1_800_000_000_000)
+    clock = Hlc(wall)
+    clock.observe(hlc_pack(wall.ms + 40 * day, 0))
+    t = clock.now()
+    assert hlc_wall_ms(t) == wall.ms + MAX_AHEAD_MS // 2
+    clock.observe(hlc_pack(wall.ms + 10 * day, 0))  # within the bound: taken in as before
+    assert clock.now() > t

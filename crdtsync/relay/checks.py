@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pycrdt import Array, Map
 
-from ..clock import MAX_TIME, hlc_wall_ms
+from ..clock import MAX_AHEAD_MS, MAX_TIME, hlc_wall_ms
 from ..model.document import parse_set, parse_slot
 from ..model.record import RecordDoc
 from ..model.slots import SEP, Slot
@@ -26,9 +26,7 @@ from .drafts import Refusal
 __all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "check_roots",
            "is_own_writer", "merge_limits", "refuse", "refuse_over_limits"]
 
-#: how far ahead of the relay's clock a change may be stamped: a device whose clock runs ahead stamps its
-#: writes ahead, and every device that takes them in moves its own clock there (an HLC never goes back)
-MAX_AHEAD_MS = 30 * 24 * 3600 * 1000
+
 
 
 def is_own_writer(writer: str, device: str) -> bool:
@@ -179,7 +177,9 @@ def _check_author(raw: Any, device: str, user: str | None, what: str, latest: in
     if latest is not None:
         t = p.get("t")
         if t.__class__ is not int or not 0 < t <= latest:
-            raise Refused("invalid", f"{what} is stamped {t!r}: not a time up to {_when(latest)}")
+            raise Refused("invalid", f"{what} is stamped {_when(t) if t.__class__ is int else repr(t)}, not a time "
+                                     f"up to {_when(latest)} ({MAX_AHEAD_MS // 86_400_000} days ahead of the "
+                                     "relay's clock): the device's clock is wrong")
 
 
 def check_claims(doc: RecordDoc, traced: Traced, read: Mapping[str, Slot] | None, latest: int,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -162,3 +163,19 @@ async def test_root_types_outside_the_records_fields_are_refused(shared: tuple[R
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, doc.get_update(sv))
     assert [(r.code, "root types" in r.reason) for r in ack.rejected] == [("invalid", True)], ack
     assert stored(relay, rid) == before
+
+
+async def test_a_device_that_imported_a_file_from_a_clock_far_ahead_still_syncs(
+        shared: tuple[RelayHandle, Replica, str], tmp_path: Path) -> None:
+    """Its clock took the file's times in whole, and the relay refused every change it made (on any record)
+    for the next 10 days, until its wall clock caught up."""
+    relay, alice, rid = shared
+    ahead = Replica.open(tmp_path / "ahead.db", alice.schema, device="ahead-phone", user="alice",
+                         wall=lambda: time.time_ns() // 1_000_000 + 40 * DAY_MS)
+    ahead.create("accounts", {"name": "From the future"})
+    alice.import_updates(ahead.export_updates())
+    ahead.close()
+    alice.update("accounts", rid, {"name": "Acme, edited after the import"})
+    async with client(alice, relay.url, token="tok-alice") as c:
+        res = await sync(c)
+    assert res.rejected == 0 and alice.pending() == []
