@@ -159,14 +159,21 @@ def test_concurrent_creation_of_one_id_merges_field_by_field() -> None:
 
 # -- deletes -------------------------------------------------------------------------------------------------
 
-def test_delete_wins_keeps_the_edit_as_a_conflict_and_restore_brings_it_back() -> None:
-    a, b, x = rs = cluster().replicas
+def deleted_while_edited() -> tuple[list[Replica], str]:
+    """``a`` deletes a record of ``dw`` (delete-wins) while ``b`` edits three of its fields; all synced."""
+    a, b, _ = rs = cluster().replicas
     rid = a.create("dw", {"name": "Acme", "notes": "hello"})
     sync(*rs)
     a.delete("dw", rid)
     b.update("dw", rid, {"phone": "555", "notes": "hello world"})
     b.increment("dw", rid, "visits", 3)
     sync(*rs)
+    return rs, rid
+
+
+def test_delete_wins_keeps_the_edit_as_a_conflict_and_restore_brings_it_back() -> None:
+    rs, rid = deleted_while_edited()
+    a, _, x = rs
     same_everywhere(rs, "dw", rid)
     rec = x.get("dw", rid)
     assert rec is not None and rec.deleted and rec.status == "conflict"
@@ -204,13 +211,8 @@ def test_delete_wins_confirming_the_delete_clears_the_conflict() -> None:
 def test_delete_wins_resolving_an_edit_vs_delete_conflict_with_the_delete_confirms_it(field: str) -> None:
     """``candidates[0]`` of an edit-vs-delete conflict is the delete (``True``): resolving with it used to
     raise ValidationError for any field but a bool."""
-    a, b, x = rs = cluster().replicas
-    rid = a.create("dw", {"name": "Acme", "notes": "hello"})
-    sync(*rs)
-    a.delete("dw", rid)
-    b.update("dw", rid, {"phone": "555", "notes": "hello world"})
-    b.increment("dw", rid, "visits", 3)
-    sync(*rs)
+    rs, rid = deleted_while_edited()
+    a, _, x = rs
     [conflict] = [c for c in x.conflicts() if c.field == field]
     x.resolve("dw", rid, field, conflict.value)
     sync(*rs)
