@@ -50,7 +50,8 @@ def show(rec: Record | None, indent: str = "    ") -> str:
     for c in rec.conflicts:
         lines.append(f"{indent}  CONFLICT on {c.field!r} ({c.kind}):")
         for i, cand in enumerate(c.candidates):
-            mark = "in effect" if i == 0 else "kept: pick it to resolve"
+            mark = "in effect" if i == 0 else "kept: restore() brings the record back with it" \
+                if c.kind == "edit-vs-delete" else "kept: pick it to resolve"
             shown = "(deleted)" if c.kind == "edit-vs-delete" and cand.value is True else repr(cand.value)
             lines.append(f"{indent}    {shown:<24} by {cand.user}@{cand.device} at "
                          f"{cand.at:%H:%M:%S.%f}"[:-3] + f"  [{mark}]")
