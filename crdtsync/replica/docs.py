@@ -196,10 +196,7 @@ class RecordDocs:
                         out[(c, rid)] = self._make_new(c, rid)
                 missing = [key for key in missing if key[0] not in empty]
         if missing:
-            small = self.store.load_many([(kind, c, rid) for c, rid in missing for kind in ("snap", "rmeta", "held")])
-            ranges = self.store.load_ranges([("upd", c, rid) for c, rid in missing])
-            for i, (c, rid) in enumerate(missing):
-                out[(c, rid)] = self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
+            out.update(zip(missing, self._load_many(missing), strict=True))
         cache = self._cache
         for key in keys:  # in their order: the last ones are the most recently used
             lr = out[key]
@@ -216,16 +213,19 @@ class RecordDocs:
         not push the records in use out of the cache, and each record it makes can be dropped before the
         next one is made (records kept alive in thousands made the garbage collector run full passes)."""
         cached = [self._cache.get(key) for key in keys]
-        missing = [key for key, lr in zip(keys, cached, strict=True) if lr is None]
-        small = self.store.load_many([(kind, c, rid) for c, rid in missing for kind in ("snap", "rmeta", "held")]) \
-            if missing else []
-        ranges = self.store.load_ranges([("upd", c, rid) for c, rid in missing]) if missing else []
-        i = 0
-        for (c, rid), lr in zip(keys, cached, strict=True):
-            if lr is None:
-                lr = self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
-                i += 1
-            yield lr
+        loaded = self._load_many([key for key, lr in zip(keys, cached, strict=True) if lr is None])
+        for lr in cached:
+            yield next(loaded) if lr is None else lr
+
+    def _load_many(self, keys: list[tuple[str, str]]) -> Iterator[LoadedRecord]:
+        """The records from the store (none of them cached), with two store queries in all, each made only
+        when the iterator gets to it."""
+        if not keys:
+            return
+        small = self.store.load_many([(kind, c, rid) for c, rid in keys for kind in ("snap", "rmeta", "held")])
+        ranges = self.store.load_ranges([("upd", c, rid) for c, rid in keys])
+        for i, (c, rid) in enumerate(keys):
+            yield self._make(c, rid, small[3 * i], small[3 * i + 1], small[3 * i + 2], ranges[i])
 
     def _holds_none(self, collection: str) -> bool:
         """Whether the store holds no record of ``collection`` at all (four one-row queries)."""
@@ -327,21 +327,17 @@ class RecordDocs:
         self._put((collection, record_id), lr)  # cached again if evicted meanwhile, weighed with the update
         return n
 
-    def _pin(self, collection: str, record_id: str, lr: LoadedRecord) -> None:
-        """Make ``lr`` the cached copy of the record again (it may have been evicted meanwhile)."""
-        self._put((collection, record_id), lr)
-
     def confirm(self, batch: Batch, collection: str, record_id: str, updates: Mapping[int, bytes],
                 lr: LoadedRecord | None = None) -> None:
         """Mark local changes as accepted by the relay: they can no longer be discarded. ``updates``: their
         Yjs updates by change id (from their outbox entries, which the caller removes in ``batch``).
 
         Pass ``lr``, the record as loaded before those entries left the outbox's index: loaded after, it
-        would lack them (the cache may have evicted it since, hence the pin)."""
+        would lack them (the cache may have evicted it since: it is put back)."""
         if lr is None:
             lr = self.get(collection, record_id)
         else:
-            self._pin(collection, record_id, lr)
+            self._put((collection, record_id), lr)  # the cached copy again (it may have been evicted since)
         for n, cid in list(lr.pending.items()):
             update = updates.get(cid)
             if update is not None:
