@@ -56,17 +56,6 @@ def _field_names(coll: Collection) -> bytes:
     return orjson.dumps(sorted([n, type(f).__name__] for n, f in coll.fields.items()))
 
 
-def _kinds(raw: bytes) -> dict[str, str | None]:
-    """``_field_names`` read back: name -> kind (None: kept before kinds were, as a list of names)."""
-    out: dict[str, str | None] = {}
-    for x in orjson.loads(raw):
-        if isinstance(x, list):
-            out[str(x[0])] = str(x[1])
-        else:
-            out[str(x)] = None
-    return out
-
-
 def _check_name(kind: str, value: object) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 100 or any(ord(ch) < 32 for ch in value) \
             or "#" in value:
@@ -131,10 +120,10 @@ class ReplicaBase:
             last = self.store.load(key)
             if last == names:
                 continue
-            before = _kinds(last) if last is not None else None
+            before: dict[str, str] | None = dict(orjson.loads(last)) if last is not None else None
             # a field whose kind changed (Str to Text, Int to Str): every row shows it as the old kind read it
-            retyped = before is not None and any(k is not None and n in coll.fields
-                                                 and type(coll.fields[n]).__name__ != k for n, k in before.items())
+            retyped = before is not None and any(n in coll.fields and type(coll.fields[n]).__name__ != k
+                                                 for n, k in before.items())
             # fields only added (an app update): only rows naming fields their documents hold that their
             # schema lacked (``o``, rare) can be stale, and the others need no parsing
             added = before is not None and not retyped and before.keys() <= coll.fields.keys()
