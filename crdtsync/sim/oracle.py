@@ -27,7 +27,7 @@ was shown the record deleted), and lost (a *resurrection*) otherwise.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,14 +147,7 @@ class _Lane:
 
     def first_that_saw(self, w: Write) -> int:
         """The index of the first write of the lane whose author had seen ``w`` (``len`` if none)."""
-        lo, hi = 0, len(self.writes)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.writes[mid].seen.get(w.device, 0) >= w.seq:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        return bisect_left(self.writes, w.seq, key=lambda x: x.seen.get(w.device, 0))
 
 
 def _lanes(ws: Iterable[Write]) -> dict[tuple[str, str, str], _Lane]:
