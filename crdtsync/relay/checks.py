@@ -24,7 +24,7 @@ from ..schema import Set as SetField
 from .drafts import Refusal
 
 __all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "check_roots",
-           "is_own_writer", "merge_limits", "refuse", "refuse_over_limits"]
+           "is_own_writer", "limit_sizes", "merge_limits", "refuse", "refuse_over_limits"]
 
 
 
@@ -55,24 +55,44 @@ def merge_limits(coll: Collection) -> list[tuple[str, Field]]:
             if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
 
 
-def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]]) -> None:
+def limit_sizes(doc: RecordDoc, limits: list[tuple[str, Field]]) -> dict[str, int]:
+    """The sizes ``refuse_over_limits`` weighs (a text's characters, a set's items), before a change."""
+    if not limits:
+        return {}
+    fields = doc.state().fields
+    return {name: _size(fields.get(name)) for name, _ in limits}
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | frozenset) else 0
+
+
+def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: Mapping[str, int]) -> None:
     """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
     Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
     the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
-    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check."""
+    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check.
+
+    ``before``: the sizes before the change (``limit_sizes``). Only a field the change made larger than it
+    was, and over its limit, is refused: a record already over a limit (the limit was lowered after it was
+    written) stays writable, in its other fields and in that one, as long as the change does not make it
+    longer (one shortening the note, a rename, a delete)."""
     if not limits:
         return
     fields = doc.state().fields
     for name, f in limits:
         value = fields.get(name)
+        size = _size(value)
+        if size <= before.get(name, 0):
+            continue
         if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None \
-                and len(value) > f.max_length:
+                and size > f.max_length:
             raise Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
-                                      f"is {len(value)} characters long, more than max_length={f.max_length}")
+                                      f"is {size} characters long, more than max_length={f.max_length}")
         if isinstance(f, SetField) and f.max_items is not None and isinstance(value, frozenset) \
-                and len(value) > f.max_items:
+                and size > f.max_items:
             raise Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
-                                      f"holds {len(value)} items, more than max_items={f.max_items}")
+                                      f"holds {size} items, more than max_items={f.max_items}")
 
 
 def refuse(refusal: Refusal | None) -> None:

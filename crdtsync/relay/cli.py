@@ -51,6 +51,7 @@ plain Yjs clients to ws://HOST:PORT/yjs/ROOM?token=TOKEN. A tokens file:
 SIGTERM/SIGINT stop it cleanly (queued changes are committed); SIGHUP reloads the tokens file (a file
 refused at start, unreadable or naming what the schema lacks, is logged and the old tokens kept), and
 connections whose token was removed (4401) or whose grant changed (1012, they reconnect) are closed.
+The schema is read at start only: restart the relay to change it (devices reconnect by themselves).
 """
 
 
@@ -241,6 +242,9 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
     def reload() -> None:
         if args.tokens is not None:
             reload_tokens(relay, args.tokens)
+        else:
+            log.warning("SIGHUP: this relay runs open (no --tokens): nothing to reload (the schema is read at "
+                        "start only: restart the relay to change it)")
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:

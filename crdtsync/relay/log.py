@@ -57,6 +57,7 @@ from .checks import (
     check_own,
     check_roots,
     is_own_writer,
+    limit_sizes,
     merge_limits,
     refuse,
     refuse_over_limits,
@@ -305,6 +306,8 @@ class RelayLog:
             was = doc.state()
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
+        limits = self._merge_limits[c]
+        sizes = limit_sizes(doc, limits)  # (only a collection with text or set limits: ``refuse_over_limits``)
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
@@ -352,7 +355,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            refuse_over_limits(doc, self._merge_limits[c])
+            refuse_over_limits(doc, limits, sizes)
             if self.max_record is not None and sum(map(len, doc.parts())) > self.max_record:
                 size = len(doc.full_update())  # (the parts' total is an upper bound: exact only when needed)
                 if size > self.max_record:

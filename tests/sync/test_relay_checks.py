@@ -113,3 +113,42 @@ def test_a_change_whose_merge_breaks_a_text_or_set_limit_is_refused(
     assert rej.code == "invalid" and says in rej.reason and not out.accepted
     # the relay's copy is what a accepted: b's refused change left no trace in it
     assert log.reader.get("visits", rid).doc.state().fields[field] == (mine if field == "notes" else frozenset(mine))
+
+
+WIDE = Schema(Collection("visits", {"summary": Str(required=True), "notes": Text(max_length=100),
+                                    "tags": Set(Str(), max_items=5)}))
+
+
+@pytest.mark.parametrize("field, stored, shorter, longer", [
+    ("notes", "x" * 40, "x" * 30, "x" * 41),
+    ("tags", {"a", "b", "c", "d"}, {"a", "b", "c"}, {"a", "b", "c", "d", "e"}),
+])
+def test_a_record_over_a_lowered_text_or_set_limit_stays_writable(field: str, stored: Any, shorter: Any,
+                                                                    longer: Any) -> None:
+    """The limit was lowered after the record was written: changes that do not make the field larger (a
+    rename, a delete, a shortening by a device still on the older app) go in; one that makes it larger,
+    still over the limit, is refused."""
+    store = MemoryStore()
+    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
+    old = Replica(MemoryStore(), WIDE, device="old", user="u")  # an app version from before the limit
+    rid = old.create("visits", {"summary": "s", field: stored})
+    assert _push(RelayLog(store, WIDE), old, grant).ok
+    old.acknowledge(p.id for p in old.pending())
+    log = RelayLog(store, LIMITED)  # the relay restarted with the lowered limit
+    a = Replica(MemoryStore(), WIDE, device="a", user="u")
+    a.import_updates(old.export_updates())
+    a.update("visits", rid, {"summary": "renamed"})
+    a.delete("visits", rid)
+    a.restore("visits", rid)
+    out = _push(log, a, grant)
+    assert len(out.ok) == 3 and not out.rejected, out
+    a.acknowledge(out.ok)
+    old.update("visits", rid, {field: shorter})
+    assert _push(log, old, grant).ok
+    old.acknowledge(p.id for p in old.pending())
+    old.update("visits", rid, {field: longer})
+    [rej] = _push(log, old, grant).rejected
+    assert rej.code == "invalid" and "more than max_" in rej.reason
+    st = log.reader.get("visits", rid).doc.state()
+    assert st.fields[field] == (shorter if field == "notes" else frozenset(shorter))
+    assert st.fields["summary"] == "renamed"
