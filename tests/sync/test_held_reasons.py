@@ -43,6 +43,8 @@ async def test_a_held_change_says_why_until_the_device_it_waits_for_syncs(
     [pc] = b.pending()
     assert (pc.status, pc.error, pc.waiting) == ("pending", None, UNNAMED)
     [ev] = [e for e in wb.events if e.kind == "held"]
+    kinds = wb.kinds()
+    assert kinds[kinds.index("held") + 1] == "progress"  # before the progress that counts it, as errors are
     assert (ev.change_id, ev.collection, ev.record, ev.reason) == (pc.id, "accounts", rid, UNNAMED)
     assert str(ev) == f"held: change {pc.id} of accounts/{rid}: {UNNAMED}"
     rec = b.get("accounts", rid)
