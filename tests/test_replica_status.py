@@ -292,3 +292,40 @@ def test_clock_stays_monotonic_across_discard_and_restart() -> None:
     other = reopened.create("accounts", {"name": "Later"})
     assert reopened.pending()[0].id > newest
     assert reopened.get("accounts", other) is not None
+
+
+def test_a_held_change_keeps_the_relays_reason_until_the_next_answer(tmp_path: Path) -> None:
+    """``hold``: pending again, with why (``PendingChange.waiting``), kept across a reopen; the next answer
+    replaces it (none: cleared), and a rejection clears it. The record stays ``pending``: nothing failed.
+    A change without a reason has none in its stored header (an entry is written on every local write)."""
+    path = tmp_path / "phone.db"
+    a = Replica.open(path, DEMO_SCHEMA, device="phone", user="alice")
+    rid = a.create("accounts", {"name": "Acme"})
+    a.update("accounts", rid, {"employees": 3})
+    first, later = (p.id for p in a.pending())
+    a.mark_syncing([first, later])
+    a.hold([first, later], {first: "builds on writes of device 'tablet'"})
+    assert [(p.status, p.waiting) for p in a.pending()] == [
+        ("pending", "builds on writes of device 'tablet'"), ("pending", None)]
+    assert status(a, rid) == ("pending", None)
+    a.close()
+    a = Replica.open(path, DEMO_SCHEMA, device="phone", user="alice")
+    try:
+        assert [p.waiting for p in a.pending()] == ["builds on writes of device 'tablet'", None]
+        raw = a.store.load(("out", later))
+        assert raw is not None and b'"w"' not in raw and b'"w"' in (a.store.load(("out", first)) or b"")
+        a.hold([first], {first: "a newer reason"})
+        assert a.pending()[0].waiting == "a newer reason"
+        a.hold([first])  # held with no reason (an older relay, or behind another change)
+        assert a.pending()[0].waiting is None
+        a.hold([first], {first: "why"})
+        a.reject(first, "forbidden", "no")
+        pc = a.pending()[0]
+        assert (pc.status, pc.error, pc.waiting) == ("error", ("forbidden", "no"), None)
+    finally:
+        a.close()
+    a = Replica.open(path, DEMO_SCHEMA, device="phone", user="alice")
+    try:
+        assert a.pending()[0].waiting is None
+    finally:
+        a.close()

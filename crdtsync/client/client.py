@@ -538,7 +538,10 @@ class SyncClient:
                 pc = by_id[rej.change_id]
                 self._emit(SyncStatus("error", rej.reason, collection=pc.collection, record=pc.record,
                                       change_id=rej.change_id, code=rej.code))
-            r.mark_pending(ack.held)
+            r.hold(ack.held, dict(ack.waits))
+            for cid, why in ack.waits:
+                pc = by_id[cid]
+                self._emit(SyncStatus("held", why, collection=pc.collection, record=pc.record, change_id=cid))
             waiting.update((by_id[i].collection, by_id[i].record) for i in ack.held if i in by_id)
             uploaded += len(ack.ok)
             rejected += len(ack.rejected)

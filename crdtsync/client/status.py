@@ -10,7 +10,8 @@ from ..model.state import Conflict
 
 __all__ = ["StatusKind", "SyncResult", "SyncStatus"]
 
-StatusKind = Literal["offline", "online", "started", "progress", "completed", "failed", "conflict", "error"]
+StatusKind = Literal["offline", "online", "started", "progress", "completed", "failed", "conflict", "error",
+                     "held"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,13 @@ class SyncStatus:
       a live update (``reason`` "live update"), has an open conflict (``collection``, ``record``,
       ``conflicts``);
     - ``error``: the relay rejected a change (``change_id``, ``code``: invalid, forbidden or gone,
-      ``reason``); the change is kept with status ``error`` and holds the record's later changes.
+      ``reason``); the change is kept with status ``error`` and holds the record's later changes;
+    - ``held``: the relay held a change back (``change_id``, ``collection``, ``record``), neither stored nor
+      rejected, because it builds on another device's writes the relay does not have yet; ``reason`` says
+      whose, when the relay can tell, and what to do (that device syncs, or ``discard_record()``). The
+      change stays ``pending`` with the reason (``PendingChange.waiting``) and is sent again at each sync.
+      One per such change and run (its record's later changes, held behind it, get none); only from a
+      relay that gives reasons.
     """
 
     kind: StatusKind
@@ -95,6 +102,8 @@ class SyncStatus:
         if k == "error":
             what = f"change {self.change_id} of " if self.change_id is not None else "update of "  # (from the relay)
             return f"error: {what}{self.collection}/{self.record} {self.code}: {self.reason}"
+        if k == "held":
+            return f"held: change {self.change_id} of {self.collection}/{self.record}: {self.reason}"
         if k == "started":
             return "started" + (f" ({', '.join(self.collections)})" if self.collections else "")
         return k + (f": {self.reason}" if self.reason else "")

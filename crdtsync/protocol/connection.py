@@ -135,12 +135,19 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
             h["scopes"] = dict(ev.scopes)
         return Kind.WELCOME, h, []
     if isinstance(ev, Ack):
-        return Kind.ACK, {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
-                          "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}, []
+        h = {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
+             "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}
+        if ev.waits:  # (an optional field: only in the ACKs of clients that asked for it)
+            h["waits"] = [[i, why] for i, why in ev.waits]
+        return Kind.ACK, h, []
     if isinstance(ev, Acks):
-        return Kind.ACK, {"ids": [a.id for a in ev.acks], "ok": [i for a in ev.acks for i in a.ok],
-                          "held": [i for a in ev.acks for i in a.held],
-                          "rejected": [[r.change_id, r.code, r.reason] for a in ev.acks for r in a.rejected]}, []
+        h = {"ids": [a.id for a in ev.acks], "ok": [i for a in ev.acks for i in a.ok],
+             "held": [i for a in ev.acks for i in a.held],
+             "rejected": [[r.change_id, r.code, r.reason] for a in ev.acks for r in a.rejected]}
+        waits = [[i, why] for a in ev.acks for i, why in a.waits]
+        if waits:
+            h["waits"] = waits
+        return Kind.ACK, h, []
     if isinstance(ev, Pull):
         return Kind.PULL, {"id": ev.id, "since": ev.since, "relay": ev.relay, "live": ev.live,
                            "collections": None if ev.collections is None else list(ev.collections),
@@ -162,6 +169,7 @@ class _AckFrame:
     ok: tuple[int, ...]
     rejected: tuple[Rejection, ...]
     held: tuple[int, ...]
+    waits: tuple[tuple[int, str], ...]
 
 
 def _hello(h: dict[str, Any], b: tuple[bytes, ...]) -> Hello:
@@ -179,7 +187,8 @@ def _push(h: dict[str, Any], b: tuple[bytes, ...]) -> Push:
 
 def _ack(h: dict[str, Any], b: tuple[bytes, ...]) -> _AckFrame:
     # split into one Ack per push by the receiving core, which knows their changes
-    return _AckFrame(tuple(h["ids"]), tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]), tuple(h["held"]))
+    return _AckFrame(tuple(h["ids"]), tuple(h["ok"]), tuple(Rejection(*r) for r in h["rejected"]), tuple(h["held"]),
+                     tuple((w[0], w[1]) for w in h.get("waits", ())))
 
 
 def _pull(h: dict[str, Any], b: tuple[bytes, ...]) -> Pull:
@@ -321,6 +330,8 @@ class Connection:
                 raise LocalProtocolError(f"no push {ack.id} to acknowledge")
             if not _accounts_for(ack, expected):
                 raise LocalProtocolError(f"ack {ack.id} must list each change of the push exactly once")
+            if ack.waits and not _waits_held(ack.waits, ack.held):
+                raise LocalProtocolError(f"ack {ack.id} gives reasons (waits) only for changes it holds, once each")
             if not seen.isdisjoint(expected):
                 raise LocalProtocolError(f"push {ack.id} shares change ids with another push of the same ACK "
                                          "(or is in it twice): acknowledge it in an ACK of its own")
@@ -396,12 +407,15 @@ class Connection:
         got = [*f.ok, *(r.change_id for r in f.rejected), *f.held]
         if len(got) != len(owner) or set(got) != owner.keys():
             return f"ack {list(f.ids)} does not account for each change of its pushes exactly once"
+        if f.waits and not _waits_held(f.waits, f.held):
+            return f"ack {list(f.ids)} gives reasons for changes it does not hold, or twice"
         if len(f.ids) == 1:
-            acks = [Ack(f.ids[0], f.ok, f.rejected, f.held)]
+            acks = [Ack(f.ids[0], f.ok, f.rejected, f.held, f.waits)]
         else:
             acks = [Ack(pid, tuple(i for i in f.ok if owner[i] == pid),
                         tuple(r for r in f.rejected if owner[r.change_id] == pid),
-                        tuple(i for i in f.held if owner[i] == pid)) for pid in f.ids]
+                        tuple(i for i in f.held if owner[i] == pid),
+                        tuple(w for w in f.waits if owner[w[0]] == pid)) for pid in f.ids]
         for pid in f.ids:
             del self._pushes[pid]
         return acks
@@ -453,6 +467,12 @@ def _accounts_for(ack: Ack, expected: frozenset[int]) -> bool:
         return len(ack.ok) == len(expected) and expected == set(ack.ok)
     got = [*ack.ok, *(r.change_id for r in ack.rejected), *ack.held]
     return len(got) == len(expected) and set(got) == expected
+
+
+def _waits_held(waits: tuple[tuple[int, str], ...], held: tuple[int, ...]) -> bool:
+    """Whether each reason of an ACK's ``waits`` is for one of its held changes, and one at most."""
+    ids = [i for i, _ in waits]
+    return len(set(ids)) == len(ids) and set(ids) <= set(held)
 
 
 def _peer(role: Role) -> str:

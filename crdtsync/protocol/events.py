@@ -82,13 +82,19 @@ class Rejection:
 @dataclass(frozen=True)
 class Ack:
     """Relay to client, once a push is durably stored: every change of it is ``ok`` (stored), ``rejected``
-    (with a code: invalid, forbidden, gone) or ``held`` (not stored because an earlier change of the same
-    record was rejected; it stays pending)."""
+    (with a code: invalid, forbidden, gone) or ``held`` (neither stored nor rejected; it stays pending):
+    behind an earlier change of the same record that was rejected or held, or building on writes the
+    relay does not have yet.
+
+    ``waits`` (only to a client whose HELLO asked for it; empty otherwise): ``(change id, reason)`` of the
+    held changes that wait for writes the relay does not have, each with why (whose writes, and what the
+    user can do). A change held only behind an earlier one of its record has no entry of its own."""
 
     id: int
     ok: tuple[int, ...]
     rejected: tuple[Rejection, ...] = ()
     held: tuple[int, ...] = ()
+    waits: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import orjson
 
 from ..codec import Reader, varuint_bytes
 
-__all__ = ["FEATURES", "MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "MAX_RETURNS", "VERSION", "Frame", "FrameError", "Kind",
-           "check_header", "decode_frame", "decode_parts", "encode_frame"]
+__all__ = ["FEATURES", "MAX_FRAME", "MAX_ITEMS", "MAX_PUSH", "MAX_REASON", "MAX_RETURNS", "VERSION", "Frame",
+           "FrameError", "Kind", "check_header", "decode_frame", "decode_parts", "encode_frame"]
 
 VERSION = 2  # 2: ACK answers a list of pushes (``ids``) instead of one (``id``)
 MAX_FRAME = 16 * 1024 * 1024
@@ -34,7 +34,7 @@ MAX_RETURNS = 1000  # discarded change ids one PULL asks back (``Pull.returns``)
 _MAX_HEADER = 4 * 1024 * 1024
 _MAX_INT = (1 << 63) - 1
 _MAX_NAME = 200
-_MAX_REASON = 500
+MAX_REASON = 500
 
 
 class Kind(enum.IntEnum):
@@ -127,8 +127,8 @@ def _entry(kinds: str, t: Any, what: str) -> None:
             _int(x, what)
         elif k == "n":
             _name(x, what)
-        elif not isinstance(x, str) or len(x) > _MAX_REASON:
-            raise FrameError(f"{what}: reasons are str of at most {_MAX_REASON} characters")
+        elif not isinstance(x, str) or len(x) > MAX_REASON:
+            raise FrameError(f"{what}: reasons are str of at most {MAX_REASON} characters")
 
 
 def _triples(kinds: str) -> Callable[[Any, str], None]:
@@ -164,8 +164,8 @@ def _triples(kinds: str) -> Callable[[Any, str], None]:
 
 
 def _reason(v: Any, what: str) -> None:
-    if not isinstance(v, str) or len(v) > _MAX_REASON:
-        raise FrameError(f"{what} must be a str of at most {_MAX_REASON} characters")
+    if not isinstance(v, str) or len(v) > MAX_REASON:
+        raise FrameError(f"{what} must be a str of at most {MAX_REASON} characters")
 
 
 def _opt_int(v: Any, what: str) -> None:
@@ -185,7 +185,7 @@ _Check = Callable[[Any, str], Any]
 
 #: the words of HELLO's ``client`` that ask for optional fields: a relay sends a field only to a client that
 #: names it, so a client that predates the field (its decoder refuses unknown fields) never receives it
-FEATURES = ("scopes",)
+FEATURES = ("scopes", "waits")
 
 # kind -> (required header fields and their checks, which list holds one entry per blob)
 _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
@@ -205,6 +205,7 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
 # kind -> fields a frame may carry or not (a peer sends them only when its peer asked for them: ``FEATURES``)
 _OPTIONAL: dict[Kind, dict[str, _Check]] = {
     Kind.WELCOME: {"scopes": _scopes},  # collection -> fingerprint of the grant's ``where`` limit on it
+    Kind.ACK: {"waits": _triples("ir")},  # [change id, why the relay holds it back] of held changes
 }
 
 # ``_HEADERS`` as the checks run them: (field, check, "KIND.field" for the error messages), made once

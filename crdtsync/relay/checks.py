@@ -7,7 +7,7 @@ A refused change raises ``Refused`` (``Waits``: held for the device to send agai
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,8 @@ from ..schema import Set as SetField
 from .drafts import Refusal
 
 __all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "check_roots",
-           "is_own_writer", "limit_sizes", "merge_limits", "refuse", "refuse_over_limits"]
+           "is_own_writer", "limit_sizes", "merge_limits", "refuse", "refuse_over_limits", "waits_for",
+           "writer_device"]
 
 
 
@@ -46,7 +47,31 @@ class Refused(Exception):
 
 
 class Waits(Refused):
-    """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``)."""
+    """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``). Its reason
+    reaches the device (ACK's ``waits``) and its user: make it with ``waits_for``."""
+
+
+def writer_device(writer: str) -> str:
+    """The device a writer tag belongs to: ``device`` for ``device`` and ``device#N`` (``is_own_writer``)."""
+    head, sep, tail = writer.rpartition("#")
+    return head if sep and head and tail.isdigit() else writer
+
+
+def waits_for(what: str, devices: Iterable[str], *, it: str = "them") -> Waits:
+    """A change held because ``what`` (it builds on, or claims to have seen, writes the relay lacks): the
+    reason names the ``devices`` whose writes they are, when the relay can tell (none: it cannot), and says
+    what the user can do about it."""
+    names = sorted(set(devices))
+    one = len(names) <= 1
+    if names:
+        who = ", ".join(map(repr, names))
+        whose = f" of device {who}" if one else f" of devices {who}"
+    else:
+        whose, who = "", f"the device that made {it}"
+    has, syncs = ("has", "syncs") if one else ("have", "sync")
+    return Waits("held", f"{what}{whose} that the relay does not have yet (this device got {it} directly, as by "
+                         f"import_updates, and {who} {has} not synced {it}): sent again at each sync, it goes in "
+                         f"once {who} {syncs}; or discard_record() gives up this device's changes of the record")
 
 
 def merge_limits(coll: Collection) -> list[tuple[str, Field]]:
@@ -234,9 +259,8 @@ def check_claims(doc: RecordDoc, traced: Traced, read: Mapping[str, Slot] | None
             if known is None or not fresh:  # the record's writers as they stand (it only added its own slots)
                 known, fresh = dict(doc.state().vector), True
             if n > known.get(w, 0):
-                raise Waits("held", f"slot {key.partition(SEP)[0]!r} claims to have seen a write of {w!r} the "
-                                    "relay does not have (from a device that has not synced it); sent again at "
-                                    "the next sync")
+                raise waits_for(f"field {key.partition(SEP)[0]!r} was written after seeing a write",
+                                (writer_device(w),), it="it")
     # (an entry as devices write it, that removes nothing, ends so: one that says otherwise is parsed)
     claiming = {k: v for k, v in traced.set_values.items() if not (isinstance(v, str) and v.endswith('"r":{}}'))}
     if claiming:
@@ -247,8 +271,7 @@ def check_claims(doc: RecordDoc, traced: Traced, read: Mapping[str, Slot] | None
             for w, n in e.removed.items():
                 have = e.adds if w == e.writer else adds.get(f"{e.field}{SEP}{e.element}{SEP}{w}", 0)
                 if n > have:
-                    raise Waits("held", f"a set entry of {e.field!r} claims to have seen adds of {w!r} the "
-                                        "relay does not have; sent again at the next sync")
+                    raise waits_for(f"an element of {e.field!r} was removed after seeing adds", (writer_device(w),))
     if known is not None:
         for s in slots.values():
             if s.t > known.get(s.writer, 0):

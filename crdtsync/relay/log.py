@@ -42,7 +42,7 @@ from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
 from ..protocol.events import Change, Item, Rejection
-from ..protocol.frames import MAX_RETURNS
+from ..protocol.frames import MAX_REASON, MAX_RETURNS
 from ..replica.docs import RecordDocs
 from ..replica.rows import decode_value, encode_value
 from ..schema import Schema
@@ -61,8 +61,9 @@ from .checks import (
     merge_limits,
     refuse,
     refuse_over_limits,
+    waits_for,
 )
-from .clients import ClientBindings, sv_clients, sv_is_empty, update_clients
+from .clients import ClientBindings, missing_clients, sv_clients, sv_is_empty, update_clients
 from .drafts import check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "LogGap", "Outcome", "RelayLog", "is_own_writer"]
@@ -71,6 +72,7 @@ log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_NAMES_READ_MAX = 64 * 1024  # the largest held update whose missing writers are named (``_writers_missing``)
 
 
 _ID_REUSED = ("another change of device {device!r} was stored under this change id: another installation uses "
@@ -105,12 +107,14 @@ class Accepted:
 class Outcome:
     """What became of one push: stored (or stored before: ``ok``), rejected with a reason, or held (not
     stored, sent again later): behind a refused or held change of the same record, or building on changes
-    the relay does not have yet."""
+    the relay does not have yet. ``waits``: (change id, reason) of the latter (``Waits``), the changes
+    held behind them have none of their own."""
 
     ok: list[int] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
     held: list[int] = field(default_factory=list)
     accepted: list[Accepted] = field(default_factory=list)
+    waits: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _encode_entry(a: Accepted) -> bytes:
@@ -221,6 +225,7 @@ class RelayLog:
             except Waits as e:
                 refused.add(key)  # the record's later changes build on this one: they wait too
                 out.held.append(ch.change_id)
+                out.waits.append((ch.change_id, e.reason[:MAX_REASON]))
                 log.info("holding back %s change %d of %s/%s: %s", device, ch.change_id, ch.collection, ch.record,
                          e.reason)
                 continue
@@ -319,8 +324,8 @@ class RelayLog:
                     # it builds on changes the relay does not have (made on a device that has not synced yet,
                     # which this device got from it directly): acknowledged, it would be lost with the
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
-                    raise Waits("held", "builds on changes the relay does not have yet (from a device that "
-                                         "has not synced them); sent again at the next sync")
+                    raise waits_for("it builds on writes", self._writers_missing(c, rid, device, ch.update,
+                                                                                 doc.state_vector()))
                 new = traced.new
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log
@@ -410,6 +415,17 @@ class RelayLog:
         batch.save(("log", a.seq), _encode_entry(a))
         batch.save(("relay", "head"), str(self.head).encode())
         return a
+
+    def _writers_missing(self, c: str, rid: str, device: str, update: bytes, sv: bytes) -> list[str]:
+        """The devices (other than ``device``) whose writes to the record an update builds on and the relay
+        lacks: the owners of the Yjs clients it needs (``missing_clients``) that are bound to one. A record
+        no device has synced yet binds none: then none is known. Read in Python, on the event loop: an
+        update over 64 KiB (a change is a few hundred bytes; 64 KiB take about 15 ms) is not read, and names
+        none."""
+        if len(update) > _NAMES_READ_MAX:
+            return []
+        owners = (self.clients.owner(c, rid, cid) for cid in missing_clients(update, sv))
+        return sorted({o for o in owners if o is not None and o != device})
 
     def _unbound_clients(self, c: str, rid: str, device: str, clients: list[int]) -> list[int]:
         """Refuse items made under a Yjs client id bound to another device (``relay/clients.py``); return

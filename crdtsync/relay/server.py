@@ -369,7 +369,8 @@ class Relay:
         """Once the group is settled (never before): acknowledge its pushes and fan its changes out."""
         acks: dict[Session, list[Ack]] = {}  # each device's acks of this group, in the order it pushed
         for j, o in zip(group.jobs, group.outcomes, strict=True):
-            acks.setdefault(j.session, []).append(Ack(j.push, tuple(o.ok), tuple(o.rejected), tuple(o.held)))
+            acks.setdefault(j.session, []).append(Ack(j.push, tuple(o.ok), tuple(o.rejected), tuple(o.held),
+                                                       tuple(o.waits)))
         for s, session_acks in acks.items():
             s.acknowledge(session_acks)
         if accepted:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -101,6 +101,7 @@ class Session:
         self._pull_task: asyncio.Task[None] | None = None
         self._hello_task: asyncio.Task[None] | None = None
         self._closing: tuple[int, str] | None = None
+        self.waits = False  # its HELLO asked for the reasons of held changes (ACK's optional ``waits``)
 
     def _flush(self) -> None:
         for data in self.conn.data_to_send():
@@ -239,6 +240,7 @@ class Session:
             self._flush()
             return
         self.device = ev.device
+        self.waits = ev.understands("waits")
         lg = self.relay.log
         # "*": an open relay knows no users, so it accepts whichever user a device writes as
         user = "*" if self.grant.anonymous else self.grant.user
@@ -254,6 +256,8 @@ class Session:
         changes in all, which keeps the frame's lists and header within their limits)."""
         if self.conn.state is not State.READY or self._closing is not None:
             return
+        if not self.waits:  # a client from before ``waits`` refuses an ACK with a field it does not know
+            acks = [replace(a, waits=()) if a.waits else a for a in acks]
         frame: list[Ack] = []
         ids: set[int] = set()
         for ack in acks:

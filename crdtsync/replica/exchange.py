@@ -63,13 +63,15 @@ class ExchangingReplica(ReplicaBase):
         return out
 
     def _restatus(self, ids: Iterable[int], status: str, error: tuple[str, str] | None = None,
-                  persist: bool = False) -> None:
+                  persist: bool = False, waiting: Mapping[int, str | None] | None = None) -> None:
         touched = {(e.collection, e.record) for i in ids if (e := self.outbox.get(i)) is not None}
         # a record whose row is not written yet is read from its document with the status of the moment:
         # take it before the change of status, to tell whether it changes
         before = {key: self._row(self._coll(key[0]), key[1]) for key in touched if key in self._dirty}
         batch = Batch()
         self.outbox.set_status(batch if persist else None, ids, status, error)  # type: ignore[arg-type]
+        if waiting is not None:  # (in the same commit as the rows whose status changed)
+            self.outbox.set_waiting(batch, waiting)
         events = []
         for c, rid in sorted(touched):
             coll = self._coll(c)
@@ -89,6 +91,15 @@ class ExchangingReplica(ReplicaBase):
 
     def mark_pending(self, ids: Iterable[int]) -> None:
         self._restatus(list(ids), "pending")
+
+    def hold(self, ids: Iterable[int], reasons: Mapping[int, str] | None = None) -> None:
+        """The relay held these changes back, neither storing nor rejecting them: they are ``pending``
+        again, to be sent at the next sync, each with the relay's reason (``reasons``), kept with it (in
+        ``PendingChange.waiting``) until the next answer replaces it. A change held without a reason
+        (behind an earlier change of its record, or by a relay that gives none) has its reason cleared."""
+        ids = list(ids)
+        reasons = reasons or {}
+        self._restatus(ids, "pending", waiting={i: reasons.get(i) for i in ids})
 
     def reject(self, change_id: int, code: str, reason: str) -> None:
         """The relay refused a change: keep it, marked ``error``; its record holds later changes."""

@@ -2,17 +2,18 @@
 
 An entry lives at ``("out", change_id)``, where the change id is the change's HLC time (unique on this
 device and increasing), so key order is the order changes were made. Its value is a JSON header
-(collection, record, op, fields, status, error, and ``n``: the place of the update among the record's
-updates) and the Yjs update, length-prefixed. The entry is the only stored copy of a pending update: a
-local write stores one key, not two (``RecordDocs`` reads the record's pending updates from here, and
-the update moves to ``("upd", collection, id, n)`` when the relay acknowledges it). The outbox keeps an
-index of its headers in memory: it is small (only unsynced changes), and status queries must be cheap.
+(collection, record, op, fields, status, error, ``w``: why the relay holds it back, and ``n``: the place
+of the update among the record's updates) and the Yjs update, length-prefixed. The entry is the only
+stored copy of a pending update: a local write stores one key, not two (``RecordDocs`` reads the
+record's pending updates from here, and the update moves to ``("upd", collection, id, n)`` when the relay
+acknowledges it). The outbox keeps an index of its headers in memory: it is small (only unsynced
+changes), and status queries must be cheap.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import orjson
@@ -25,10 +26,11 @@ __all__ = ["Outbox", "OutboxEntry", "decode_entry", "encode_entry"]
 
 
 class OutboxEntry:
-    __slots__ = ("collection", "error", "fields", "id", "n", "op", "record", "status")
+    __slots__ = ("collection", "error", "fields", "id", "n", "op", "record", "status", "waiting")
 
     def __init__(self, id: int, collection: str, record: str, op: str, fields: dict[str, Any],
-                 status: ChangeStatus = "pending", error: tuple[str, str] | None = None, n: int = -1) -> None:
+                 status: ChangeStatus = "pending", error: tuple[str, str] | None = None, n: int = -1,
+                 waiting: str | None = None) -> None:
         self.id = id
         #: the update's index among the record's updates (``("upd", collection, record, n)`` once
         #: acknowledged); -1 for an entry stored before the index was kept (see ``layout.py``)
@@ -39,20 +41,25 @@ class OutboxEntry:
         self.fields = fields
         self.status: ChangeStatus = status
         self.error = error
+        #: why the relay held the change back at its last answer (``Replica.hold``), None if it did not
+        self.waiting = waiting
 
     def header(self) -> bytes:
-        """The entry's JSON header. ``s`` and ``e`` are left out when pending and without error: a smaller
-        entry fills the store's pages more slowly (an entry is written on every local write)."""
+        """The entry's JSON header. ``s``, ``e`` and ``w`` are left out when pending, without error and not
+        held back with a reason: a smaller entry fills the store's pages more slowly (an entry is written on
+        every local write)."""
         h: dict[str, Any] = {"c": self.collection, "r": self.record, "o": self.op, "f": self.fields, "n": self.n}
         if self.status != "pending":
             h["s"] = self.status
         if self.error:
             h["e"] = list(self.error)
+        if self.waiting:
+            h["w"] = self.waiting
         return orjson.dumps(h)
 
     def public(self) -> PendingChange:
         return PendingChange(self.id, self.collection, self.record, self.op, dict(self.fields), self.status,
-                             self.error)
+                             self.error, self.waiting)
 
 
 def encode_entry(entry: OutboxEntry, update: bytes) -> bytes:
@@ -72,7 +79,7 @@ def decode_entry(change_id: int, raw: bytes) -> tuple[OutboxEntry, bytes]:
     update = r.bytes()
     err = tuple(h["e"]) if h.get("e") else None
     return OutboxEntry(change_id, h["c"], h["r"], h["o"], h["f"], cast(ChangeStatus, h.get("s", "pending")),
-                       cast("tuple[str, str] | None", err), int(h.get("n", -1))), update
+                       cast("tuple[str, str] | None", err), int(h.get("n", -1)), h.get("w")), update
 
 
 class Outbox:
@@ -176,10 +183,24 @@ class Outbox:
             self._flag(e, e.status, status)
             e.status = status
             e.error = error
+            if status == "error":
+                e.waiting = None  # rejected: it no longer waits for anything
             if batch is not None:
                 raw = self.store.load(("out", i))
                 if raw is not None:
                     batch.save(("out", i), encode_entry(e, decode_entry(i, raw)[1]))
+
+    def set_waiting(self, batch: Batch, reasons: Mapping[int, str | None]) -> None:
+        """Keep why the relay holds each of these entries back (None: no reason, or no longer held). Only
+        entries whose reason changed are written again."""
+        for i, why in reasons.items():
+            e = self._entries.get(i)
+            if e is None or e.waiting == why:
+                continue
+            e.waiting = why
+            raw = self.store.load(("out", i))
+            if raw is not None:
+                batch.save(("out", i), encode_entry(e, decode_entry(i, raw)[1]))
 
     def remove(self, batch: Batch, ids: Iterable[int]) -> list[OutboxEntry]:
         removed = []

@@ -39,6 +39,10 @@ class PendingChange:
 
     ``id`` is the change's HLC time: unique on this device, and the order changes were made in.
     ``error`` holds ``(code, reason)`` when the relay rejected it (code: invalid, forbidden, gone).
+    ``waiting`` says why the relay held it back at the last sync (neither stored nor rejected, it stays
+    ``pending``): it builds on another device's writes the relay does not have yet; the reason names that
+    device when the relay can tell, and says what to do (that device syncs, or ``discard_record()``).
+    None when it was not held, or was held only behind an earlier change of its record.
     """
 
     id: int
@@ -48,6 +52,7 @@ class PendingChange:
     fields: dict[str, Any]
     status: ChangeStatus
     error: tuple[str, str] | None = None
+    waiting: str | None = None
 
     @property
     def at(self) -> dt.datetime:

@@ -87,6 +87,11 @@ async def test_a_slot_claiming_to_have_seen_writes_the_relay_lacks_is_held(
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, map_edit(before, "f", f"name{SEP}mallory-phone",
                                                                               forged))
     assert ack.held == (1,) and ack.ok == () and ack.rejected == ()
+    assert ack.waits == ((1, "field 'name' was written after seeing a write of device 'alice-phone' that the relay "
+                             "does not have yet (this device got it directly, as by import_updates, and "
+                             "'alice-phone' has not synced it): sent again at each sync, it goes in once "
+                             "'alice-phone' syncs; or discard_record() gives up this device's changes of the "
+                             "record"),)
     assert stored(relay, rid) == before
     alice.update("accounts", rid, {"name": "Acme Ltd"})
     async with client(alice, relay.url, token="tok-alice") as c:
@@ -106,6 +111,8 @@ async def test_a_set_entry_claiming_to_have_seen_adds_the_relay_lacks_is_held(
     update = map_edit(before, "s", f"tags{SEP}{element}{SEP}mallory-phone", {"a": 0, "r": {"alice-phone": 10**9}})
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
     assert ack.held == (1,) and ack.ok == () and ack.rejected == ()
+    assert [why.startswith("an element of 'tags' was removed after seeing adds of device 'alice-phone' that the "
+                           "relay does not have yet") for _, why in ack.waits] == [True]
     assert stored(relay, rid) == before
     # a removal of what the record holds is the device's to make
     ok = map_edit(before, "s", f"tags{SEP}{element}{SEP}mallory-phone", {"a": 0, "r": {"alice-phone": 1}})

@@ -160,3 +160,16 @@ def test_welcome_scopes_are_optional_and_checked_and_other_fields_still_unknown(
                          (Kind.BYE, {"code": 1, "reason": "", "scopes": {}})):
         with pytest.raises(FrameError, match="unknown fields"):
             decode_frame(reference_encode(kind, header, []))
+
+
+def test_ack_waits_are_optional_and_checked() -> None:
+    base = {"ids": [1], "ok": [], "rejected": [], "held": [7, 8]}
+    assert "waits" not in decode_frame(encode_frame(Kind.ACK, base)).header  # a relay before waits
+    with_waits = {**base, "waits": [[7, "builds on writes of device 'a' the relay does not have yet"]]}
+    assert decode_frame(reference_encode(Kind.ACK, with_waits, [])).header == with_waits
+    assert decode_frame(encode_frame(Kind.ACK, with_waits)).header == with_waits
+    for bad in ([[7]], [["7", "why"]], [[7, 3]], [[7, "x" * 501]], [[-1, "why"]], {"7": "why"}, "why"):
+        with pytest.raises(FrameError, match=r"ACK\.waits"):
+            decode_frame(reference_encode(Kind.ACK, {**base, "waits": bad}, []))
+    with pytest.raises(FrameError, match="unknown fields"):
+        decode_frame(reference_encode(Kind.ACK, {**with_waits, "extra": 1}, []))

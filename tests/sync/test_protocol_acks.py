@@ -90,8 +90,9 @@ def raw_frame(kind: Kind, header: dict[str, object]) -> bytes:
 
 
 def ack_frame(ids: list[int], ok: list[int], held: list[int] | None = None,
-              rejected: list[list[object]] | None = None) -> bytes:
-    return encode_frame(Kind.ACK, {"ids": ids, "ok": ok, "rejected": rejected or [], "held": held or []})
+              rejected: list[list[object]] | None = None, waits: list[list[object]] | None = None) -> bytes:
+    header = {"ids": ids, "ok": ok, "rejected": rejected or [], "held": held or []}
+    return encode_frame(Kind.ACK, header if waits is None else {**header, "waits": waits})
 
 
 @pytest.mark.parametrize("frame, reason", [
@@ -103,6 +104,8 @@ def ack_frame(ids: list[int], ok: list[int], held: list[int] | None = None,
     (ack_frame([1, 2], [10, 11, 20, 99]), "exactly once"),  # a change of no push answered
     (ack_frame([1, 2], [10, 11], rejected=[[20, "invalid", "x"], [20, "invalid", "x"]]), "exactly once"),
     (raw_frame(Kind.ACK, {"ids": [], "ok": [], "rejected": [], "held": []}), "non-empty"),
+    (ack_frame([1, 2], [10, 11], [20], waits=[[10, "why"]]), "gives reasons"),  # a reason for a stored change
+    (ack_frame([1, 2], [10, 11], [20], waits=[[20, "why"], [20, "why"]]), "gives reasons"),  # twice
 ])
 def test_a_bad_combined_ack_from_the_relay_is_a_protocol_error(frame: bytes, reason: str) -> None:
     c, r = pair()
@@ -121,3 +124,27 @@ def test_a_peer_of_the_previous_protocol_version_is_refused_by_the_version_byte(
     r.receive_data(bytes((1,)) + encode_frame(Kind.HELLO, {"device": "d", "client": "c"})[1:])
     [ev] = r.events_received()
     assert isinstance(ev, ProtocolError) and "unsupported protocol version 1" in ev.reason
+
+
+def test_the_reasons_of_held_changes_go_to_the_ack_of_their_push() -> None:
+    """ACK's optional ``waits``: (change id, reason) of held changes, split per push like the rest, and left
+    out of the frame when there is none (a client that predates the field refuses it)."""
+    c, r = pair()
+    push(c, r, 1, 10, 11)
+    push(c, r, 2, 20, 21)
+    acks = (Ack(1, (10,), (), (11,), ((11, "waits for device 'a'"),)),
+            Ack(2, (), (), (20, 21), ((20, "waits for device 'b'"),)))  # 21: held behind 20, no reason
+    r.send(Acks(acks))
+    [frame] = r.data_to_send()
+    assert decode_frame(frame).header["waits"] == [[11, "waits for device 'a'"], [20, "waits for device 'b'"]]
+    c.receive_data(frame)
+    assert c.events_received() == list(acks)
+    push(c, r, 3, 30)
+    r.send(Ack(3, (), (), (30,)))
+    [frame] = r.data_to_send()
+    assert "waits" not in decode_frame(frame).header
+    c.receive_data(frame)
+    assert c.events_received() == [Ack(3, (), (), (30,))]
+    push(c, r, 4, 40)
+    with pytest.raises(LocalProtocolError, match="only for changes it holds"):
+        r.send(Ack(4, (40,), waits=((40, "stored, yet waits?"),)))
