@@ -177,6 +177,55 @@ def test_counter_stays_in_64_bits(trio: list[Replica]) -> None:
     assert rec is not None and rec.fields["visits"] == 2**63 - 1
 
 
+def test_concurrent_increments_beyond_64_bits_merge_clamped(trio: list[Replica]) -> None:
+    """Each increment fits; merged directly, their sum does not (the relay refuses the change that makes
+    one): it shows clamped to 64 bits. The sum made every import of the record raise TypeError (from the
+    row's JSON), and the rest of the export with it."""
+    a, b, c = trio
+    low = a.create("items", {"visits": 0})
+    high = a.create("items", {"visits": 0})
+    sync(a, b, c)
+    a.increment("items", low, "visits", -(2**63))
+    b.increment("items", low, "visits", -1)
+    a.increment("items", high, "visits", 2**63 - 1)
+    b.increment("items", high, "visits", 2**63 - 1)
+    c.increment("items", high, "visits", 2)
+    other = b.create("items", {"name": "made on b"})
+    sync(a, b, c)
+    for r in trio:
+        got = [r.get("items", rid) for rid in (low, high, other)]
+        assert [x.fields["visits"] if x else None for x in got] == [-(2**63), 2**63 - 1, 0]
+    reopened = Cluster(SCHEMA, 1).replicas[0]
+    reopened.import_updates(a.export_updates())
+    assert (rec := reopened.get("items", high)) is not None and rec.fields["visits"] == 2**63 - 1
+
+
+def test_an_increment_whose_own_share_leaves_64_bits_is_refused_and_stores_nothing(trio: list[Replica]) -> None:
+    """A counter slot holds its device's running total: after +M here and -M elsewhere, the sum is 0 but a
+    further +M here would make this device's share 2M, which no peer can read (the relay refused it with a
+    number the user never saw, and the record was blocked). It is refused at once, and nothing is stored."""
+    from crdtsync import ValidationError
+
+    a, b, _ = trio
+    m = 2**63 - 1
+    rid = a.create("items", {"visits": 0})
+    sync(a, b)
+    a.increment("items", rid, "visits", m)
+    b.increment("items", rid, "visits", -m)
+    sync(a, b)
+    before = a.pending()
+    with pytest.raises(ValidationError, match="this device's share of the counter"):
+        a.increment("items", rid, "visits", m)
+    with pytest.raises(ValidationError, match="this device's share of the counter"):
+        a.update("items", rid, {"name": "x", "visits": m})  # nothing of it is written, the name neither
+    assert a.pending() == before
+    rec = a.get("items", rid)
+    assert rec is not None and rec.fields["visits"] == 0 and rec.fields["name"] is None
+    b.increment("items", rid, "visits", m)  # b's share is -M: +M fits
+    sync(a, b)
+    assert (rec := a.get("items", rid)) is not None and rec.fields["visits"] == m
+
+
 def test_set_is_add_wins(trio: list[Replica]) -> None:
     a, b, c = trio
     rid = a.create("items", {"tags": {"lead", "north"}, "nums": {1, 2}})

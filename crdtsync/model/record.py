@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from ..schema import Collection, Field, Invalid
+from ..errors import ValidationError
+from ..schema import INT64_MAX, INT64_MIN, Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
@@ -103,6 +104,19 @@ class RecordDoc(MergingRecordDoc):
                 self._state = self._advanced(state, values, t)
             return out
         slots = self.slots()
+        # a counter slot holds its writer's running total: checked before anything is written (a write that
+        # fails half-way would leave its first fields in the document, which has no rollback)
+        totals: dict[str, int] = {}
+        for name, value in values.items():
+            if self.collection.fields[name].merge == "counter":
+                delta = value - state.fields.get(name, 0)
+                own = slots.get(f"{name}{SEP}{self.writer}")
+                total = totals[name] = (int(own.value or 0) if own else 0) + delta
+                if not INT64_MIN <= total <= INT64_MAX:
+                    raise ValidationError(self.collection.name, self.id, name,
+                                          f"changing it by {delta} makes this device's share of the counter "
+                                          f"{total}, which does not fit in 64 bits (other devices' changes "
+                                          "of opposite sign offset it in the sum)")
 
         def body() -> None:
             if alive:
@@ -127,11 +141,8 @@ class RecordDoc(MergingRecordDoc):
                     self._put_slot(name, None, t, seen)
                     self._log(name, "text", value, t)
                 elif f.merge == "counter":
-                    delta = value - state.fields.get(name, 0)
-                    own = slots.get(f"{name}{SEP}{self.writer}")
-                    total = (int(own.value or 0) if own else 0) + delta
-                    self._put_slot(name, total, t, seen)
-                    self._log(name, "inc", delta, t)
+                    self._put_slot(name, totals[name], t, seen)
+                    self._log(name, "inc", value - state.fields.get(name, 0), t)
                 else:
                     self._write_set(name, frozenset(value), state.fields.get(name, frozenset()), t, seen)
 

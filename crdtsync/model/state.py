@@ -15,7 +15,7 @@ from typing import Any, Literal
 import orjson
 
 from ..clock import hlc_wall_ms
-from ..schema import Bool, Collection, Field, Int, Invalid, Ref, Str
+from ..schema import INT64_MAX, INT64_MIN, Bool, Collection, Field, Int, Invalid, Ref, Str
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
 __all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state",
@@ -240,7 +240,9 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
                                           tuple(_cand(coll, s) for s in [w, *losers])))
         elif merge == "counter":
-            values[name] = sum(int(s.value or 0) for s in fs)
+            # clamped to 64 bits: a sum beyond (increments that each fit, merged directly, the relay refuses
+            # the change that makes one) cannot be stored or shown
+            values[name] = max(INT64_MIN, min(INT64_MAX, sum(int(s.value or 0) for s in fs)))
         elif merge == "text":
             values[name] = texts.get(name, "")
         else:

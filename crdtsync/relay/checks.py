@@ -19,12 +19,12 @@ from ..model.document import parse_set, parse_slot
 from ..model.record import RecordDoc
 from ..model.slots import SEP, Slot
 from ..model.trace import Traced
-from ..schema import Collection, Field, Text
+from ..schema import INT64_MAX, INT64_MIN, Collection, Counter, Field, Text
 from ..schema import Set as SetField
 from .drafts import Refusal
 
 __all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "check_roots",
-           "is_own_writer", "limit_sizes", "merge_limits", "refuse", "refuse_over_limits", "waits_for",
+           "is_own_writer", "limit_excess", "merge_limits", "refuse", "refuse_over_limits", "waits_for",
            "writer_device"]
 
 
@@ -75,49 +75,61 @@ def waits_for(what: str, devices: Iterable[str], *, it: str = "them") -> Waits:
 
 
 def merge_limits(coll: Collection) -> list[tuple[str, Field]]:
-    """The fields of ``coll`` whose limits a merge can break (see ``_refuse_over_limits``)."""
+    """The fields of ``coll`` whose limits a merge can break (see ``refuse_over_limits``)."""
     return [(n, f) for n, f in coll.fields.items()
-            if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)]
+            if (isinstance(f, Text) and f.max_length is not None) or (isinstance(f, SetField) and f.max_items)
+            or isinstance(f, Counter)]
 
 
-def limit_sizes(doc: RecordDoc, limits: list[tuple[str, Field]]) -> dict[str, int]:
-    """The sizes ``refuse_over_limits`` weighs (a text's characters, a set's items), before a change."""
-    if not limits:
-        return {}
-    fields = doc.state().fields
-    return {name: _size(fields.get(name)) for name, _ in limits}
+def limit_excess(doc: RecordDoc, limits: list[tuple[str, Field]]) -> dict[str, int]:
+    """How far each text and set field of ``limits`` is beyond its limit (0: within it), before a change:
+    what ``refuse_over_limits`` compares with."""
+    return {name: _excess(doc, name, f)[0] for name, f in limits if not isinstance(f, Counter)} if limits else {}
 
 
-def _size(value: Any) -> int:
-    return len(value) if isinstance(value, str | frozenset) else 0
+def _excess(doc: RecordDoc, name: str, f: Field) -> tuple[int, int]:
+    """How far a field is beyond its merge limit (0: within), and its size (a counter: its sum)."""
+    if isinstance(f, Counter):
+        # from the slots: the state shows a sum beyond 64 bits clamped (``compute_state``)
+        total = sum(s.value for s in doc.slots().values() if s.field == name and s.value.__class__ is int)
+        return max(0, total - INT64_MAX, INT64_MIN - total), total
+    value = doc.state().fields.get(name)
+    if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None:
+        return max(0, len(value) - f.max_length), len(value)
+    if isinstance(f, SetField) and isinstance(value, frozenset) and f.max_items is not None:
+        return max(0, len(value) - f.max_items), len(value)
+    return 0, 0
 
 
-def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: Mapping[str, int]) -> None:
-    """Limits that hold per write but not per merge: a text's ``max_length`` and a set's ``max_items``.
-    Two devices that each add 600 characters offline to a 1000-character note both wrote valid values;
-    the second to arrive makes the merged note too long, and is refused as ``invalid`` (the device keeps
-    it as an error, to ``fix()`` or discard). Only collections with such limits pay for the check.
+def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: Mapping[str, int],
+                       touched: Iterable[str]) -> None:
+    """Limits that hold per write but not per merge: a text's ``max_length``, a set's ``max_items``, and a
+    counter's 64 bits. Two devices that each add 600 characters offline to a 1000-character note both wrote
+    valid values; the second to arrive makes the merged note too long, and is refused as ``invalid`` (the
+    device keeps it as an error, to ``fix()`` or discard). Two increments of ``2**62`` each fit, their sum
+    with a third does not: no device could store or show it. Only collections with such fields pay.
 
-    ``before``: the sizes before the change (``limit_sizes``). Only a field the change made larger than it
-    was, and over its limit, is refused: a record already over a limit (the limit was lowered after it was
-    written) stays writable, in its other fields and in that one, as long as the change does not make it
-    longer (one shortening the note, a rename, a delete)."""
-    if not limits:
-        return
-    fields = doc.state().fields
+    ``before``: how far each text or set field was beyond its limit before the change (``limit_excess``).
+    Only a change that takes such a field further beyond its limit is refused: a record already over a
+    limit (lowered after it was written) stays writable, in its other fields and in that one, as long as
+    the change does not make it longer (one shortening the note, a rename, a delete). A counter is
+    summed only when the change wrote one of its slots (``touched``: the slot keys it set)."""
+    counters: set[str] | None = None
     for name, f in limits:
-        value = fields.get(name)
-        size = _size(value)
-        if size <= before.get(name, 0):
+        if isinstance(f, Counter):
+            if counters is None:
+                counters = {key.partition(SEP)[0] for key in touched}
+            if name not in counters:
+                continue
+        excess, size = _excess(doc, name, f)
+        if excess <= before.get(name, 0):
             continue
-        if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None \
-                and size > f.max_length:
-            raise Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
-                                      f"is {size} characters long, more than max_length={f.max_length}")
-        if isinstance(f, SetField) and f.max_items is not None and isinstance(value, frozenset) \
-                and size > f.max_items:
-            raise Refused("invalid", f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it "
-                                      f"holds {size} items, more than max_items={f.max_items}")
+        where = f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it"
+        if isinstance(f, Text):
+            raise Refused("invalid", f"{where} is {size} characters long, more than max_length={f.max_length}")
+        if isinstance(f, SetField):
+            raise Refused("invalid", f"{where} holds {size} items, more than max_items={f.max_items}")
+        raise Refused("invalid", f"{where} would add up to {size}, which does not fit in 64 bits")
 
 
 def refuse(refusal: Refusal | None) -> None:

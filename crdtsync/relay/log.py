@@ -57,7 +57,7 @@ from .checks import (
     check_own,
     check_roots,
     is_own_writer,
-    limit_sizes,
+    limit_excess,
     merge_limits,
     refuse,
     refuse_over_limits,
@@ -312,7 +312,7 @@ class RelayLog:
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
         limits = self._merge_limits[c]
-        sizes = limit_sizes(doc, limits)  # (only a collection with text or set limits: ``refuse_over_limits``)
+        excess = limit_excess(doc, limits)  # (a collection with limits a merge can break: ``refuse_over_limits``)
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
@@ -342,6 +342,8 @@ class RelayLog:
                     read = doc.check_keys(traced.slots, traced.sets)
                 else:
                     read = doc.check_values(traced.slot_values, traced.set_values)
+                # the slot keys it set (all of them when it was not traced whole), for ``refuse_over_limits``
+                touched = traced.slots if complete else list(doc.raw_slots())
                 user = None if grant.anonymous else grant.user
                 if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
                     refuse(check_draft_keys(doc, traced.slots, lambda w: is_own_writer(w, device), device, user))
@@ -360,7 +362,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            refuse_over_limits(doc, limits, sizes)
+            refuse_over_limits(doc, limits, excess, touched)
             if self.max_record is not None and sum(map(len, doc.parts())) > self.max_record:
                 size = len(doc.full_update())  # (the parts' total is an upper bound: exact only when needed)
                 if size > self.max_record:

@@ -16,7 +16,7 @@ from crdtsync.model.slots import SEP
 from crdtsync.protocol import Ack, Change, Push
 from crdtsync.relay import Grant
 from crdtsync.relay.log import Outcome, RelayLog
-from crdtsync.schema import Collection, Schema, Set, Str, Text
+from crdtsync.schema import Collection, Counter, Schema, Set, Str, Text
 from crdtsync.store.base import Batch
 from crdtsync.store.memory import MemoryStore
 
@@ -152,3 +152,33 @@ def test_a_record_over_a_lowered_text_or_set_limit_stays_writable(field: str, st
     st = log.reader.get("visits", rid).doc.state()
     assert st.fields[field] == (shorter if field == "notes" else frozenset(shorter))
     assert st.fields["summary"] == "renamed"
+
+
+COUNTED = Schema(Collection("visits", {"summary": Str(), "count": Counter()}))
+
+
+@pytest.mark.parametrize("first, second", [(-(2**63), -1), (2**63 - 1, 1)])
+def test_a_change_whose_merge_takes_a_counter_beyond_64_bits_is_refused(first: int, second: int) -> None:
+    """Two increments that each fit, whose sum does not: the relay stored both, and every device's
+    download then failed on it (no device can store or show such a sum), in a loop, for good."""
+    log = RelayLog(MemoryStore(), COUNTED)
+    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
+    a = Replica(MemoryStore(), COUNTED, device="a", user="u")
+    b = Replica(MemoryStore(), COUNTED, device="b", user="u")
+    rid = a.create("visits", {"summary": "s"})
+    assert _push(log, a, grant).ok
+    a.acknowledge(p.id for p in a.pending())
+    b.import_updates(a.export_updates())
+    a.increment("visits", rid, "count", first)
+    b.increment("visits", rid, "count", second)
+    b.update("visits", rid, {"summary": "later"})  # held behind the refused change
+    assert _push(log, a, grant).ok
+    out = _push(log, b, grant)
+    [rej] = out.rejected
+    assert rej.code == "invalid" and "does not fit in 64 bits" in rej.reason and not out.accepted
+    assert len(out.held) == 1
+    assert log.reader.get("visits", rid).doc.state().fields["count"] == first
+    b.discard_record("visits", rid)
+    b.import_updates(a.export_updates())
+    b.update("visits", rid, {"summary": "later"})  # a change not touching the counter goes in
+    assert _push(log, b, grant).ok
