@@ -286,3 +286,32 @@ def test_delete_racing_with_a_restore(coll: str) -> None:
     assert conflict.field == "deleted"
     assert {k.value for k in conflict.candidates} == {True, False}
     assert rec.deleted is (coll == "dw")
+
+
+def test_concurrent_writes_of_one_value_are_no_conflict() -> None:
+    """Two devices that set the same value offline, or resolve a conflict alike, agree: showing a conflict
+    between "A" and "A" asked the user to choose between two equal values. A third value still conflicts."""
+    a, b, c = cluster().replicas
+    rid = a.create("dw", {"name": "x"})
+    sync(a, b, c)
+    a.update("dw", rid, {"qty": 7, "name": "A"})
+    b.update("dw", rid, {"qty": 7, "name": "B"})
+    sync(a, b, c)
+    for r in (a, b, c):
+        rec = r.get("dw", rid)
+        assert rec is not None and rec.fields["qty"] == 7
+        assert [cf.field for cf in rec.conflicts] == ["name"] and rec.status == "conflict"
+    a.resolve("dw", rid, "name", "A")
+    b.resolve("dw", rid, "name", "A")
+    sync(a, b, c)
+    same_everywhere([a, b, c], "dw", rid)
+    for r in (a, b, c):
+        rec = r.get("dw", rid)
+        assert rec is not None and rec.fields["name"] == "A" and rec.conflicts == () and r.conflicts() == []
+    b.update("dw", rid, {"qty": 8})
+    c.update("dw", rid, {"qty": 9})
+    sync(a, b, c)
+    same_everywhere([a, b, c], "dw", rid)
+    rec = a.get("dw", rid)
+    assert rec is not None and [(cf.field, sorted(x.value for x in cf.candidates)) for cf in rec.conflicts] \
+        == [("qty", [8, 9])]

@@ -102,7 +102,8 @@ def _reference_state(coll: Collection, record_id: str, slots: list[Slot], sets: 
         if f.merge == "register":
             w = winner(front)  # (no frontier at all when the slots saw each other: a peer's odd clocks)
             values[name] = None if w is None else _decode_with(f, w.value)
-            if w is not None and len(front) > 1:
+            # live values all equal (the same JSON value, of the same type) are no conflict
+            if w is not None and any(type(s.value) is not type(w.value) or s.value != w.value for s in front):
                 losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
                                           tuple(_cand(coll, s) for s in [w, *losers])))

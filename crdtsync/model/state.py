@@ -235,7 +235,8 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
         if merge == "register":
             w = front[0] if len(front) == 1 else winner(front)
             values[name] = None if w is None else _decode_with(f, w.value)
-            if w is not None and len(front) > 1:
+            # concurrent writes of one value (two devices resolving a conflict alike) are no conflict
+            if w is not None and len(front) > 1 and not _all_equal(w.value, front):
                 losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
                                           tuple(_cand(coll, s) for s in [w, *losers])))
@@ -291,6 +292,12 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
     updated = max(vector.values(), default=0)
     return _record_state(coll.name, record_id, values, deleted, tuple(conflicts), vector, exists, updated,
                          changed_by, hidden)
+
+
+def _all_equal(value: Any, slots: list[Slot]) -> bool:
+    """Whether every slot holds ``value`` as stored (of the same JSON type: ``1`` and ``true`` differ)."""
+    kind = value.__class__
+    return all(s.value.__class__ is kind and s.value == value for s in slots)
 
 
 _NO_FIELDS: frozenset[str] = frozenset()
