@@ -18,7 +18,7 @@ from ..schema import Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
-from .state import RecordState, SetEntry, _by, _record_state
+from .state import RecordState, SetEntry, _by, _record_state, share
 from .textdiff import text_edits
 
 __all__ = ["RecordDoc"]
@@ -129,7 +129,7 @@ class RecordDoc(MergingRecordDoc):
                 elif f.merge == "counter":
                     delta = value - state.fields.get(name, 0)
                     own = slots.get(f"{name}{SEP}{self.writer}")
-                    total = (int(own.value or 0) if own else 0) + delta
+                    total = (share(own.value) if own else 0) + delta
                     self._put_slot(name, total, t, seen)
                     self._log(name, "inc", delta, t)
                 else:

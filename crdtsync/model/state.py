@@ -19,7 +19,7 @@ from ..schema import Bool, Collection, Field, Int, Invalid, Ref, Str
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
 __all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state",
-           "hidden_fields"]
+           "hidden_fields", "share"]
 
 ConflictKind = Literal["concurrent-write", "edit-vs-delete", "delete-vs-edit"]
 
@@ -131,6 +131,13 @@ def _decode_with(f: Field, raw: Any) -> Any:
         return raw
 
 
+def share(raw: Any) -> int:
+    """A counter slot's value as its writer's share of the total: the int it holds; 0 for none, or for a
+    value of another kind (written before the field became a counter: a device's merge keeps it,
+    ``model/checks.py``)."""
+    return raw if raw.__class__ is int else 0
+
+
 _new = object.__new__
 _SET_VALUE, _SET_DEVICE, _SET_USER, _SET_TIME = (Candidate.__dict__[n].__set__
                                                   for n in ("value", "device", "user", "time"))
@@ -221,7 +228,7 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
             if merge == "register":
                 values[name] = s.value if as_stored else _decode_with(f, s.value)
             elif merge == "counter":
-                values[name] = int(s.value or 0)
+                values[name] = share(s.value)
             elif merge == "text":
                 values[name] = texts.get(name, "")
             else:
@@ -240,7 +247,7 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
                                           tuple(_cand(coll, s) for s in [w, *losers])))
         elif merge == "counter":
-            values[name] = sum(int(s.value or 0) for s in fs)
+            values[name] = sum(share(s.value) for s in fs)
         elif merge == "text":
             values[name] = texts.get(name, "")
         else:

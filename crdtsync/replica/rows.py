@@ -37,23 +37,44 @@ __all__ = ["Rows", "Where", "decode_value", "encode_value", "stale_row"]
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
 
 
+def _encode_one(f: Field, value: Any) -> Any:
+    """``f.encode(value)``; a value shown as it was stored (one the field does not read: written under
+    another kind, ``model/state.py``) is its JSON form already, and stays as it is."""
+    try:
+        return f.encode(value)
+    except (AttributeError, TypeError, ValueError):  # (a Date's encode of a str, say)
+        return value
+
+
+def _decode_one(f: Field, raw: Any) -> Any:
+    try:
+        return f.decode(raw)
+    except Invalid:
+        return raw
+
+
 def encode_value(f: Field | None, value: Any) -> Any:
-    """A field value as JSON (a row's, a relay log entry's): sets as sorted lists."""
+    """A field value as JSON (a row's, a relay log entry's): sets as sorted lists. A value the field does
+    not read (shown as stored) stays as it is, and so does each such element of a set."""
     if f is None:
         return value
     if f.merge == "set":
+        if not isinstance(value, frozenset | set):
+            return value
         of = f.of  # type: ignore[attr-defined]
-        return sorted((of.encode(v) for v in value), key=repr)
-    return f.encode(value)
+        return sorted((_encode_one(of, v) for v in value), key=repr)
+    return _encode_one(f, value)
 
 
 def decode_value(f: Field | None, raw: Any) -> Any:
-    """``encode_value`` undone; a value the field no longer accepts is returned as it is."""
+    """``encode_value`` undone; a value the field no longer accepts is returned as it is (an element of a
+    set too, as ``compute_state`` shows it)."""
     if f is None:
         return raw
     try:
         if f.merge == "set":
-            return frozenset(f.of.decode(v) for v in raw)  # type: ignore[attr-defined]
+            of = f.of  # type: ignore[attr-defined]
+            return frozenset(_decode_one(of, v) for v in raw)
         if f.merge in ("counter", "text"):
             return raw
         return f.decode(raw)
