@@ -154,6 +154,27 @@ def test_values_written_under_another_kind_are_kept_and_ignored_where_the_new_ki
     assert rec is not None and rec.fields == {"name": "Acme", "visits": 2, "notes": "new", "tags": frozenset({"y"})}
 
 
+def test_a_set_field_made_a_plain_field_under_the_same_name_opens_and_comes_back_when_made_a_set_again(
+        tmp_path: Path) -> None:
+    """Set entries of a field that is no set now became its value: every open failed (a frozenset in a row)."""
+    as_set = Schema(Collection("c", {"n": Str(), "f": Set(Str())}))
+    as_str = Schema(Collection("c", {"n": Str(), "f": Str(max_length=3)}))
+    path = tmp_path / "r.db"
+    with Replica.open(path, as_set, device="d", user="u") as r:
+        rid = r.create("c", {"n": "x", "f": {"a"}})
+        blob = r.export_updates()
+    for _ in range(2):
+        with Replica.open(path, as_str, device="d", user="u") as r:
+            rec = r.get("c", rid)
+            assert rec is not None and rec.fields == {"n": "x", "f": None}
+            assert r.query("c", where={"f": None})[0].id == rid
+    fresh = _replica(as_str, "e")
+    fresh.import_updates(blob)
+    assert fresh.get("c", rid).fields == {"n": "x", "f": None}  # type: ignore[union-attr]
+    with Replica.open(path, as_set, device="d", user="u") as r:
+        assert r.get("c", rid).fields == {"n": "x", "f": frozenset({"a"})}  # type: ignore[union-attr]
+
+
 def test_values_another_register_kind_wrote_show_as_stored_in_rows_and_records(tmp_path: Path) -> None:
     """A Str made a Date, a set of Str made a set of Date: the old values show as stored (the new kind
     cannot read them), in the rows (encoding them as the new kind failed) and the records returned."""

@@ -335,7 +335,9 @@ def _set_values(coll: Collection, entries: Iterable[SetEntry]) -> dict[str, froz
             present = any(e.adds > removed.get(e.writer, 0) for e in es)
         if present:
             f = coll.fields.get(name)
-            if f is None:  # a set the schema lacks (``RecordState.hidden``)
+            if f is None or f.merge != "set":
+                # a set the schema lacks (``RecordState.hidden``), or a field that is no set now (its kind
+                # changed): the elements stay in the document, and show again if it becomes a set again
                 continue
             of = getattr(f, "of", None)
             raw = orjson.loads(element)
