@@ -191,3 +191,27 @@ def test_values_another_register_kind_wrote_show_as_stored_in_rows_and_records(t
         r.import_updates(peer.export_updates())
     with Replica.open(path, after, device="d", user="u") as r:
         assert r.get("c", rid).fields == want  # type: ignore[union-attr]
+
+
+def test_rows_are_rebuilt_when_the_delete_policy_changed(tmp_path: Path) -> None:
+    """A delete met a concurrent edit: under delete-wins the record is deleted, under edit-wins it is not.
+    A store reopened after the policy changed kept showing the old outcome."""
+    fields = {"name": Str(), "phone": Str()}
+    wins = {p: Schema(Collection("a", fields, delete_policy=p)) for p in ("delete-wins", "edit-wins")}
+    path = tmp_path / "a.db"
+    b = _replica(wins["delete-wins"], "b")
+    with Replica.open(path, wins["delete-wins"], device="a", user="u") as a:
+        rid = a.create("a", {"name": "x"})
+        b.import_updates(a.export_updates())
+        a.delete("a", rid)
+        b.update("a", rid, {"name": "edited"})
+        a.import_updates(b.export_updates())
+        assert a.get("a", rid).deleted  # type: ignore[union-attr]
+    for policy, deleted, kind in [("edit-wins", False, "delete-vs-edit"), ("delete-wins", True, "edit-vs-delete")]:
+        with Replica.open(path, wins[policy], device="a", user="u") as a:
+            rec = a.get("a", rid)
+            assert rec is not None and rec.deleted is deleted and [c.kind for c in rec.conflicts] == [kind]
+            assert len(a.query("a")) == (0 if deleted else 1)
+            fresh = _replica(wins[policy], "c")
+            fresh.import_updates(a.export_updates())
+            assert fresh.get("a", rid) == rec

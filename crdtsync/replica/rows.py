@@ -17,7 +17,9 @@ update added them) with the values of fields never written (``UNWRITTEN``), as a
 read from its document does, and not those the schema lacks. That is what the document shows, unless the
 row's record had values in fields the row could not show (``o``) or the row shows fields the schema lacks
 that were written: ``stale_row`` says so, and the replica rebuilds such rows from their documents when it
-is opened with a schema whose fields differ from the last one's (``ReplicaBase._rows_for_schema``).
+is opened with a schema whose fields differ from the last one's (``ReplicaBase._rows_for_schema``). It
+rebuilds the rows of records where a delete met a concurrent edit too (``delete_clash_row``) when a
+collection's ``delete_policy`` changed: the policy decides whether they show deleted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
 
-__all__ = ["Rows", "Where", "decode_value", "encode_value", "stale_row"]
+__all__ = ["Rows", "Where", "decode_value", "delete_clash_row", "encode_value", "stale_row"]
 
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
 
@@ -169,6 +171,15 @@ def stale_row(coll: Collection, raw: bytes) -> bool:
         return False
     return any(n not in fields for n in r["b"]) or any(c["f"] not in fields and c["f"] != "deleted"
                                                         for c in r["c"])
+
+
+def delete_clash_row(raw: bytes) -> bool:
+    """Whether a row shows a delete that met a concurrent edit or restore (an ``edit-vs-delete`` or
+    ``delete-vs-edit`` conflict): the rows whose outcome the collection's ``delete_policy`` decides (the
+    record deleted or not, and which conflict), rebuilt when it changes (``ReplicaBase._rows_for_schema``)."""
+    if b"-vs-" not in raw:  # the usual row, not parsed
+        return False
+    return any(c["k"] in ("edit-vs-delete", "delete-vs-edit") for c in orjson.loads(raw)["c"])
 
 
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
