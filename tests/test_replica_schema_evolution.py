@@ -60,6 +60,20 @@ def test_a_fresh_device_gets_records_written_before_a_rule_was_tightened(strateg
     assert fresh.get("accounts", ids[1])["name"] == "renamed"  # type: ignore[index]
 
 
+def test_an_upgraded_device_takes_later_changes_of_records_beyond_a_tightened_rule(tmp_path: Path) -> None:
+    """The device held the records before the rule was tightened: once opened with the new schema, its first
+    merge into each record (loaded from the store, checked whole) refused every later change of them."""
+    peer = _replica(V1, "peer")
+    rid = peer.create("accounts", {"name": "Acme", **BEYOND})
+    path = tmp_path / "d.db"
+    with Replica.open(path, V1, device="d", user="u") as d:
+        d.import_updates(peer.export_updates())
+    peer.update("accounts", rid, {"name": "Acme 2"})
+    with Replica.open(path, V2, device="d", user="u") as d:
+        [rec] = d.import_updates(peer.export_updates())
+        assert rec.fields == {"name": "Acme 2", **BEYOND} and d.get("accounts", rid) == rec
+
+
 NEWER = Schema(Collection("accounts", {**FIELDS, "phone": Str(), "labels": Set(Str())}))
 
 
