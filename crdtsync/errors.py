@@ -142,7 +142,9 @@ class MalformedUpdate(RemoteError):
 
 
 class RemoteValidationError(RemoteError):
-    """An update from a peer whose content breaks the schema."""
+    """An update from a peer whose content breaks the schema: at the relay, a value its rules refuse or a
+    field it lacks; in a device's merge (which checks structure, not rules: ``model/checks.py``), malformed
+    content or a collection the schema lacks."""
 
     def __init__(self, collection: str, record: str, field: str | None, reason: str) -> None:
         self.collection = collection

@@ -737,18 +737,19 @@ class SyncClient:
                 try:
                     out += self.replica.apply_remote([(i.collection, i.record, i.update)])
                 except (MalformedUpdate, RemoteValidationError) as e:
-                    # kept aside, not lost: an app still on an older schema refuses what a newer one wrote,
-                    # and opening the replica with the newer schema applies it (``retry_set_aside``)
+                    # kept aside, not lost: an update of a collection this app's schema lacks (one added in
+                    # a rolling upgrade), applied once the replica opens with a schema that has it
+                    # (``retry_set_aside``); or malformed content, kept for the record
                     self.replica.set_aside(i.collection, i.record, i.update)
                     refused.append(f"{i.collection}/{i.record}: {e}")
                     self._emit(SyncStatus("error", f"update from the relay refused, set aside: {e}",
                                           collection=i.collection, record=i.record, code="invalid"))
             # one line a page, not one a record: a rolling upgrade (devices on the older schema refusing
-            # what upgraded ones write) is expected, and an ERROR per update flooded crash reporting
+            # a collection upgraded ones write) is expected, and an ERROR per update flooded crash reporting
             if refused:
-                log.warning("set aside %d update(s) from the relay that this replica's schema refuses (an "
-                            "older app version?); opening it with a schema that accepts them applies them. "
-                            "First: %s", len(refused), refused[0])
+                log.warning("set aside %d update(s) from the relay that this replica refuses (of a collection "
+                            "its schema lacks, or malformed); opening it with a schema that accepts them "
+                            "applies them. First: %s", len(refused), refused[0])
             for name, value in (cursor or {}).items():
                 self.replica.set_meta(name, value)
             return out

@@ -8,6 +8,21 @@ and say exactly what is wrong with a bad one.
 merge brings it). There the usual entry is accepted inline, without those two calls per entry (half of
 the cost of checking a slot); an entry the quick test does not pass, at the least doubt, goes through
 them, so what is accepted and how a bad entry is refused (``RemoteValidationError``) stay theirs.
+
+Two modes (``rules``):
+
+- with the schema's rules (the default): the relay's, on the values each change brings as it arrives.
+  Every value must pass its field's current rules, and every field and set field must be in the schema.
+- structure only (``rules=False``): a device merging remote content. The relay enforced the rules on each
+  change when it arrived, under the schema of the time; a later schema (a tightened limit, a removed
+  choice, a field removed, a kind changed) must not make a device refuse content stored before it, or
+  the device would never get those records, nor any later change of them. Refused: only what cannot be
+  stored or shown safely: a malformed slot or set entry (its key, its JSON, its ``t``/``d``/``u``/``c`` or
+  ``a``/``r``, a value that is not a str: a nested shared type), ``deleted`` not a bool, a counter share
+  that is an int beyond 64 bits, a set element whose JSON is not a scalar. Kept: a register value
+  outside the rules or of another kind (shown as stored), a value in a text or set field's marker or a
+  counter share that is no int (written under another kind: ignored), fields and set fields the schema
+  lacks (``RecordState.hidden``), set entries of a field that is no set now (ignored).
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ import orjson
 
 from ..clock import MAX_TIME
 from ..errors import RemoteValidationError
-from ..schema import Collection, Invalid
+from ..schema import INT64_MAX, INT64_MIN, Collection, Invalid
 from .document import MISSING, BaseRecordDoc, parse_set, parse_slot
 from .slots import DELETED, SEP, Slot
 from .state import SetEntry
@@ -42,9 +57,14 @@ def _set_entry(name: str, element: str, writer: str, adds: int, removed: dict[st
     return e
 
 
-def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable[[str, Any], Slot]
-                ) -> dict[str, Slot]:
-    """``check_slot`` (``CheckedRecordDoc._check_slot``) of every slot, the usual one accepted inline."""
+#: the JSON values a set element may be (hashable, so that the set can hold them)
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable[[str, Any], Slot], *,
+                rules: bool = True) -> dict[str, Slot]:
+    """``check_slot`` (``CheckedRecordDoc._check_slot`` in the same mode, ``rules``) of every slot, the usual
+    one accepted inline."""
     fields = coll.fields
     loads = orjson.loads
     out: dict[str, Slot] = {}
@@ -65,6 +85,16 @@ def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable
                         break
                 else:
                     f = fields.get(name)
+                    if not rules:  # structure only (see the module docstring)
+                        if f is None:
+                            ok = v.__class__ is bool if name == DELETED else name != ""
+                        else:
+                            ok = f.merge != "counter" or v.__class__ is not int or INT64_MIN <= v <= INT64_MAX
+                        if ok:
+                            out[key] = Slot(name, writer, v, t, d, u, c)
+                            continue
+                        out[key] = check_slot(key, raw)
+                        continue
                     try:
                         if f is None:
                             ok = name == DELETED and v.__class__ is bool
@@ -85,9 +115,10 @@ def check_slots(coll: Collection, slots: Mapping[str, Any], check_slot: Callable
     return out
 
 
-def check_set_entries(coll: Collection, sets: Mapping[str, Any], check_set: Callable[[str, Any], SetEntry]
-                      ) -> dict[str, SetEntry]:
-    """``check_set`` (``CheckedRecordDoc._check_set``) of every set entry, the usual one accepted inline."""
+def check_set_entries(coll: Collection, sets: Mapping[str, Any], check_set: Callable[[str, Any], SetEntry], *,
+                      rules: bool = True) -> dict[str, SetEntry]:
+    """``check_set`` (``CheckedRecordDoc._check_set`` in the same mode, ``rules``) of every set entry, the
+    usual one accepted inline."""
     fields = coll.fields
     loads = orjson.loads
     out: dict[str, SetEntry] = {}
@@ -99,12 +130,16 @@ def check_set_entries(coll: Collection, sets: Mapping[str, Any], check_set: Call
             try:
                 p = loads(raw)
                 a, r = p["a"], p["r"]
-                if f is not None and f.merge == "set" and a.__class__ is int and a >= 0 and r.__class__ is dict:
+                if (not rules or (f is not None and f.merge == "set")) and a.__class__ is int and a >= 0 \
+                        and r.__class__ is dict:
                     for x in r.values():
                         if x.__class__ is not int:
                             break
                     else:
-                        f.of.decode(loads(element))  # type: ignore[attr-defined]
+                        if rules:
+                            f.of.decode(loads(element))  # type: ignore[union-attr]
+                        elif loads(element).__class__ not in _SCALARS:
+                            raise ValueError("not a scalar")
                         out[key] = _set_entry(name, element, writer, a, r)
                         continue
             except (Invalid, ValueError, KeyError, TypeError):  # (orjson's errors are ValueErrors)
@@ -163,11 +198,15 @@ class CheckedRecordDoc(BaseRecordDoc):
                 out.append(got)
         return out[0], out[1]
 
-    def check(self) -> None:
+    def check(self, *, rules: bool = True) -> None:
         """Check the slots and set entries against the schema; raise ``RemoteValidationError``.
 
         Only the entries that differ from the content before the updates applied since the last check
         (all of it valid) are checked: a merge into a large record checks what the merge brought.
+
+        ``rules=False``: their structure only, not the schema's rules (a device's merge; see the module
+        docstring). A document is checked in one mode throughout: what one mode accepted is not checked
+        again in the other.
         """
         coll = self.collection
         base = self._base
@@ -178,14 +217,20 @@ class CheckedRecordDoc(BaseRecordDoc):
             assert slots is not None and sets is not None
         except ValueError as e:
             raise RemoteValidationError(coll.name, self.id, None, f"corrupted document: {e}") from None
-        check_slot, check_set = self._check_slot, self._check_set
+        check_slot: Callable[[str, Any], Slot]
+        check_set: Callable[[str, Any], SetEntry]
+        if rules:
+            check_slot, check_set = self._check_slot, self._check_set
+        else:
+            check_slot, check_set = self._check_slot_structure, self._check_set_structure
         parsed: dict[str, Slot]
         set_parsed: dict[str, SetEntry]
         if base is None:  # nothing checked before (a record new here): every entry
             # every entry at once (see ``checks.py``), unless a subclass checks them its own way
-            parsed = check_slots(coll, slots, check_slot) if type(self)._check_slot is CheckedRecordDoc._check_slot \
+            parsed = check_slots(coll, slots, check_slot, rules=rules) \
+                if type(self)._check_slot is CheckedRecordDoc._check_slot \
                 else {key: check_slot(key, raw) for key, raw in slots.items()}
-            set_parsed = check_set_entries(coll, sets, check_set) \
+            set_parsed = check_set_entries(coll, sets, check_set, rules=rules) \
                 if sets and type(self)._check_set is CheckedRecordDoc._check_set \
                 else {key: check_set(key, raw) for key, raw in sets.items()}
         else:
@@ -203,7 +248,7 @@ class CheckedRecordDoc(BaseRecordDoc):
         self._parsed, self._set_parsed = parsed, set_parsed
         self._base = None
 
-    def _check_slot(self, key: str, raw: Any) -> Slot:
+    def _check_slot(self, key: str, raw: Any, rules: bool = True) -> Slot:
         coll = self.collection
         try:
             s = parse_slot(key, raw)
@@ -216,23 +261,38 @@ class CheckedRecordDoc(BaseRecordDoc):
             return s
         f = coll.fields.get(name)
         if f is None:
+            if not rules:
+                return s  # a field this schema lacks: kept (``RecordState.hidden``)
             raise RemoteValidationError(coll.name, self.id, name, "unknown field")
+        v = s.value
         try:
             merge = f.merge
-            if merge == "register":
-                f.decode(s.value)
+            if not rules:  # a counter's share is summed: an int must fit in 64 bits (another value is ignored)
+                if merge == "counter" and v.__class__ is int and not INT64_MIN <= v <= INT64_MAX:
+                    raise Invalid(f"{v} does not fit in 64 bits")
+            elif merge == "register":
+                f.decode(v)
             elif merge == "counter":
-                f.check(s.value)
-            elif s.value is not None:
+                f.check(v)
+            elif v is not None:
                 raise Invalid("markers hold no value")
         except Invalid as e:
             raise RemoteValidationError(coll.name, self.id, s.field, str(e)) from None
         return s
 
-    def _check_set(self, key: str, raw: Any) -> SetEntry:
+    def _check_slot_structure(self, key: str, raw: Any) -> Slot:
+        """``_check_slot`` of the structure only (``check(rules=False)``)."""
+        return self._check_slot(key, raw, False)
+
+    def _check_set(self, key: str, raw: Any, rules: bool = True) -> SetEntry:
         coll = self.collection
         try:
             entry = parse_set(key, raw)
+            if not rules:
+                element = orjson.loads(entry.element)
+                if element.__class__ not in _SCALARS:
+                    raise Invalid(f"an element must be a str, a number, a bool or null, not {element!r}")
+                return entry  # (a field this schema lacks, or that is no set now, keeps it, unused)
             f = coll.fields.get(entry.field)
             if f is None or f.merge != "set":
                 raise Invalid("unknown set field")
@@ -240,4 +300,8 @@ class CheckedRecordDoc(BaseRecordDoc):
         except (Invalid, ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e2:
             raise RemoteValidationError(coll.name, self.id, None, f"bad set entry: {e2}") from None
         return entry
+
+    def _check_set_structure(self, key: str, raw: Any) -> SetEntry:
+        """``_check_set`` of the structure only (``check(rules=False)``)."""
+        return self._check_set(key, raw, False)
 

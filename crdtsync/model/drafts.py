@@ -222,7 +222,7 @@ class DraftRecordDoc(RecordDoc):
             for name, f in coll.fields.items():
                 try:
                     values[name] = decode_value(f, view.fields.get(name))
-                except Invalid:
+                except (Invalid, TypeError, AttributeError):  # stored under other rules or another kind
                     values[name] = view.fields.get(name)
             vector: dict[str, int] = {}
             for d in self.drafts():
@@ -319,7 +319,11 @@ class DraftRecordDoc(RecordDoc):
 
     # -- checking what a peer sent -------------------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self, *, rules: bool = True) -> None:
+        """Check the drafts and the image against the schema; raise ``RemoteValidationError``.
+
+        ``rules=False`` (a device's merge; see ``model/checks.py``): their structure only. Fields the schema
+        lacks are kept (``RecordState.hidden``) and values it would refuse show as stored."""
         coll = self.collection
         try:
             slots = self._read(self._slots)
@@ -339,7 +343,7 @@ class DraftRecordDoc(RecordDoc):
                     raise ValueError(f"unexpected key {key!r}")
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
                 raise RemoteValidationError(coll.name, self.id, None, f"malformed draft: {e}") from None
-            for name, value in values.items():
+            for name, value in values.items() if rules else ():
                 f = coll.fields.get(name)
                 if f is None:
                     raise RemoteValidationError(coll.name, self.id, name, f"unknown field in {where}")

@@ -19,7 +19,7 @@ from ..schema import INT64_MAX, INT64_MIN, Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
-from .state import RecordState, SetEntry, _by, _record_state
+from .state import RecordState, SetEntry, _by, _record_state, share
 from .textdiff import text_edits
 
 __all__ = ["RecordDoc"]
@@ -111,7 +111,7 @@ class RecordDoc(MergingRecordDoc):
             if self.collection.fields[name].merge == "counter":
                 delta = value - state.fields.get(name, 0)
                 own = slots.get(f"{name}{SEP}{self.writer}")
-                total = totals[name] = (int(own.value or 0) if own else 0) + delta
+                total = totals[name] = (share(own.value) if own else 0) + delta
                 if not INT64_MIN <= total <= INT64_MAX:
                     raise ValidationError(self.collection.name, self.id, name,
                                           f"changing it by {delta} makes this device's share of the counter "

@@ -19,7 +19,7 @@ from ..schema import INT64_MAX, INT64_MIN, Bool, Collection, Field, Int, Invalid
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
 __all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state",
-           "hidden_fields"]
+           "hidden_fields", "share"]
 
 ConflictKind = Literal["concurrent-write", "edit-vs-delete", "delete-vs-edit"]
 
@@ -131,6 +131,13 @@ def _decode_with(f: Field, raw: Any) -> Any:
         return raw
 
 
+def share(raw: Any) -> int:
+    """A counter slot's value as its writer's share of the total: the int it holds; 0 for none, or for a
+    value of another kind (written before the field became a counter: a device's merge keeps it,
+    ``model/checks.py``)."""
+    return raw if raw.__class__ is int else 0
+
+
 _new = object.__new__
 _SET_VALUE, _SET_DEVICE, _SET_USER, _SET_TIME = (Candidate.__dict__[n].__set__
                                                   for n in ("value", "device", "user", "time"))
@@ -221,7 +228,7 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
             if merge == "register":
                 values[name] = s.value if as_stored else _decode_with(f, s.value)
             elif merge == "counter":
-                values[name] = int(s.value or 0)
+                values[name] = share(s.value)
             elif merge == "text":
                 values[name] = texts.get(name, "")
             else:
@@ -243,7 +250,7 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
         elif merge == "counter":
             # clamped to 64 bits: a sum beyond (increments that each fit, merged directly, the relay refuses
             # the change that makes one) cannot be stored or shown
-            values[name] = max(INT64_MIN, min(INT64_MAX, sum(int(s.value or 0) for s in fs)))
+            values[name] = max(INT64_MIN, min(INT64_MAX, sum(share(s.value) for s in fs)))
         elif merge == "text":
             values[name] = texts.get(name, "")
         else:
@@ -337,7 +344,9 @@ def _set_values(coll: Collection, entries: Iterable[SetEntry]) -> dict[str, froz
             present = any(e.adds > removed.get(e.writer, 0) for e in es)
         if present:
             f = coll.fields.get(name)
-            if f is None:  # a set the schema lacks (``RecordState.hidden``)
+            if f is None or f.merge != "set":
+                # a set the schema lacks (``RecordState.hidden``), or a field that is no set now (its kind
+                # changed): the elements stay in the document, and show again if it becomes a set again
                 continue
             of = getattr(f, "of", None)
             raw = orjson.loads(element)

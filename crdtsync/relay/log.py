@@ -319,6 +319,10 @@ class RelayLog:
                 traced = doc.apply_traced(ch.update)
                 observed, complete = traced is None, True
                 if traced is None:  # a document that cannot be traced: applied under observation
+                    # read first: the content before is then the baseline of ``check`` below (if the document
+                    # is rebuilt), which checks only what changed, not values stored under older rules
+                    doc.slots()
+                    doc.set_entries()
                     traced, complete = apply_observed(doc, ch.update)
                 if traced.held:
                     # it builds on changes the relay does not have (made on a device that has not synced yet,

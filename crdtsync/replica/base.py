@@ -35,7 +35,7 @@ from ..store.sqlite import SQLiteStore, Synchronous
 from .docs import LoadedRecord, RecordDocs
 from .layout import upgrade
 from .outbox import Outbox, OutboxEntry
-from .rows import Rows, row_marks, stale_row
+from .rows import Rows, delete_clash_row, row_marks, stale_row
 from .types import ChangeEvent, Record, RecordStatus
 
 __all__ = ["ReplicaBase"]
@@ -82,6 +82,7 @@ class ReplicaBase:
             new.save(("meta", "identity"), orjson.dumps({"device": device, "client_id": client_id}))
             for coll in schema:
                 new.save(("meta", "fields", coll.name), _field_names(coll))
+                new.save(("meta", "policy", coll.name), coll.delete_policy.encode())
             store.commit(new)
         else:
             meta = orjson.loads(ident)
@@ -112,13 +113,16 @@ class ReplicaBase:
         back): rebuild from their documents those that show their records otherwise than the documents do
         under this schema (``rows.stale_row``; the others only show the added fields as never written, and
         not the removed ones, when read). Each collection's field names are kept in the store
-        (``("meta", "fields", collection)``), so an open with the same schema as the last only reads them."""
+        (``("meta", "fields", collection)``), so an open with the same schema as the last only reads them.
+        So is its ``delete_policy`` (``("meta", "policy", collection)``): when it changed, the rows where a
+        delete met a concurrent edit are rebuilt (``rows.delete_clash_row``). A store made before the
+        policy was kept has none: its first open looks for such rows once."""
         batch = Batch()
         for coll in self.schema:
-            key = ("meta", "fields", coll.name)
-            names = _field_names(coll)
-            last = self.store.load(key)
-            if last == names:
+            key, pkey = ("meta", "fields", coll.name), ("meta", "policy", coll.name)
+            names, policy = _field_names(coll), coll.delete_policy.encode()
+            last, last_policy = self.store.load_many([key, pkey])
+            if last == names and last_policy == policy:
                 continue
             before: dict[str, str] | None = dict(orjson.loads(last)) if last is not None else None
             # a field whose kind changed (Str to Text, Int to Str): every row shows it as the old kind read it
@@ -127,8 +131,10 @@ class ReplicaBase:
             # fields only added (an app update): only rows naming fields their documents hold that their
             # schema lacked (``o``, rare) can be stale, and the others need no parsing
             added = before is not None and not retyped and before.keys() <= coll.fields.keys()
+            fields_changed, policy_changed = last != names, last_policy != policy
             stale = [str(k[2]) for k, raw in self.store.iter_range(("row", coll.name))
-                     if retyped or ((not added or b'"o":' in raw) and stale_row(coll, raw))]
+                     if (fields_changed and (retyped or ((not added or b'"o":' in raw) and stale_row(coll, raw))))
+                     or (policy_changed and delete_clash_row(raw))]
             for rid in stale:
                 lr = self.docs.get(coll.name, rid)
                 if lr.doc.state().exists:
@@ -136,8 +142,10 @@ class ReplicaBase:
                 else:
                     batch.remove(("row", coll.name, rid))
             if stale:
-                log.info("%s: %d row(s) rebuilt for the fields of this schema", coll.name, len(stale))
+                log.info("%s: %d row(s) rebuilt for the fields and delete policy of this schema", coll.name,
+                         len(stale))
             batch.save(key, names)
+            batch.save(pkey, policy)
         if batch.saves or batch.removes:
             self._commit(batch)
             self.docs.forget()  # loaded for that only

@@ -144,7 +144,11 @@ class ExchangingReplica(ReplicaBase):
 
     def apply_remote(self, items: Iterable[tuple[str, str, bytes]], *,
                      meta: Mapping[str, bytes] | None = None) -> list[Record]:
-        """Merge updates from peers: all of them, or (if any is malformed or breaks the schema) none.
+        """Merge updates from peers: all of them, or (if any is malformed, or of a collection the schema
+        lacks) none. Their content's structure is checked, not the schema's rules: the relay enforced those
+        on each change as it arrived, and a value a later schema refuses (a limit tightened), a field it
+        lacks (kept, ``RecordState.hidden``) or a value another kind wrote shows as stored (see
+        ``model/checks.py`` and docs/records.md).
 
         ``meta``: app metadata (``set_meta`` names and values) written in the same commit as the merge, so
         that both or neither are stored: a sync client's cursor for the page it applies (one durable
@@ -261,7 +265,10 @@ class ExchangingReplica(ReplicaBase):
                 raise
             raise MalformedUpdate(f"{c}/{rid}: the update could not be applied (Yrs: {e})") from None
         if new:
-            doc.check()
+            # the structure only: the relay enforced the rules on each change as it arrived, under the schema
+            # of the time; a later one (a limit tightened, a field removed) must not refuse what was stored
+            # before it (``model/checks.py``)
+            doc.check(rules=False)
             fresh[(c, rid)] = (lr, new)
         if doc.held != held:
             self.docs.save_held(batch, c, rid, doc.held)
@@ -296,9 +303,9 @@ class ExchangingReplica(ReplicaBase):
 
     def set_aside(self, collection: str, record: str, update: bytes) -> None:
         """Keep a remote update this replica refused (``apply_remote`` raised): one a newer schema accepts
-        (a field or collection added on the relay and the other devices first, in a rolling upgrade) must
-        not be lost with the cursor moving past it. ``retry_set_aside`` tries them again, and opening the
-        replica does."""
+        (a collection added on the relay and the other devices first, in a rolling upgrade) must not be
+        lost with the cursor moving past it. ``retry_set_aside`` tries them again, and opening the replica
+        does."""
         digest = hashlib.blake2b(update, digest_size=8).hexdigest()  # (the same update twice: kept once)
         self.store.save(("aside", collection, record, digest), update)
 
@@ -405,8 +412,8 @@ class ExchangingReplica(ReplicaBase):
 
     def import_updates(self, blob: bytes) -> list[Record]:
         """Merge a blob from another replica's ``export_updates``. Idempotent, in any order, any number
-        of times. A malformed blob, or one whose content breaks the schema, raises and changes nothing.
-        Returns the records that changed."""
+        of times. A malformed blob, or one with a collection the schema lacks, raises and changes nothing
+        (its content is checked as ``apply_remote`` checks it). Returns the records that changed."""
         entries = self._parse_export(blob)
         collections = self.schema.collections
         for c, rid in entries:  # as ``apply_remote`` checks them

@@ -17,7 +17,9 @@ update added them) with the values of fields never written (``UNWRITTEN``), as a
 read from its document does, and not those the schema lacks. That is what the document shows, unless the
 row's record had values in fields the row could not show (``o``) or the row shows fields the schema lacks
 that were written: ``stale_row`` says so, and the replica rebuilds such rows from their documents when it
-is opened with a schema whose fields differ from the last one's (``ReplicaBase._rows_for_schema``).
+is opened with a schema whose fields differ from the last one's (``ReplicaBase._rows_for_schema``). It
+rebuilds the rows of records where a delete met a concurrent edit too (``delete_clash_row``) when a
+collection's ``delete_policy`` changed: the policy decides whether they show deleted.
 """
 
 from __future__ import annotations
@@ -32,28 +34,49 @@ from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
 
-__all__ = ["Rows", "Where", "decode_value", "encode_value", "stale_row"]
+__all__ = ["Rows", "Where", "decode_value", "delete_clash_row", "encode_value", "stale_row"]
 
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
 
 
+def _encode_one(f: Field, value: Any) -> Any:
+    """``f.encode(value)``; a value shown as it was stored (one the field does not read: written under
+    another kind, ``model/state.py``) is its JSON form already, and stays as it is."""
+    try:
+        return f.encode(value)
+    except (AttributeError, TypeError, ValueError):  # (a Date's encode of a str, say)
+        return value
+
+
+def _decode_one(f: Field, raw: Any) -> Any:
+    try:
+        return f.decode(raw)
+    except Invalid:
+        return raw
+
+
 def encode_value(f: Field | None, value: Any) -> Any:
-    """A field value as JSON (a row's, a relay log entry's): sets as sorted lists."""
+    """A field value as JSON (a row's, a relay log entry's): sets as sorted lists. A value the field does
+    not read (shown as stored) stays as it is, and so does each such element of a set."""
     if f is None:
         return value
     if f.merge == "set":
+        if not isinstance(value, frozenset | set):
+            return value
         of = f.of  # type: ignore[attr-defined]
-        return sorted((of.encode(v) for v in value), key=repr)
-    return f.encode(value)
+        return sorted((_encode_one(of, v) for v in value), key=repr)
+    return _encode_one(f, value)
 
 
 def decode_value(f: Field | None, raw: Any) -> Any:
-    """``encode_value`` undone; a value the field no longer accepts is returned as it is."""
+    """``encode_value`` undone; a value the field no longer accepts is returned as it is (an element of a
+    set too, as ``compute_state`` shows it)."""
     if f is None:
         return raw
     try:
         if f.merge == "set":
-            return frozenset(f.of.decode(v) for v in raw)  # type: ignore[attr-defined]
+            of = f.of  # type: ignore[attr-defined]
+            return frozenset(_decode_one(of, v) for v in raw)
         if f.merge in ("counter", "text"):
             return raw
         return f.decode(raw)
@@ -148,6 +171,15 @@ def stale_row(coll: Collection, raw: bytes) -> bool:
         return False
     return any(n not in fields for n in r["b"]) or any(c["f"] not in fields and c["f"] != "deleted"
                                                         for c in r["c"])
+
+
+def delete_clash_row(raw: bytes) -> bool:
+    """Whether a row shows a delete that met a concurrent edit or restore (an ``edit-vs-delete`` or
+    ``delete-vs-edit`` conflict): the rows whose outcome the collection's ``delete_policy`` decides (the
+    record deleted or not, and which conflict), rebuilt when it changes (``ReplicaBase._rows_for_schema``)."""
+    if b"-vs-" not in raw:  # the usual row, not parsed
+        return False
+    return any(c["k"] in ("edit-vs-delete", "delete-vs-edit") for c in orjson.loads(raw)["c"])
 
 
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
