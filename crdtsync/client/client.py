@@ -54,6 +54,7 @@ __all__ = ["SyncClient"]
 log = logging.getLogger("crdtsync.client")
 
 _CURSOR = "sync.cursor"
+_SCHEMA = "sync.schema"  # the fingerprint of the relay's schema at the last sync (WELCOME's ``schema``)
 _FATAL = {4401, 4403, 4404}
 
 
@@ -481,6 +482,7 @@ class SyncClient:
         if refused:
             raise SyncError(f"user {session.welcome.user!r} may not read {', '.join(map(repr, refused))}")
         self._emit(SyncStatus("started", collections=names))
+        self._retry_on_new_schema(session.welcome)
         touched: set[tuple[str, str]] = set()
         changed: dict[tuple[str, str], Record] = {}  # each record as its last merge left it
         received = 0
@@ -505,6 +507,27 @@ class SyncClient:
         result = SyncResult(names, uploaded, rejected, held, len(changed), conflicts, reset, cursor, received)
         log.info("sync %s: %s", "of " + ", ".join(names) if names else "run", result)
         return result
+
+    def _retry_on_new_schema(self, welcome: Welcome) -> None:
+        """The relay's schema changed since the last sync (it was restarted with a new one): put the changes
+        it refused as ``invalid`` or ``gone`` back in the queue, for this run to send again. A device
+        upgraded before its relay had a new field refused as unknown, and kept it as an error until the
+        user called ``retry()``. Refused again, they are errors again, as before. Nothing without
+        WELCOME's ``schema`` (an older relay)."""
+        if welcome.schema is None:
+            return
+        now = welcome.schema.encode()
+        last = self.replica.get_meta(_SCHEMA)
+        if last == now:
+            return
+        if last is not None:
+            again = sorted({(p.collection, p.record) for p in self.replica.pending()
+                            if p.status == "error" and p.error is not None and p.error[0] in ("invalid", "gone")})
+            for c, rid in again:
+                self.replica.retry(c, rid)
+            if again:
+                log.info("the relay's schema changed: retrying the refused changes of %d record(s)", len(again))
+        self.replica.set_meta(_SCHEMA, now)
 
     async def _upload(self, session: _Session, collections: frozenset[str] | None,
                       touched: set[tuple[str, str]]) -> tuple[int, int, int]:

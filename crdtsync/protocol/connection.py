@@ -133,6 +133,8 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
              "write": ev.write if ev.write == "*" else list(ev.write), "max_frame": ev.max_frame, "last": ev.last}
         if ev.scopes is not None:
             h["scopes"] = dict(ev.scopes)
+        if ev.schema is not None:
+            h["schema"] = ev.schema
         return Kind.WELCOME, h, []
     if isinstance(ev, Ack):
         h = {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
@@ -178,7 +180,7 @@ def _hello(h: dict[str, Any], b: tuple[bytes, ...]) -> Hello:
 
 def _welcome(h: dict[str, Any], b: tuple[bytes, ...]) -> Welcome:
     return Welcome(h["user"], h["relay"], h["head"], h["floor"], _names(h["read"]), _names(h["write"]), h["max_frame"],
-                   h["last"], h.get("scopes"))
+                   h["last"], h.get("scopes"), h.get("schema"))
 
 
 def _push(h: dict[str, Any], b: tuple[bytes, ...]) -> Push:

@@ -41,7 +41,11 @@ class Welcome:
 
     ``scopes`` (only to a client whose HELLO asked for it; None otherwise): for each readable collection the
     grant limits by ``where``, a fingerprint of that limit. A device whose limit changed since its last
-    sync (a tokens reload) is told so: it resyncs the collection and drops what is no longer in scope."""
+    sync (a tokens reload) is told so: it resyncs the collection and drops what is no longer in scope.
+
+    ``schema`` (only to a client whose HELLO asked for it; None otherwise): a fingerprint of the relay's
+    schema. A device that sees it change retries the changes the relay refused as ``invalid`` or ``gone``:
+    the relay was restarted with a new schema, which may accept them now (a device upgraded before it)."""
 
     user: str
     relay: str
@@ -52,6 +56,7 @@ class Welcome:
     max_frame: int = MAX_FRAME
     last: int = 0
     scopes: Mapping[str, str] | None = None
+    schema: str | None = None
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ _Check = Callable[[Any, str], Any]
 
 #: the words of HELLO's ``client`` that ask for optional fields: a relay sends a field only to a client that
 #: names it, so a client that predates the field (its decoder refuses unknown fields) never receives it
-FEATURES = ("scopes", "waits")
+FEATURES = ("scopes", "waits", "schema")
 
 # kind -> (required header fields and their checks, which list holds one entry per blob)
 _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
@@ -204,7 +204,8 @@ _HEADERS: dict[Kind, tuple[dict[str, _Check], str | None]] = {
 
 # kind -> fields a frame may carry or not (a peer sends them only when its peer asked for them: ``FEATURES``)
 _OPTIONAL: dict[Kind, dict[str, _Check]] = {
-    Kind.WELCOME: {"scopes": _scopes},  # collection -> fingerprint of the grant's ``where`` limit on it
+    # collection -> fingerprint of the grant's ``where`` limit on it; a fingerprint of the relay's schema
+    Kind.WELCOME: {"scopes": _scopes, "schema": _name},
     Kind.ACK: {"waits": _triples("ir")},  # [change id, why the relay holds it back] of held changes
 }
 

@@ -15,6 +15,7 @@ first one. A plain HTTP GET of ``/`` or ``/health`` is answered 200 "okay" (heal
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import logging
 import time
@@ -25,6 +26,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
@@ -109,6 +111,9 @@ class Relay:
         memory they take is of that order: see docs/sync.md."""
         self.store = store
         self.schema = schema
+        #: told to clients (WELCOME's ``schema``), which retry what it refused when it changes
+        self.schema_fingerprint = hashlib.blake2b(orjson.dumps(schema.to_dict(), option=orjson.OPT_SORT_KEYS),
+                                                  digest_size=8).hexdigest()
         self.limits = limits
         self._sync_time = 0.0  # seconds, a moving average of the commits' fsyncs (``_begin_commit``)
         self.log = RelayLog(store, schema, keep=keep_log, cache_size=4096, cache_bytes=int(cache_mb * 2**20) // 2,

@@ -246,7 +246,8 @@ class Session:
         user = "*" if self.grant.anonymous else self.grant.user
         self.conn.send(Welcome(user, lg.relay_id, lg.durable, lg.floor, self.grant.names("read"),
                                self.grant.names("write"), self.relay.limits.max_frame, last,
-                               self.grant.scopes() if ev.understands("scopes") else None))
+                               self.grant.scopes() if ev.understands("scopes") else None,
+                               self.relay.schema_fingerprint if ev.understands("schema") else None))
         self._flush()
         log.info("device %s of %s connected from %s", ev.device, self.grant.user, self.ws.remote_address)
 

@@ -173,3 +173,12 @@ def test_ack_waits_are_optional_and_checked() -> None:
             decode_frame(reference_encode(Kind.ACK, {**base, "waits": bad}, []))
     with pytest.raises(FrameError, match="unknown fields"):
         decode_frame(reference_encode(Kind.ACK, {**with_waits, "extra": 1}, []))
+
+
+def test_welcome_schema_is_optional_and_checked() -> None:
+    base = {"user": "u", "relay": "r", "head": 0, "floor": 0, "read": "*", "write": "*", "max_frame": 1, "last": 0}
+    with_schema = {**base, "schema": "0123456789abcdef"}
+    assert decode_frame(reference_encode(Kind.WELCOME, with_schema, [])).header == with_schema
+    for bad in (1, "", None, ["x"]):
+        with pytest.raises(FrameError, match=r"WELCOME\.schema"):
+            decode_frame(reference_encode(Kind.WELCOME, {**base, "schema": bad}, []))

@@ -120,3 +120,45 @@ async def test_changes_of_a_collection_the_open_schema_lacks_wait_and_the_rest_s
         assert relay.relay.log.record_update("contacts", cid) and relay.relay.log.record_update("accounts", aid)
     finally:
         r.close()
+
+
+async def test_changes_a_relay_refused_are_sent_again_once_it_runs_a_new_schema(
+        make_replica: Callable[..., Replica], tmp_path: Path) -> None:
+    """A device upgraded before its relay: its change to a field the relay's schema lacks is refused
+    (``invalid``) and kept as an error. Once the relay runs the new schema (WELCOME's ``schema``
+    fingerprint changes), the next sync sends it again by itself; it stayed an error until the user called
+    ``retry()``. A relay restarted with the same schema retries nothing."""
+    from crdtsync.relay import Relay, Tokens
+    from crdtsync.store import SQLiteStore
+
+    async def start(schema: Schema, port: int = 0) -> tuple[Relay, SQLiteStore, int]:
+        store = SQLiteStore(tmp_path / "relay.db", synchronous="NORMAL")
+        relay = Relay(store, schema, Tokens(None))
+        _, port = await relay.start("127.0.0.1", port)
+        return relay, store, port
+
+    async def stop(relay: Relay, store: SQLiteStore) -> None:
+        await relay.stop()
+        store.close()
+
+    dev = make_replica("dev")
+    relay, store, port = await start(OLD)
+    try:
+        rid = dev.create("accounts", {"name": "Acme", "phone": "555"})
+        async with client(dev, f"ws://127.0.0.1:{port}") as c:
+            result = await sync(c)
+        assert result.rejected == 1 and [p.status for p in dev.pending()] == ["error"]
+        await stop(relay, store)
+        relay, store, port = await start(OLD, port)  # the same schema: nothing to retry
+        async with client(dev, f"ws://127.0.0.1:{port}") as c:
+            result = await sync(c)
+        assert result.uploaded == 0 and [p.status for p in dev.pending()] == ["error"]
+        await stop(relay, store)
+        relay, store, port = await start(SCHEMA, port)
+        async with client(dev, f"ws://127.0.0.1:{port}") as c:
+            result = await sync(c)
+        assert result.uploaded == 1 and result.rejected == 0 and dev.pending() == []
+        rec = dev.get("accounts", rid)
+        assert rec is not None and rec.status == "synced" and rec["phone"] == "555"
+    finally:
+        await stop(relay, store)
