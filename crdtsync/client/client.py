@@ -692,8 +692,11 @@ class SyncClient:
         # a full resync: a delta from 0 would skip the log compacted away, and this device's own changes
         ask_reset = bool(rescope) or (bool(cursors) and any(c not in cursors for c in wanted))
         returns = self.replica.returns(MAX_RETURNS)  # changes discarded here that the relay may have
-        pull = Pull(next(self._ids), since, None if ask_reset else stored_relay,
-                    None if collections is None else tuple(wanted), live=live, returns=tuple(returns))
+        # the collections named even when all are wanted: those the relay has and this app's schema lacks (a
+        # newer app's, in a rolling upgrade) are not sent, to be set aside here record by record; the app
+        # gets them whole once upgraded (a collection with no cursor: a full resync, above)
+        pull = Pull(next(self._ids), since, None if ask_reset else stored_relay, tuple(wanted), live=live,
+                    returns=tuple(returns))
         await session.send(pull)
         received = 0
         reset = False
