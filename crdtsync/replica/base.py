@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -69,6 +70,8 @@ class ReplicaBase:
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str,
                  wall: Callable[[], int] = _wall_ms, random_bytes: Callable[[int], bytes] = os.urandom,
                  cache_size: int = 2000, cache_bytes: int | None = 64 * 2**20, compact_after: int = 64) -> None:
+        #: held by every public method (``locking.py``): a replica may be shared between threads
+        self._lock = threading.RLock()
         self.schema = schema
         self.device = _check_name("device", device)
         self.user = _check_name("user", user)
@@ -350,12 +353,14 @@ class ReplicaBase:
         if lr is None:
             lr = self.docs.get(coll.name, rid)
         t = self.clock.now()
-        update = write(lr.doc, t)
-        if not update:
-            return
-        batch = Batch({}, set(), [])  # (the default factories cost three calls)
         key = (coll.name, rid)
         try:
+            # inside the try: Yjs has no rollback, so a write that raises part way (a field's encode, a
+            # check inside ``write``) leaves its first edits in the document, which is then reloaded
+            update = write(lr.doc, t)
+            if not update:
+                return
+            batch = Batch({}, set(), [])  # (the default factories cost three calls)
             n = self.docs.append(batch, coll.name, rid, update, change_id=t, lr=lr)
             self.outbox.add(batch, OutboxEntry(t, coll.name, rid, op, shown, n=n), update)
             # the row waits (see the module docstring), unless too many rows wait already

@@ -28,6 +28,7 @@ from ..schema import Bool, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
+from .locking import one_at_a_time
 from .outbox import Outbox, OutboxEntry
 from .rows import Where
 from .types import ChangeEvent, PendingChange, Record, RecordStatus
@@ -35,8 +36,12 @@ from .types import ChangeEvent, PendingChange, Record, RecordStatus
 __all__ = ["Replica"]
 
 
+@one_at_a_time
 class Replica(ExchangingReplica):
-    """A device's copy of the records. Open it with ``Replica.open(path, schema, device=, user=)``."""
+    """A device's copy of the records. Open it with ``Replica.open(path, schema, device=, user=)``.
+
+    One replica may be shared by several threads: its public methods run one at a time (``locking.py``).
+    """
 
     # -- local writes --------------------------------------------------------------------------------------
 
