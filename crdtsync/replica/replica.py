@@ -150,8 +150,13 @@ class Replica(ExchangingReplica):
 
     def query(self, collection: str, where: Where = None, *, include_deleted: bool = False,
               order_by: str | None = None, descending: bool = False, limit: int | None = None) -> list[Record]:
-        """Records of a collection from the materialised rows. ``where`` maps fields to the values they
-        must equal, or is a predicate on ``Record``."""
+        """Records of a collection from the materialised rows, in id order. ``where`` maps fields to the
+        values they must equal, or is a predicate on ``Record``.
+
+        ``order_by`` sorts by a field (``descending`` reverses it), ties in id order. Records whose value is
+        None, and then NaN (``Float(allow_nan=True)``), come last either way. A naive datetime compares as
+        if in UTC; a set by its elements in order. ``limit`` (an int >= 0) keeps the first ones; a
+        negative or non-int ``limit`` raises ``LocalError``."""
         coll = self._coll(collection)
         return self.rows.query(coll, where, include_deleted=include_deleted, order_by=order_by,
                                descending=descending, limit=limit, overlay=self._overlay(coll))
