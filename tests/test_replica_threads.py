@@ -86,8 +86,13 @@ def test_every_public_method_holds_the_lock() -> None:
 
 
 def test_a_listener_may_call_the_replica_from_inside_a_write() -> None:
+    """The lock is reentrant: a listener runs with it held (a plain lock would hang here: bounded)."""
     r = Replica.open(":memory:", SCHEMA, device="a", user="u")
     seen: list[object] = []
     r.subscribe(lambda ev: seen.append(r.get("accounts", ev.id)))
-    rid = r.create("accounts", {"name": "x"})
-    assert len(seen) == 1 and getattr(seen[0], "id", None) == rid
+    made: list[str] = []
+    t = threading.Thread(target=lambda: made.append(r.create("accounts", {"name": "x"})), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive() and len(made) == 1
+    assert len(seen) == 1 and getattr(seen[0], "id", None) == made[0]
