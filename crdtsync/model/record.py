@@ -27,6 +27,26 @@ __all__ = ["RecordDoc"]
 _REGISTERS: dict[int, tuple[Collection, frozenset[str]]] = {}
 
 
+#: history entries inserted one after another at a time (see ``_insert_front``)
+_RUN = 64
+
+
+def _insert_front(hist: Any, txn: Any, entries: list[str]) -> None:
+    """Insert ``entries`` at the front of the history array ``hist`` (a Yrs array), in their order.
+
+    At the front: ``history()`` sorts the entries by time anyway, and appending to a long array cost Yrs a
+    walk over every entry (40 us at 3000 writes). Yrs finds an index by walking the array's items, and
+    those inserted in the open transaction are not yet squashed into one: inserting n entries at 0, 1, 2,
+    ... walked n²/2 items (16,000 set elements added in one write took 7 s). So they go in runs of
+    ``_RUN``, the last run first, each at index 0 onwards: the same order, a walk of at most ``_RUN`` items
+    per entry, and runs that each encode as one block (12 bytes more per run than one block for all;
+    inserted one by one at 0, each entry would cost 12 more). A write of up to ``_RUN`` entries is one run.
+    """
+    for start in range(((len(entries) - 1) // _RUN) * _RUN, -1, -_RUN):
+        for i, entry in enumerate(entries[start:start + _RUN]):
+            hist.insert(txn, i, entry)
+
+
 def _registers(coll: Collection) -> frozenset[str]:
     """The names of the plain (register) fields of a collection, computed once per collection."""
     hit = _REGISTERS.get(id(coll))
@@ -51,11 +71,7 @@ class RecordDoc(MergingRecordDoc):
         self._log_buf = []
         with self._capturing(), self.doc.transaction(origin="local") as txn:
             body()
-            # history entries go in at the front, in the order logged: ``history()`` sorts them by time
-            # anyway, and appending to a long array cost Yrs a walk over every entry (40 us at 3000 writes)
-            hist = self._hist.integrated
-            for i, entry in enumerate(self._log_buf):
-                hist.insert(txn._txn, i, entry)
+            _insert_front(self._hist.integrated, txn._txn, self._log_buf)
         self._state = None
         self._fold_parts()
         out = self._captured[:]
@@ -178,8 +194,11 @@ class RecordDoc(MergingRecordDoc):
                 hist = roots[2].integrated if roots is not None else ydoc.get_or_insert_array(txn, "h")
                 for key, raw, _ in slots:
                     slot_map.insert(txn, key, raw)
-                for i, entry in enumerate(logged):  # at the front: see ``_write``
-                    hist.insert(txn, i, entry)
+                if len(logged) <= _RUN:  # (``_insert_front`` inlined: this is every update()'s path)
+                    for i, entry in enumerate(logged):
+                        hist.insert(txn, i, entry)
+                else:
+                    _insert_front(hist, txn, logged)
                 txn.commit()
             finally:
                 txn.drop()
@@ -258,16 +277,22 @@ class RecordDoc(MergingRecordDoc):
             removed = dict(mine.removed) if mine else {}
             self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps({"a": adds, "r": removed}).decode()
             self._log(name, "add", of.encode(value), t)
-        for value in sorted(old - new, key=repr):
-            element = orjson.dumps(of.encode(value)).decode()
-            es = entries.get(element, [])
-            mine = next((e for e in es if e.writer == self.writer), None)
-            removed = dict(mine.removed) if mine else {}
-            for e in es:
-                removed[e.writer] = max(removed.get(e.writer, 0), e.adds)
-            self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps(
-                {"a": mine.adds if mine else 0, "r": removed}).decode()
-            self._log(name, "remove", of.encode(value), t)
+        gone = old - new
+        stored = _stored_as(of, entries, gone) if gone else {}
+        for value in sorted(gone, key=repr):
+            enc = of.encode(value)
+            # every element stored that reads as this value: the same instant under two offsets, a value
+            # written under an older element kind (a Date now read as a DateTime) are one value, and
+            # removing it must remove them all, or it stays
+            for element in stored.get(value) or [orjson.dumps(enc).decode()]:
+                es = entries.get(element, [])
+                mine = next((e for e in es if e.writer == self.writer), None)
+                removed = dict(mine.removed) if mine else {}
+                for e in es:
+                    removed[e.writer] = max(removed.get(e.writer, 0), e.adds)
+                self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps(
+                    {"a": mine.adds if mine else 0, "r": removed}).decode()
+            self._log(name, "remove", enc, t)
         self._set_raw = self._set_parsed = None
         self._put_slot(name, None, t, seen)
 
@@ -281,3 +306,28 @@ class RecordDoc(MergingRecordDoc):
 
         return self._write(body)
 
+
+def _stored_as(of: Field, entries: Mapping[str, list[SetEntry]], values: frozenset[Any]) -> dict[Any, list[str]]:
+    """The present elements (JSON) of a set among ``entries`` that read as one of ``values``, by value.
+
+    Read as the record's state reads them (``state._set_values``): decoded by the element field, or as
+    stored when it cannot decode them. Equal values group together (a dict compares them by ``==``)."""
+    out: dict[Any, list[str]] = {}
+    for element, es in sorted(entries.items()):
+        removed: dict[str, int] = {}
+        for e in es:
+            for w, n in e.removed.items():
+                removed[w] = max(removed.get(w, 0), n)
+        if not any(e.adds > removed.get(e.writer, 0) for e in es):
+            continue
+        raw = orjson.loads(element)
+        try:
+            value = of.decode(raw)
+        except (Invalid, TypeError, ValueError):
+            value = raw
+        try:
+            if value in values:
+                out.setdefault(value, []).append(element)
+        except TypeError:  # an unhashable value stored (a list): no value removed can read as it
+            continue
+    return out

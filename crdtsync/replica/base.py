@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -69,6 +70,8 @@ class ReplicaBase:
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str,
                  wall: Callable[[], int] = _wall_ms, random_bytes: Callable[[int], bytes] = os.urandom,
                  cache_size: int = 2000, cache_bytes: int | None = 64 * 2**20, compact_after: int = 64) -> None:
+        #: held by every public method (``locking.py``): a replica may be shared between threads
+        self._lock = threading.RLock()
         self.schema = schema
         self.device = _check_name("device", device)
         self.user = _check_name("user", user)
@@ -317,6 +320,30 @@ class ReplicaBase:
         """The records of ``coll`` whose rows are not written yet, from their documents, by id."""
         return {rid: self._record(coll, self.docs.get(c, rid).doc) for c, rid in list(self._dirty) if c == coll.name}
 
+    @staticmethod
+    def _id_arg(collection: str, rid: object) -> str:
+        """A record id given to a method that reads or changes a record: a str, or a clear error (a None or
+        an int used to reach the store's key encoder, or to read as a record that does not exist)."""
+        if not isinstance(rid, str):
+            raise LocalError(f"{collection}/{rid!r}: record ids are str, not {type(rid).__name__}")
+        return rid
+
+    @staticmethod
+    def _names(collections: Iterable[str] | None) -> list[str] | None:
+        """The collection names a method is limited to (None: all); a str is refused, not read as the
+        names of its characters."""
+        if collections is None:
+            return None
+        if isinstance(collections, str | bytes):
+            raise LocalError(f"collections is a list of collection names, not a {type(collections).__name__}: "
+                             f"pass [{collections!r}]")
+        return list(collections)
+
+    def _colls(self, collections: Iterable[str] | None) -> list[Collection]:
+        """The collections of these names (all of the schema's for None); an unknown name raises."""
+        names = self._names(collections)
+        return list(self.schema) if names is None else [self._coll(c) for c in names]
+
     def _check_id(self, coll: Collection, rid: object) -> str:
         if not isinstance(rid, str) or not 0 < len(rid) <= 200 or any(ord(ch) < 32 for ch in rid):
             raise ValidationError(coll.name, repr(rid), None, "record ids are str of 1 to 200 printable characters")
@@ -358,12 +385,14 @@ class ReplicaBase:
         if lr is None:
             lr = self.docs.get(coll.name, rid)
         t = self.clock.now()
-        update = write(lr.doc, t)
-        if not update:
-            return
-        batch = Batch({}, set(), [])  # (the default factories cost three calls)
         key = (coll.name, rid)
         try:
+            # inside the try: Yjs has no rollback, so a write that raises part way (a field's encode, a
+            # check inside ``write``) leaves its first edits in the document, which is then reloaded
+            update = write(lr.doc, t)
+            if not update:
+                return
+            batch = Batch({}, set(), [])  # (the default factories cost three calls)
             n = self.docs.append(batch, coll.name, rid, update, change_id=t, lr=lr)
             self.outbox.add(batch, OutboxEntry(t, coll.name, rid, op, shown, n=n), update)
             # the row waits (see the module docstring), unless too many rows wait already

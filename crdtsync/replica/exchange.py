@@ -46,7 +46,8 @@ class ExchangingReplica(ReplicaBase):
         Changes of a collection the open schema lacks (an older app version opened the store) stay in the
         outbox, unsent, until a schema with it opens the replica again (or they are discarded): taking them
         stopped every sync of the device in a loop."""
-        wanted = set(collections) if collections is not None else None
+        names = self._names(collections)
+        wanted = set(names) if names is not None else None
         known = self.schema.collections
         held: set[tuple[str, str]] = set(skip)
         out: list[tuple[PendingChange, bytes]] = []
@@ -107,7 +108,7 @@ class ExchangingReplica(ReplicaBase):
 
     def retry(self, collection: str, id: str) -> None:
         """Put a record's rejected changes back in the queue (after access was granted again, say)."""
-        ids = [e.id for e in self.outbox.for_record(collection, id) if e.status == "error"]
+        ids = [e.id for e in self.outbox.for_record(collection, self._id_arg(collection, id)) if e.status == "error"]
         self._restatus(ids, "pending", None, persist=True)
 
     def acknowledge(self, ids: Iterable[int]) -> None:
@@ -341,7 +342,8 @@ class ExchangingReplica(ReplicaBase):
         return merged(parts)
 
     def export_updates(self, collections: Iterable[str] | None = None, since: bytes | None = None) -> bytes:
-        """Everything this replica knows (of some collections), as one blob for ``import_updates``.
+        """Everything this replica knows (of some collections: a list of names, not one name), as one blob
+        for ``import_updates``.
 
         With ``since`` (another replica's ``state_vectors()``), only what that replica lacks. A record's
         held updates (those waiting here for an update they build on) go along as entries of their own:
@@ -350,7 +352,7 @@ class ExchangingReplica(ReplicaBase):
         """
         vectors = self._parse_vectors(since) if since is not None else {}
         out = bytearray(_EXPORT_MAGIC)
-        for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
+        for coll in self._colls(collections):
             held = self.docs.stored_held(coll.name)
             for rid in sorted(set(self.docs.record_ids(coll.name)) | set(held)):
                 sv = vectors.get((coll.name, rid))
@@ -366,7 +368,7 @@ class ExchangingReplica(ReplicaBase):
     def state_vectors(self, collections: Iterable[str] | None = None) -> bytes:
         """What this replica has, per record, for a peer's ``export_updates(since=...)``."""
         out = bytearray(_VECTOR_MAGIC)
-        for coll in [self._coll(c) for c in collections] if collections is not None else list(self.schema):
+        for coll in self._colls(collections):
             for rid in self.docs.record_ids(coll.name):
                 write_bytes(out, orjson.dumps([coll.name, rid]))
                 write_bytes(out, get_state(self._stored_update(coll.name, rid)))

@@ -28,6 +28,7 @@ from ..schema import Bool, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
+from .locking import one_at_a_time
 from .outbox import Outbox, OutboxEntry
 from .rows import Where
 from .types import ChangeEvent, PendingChange, Record, RecordStatus
@@ -35,8 +36,12 @@ from .types import ChangeEvent, PendingChange, Record, RecordStatus
 __all__ = ["Replica"]
 
 
+@one_at_a_time
 class Replica(ExchangingReplica):
-    """A device's copy of the records. Open it with ``Replica.open(path, schema, device=, user=)``."""
+    """A device's copy of the records. Open it with ``Replica.open(path, schema, device=, user=)``.
+
+    One replica may be shared by several threads: its public methods run one at a time (``locking.py``).
+    """
 
     # -- local writes --------------------------------------------------------------------------------------
 
@@ -55,7 +60,7 @@ class Replica(ExchangingReplica):
         """Change some fields. Text fields get a character diff; sets their added/removed elements;
         counters the difference (use ``increment`` for concurrent-safe counting)."""
         coll = self._coll(collection)
-        checked = coll.check(id, values, create=False)
+        checked = coll.check(self._id_arg(collection, id), values, create=False)
         lr = self._writable(coll, id)
         if checked:
             self._commit_local(coll, id, "update", self._shown(coll, checked),
@@ -64,7 +69,7 @@ class Replica(ExchangingReplica):
     def increment(self, collection: str, id: str, field: str, by: int = 1) -> None:
         """Add ``by`` to a counter field; increments made concurrently on several devices all count."""
         coll = self._coll(collection)
-        f = coll.field(id, field)
+        f = coll.field(self._id_arg(collection, id), field)
         if f.merge != "counter":
             raise ValidationError(collection, id, field, f"is a {f.kind} field, not a counter")
         try:
@@ -86,7 +91,7 @@ class Replica(ExchangingReplica):
 
     def delete(self, collection: str, id: str) -> None:
         coll = self._coll(collection)
-        rec = self._row(coll, id)
+        rec = self._row(coll, self._id_arg(collection, id))
         if rec is None:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if rec.deleted and not rec.conflicts:
@@ -97,7 +102,7 @@ class Replica(ExchangingReplica):
     def restore(self, collection: str, id: str) -> None:
         """Bring back a deleted record, with every edit made to it concurrently with the delete."""
         coll = self._coll(collection)
-        rec = self._row(coll, id)
+        rec = self._row(coll, self._id_arg(collection, id))
         if rec is None:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if not rec.deleted and not any(c.field == "deleted" for c in rec.conflicts):
@@ -116,7 +121,7 @@ class Replica(ExchangingReplica):
         The resolution is a change like any other: it syncs and clears the conflict on every device.
         """
         coll = self._coll(collection)
-        rec = self._row(coll, id)
+        rec = self._row(coll, self._id_arg(collection, id))
         if rec is None:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         if field == "deleted":
@@ -141,12 +146,17 @@ class Replica(ExchangingReplica):
 
     def get(self, collection: str, id: str) -> Record | None:
         """The record, or None if it does not exist here. Deleted records are returned with ``deleted``."""
-        return self._row(self._coll(collection), id)
+        return self._row(self._coll(collection), self._id_arg(collection, id))
 
     def query(self, collection: str, where: Where = None, *, include_deleted: bool = False,
               order_by: str | None = None, descending: bool = False, limit: int | None = None) -> list[Record]:
-        """Records of a collection from the materialised rows. ``where`` maps fields to the values they
-        must equal, or is a predicate on ``Record``."""
+        """Records of a collection from the materialised rows, in id order. ``where`` maps fields to the
+        values they must equal, or is a predicate on ``Record``.
+
+        ``order_by`` sorts by a field (``descending`` reverses it), ties in id order. Records whose value is
+        None, and then NaN (``Float(allow_nan=True)``), come last either way. A naive datetime compares as
+        if in UTC; a set by its elements in order. ``limit`` (an int >= 0) keeps the first ones; a
+        negative or non-int ``limit`` raises ``LocalError``."""
         coll = self._coll(collection)
         return self.rows.query(coll, where, include_deleted=include_deleted, order_by=order_by,
                                descending=descending, limit=limit, overlay=self._overlay(coll))
@@ -162,7 +172,7 @@ class Replica(ExchangingReplica):
     def history(self, collection: str, id: str) -> list[HistoryEntry]:
         """Every field change of the record known here, oldest first, with device, user and time."""
         coll = self._coll(collection)
-        if self._row(coll, id) is None:
+        if self._row(coll, self._id_arg(collection, id)) is None:
             raise RecordNotFound(f"{collection}/{id} does not exist")
         return self.docs.get(collection, id).doc.history()
 
@@ -189,7 +199,7 @@ class Replica(ExchangingReplica):
 
     def discard_record(self, collection: str, id: str) -> list[PendingChange]:
         """Throw away every pending change of a record (for instance one the relay rejected)."""
-        ids = [x.id for x in self.outbox.for_record(collection, id)]
+        ids = [x.id for x in self.outbox.for_record(collection, self._id_arg(collection, id))]
         return self._discard(collection, id, ids)
 
     def fix(self, collection: str, id: str, values: Mapping[str, Any]) -> list[PendingChange]:
@@ -202,7 +212,7 @@ class Replica(ExchangingReplica):
         the replaced changes. A deleted record cannot be fixed: discard its changes instead.
         """
         coll = self._coll(collection)
-        changes = self.outbox.for_record(collection, id)
+        changes = self.outbox.for_record(collection, self._id_arg(collection, id))
         first = next((e for e in changes if e.status == "error"), None)
         if first is None:
             raise LocalError(f"{collection}/{id} has no rejected change to fix")

@@ -24,11 +24,13 @@ collection's ``delete_policy`` changed: the policy decides whether they show del
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import orjson
 
+from ..errors import LocalError
 from ..model.state import UNWRITTEN, Candidate, Conflict, RecordState
 from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
@@ -240,9 +242,13 @@ class Rows:
     def query(self, coll: Collection, where: Where = None, *, include_deleted: bool = False,
               order_by: str | None = None, descending: bool = False, limit: int | None = None,
               overlay: Mapping[str, Record | None] | None = None) -> list[Record]:
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise LocalError(f"{coll.name}: limit is an int >= 0 (or None for no limit), got {limit!r}")
         if where is not None and not callable(where):
             for name in where:
                 coll.field(None, name)
+        if limit == 0:
+            return []
         out: list[Record] = []
         for rec in self.scan(coll, overlay):
             if rec.deleted and not include_deleted:
@@ -258,18 +264,46 @@ class Rows:
                 break
         if order_by is not None:
             coll.field(None, order_by)
-            present = [r for r in out if r.fields.get(order_by) is not None]
-            missing = [r for r in out if r.fields.get(order_by) is None]
+            # ties (and the NaNs and missing values, which go last both ways) stay in id order: the sort
+            # is stable, reversed or not
+            present: list[tuple[Any, Record]] = []
+            nans: list[Record] = []
+            missing: list[Record] = []
+            for r in out:
+                v = r.fields.get(order_by)
+                if v is None:
+                    missing.append(r)
+                elif v != v:  # NaN (``Float(allow_nan=True)``): equal to nothing, it left the order arbitrary
+                    nans.append(r)
+                else:
+                    present.append((_sortable(v) if isinstance(v, dt.datetime | frozenset) else v, r))
             try:
-                present.sort(key=lambda r: r.fields[order_by], reverse=descending)
+                present.sort(key=_first, reverse=descending)
             except TypeError:  # values of several types (a field whose kind changed between app versions
                 # keeps the values written before that its new kind cannot read): grouped by type
-                present.sort(key=lambda r: (type(r.fields[order_by]).__name__, r.fields[order_by]),
-                             reverse=descending)
-            out = present + missing
+                present.sort(key=lambda p: (type(p[0]).__name__, p[0]), reverse=descending)
+            out = [r for _, r in present] + nans + missing
             if limit is not None:
                 out = out[:limit]
         return out
+
+
+def _first(pair: tuple[Any, Record]) -> Any:
+    return pair[0]
+
+
+def _sortable(value: Any) -> Any:
+    """What ``query``'s ``order_by`` compares: a naive datetime as if in UTC (Python refuses to compare naive
+    and aware ones); a set as its elements in order (frozensets compare by inclusion, which is no order)."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+    if isinstance(value, frozenset):
+        elements = [_sortable(x) for x in value]
+        try:
+            return tuple(sorted(elements))
+        except TypeError:
+            return tuple(sorted(elements, key=lambda x: (type(x).__name__, repr(x))))
+    return value
 
 
 def _same(value: Any, wanted: Any) -> bool:

@@ -1,0 +1,56 @@
+"""Misusing the Replica API gives a clear LocalError: a record id that is not a str (it reached the store's
+key encoder, or read as a missing record), a single collection name where a list of them is expected (it
+was read as the names of its characters: "a: unknown collection"). Nothing is changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from crdtsync import Collection, Counter, LocalError, Replica, Schema, Str
+
+SCHEMA = Schema(Collection("accounts", {"name": Str(), "visits": Counter()}))
+
+BY_ID: dict[str, Callable[[Replica, Any], object]] = {
+    "get": lambda r, i: r.get("accounts", i),
+    "status": lambda r, i: r.status("accounts", i),
+    "history": lambda r, i: r.history("accounts", i),
+    "update": lambda r, i: r.update("accounts", i, {"name": "y"}),
+    "increment": lambda r, i: r.increment("accounts", i, "visits"),
+    "delete": lambda r, i: r.delete("accounts", i),
+    "restore": lambda r, i: r.restore("accounts", i),
+    "resolve": lambda r, i: r.resolve("accounts", i, "name", "z"),
+    "discard_record": lambda r, i: r.discard_record("accounts", i),
+    "fix": lambda r, i: r.fix("accounts", i, {"name": "z"}),
+    "retry": lambda r, i: r.retry("accounts", i),
+}
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"a1", ("a1",)], ids=repr)
+@pytest.mark.parametrize("method", sorted(BY_ID))
+def test_a_record_id_that_is_not_a_str_raises_clearly(method: str, bad: object) -> None:
+    r = Replica.open(":memory:", SCHEMA, device="a", user="u")
+    r.create("accounts", {"name": "x"}, id="a1")
+    before = r.store.load_range(())
+    with pytest.raises(LocalError, match=r"^accounts/.*: record ids are str, not "):
+        BY_ID[method](r, bad)
+    assert r.store.load_range(()) == before
+
+
+BY_COLLECTIONS: dict[str, Callable[[Replica, Any], object]] = {
+    "export_updates": lambda r, c: r.export_updates(c),
+    "state_vectors": lambda r, c: r.state_vectors(c),
+    "outgoing": lambda r, c: r.outgoing(c),
+}
+
+
+@pytest.mark.parametrize("method", sorted(BY_COLLECTIONS))
+def test_one_collection_name_where_a_list_is_expected_raises_clearly(method: str) -> None:
+    r = Replica.open(":memory:", SCHEMA, device="a", user="u")
+    r.create("accounts", {"name": "x"}, id="a1")
+    with pytest.raises(LocalError, match=r"collections is a list of collection names, not a str: "
+                                         r"pass \['accounts'\]"):
+        BY_COLLECTIONS[method](r, "accounts")
+    assert BY_COLLECTIONS[method](r, ["accounts"])  # the list works
