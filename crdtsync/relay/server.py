@@ -39,7 +39,7 @@ from ..protocol.events import (
 from ..protocol.frames import MAX_FRAME
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
-from .admission import ConnectionCap
+from .admission import AcceptErrors, ConnectionCap
 from .auth import Grant, Tokens
 from .fanout import LiveFrames
 from .log import Accepted, Outcome, RelayLog
@@ -144,6 +144,7 @@ class Relay:
         self.device_binding = asyncio.Lock()  # device ids are bound to users one at a time
         #: the connections open (``len(relay.connections)``) and the cap on them
         self.connections = ConnectionCap(max_connections)
+        self._accept_errors: AcceptErrors | None = None  # the loop's exception handler while it runs
         yjs = _load_yjs()
         self.rooms: Any = yjs.YjsRooms(store, max_message=self.limits.max_frame, rate=self.limits.rate,
                                        burst=self.limits.burst, connections=self.connections) \
@@ -199,6 +200,9 @@ class Relay:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
         self._writer.add_done_callback(self._writer_ended)
+        loop = asyncio.get_running_loop()
+        self._accept_errors = AcceptErrors(loop.get_exception_handler())
+        loop.set_exception_handler(self._accept_errors)
         try:
             self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
                                        compression=None, process_request=self._process_request,
@@ -225,6 +229,10 @@ class Relay:
             self._writer = None
         if self.rooms is not None:
             await self.rooms.close()
+        loop = asyncio.get_running_loop()
+        if self._accept_errors is not None and loop.get_exception_handler() is self._accept_errors:
+            loop.set_exception_handler(self._accept_errors.previous)
+        self._accept_errors = None
         self._stopped.set()
         log.info("relay stopped at log head %d", self.log.head)
 
