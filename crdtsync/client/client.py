@@ -128,6 +128,7 @@ class SyncClient:
         self.max_frame = max_frame
         self.open_timeout = open_timeout
         self.status: SyncStatus = SyncStatus("offline", "not started")
+        self._progress: SyncStatus | None = None  # the run under way's last progress event
         self.user: str | None = None
         self._listeners: list[Callable[[SyncStatus], None]] = []
         self._queue: deque[_Request] = deque()
@@ -198,6 +199,9 @@ class SyncClient:
     def _emit(self, st: SyncStatus) -> None:
         if st.kind in ("offline", "online", "started", "completed", "failed"):
             self.status = st
+            self._progress = None
+        elif st.kind == "progress":
+            self._progress = st
         for cb in list(self._listeners):
             try:
                 cb(st)
@@ -216,7 +220,8 @@ class SyncClient:
         collections ``a``, ``c``, ``o`` ...: write ``sync_now(["accounts"])``); both before anything is queued.
 
         While offline the request waits for the connection. With ``timeout`` (seconds), ``SyncError`` says
-        why it did not complete in time (say "offline: cannot reach the relay: ..."); the request stays
+        what this request waits on (say "offline: cannot reach the relay: ...", "its run is under way:
+        progress upload 0 of 3", "queued behind 1 request, one under way"); the request stays
         queued and runs once the relay is back. Raises ``AuthError`` if the relay refused the token or the
         replica's user, ``SyncError`` if the request was discarded, the client closed, or the replica closed.
         """
@@ -235,11 +240,31 @@ class SyncClient:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
+            waiting = self._waiting_on(fut)
             for req in self._queue:  # the request stays; only this caller stops waiting for it
                 if fut in req.futures:
                     req.futures.remove(fut)
             fut.cancel()
-            raise SyncError(f"sync did not complete within {timeout:g} s ({self.status}); it stays queued") from None
+            raise SyncError(f"sync did not complete within {timeout:g} s ({waiting}); it stays queued") from None
+
+    def _waiting_on(self, fut: asyncio.Future[SyncResult]) -> str:
+        """What the request holding ``fut`` waits on, for ``sync_now``'s timeout: its run under way (and how
+        far it got), the connection (why it is offline), or the requests queued ahead of it; never the
+        outcome of an earlier run (``status`` may still be the ``completed`` of one)."""
+        ahead = 0
+        for req in self._queue:
+            if fut in req.futures:
+                if req.running:
+                    return "its run is under way" + (f": {self._progress}" if self._progress is not None else "")
+                break
+            ahead += 1
+        if not self.online:
+            st = self.status
+            return f"offline: {st.reason}" if st.kind == "offline" and st.reason else "connecting to the relay"
+        if ahead:
+            running = self._queue[0].running
+            return f"queued behind {ahead} request{'s' if ahead > 1 else ''}" + (", one under way" if running else "")
+        return "queued, about to start"
 
     def _units(self, collections: Iterable[str]) -> frozenset[str]:
         """``sync_now``'s sync units, checked against the schema (see there)."""

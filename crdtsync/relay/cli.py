@@ -22,6 +22,7 @@ from ..errors import CrdtSyncError, LocalError
 from ..schema import Schema
 from ..store.base import ByteStore
 from ..store.sqlite import SQLiteStore
+from .admission import raise_open_files_limit
 from .auth import Tokens, load_tokens, unknown_names
 from .server import Limits, Relay
 
@@ -99,6 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=_number(float, 0.001), default=500.0, metavar="N",
                         help="frames per second per connection before it is slowed down, in bursts of two "
                              "seconds' worth (at least one frame) (default: 500)")
+    parser.add_argument("--max-connections", type=_number(int, 1), default=None, metavar="N",
+                        help="websockets open at once, devices and Yjs clients together; one more is refused at its "
+                             "handshake with 503 (default: the open-files limit, raised to the hard limit at start, "
+                             "less an eighth and at least 64 for the database, logs and handshakes)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: FULL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection and commit")
@@ -216,6 +221,8 @@ def reload_tokens(relay: Relay, path: Path) -> bool:
 
 async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> int:
     shown = _shown(args.db)
+    # before anything is opened: the default connection cap is derived from the limit (``Relay``)
+    files = raise_open_files_limit()
     try:
         store = open_store(args.db, synchronous=args.synchronous, pg_schema=args.pg_schema)
     except (sqlite3.Error, CrdtSyncError, ImportError) as e:  # (ImportError: psycopg not installed)
@@ -227,7 +234,8 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
     try:
-        relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args), cache_mb=args.cache_mb)
+        relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args), cache_mb=args.cache_mb,
+                      max_connections=args.max_connections)
     except Exception as e:
         store.close()
         if not isinstance(e, sqlite3.Error | CrdtSyncError) and type(e).__module__.split(".")[0] != "psycopg":
@@ -251,6 +259,7 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         held = _Held()
         log.addFilter(held)
         try:
+            log.info("open files limit %d%s", files[1], f" (raised from {files[0]})" if files[1] != files[0] else "")
             host, port = await relay.start(args.host, args.port)
         except OSError as e:  # the port is taken: the one-line error, without the log of a start undone
             print(f"crdtsync relay: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)

@@ -9,7 +9,9 @@ committed changes.
 
 Paths: ``/`` (or ``/sync``) speaks the crdtsync protocol; ``/yjs/<room>`` is handed to the plain Yjs rooms
 (``crdtsync.relay.yjs``) after the room grants are checked; a ``/yjs/`` client offering subprotocols gets its
-first one. A plain HTTP GET of ``/`` or ``/health`` is answered 200 "okay" (health checks).
+first one. A plain HTTP GET of ``/`` or ``/health`` is answered 200 "okay" (health checks), whatever the
+load. At most ``max_connections`` websockets (devices and Yjs clients together) are open at once: one more
+is refused at its handshake with 503 (``crdtsync.relay.admission``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..protocol.events import (
 from ..protocol.frames import MAX_FRAME
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
+from .admission import AcceptErrors, ConnectionCap
 from .auth import Grant, Tokens
 from .fanout import LiveFrames
 from .log import Accepted, Outcome, RelayLog
@@ -64,8 +67,10 @@ def _subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subpro
 @dataclass(frozen=True)
 class Limits:
     """Per-connection limits. A connection over ``rate`` frames per second (bursts of ``burst``) is slowed
-    down, not dropped; one whose live queue fills up (a reader slower than the writers) is closed with 4408
-    and catches up by delta sync when it reconnects: nothing is ever dropped silently."""
+    down, not dropped, a device's and a Yjs client's alike; a device whose live queue fills up (a reader
+    slower than the writers) is closed with 4408 and catches up by delta sync when it reconnects: nothing is
+    ever dropped silently. A device connection that sends no HELLO within ``hello_timeout`` seconds of
+    opening is closed with 4408 (a Yjs client may stay idle: it may just be reading its room)."""
 
     max_frame: int = MAX_FRAME
     rate: float = 500.0
@@ -76,10 +81,13 @@ class Limits:
     # a store's commit that only has a local fsync left is finished on the event loop while fsyncs take
     # less than this on average (seconds; 0: always in a thread); see ``Relay._begin_commit``
     inline_sync: float = 0.002
+    hello_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if not self.rate > 0 or self.burst < 1 or self.max_frame < 1024 or self.send_queue < 1:
-            raise ValueError(f"bad relay limits: {self} (rate > 0, burst >= 1, max_frame >= 1024, send_queue >= 1)")
+        if not self.rate > 0 or self.burst < 1 or self.max_frame < 1024 or self.send_queue < 1 \
+                or not self.hello_timeout > 0:
+            raise ValueError(f"bad relay limits: {self} (rate > 0, burst >= 1, max_frame >= 1024, send_queue >= 1, "
+                             "hello_timeout > 0)")
 
 
 @dataclass
@@ -105,10 +113,12 @@ class Relay:
     """A crdtsync relay over a byte store. ``await relay.start(host, port)``, then ``await relay.stop()``."""
 
     def __init__(self, store: ByteStore, schema: Schema, tokens: Tokens, *, limits: Limits = Limits(),
-                 keep_log: int = 100_000, cache_mb: float = 256) -> None:
+                 keep_log: int = 100_000, cache_mb: float = 256, max_connections: int | None = None) -> None:
         """``cache_mb``: the records kept in memory, in MB of their encoded updates, for the writer and the
         readers together (each holds half; records with changes being committed stay beyond it). The
-        memory they take is of that order: see docs/sync.md."""
+        memory they take is of that order: see docs/sync.md. ``max_connections``: websockets open at once,
+        devices and Yjs clients together (None: the process's open-files limit less a margin,
+        ``admission.default_max_connections``)."""
         self.store = store
         self.schema = schema
         #: told to clients (WELCOME's ``schema``), which retry what it refused when it changes
@@ -132,8 +142,13 @@ class Relay:
         #: why the relay stopped by itself (its writer failed to store), None while it runs or after ``stop()``
         self.failure: BaseException | None = None
         self.device_binding = asyncio.Lock()  # device ids are bound to users one at a time
+        #: the connections open (``len(relay.connections)``) and the cap on them
+        self.connections = ConnectionCap(max_connections)
+        self._accept_errors: AcceptErrors | None = None  # the loop's exception handler while it runs
         yjs = _load_yjs()
-        self.rooms: Any = yjs.YjsRooms(store, max_message=self.limits.max_frame) if yjs is not None else None
+        self.rooms: Any = yjs.YjsRooms(store, max_message=self.limits.max_frame, rate=self.limits.rate,
+                                       burst=self.limits.burst, connections=self.connections) \
+            if yjs is not None else None
         self.address: tuple[str, int] = ("", 0)
 
     @property
@@ -185,16 +200,20 @@ class Relay:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
         self._writer.add_done_callback(self._writer_ended)
+        loop = asyncio.get_running_loop()
+        self._accept_errors = AcceptErrors(loop.get_exception_handler())
+        loop.set_exception_handler(self._accept_errors)
         try:
             self._server = await serve(self._handle, host, port, max_size=self.limits.max_frame + 1024,
-                                       compression=None, process_request=_health, select_subprotocol=_subprotocol)
+                                       compression=None, process_request=self._process_request,
+                                       select_subprotocol=_subprotocol)
         except BaseException:  # e.g. the port is taken: leave nothing running
             await self.stop()
             raise
         sock = next(iter(self._server.sockets))
         self.address = sock.getsockname()[:2]
-        log.info("relay %s listening on ws://%s:%d (log head %d, floor %d)", self.log.relay_id, *self.address,
-                 self.log.head, self.log.floor)
+        log.info("relay %s listening on ws://%s:%d (log head %d, floor %d; at most %d connections)",
+                 self.log.relay_id, *self.address, self.log.head, self.log.floor, self.connections.limit)
         return self.address
 
     async def stop(self) -> None:
@@ -210,6 +229,10 @@ class Relay:
             self._writer = None
         if self.rooms is not None:
             await self.rooms.close()
+        loop = asyncio.get_running_loop()
+        if self._accept_errors is not None and loop.get_exception_handler() is self._accept_errors:
+            loop.set_exception_handler(self._accept_errors.previous)
+        self._accept_errors = None
         self._stopped.set()
         log.info("relay stopped at log head %d", self.log.head)
 
@@ -401,6 +424,10 @@ class Relay:
             waiter.set_result(None)
 
     # -- connections ---------------------------------------------------------------------------------------
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Health checks are answered whatever the load; a websocket over ``max_connections`` gets 503."""
+        return _health(ws, request) or self.connections.process_request(ws, request)
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request

@@ -4,7 +4,9 @@ the relay accepts reach it live (``fan_out``) once it has caught up.
 
 Each session has a rate limit (``Bucket``: over ``Limits.rate`` frames a second it is slowed down, not
 dropped) and a bounded live queue (``Limits.send_queue``): a device that reads slower than the others write
-is closed with 4408 and catches up by delta sync when it reconnects.
+is closed with 4408 and catches up by delta sync when it reconnects. A connection that sends no HELLO within
+``Limits.hello_timeout`` seconds of opening is closed with 4408 too: idle, it would hold a connection (and
+a file descriptor) for ever, the websocket keepalive being answered by its client library.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -37,6 +38,7 @@ from ..protocol.events import (
     Welcome,
 )
 from ..protocol.frames import MAX_PUSH
+from .admission import Bucket
 from .auth import Grant
 from .fanout import LiveFrames, scope_key
 from .log import LogGap
@@ -44,7 +46,7 @@ from .log import LogGap
 if TYPE_CHECKING:
     from .server import Relay
 
-__all__ = ["Bucket", "PushJob", "Session"]
+__all__ = ["PushJob", "Session"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -56,31 +58,6 @@ class PushJob:
     session: Session
     push: int
     changes: tuple[Change, ...]
-
-
-
-
-@dataclass
-class Bucket:
-    """A token bucket: ``delay()`` is how long to wait before the next frame (0 if none)."""
-
-    rate: float
-    burst: int
-    tokens: float = 0.0
-    last: float = field(default_factory=time.monotonic)
-    warned: bool = False
-
-    def delay(self) -> float:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        self.tokens -= 1
-        return -self.tokens / self.rate
-
-
 
 
 class Session:
@@ -100,6 +77,7 @@ class Session:
         self.live_collections: frozenset[str] | None = None
         self._pull_task: asyncio.Task[None] | None = None
         self._hello_task: asyncio.Task[None] | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self._closing: tuple[int, str] | None = None
         self.waits = False  # its HELLO asked for the reasons of held changes (ACK's optional ``waits``)
 
@@ -156,6 +134,7 @@ class Session:
         sender = asyncio.create_task(self._send_loop())
         bucket = Bucket(self.relay.limits.rate, self.relay.limits.burst, float(self.relay.limits.burst))
         ws, conn = self.ws, self.conn
+        self._hello_timer = asyncio.get_running_loop().call_later(self.relay.limits.hello_timeout, self._no_hello)
         try:
             while True:
                 # ``recv`` rather than ``async for``: one generator frame less per message; both end the
@@ -163,13 +142,9 @@ class Session:
                 message = await ws.recv()
                 if self._closing is not None:
                     break
-                delay = bucket.delay()
-                if delay > 0:
-                    if not bucket.warned:
-                        log.warning("%s (%s) is over the rate limit; slowing it down", self.device or "?",
-                                    self.ws.remote_address)
-                        bucket.warned = True
-                    await asyncio.sleep(delay)
+                if await bucket.pace():
+                    log.warning("%s (%s) is over the rate limit; slowing it down", self.device or "?",
+                                self.ws.remote_address)
                 if isinstance(message, str):
                     log.warning("text frame from %s (%s)", self.device or "?", self.ws.remote_address)
                     self.conn.close(4400, "text frames are not part of the protocol: frames are binary")
@@ -189,6 +164,8 @@ class Session:
             self.abort(1011, "relay failure: internal error")
         finally:
             self.live = False
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
             for task in (self._pull_task, self._hello_task):
                 if task is not None:
                     task.cancel()
@@ -202,6 +179,8 @@ class Session:
         elif isinstance(ev, ProtocolError):
             log.warning("protocol error from %s (%s): %s", self.device or "?", self.ws.remote_address, ev.reason)
         elif isinstance(ev, Hello):
+            if self._hello_timer is not None:
+                self._hello_timer.cancel()
             self._hello_task = asyncio.create_task(self._on_hello(ev))
         elif isinstance(ev, Pull):
             refused = [c for c in ev.collections or () if not self.grant.can_read(c)]
@@ -212,6 +191,10 @@ class Session:
             self._pull_task = asyncio.create_task(self._serve_pull(ev))
         elif isinstance(ev, Bye):
             self._closing = (1000, "bye")
+
+    def _no_hello(self) -> None:
+        """No HELLO within ``Limits.hello_timeout`` of opening: closed (4408; a device would reconnect)."""
+        self.abort(4408, f"no HELLO within {self.relay.limits.hello_timeout:g} s of opening")
 
     async def _on_hello(self, ev: Hello) -> None:
         """Bind the device to the token's user (a durable write, so in a thread: the event loop never waits

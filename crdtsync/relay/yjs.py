@@ -22,6 +22,12 @@ asyncio shell around it, and it owns three policies:
   When the room unloads, and while it is served once the updates since the snapshot are ``compact_after``
   (200) or more and weigh ``compact_ratio`` (half) of the snapshot's bytes, or are ``compact_max`` (10,000)
   in number, they are folded into the snapshot: so re-encoding a large room costs a bounded time per update.
+
+Each connection is read at most ``rate`` messages a second (bursts of ``burst``): a client sending faster
+is slowed down, never dropped, as a device is (``Limits.rate``: the relay passes its own). At most
+``max_connections`` connections are served at once; one more is closed at once with 1013 (try again
+later). The relay counts its devices in the same cap (``connections``) and refuses the connection over it
+at its handshake already (503). An idle connection stays: a client may just be reading its room.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from ..protocol.yroom import (
 from ..protocol.ywebsocket import SYNC_UPDATE, sync_message
 from ..store.base import Batch, ByteStore
 from ..store.keys import Key
+from .admission import Bucket, ConnectionCap
 
 __all__ = ["YjsRooms", "room_from_path", "room_key"]
 
@@ -215,7 +222,13 @@ class YjsRooms:
     def __init__(self, store: ByteStore, *, max_message: int = 16 * 2**20, queue_size: int = 64,
                  send_timeout: float = 30.0, max_queue_bytes: int = 64 * 2**20, max_pending: int = 256,
                  max_pending_bytes: int = 32 * 2**20, compact_after: int = 200, compact_ratio: float = 0.5,
-                 compact_max: int = 10_000) -> None:
+                 compact_max: int = 10_000, rate: float = 500.0, burst: int = 1000,
+                 max_connections: int | None = None, connections: ConnectionCap | None = None) -> None:
+        """``connections``: the count to hold connections in, shared with other servers (the relay's, which
+        counts its devices too); by default one of its own, of ``max_connections`` (None: the process's
+        open-files limit less a margin, ``admission.default_max_connections``)."""
+        if not rate > 0 or burst < 1:
+            raise ValueError(f"bad rate limit: rate {rate}, burst {burst} (rate > 0, burst >= 1)")
         self.store = store
         self.max_message = max_message
         self.queue_size = queue_size
@@ -226,6 +239,9 @@ class YjsRooms:
         self.compact_after = compact_after
         self.compact_ratio = compact_ratio
         self.compact_max = compact_max
+        self.rate = rate
+        self.burst = burst
+        self.connections = connections if connections is not None else ConnectionCap(max_connections)
         self._rooms: dict[str, _Room] = {}
         self._conns: set[_Conn] = set()
         self._serving = 0
@@ -247,6 +263,10 @@ class YjsRooms:
         """Run the y-websocket protocol on ``ws`` for ``room`` until the connection closes."""
         if self._closed:
             await ws.close(CLOSE_GOING_AWAY, "the relay is shutting down")
+            return
+        if not self.connections.admit(ws):
+            await ws.close(CloseCode.TRY_AGAIN_LATER, f"at the limit of {self.connections.limit} connections; "
+                                                      "try again later")
             return
         ws.protocol.max_message_size = self.max_message
         self._serving += 1
@@ -270,10 +290,14 @@ class YjsRooms:
         session = YSession(room.state, can_write=can_write)
         room.conns[conn] = None
         self._conns.add(conn)
+        bucket = Bucket(self.rate, self.burst, float(self.burst))
         try:
             for frame in session.opening():
                 await conn.put(frame)
             async for data in ws:
+                if await bucket.pace():
+                    log.warning("yjs room %r: a client (%s) is over the rate limit; slowing it down", name,
+                                ws.remote_address)
                 if isinstance(data, str):
                     await conn.close_after_queue(CloseRequest(CLOSE_MALFORMED, "text frame: y-websocket is binary"))
                     break

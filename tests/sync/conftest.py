@@ -39,8 +39,10 @@ def fast_backoff() -> Backoff:
 class RelayHandle:
     """An in-process relay that can be stopped and started again on the same port and database."""
 
-    def __init__(self, path: Path, tokens: Tokens, limits: Limits, keep_log: int) -> None:
+    def __init__(self, path: Path, tokens: Tokens, limits: Limits, keep_log: int,
+                 max_connections: int | None = None) -> None:
         self.path = path
+        self.max_connections = max_connections
         self.tokens = tokens
         self.limits = limits
         self.keep_log = keep_log
@@ -50,7 +52,8 @@ class RelayHandle:
 
     async def start(self) -> Relay:
         self.store = SQLiteStore(self.path, synchronous="NORMAL")
-        self.relay = Relay(self.store, SCHEMA, self.tokens, limits=self.limits, keep_log=self.keep_log)
+        self.relay = Relay(self.store, SCHEMA, self.tokens, limits=self.limits, keep_log=self.keep_log,
+                           max_connections=self.max_connections)
         _, self.port = await self.relay.start("127.0.0.1", self.port)
         return self.relay
 
@@ -75,8 +78,9 @@ async def make_relay(tmp_path: Path) -> AsyncIterator[RelayFactory]:
     handles: list[RelayHandle] = []
 
     async def make(grants: dict[str, Grant] | None = None, *, limits: Limits | None = None,
-                   keep_log: int = 100_000, name: str = "relay.db") -> RelayHandle:
-        h = RelayHandle(tmp_path / name, Tokens(grants), limits or Limits(), keep_log)
+                   keep_log: int = 100_000, name: str = "relay.db", max_connections: int | None = None
+                   ) -> RelayHandle:
+        h = RelayHandle(tmp_path / name, Tokens(grants), limits or Limits(), keep_log, max_connections)
         await h.start()
         handles.append(h)
         return h

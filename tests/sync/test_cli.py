@@ -44,6 +44,7 @@ def test_schema_from_json(tmp_path: Path) -> None:
     ("--port", "99999", "from 0 to 65535"), ("--port", "-1", "from 0 to 65535"),
     ("--rate", "0", "at least 0.001"), ("--rate", "nan", "at least 0.001"), ("--keep-log", "-5", "at least 0"),
     ("--max-frame", "0", "at least 65536"), ("--port", "http", "not a number"), ("--cache-mb", "0.5", "at least 1"),
+    ("--max-connections", "0", "at least 1"), ("--max-connections", "many", "not a number"),
 ])
 def test_numeric_options_out_of_range_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                        option: str, value: str, says: str) -> None:
@@ -134,3 +135,15 @@ async def test_a_reload_refuses_tokens_naming_what_the_schema_lacks(tmp_path: Pa
     path.write_text('[tokens."t2"]\nuser = "bob"\nread = ["accounts"]\nwrite = "*"\n')
     assert reload_tokens(relay, path)
     assert (g := relay.tokens.grant("t2")) is not None and g.user == "bob" and relay.tokens.grant("t1") is None
+
+
+def test_max_connections_is_parsed_and_defaults_to_the_open_files_limit() -> None:
+    import argparse
+
+    from crdtsync.relay.cli import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["--schema", "s.json", "--max-connections", "300"]).max_connections == 300
+    assert parser.parse_args(["--schema", "s.json"]).max_connections is None  # Relay's default: from the limit
+    assert "--max-connections" in parser.format_help()

@@ -198,3 +198,26 @@ async def test_closing_a_client_during_a_run_ends_the_run_with_failed_then_offli
                                                                    ("client closed", None)]
     assert c.status.kind == "offline" and c.status.reason == "client closed"
     assert [p.status for p in a.pending()] == ["pending"]  # sent again at the next sync
+
+
+async def test_a_sync_now_timeout_says_what_this_request_waits_on(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], make_proxy: ProxyFactory) -> None:
+    """It quoted ``status``, which may be an earlier run's: "sync did not complete within 30 s (completed: 2
+    up, ...)" for a request that was waiting on something else entirely."""
+    relay = await make_relay()
+    proxy = await make_proxy(relay.port)
+    a = make_replica("a")
+    async with client(a, proxy.url) as c:
+        await sync(c)
+        a.create("accounts", {"name": "under way"})
+        proxy.hold()  # the relay's answers never arrive: the run stays under way
+        with pytest.raises(SyncError) as own:
+            await c.sync_now(timeout=1.0)
+        assert "(its run is under way" in str(own.value) and "it stays queued" in str(own.value), own.value
+        with pytest.raises(SyncError) as behind:
+            await c.sync_now(["accounts"], timeout=0.05)
+        assert "(queued behind 1 request, one under way)" in str(behind.value), behind.value
+        assert not {"completed", "started"} & set(f"{own.value} {behind.value}".replace("(", " ").split())
+        proxy.release()
+        assert (await sync(c)).uploaded == 0  # the queued requests ran; nothing left
+    assert [p.status for p in a.pending()] == []
