@@ -8,6 +8,7 @@ import datetime as dt
 import math
 from typing import Any
 
+import orjson
 import pytest
 
 from crdtsync import Collection, DateTime, Float, LocalError, Replica, Schema, Set, Str
@@ -65,3 +66,36 @@ def test_naive_and_aware_datetimes_order_as_utc(written: bool) -> None:
 def test_sets_order_by_their_elements(written: bool) -> None:
     r = replica([{"tags": {"b"}}, {"tags": {"a"}}, {"tags": {"c"}}, {"tags": {"a", "b"}}, {}], written)
     assert [x.id for x in r.query("acc", order_by="tags")] == ["id4", "id1", "id3", "id0", "id2"]
+
+
+def test_values_of_several_kinds_order_by_kind_then_value(tmp_path: Any) -> None:
+    """Kept as stored: a set's elements written under an older element kind beside new ones, a peer's list
+    or object in a plain field. order_by raised TypeError on them (set elements compared str with int,
+    dicts with dicts); they order by kind, then value, never raising."""
+    from pycrdt import Doc, Map
+
+    from crdtsync import Int
+    from crdtsync.codec import write_bytes
+
+    path = tmp_path / "r.db"
+    r = Replica.open(path, SCHEMA, device="a", user="u")
+    for i, tags in enumerate([{"south"}, {"north"}]):
+        r.create("acc", {"name": f"r{i}", "tags": tags}, id=f"id{i}")
+    r.close()
+    ints = Schema(Collection("acc", {"name": Str(), "x": Float(allow_nan=True), "at": DateTime(),
+                                     "tags": Set(Int())}))
+    r = Replica.open(path, ints, device="a", user="u")
+    r.create("acc", {"name": "r2", "tags": {7}}, id="id2")
+    assert [x.id for x in r.query("acc", order_by="tags")] == ["id2", "id1", "id0"]  # int, then str
+    blob = bytearray(b"CSX1")
+    for rid, value in (("id3", {"b": 2}), ("id4", {"a": 1}), ("id5", [1]), ("id6", ["a"])):
+        doc: Doc[Any] = Doc()
+        doc.get("f", type=Map)["name\x1fpeer"] = orjson.dumps(
+            {"v": value, "t": 1 << 40, "d": "peer", "u": "p", "c": {}}).decode()
+        write_bytes(blob, orjson.dumps(["acc", rid]))
+        write_bytes(blob, doc.get_update())
+    r.import_updates(bytes(blob))
+    got = [x.id for x in r.query("acc", order_by="name")]
+    assert got == ["id4", "id3", "id6", "id5", "id0", "id1", "id2"]  # dict, list, str (by JSON text)
+    assert [x.id for x in r.query("acc", order_by="name", descending=True)] == got[::-1]
+    r.close()

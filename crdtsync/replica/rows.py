@@ -281,7 +281,7 @@ class Rows:
                 present.sort(key=_first, reverse=descending)
             except TypeError:  # values of several types (a field whose kind changed between app versions
                 # keeps the values written before that its new kind cannot read): grouped by type
-                present.sort(key=lambda p: (type(p[0]).__name__, p[0]), reverse=descending)
+                present.sort(key=lambda p: (type(p[0]).__name__, _total(p[0])), reverse=descending)
             out = [r for _, r in present] + nans + missing
             if limit is not None:
                 out = out[:limit]
@@ -303,6 +303,20 @@ def _sortable(value: Any) -> Any:
             return tuple(sorted(elements))
         except TypeError:
             return tuple(sorted(elements, key=lambda x: (type(x).__name__, repr(x))))
+    return value
+
+
+def _total(value: Any) -> Any:
+    """A key that orders any values of one type (``query``'s fallback, after grouping by type): a set's
+    elements (a tuple from ``_sortable``) by type, then value; values no order exists for (a peer's list
+    or object in a plain field, kept as stored) by their JSON text."""
+    if isinstance(value, tuple):
+        return tuple((type(x).__name__, _total(x)) for x in value)
+    if isinstance(value, dict | list):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            return repr(value).encode()
     return value
 
 
