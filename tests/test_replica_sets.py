@@ -107,3 +107,20 @@ def test_the_history_array_keeps_its_order() -> None:
     history = [(e.field, e.op, e.value) for e in r.history("acc", rid)]  # oldest first, by time
     assert history == [("name", "create", "x"), *[("tags", "add", x) for x in tags],
                        ("name", "set", "y"), *[("tags", "remove", x) for x in tags[-3:]]]
+
+
+def test_an_element_kept_as_stored_can_be_removed(tmp_path: Path) -> None:
+    """A ``Set(Str)`` made a ``Set(Date)``: "soon" cannot be read as a date and shows as stored. Every write
+    that removed it raised AttributeError (``"soon".isoformat()``): the field could never change again."""
+    path = tmp_path / "r.db"
+    r = Replica.open(path, Schema(Collection("t", {"due": Set(Str())})), device="a", user="u")
+    rid = r.create("t", {"due": {"soon", "2024-05-01"}})
+    r.close()
+    r = Replica.open(path, Schema(Collection("t", {"due": Set(Date())})), device="a", user="u")
+    rec = r.get("t", rid)
+    assert rec is not None and rec["due"] == {"soon", dt.date(2024, 5, 1)}
+    r.update("t", rid, {"due": {dt.date(2024, 5, 1), dt.date(2024, 6, 1)}})
+    assert (rec := r.get("t", rid)) is not None and rec["due"] == {dt.date(2024, 5, 1), dt.date(2024, 6, 1)}
+    r.update("t", rid, {"due": frozenset()})
+    assert (rec := r.get("t", rid)) is not None and rec["due"] == frozenset()
+    r.close()

@@ -280,7 +280,7 @@ class RecordDoc(MergingRecordDoc):
         gone = old - new
         stored = _stored_as(of, entries, gone) if gone else {}
         for value in sorted(gone, key=repr):
-            enc = of.encode(value)
+            enc = _encoded(of, value)
             # every element stored that reads as this value: the same instant under two offsets, a value
             # written under an older element kind (a Date now read as a DateTime) are one value, and
             # removing it must remove them all, or it stays
@@ -305,6 +305,15 @@ class RecordDoc(MergingRecordDoc):
             self._log("deleted", "delete" if deleted else "restore", deleted, t)
 
         return self._write(body)
+
+
+def _encoded(of: Field, value: Any) -> Any:
+    """``of.encode(value)``, or ``value`` itself for one shown as stored (written under another element
+    kind, which ``of`` cannot encode: a ``"soon"`` in a set made a ``Set(Date)``): removing it must work."""
+    try:
+        return of.encode(value)
+    except (AttributeError, TypeError, ValueError):
+        return value
 
 
 def _stored_as(of: Field, entries: Mapping[str, list[SetEntry]], values: frozenset[Any]) -> dict[Any, list[str]]:
