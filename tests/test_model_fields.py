@@ -295,3 +295,32 @@ def test_concurrent_edits_inside_one_long_paragraph_both_survive(trio: list[Repl
     want = words.replace("client", "customer").replace("call ahead", "phone ahead") \
         .replace("the pump in the basement", "the heat pump in the garage") + "\nSecond paragraph."
     assert a.get("items", rid)["notes"] == b.get("items", rid)["notes"] == want  # type: ignore[index]
+
+
+def test_writes_to_a_counter_summed_beyond_64_bits_agree_everywhere(trio: list[Replica]) -> None:
+    """A sum beyond 64 bits shows clamped; a write to it is a difference from the real sum: setting the
+    value made this device show it while every other replica, and its own export, showed the clamped
+    sum. An increment that brings the sum back towards the range is taken, one taking it further is not."""
+    from crdtsync import ValidationError
+
+    a, b, c = trio
+    m = 2**63 - 1
+    rid = a.create("items", {"visits": 0})
+    sync(a, b, c)
+    a.increment("items", rid, "visits", m)
+    b.increment("items", rid, "visits", m)
+    sync(a, b, c)
+    with pytest.raises(ValidationError, match="64 bits"):
+        a.increment("items", rid, "visits", 1)
+    a.increment("items", rid, "visits", -1)  # the sum is 2M-1: still shown M
+    sync(a, b, c)
+    assert {(r.get("items", rid) or pytest.fail()).fields["visits"] for r in trio} == {m}
+    with pytest.raises(ValidationError, match="this device's share"):  # c's share is 0: -2M does not fit
+        c.update("items", rid, {"visits": 5})
+    a.update("items", rid, {"visits": 5})  # a's share is M-1: M-1 - (2M-1) + 5 fits
+    assert (rec := a.get("items", rid)) is not None and rec.fields["visits"] == 5
+    sync(a, b, c)
+    fresh = Cluster(SCHEMA, 1).replicas[0]
+    fresh.import_updates(a.export_updates())
+    for r in (*trio, fresh):
+        assert (rec := r.get("items", rid)) is not None and rec.fields["visits"] == 5

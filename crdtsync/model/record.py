@@ -123,9 +123,11 @@ class RecordDoc(MergingRecordDoc):
         # a counter slot holds its writer's running total: checked before anything is written (a write that
         # fails half-way would leave its first fields in the document, which has no rollback)
         totals: dict[str, int] = {}
+        deltas: dict[str, int] = {}
         for name, value in values.items():
             if self.collection.fields[name].merge == "counter":
-                delta = value - state.fields.get(name, 0)
+                # against the sum of the slots: the state shows a sum beyond 64 bits clamped
+                delta = deltas[name] = value - self.counter_sum(name)
                 own = slots.get(f"{name}{SEP}{self.writer}")
                 total = totals[name] = (share(own.value) if own else 0) + delta
                 if not INT64_MIN <= total <= INT64_MAX:
@@ -158,7 +160,11 @@ class RecordDoc(MergingRecordDoc):
                     self._log(name, "text", value, t)
                 elif f.merge == "counter":
                     self._put_slot(name, totals[name], t, seen)
-                    self._log(name, "inc", value - state.fields.get(name, 0), t)
+                    delta = deltas[name]
+                    if INT64_MIN <= delta <= INT64_MAX:
+                        self._log(name, "inc", delta, t)
+                    else:  # (bringing a sum beyond 64 bits back: the difference has no JSON form)
+                        self._log(name, "set", value, t)
                 else:
                     self._write_set(name, frozenset(value), state.fields.get(name, frozenset()), t, seen)
 
@@ -168,6 +174,11 @@ class RecordDoc(MergingRecordDoc):
                                               for n in values):
             self._state = self._advanced(state, values, t)
         return out
+
+    def counter_sum(self, name: str) -> int:
+        """The sum of a counter's slots, beyond 64 bits if they add up to that (``state()`` shows it clamped):
+        what a write of the counter's new value is a difference from."""
+        return sum(share(s.value) for s in self.slots().values() if s.field == name)
 
     def _write_registers(self, values: Mapping[str, Any], t: int, op: str, seen: Mapping[str, int]) -> bytes:
         """``write`` of plain (register) fields: what ``_write`` with ``_put_slot`` and ``_log`` does, in one
@@ -256,6 +267,8 @@ class RecordDoc(MergingRecordDoc):
                     fields[name] = f.decode(enc)
                 except Invalid:
                     fields[name] = enc
+            elif f.merge == "counter":  # the sum written, shown within 64 bits (as ``compute_state``)
+                fields[name] = max(INT64_MIN, min(INT64_MAX, value))
             else:
                 fields[name] = value
             changed_by[name] = by

@@ -7,7 +7,7 @@ A refused change raises ``Refused`` (``Waits``: held for the device to send agai
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,7 +102,7 @@ def _excess(doc: RecordDoc, name: str, f: Field) -> tuple[int, int]:
 
 
 def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: Mapping[str, int],
-                       touched: Iterable[str]) -> None:
+                       touched: Iterable[str], was: Callable[[], RecordDoc]) -> None:
     """Limits that hold per write but not per merge: a text's ``max_length``, a set's ``max_items``, and a
     counter's 64 bits. Two devices that each add 600 characters offline to a 1000-character note both wrote
     valid values; the second to arrive makes the merged note too long, and is refused as ``invalid`` (the
@@ -113,7 +113,9 @@ def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: 
     Only a change that takes such a field further beyond its limit is refused: a record already over a
     limit (lowered after it was written) stays writable, in its other fields and in that one, as long as
     the change does not make it longer (one shortening the note, a rename, a delete). A counter is
-    summed only when the change wrote one of its slots (``touched``: the slot keys it set)."""
+    summed only when the change wrote one of its slots (``touched``: the slot keys it set), and, when the
+    sum is beyond 64 bits, compared with the record as it was (``was`` rebuilds it: only then), so that a
+    sum beyond stored earlier (by a relay from before this check) may come back towards the range."""
     counters: set[str] | None = None
     for name, f in limits:
         if isinstance(f, Counter):
@@ -123,6 +125,8 @@ def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: 
                 continue
         excess, size = _excess(doc, name, f)
         if excess <= before.get(name, 0):
+            continue
+        if isinstance(f, Counter) and excess <= _excess(was(), name, f)[0]:
             continue
         where = f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it"
         if isinstance(f, Text):

@@ -366,7 +366,9 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            refuse_over_limits(doc, limits, excess, touched)
+            refuse_over_limits(doc, limits, excess, touched, lambda: new_record_doc(
+                doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user, client_id=0,
+                updates=saved))
             if self.max_record is not None and sum(map(len, doc.parts())) > self.max_record:
                 size = len(doc.full_update())  # (the parts' total is an upper bound: exact only when needed)
                 if size > self.max_record:

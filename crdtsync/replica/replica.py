@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import LocalError, NoSuchConflict, RecordDeleted, RecordExists, RecordNotFound, ValidationError
 from ..model.record import RecordDoc
 from ..model.state import Conflict, HistoryEntry
-from ..schema import Bool, Invalid
+from ..schema import INT64_MAX, INT64_MIN, Bool, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
@@ -79,12 +79,14 @@ class Replica(ExchangingReplica):
         self._writable(coll, id)
 
         def write(doc: RecordDoc, t: int) -> bytes:
-            current = doc.state().fields.get(field, 0)
+            current = doc.counter_sum(field)  # (the state shows a sum beyond 64 bits clamped)
             total = current + by
             try:
                 f.check(total)
             except Invalid as e:
-                raise ValidationError(collection, id, field, f"incrementing by {by}: {e}") from None
+                # a sum beyond 64 bits (merged directly: the relay refuses that) may still come back towards it
+                if _beyond(total) >= _beyond(current):
+                    raise ValidationError(collection, id, field, f"incrementing by {by}: {e}") from None
             return doc.write({field: total}, t, op="inc")
 
         self._commit_local(coll, id, "increment", {field: by}, write)
@@ -278,3 +280,8 @@ class Replica(ExchangingReplica):
         else:
             self._emit([ChangeEvent(collection, rid, "local", rec)])
         return gone
+
+
+def _beyond(total: int) -> int:
+    """How far a counter's sum is outside 64 bits (0: within)."""
+    return max(0, total - INT64_MAX, INT64_MIN - total)

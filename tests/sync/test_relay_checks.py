@@ -12,6 +12,7 @@ from pycrdt import Doc, Map
 from websockets.asyncio.client import connect
 
 from crdtsync import Replica
+from crdtsync.model.record import RecordDoc
 from crdtsync.model.slots import SEP
 from crdtsync.protocol import Ack, Change, Push
 from crdtsync.relay import Grant
@@ -182,3 +183,44 @@ def test_a_change_whose_merge_takes_a_counter_beyond_64_bits_is_refused(first: i
     b.import_updates(a.export_updates())
     b.update("visits", rid, {"summary": "later"})  # a change not touching the counter goes in
     assert _push(log, b, grant).ok
+
+
+def test_a_counter_summed_beyond_64_bits_before_the_check_may_come_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relay from before the check stored two increments of M: the sum is 2M. A change that brings it
+    towards the range goes in; one that takes it further is refused. Every change was refused, a decrement
+    included, and each blocked the record on its device."""
+    import crdtsync.relay.log as relay_log
+
+    m = 2**63 - 1
+    log = RelayLog(MemoryStore(), COUNTED)
+    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
+    a = Replica(MemoryStore(), COUNTED, device="a", user="u")
+    b = Replica(MemoryStore(), COUNTED, device="b", user="u")
+    rid = a.create("visits", {"summary": "s"})
+    assert _push(log, a, grant).ok
+    a.acknowledge(p.id for p in a.pending())
+    b.import_updates(a.export_updates())
+    a.increment("visits", rid, "count", m)
+    b.increment("visits", rid, "count", m)
+    with monkeypatch.context() as older:  # the relay before the check
+        older.setattr(relay_log, "refuse_over_limits", lambda *args: None)
+        for r in (a, b):
+            assert _push(log, r, grant).ok
+            r.acknowledge(p.id for p in r.pending())
+    a.import_updates(b.export_updates())
+    a.increment("visits", rid, "count", -1)
+    out = _push(log, a, grant)
+    assert out.ok and not out.rejected, out
+    a.acknowledge(out.ok)
+    a.increment("visits", rid, "count", -1)
+    a.update("visits", rid, {"summary": "later"})
+    assert len(_push(log, a, grant).ok) == 2
+    a.acknowledge(p.id for p in a.pending())
+    c = Replica(MemoryStore(), COUNTED, device="c", user="u")
+    c.import_updates(a.export_updates())
+    with monkeypatch.context() as blind:  # a device that sees a sum within range (its own check passes)
+        blind.setattr(RecordDoc, "counter_sum", lambda self, name: 0)
+        c.increment("visits", rid, "count", 1)
+    [rej] = _push(log, c, grant).rejected
+    assert rej.code == "invalid" and "does not fit in 64 bits" in rej.reason
+    assert log.reader.get("visits", rid).doc.counter_sum("count") == 2 * m - 2
