@@ -45,10 +45,10 @@ from ..errors import RemoteValidationError
 from ..schema import Collection, Field, Invalid
 from .record import RecordDoc
 from .slots import DELETED, SEP, Slot
-from .state import Candidate, RecordState, hidden_fields
+from .state import UNWRITTEN, Candidate, RecordState, hidden_fields
 
 __all__ = ["DRAFT", "IMAGE", "SERVER_WRITER", "Draft", "DraftMode", "DraftRecordDoc", "Image", "Replay",
-           "apply_draft", "decode_value", "encode_value"]
+           "apply_draft", "decode_value", "encode_value", "shown_value"]
 
 DRAFT = "@draft"
 IMAGE = "@image"
@@ -68,14 +68,43 @@ def encode_value(f: Field, value: Any) -> Any:
 
 
 def decode_value(f: Field, raw: Any) -> Any:
+    """A field's value from its JSON in a draft; ``Invalid`` (or the decoder's TypeError) if it is not one."""
+    if raw is None:
+        return UNWRITTEN[f.merge]
     if f.merge == "set":
+        if not isinstance(raw, list):  # (a str would be read as the set of its characters)
+            raise Invalid(f"a set is stored as a list, not {type(raw).__name__}")
         of = f.of  # type: ignore[attr-defined]
-        return frozenset(of.decode(v) for v in (raw or ()))
+        return frozenset(of.decode(v) for v in raw)
     if f.merge == "text":
-        return raw or ""
+        if not isinstance(raw, str):
+            raise Invalid(f"a text is stored as a str, not {type(raw).__name__}")
+        return raw
     if f.merge == "counter":
-        return raw or 0
+        if raw.__class__ is not int:
+            raise Invalid(f"a counter is stored as an int, not {type(raw).__name__}")
+        return raw
     return f.decode(raw)
+
+
+def shown_value(f: Field, raw: Any) -> Any:
+    """What a draft's value shows as when ``decode_value`` refuses it (written under older rules or another
+    kind, as a merge brings it): a plain field's value as stored; a set's elements that still read (or
+    are plain values), a text, counter or set that another kind wrote as never written (as under ``crdt``,
+    docs/records.md, schema changes)."""
+    if f.merge == "register":
+        return raw
+    if f.merge == "set" and isinstance(raw, list):
+        of = f.of  # type: ignore[attr-defined]
+        out = set()
+        for v in raw:
+            try:
+                out.add(of.decode(v))
+            except (Invalid, TypeError, ValueError, AttributeError):
+                if isinstance(v, str | int | float | bool):
+                    out.add(v)
+        return frozenset(out)
+    return UNWRITTEN[f.merge]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +251,8 @@ class DraftRecordDoc(RecordDoc):
             for name, f in coll.fields.items():
                 try:
                     values[name] = decode_value(f, view.fields.get(name))
-                except (Invalid, TypeError, AttributeError):  # stored under other rules or another kind
-                    values[name] = view.fields.get(name)
+                except (Invalid, TypeError, ValueError, AttributeError):  # under other rules or another kind
+                    values[name] = shown_value(f, view.fields.get(name))
             vector: dict[str, int] = {}
             for d in self.drafts():
                 vector[d.writer] = max(vector.get(d.writer, 0), d.t)
