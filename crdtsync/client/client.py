@@ -538,20 +538,19 @@ class SyncClient:
         it refused as ``invalid`` or ``gone`` back in the queue, for this run to send again. A device
         upgraded before its relay had a new field refused as unknown, and kept it as an error until the
         user called ``retry()``. Refused again, they are errors again, as before. Nothing without
-        WELCOME's ``schema`` (an older relay)."""
+        WELCOME's ``schema`` (an older relay); the first fingerprint a device gets counts as a change."""
         if welcome.schema is None:
             return
         now = welcome.schema.encode()
-        last = self.replica.get_meta(_SCHEMA)
-        if last == now:
+        if self.replica.get_meta(_SCHEMA) == now:
             return
-        if last is not None:
-            again = sorted({(p.collection, p.record) for p in self.replica.pending()
-                            if p.status == "error" and p.error is not None and p.error[0] in ("invalid", "gone")})
-            for c, rid in again:
-                self.replica.retry(c, rid)
-            if again:
-                log.info("the relay's schema changed: retrying the refused changes of %d record(s)", len(again))
+        # (none stored counts as a change: the first relay to send one is likely the one just upgraded)
+        again = sorted({(p.collection, p.record) for p in self.replica.pending()
+                        if p.status == "error" and p.error is not None and p.error[0] in ("invalid", "gone")})
+        for c, rid in again:
+            self.replica.retry(c, rid)
+        if again:
+            log.info("the relay's schema changed: retrying the refused changes of %d record(s)", len(again))
         self.replica.set_meta(_SCHEMA, now)
 
     async def _upload(self, session: _Session, collections: frozenset[str] | None,

@@ -206,6 +206,11 @@ async def test_changes_a_relay_refused_are_sent_again_once_it_runs_a_new_schema(
         async with client(dev, f"ws://127.0.0.1:{port}") as c:
             result = await sync(c)
         assert result.uploaded == 0 and [p.status for p in dev.pending()] == ["error"]
+        # as a device whose library kept no fingerprint: the first one it gets counts as a change
+        dev.store.remove(("meta", "app", "sync.schema"))
+        async with client(dev, f"ws://127.0.0.1:{port}") as c:
+            result = await sync(c)
+        assert result.uploaded == 0 and result.rejected == 1 and [p.status for p in dev.pending()] == ["error"]
         await stop(relay, store)
         relay, store, port = await start(SCHEMA, port)
         async with client(dev, f"ws://127.0.0.1:{port}") as c:
