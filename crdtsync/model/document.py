@@ -301,9 +301,13 @@ class BaseRecordDoc:
         for raw in self._read(self._hist):
             try:
                 p = orjson.loads(raw)
-                out.append(HistoryEntry(p["f"], p["o"], p.get("v"), p["d"], p["u"], p["t"]))
+                e = HistoryEntry(p["f"], p["o"], p.get("v"), p["d"], p["u"], p["t"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
+            # an entry no device writes (a peer's, merged directly: the relay checks them) is left out, not
+            # sorted with the others (a str time beside int ones raised TypeError)
+            if e.time.__class__ is int and isinstance(e.device, str) and isinstance(e.field, str):
+                out.append(e)
         out.sort(key=lambda h: (h.time, h.device))
         return out
 
