@@ -367,8 +367,8 @@ class RelayLog:
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
             refuse_over_limits(doc, limits, excess, touched)
-            if self.max_record is not None and sum(map(len, doc.parts())) > self.max_record:
-                size = len(doc.full_update())  # (the parts' total is an upper bound: exact only when needed)
+            if self.max_record is not None and doc.size_bound() > self.max_record:
+                size = doc.encoded_size()  # (exact only when the bound is over; it makes the bound exact again)
                 if size > self.max_record:
                     raise Refused("invalid", f"{c}/{rid} would be {size} bytes, more than the relay sends in one "
                                              f"frame ({self.max_record}): split what it holds")
