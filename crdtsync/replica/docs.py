@@ -16,11 +16,13 @@ A record is loaded from its snapshot and updates on first use and evicted, least
 when the cache holds more than ``cache_size`` records or more than ``cache_bytes`` bytes of encoded
 updates (a few records with long notes weigh as much as thousands of small ones). A pinned record is
 never evicted: the relay pins those with staged changes not committed yet. Compaction folds the updates
-into the snapshot once there are ``compact_after`` of them, they weigh at least ``compact_ratio`` of the
-snapshot, and none is pending. The weight rule keeps the cost of compaction per byte written constant: a
-record's whole state is encoded and stored again only after updates worth a fixed share of it (by count
-alone, a record with a long history was re-encoded and stored whole every 64 changes: at 8 MB, 20 ms and
-8 MB written each time, a cost per change that grew with the record).
+into the snapshot once there are ``compact_after`` of them and none is pending, and either they weigh at
+least ``compact_ratio`` of the snapshot or there are ``compact_max`` of them. The weight rule keeps the cost
+of compaction per byte written about constant: a record's whole state is encoded and stored again only
+after updates worth a share of it (by count alone, a record with a long history was re-encoded and stored
+whole every 64 changes: at 8 MB, 20 ms and 8 MB written each time, a cost per change that grew with the
+record). The count cap bounds the parts a record is loaded (or, on the relay, sent whole) from: merging a
+snapshot with 5,000 small updates took 0.5 s, against 0.08 s with a few.
 """
 
 from __future__ import annotations
@@ -76,8 +78,8 @@ class RecordDocs:
 
     def __init__(self, store: ByteStore, schema: Schema, *, device: str, user: str, client_id: int,
                  new_client_id: Callable[[], int], cache_size: int = 2000, cache_bytes: int | None = None,
-                 compact_after: int = 64, compact_ratio: float = 0.25, wall: Callable[[], int] | None = None,
-                 local: LocalChanges | None = None) -> None:
+                 compact_after: int = 64, compact_ratio: float = 0.25, compact_max: int = 1024,
+                 wall: Callable[[], int] | None = None, local: LocalChanges | None = None) -> None:
         self.store = store
         self.local = local  # the device's pending updates; None for the relay, which has none
         self.schema = schema
@@ -89,6 +91,7 @@ class RecordDocs:
         self.cache_bytes = cache_bytes  # None: no bound but the count
         self.compact_after = compact_after
         self.compact_ratio = compact_ratio
+        self.compact_max = compact_max
         self.wall = wall  # the device's wall clock, for strategies that stamp it (lww-field)
         self._cache: OrderedDict[tuple[str, str], LoadedRecord] = OrderedDict()
         self._sizes: dict[tuple[str, str], int] = {}  # each cached record's weight when last touched
@@ -361,7 +364,9 @@ class RecordDocs:
 
     def maybe_compact(self, batch: Batch, collection: str, record_id: str, lr: LoadedRecord | None = None) -> None:
         lr = lr or self.get(collection, record_id)
-        if lr.pending or len(lr.confirmed) < self.compact_after or lr.upd_bytes < self.compact_ratio * lr.snap_bytes:
+        n = len(lr.confirmed)
+        if lr.pending or n < self.compact_after or (n < self.compact_max
+                                                    and lr.upd_bytes < self.compact_ratio * lr.snap_bytes):
             return
         self.compact(batch, collection, record_id, lr)
 

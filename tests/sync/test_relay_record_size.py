@@ -96,3 +96,16 @@ def test_stored_updates_are_compacted_after_a_share_of_the_snapshot_not_a_count(
     assert len(snaps) >= 2, snaps
     assert log.store.load(("snap", "accounts", rid)) is not None
     assert log.docs.get("accounts", rid).doc.state().fields["employees"] == 400
+
+
+def test_stored_updates_are_compacted_once_they_are_many_however_light() -> None:
+    # a 100 KB record: 300 changes of ~200 bytes weigh less than a quarter of it, but a record loaded (or sent
+    # whole) from thousands of small updates took six times as long as from a few
+    log, dev, rid = _hot(name=50_000)
+    log.docs.compact_max = 100
+    most = 0
+    for i in range(1, 301):
+        dev.update("accounts", rid, {"employees": i})
+        assert _sync(log, dev).ok
+        most = max(most, len(log.store.load_range(("upd", "accounts", rid))))
+    assert most < 100, most
