@@ -295,7 +295,7 @@ def test_history_read_off_a_forged_update_is_what_the_delta_shows(edit: Any) -> 
 
 def test_tracing_a_change_costs_about_the_same_however_long_the_history() -> None:
     """The relay learns the history entries a change inserted without the array's delta, which Yrs makes by
-    walking every entry (0.2 ms a change at 20,000 entries, 10 times what the rest of applying it costs)."""
+    walking every entry: 0.21 ms a change at 40,000 entries, against 0.014 ms at 2,000."""
     def cost(history: int) -> float:
         dev = RecordDoc(COLL, "r0", writer="d", device="d", user="u", client_id=5)
         for i in range(history):
