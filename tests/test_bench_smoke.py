@@ -67,3 +67,13 @@ def test_protocol_core_paths_run_at_toy_size(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert sum("baseline" in line for line in out.splitlines()) == 5
     assert "relay: receive PUSH + one ACK per group" in out
+
+
+def test_hot_record_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import bench_hot_record
+    assert bench_hot_record.main(["--writes", "600", "--sync", "100", "--window", "200", "--marks", "200,400"]) == 0
+    assert bench_hot_record.main(["--kinds", "--kind-writes", "40", "--sync", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "cost at the last checkpoint / at the first" in out
+    assert set(_rows(out, {"employees", "owner", "visits", "tags", "notes"})) == {
+        "employees", "owner", "visits", "tags", "notes"}

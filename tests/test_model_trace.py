@@ -4,12 +4,15 @@ an update that builds on a missing one."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import Doc, Map, merge_updates
+from pycrdt import Array, Doc, Map, merge_updates
 
 from crdtsync import Replica
 from crdtsync.demo import DEMO_SCHEMA
@@ -242,3 +245,70 @@ def test_a_traced_document_is_freed_once_dropped() -> None:
         assert traced is not None and traced.new
     del doc, traced
     assert tracers() == before
+
+
+def _forged(base: bytes, edit: Any) -> bytes:
+    """An update made with plain pycrdt over ``base``, in one transaction, as an attacker would."""
+    doc: Doc[Any] = Doc()
+    doc.apply_update(base)
+    before = doc.get_state()
+    with doc.transaction():
+        edit(doc.get("h", type=Array), doc.get("f", type=Map))
+    return doc.get_update(before)
+
+
+def _slot(v: str) -> str:
+    return orjson.dumps({"v": v, "t": 2**40, "d": "x", "u": "u", "c": {}}).decode()
+
+
+FORGED = {
+    "deletes an entry": lambda h, f: h.__delitem__(1),
+    "deletes one entry and adds another": lambda h, f: (h.__delitem__(1), h.insert(0, "added")),
+    "inserts in the middle": lambda h, f: h.insert(2, "wedged"),
+    "appends": lambda h, f: h.append("appended"),
+    "writes a slot twice and adds an entry": lambda h, f: (f.__setitem__("name\x1fx", _slot("a")),
+                                                            f.__setitem__("name\x1fx", _slot("b")), h.insert(0, "e")),
+    "deletes an entry and writes a slot": lambda h, f: (h.__delitem__(0), f.__setitem__("name\x1fx", _slot("a"))),
+    "adds an entry equal to a slot value": lambda h, f: (f.__setitem__("name\x1fx", _slot("s")),
+                                                           h.insert(0, _slot("s"))),
+    "adds a value that is no string": lambda h, f: h.insert(0, 5),
+}
+
+
+@pytest.mark.parametrize("edit", FORGED.values(), ids=FORGED.keys())
+def test_history_read_off_a_forged_update_is_what_the_delta_shows(edit: Any) -> None:
+    """The history entries a change inserted, and whether it deleted any, are read off its update when that
+    can tell, else from the array's delta: either way, what observing the apply reports."""
+    base = UPDATES[:6]
+    traced_doc, observed_doc = fresh(), fresh()
+    for u in base:
+        traced_doc.apply(u)
+        observed_doc.apply(u)
+    update = _forged(traced_doc.full_update(), edit)
+    t = traced_doc.apply_traced(update)
+    o, complete = apply_observed(observed_doc, update)
+    assert t is not None and complete
+    assert sorted(t.history) == sorted(o.history) and t.history_deleted == o.history_deleted
+    assert t.new == o.new and traced_doc.full_update() == observed_doc.full_update()
+    assert traced_doc.state() == observed_doc.state()
+
+
+def test_tracing_a_change_costs_about_the_same_however_long_the_history() -> None:
+    """The relay learns the history entries a change inserted without the array's delta, which Yrs makes by
+    walking every entry: 0.21 ms a change at 40,000 entries, against 0.014 ms at 2,000."""
+    def cost(history: int) -> float:
+        dev = RecordDoc(COLL, "r0", writer="d", device="d", user="u", client_id=5)
+        for i in range(history):
+            dev.write({"employees": i}, 2**40 + i)
+        relay = new_record_doc(COLL, "r0", writer="relay", device="relay", user="relay", client_id=7,
+                               updates=[dev.full_update()])
+        times = []
+        for i in range(60):
+            update = dev.write({"employees": -i}, 2**41 + i)
+            t0 = time.perf_counter()
+            assert relay.apply_traced(update) is not None
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    small, large = cost(2000), cost(40_000)
+    assert large / small < 3, (small, large)

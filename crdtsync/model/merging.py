@@ -9,7 +9,7 @@ from pycrdt import Doc, get_update, merge_updates
 
 from ..errors import MalformedUpdate
 from .checks import CheckedRecordDoc
-from .trace import Traced, Tracer
+from .trace import Traced, Tracer, any_strings, history_from_update
 from .yrs import RawTxn
 
 __all__ = ["MergingRecordDoc", "integrated", "merged"]
@@ -278,12 +278,17 @@ class MergingRecordDoc(CheckedRecordDoc):
         self._changed_remotely()
         return update
 
-    def apply_traced(self, update: bytes) -> Traced | None:
+    def apply_traced(self, update: bytes, *, exact: bool = False) -> Traced | None:
         """``apply``, reporting what the update did (``Traced``): the relay checks each change by that.
 
         One bare Yrs transaction, watched by lasting subscriptions (``model/trace.py``). None, and nothing
         applied, where that does not hold: a document a pycrdt ``Doc`` wraps (its observers expect pycrdt
         transactions) or one with held updates (``apply`` retries them): use ``apply`` and observe it then.
+
+        The history entries it inserted are read off the update when all it holds is JSON strings (any
+        change but a text edit: ``history_from_update``), else (or ``exact``) from the history's delta,
+        whose cost grows with the history. When the update cannot tell (a forged one), the document is
+        rebuilt as it was and the update applied again, traced by the delta.
         """
         if self._pdoc is not None or self.held:
             return None
@@ -294,10 +299,15 @@ class MergingRecordDoc(CheckedRecordDoc):
                 slots, sets = self._handles(txn._txn)
                 hist = ydoc.get_or_insert_array(txn._txn, "h")
             tracer = self._tracer = Tracer(ydoc, slots, sets, hist)
-        traced = tracer.arm()
+        exact = exact or any_strings(update) is None
+        traced = tracer.arm(exact=exact)
+        hist = tracer.history
         try:
             with RawTxn(ydoc) as txn:
-                ydoc.apply_update(txn._txn, update)
+                t = txn._txn
+                length = hist.len(t)
+                ydoc.apply_update(t, update)
+                grown = hist.len(t) - length
         except ValueError as e:
             raise MalformedUpdate(f"{self.collection.name}/{self.id}: {e}") from None
         finally:
@@ -311,6 +321,9 @@ class MergingRecordDoc(CheckedRecordDoc):
             self._build(ydoc.client_id())  # without what is pending
             return Traced(held=True)
         new = traced.new
+        if traced.history_changed and not exact and not history_from_update(traced, grown):
+            self._build(ydoc.client_id())  # as it was: the update again, traced exactly
+            return self.apply_traced(update, exact=True)
         if new:
             self._parts.append(new)
             self._tail_bytes += len(new)

@@ -369,8 +369,8 @@ class RelayLog:
             refuse_over_limits(doc, limits, excess, touched, lambda: new_record_doc(
                 doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user, client_id=0,
                 updates=saved))
-            if self.max_record is not None and sum(map(len, doc.parts())) > self.max_record:
-                size = len(doc.full_update())  # (the parts' total is an upper bound: exact only when needed)
+            if self.max_record is not None and doc.size_bound() > self.max_record:
+                size = doc.encoded_size()  # (exact only when the bound is over; it makes the bound exact again)
                 if size > self.max_record:
                     raise Refused("invalid", f"{c}/{rid} would be {size} bytes, more than the relay sends in one "
                                              f"frame ({self.max_record}): split what it holds")
