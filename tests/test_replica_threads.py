@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crdtsync import Collection, Counter, Int, Replica, Schema, Set, Str, Text
+from crdtsync import Collection, Counter, Int, Replica, Schema, Set, Str, Text, ValidationError
 from crdtsync.replica.locking import LOCKED
 
 SCHEMA = Schema(Collection("accounts", {"name": Str(), "n": Int(), "visits": Counter(), "notes": Text(),
@@ -96,3 +96,42 @@ def test_a_listener_may_call_the_replica_from_inside_a_write() -> None:
     t.join(timeout=20)
     assert not t.is_alive() and len(made) == 1
     assert len(seen) == 1 and getattr(seen[0], "id", None) == made[0]
+
+
+def test_methods_that_take_the_lock_themselves_take_it() -> None:
+    """``update`` takes the lock itself (``holds_lock``), not through the wrapper: it must still take it,
+    and give it back when it raises."""
+    class Recording:
+        def __init__(self) -> None:
+            self.inner = threading.RLock()
+            self.held = 0
+            self.taken = 0
+
+        def acquire(self) -> bool:
+            self.inner.acquire()
+            self.held += 1
+            self.taken += 1
+            return True
+
+        def release(self) -> None:
+            self.held -= 1
+            self.inner.release()
+
+        def __enter__(self) -> bool:
+            return self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
+    r = Replica.open(":memory:", SCHEMA, device="a", user="u")
+    rid = r.create("accounts", {"name": "x"})
+    lock = Recording()
+    r._lock = lock  # type: ignore[assignment]
+    seen: list[int] = []
+    r.subscribe(lambda ev: seen.append(lock.held))
+    r.update("accounts", rid, {"name": "y"})
+    assert lock.taken >= 1 and lock.held == 0 and seen == [1]
+    with pytest.raises(ValidationError):
+        r.update("accounts", rid, {"nosuch": 1})
+    assert lock.held == 0
+    r.close()
