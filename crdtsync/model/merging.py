@@ -316,7 +316,12 @@ class MergingRecordDoc(CheckedRecordDoc):
             # nothing changed, so Yrs reported no transaction (an update already in, e.g. sent again): the
             # state vectors are the document's own (they were left empty, and everything looked pending)
             traced.before = traced.after = self.state_vector()
-        if get_update(update, traced.after)[:1] != b"\x00":  # a struct waits (see ``integrated``)
+        rest = get_update(update, traced.after)
+        # a struct waits, or a deletion of items the document lacks (see ``integrated``): Yrs would keep that
+        # deletion pending and apply it to the items when they come, inside another device's change (a
+        # forged delete set wiped a device's next writes, and their history, under its name)
+        if rest[:1] != b"\x00" or (rest != b"\x00\x00" and update != traced.new
+                                   and not _deletions_known(rest, traced.after)):
             self.held.append(update)
             self._build(ydoc.client_id())  # without what is pending
             return Traced(held=True)

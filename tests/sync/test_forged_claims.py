@@ -186,3 +186,37 @@ async def test_a_device_that_imported_a_file_from_a_clock_far_ahead_still_syncs(
     async with client(alice, relay.url, token="tok-alice") as c:
         res = await sync(c)
     assert res.rejected == 0 and alice.pending() == []
+
+
+async def test_a_deletion_of_items_the_relay_lacks_is_held_not_kept_pending(
+        shared: tuple[RelayHandle, Replica, str], make_replica: Callable[..., Replica]) -> None:
+    """Mallory pushes an update holding only a delete set, over alice's next clocks (items she has not
+    written yet). It was acknowledged, and Yrs kept the deletion pending in the relay's copy: alice's next
+    change then lost its values and its history entries, under her name, on every device but hers."""
+    from crdtsync.codec import varuint_bytes
+
+    relay, alice, rid = shared
+    sv = Doc()
+    sv.apply_update(stored(relay, rid))
+    client_id, clock = _only_client(sv.get_state())  # alice's Yjs client, and her next clock
+    forged = b"\x00" + b"".join(varuint_bytes(n) for n in (1, client_id, 1, clock, 1 << 20))
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, forged)
+    assert ack.ok == () and ack.held == (1,)
+    alice.update("accounts", rid, {"name": "Acme Corp", "employees": 12})
+    async with client(alice, relay.url, token="tok-alice") as c:
+        await sync(c)
+    tablet = make_replica("alice-tablet", "alice")
+    async with client(tablet, relay.url, token="tok-alice") as c:
+        await sync(c)
+    rec = tablet.get("accounts", rid)
+    assert rec is not None and (rec["name"], rec["employees"]) == ("Acme Corp", 12)
+    assert [h.value for h in tablet.history("accounts", rid) if h.field == "employees"] == [12]
+
+
+def _only_client(state: bytes) -> tuple[int, int]:
+    """The (client, clock) of a one-client encoded state vector."""
+    from crdtsync.codec import Reader
+
+    r = Reader(state)
+    assert r.varuint() == 1
+    return r.varuint(), r.varuint()
