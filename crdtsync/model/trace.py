@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Traced", "Tracer", "any_strings", "history_from_update"]
+__all__ = ["Traced", "Tracer", "any_strings", "history_from_update", "shape_error"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -217,8 +217,62 @@ def any_strings(update: bytes) -> list[str] | None:
         return None
 
 
+_MAPS = ("f", "s")  # the record's maps: every item under a key
+
+
+def shape_error(update: bytes) -> str | None:
+    """What in a Yjs v1 update a record's document cannot hold, whatever it says (None: nothing found, or an
+    update this cannot read, which Yrs then refuses or not). A device writes strings under keys of the maps
+    ``f`` and ``s``, strings into the history ``h`` and characters into its texts, nothing else: an item
+    without a key in a map, under a key in the history or a text, a nested shared type, or content of
+    another kind (binary, embeds, formats, subdocuments) would be stored and sent to every reader while no
+    API shows it (room for covert data; the relay checks what the events report). Items placed by origin
+    take their parent and key from it: only those that name their parent are checked for keys."""
+    try:
+        r = _Reader(update)
+        for _ in range(r.uint()):
+            structs, _client, _clock = r.uint(), r.uint(), r.uint()
+            for _ in range(structs):
+                info = r.byte()
+                kind = info & 0x1F
+                if kind in (0, 10):  # GC, Skip: a length
+                    r.uint()
+                    continue
+                if info & 0x80:
+                    r.uint()
+                    r.uint()
+                if info & 0x40:
+                    r.uint()
+                    r.uint()
+                if not info & 0xC0:  # no origin: the parent, and the key in a map, are written out
+                    if r.uint() != 1:
+                        return "an item inside a nested shared type"
+                    root = r.string()
+                    keyed = bool(info & 0x20)
+                    if keyed:
+                        r.string()
+                    if root in _MAPS and not keyed:
+                        return f"an item without a key in the map {root!r}"
+                    if keyed and (root == "h" or root.startswith("t:")):  # (other roots: ``check_roots``)
+                        return f"an item under a key in {root!r}"
+                if kind == 1:  # deleted: a length
+                    r.uint()
+                elif kind == 4:  # characters of a text
+                    r.skip(r.uint())
+                elif kind == 8:  # any: strings only
+                    for _ in range(r.uint()):
+                        if r.byte() != 119:
+                            return "a value that is not a string"
+                        r.skip(r.uint())
+                else:
+                    return f"content of kind {kind} (only strings and text)"
+        return None
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+
+
 class _Reader:
-    """Just enough of lib0's decoding for ``any_strings``."""
+    """Just enough of lib0's decoding for ``any_strings`` and ``shape_error``."""
 
     __slots__ = ("data", "pos")
 

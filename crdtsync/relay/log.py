@@ -41,6 +41,7 @@ from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
+from ..model.trace import shape_error
 from ..protocol.events import Change, Item, Rejection
 from ..protocol.frames import MAX_REASON, MAX_RETURNS
 from ..replica.docs import RecordDocs
@@ -313,6 +314,9 @@ class RelayLog:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
         limits = self._merge_limits[c]
         excess = limit_excess(doc, limits)  # (a collection with limits a merge can break: ``refuse_over_limits``)
+        shape = shape_error(ch.update)
+        if shape is not None:
+            raise Refused("invalid", f"{c}/{rid}: the update holds {shape}, which no record holds")
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:

@@ -220,3 +220,45 @@ def _only_client(state: bytes) -> tuple[int, int]:
     r = Reader(state)
     assert r.varuint() == 1
     return r.varuint(), r.varuint()
+
+
+def _one_item(parent: bytes, kind: int, content: bytes, key: str | None = None) -> bytes:
+    """A Yjs v1 update of one item by a new client, its parent written out, encoded by hand (pycrdt cannot
+    make these shapes)."""
+    from crdtsync.codec import varuint_bytes
+
+    def text(s: str) -> bytes:
+        b = s.encode()
+        return varuint_bytes(len(b)) + b
+
+    info = kind | (0x20 if key is not None else 0)
+    item = bytes([info]) + parent + (text(key) if key is not None else b"") + content
+    return b"\x01\x01" + varuint_bytes(987654321) + b"\x00" + item + b"\x00"
+
+
+def _root(name: str) -> bytes:
+    return b"\x01" + bytes([len(name)]) + name.encode()
+
+
+_STR = b"\x01\x77\x06hidden"  # an Any item of one string
+
+
+@pytest.mark.parametrize(("update", "says"), [
+    (_one_item(_root("h"), 8, _STR, key="k"), "an item under a key in 'h'"),
+    (_one_item(_root("t:notes"), 8, _STR, key="k"), "an item under a key in 't:notes'"),
+    (_one_item(_root("f"), 8, _STR), "an item without a key in the map 'f'"),
+    (_one_item(_root("s"), 8, _STR), "an item without a key in the map 's'"),
+    (_one_item(_root("f"), 8, b"\x01\x7d\x05", key="name\x1fmallory-phone"), "a value that is not a string"),
+    (_one_item(_root("f"), 3, b"\x03abc", key="name\x1fmallory-phone"), "content of kind 3"),
+    (_one_item(b"\x00\x01\x00", 8, _STR), "an item inside a nested shared type"),
+], ids=["keyed in h", "keyed in a text", "unkeyed in f", "unkeyed in s", "an int", "binary", "nested"])
+async def test_items_no_api_shows_are_refused(shared: tuple[RelayHandle, Replica, str], update: bytes,
+                                              says: str) -> None:
+    """They passed every check (which read what the maps', the array's and the texts' events report) and
+    were stored and sent to every reader, while no API showed them: 4 x 200 KB went into another user's
+    record this way."""
+    relay, _, rid = shared
+    before = stored(relay, rid)
+    ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, update)
+    assert [(r.code, says in r.reason) for r in ack.rejected] == [("invalid", True)], ack
+    assert stored(relay, rid) == before
