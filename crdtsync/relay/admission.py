@@ -23,8 +23,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
-__all__ = ["AcceptErrors", "Bucket", "ConnectionCap", "default_max_connections", "open_files_limit",
-           "raise_open_files_limit"]
+__all__ = ["AcceptErrors", "Bucket", "ConnectionCap", "LogThrottle", "default_max_connections", "open_files_limit",
+           "raise_open_files_limit", "refuse"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -194,3 +194,42 @@ class AcceptErrors:
                         context.get("exception"))
             self._logged_at = now
             self._unlogged = 0
+
+
+class LogThrottle:
+    """One WARNING line for the first of a kind of event, then at most one every ``every`` seconds saying
+    how many there were meanwhile: refused tokens came at 2,400 a second from one client with none, each a
+    line (800 MB of log an hour)."""
+
+    def __init__(self, what: str, *, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.every = every
+        self.clock = clock
+        self.count = 0  # in all
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def __call__(self, detail: str) -> None:
+        self.count += 1
+        self._unlogged += 1
+        now = self.clock()
+        if self._logged_at is None or now - self._logged_at >= self.every:
+            more = f" ({self._unlogged - 1} more since the last report)" if self._unlogged > 1 else ""
+            log.warning("%s: %s%s; next report in %g s at the earliest", self.what, detail, more, self.every)
+            self._logged_at = now
+            self._unlogged = 0
+
+
+#: how long a refused connection may take to answer its close before it is dropped (``refuse``)
+REFUSE_WAIT = 1.0
+
+
+async def refuse(ws: ServerConnection, code: int, reason: str, wait: float = REFUSE_WAIT) -> None:
+    """Close a connection refused at once (a bad token, path or room) with ``code`` and ``reason``, and drop
+    it if its client does not answer the close within ``wait`` seconds: websockets waits 10 s for that, and
+    a client with no token held a connection slot (``ConnectionCap``) all that time, 60 a second keeping
+    five in six real devices out."""
+    try:
+        await asyncio.wait_for(ws.close(code, reason), wait)
+    except TimeoutError:
+        ws.transport.abort()

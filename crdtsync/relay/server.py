@@ -39,7 +39,7 @@ from ..protocol.events import (
 from ..protocol.frames import MAX_FRAME
 from ..schema import Schema
 from ..store.base import Batch, ByteStore
-from .admission import AcceptErrors, ConnectionCap
+from .admission import AcceptErrors, ConnectionCap, LogThrottle, refuse
 from .auth import Grant, Tokens
 from .fanout import LiveFrames
 from .log import Accepted, Outcome, RelayLog
@@ -144,6 +144,8 @@ class Relay:
         self.device_binding = asyncio.Lock()  # device ids are bound to users one at a time
         #: the connections open (``len(relay.connections)``) and the cap on them
         self.connections = ConnectionCap(max_connections)
+        self._refused_tokens = LogThrottle("refused connections with a missing or unknown token")
+        self._refused_rooms = LogThrottle("refused connections to rooms their token may not join")
         self._accept_errors: AcceptErrors | None = None  # the loop's exception handler while it runs
         yjs = _load_yjs()
         self.rooms: Any = yjs.YjsRooms(store, max_message=self.limits.max_frame, rate=self.limits.rate,
@@ -441,15 +443,15 @@ class Relay:
         peer = ws.remote_address
         grant = self.tokens.grant(token)
         if grant is None:
-            log.warning("refused %s: %s token", peer, "missing" if not token else "unknown")
-            await ws.close(4401, "missing token" if not token else "unknown token")
+            self._refused_tokens(f"{peer}: {'missing' if not token else 'unknown'} token")
+            await refuse(ws, 4401, "missing token" if not token else "unknown token")
             return
         path = target.path
         if path.startswith("/yjs/"):
             await self._handle_room(ws, grant, unquote(path[5:]), token)
             return
         if path not in ("/", "/sync"):
-            await ws.close(4404, f"no such endpoint {path!r}")
+            await refuse(ws, 4404, f"no such endpoint {path!r}")
             return
         session = Session(self, ws, grant, token)
         self.sessions.add(session)
@@ -460,14 +462,14 @@ class Relay:
 
     async def _handle_room(self, ws: ServerConnection, grant: Grant, room: str, token: str | None) -> None:
         if not room:
-            await ws.close(4400, "no room name in the path")
+            await refuse(ws, 4400, "no room name in the path")
             return
         if not grant.can_join_room(room):
-            log.warning("refused %s room %r for %s", ws.remote_address, room, grant.user)
-            await ws.close(4403, f"user {grant.user!r} may not join room {room!r}")
+            self._refused_rooms(f"{ws.remote_address}: room {room!r} for {grant.user!r}")
+            await refuse(ws, 4403, f"user {grant.user!r} may not join room {room!r}")
             return
         if self.rooms is None:
-            await ws.close(4404, "plain Yjs rooms are not available on this relay")
+            await refuse(ws, 4404, "plain Yjs rooms are not available on this relay")
             return
         can_write = grant.can_write_room(room)
         self._room_conns[ws] = (token, room, can_write)
