@@ -81,6 +81,7 @@ class BaseRecordDoc:
         # bytes of the parts after the first: they are merged into it when they outgrow it
         self._tail_bytes = sum(map(len, self._parts[1:]))
         self._tracer: Tracer | None = None  # made by ``apply_traced``, for the document it was made on
+        self._hist_len: int | None = None  # the history's length after the last ``apply_traced`` (None: unknown)
         self._build(client_id)
         #: remote updates that arrived before an update they build on; kept out of the document (see
         #: ``apply``) and tried again whenever an update arrives
@@ -108,6 +109,7 @@ class BaseRecordDoc:
         if self._tracer is not None:
             self._tracer.close()
             self._tracer = None
+        self._hist_len = None
         self._ydoc: Any = YDoc(client_id, None, None)
         self._tap_sub: Any = None  # see ``_tap``: made again for the new document
         self._tap_box: list[list[bytes] | None] | None = None
