@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Traced", "Tracer", "any_strings", "history_from_update", "shape_error"]
+__all__ = ["Traced", "Tracer", "UpdateReader", "any_strings", "history_from_update", "shape_error"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -179,7 +179,7 @@ def any_strings(update: bytes) -> list[str] | None:
     """The values of every ``Any`` item of a Yjs v1 update, in order, if all of them are strings and the
     update holds no content of another kind but deleted items (None otherwise, or for one it cannot read)."""
     try:
-        r = _Reader(update)
+        r = UpdateReader(update)
         out: list[str] = []
         for _ in range(r.uint()):
             structs, _client, _clock = r.uint(), r.uint(), r.uint()
@@ -317,8 +317,9 @@ def _skip_varuints(data: bytes, pos: int, count: int) -> int:
     return pos
 
 
-class _Reader:
-    """Just enough of lib0's decoding for ``any_strings`` and ``shape_error``."""
+class UpdateReader:
+    """Just enough of lib0's decoding to step through a Yjs v1 update (``any_strings``; the relay's
+    ``missing_clients`` adds the content kinds)."""
 
     __slots__ = ("data", "pos")
 
