@@ -158,10 +158,8 @@ def test_a_record_over_a_lowered_text_or_set_limit_stays_writable(field: str, st
 COUNTED = Schema(Collection("visits", {"summary": Str(), "count": Counter()}))
 
 
-@pytest.mark.parametrize("first, second", [(-(2**63), -1), (2**63 - 1, 1)])
-def test_a_change_whose_merge_takes_a_counter_beyond_64_bits_is_refused(first: int, second: int) -> None:
-    """Two increments that each fit, whose sum does not: the relay stored both, and every device's
-    download then failed on it (no device can store or show such a sum), in a loop, for good."""
+def _counted() -> tuple[RelayLog, Grant, Replica, Replica, str]:
+    """A relay log, a grant, and devices a and b both holding a record a created and synced."""
     log = RelayLog(MemoryStore(), COUNTED)
     grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
     a = Replica(MemoryStore(), COUNTED, device="a", user="u")
@@ -170,6 +168,14 @@ def test_a_change_whose_merge_takes_a_counter_beyond_64_bits_is_refused(first: i
     assert _push(log, a, grant).ok
     a.acknowledge(p.id for p in a.pending())
     b.import_updates(a.export_updates())
+    return log, grant, a, b, rid
+
+
+@pytest.mark.parametrize("first, second", [(-(2**63), -1), (2**63 - 1, 1)])
+def test_a_change_whose_merge_takes_a_counter_beyond_64_bits_is_refused(first: int, second: int) -> None:
+    """Two increments that each fit, whose sum does not: the relay stored both, and every device's
+    download then failed on it (no device can store or show such a sum), in a loop, for good."""
+    log, grant, a, b, rid = _counted()
     a.increment("visits", rid, "count", first)
     b.increment("visits", rid, "count", second)
     b.update("visits", rid, {"summary": "later"})  # held behind the refused change
@@ -192,14 +198,7 @@ def test_a_counter_summed_beyond_64_bits_before_the_check_may_come_back(monkeypa
     import crdtsync.relay.log as relay_log
 
     m = 2**63 - 1
-    log = RelayLog(MemoryStore(), COUNTED)
-    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
-    a = Replica(MemoryStore(), COUNTED, device="a", user="u")
-    b = Replica(MemoryStore(), COUNTED, device="b", user="u")
-    rid = a.create("visits", {"summary": "s"})
-    assert _push(log, a, grant).ok
-    a.acknowledge(p.id for p in a.pending())
-    b.import_updates(a.export_updates())
+    log, grant, a, b, rid = _counted()
     a.increment("visits", rid, "count", m)
     b.increment("visits", rid, "count", m)
     with monkeypatch.context() as older:  # the relay before the check
