@@ -57,12 +57,11 @@ class Bucket:
         self.tokens -= 1
         return -self.tokens / self.rate
 
-    async def pace(self) -> bool:
-        """Wait as long as ``delay()`` says before the next frame is read (slowed down, never dropped);
-        returns True the first time this bucket made its connection wait (for one log line per connection)."""
-        delay = self.delay()
-        if delay <= 0:
-            return False
+    async def slow(self, delay: float) -> bool:
+        """Wait ``delay`` seconds (a positive ``delay()``) before the next frame is read (slowed down, never
+        dropped); returns True the first time this bucket made its connection wait (one log line per
+        connection). Called only when there is a delay: a coroutine made for every frame cost the relay
+        a microsecond or two per change."""
         first = not self.warned
         self.warned = True
         await asyncio.sleep(delay)

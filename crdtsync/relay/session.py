@@ -142,7 +142,8 @@ class Session:
                 message = await ws.recv()
                 if self._closing is not None:
                     break
-                if await bucket.pace():
+                delay = bucket.delay()
+                if delay > 0 and await bucket.slow(delay):
                     log.warning("%s (%s) is over the rate limit; slowing it down", self.device or "?",
                                 self.ws.remote_address)
                 if isinstance(message, str):

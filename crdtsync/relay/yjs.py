@@ -295,7 +295,8 @@ class YjsRooms:
             for frame in session.opening():
                 await conn.put(frame)
             async for data in ws:
-                if await bucket.pace():
+                delay = bucket.delay()
+                if delay > 0 and await bucket.slow(delay):
                     log.warning("yjs room %r: a client (%s) is over the rate limit; slowing it down", name,
                                 ws.remote_address)
                 if isinstance(data, str):
