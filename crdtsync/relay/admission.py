@@ -105,6 +105,37 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
+class LogThrottle:
+    """One WARNING line for the first of a kind of event, then at most one every ``every`` seconds saying
+    how many there were meanwhile: refused tokens came at 2,400 a second from one client with none, each a
+    line (800 MB of log an hour). ``due()`` counts one event and says when a line is due (for callers with
+    lines of their own); calling it with a ``detail`` logs ``what: detail``."""
+
+    def __init__(self, what: str = "", *, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.every = every
+        self.clock = clock
+        self.count = 0  # in all
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def due(self) -> int:
+        """Count one event; return how many there were since the last line if a line is due now, else 0."""
+        self.count += 1
+        self._unlogged += 1
+        now = self.clock()
+        if self._logged_at is not None and now - self._logged_at < self.every:
+            return 0
+        n, self._unlogged, self._logged_at = self._unlogged, 0, now
+        return n
+
+    def __call__(self, detail: str) -> None:
+        n = self.due()
+        if n:
+            more = f" ({n - 1} more since the last report)" if n > 1 else ""
+            log.warning("%s: %s%s; next report in %g s at the earliest", self.what, detail, more, self.every)
+
+
 class ConnectionCap:
     """At most ``limit`` websocket connections at once (devices and Yjs clients alike; None: the default
     for this process, ``default_max_connections()``). A connection is counted from ``admit`` until its
@@ -116,15 +147,16 @@ class ConnectionCap:
         self.limit = default_max_connections() if limit is None else limit
         if self.limit < 1:
             raise ValueError(f"a connection cap is at least 1, not {self.limit}")
-        self.log_every = log_every
-        self.clock = clock
         self.open: set[ServerConnection] = set()
-        self.refused = 0  # in all
-        self._unlogged = 0  # refusals since the last log line
-        self._logged_at: float | None = None
+        self._refusals = LogThrottle(every=log_every, clock=clock)
 
     def __len__(self) -> int:
         return len(self.open)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused in all."""
+        return self._refusals.count
 
     def admit(self, ws: ServerConnection) -> bool:
         """Count ``ws`` in (True), or refuse it (False) when ``limit`` connections are open. A connection
@@ -146,14 +178,10 @@ class ConnectionCap:
                           f"the relay is at its limit of {self.limit} connections; try again later\n")
 
     def _refuse(self) -> None:
-        self.refused += 1
-        self._unlogged += 1
-        now = self.clock()
-        if self._logged_at is None or now - self._logged_at >= self.log_every:
+        n = self._refusals.due()
+        if n:
             log.warning("refused %d connection(s): %d open, the limit (relay --max-connections); next report "
-                        "in %g s at the earliest", self._unlogged, self.limit, self.log_every)
-            self._logged_at = now
-            self._unlogged = 0
+                        "in %g s at the earliest", n, self.limit, self._refusals.every)
 
 
 _ExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
@@ -171,11 +199,12 @@ class AcceptErrors:
     def __init__(self, previous: _ExceptionHandler | None = None, *, every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.previous = previous
-        self.every = every
-        self.clock = clock
-        self.count = 0  # in all
-        self._unlogged = 0
-        self._logged_at: float | None = None
+        self._errors = LogThrottle(every=every, clock=clock)
+
+    @property
+    def count(self) -> int:
+        """Failed accepts reported in all."""
+        return self._errors.count
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if context.get("message") != self.MESSAGE:
@@ -184,39 +213,10 @@ class AcceptErrors:
             else:
                 loop.default_exception_handler(context)
             return
-        self.count += 1
-        self._unlogged += 1
-        now = self.clock()
-        if self._logged_at is None or now - self._logged_at >= self.every:
+        n = self._errors.due()
+        if n:
             log.warning("accept() failed %d time(s): %s (a burst of connections beyond what --max-connections "
-                        "keeps in reserve; asyncio accepts again after a second)", self._unlogged,
-                        context.get("exception"))
-            self._logged_at = now
-            self._unlogged = 0
-
-
-class LogThrottle:
-    """One WARNING line for the first of a kind of event, then at most one every ``every`` seconds saying
-    how many there were meanwhile: refused tokens came at 2,400 a second from one client with none, each a
-    line (800 MB of log an hour)."""
-
-    def __init__(self, what: str, *, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.what = what
-        self.every = every
-        self.clock = clock
-        self.count = 0  # in all
-        self._unlogged = 0
-        self._logged_at: float | None = None
-
-    def __call__(self, detail: str) -> None:
-        self.count += 1
-        self._unlogged += 1
-        now = self.clock()
-        if self._logged_at is None or now - self._logged_at >= self.every:
-            more = f" ({self._unlogged - 1} more since the last report)" if self._unlogged > 1 else ""
-            log.warning("%s: %s%s; next report in %g s at the earliest", self.what, detail, more, self.every)
-            self._logged_at = now
-            self._unlogged = 0
+                        "keeps in reserve; asyncio accepts again after a second)", n, context.get("exception"))
 
 
 #: how long a refused connection may take to answer its close before it is dropped (``refuse``)

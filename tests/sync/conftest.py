@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -306,3 +309,24 @@ async def make_proxy() -> AsyncIterator[ProxyFactory]:
     yield make
     for p in proxies:
         await p.stop()
+
+
+async def start_and_stop_cli_relay(cwd: Path, *options: str, preexec_fn: Callable[[], None] | None = None) -> str:
+    """Run ``crdtsync relay`` (on a free port, ``relay.db`` in ``cwd``, the tests' schema, ``options``) until
+    it says it listens, stop it with SIGTERM, check it exits 0; return what it wrote to stderr."""
+    root = Path(__file__).resolve().parents[2]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crdtsync", "relay", "--port", "0", "--db", "relay.db", "--schema",
+        "tests.sync.conftest:SCHEMA", *options, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=cwd, env=dict(os.environ, PYTHONPATH=str(root)), preexec_fn=preexec_fn)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), BOUND)).decode()
+        assert line.startswith("listening on ws://127.0.0.1:"), line + (await proc.stderr.read()).decode()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), BOUND) == 0
+        return (await proc.stderr.read()).decode()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -18,7 +18,7 @@ from crdtsync import Replica, SQLiteStore
 from crdtsync.cli import main
 from crdtsync.relay.cli import load_schema
 
-from .conftest import BOUND, SCHEMA, client, sync
+from .conftest import BOUND, SCHEMA, client, start_and_stop_cli_relay, sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,20 +119,7 @@ def test_a_second_relay_on_the_same_database_is_refused(tmp_path: Path, capsys: 
 
 async def test_a_rate_under_one_frame_in_two_seconds_starts(tmp_path: Path) -> None:
     """``--rate 0.4`` passed the option check and the relay then died at start (a burst of 0 frames)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crdtsync", "relay", "--port", "0", "--db", "relay.db", "--schema",
-        "tests.sync.conftest:SCHEMA", "--rate", "0.4", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), BOUND)).decode()
-        assert line.startswith("listening on ws://127.0.0.1:"), line + (await proc.stderr.read()).decode()
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), BOUND) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    await start_and_stop_cli_relay(tmp_path, "--rate", "0.4")
 
 
 def test_a_port_in_use_is_one_line_of_error(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from pycrdt import Doc, Map, Text
 
-from crdtsync import Replica
+from crdtsync import Record, Replica
 from crdtsync.clock import MAX_TIME, hlc_pack
 from crdtsync.errors import RemoteValidationError
 from crdtsync.model.slots import SEP
@@ -39,6 +39,16 @@ def map_edit(base: bytes, root: str, key: str, value: dict[str, Any]) -> bytes:
     before = doc.get_state()
     doc.get(root, type=Map)[key] = orjson.dumps(value).decode()
     return doc.get_update(before)
+
+
+async def _synced_to_another(relay: RelayHandle, alice: Replica, other: Replica, rid: str) -> Record:
+    """Alice syncs, then ``other`` (another device of hers) does: the record as ``other`` then has it."""
+    for r in (alice, other):
+        async with client(r, relay.url, token="tok-alice") as c:
+            await sync(c)
+    got = other.get("accounts", rid)
+    assert got is not None
+    return got
 
 
 def mallory_slot(t: int, seen: dict[str, int] | None = None) -> dict[str, Any]:
@@ -94,13 +104,8 @@ async def test_a_slot_claiming_to_have_seen_writes_the_relay_lacks_is_held(
                              "record"),)
     assert stored(relay, rid) == before
     alice.update("accounts", rid, {"name": "Acme Ltd"})
-    async with client(alice, relay.url, token="tok-alice") as c:
-        await sync(c)
-    other = make_replica("admin-phone", "alice")
-    async with client(other, relay.url, token="tok-alice") as c:
-        await sync(c)
-    got = other.get("accounts", rid)
-    assert got is not None and got.fields["name"] == "Acme Ltd"
+    got = await _synced_to_another(relay, alice, make_replica("admin-phone", "alice"), rid)
+    assert got.fields["name"] == "Acme Ltd"
 
 
 async def test_a_set_entry_claiming_to_have_seen_adds_the_relay_lacks_is_held(
@@ -203,13 +208,9 @@ async def test_a_deletion_of_items_the_relay_lacks_is_held_not_kept_pending(
     ack = await push_raw(relay, "tok-mallory", "mallory-phone", rid, forged)
     assert ack.ok == () and ack.held == (1,)
     alice.update("accounts", rid, {"name": "Acme Corp", "employees": 12})
-    async with client(alice, relay.url, token="tok-alice") as c:
-        await sync(c)
     tablet = make_replica("alice-tablet", "alice")
-    async with client(tablet, relay.url, token="tok-alice") as c:
-        await sync(c)
-    rec = tablet.get("accounts", rid)
-    assert rec is not None and (rec["name"], rec["employees"]) == ("Acme Corp", 12)
+    rec = await _synced_to_another(relay, alice, tablet, rid)
+    assert (rec["name"], rec["employees"]) == ("Acme Corp", 12)
     assert [h.value for h in tablet.history("accounts", rid) if h.field == "employees"] == [12]
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import resource
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,9 +32,8 @@ from crdtsync.relay.yjs import YjsRooms
 from crdtsync.schema import Schema
 from crdtsync.store.memory import MemoryStore
 
-from .conftest import BOUND, RawClient, RelayFactory
+from .conftest import BOUND, RawClient, RelayFactory, start_and_stop_cli_relay
 
-ROOT = Path(__file__).resolve().parents[2]
 GRANTS = {"t": Grant("alice", read=frozenset({"accounts"}), rooms=frozenset({"*"}))}
 AUTH = {"Authorization": "Bearer t"}
 
@@ -186,21 +182,7 @@ async def test_the_command_line_raises_the_open_files_limit_and_takes_max_connec
     def lower() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "crdtsync", "relay", "--port", "0", "--db", "relay.db", "--schema",
-        "tests.sync.conftest:SCHEMA", "--max-connections", "7", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), preexec_fn=lower)
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), BOUND)).decode()
-        assert line.startswith("listening on ws://127.0.0.1:"), line + (await proc.stderr.read()).decode()
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), BOUND) == 0
-        err = (await proc.stderr.read()).decode()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    err = await start_and_stop_cli_relay(tmp_path, "--max-connections", "7", preexec_fn=lower)
     raised = f"open files limit {hard} (raised from {low})" if hard != resource.RLIM_INFINITY and hard > low \
         else f"open files limit {low}"
     assert raised in err and "at most 7 connections" in err, err

@@ -92,20 +92,27 @@ def _push(log: RelayLog, r: Replica, grant: Grant) -> Outcome:
     return out
 
 
+def _two_devices(schema: Schema) -> tuple[RelayLog, Grant, Replica, Replica, str]:
+    """A relay log, an open grant, and devices a and b both holding a ``visits`` record a created and
+    pushed."""
+    log = RelayLog(MemoryStore(), schema)
+    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
+    a = Replica(MemoryStore(), schema, device="a", user="u")
+    b = Replica(MemoryStore(), schema, device="b", user="u")
+    rid = a.create("visits", {"summary": "s"})
+    assert _push(log, a, grant).ok
+    a.acknowledge(p.id for p in a.pending())
+    b.import_updates(a.export_updates())
+    return log, grant, a, b, rid
+
+
 @pytest.mark.parametrize("field, mine, theirs, says", [
     ("notes", "twelve chars", "eleven char", "23 characters long, more than max_length=20"),
     ("tags", {"a", "b"}, {"c"}, "holds 3 items, more than max_items=2"),
 ])
 def test_a_change_whose_merge_breaks_a_text_or_set_limit_is_refused(
         field: str, mine: Any, theirs: Any, says: str) -> None:
-    log = RelayLog(MemoryStore(), LIMITED)
-    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
-    a = Replica(MemoryStore(), LIMITED, device="a", user="u")
-    b = Replica(MemoryStore(), LIMITED, device="b", user="u")
-    rid = a.create("visits", {"summary": "s"})
-    assert _push(log, a, grant).ok
-    a.acknowledge(p.id for p in a.pending())
-    b.import_updates(a.export_updates())
+    log, grant, a, b, rid = _two_devices(LIMITED)
     a.update("visits", rid, {field: mine})  # each valid on its own device
     b.update("visits", rid, {field: theirs})
     assert _push(log, a, grant).ok
@@ -158,24 +165,13 @@ def test_a_record_over_a_lowered_text_or_set_limit_stays_writable(field: str, st
 COUNTED = Schema(Collection("visits", {"summary": Str(), "count": Counter()}))
 
 
-def _counted() -> tuple[RelayLog, Grant, Replica, Replica, str]:
-    """A relay log, a grant, and devices a and b both holding a record a created and synced."""
-    log = RelayLog(MemoryStore(), COUNTED)
-    grant = Grant("u", frozenset({"*"}), frozenset({"*"}), anonymous=True)
-    a = Replica(MemoryStore(), COUNTED, device="a", user="u")
-    b = Replica(MemoryStore(), COUNTED, device="b", user="u")
-    rid = a.create("visits", {"summary": "s"})
-    assert _push(log, a, grant).ok
-    a.acknowledge(p.id for p in a.pending())
-    b.import_updates(a.export_updates())
-    return log, grant, a, b, rid
 
 
 @pytest.mark.parametrize("first, second", [(-(2**63), -1), (2**63 - 1, 1)])
 def test_a_change_whose_merge_takes_a_counter_beyond_64_bits_is_refused(first: int, second: int) -> None:
     """Two increments that each fit, whose sum does not: the relay stored both, and every device's
     download then failed on it (no device can store or show such a sum), in a loop, for good."""
-    log, grant, a, b, rid = _counted()
+    log, grant, a, b, rid = _two_devices(COUNTED)
     a.increment("visits", rid, "count", first)
     b.increment("visits", rid, "count", second)
     b.update("visits", rid, {"summary": "later"})  # held behind the refused change
@@ -198,7 +194,7 @@ def test_a_counter_summed_beyond_64_bits_before_the_check_may_come_back(monkeypa
     import crdtsync.relay.log as relay_log
 
     m = 2**63 - 1
-    log, grant, a, b, rid = _counted()
+    log, grant, a, b, rid = _two_devices(COUNTED)
     a.increment("visits", rid, "count", m)
     b.increment("visits", rid, "count", m)
     with monkeypatch.context() as older:  # the relay before the check
