@@ -22,10 +22,10 @@ from crdtsync.model.state import (
     SetEntry,
     _by,
     _cand,
-    _decode_with,
     _edit_cand,
     _record_state,
     compute_state,
+    decoded_or_stored,
 )
 from crdtsync.schema import Bool, Collection, Counter, Date, DateTime, Field, Float, Int, Ref, Set, Str, Text
 
@@ -48,7 +48,7 @@ def test_the_list_covers_exactly_the_types_taken_as_stored() -> None:
 @settings(derandomize=True, max_examples=80, deadline=None)
 @given(raw=JSON)
 def test_a_type_taken_as_stored_decodes_any_json_value_to_itself(f: Field, raw: Any) -> None:
-    assert _decode_with(f, raw) is raw
+    assert decoded_or_stored(f, raw) is raw
 
 
 @settings(derandomize=True, max_examples=50, deadline=None)
@@ -101,7 +101,7 @@ def _reference_state(coll: Collection, record_id: str, slots: list[Slot], sets: 
         changed_by[name] = Candidate(None, latest.device, latest.user, latest.t)
         if f.merge == "register":
             w = winner(front)  # (no frontier at all when the slots saw each other: a peer's odd clocks)
-            values[name] = None if w is None else _decode_with(f, w.value)
+            values[name] = None if w is None else decoded_or_stored(f, w.value)
             # live values all equal (the same JSON value, of the same type) are no conflict
             if w is not None and any(type(s.value) is not type(w.value) or s.value != w.value for s in front):
                 losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
@@ -125,7 +125,7 @@ def _reference_state(coll: Collection, record_id: str, slots: list[Slot], sets: 
         if any(e.adds > removed.get(e.writer, 0) for e in es):
             of = getattr(coll.fields.get(name), "of", None)
             raw = orjson.loads(element)
-            members[name].add(raw if of is None else _decode_with(of, raw))
+            members[name].add(raw if of is None else decoded_or_stored(of, raw))
     values.update({n: frozenset(v) for n, v in members.items()})
     dels = frontier(by_field.get(DELETED, []))
     active = [d for d in dels if d.value is True]

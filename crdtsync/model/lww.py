@@ -24,10 +24,10 @@ from typing import Any
 import orjson
 
 from ..clock import hlc_wall_ms
-from ..schema import INT64_MAX, INT64_MIN, Collection
+from ..schema import Collection
 from .record import RecordDoc
 from .slots import DELETED, SEP, Slot
-from .state import Candidate, RecordState, SetEntry, _decode, _set_values, hidden_fields, share
+from .state import Candidate, RecordState, SetEntry, _decode, _set_values, clamp64, hidden_fields, share
 
 __all__ = ["LwwFieldDoc", "compute_lww_state", "lww_winner"]
 
@@ -62,7 +62,7 @@ def compute_lww_state(coll: Collection, record_id: str, slots: Iterable[tuple[Sl
         if f.merge == "register":
             values[name] = None if w is None else _decode(coll, name, w.value)
         elif f.merge == "counter":
-            values[name] = max(INT64_MIN, min(INT64_MAX, sum(share(s.value) for s, _ in fs)))  # (as crdt's)
+            values[name] = clamp64(sum(share(s.value) for s, _ in fs))  # (as crdt's)
         elif f.merge == "text":
             values[name] = texts.get(name, "")
         else:

@@ -19,7 +19,7 @@ from ..schema import INT64_MAX, INT64_MIN, Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
-from .state import RecordState, SetEntry, _by, _record_state, share
+from .state import RecordState, SetEntry, _by, _record_state, clamp64, encoded_or_stored, share
 from .textdiff import text_edits
 
 __all__ = ["RecordDoc"]
@@ -268,7 +268,7 @@ class RecordDoc(MergingRecordDoc):
                 except Invalid:
                     fields[name] = enc
             elif f.merge == "counter":  # the sum written, shown within 64 bits (as ``compute_state``)
-                fields[name] = max(INT64_MIN, min(INT64_MAX, value))
+                fields[name] = clamp64(value)
             else:
                 fields[name] = value
             changed_by[name] = by
@@ -293,7 +293,7 @@ class RecordDoc(MergingRecordDoc):
         gone = old - new
         stored = _stored_as(of, entries, gone) if gone else {}
         for value in sorted(gone, key=repr):
-            enc = _encoded(of, value)
+            enc = encoded_or_stored(of, value)
             # every element stored that reads as this value: the same instant under two offsets, a value
             # written under an older element kind (a Date now read as a DateTime) are one value, and
             # removing it must remove them all, or it stays
@@ -318,15 +318,6 @@ class RecordDoc(MergingRecordDoc):
             self._log("deleted", "delete" if deleted else "restore", deleted, t)
 
         return self._write(body)
-
-
-def _encoded(of: Field, value: Any) -> Any:
-    """``of.encode(value)``, or ``value`` itself for one shown as stored (written under another element
-    kind, which ``of`` cannot encode: a ``"soon"`` in a set made a ``Set(Date)``): removing it must work."""
-    try:
-        return of.encode(value)
-    except (AttributeError, TypeError, ValueError):
-        return value
 
 
 def _stored_as(of: Field, entries: Mapping[str, list[SetEntry]], values: frozenset[Any]) -> dict[Any, list[str]]:

@@ -18,8 +18,8 @@ from ..clock import hlc_wall_ms
 from ..schema import INT64_MAX, INT64_MIN, Bool, Collection, Field, Int, Invalid, Ref, Str
 from .slots import DELETED, Slot, frontier, mutually_concurrent, winner
 
-__all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "compute_state",
-           "hidden_fields", "share"]
+__all__ = ["UNWRITTEN", "Candidate", "Conflict", "HistoryEntry", "RecordState", "SetEntry", "beyond64", "clamp64",
+           "compute_state", "decoded_or_stored", "encoded_or_stored", "hidden_fields", "share"]
 
 ConflictKind = Literal["concurrent-write", "edit-vs-delete", "delete-vs-edit"]
 
@@ -124,11 +124,33 @@ def _decode(coll: Collection, name: str, raw: Any) -> Any:
         return raw
 
 
-def _decode_with(f: Field, raw: Any) -> Any:
+def decoded_or_stored(f: Field, raw: Any) -> Any:
+    """``f.decode(raw)``, or ``raw`` as stored when the field does not read it (written under older rules
+    or another kind)."""
     try:
         return f.decode(raw)
     except Invalid:
         return raw
+
+
+def encoded_or_stored(f: Field, value: Any) -> Any:
+    """``f.encode(value)``; a value shown as stored (``decoded_or_stored``: one the field does not read) is
+    its JSON form already, and stays as it is (a Date's encode of a str raised)."""
+    try:
+        return f.encode(value)
+    except (AttributeError, TypeError, ValueError):
+        return value
+
+
+def clamp64(total: int) -> int:
+    """A counter's sum as shown: within 64 bits (a sum beyond, of shares that each fit, merged directly:
+    the relay refuses the change that makes one, and a row cannot hold it)."""
+    return max(INT64_MIN, min(INT64_MAX, total))
+
+
+def beyond64(total: int) -> int:
+    """How far a counter's sum is outside 64 bits (0: within)."""
+    return max(0, total - INT64_MAX, INT64_MIN - total)
 
 
 def share(raw: Any) -> int:
@@ -166,7 +188,7 @@ def _record_state(collection: str, record_id: str, fields: dict[str, Any], delet
     return st
 
 
-#: field types whose ``decode`` gives back the JSON value itself, or raises: ``_decode_with`` of them is the
+#: field types whose ``decode`` gives back the JSON value itself, or raises: ``decoded_or_stored`` of them is the
 #: JSON value whatever it holds (exact types only: a subclass may decode otherwise)
 _AS_STORED: frozenset[type[Field]] = frozenset({Str, Int, Bool, Ref})
 
@@ -226,7 +248,7 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
             live[name] = fs
             changed_by[name] = _by(s.device, s.user, s.t)
             if merge == "register":
-                values[name] = s.value if as_stored else _decode_with(f, s.value)
+                values[name] = s.value if as_stored else decoded_or_stored(f, s.value)
             elif merge == "counter":
                 values[name] = share(s.value)
             elif merge == "text":
@@ -241,16 +263,14 @@ def compute_state(coll: Collection, record_id: str, slots: Iterable[Slot], sets:
             changed_by[name] = _by(latest.device, latest.user, latest.t)
         if merge == "register":
             w = front[0] if len(front) == 1 else winner(front)
-            values[name] = None if w is None else _decode_with(f, w.value)
+            values[name] = None if w is None else decoded_or_stored(f, w.value)
             # concurrent writes of one value (two devices resolving a conflict alike) are no conflict
             if w is not None and len(front) > 1 and not _all_equal(w.value, front):
                 losers = sorted((s for s in front if s is not w), key=lambda s: s.order, reverse=True)
                 conflicts.append(Conflict(coll.name, record_id, name, "concurrent-write",
                                           tuple(_cand(coll, s) for s in [w, *losers])))
         elif merge == "counter":
-            # clamped to 64 bits: a sum beyond (increments that each fit, merged directly, the relay refuses
-            # the change that makes one) cannot be stored or shown
-            values[name] = max(INT64_MIN, min(INT64_MAX, sum(share(s.value) for s in fs)))
+            values[name] = clamp64(sum(share(s.value) for s in fs))
         elif merge == "text":
             values[name] = texts.get(name, "")
         else:

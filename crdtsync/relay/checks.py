@@ -18,8 +18,9 @@ from ..clock import MAX_AHEAD_MS, MAX_TIME, hlc_wall_ms
 from ..model.document import parse_set, parse_slot
 from ..model.record import RecordDoc
 from ..model.slots import SEP, Slot
+from ..model.state import beyond64
 from ..model.trace import Traced
-from ..schema import INT64_MAX, INT64_MIN, Collection, Counter, Field, Text
+from ..schema import Collection, Counter, Field, Text
 from ..schema import Set as SetField
 from .drafts import Refusal
 
@@ -90,9 +91,8 @@ def limit_excess(doc: RecordDoc, limits: list[tuple[str, Field]]) -> dict[str, i
 def _excess(doc: RecordDoc, name: str, f: Field) -> tuple[int, int]:
     """How far a field is beyond its merge limit (0: within), and its size (a counter: its sum)."""
     if isinstance(f, Counter):
-        # from the slots: the state shows a sum beyond 64 bits clamped (``compute_state``)
-        total = sum(s.value for s in doc.slots().values() if s.field == name and s.value.__class__ is int)
-        return max(0, total - INT64_MAX, INT64_MIN - total), total
+        total = doc.counter_sum(name)  # (the state shows a sum beyond 64 bits clamped)
+        return beyond64(total), total
     value = doc.state().fields.get(name)
     if isinstance(f, Text) and isinstance(value, str) and f.max_length is not None:
         return max(0, len(value) - f.max_length), len(value)

@@ -23,8 +23,8 @@ from typing import Any
 
 from ..errors import LocalError, NoSuchConflict, RecordDeleted, RecordExists, RecordNotFound, ValidationError
 from ..model.record import RecordDoc
-from ..model.state import Conflict, HistoryEntry
-from ..schema import INT64_MAX, INT64_MIN, Bool, Invalid
+from ..model.state import Conflict, HistoryEntry, beyond64
+from ..schema import Bool, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
@@ -91,7 +91,7 @@ class Replica(ExchangingReplica):
                 f.check(total)
             except Invalid as e:
                 # a sum beyond 64 bits (merged directly: the relay refuses that) may still come back towards it
-                if _beyond(total) >= _beyond(current):
+                if beyond64(total) >= beyond64(current):
                     raise ValidationError(collection, id, field, f"incrementing by {by}: {e}") from None
             return doc.write({field: total}, t, op="inc")
 
@@ -287,7 +287,3 @@ class Replica(ExchangingReplica):
             self._emit([ChangeEvent(collection, rid, "local", rec)])
         return gone
 
-
-def _beyond(total: int) -> int:
-    """How far a counter's sum is outside 64 bits (0: within)."""
-    return max(0, total - INT64_MAX, INT64_MIN - total)

@@ -31,7 +31,7 @@ from typing import Any, cast
 import orjson
 
 from ..errors import LocalError
-from ..model.state import UNWRITTEN, Candidate, Conflict, RecordState
+from ..model.state import UNWRITTEN, Candidate, Conflict, RecordState, decoded_or_stored, encoded_or_stored
 from ..schema import Collection, Field, Invalid
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
@@ -39,22 +39,6 @@ from .types import Record, RecordStatus
 __all__ = ["Rows", "Where", "decode_value", "delete_clash_row", "encode_value", "stale_row"]
 
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
-
-
-def _encode_one(f: Field, value: Any) -> Any:
-    """``f.encode(value)``; a value shown as it was stored (one the field does not read: written under
-    another kind, ``model/state.py``) is its JSON form already, and stays as it is."""
-    try:
-        return f.encode(value)
-    except (AttributeError, TypeError, ValueError):  # (a Date's encode of a str, say)
-        return value
-
-
-def _decode_one(f: Field, raw: Any) -> Any:
-    try:
-        return f.decode(raw)
-    except Invalid:
-        return raw
 
 
 def encode_value(f: Field | None, value: Any) -> Any:
@@ -66,8 +50,8 @@ def encode_value(f: Field | None, value: Any) -> Any:
         if not isinstance(value, frozenset | set):
             return value
         of = f.of  # type: ignore[attr-defined]
-        return sorted((_encode_one(of, v) for v in value), key=repr)
-    return _encode_one(f, value)
+        return sorted((encoded_or_stored(of, v) for v in value), key=repr)
+    return encoded_or_stored(f, value)
 
 
 def decode_value(f: Field | None, raw: Any) -> Any:
@@ -78,7 +62,7 @@ def decode_value(f: Field | None, raw: Any) -> Any:
     try:
         if f.merge == "set":
             of = f.of  # type: ignore[attr-defined]
-            return frozenset(_decode_one(of, v) for v in raw)
+            return frozenset(decoded_or_stored(of, v) for v in raw)
         if f.merge in ("counter", "text"):
             return raw
         return f.decode(raw)
