@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..model.trace import UpdateReader
 from ..store.base import Batch, ByteStore
 
 __all__ = ["ClientBindings", "missing_clients", "sv_clients", "sv_is_empty", "update_clients"]
@@ -120,8 +119,35 @@ def missing_clients(update: bytes, sv: bytes) -> list[int]:
     return sorted(missing)
 
 
-class _YReader(UpdateReader):
-    """``UpdateReader`` with the content of each kind (``missing_clients``)."""
+class _YReader:
+    """Just enough of lib0's decoding to step through a Yjs v1 update (``missing_clients``)."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def byte(self) -> int:
+        b = self.data[self.pos]
+        self.pos += 1
+        return b
+
+    def uint(self) -> int:
+        n = shift = 0
+        while True:
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            if b < 0x80:
+                return n
+            shift += 7
+            if shift > 70:
+                raise ValueError("overlong varuint")
+
+    def skip(self, n: int) -> None:
+        if self.pos + n > len(self.data):
+            raise ValueError("truncated")
+        self.pos += n
 
     def content(self, kind: int) -> None:
         if kind == 1:  # deleted: a length
