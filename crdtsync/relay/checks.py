@@ -25,7 +25,7 @@ from ..schema import Set as SetField
 from .drafts import Refusal
 
 __all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims", "check_own", "check_roots",
-           "is_own_writer", "limit_excess", "merge_limits", "refuse", "refuse_over_limits", "waits_for",
+           "is_own_writer", "merge_limits", "refuse", "refuse_over_limits", "waits_for",
            "writer_device"]
 
 
@@ -82,12 +82,6 @@ def merge_limits(coll: Collection) -> list[tuple[str, Field]]:
             or isinstance(f, Counter)]
 
 
-def limit_excess(doc: RecordDoc, limits: list[tuple[str, Field]]) -> dict[str, int]:
-    """How far each text and set field of ``limits`` is beyond its limit (0: within it), before a change:
-    what ``refuse_over_limits`` compares with."""
-    return {name: _excess(doc, name, f)[0] for name, f in limits if not isinstance(f, Counter)} if limits else {}
-
-
 def _excess(doc: RecordDoc, name: str, f: Field) -> tuple[int, int]:
     """How far a field is beyond its merge limit (0: within), and its size (a counter: its sum)."""
     if isinstance(f, Counter):
@@ -101,22 +95,22 @@ def _excess(doc: RecordDoc, name: str, f: Field) -> tuple[int, int]:
     return 0, 0
 
 
-def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: Mapping[str, int],
-                       touched: Iterable[str], was: Callable[[], RecordDoc]) -> None:
+def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], touched: Iterable[str],
+                       was: Callable[[], RecordDoc]) -> None:
     """Limits that hold per write but not per merge: a text's ``max_length``, a set's ``max_items``, and a
     counter's 64 bits. Two devices that each add 600 characters offline to a 1000-character note both wrote
     valid values; the second to arrive makes the merged note too long, and is refused as ``invalid`` (the
     device keeps it as an error, to ``fix()`` or discard). Two increments of ``2**62`` each fit, their sum
     with a third does not: no device could store or show it. Only collections with such fields pay.
 
-    ``before``: how far each text or set field was beyond its limit before the change (``limit_excess``).
-    Only a change that takes such a field further beyond its limit is refused: a record already over a
-    limit (lowered after it was written) stays writable, in its other fields and in that one, as long as
-    the change does not make it longer (one shortening the note, a rename, a delete). A counter is
-    summed only when the change wrote one of its slots (``touched``: the slot keys it set), and, when the
-    sum is beyond 64 bits, compared with the record as it was (``was`` rebuilds it: only then), so that a
-    sum beyond stored earlier (by a relay from before this check) may come back towards the range."""
+    Only a change that takes a field further beyond its limit is refused: a field beyond it after the
+    change is compared with the record as it was (``was`` rebuilds it: only then). So a record already
+    over a limit (lowered after it was written) stays writable, in its other fields and in that one, as
+    long as the change does not make it longer (one shortening the note, a rename, a delete), and a
+    counter summed beyond 64 bits by a relay from before this check may come back towards the range. A
+    counter is summed only when the change wrote one of its slots (``touched``: the slot keys it set)."""
     counters: set[str] | None = None
+    before: RecordDoc | None = None
     for name, f in limits:
         if isinstance(f, Counter):
             if counters is None:
@@ -124,9 +118,11 @@ def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], before: 
             if name not in counters:
                 continue
         excess, size = _excess(doc, name, f)
-        if excess <= before.get(name, 0):
+        if excess == 0:
             continue
-        if isinstance(f, Counter) and excess <= _excess(was(), name, f)[0]:
+        if before is None:
+            before = was()
+        if excess <= _excess(before, name, f)[0]:
             continue
         where = f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it"
         if isinstance(f, Text):

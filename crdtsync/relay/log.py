@@ -58,7 +58,6 @@ from .checks import (
     check_own,
     check_roots,
     is_own_writer,
-    limit_excess,
     merge_limits,
     refuse,
     refuse_over_limits,
@@ -312,8 +311,6 @@ class RelayLog:
             was = doc.state()
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
-        limits = self._merge_limits[c]
-        excess = limit_excess(doc, limits)  # (a collection with limits a merge can break: ``refuse_over_limits``)
         shape = shape_error(ch.update)
         if shape is not None:
             raise Refused("invalid", f"{c}/{rid}: the update holds {shape}, which no record holds")
@@ -370,7 +367,7 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            refuse_over_limits(doc, limits, excess, touched, lambda: new_record_doc(
+            refuse_over_limits(doc, self._merge_limits[c], touched, lambda: new_record_doc(
                 doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user, client_id=0,
                 updates=saved))
             if self.max_record is not None and doc.size_bound() > self.max_record:
