@@ -186,9 +186,7 @@ class Outbox:
             if status == "error":
                 e.waiting = None  # rejected: it no longer waits for anything
             if batch is not None:
-                raw = self.store.load(("out", i))
-                if raw is not None:
-                    batch.save(("out", i), encode_entry(e, decode_entry(i, raw)[1]))
+                self._rewrite(batch, e)
 
     def set_waiting(self, batch: Batch, reasons: Mapping[int, str | None]) -> None:
         """Keep why the relay holds each of these entries back (None: no reason, or no longer held). Only
@@ -198,9 +196,13 @@ class Outbox:
             if e is None or e.waiting == why:
                 continue
             e.waiting = why
-            raw = self.store.load(("out", i))
-            if raw is not None:
-                batch.save(("out", i), encode_entry(e, decode_entry(i, raw)[1]))
+            self._rewrite(batch, e)
+
+    def _rewrite(self, batch: Batch, e: OutboxEntry) -> None:
+        """Stage ``e``'s stored entry again with its header as it now is (its update unchanged)."""
+        raw = self.store.load(("out", e.id))
+        if raw is not None:
+            batch.save(("out", e.id), encode_entry(e, decode_entry(e.id, raw)[1]))
 
     def remove(self, batch: Batch, ids: Iterable[int]) -> list[OutboxEntry]:
         removed = []
