@@ -173,10 +173,20 @@ class CheckedRecordDoc(BaseRecordDoc):
         if type(self).check is not CheckedRecordDoc.check:
             self.check()
             return None
-        check_slot = self._check_slot
-        parsed = {key: check_slot(key, raw) for key, raw in slots.items()}
-        for key, raw in sets.items():
-            self._check_set(key, raw)
+        cls = type(self)
+        # the usual entry accepted inline (``check_slots``), as for a record new here, unless a subclass
+        # checks entries its own way
+        if cls._check_slot is CheckedRecordDoc._check_slot:
+            parsed = check_slots(self.collection, slots, self._check_slot)
+        else:
+            check_slot = self._check_slot
+            parsed = {key: check_slot(key, raw) for key, raw in slots.items()}
+        if sets:
+            if cls._check_set is CheckedRecordDoc._check_set:
+                check_set_entries(self.collection, sets, self._check_set)
+            else:
+                for key, raw in sets.items():
+                    self._check_set(key, raw)
         return parsed
 
     def get_sets(self, keys: Iterable[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import EllipsisType
 from typing import Any
 
 from pycrdt import Doc, get_update, merge_updates
@@ -283,7 +284,8 @@ class MergingRecordDoc(CheckedRecordDoc):
         self._changed_remotely()
         return update
 
-    def apply_traced(self, update: bytes, *, exact: bool = False) -> Traced | None:
+    def apply_traced(self, update: bytes, *, exact: bool = False,
+                     strings: list[str] | EllipsisType | None = ...) -> Traced | None:
         """``apply``, reporting what the update did (``Traced``): the relay checks each change by that.
 
         One bare Yrs transaction, watched by lasting subscriptions (``model/trace.py``). None, and nothing
@@ -293,7 +295,10 @@ class MergingRecordDoc(CheckedRecordDoc):
         The history entries it inserted are read off the update when all it holds is JSON strings (any
         change but a text edit: ``history_from_update``), else (or ``exact``) from the history's delta,
         whose cost grows with the history. When the update cannot tell (a forged one), the document is
-        rebuilt as it was and the update applied again, traced by the delta.
+        rebuilt as it was and the update applied again, traced by the delta. ``strings``: the update's
+        ``any_strings`` when the caller read them already (the relay, with its shape check:
+        ``scan_update``); then they are used whatever the history's length (the delta of a short history
+        costs less than reading the update, not less than using what was read).
         """
         if self._pdoc is not None or self.held:
             return None
@@ -306,8 +311,10 @@ class MergingRecordDoc(CheckedRecordDoc):
             tracer = self._tracer = Tracer(ydoc, slots, sets, hist)
         # a short history's delta costs less than reading the update in Python (about 10 ns an entry against
         # 5 us a change): the update is read only for a long one (its length is known after the first change)
-        short = self._hist_len is not None and self._hist_len < _DELTA_ENTRIES
-        exact = exact or short or any_strings(update) is None
+        if strings is ...:
+            short = self._hist_len is not None and self._hist_len < _DELTA_ENTRIES
+            strings = None if exact or short else any_strings(update)
+        exact = exact or strings is None
         traced = tracer.arm(exact=exact)
         hist = tracer.history
         try:
@@ -335,9 +342,9 @@ class MergingRecordDoc(CheckedRecordDoc):
             self._build(ydoc.client_id())  # without what is pending
             return Traced(held=True)
         new = traced.new
-        if traced.history_changed and not exact and not history_from_update(traced, grown):
+        if traced.history_changed and not exact and not history_from_update(traced, grown, strings):
             self._build(ydoc.client_id())  # as it was: the update again, traced exactly
-            return self.apply_traced(update, exact=True)
+            return self.apply_traced(update, exact=True, strings=None)
         if new:
             self._parts.append(new)
             self._tail_bytes += len(new)

@@ -12,18 +12,18 @@ The callbacks hold no strong reference to the document, its ``RecordDoc`` or the
 subscription is owned by the Rust side, and the tracer holds its subscriptions, which hold the document.
 A callback that referred to the tracer closed that loop through Rust, where Python's collector cannot see
 it: every document the relay ever traced stayed in memory (+120 KB a 60 KB record, measured, whatever the
-cache size). They reach the tracer through a weak reference; the ``RecordDoc`` owns it, and when that
-goes, the tracer, its subscriptions and the document go too.
+cache size). They share only a small list with the tracer (the ``Traced`` being filled, none between
+changes, and a flag); the ``RecordDoc`` owns the tracer, and when that goes, the tracer, its subscriptions
+and the document go too.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Traced", "Tracer", "any_strings", "history_from_update", "shape_error"]
+__all__ = ["Traced", "Tracer", "any_strings", "history_from_update", "scan_update", "shape_error"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -60,35 +60,38 @@ class Tracer:
     them record into a fresh ``Traced`` until ``disarm()``. Other transactions on the document (reads,
     local writes) find it disarmed and cost one call each."""
 
-    __slots__ = ("__weakref__", "_current", "_exact", "_subs", "history")
+    __slots__ = ("_box", "_subs", "history")
 
     def __init__(self, ydoc: Any, slots: Any, sets: Any, history: Any) -> None:
-        self._current: Traced | None = None
-        self._exact = True
+        # what the callbacks share with the tracer, and all they hold: the ``Traced`` being filled (None:
+        # disarmed) and whether the history's entries are read from its delta (see the module docstring)
+        box: list[Any] = [None, True]
+        self._box = box
         self.history = history  # the Yrs handle of ``h`` (its length, for ``history_from_update``)
-        me = weakref.ref(self)
-        self._subs = [ydoc.observe(_weakly(me, Tracer._on_txn)), slots.observe(_weakly(me, Tracer._on_slots)),
-                      sets.observe(_weakly(me, Tracer._on_sets)), history.observe(_weakly(me, Tracer._on_history))]
+        self._subs = [ydoc.observe(_on_txn(box)), slots.observe(_on_map(box, True)),
+                      sets.observe(_on_map(box, False)), history.observe(_on_history(box))]
 
     def arm(self, *, exact: bool = True) -> Traced:
         """Record into a fresh ``Traced``. ``exact=False``: of the history, only whether it changed (the
         entries a change inserted are then read off its update: ``history_from_update``)."""
-        t = self._current = Traced()
-        self._exact = exact
+        t = Traced()
+        self._box[0], self._box[1] = t, exact
         return t
 
     def disarm(self) -> None:
-        self._current = None
+        self._box[0] = None
 
     def close(self) -> None:
         """Drop the subscriptions (the document is being replaced)."""
-        self._current = None
+        self._box[0] = None
         for sub in self._subs:
             sub.drop()
         self._subs.clear()
 
-    def _on_txn(self, event: Any) -> None:
-        t = self._current
+
+def _on_txn(box: list[Any]) -> Callable[[Any], None]:
+    def callback(event: Any) -> None:
+        t = box[0]
         if t is None:
             return
         update = event.update
@@ -96,37 +99,33 @@ class Tracer:
             t.new = update
         t.before = event.before_state
         t.after = event.after_state
+    return callback
 
-    def _on_slots(self, event: Any) -> None:
-        t = self._current
+
+def _on_map(box: list[Any], slots: bool) -> Callable[[Any], None]:
+    def callback(event: Any) -> None:
+        t = box[0]
         if t is not None:
-            _collect(event.keys, t.slots, t.slot_values)
+            if slots:
+                _collect(event.keys, t.slots, t.slot_values)
+            else:
+                _collect(event.keys, t.sets, t.set_values)
+    return callback
 
-    def _on_sets(self, event: Any) -> None:
-        t = self._current
-        if t is not None:
-            _collect(event.keys, t.sets, t.set_values)
 
-    def _on_history(self, event: Any) -> None:
-        t = self._current
+def _on_history(box: list[Any]) -> Callable[[Any], None]:
+    def callback(event: Any) -> None:
+        t = box[0]
         if t is None:
             return
         t.history_changed = True
-        if not self._exact:
+        if not box[1]:
             return
         # (Yrs makes the delta by walking every item of the array: 7-10 ns each, 0.15-0.2 ms a change at
         # 20,000 history entries, half of what the relay spent on a change to a record written that often)
         for op in event.delta:
             t.history.extend(op.get("insert", ()))
             t.history_deleted += int(op.get("delete", 0))
-
-
-def _weakly(ref: weakref.ReferenceType[Tracer], method: Callable[[Tracer, Any], None]) -> Callable[[Any], None]:
-    """``method`` of the tracer ``ref`` points to, as a callback that does not keep the tracer alive."""
-    def callback(event: Any) -> None:
-        tracer = ref()
-        if tracer is not None:
-            method(tracer, event)
     return callback
 
 
@@ -141,11 +140,14 @@ def _collect(changes: dict[str, dict[str, Any]], keys: list[str], values: dict[s
             values.pop(key, None)
 
 
-def history_from_update(traced: Traced, grown: int) -> bool:
+def history_from_update(traced: Traced, grown: int, values: list[str] | None = None) -> bool:
     """Fill ``traced.history`` (the entries inserted into the history array) from ``traced.new``, the
     update's part new to the document, without the history's delta (which walks the whole array); return
     False, leaving it empty, when that cannot be told for sure (then trace the update exactly). ``grown``:
-    how much the array's length changed.
+    how much the array's length changed. ``values``: ``any_strings`` of the update as it came, when read
+    already (``scan_update``), else read here off ``traced.new``. The update as it came holds the new part's
+    values and those of any items the document had already; those would be values left over beyond the
+    new entries, so the count below fails and nothing wrong is filled in.
 
     Sure only for an update whose content is all JSON strings in ``Any`` items (every change of a register,
     counter or set field, and every delete; a text edit is not, its characters are strings of another
@@ -155,9 +157,10 @@ def history_from_update(traced: Traced, grown: int) -> bool:
     grew by its new entries minus the entries deleted from it: so the values left number exactly ``grown``
     only when there are no others and no entry was deleted, and then they are the new entries.
     """
-    values = any_strings(traced.new)
     if values is None:
-        return False
+        values = any_strings(traced.new)
+        if values is None:
+            return False
     left: dict[str, int] = {}
     for v in values:
         left[v] = left.get(v, 0) + 1
@@ -178,10 +181,7 @@ def history_from_update(traced: Traced, grown: int) -> bool:
 def any_strings(update: bytes) -> list[str] | None:
     """The values of every ``Any`` item of a Yjs v1 update, in order, if all of them are strings and the
     update holds no content of another kind but deleted items (None otherwise, or for one it cannot read)."""
-    return _scan(update, True)[1]
-
-
-_MAPS = ("f", "s")  # the record's maps: every item under a key
+    return _scan(update)[1]
 
 
 def shape_error(update: bytes) -> str | None:
@@ -191,18 +191,31 @@ def shape_error(update: bytes) -> str | None:
     without a key in a map, under a key in the history or a text, a nested shared type, or content of
     another kind (binary, embeds, formats, subdocuments) would be stored and sent to every reader while no
     API shows it (room for covert data; the relay checks what the events report). Items placed by origin
-    take their parent and key from it: only those that name their parent are checked for keys.
-
-    Runs on every change the relay stages: the varuints are read inline (one byte each, nearly always):
-    2.2 us a change, against 3.6 through a reader object's method calls."""
-    return _scan(update, False)[0]
+    take their parent and key from it: only those that name their parent are checked for keys."""
+    return _scan(update)[0]
 
 
-def _scan(update: bytes, collect: bool) -> tuple[str | None, list[str] | None]:
-    """One pass over an update for ``shape_error`` (first) and, with ``collect``, ``any_strings`` (second:
-    None when a text's characters are in it, or nothing could be read)."""
+def scan_update(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None]:
+    """``shape_error``, ``any_strings`` and the root types the update's items name besides ``f``, ``s`` and
+    ``h`` (None when it cannot be read to its end), in one pass: what the relay reads off each change before
+    applying it. Only items that name their parent name a root; the others take their parent from an item
+    already in the document (or in the update), so a document that held only our roots holds, after the
+    update, only those and the ones named here.
+
+    The varuints are read inline (one byte each, nearly always): 2.2 us a change, against 3.6 through a
+    reader object's method calls."""
+    return _scan(update)
+
+
+_MAPS = ("f", "s")  # the record's maps: every item under a key
+
+
+def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None]:
+    """``scan_update``: (shape error, strings, other roots); strings None when a text's characters are in
+    it; strings and roots None when it could not be read."""
     data = update
-    out: list[str] | None = [] if collect else None
+    out: list[str] | None = []
+    roots: list[str] = []
     try:
         pos = 0
         clients = data[pos]
@@ -230,7 +243,7 @@ def _scan(update: bytes, collect: bool) -> tuple[str | None, list[str] | None]:
                     pos = _skip_varuints(data, pos, 2)
                 if not info & 0xC0:  # no origin: the parent, and the key in a map, are written out
                     if data[pos] != 1:
-                        return "an item inside a nested shared type", None
+                        return "an item inside a nested shared type", None, None
                     pos += 1
                     n, pos = _varuint(data, pos)
                     root = data[pos:pos + n].decode("utf-8")
@@ -241,9 +254,12 @@ def _scan(update: bytes, collect: bool) -> tuple[str | None, list[str] | None]:
                         pos += n
                     if root in _MAPS:
                         if not keyed:
-                            return f"an item without a key in the map {root!r}", None
-                    elif keyed and (root == "h" or root.startswith("t:")):  # (other roots: ``check_roots``)
-                        return f"an item under a key in {root!r}", None
+                            return f"an item without a key in the map {root!r}", None, None
+                    else:
+                        if keyed and (root == "h" or root.startswith("t:")):  # (other roots: ``check_roots``)
+                            return f"an item under a key in {root!r}", None, None
+                        if root != "h":
+                            roots.append(root)
                 if kind == 1:  # deleted: a length
                     pos = _skip_varuints(data, pos, 1)
                 elif kind == 4:  # characters of a text
@@ -254,18 +270,18 @@ def _scan(update: bytes, collect: bool) -> tuple[str | None, list[str] | None]:
                     count, pos = _varuint(data, pos)
                     for _ in range(count):
                         if data[pos] != 119:
-                            return "a value that is not a string", None
+                            return "a value that is not a string", None, None
                         n, pos = _varuint(data, pos + 1)
                         if out is not None:
                             out.append(data[pos:pos + n].decode("utf-8"))
                         pos += n
                 else:
-                    return f"content of kind {kind} (only strings and text)", None
+                    return f"content of kind {kind} (only strings and text)", None, None
                 if pos > len(data):
-                    return None, None
-        return None, out
+                    return None, None, None
+        return None, out, roots
     except (ValueError, IndexError, UnicodeDecodeError):
-        return None, None
+        return None, None, None
 
 
 def _varuint(data: bytes, pos: int) -> tuple[int, int]:

@@ -312,10 +312,14 @@ def _when(t: int) -> str:
 _ROOTS: dict[int, tuple[Collection, frozenset[str]]] = {}
 
 
-def check_roots(doc: RecordDoc) -> None:
+def check_roots(doc: RecordDoc, named: Iterable[str] | None = None) -> None:
     """Refuse (``invalid``) a record holding root types besides ours: the slot map ``f``, the set map
     ``s``, the history ``h`` and one text per text field (``t:<name>``). Anything else in an update is
-    stored and sent to every reader while no API shows it: room for covert data, up to the record limit."""
+    stored and sent to every reader while no API shows it: room for covert data, up to the record limit.
+
+    ``named``: the roots the change just applied named besides ``f``, ``s`` and ``h`` (``scan_update``, for
+    an update read to its end and applied alone): only a root an update names can be new, so only those
+    are checked (listing the document's roots cost a transaction). None: every root of the document."""
     coll = doc.collection
     hit = _ROOTS.get(id(coll))
     if hit is None or hit[0] is not coll:
@@ -323,6 +327,6 @@ def check_roots(doc: RecordDoc) -> None:
             _ROOTS.clear()
         names = frozenset({"f", "s", "h"} | {f"t:{n}" for n, f in coll.fields.items() if f.merge == "text"})
         hit = _ROOTS[id(coll)] = (coll, names)
-    extra = [n for n in doc.root_names() if n not in hit[1]]
+    extra = [n for n in (doc.root_names() if named is None else named) if n not in hit[1]]
     if extra:
         raise Refused("invalid", f"writes outside the record's fields: root types {sorted(extra)[:3]!r}")

@@ -41,7 +41,7 @@ from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
-from ..model.trace import shape_error
+from ..model.trace import scan_update
 from ..protocol.events import Change, Item, Rejection
 from ..protocol.frames import MAX_REASON, MAX_RETURNS
 from ..replica.docs import RecordDocs
@@ -311,13 +311,13 @@ class RelayLog:
             was = doc.state()
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
-        shape = shape_error(ch.update)
+        shape, strings, roots = scan_update(ch.update)
         if shape is not None:
             raise Refused("invalid", f"{c}/{rid}: the update holds {shape}, which no record holds")
         saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
-                traced = doc.apply_traced(ch.update)
+                traced = doc.apply_traced(ch.update, strings=strings)
                 observed, complete = traced is None, True
                 if traced is None:  # a document that cannot be traced: applied under observation
                     # read first: the content before is then the baseline of ``check`` below (if the document
@@ -356,7 +356,7 @@ class RelayLog:
                 latest = hlc_pack(self.wall() + MAX_AHEAD_MS, 0xFFFF)
                 check_own(doc, traced, device, user, read, latest)
                 lr.vector = check_claims(doc, traced, read, latest, lr.vector)
-                check_roots(doc)
+                check_roots(doc, None if observed else roots)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise Refused("invalid", str(e)) from None
             except Refused:
