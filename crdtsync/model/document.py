@@ -346,6 +346,19 @@ class BaseRecordDoc:
         self._tail_bytes = 0
         return len(whole)
 
+    def parts_mark(self) -> tuple[list[bytes], int]:
+        """The parts the document is made of now, as a mark for ``parts_at`` (``parts`` copies them: the
+        relay marks every record it applies a change to, and the copy was a tenth of its own work). Parts
+        are only appended, cut back to a length they had after the mark, or replaced by a new list: the
+        marked list keeps its first ``n`` parts."""
+        return self._parts, len(self._parts)
+
+    @staticmethod
+    def parts_at(mark: tuple[list[bytes], int]) -> list[bytes]:
+        """The parts as they were at ``parts_mark``."""
+        parts, n = mark
+        return parts[:n]
+
     def parts(self) -> list[bytes]:
         """The updates the document is made of (a copy of the list): enough to rebuild it, e.g. to undo an
         update that turned out to be refused, without encoding the whole state as ``full_update`` does."""

@@ -19,6 +19,7 @@ and the document go too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,12 +211,20 @@ def scan_update(update: bytes) -> tuple[str | None, list[str] | None, list[str] 
 _MAPS = ("f", "s")  # the record's maps: every item under a key
 
 
+#: one varuint, and two, matched from a position (``.match(data, pos).end()``): a varuint skipped in one C call,
+#: not a Python loop over its bytes (a Yjs client id takes five); no match when the data ends inside it
+_SKIP1 = re.compile(rb"[\x80-\xff]*[\x00-\x7f]").match
+_SKIP2 = re.compile(rb"[\x80-\xff]*[\x00-\x7f][\x80-\xff]*[\x00-\x7f]").match
+
+
 def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None]:
     """``scan_update``: (shape error, strings, other roots); strings None when a text's characters are in
-    it; strings and roots None when it could not be read."""
+    it; strings and roots None when it could not be read. Varuints of one byte (counts and lengths, nearly
+    always) are read inline, longer ones by ``_varuint``; those skipped (ids) by the patterns above."""
     data = update
     out: list[str] | None = []
     roots: list[str] = []
+    size = len(data)
     try:
         pos = 0
         clients = data[pos]
@@ -223,25 +232,36 @@ def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None
         if clients & 0x80:
             clients, pos = _varuint(data, pos - 1)
         for _ in range(clients):
-            header = []
-            for _ in range(3):  # structs, client, clock
-                v = data[pos]
-                pos += 1
-                if v & 0x80:
-                    v, pos = _varuint(data, pos - 1)
-                header.append(v)
-            for _ in range(header[0]):
+            structs = data[pos]
+            pos += 1
+            if structs & 0x80:
+                structs, pos = _varuint(data, pos - 1)
+            m = _SKIP2(data, pos)  # client, clock
+            if m is None:
+                return None, None, None
+            pos = m.end()
+            for _ in range(structs):
                 info = data[pos]
                 pos += 1
                 kind = info & 0x1F
                 if kind == 0 or kind == 10:  # GC, Skip: a length
-                    pos = _skip_varuints(data, pos, 1)
+                    m = _SKIP1(data, pos)
+                    if m is None:
+                        return None, None, None
+                    pos = m.end()
                     continue
-                if info & 0x80:
-                    pos = _skip_varuints(data, pos, 2)
-                if info & 0x40:
-                    pos = _skip_varuints(data, pos, 2)
-                if not info & 0xC0:  # no origin: the parent, and the key in a map, are written out
+                if info & 0xC0:  # an origin (left, right or both): ids of two varuints each
+                    if info & 0x80:
+                        m = _SKIP2(data, pos)
+                        if m is None:
+                            return None, None, None
+                        pos = m.end()
+                    if info & 0x40:
+                        m = _SKIP2(data, pos)
+                        if m is None:
+                            return None, None, None
+                        pos = m.end()
+                else:  # no origin: the parent, and the key in a map, are written out
                     if data[pos] != 1:
                         return "an item inside a nested shared type", None, None
                     pos += 1
@@ -260,24 +280,33 @@ def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None
                             return f"an item under a key in {root!r}", None, None
                         if root != "h":
                             roots.append(root)
-                if kind == 1:  # deleted: a length
-                    pos = _skip_varuints(data, pos, 1)
+                if kind == 8:  # any: strings only
+                    count = data[pos]
+                    pos += 1
+                    if count & 0x80:
+                        count, pos = _varuint(data, pos - 1)
+                    for _ in range(count):
+                        if data[pos] != 119:
+                            return "a value that is not a string", None, None
+                        n = data[pos + 1]
+                        pos += 2
+                        if n & 0x80:
+                            n, pos = _varuint(data, pos - 1)
+                        if out is not None:
+                            out.append(data[pos:pos + n].decode("utf-8"))
+                        pos += n
+                elif kind == 1:  # deleted: a length
+                    m = _SKIP1(data, pos)
+                    if m is None:
+                        return None, None, None
+                    pos = m.end()
                 elif kind == 4:  # characters of a text
                     n, pos = _varuint(data, pos)
                     pos += n
                     out = None
-                elif kind == 8:  # any: strings only
-                    count, pos = _varuint(data, pos)
-                    for _ in range(count):
-                        if data[pos] != 119:
-                            return "a value that is not a string", None, None
-                        n, pos = _varuint(data, pos + 1)
-                        if out is not None:
-                            out.append(data[pos:pos + n].decode("utf-8"))
-                        pos += n
                 else:
                     return f"content of kind {kind} (only strings and text)", None, None
-                if pos > len(data):
+                if pos > size:
                     return None, None, None
         return None, out, roots
     except (ValueError, IndexError, UnicodeDecodeError):
@@ -296,12 +325,3 @@ def _varuint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 70:
             raise ValueError("overlong varuint")
-
-
-def _skip_varuints(data: bytes, pos: int, count: int) -> int:
-    """The position after ``count`` varuints from ``pos``."""
-    for _ in range(count):
-        while data[pos] & 0x80:
-            pos += 1
-        pos += 1
-    return pos

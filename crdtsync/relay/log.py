@@ -89,10 +89,12 @@ class LogGap(Exception):
     """Log entries after a cursor are gone: compacted away while a pull paged through them (``delta``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Accepted:
     """A stored change. ``prev``: when the change altered a field that a ``where`` limit looks at, the
-    values those fields had before it (so a device that could see the record then is told it left)."""
+    values those fields had before it (so a device that could see the record then is told it left). Treat
+    it as immutable (not frozen: the relay makes one per change, and a frozen one cost four times as much
+    to make)."""
 
     seq: int
     collection: str
@@ -204,6 +206,9 @@ class RelayLog:
         """Validate and apply one push's changes, in order, staging the accepted ones into ``batch``."""
         out = Outcome()
         refused: set[tuple[str, str]] = set()
+        # the latest time a change may be stamped with: the relay's clock plus ``MAX_AHEAD_MS`` (one reading of
+        # the clock per push: a push takes milliseconds, the margin is days)
+        latest = hlc_pack(self.wall() + MAX_AHEAD_MS, 0xFFFF)
         for ch in changes:
             key = (ch.collection, ch.record)
             if key in refused:
@@ -221,7 +226,7 @@ class RelayLog:
                     out.ok.append(ch.change_id)
                 continue
             try:
-                accepted = self._stage_one(batch, device, grant, ch)
+                accepted = self._stage_one(batch, device, grant, ch, latest)
             except Waits as e:
                 refused.add(key)  # the record's later changes build on this one: they wait too
                 out.held.append(ch.change_id)
@@ -290,7 +295,7 @@ class RelayLog:
         top = self._dedup_top[device]
         return top is not None and change_id <= top
 
-    def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change) -> Accepted | None:
+    def _stage_one(self, batch: Batch, device: str, grant: Grant, ch: Change, latest: int) -> Accepted | None:
         c, rid = ch.collection, ch.record
         if c not in self.schema.collections:
             raise Refused("gone", f"collection {c!r} does not exist on the relay")
@@ -314,7 +319,7 @@ class RelayLog:
         shape, strings, roots = scan_update(ch.update)
         if shape is not None:
             raise Refused("invalid", f"{c}/{rid}: the update holds {shape}, which no record holds")
-        saved = doc.parts()  # applied in place (the common case is accepted); restored if refused
+        saved = doc.parts_mark()  # applied in place (the common case is accepted); restored if refused
         try:
             try:
                 traced = doc.apply_traced(ch.update, strings=strings)
@@ -353,7 +358,6 @@ class RelayLog:
                 if isinstance(doc, DraftRecordDoc):  # lww-record / lww-patch: only own drafts (relay/drafts.py)
                     refuse(check_draft_keys(doc, traced.slots, lambda w: is_own_writer(w, device), device, user))
                     traced.slots = []
-                latest = hlc_pack(self.wall() + MAX_AHEAD_MS, 0xFFFF)
                 check_own(doc, traced, device, user, read, latest)
                 lr.vector = check_claims(doc, traced, read, latest, lr.vector)
                 check_roots(doc, None if observed else roots)
@@ -367,9 +371,11 @@ class RelayLog:
                     raise
                 log.warning("update of %s/%s from %s could not be applied", c, rid, device, exc_info=True)
                 raise Refused("invalid", f"the update could not be applied: {type(e).__name__}") from None
-            refuse_over_limits(doc, self._merge_limits[c], touched, lambda: new_record_doc(
-                doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user, client_id=0,
-                updates=saved))
+            limits = self._merge_limits[c]
+            if limits:
+                refuse_over_limits(doc, limits, touched, lambda: new_record_doc(
+                    doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user, client_id=0,
+                    updates=doc.parts_at(saved)))
             if self.max_record is not None and doc.size_bound() > self.max_record:
                 size = doc.encoded_size()  # (exact only when the bound is over; it makes the bound exact again)
                 if size > self.max_record:
@@ -384,7 +390,7 @@ class RelayLog:
                 refuse(refusal)
         except BaseException:
             lr.doc = new_record_doc(doc.collection, rid, writer=doc.writer, device=doc.device, user=doc.user,
-                                    client_id=doc.doc.client_id, updates=saved)
+                                    client_id=doc.doc.client_id, updates=doc.parts_at(saved))
             lr.vector = None  # (it may hold the refused change's times)
             raise
         if prev is not None:

@@ -17,6 +17,15 @@ on the size of the store. Values are updated in place (an upsert, not ``INSERT O
 delete the row and append it again). Files made with the earlier ``WITHOUT ROWID`` table keep working as
 they are (the statements suit both layouts).
 
+Keys of two segments, a name among ``SEQUENCES`` and an int (a device's outbox entries ``("out", change
+id)``, the relay's log ``("log", seq)``), live in a table of their own per name, ``kv_<name>``, keyed by the
+int: a rowid table, one b-tree and no index. Every local write commits exactly one outbox entry, and in the
+key table it cost an upsert into the table and into the key's index (two b-trees, two pages in the WAL):
+7 us of a 35 us ``update()``. The tables are invisible through the interface: reads and range scans merge
+them with the key table in key order. A file written by an earlier version keeps such keys in ``kv``:
+opening it moves them (once, in one transaction). An earlier version opening a file written by this one does
+not see them: pending changes would be hidden from it (not lost: they come back once it is upgraded again).
+
 A commit of several keys writes them in multi-row statements (``INSERT ... SELECT ... FROM (VALUES
 (?,?), ...) ON CONFLICT``, ``DELETE ... WHERE k IN (...)``), not ``executemany``: one ``sqlite3_step``
 per statement, and ``sqlite3`` releases the GIL around each step, so a commit in a thread (the relay's
@@ -60,7 +69,7 @@ from .base import Batch, ByteStore
 from .checkpoint import Checkpointer
 from .keys import Key, decode_key, encode_key, prefix_end
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SEQUENCES", "SQLiteStore"]
 
 _UPSERT = "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 
@@ -83,6 +92,54 @@ _SIZES = sorted({_size(n) for n in range(1, _CHUNK + 1)})
 _SAVES = {n: "INSERT INTO kv (k, v) SELECT column1, column2 FROM (VALUES " + ",".join(["(?,?)"] * n)
           + ") WHERE typeof(column1) = 'blob' ON CONFLICT (k) DO UPDATE SET v = excluded.v" for n in _SIZES}
 _REMOVES = {n: f"DELETE FROM kv WHERE k IN ({','.join('?' * n)})" for n in _SIZES}  # 0 matches no key
+
+#: names whose ``(name, int)`` keys live in a table of their own, ``kv_<name>`` (see the module docstring)
+SEQUENCES = ("out", "log")
+_SEQ_PREFIX = {name: encode_key((name,)) + b"\x03" for name in SEQUENCES}  # (an int segment's tag)
+_OFFSET = 1 << 63
+_SEQ_SAVES = {(name, n): f"INSERT INTO kv_{name} (n, v) SELECT column1, column2 FROM (VALUES "
+              + ",".join(["(?,?)"] * n) + ") WHERE typeof(column2) = 'blob' ON CONFLICT (n) DO UPDATE SET v = "
+              "excluded.v" for name in SEQUENCES for n in _SIZES}
+_SEQ_REMOVES = {(name, n): f"DELETE FROM kv_{name} WHERE n IN ({','.join('?' * n)})"
+                for name in SEQUENCES for n in _SIZES}  # (padded with NULL, which matches no n)
+_SEQ_UPSERT = {name: f"INSERT INTO kv_{name} (n, v) VALUES (?, ?) ON CONFLICT (n) DO UPDATE SET v = excluded.v"
+               for name in SEQUENCES}
+
+
+def _seq(key: Key) -> str | None:
+    """The sequence table of ``key``, if it lives in one (``SEQUENCES``)."""
+    if len(key) == 2 and key[0] in _SEQ_PREFIX and isinstance(key[1], int) and not isinstance(key[1], bool):
+        n = key[1]
+        if not -_OFFSET <= n < _OFFSET:
+            raise ValueError(f"int key segment {n} does not fit in 64 bits")
+        return str(key[0])
+    return None
+
+
+def _seq_tables(prefix: Key) -> list[tuple[str, int | None]]:
+    """The sequence tables a range under ``prefix`` covers, each with the one int it is limited to (None:
+    the whole table)."""
+    if not prefix:
+        return [(name, None) for name in SEQUENCES]
+    if prefix[0] in _SEQ_PREFIX and not isinstance(prefix[0], bool):
+        if len(prefix) == 1:
+            return [(str(prefix[0]), None)]
+        if len(prefix) == 2 and _seq(prefix) is not None:
+            return [(str(prefix[0]), int(prefix[1]))]
+    return []
+
+
+def _first_n(name: str, bound: bytes) -> int:
+    """The smallest int whose key ``(name, int)``, encoded, is not below ``bound`` (2**63 if none)."""
+    p = _SEQ_PREFIX[name]
+    if bound <= p:
+        return -_OFFSET
+    if not bound.startswith(p):
+        return _OFFSET  # (above every such key: the bounds come from keys near these)
+    body = bound[len(p):]
+    v = int.from_bytes(body[:8].ljust(8, b"\x00"), "big") - _OFFSET
+    return v + 1 if len(body) > 8 else v
+
 
 Synchronous = Literal["FULL", "NORMAL", "OFF"]
 Checkpoint = Literal["commit", "background"]
@@ -123,6 +180,9 @@ class SQLiteStore(ByteStore):
         # checkpointer's connection (at ``synchronous``) syncs what each checkpoint copies
         db.execute(f"PRAGMA synchronous={'OFF' if self._sync_wal else synchronous}")
         db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL)")
+        for name in SEQUENCES:
+            db.execute(f"CREATE TABLE IF NOT EXISTS kv_{name} (n INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        self._move_sequences(db)
         if on_disk:
             self._rlock = threading.RLock()
             self._rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -132,6 +192,24 @@ class SQLiteStore(ByteStore):
             self.checkpointer = Checkpointer(self.path, synchronous=synchronous, lock=self._lock)
             # a store dropped without close() must not leave its thread waiting forever
             weakref.finalize(self, self.checkpointer.close)
+
+    @staticmethod
+    def _move_sequences(db: sqlite3.Connection) -> None:
+        """Move the sequence keys an earlier version kept in ``kv`` to their tables, in one transaction."""
+        for name, p in _SEQ_PREFIX.items():
+            rows = db.execute("SELECT k, v FROM kv WHERE k >= ? AND k < ? AND length(k) = ?",
+                              (p, prefix_end(p), len(p) + 8)).fetchall()
+            if not rows:
+                continue
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(f"INSERT OR REPLACE INTO kv_{name} (n, v) VALUES (?, ?)",
+                               [(int.from_bytes(k[len(p):], "big") - _OFFSET, v) for k, v in rows])
+                db.execute("DELETE FROM kv WHERE k >= ? AND k < ? AND length(k) = ?", (p, prefix_end(p), len(p) + 8))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -144,12 +222,21 @@ class SQLiteStore(ByteStore):
         return self._rdb
 
     def load(self, key: Key) -> bytes | None:
+        seq = _seq(key)
         with self._rlock:
-            row = self._reader().execute("SELECT v FROM kv WHERE k = ?", (encode_key(key),)).fetchone()
+            if seq is not None:
+                row = self._reader().execute(f"SELECT v FROM kv_{seq} WHERE n = ?", (key[1],)).fetchone()
+            else:
+                row = self._reader().execute("SELECT v FROM kv WHERE k = ?", (encode_key(key),)).fetchone()
         return None if row is None else bytes(row[0])
 
     def load_many(self, keys: Sequence[Key]) -> list[bytes | None]:
         encoded = [encode_key(k) for k in keys]
+        seqs: dict[str, list[int]] = {}
+        for k in keys:
+            name = _seq(k)
+            if name is not None:
+                seqs.setdefault(name, []).append(int(k[1]))
         found: dict[bytes, bytes] = {}
         with self._rlock:  # the read connection, as ``load``: never waits for a commit in progress
             db = self._reader()
@@ -157,6 +244,11 @@ class SQLiteStore(ByteStore):
                 chunk = encoded[i:i + 500]
                 sql = f"SELECT k, v FROM kv WHERE k IN ({','.join('?' * len(chunk))})"
                 found.update((bytes(k), bytes(v)) for k, v in db.execute(sql, chunk))
+            for name, ns in seqs.items():
+                for i in range(0, len(ns), 500):
+                    part = ns[i:i + 500]
+                    sql = f"SELECT n, v FROM kv_{name} WHERE n IN ({','.join('?' * len(part))})"
+                    found.update((encode_key((name, n)), bytes(v)) for n, v in db.execute(sql, part))
         return [found.get(k) for k in encoded]
 
     def load_range(self, prefix: Key, *, start: Key | None = None, limit: int | None = None,
@@ -170,16 +262,39 @@ class SQLiteStore(ByteStore):
                 hi = min(hi, encode_key(start) + b"\x00")
             else:
                 lo = max(lo, encode_key(start))
-        sql = f"SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k {'DESC' if reverse else 'ASC'}"
+        order = "DESC" if reverse else "ASC"
+        sql = f"SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k {order}"
         args: tuple[object, ...] = (lo, hi)
         if limit is not None:
             sql += " LIMIT ?"
             args += (limit,)
+        tables = _seq_tables(prefix)
         with self._rlock:
-            rows = self._reader().execute(sql, args).fetchall()
-        return [(decode_key(bytes(k)), bytes(v)) for k, v in rows]
+            db = self._reader()
+            rows = db.execute(sql, args).fetchall()
+            if not tables:
+                return [(decode_key(bytes(k)), bytes(v)) for k, v in rows]
+            merged: list[tuple[bytes, Key, bytes]] = [(bytes(k), decode_key(bytes(k)), bytes(v)) for k, v in rows]
+            for name, only in tables:
+                first, end = _first_n(name, lo), _first_n(name, hi)
+                if only is not None:
+                    first, end = max(first, only), min(end, only + 1)
+                if first >= end:
+                    continue
+                q = f"SELECT n, v FROM kv_{name} WHERE n >= ? AND n <= ? ORDER BY n {order}"
+                qargs: tuple[object, ...] = (first, end - 1)
+                if limit is not None:
+                    q += " LIMIT ?"
+                    qargs += (limit,)
+                merged += [(encode_key((name, n)), (name, n), bytes(v)) for n, v in db.execute(q, qargs)]
+        merged.sort(key=lambda row: row[0], reverse=reverse)
+        if limit is not None:
+            del merged[limit:]
+        return [(key, v) for _, key, v in merged]
 
     def load_ranges(self, prefixes: Sequence[Key]) -> list[list[tuple[Key, bytes]]]:
+        if any(_seq_tables(p) for p in prefixes):
+            return [self.load_range(p) for p in prefixes]
         bounds = []
         for p in prefixes:
             lo = encode_key(p)
@@ -232,9 +347,13 @@ class SQLiteStore(ByteStore):
             db = self._conn()
             if len(batch.saves) == 1 and not batch.removes and not batch.range_removes:
                 # one statement is a transaction of its own: the same guarantees, two calls fewer (a local
-                # write commits one key, and BEGIN + COMMIT were a sixth of its commit)
+                # write commits one key, its outbox entry, and BEGIN + COMMIT were a sixth of its commit)
                 ((key, value),) = batch.saves.items()
-                db.execute(_UPSERT, (encode_key(key), value))
+                seq = _seq(key)
+                if seq is not None:
+                    db.execute(_SEQ_UPSERT[seq], (key[1], value))
+                else:
+                    db.execute(_UPSERT, (encode_key(key), value))
                 if self.checkpointer is not None:
                     # counted as the three keys a local write used to commit: its pages (the table's, the
                     # index's) are fewer than a third of a 3-key commit's, and checkpointing every 1000 of
@@ -245,12 +364,29 @@ class SQLiteStore(ByteStore):
                 return
             # Encoded first: a bad key fails before anything is written.
             ranges = [encode_key(p) for p in batch.range_removes]
-            removes = _params([bytearray(encode_key(k)) for k in batch.removes], 1)
-            flat: list[bytearray | int] = [0] * (2 * len(batch.saves))  # key, value, key, value ...
-            flat[0::2] = [bytearray(encode_key(k)) for k in batch.saves]
-            flat[1::2] = map(bytearray, batch.saves.values())
+            seq_ranges = [t for p in batch.range_removes for t in _seq_tables(p)]
+            seq_saves: dict[str, list[bytearray | int]] = {}
+            seq_removes: dict[str, list[bytearray | int]] = {}
+            kv_saves: dict[Key, bytes] = {}
+            kv_removes: list[Key] = []
+            for k, v in batch.saves.items():
+                name = _seq(k)
+                if name is None:
+                    kv_saves[k] = v
+                else:
+                    seq_saves.setdefault(name, []).extend((int(k[1]), bytearray(v)))
+            for k in batch.removes:
+                name = _seq(k)
+                if name is None:
+                    kv_removes.append(k)
+                else:
+                    seq_removes.setdefault(name, []).append(int(k[1]))
+            removes = _params([bytearray(encode_key(k)) for k in kv_removes], 1)
+            flat: list[bytearray | int] = [0] * (2 * len(kv_saves))  # key, value, key, value ...
+            flat[0::2] = [bytearray(encode_key(k)) for k in kv_saves]
+            flat[1::2] = map(bytearray, kv_saves.values())
             saves = _params(flat, 2)
-            if not ranges and not removes and len(saves) == 1:
+            if not ranges and not removes and len(saves) == 1 and not seq_saves and not seq_removes:
                 # one statement, a transaction of its own: atomic as BEGIN ... COMMIT, two steps fewer
                 db.execute(_SAVES[len(saves[0]) // 2], saves[0])
             else:
@@ -258,10 +394,23 @@ class SQLiteStore(ByteStore):
                 try:
                     for lo in ranges:
                         db.execute("DELETE FROM kv WHERE k >= ? AND k < ?", (lo, prefix_end(lo)))
+                    for name, only in seq_ranges:
+                        if only is None:
+                            db.execute(f"DELETE FROM kv_{name}")
+                        else:
+                            db.execute(f"DELETE FROM kv_{name} WHERE n = ?", (only,))
                     for chunk in removes:
                         db.execute(_REMOVES[len(chunk)], chunk)
+                    for name, ns in seq_removes.items():
+                        for i in range(0, len(ns), _CHUNK):
+                            part: list[bytearray | int | None] = list(ns[i:i + _CHUNK])
+                            size = _size(len(part))
+                            db.execute(_SEQ_REMOVES[(name, size)], part + [None] * (size - len(part)))
                     for chunk in saves:
                         db.execute(_SAVES[len(chunk) // 2], chunk)
+                    for name, rows in seq_saves.items():
+                        for chunk in _params(rows, 2):
+                            db.execute(_SEQ_SAVES[(name, len(chunk) // 2)], chunk)
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
