@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 from ..store.base import Batch, ByteStore
 
-__all__ = ["ClientBindings", "missing_clients", "sv_clients", "sv_is_empty", "update_clients"]
+__all__ = ["ClientBindings", "decode_sv", "missing_clients", "sv_clients", "sv_is_empty", "update_clients"]
 
 BindingKey = tuple[str, str, int]
 
@@ -29,8 +29,8 @@ def sv_clients(before: bytes, after: bytes) -> list[int]:
     """The clients whose clock moved between two encoded state vectors of one document."""
     if after == before:
         return []
-    old = _decode_sv(before)
-    return [c for c, clock in _decode_sv(after).items() if clock > old.get(c, 0)]
+    old = decode_sv(before)
+    return [c for c, clock in decode_sv(after).items() if clock > old.get(c, 0)]
 
 
 def update_clients(update: bytes) -> list[int] | None:
@@ -68,7 +68,7 @@ def sv_is_empty(sv: bytes) -> bool:
         return True
     if sv[0] == 1:
         return sv[-1] == 0
-    return not any(_decode_sv(sv).values())
+    return not any(decode_sv(sv).values())
 
 
 def missing_clients(update: bytes, sv: bytes) -> list[int]:
@@ -78,7 +78,7 @@ def missing_clients(update: bytes, sv: bytes) -> list[int]:
     info byte, origins and parent as ids, then its content; then the delete set); [] for one it cannot
     read. Only for telling a user whose writes a held change waits for: the relay's checks never use it."""
     try:
-        have = _decode_sv(sv)
+        have = decode_sv(sv)
         r = _YReader(update)
         missing: set[int] = set()
 
@@ -196,7 +196,7 @@ class _YReader:
             raise ValueError(f"unknown value tag {tag}")
 
 
-def _decode_sv(sv: bytes) -> dict[int, int]:
+def decode_sv(sv: bytes) -> dict[int, int]:
     """An encoded state vector (as Yrs encodes it: a count, then client and clock varuints) as a dict.
     One pass over the bytes: a varuint read per method call cost five times as much, per change staged."""
     values: list[int] = []

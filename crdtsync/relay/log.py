@@ -63,7 +63,7 @@ from .checks import (
     refuse_over_limits,
     waits_for,
 )
-from .clients import ClientBindings, missing_clients, sv_clients, sv_is_empty, update_clients
+from .clients import ClientBindings, decode_sv, missing_clients, sv_clients, sv_is_empty, update_clients
 from .drafts import check_draft_keys, replay_arrived
 
 __all__ = ["Accepted", "LogGap", "Outcome", "RelayLog", "is_own_writer"]
@@ -78,6 +78,11 @@ _NAMES_READ_MAX = 64 * 1024  # the largest held update whose missing writers are
 _ID_REUSED = ("another change of device {device!r} was stored under this change id: another installation uses "
               "this device id, or this store was restored from a backup; open a new store (a new device id) and "
               "re-enter the change")
+_CLOCKS_REUSED = ("its Yjs items reuse clocks of items the relay already holds from device {device!r}: the store "
+                  "that made it is a copy of another one of this device (restored from a backup taken before later "
+                  "changes synced, or a second installation with this device id), and what it writes would be "
+                  "taken for those items. Nothing of it was stored: open a new store (a new device id) and "
+                  "re-enter the change")
 
 
 def _digest(update: bytes) -> bytes:
@@ -117,6 +122,15 @@ class Outcome:
     held: list[int] = field(default_factory=list)
     accepted: list[Accepted] = field(default_factory=list)
     waits: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _reuses_clocks(starts: list[tuple[int, int]], before: bytes) -> bool:
+    """Whether an update whose clients' items start at ``starts`` (client, first clock) holds items at clocks
+    a document with state vector ``before`` has already."""
+    if before == b"\x00":
+        return False
+    have = decode_sv(before)
+    return any(clock < have.get(client, 0) for client, clock in starts)
 
 
 def _encode_entry(a: Accepted) -> bytes:
@@ -290,8 +304,13 @@ class RelayLog:
         its changes in increasing order, so its new ones are all above the highest id stored (read once per
         device, then kept up to date as changes are staged). Only a shortcut: ids below it are looked up."""
         if device not in self._dedup_top:
+            # the highest dedup key, or the change stored last if higher: compaction drops dedup keys with
+            # their log entries but keeps that one (a change resent after its ack was lost and its dedup key
+            # compacted away is then still no new change: see the reused-clocks check in ``_stage_one``)
             last = self.store.load_range(("dedup", device), reverse=True, limit=1)
-            self._dedup_top[device] = int(last[0][0][2]) if last else None
+            arrived = self.store.load(("relay", "last", device))
+            tops = ([int(last[0][0][2])] if last else []) + ([int(arrived)] if arrived is not None else [])
+            self._dedup_top[device] = max(tops) if tops else None
         top = self._dedup_top[device]
         return top is not None and change_id <= top
 
@@ -316,7 +335,7 @@ class RelayLog:
             was = doc.state()
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
-        shape, strings, roots = scan_update(ch.update)
+        shape, strings, roots, starts = scan_update(ch.update)
         if shape is not None:
             raise Refused("invalid", f"{c}/{rid}: the update holds {shape}, which no record holds")
         saved = doc.parts_mark()  # applied in place (the common case is accepted); restored if refused
@@ -336,6 +355,12 @@ class RelayLog:
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
                     raise waits_for("it builds on writes", self._writers_missing(c, rid, device, ch.update,
                                                                                  doc.state_vector()))
+                if starts and not self._may_be_stored(device, ch.change_id) and _reuses_clocks(starts, traced.before):
+                    # a change this device never sent before, whose items start below what the relay holds of
+                    # their client: another copy of the store wrote those clocks first. Yrs would skip its items
+                    # as known and apply its deletions to the other copy's items: its writes lost, others'
+                    # wiped. (A change the device may have sent before is a resend: its items are the ones held.)
+                    raise Refused("invalid", _CLOCKS_REUSED.format(device=device))
                 new = traced.new
                 if not new:
                     return None  # nothing new (already stored): acknowledged, nothing to log

@@ -176,3 +176,114 @@ async def test_a_restored_store_is_stopped_after_compaction_and_a_relay_restart(
                 await sync(c)
     finally:
         a.close()
+
+
+def _copy_store(src: Path, dst: Path) -> None:
+    for f in dst.parent.glob(dst.name + "*"):
+        f.unlink()
+    shutil.copy(src, dst)
+
+
+async def _fresh_view(relay: RelayHandle, path: Path, rid: str) -> dict[str, object]:
+    v = Replica.open(path, SCHEMA, device=f"viewer-{path.stem}", user="u", synchronous="NORMAL")
+    try:
+        async with client(v, relay.url) as c:
+            await sync(c)
+        rec = v.get("accounts", rid)
+        assert rec is not None
+        return {k: rec.fields.get(k) for k in ("name", "employees", "visits")}
+    finally:
+        v.close()
+
+
+async def test_a_store_restored_from_a_backup_taken_before_its_first_sync_cannot_wipe_what_synced(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    """The backup holds a record created offline, not synced: the store never had an ack, so WELCOME's check
+    does not apply. Its next writes to the record reused the Yjs clocks of the writes the device synced after
+    the backup: the relay acknowledged them, skipped their items as known and applied their deletions to the
+    items it held (the synced name became None for every device, the new writes were lost). They are refused
+    now, and kept on the device as an error."""
+    relay = await make_relay()
+    path, backup = tmp_path / "phone.db", tmp_path / "backup.db"
+    a = open_store(path)
+    rid = a.create("accounts", {"name": "Acme"})
+    a.close()
+    shutil.copy(path, backup)
+    a = open_store(path)
+    a.update("accounts", rid, {"employees": 10})
+    a.increment("accounts", rid, "visits", 1)
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    assert await _fresh_view(relay, tmp_path / "v1.db", rid) == {"name": "Acme", "employees": 10, "visits": 1}
+    _copy_store(backup, path)  # restored
+    a = open_store(path)
+    try:
+        a.update("accounts", rid, {"name": "Acme Corp", "employees": 40})
+        async with client(a, relay.url) as c:
+            res = await sync(c)
+        assert res.rejected == 1
+        rec = a.get("accounts", rid)
+        assert rec is not None and rec.status == "error" and rec.error is not None
+        assert "reuse clocks" in rec.error and "open a new store" in rec.error
+        assert rec.fields["name"] == "Acme Corp"  # the user's write is kept on the device
+    finally:
+        a.close()
+    assert await _fresh_view(relay, tmp_path / "v2.db", rid) == {"name": "Acme", "employees": 10, "visits": 1}
+
+
+async def test_two_copies_of_a_store_online_at_once_cannot_both_write_the_same_clocks(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    """Both copies passed WELCOME's check before either pushed; the second's writes reused the clocks of the
+    first's, were acknowledged and silently dropped. The second's change is refused now."""
+    relay = await make_relay()
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    a = open_store(one)
+    rid = a.create("accounts", {"name": "Acme"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.close()
+    shutil.copy(one, two)
+    first, second = open_store(one), open_store(two)
+    try:
+        async with client(first, relay.url) as c1, client(second, relay.url) as c2:
+            await sync(c1)
+            await sync(c2)  # both connected and checked
+            first.update("accounts", rid, {"name": "copy one"})
+            assert (await sync(c1)).uploaded == 1
+            second.update("accounts", rid, {"employees": 22})
+            res = await sync(c2)
+        assert (res.uploaded, res.rejected) == (0, 1)
+        rec = second.get("accounts", rid)
+        assert rec is not None and rec.status == "error" and rec.error is not None and "reuse clocks" in rec.error
+    finally:
+        first.close()
+        second.close()
+    assert await _fresh_view(relay, tmp_path / "v.db", rid) == {"name": "copy one", "employees": None, "visits": 0}
+
+
+async def test_a_change_resent_after_its_ack_was_lost_and_its_log_entry_compacted_is_acknowledged(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """Its items are the ones the relay holds (a resend, not another copy's writes at the same clocks): the
+    relay still knows it had changes of the device up to it, across a restart, with the log compacted."""
+    from .test_discard_returns import _push_as
+
+    relay = await make_relay(keep_log=1)
+    a, b = make_replica("a"), make_replica("b")
+    rid = a.create("accounts", {"name": "Acme"})
+    async with client(a, relay.url) as c:
+        await sync(c)
+    a.update("accounts", rid, {"employees": 5})
+    await _push_as(relay.url, "a", a)  # stored; a never got the ack
+    for i in range(4):  # other devices' groups: the log compacts the change away, with its dedup key
+        b.create("accounts", {"name": f"B{i}"})
+        async with client(b, relay.url) as c:
+            await sync(c)
+    assert relay.relay is not None and relay.relay.log.floor >= 2
+    await relay.stop()
+    await relay.start()
+    async with client(a, relay.url) as c:
+        res = await sync(c)
+    assert (res.uploaded, res.rejected) == (1, 0) and a.pending() == []
+    rec = a.get("accounts", rid)
+    assert rec is not None and rec.status == "synced" and rec.fields["employees"] == 5
