@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Traced", "Tracer", "any_strings", "history_from_update", "scan_update", "shape_error"]
+__all__ = ["Traced", "Tracer", "any_strings", "first_start", "history_from_update", "scan_update", "shape_error"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -317,6 +317,20 @@ def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None
         return None, out, roots, starts
     except (ValueError, IndexError, UnicodeDecodeError):
         return None, None, None, None
+
+
+def first_start(update: bytes) -> tuple[int, int] | None:
+    """The Yjs client and first clock of the first client's items in a v1 update (None: no items, or it
+    cannot be read): its number of clients, then the first one's number of items, id and first clock."""
+    try:
+        if not update or update[0] == 0:
+            return None
+        pos = _varuint(update, 0)[1]
+        pos = _varuint(update, pos)[1]
+        client, pos = _varuint(update, pos)
+        return client, _varuint(update, pos)[0]
+    except (IndexError, ValueError):
+        return None
 
 
 def _varuint(data: bytes, pos: int) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
-from ..model.trace import scan_update
+from ..model.trace import first_start, scan_update
 from ..protocol.events import Change, Item, Rejection
 from ..protocol.frames import MAX_REASON, MAX_RETURNS
 from ..replica.docs import RecordDocs
@@ -124,10 +124,14 @@ class Outcome:
     waits: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _reuses_clocks(starts: list[tuple[int, int]], before: bytes) -> bool:
+def _reuses_clocks(starts: list[tuple[int, int]], before: bytes, new: bytes) -> bool:
     """Whether an update whose clients' items start at ``starts`` (client, first clock) holds items at clocks
-    a document with state vector ``before`` has already."""
+    a document with state vector ``before`` has already. ``new``: the part of it new to the document, which
+    starts with the same client and clock when all of a one-client update's items were new (a device's
+    change, nearly always: then nothing is decoded)."""
     if before == b"\x00":
+        return False
+    if len(starts) == 1 and first_start(new) == starts[0]:
         return False
     have = decode_sv(before)
     return any(clock < have.get(client, 0) for client, clock in starts)
@@ -355,7 +359,8 @@ class RelayLog:
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
                     raise waits_for("it builds on writes", self._writers_missing(c, rid, device, ch.update,
                                                                                  doc.state_vector()))
-                if starts and not self._may_be_stored(device, ch.change_id) and _reuses_clocks(starts, traced.before):
+                if starts and not self._may_be_stored(device, ch.change_id) \
+                        and _reuses_clocks(starts, traced.before, traced.new):
                     # a change this device never sent before, whose items start below what the relay holds of
                     # their client: another copy of the store wrote those clocks first. Yrs would skip its items
                     # as known and apply its deletions to the other copy's items: its writes lost, others'
@@ -385,7 +390,8 @@ class RelayLog:
                     traced.slots = []
                 check_own(doc, traced, device, user, read, latest)
                 lr.vector = check_claims(doc, traced, read, latest, lr.vector)
-                check_roots(doc, None if observed else roots)
+                if observed or roots is None or roots:  # (an update read whole that names no other root: none)
+                    check_roots(doc, None if observed else roots)
             except (MalformedUpdate, RemoteValidationError) as e:
                 raise Refused("invalid", str(e)) from None
             except Refused:
