@@ -274,23 +274,32 @@ class SQLiteStore(ByteStore):
             rows = db.execute(sql, args).fetchall()
             if not tables:
                 return [(decode_key(bytes(k)), bytes(v)) for k, v in rows]
+            if len(tables) == 1 and not rows:  # within one table, and no other key there (as always): no merge
+                return self._seq_range(db, tables[0], lo, hi, order, limit)
             merged: list[tuple[bytes, Key, bytes]] = [(bytes(k), decode_key(bytes(k)), bytes(v)) for k, v in rows]
-            for name, only in tables:
-                first, end = _first_n(name, lo), _first_n(name, hi)
-                if only is not None:
-                    first, end = max(first, only), min(end, only + 1)
-                if first >= end:
-                    continue
-                q = f"SELECT n, v FROM kv_{name} WHERE n >= ? AND n <= ? ORDER BY n {order}"
-                qargs: tuple[object, ...] = (first, end - 1)
-                if limit is not None:
-                    q += " LIMIT ?"
-                    qargs += (limit,)
-                merged += [(encode_key((name, n)), (name, n), bytes(v)) for n, v in db.execute(q, qargs)]
+            for table in tables:
+                merged += [(encode_key(key), key, v) for key, v in self._seq_range(db, table, lo, hi, order, limit)]
         merged.sort(key=lambda row: row[0], reverse=reverse)
         if limit is not None:
             del merged[limit:]
         return [(key, v) for _, key, v in merged]
+
+    @staticmethod
+    def _seq_range(db: sqlite3.Connection, table: tuple[str, int | None], lo: bytes, hi: bytes, order: str,
+                   limit: int | None) -> list[tuple[Key, bytes]]:
+        """``load_range`` of the keys of one sequence table between the encoded bounds ``lo`` and ``hi``."""
+        name, only = table
+        first, end = _first_n(name, lo), _first_n(name, hi)
+        if only is not None:
+            first, end = max(first, only), min(end, only + 1)
+        if first >= end:
+            return []
+        q = f"SELECT n, v FROM kv_{name} WHERE n >= ? AND n <= ? ORDER BY n {order}"
+        args: tuple[object, ...] = (first, end - 1)
+        if limit is not None:
+            q += " LIMIT ?"
+            args += (limit,)
+        return [((name, n), bytes(v)) for n, v in db.execute(q, args)]
 
     def load_ranges(self, prefixes: Sequence[Key]) -> list[list[tuple[Key, bytes]]]:
         if any(_seq_tables(p) for p in prefixes):
