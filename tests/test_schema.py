@@ -270,12 +270,6 @@ def test_constructors_refuse_bad_options(make: Any, message: str) -> None:
     assert message in str(e.value)
 
 
-def test_choices_given_as_a_list_are_kept_as_a_tuple_and_round_trip() -> None:
-    s = Schema(Collection("a", {"c": Str(choices=["x", "y"]), "n": Int(choices=[1, 2], min=0, max=5)}))
-    assert s["a"].fields["c"] == Str(choices=("x", "y"))
-    assert Schema.from_dict(s.to_dict()) == s
-
-
 def test_replica_open_refuses_a_dict_for_a_schema_and_names_a_missing_directory(tmp_path: Any) -> None:
     with pytest.raises(SchemaError, match="the schema must be a crdtsync Schema, not a dict"):
         Replica.open(tmp_path / "r.db", {"version": 1}, device="d", user="u")  # type: ignore[arg-type]

@@ -120,7 +120,7 @@ def test_a_second_relay_on_the_same_database_is_refused(tmp_path: Path, capsys: 
 def test_a_database_in_a_missing_directory_is_one_line_naming_both(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "nope" / "relay.db"
-    assert main(["relay", "--port", "0", "--db", str(db), "--schema", "tests.sync.conftest:SCHEMA"]) == 1
+    assert main(["relay", "--db", str(db), "--schema", "tests.sync.conftest:SCHEMA"]) == 1
     err = capsys.readouterr().err
     assert err == (f"crdtsync relay: cannot open the database {db}: its directory {tmp_path / 'nope'} does not "
                    "exist (create it first)\n")
@@ -130,7 +130,14 @@ def test_a_bad_option_in_a_json_schema_exits_2_naming_it(tmp_path: Path, capsys:
     bad = tmp_path / "bad.json"
     bad.write_bytes(orjson.dumps({"version": 1, "collections": [
         {"name": "notes", "fields": {"title": {"type": "str", "max_length": "3"}}}]}))
-    assert main(["relay", "--db", str(tmp_path / "r.db"), "--schema", str(bad)]) == 2
+    taken = socket.socket()  # a relay that started anyway stops there (exit 1), not serves
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        assert main(["relay", "--port", str(taken.getsockname()[1]), "--db", str(tmp_path / "r.db"), "--schema",
+                     str(bad)]) == 2
+    finally:
+        taken.close()
     assert capsys.readouterr().err == ("crdtsync relay: collection 'notes', field 'title': str field: option "
                                        "max_length must be None or an int >= 0, got '3'\n")
     assert not (tmp_path / "r.db").exists()
