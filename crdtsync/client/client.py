@@ -109,6 +109,44 @@ class _Session:
         self.pages.put_nowait(self.lost)
 
 
+#: the smallest ``interval`` (seconds): 0 made about 800 syncs a second
+MIN_INTERVAL = 0.01
+#: the smallest ``max_frame`` (bytes), as the relay's ``--max-frame``: a smaller one cannot hold a hello
+MIN_FRAME = 64 * 1024
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_options(*, token: object, interval: object, batch_size: object, backoff: object, max_frame: object,
+                   open_timeout: object) -> None:
+    """``TypeError`` for an option of the wrong type, ``ValueError`` for one out of its range (each names the
+    option and what it allows): a value that the client would otherwise spin or retry forever on."""
+    if token is not None and not isinstance(token, str):
+        raise TypeError(f"SyncClient token must be a str or None, not {type(token).__name__}")
+    if interval is not None:
+        if not _number(interval):
+            raise TypeError(f"SyncClient interval must be a number of seconds or None, not {type(interval).__name__}")
+        if not MIN_INTERVAL <= interval < float("inf"):  # type: ignore[operator]
+            raise ValueError(f"SyncClient interval must be at least {MIN_INTERVAL} seconds (or None: no scheduled "
+                             f"syncs), not {interval!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+        raise TypeError(f"SyncClient batch_size must be an int, not {type(batch_size).__name__}")
+    if not 1 <= batch_size <= MAX_PUSH:
+        raise ValueError(f"SyncClient batch_size must be 1 to {MAX_PUSH} (changes per push), not {batch_size}")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(f"SyncClient backoff must be a Backoff or None, not {type(backoff).__name__}")
+    if not isinstance(max_frame, int) or isinstance(max_frame, bool):
+        raise TypeError(f"SyncClient max_frame must be an int (bytes), not {type(max_frame).__name__}")
+    if max_frame < MIN_FRAME:
+        raise ValueError(f"SyncClient max_frame must be at least {MIN_FRAME} bytes (64 KiB), not {max_frame}")
+    if not _number(open_timeout):
+        raise TypeError(f"SyncClient open_timeout must be a number of seconds, not {type(open_timeout).__name__}")
+    if not 0 < open_timeout < float("inf"):  # type: ignore[operator]
+        raise ValueError(f"SyncClient open_timeout must be more than 0 seconds, not {open_timeout!r}")
+
+
 class SyncClient:
     """Sync ``replica`` with the relay at ``url``. Use as ``async with SyncClient(...) as client:``."""
 
@@ -119,11 +157,13 @@ class SyncClient:
             parse_uri(url)
         except InvalidURI:
             raise LocalError(f"{url!r} is not a websocket URL: use ws://HOST:PORT (or wss:// behind TLS)") from None
+        _check_options(token=token, interval=interval, batch_size=batch_size, backoff=backoff, max_frame=max_frame,
+                       open_timeout=open_timeout)
         self.replica = replica
         self.url = url
         self.token = token
         self.interval = interval
-        self.batch_size = max(1, min(batch_size, MAX_PUSH))
+        self.batch_size = batch_size
         self.backoff = backoff or Backoff()
         self.max_frame = max_frame
         self.open_timeout = open_timeout

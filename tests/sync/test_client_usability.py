@@ -22,6 +22,30 @@ def test_a_url_that_is_not_a_websocket_url_is_refused_at_once(url: str,
         SyncClient(make_replica("a"), url)
 
 
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"interval": 0}, ValueError, "interval must be at least 0.01 seconds (or None: no scheduled syncs), not 0"),
+    ({"interval": -1}, ValueError, "interval must be at least 0.01 seconds"),
+    ({"interval": float("nan")}, ValueError, "interval must be at least 0.01 seconds"),
+    ({"interval": "5"}, TypeError, "interval must be a number of seconds or None, not str"),
+    ({"max_frame": 10}, ValueError, "max_frame must be at least 65536 bytes (64 KiB), not 10"),
+    ({"max_frame": 1e6}, TypeError, "max_frame must be an int (bytes), not float"),
+    ({"open_timeout": 0}, ValueError, "open_timeout must be more than 0 seconds, not 0"),
+    ({"open_timeout": float("inf")}, ValueError, "open_timeout must be more than 0 seconds"),
+    ({"batch_size": 0}, ValueError, "batch_size must be 1 to 1000 (changes per push), not 0"),
+    ({"batch_size": 5000}, ValueError, "batch_size must be 1 to 1000 (changes per push), not 5000"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int, not float"),
+    ({"token": 5}, TypeError, "token must be a str or None, not int"),
+    ({"backoff": 1.5}, TypeError, "backoff must be a Backoff or None, not float"),
+])
+def test_options_out_of_range_are_refused_at_construction(options: dict[str, object], error: type[Exception],
+                                                          message: str, make_replica: Callable[..., Replica]) -> None:
+    with pytest.raises(error) as e:
+        SyncClient(make_replica("a"), "ws://127.0.0.1:8765", **options)  # type: ignore[arg-type]
+    assert str(e.value) == f"SyncClient {message}" or message in str(e.value)
+    SyncClient(make_replica("b"), "ws://127.0.0.1:8765", interval=0.01, max_frame=64 * 1024, open_timeout=0.5,
+               batch_size=1000, token="t")  # the ends of each range are allowed
+
+
 async def test_relay_down_is_offline_not_an_exception_storm(
         make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="crdtsync.client")
