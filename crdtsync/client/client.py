@@ -91,7 +91,7 @@ class _Session:
             for data in self.conn.data_to_send():
                 await self.ws.send(data)
         except ConnectionClosed as e:
-            raise _Lost(f"connection lost: {e}") from None
+            raise _Lost(f"connection lost: {_said(e)}") from None
 
     def fail(self, reason: str) -> None:
         """End the session: every future still waiting gets the loss. Each is marked as seen too
@@ -107,6 +107,12 @@ class _Session:
             f.exception()
         self.acks.clear()
         self.pages.put_nowait(self.lost)
+
+
+def _said(e: BaseException) -> str:
+    """What an exception says, for a reason shown to the app: its text, or its type's name when it has none
+    (a ``wss://`` URL at a plain relay fails with a bare ``ConnectionResetError()``)."""
+    return str(e) or type(e).__name__
 
 
 #: the smallest ``interval`` (seconds): 0 made about 800 syncs a second
@@ -392,7 +398,7 @@ class SyncClient:
             ws = await connect(self.url, additional_headers=headers, max_size=self.max_frame + 1024,
                                open_timeout=self.open_timeout, compression=None)
         except (OSError, InvalidHandshake, TimeoutError) as e:
-            return f"cannot reach the relay: {e}"
+            return f"cannot reach the relay: {_said(e)}"
         session = _Session(ws, self.max_frame)
         self._session = session
         reader = asyncio.create_task(self._read_loop(session))
@@ -831,8 +837,8 @@ class SyncClient:
                     # a rolling upgrade), applied once the replica opens with a schema that has it
                     # (``retry_set_aside``); or malformed content, kept for the record
                     self.replica.set_aside(i.collection, i.record, i.update)
-                    refused.append(f"{i.collection}/{i.record}: {e}")
-                    self._emit(SyncStatus("error", f"update from the relay refused, set aside: {e}",
+                    refused.append(f"{i.collection}/{i.record}: {_said(e)}")
+                    self._emit(SyncStatus("error", f"update from the relay refused, set aside: {_said(e)}",
                                           collection=i.collection, record=i.record, code="invalid"))
             # one line a page, not one a record: a rolling upgrade (devices on the older schema refusing
             # a collection upgraded ones write) is expected, and an ERROR per update flooded crash reporting

@@ -46,6 +46,18 @@ def test_options_out_of_range_are_refused_at_construction(options: dict[str, obj
                batch_size=1000, token="t")  # the ends of each range are allowed
 
 
+async def test_a_wss_url_at_a_plain_relay_says_what_failed(make_relay: RelayFactory,
+                                                            make_replica: Callable[..., Replica]) -> None:
+    """The TLS handshake meets a plain websocket server: the error has no text (``ConnectionResetError()``,
+    or another OSError); the reason names its type instead of ending in ": "."""
+    relay = await make_relay()
+    async with client(make_replica("a"), relay.url.replace("ws://", "wss://", 1)) as c:
+        st = await Watch(c).wait(lambda s: s.kind == "offline" and s.reason != "not started")
+    assert st.reason is not None and st.reason.startswith("cannot reach the relay: ")
+    said = st.reason.removeprefix("cannot reach the relay: ")
+    assert said.strip(), st.reason
+
+
 async def test_relay_down_is_offline_not_an_exception_storm(
         make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="crdtsync.client")
