@@ -181,6 +181,7 @@ class SyncClient:
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self._fatal: SyncError | None = None
+        self._fatal_told = False  # its ``failed`` event was emitted (``_tell_fatal``)
         self._tasks: list[asyncio.Task[None]] = []
         self._close_done: asyncio.Event | None = None  # made by the first close(), set once it is done
         self._session: _Session | None = None
@@ -363,6 +364,8 @@ class SyncClient:
         if self._fatal is None:
             self._fatal = SyncError(f"the replica was closed ({self.replica.device}): close the SyncClient "
                                     "before its Replica")
+            if not self._closed.is_set():  # told now, before ``sync_now`` raises it: an app that closes the
+                self._tell_fatal()         # client right after would not see an event a loop turn later
         self._wake.set()  # an idle worker ends (``_work_loop``), and with it the connection
 
     async def _connect_loop(self) -> None:
@@ -388,9 +391,15 @@ class SyncClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
         if self._fatal is not None:
+            self._tell_fatal()
+            self._fail_queue(self._fatal)
+
+    def _tell_fatal(self) -> None:
+        """Log the error that stopped the client and emit its ``failed`` event, once."""
+        if self._fatal is not None and not self._fatal_told:
+            self._fatal_told = True
             log.error("sync stopped: %s", self._fatal)
             self._emit(SyncStatus("failed", str(self._fatal)))
-            self._fail_queue(self._fatal)
 
     async def _connect_once(self) -> str:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}

@@ -150,6 +150,24 @@ async def test_sync_now_after_the_replica_closed_fails_at_once_and_stops_the_cli
     assert w.kinds().count("online") == 1 and _tracebacks(caplog) == []
 
 
+async def test_the_failed_event_comes_before_sync_now_raises(make_relay: RelayFactory,
+                                                             make_replica: Callable[..., Replica]) -> None:
+    """docs/sync.md: an app that closes the client as soon as ``sync_now`` raises still saw ``failed``."""
+    relay = await make_relay()
+    a = make_replica("a")
+    c = client(a, relay.url)
+    seen: list[str] = []
+    c.subscribe(lambda s: seen.append(s.kind))
+    await c.start()
+    await sync(c)
+    a.close()
+    with pytest.raises(SyncError, match="the replica was closed"):
+        await c.sync_now()
+    assert seen[-1] == "failed" and c.status.kind == "failed"
+    await c.close()
+    assert seen.count("failed") == 1
+
+
 async def test_a_replica_closed_while_offline_fails_the_waiting_sync_and_stops_retrying(
         make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
     relay = await make_relay()
