@@ -568,6 +568,8 @@ class Schema:
         return Schema(*(Collection(c.name, c.fields, c.delete_policy, strategy) for c in self))
 
     def to_dict(self) -> dict[str, Any]:
+        """The schema as plain JSON-able data (``{"version": 1, "collections": [...]}``): what the relay's
+        ``--schema FILE.json`` reads, and ``Schema.from_dict`` turns back into an equal schema."""
         return {"version": 1, "collections": [c.to_dict() for c in self]}
 
     @classmethod

@@ -200,6 +200,9 @@ class SyncClient:
         await self.close()
 
     async def start(self) -> None:
+        """Start connecting (and the scheduled syncs, with ``interval``) in the background; returns at once.
+        A connection that comes runs a sync; one that fails is retried with ``backoff`` (``offline``
+        events). Starting twice does nothing. ``async with`` calls it."""
         if not self._tasks:
             self._tasks.append(asyncio.create_task(self._connect_loop(), name="crdtsync-client"))
             if self.interval is not None:
@@ -234,6 +237,7 @@ class SyncClient:
 
     @property
     def online(self) -> bool:
+        """Whether the client is connected and welcomed by the relay now (a sync can run)."""
         return self._session is not None and self._session.welcome is not None and self._session.lost is None
 
     # -- status events -------------------------------------------------------------------------------------

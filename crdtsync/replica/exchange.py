@@ -330,9 +330,12 @@ class ExchangingReplica(ReplicaBase):
         return len(self.store.load_range(("aside",)))
 
     def get_meta(self, name: str) -> bytes | None:
+        """The bytes an app stored under ``name`` with ``set_meta`` (None if none): app state kept in the
+        replica's store, beside its records (it never syncs). The sync client keeps its cursor so."""
         return self.store.load(("meta", "app", name))
 
     def set_meta(self, name: str, value: bytes) -> None:
+        """Store ``value`` under ``name`` in the replica's store (committed at once; local, never synced)."""
         self.store.save(("meta", "app", name), value)
 
     # -- merging by hand -----------------------------------------------------------------------------------
