@@ -224,7 +224,7 @@ class Int(Field):
             raise Invalid(f"{value} is more than max={self.max}")
         if self.choices is not None and value not in self.choices:
             raise Invalid(f"{value} is not one of the allowed values {list(self.choices)}")
-        return value
+        return value if value.__class__ is int else int(value)  # an IntEnum: shown as the int others read
 
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -384,7 +384,7 @@ class Counter(Field):
             raise Invalid(f"expected an int, got {type(value).__name__}")
         if not INT64_MIN <= value <= INT64_MAX:
             raise Invalid(f"{value} does not fit in 64 bits")
-        return value
+        return value if value.__class__ is int else int(value)
 
     def check(self, value: Any) -> Any:
         return self._check(0 if value is None else value)
@@ -507,6 +507,9 @@ class Collection:
             if not isinstance(name, str):
                 raise ValidationError(self.name, record, repr(name), "field names must be str")
             f = self.field(record, name)
+            if value is None and f.merge == "counter":  # (``Counter.check`` reads None as 0: a silent reset)
+                raise ValidationError(self.name, record, name, "a counter cannot be set to None: write a number "
+                                      "(0 resets it) or increment() it")
             try:
                 out[name] = f.check(value)
             except Invalid as e:

@@ -278,3 +278,43 @@ def test_replica_open_refuses_a_dict_for_a_schema_and_names_a_missing_directory(
     with pytest.raises(FileNotFoundError) as e:
         Replica.open(missing, SCHEMA, device="d", user="u")
     assert str(e.value) == f"[Errno 2] its directory {tmp_path / 'nope'} does not exist (create it first): '{missing}'"
+
+
+def test_a_counter_set_to_none_is_refused_not_reset(r: Replica) -> None:
+    rid = r.create("accounts", {"name": "Acme"}, id="a1")
+    r.increment("accounts", rid, "visits", 3)
+    with pytest.raises(ValidationError, match=r"^accounts/a1\.visits: a counter cannot be set to None"):
+        r.update("accounts", rid, {"visits": None})
+    with pytest.raises(ValidationError, match="a counter cannot be set to None"):
+        r.create("accounts", {"name": "Acme", "visits": None})
+    rec = r.get("accounts", rid)
+    assert rec is not None and rec.fields["visits"] == 3
+
+
+def test_an_int_enum_is_stored_and_shown_as_a_plain_int(r: Replica) -> None:
+    import enum
+
+    class Size(enum.IntEnum):
+        BIG = 500
+
+    rid = r.create("accounts", {"name": "Acme", "employees": Size.BIG, "visits": Size.BIG})
+    rec = r.get("accounts", rid)
+    assert rec is not None
+    assert type(rec.fields["employees"]) is int and type(rec.fields["visits"]) is int
+    assert rec.fields["employees"] == 500 and rec.fields["visits"] == 500
+
+
+def test_increment_of_an_int_field_says_an_int(r: Replica) -> None:
+    rid = r.create("accounts", {"name": "Acme"})
+    with pytest.raises(ValidationError, match=r"\.employees: is an int field, not a counter$"):
+        r.increment("accounts", rid, "employees", 1)
+
+
+def test_a_length_of_one_is_said_in_the_singular(r: Replica) -> None:
+    with pytest.raises(ValidationError, match="is 1 character long, less than min_length=2"):
+        r.create("accounts", {"name": "x"})
+
+
+def test_subscribe_refuses_what_is_not_callable(r: Replica) -> None:
+    with pytest.raises(TypeError, match="subscribe takes a function of a ChangeEvent, not 5"):
+        r.subscribe(5)  # type: ignore[arg-type]

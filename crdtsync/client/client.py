@@ -243,7 +243,10 @@ class SyncClient:
     # -- status events -------------------------------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
-        """Call ``callback`` with every status event; returns a function that unsubscribes."""
+        """Call ``callback`` with every status event; returns a function that unsubscribes. A ``callback``
+        that is not callable raises ``TypeError``."""
+        if not callable(callback):
+            raise TypeError(f"subscribe takes a function of a SyncStatus, not {callback!r}")
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 

@@ -134,7 +134,8 @@ def load_schema(spec: str) -> Schema:
     except (ImportError, AttributeError) as e:
         raise LocalError(f"cannot load schema {spec}: {e}") from None
     if not isinstance(value, Schema):
-        raise LocalError(f"{spec} is a {type(value).__name__}, not a Schema")
+        kind = type(value).__name__
+        raise LocalError(f"{spec} is {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}, not a Schema")
     return value
 
 

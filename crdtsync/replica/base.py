@@ -254,8 +254,11 @@ class ReplicaBase:
     def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
         """Call ``callback`` after every change to a record; returns a function that unsubscribes.
 
-        A callback that raises is logged and does not disturb the write, which is already stored.
+        A callback that raises is logged and does not disturb the write, which is already stored. A
+        ``callback`` that is not callable raises ``TypeError`` (it would only fail at the first change).
         """
+        if not callable(callback):
+            raise TypeError(f"subscribe takes a function of a ChangeEvent, not {callback!r}")
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 

@@ -77,7 +77,8 @@ class Replica(ExchangingReplica):
         coll = self._coll(collection)
         f = coll.field(self._id_arg(collection, id), field)
         if f.merge != "counter":
-            raise ValidationError(collection, id, field, f"is a {f.kind} field, not a counter")
+            article = "an" if f.kind == "int" else "a"
+            raise ValidationError(collection, id, field, f"is {article} {f.kind} field, not a counter")
         try:
             f.check(by)
         except Invalid as e:

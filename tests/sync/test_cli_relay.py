@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crdtsync import Replica, SQLiteStore
+from crdtsync import LocalError, Replica, SQLiteStore
 from crdtsync.cli import main
 from crdtsync.relay.cli import load_schema
 
@@ -71,6 +71,15 @@ def test_a_schema_module_in_the_current_directory(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     assert [c.name for c in load_schema("my_app_schema_7f3:SCHEMA")] == ["notes"]
     sys.modules.pop("my_app_schema_7f3", None)
+
+
+def test_a_schema_attribute_that_is_not_a_schema_is_named_with_its_article(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_bad_schema_8c1.py").write_text("SCHEMA = 5\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LocalError, match=r"^my_bad_schema_8c1:SCHEMA is an int, not a Schema$"):
+        load_schema("my_bad_schema_8c1:SCHEMA")
+    sys.modules.pop("my_bad_schema_8c1", None)
 
 
 def test_schema_files_and_their_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

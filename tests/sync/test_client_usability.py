@@ -46,6 +46,12 @@ def test_options_out_of_range_are_refused_at_construction(options: dict[str, obj
                batch_size=1000, token="t")  # the ends of each range are allowed
 
 
+def test_subscribe_refuses_what_is_not_callable(make_replica: Callable[..., Replica]) -> None:
+    c = SyncClient(make_replica("a"), "ws://127.0.0.1:8765")
+    with pytest.raises(TypeError, match="subscribe takes a function of a SyncStatus, not 5"):
+        c.subscribe(5)  # type: ignore[arg-type]
+
+
 async def test_a_wss_url_at_a_plain_relay_says_what_failed(make_relay: RelayFactory,
                                                             make_replica: Callable[..., Replica]) -> None:
     """The TLS handshake meets a plain websocket server: the error has no text (``ConnectionResetError()``,
