@@ -119,6 +119,15 @@ def _option_error(f: Field, name: str, want: str) -> SchemaError:
     return SchemaError(f"{f.kind} field: option {name} must be {want}, got {getattr(f, name)!r}")
 
 
+def _choices_fit(f: Str | Int) -> None:
+    """Every choice passes the field's other rules (else it could never be written)."""
+    for v in f.choices or ():
+        try:
+            f._check(v)
+        except Invalid as e:
+            raise SchemaError(f"{f.kind} field: the choice {v!r} breaks the field's own rules: {e}") from None
+
+
 def _bool_option(f: Field, name: str) -> None:
     if not isinstance(getattr(f, name), bool):
         raise _option_error(f, name, "True or False")
@@ -184,6 +193,7 @@ class Str(Field):
                 re.compile(self.pattern)
             except re.error as e:
                 raise SchemaError(f"Str pattern {self.pattern!r} does not compile: {e}") from None
+        _choices_fit(self)
 
     def _check(self, value: Any) -> str:
         s = _check_str(value)
@@ -212,6 +222,7 @@ class Int(Field):
         _int_option(self, "max", None)
         _ordered(self, "min", "max")
         _choices_option(self, int, "int")
+        _choices_fit(self)
 
     def _check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -586,7 +597,7 @@ class Schema:
         if not isinstance(d, Mapping):
             raise SchemaError(f"Schema.from_dict takes the dict of Schema.to_dict(), not a {type(d).__name__}")
         _known_keys(d, ("version", "collections"), "schema")
-        if d.get("version") != 1:
+        if d.get("version") != 1 or isinstance(d.get("version"), bool):
             raise SchemaError(f"unsupported schema version {d.get('version')!r}")
         colls = d.get("collections")
         if not isinstance(colls, list | tuple):

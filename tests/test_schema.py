@@ -257,6 +257,9 @@ def test_from_dict_refuses_bad_options_and_unknown_keys_naming_them(d: Any, mess
     (lambda: Float(min=math.nan), "option min must be None or a finite number"),
     (lambda: Text(max_length=-1), "text field: option max_length must be"),
     (lambda: Set(str), "option of must be a field type such as Str() or Int(), not str"),  # type: ignore[arg-type]
+    (lambda: Str(choices=["abcdef"], max_length=3), "the choice 'abcdef' breaks the field's own rules: is 6 "),
+    (lambda: Int(choices=[1, 50], max=10), "int field: the choice 50 breaks the field's own rules: 50 is more"),
+    (lambda: Schema.from_dict({"version": True, "collections": []}), "unsupported schema version True"),
     (lambda: Set(Str(), max_items=-2), "option max_items must be"),
     (lambda: Collection("a", [Str()]), "a: fields must be a dict"),  # type: ignore[arg-type]
     (lambda: Collection("a", {"x": str}), "a.x: the Python type str is not a field type"),  # type: ignore[dict-item]
