@@ -8,6 +8,7 @@ into 5.0) and nothing pycrdt cannot hold ever reaches it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -60,6 +61,10 @@ def _check_str(value: Any, what: str = "a str") -> str:
     return value
 
 
+def _characters(n: int) -> str:
+    return "1 character" if n == 1 else f"{n} characters"
+
+
 @dataclass(frozen=True)
 class Field:
     """Base of all field types. ``merge`` says how concurrent writes combine."""
@@ -67,6 +72,13 @@ class Field:
     kind: ClassVar[str] = ""
     merge: ClassVar[Literal["register", "text", "counter", "set"]] = "register"
     required: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        _bool_option(self, "required")
+        self._check_options()
+
+    def _check_options(self) -> None:
+        """Raise ``SchemaError`` for an option of the wrong type or out of range (and normalise ``choices``)."""
 
     def check(self, value: Any) -> Any:
         """Return ``value`` normalised, or raise ``Invalid``. ``None`` clears an optional field."""
@@ -103,8 +115,60 @@ class Field:
         return d
 
 
-def _choices(values: Iterable[Any] | None) -> tuple[Any, ...] | None:
-    return None if values is None else tuple(values)
+def _option_error(f: Field, name: str, want: str) -> SchemaError:
+    return SchemaError(f"{f.kind} field: option {name} must be {want}, got {getattr(f, name)!r}")
+
+
+def _choices_fit(f: Str | Int) -> None:
+    """Every choice passes the field's other rules (else it could never be written)."""
+    for v in f.choices or ():
+        try:
+            f._check(v)
+        except Invalid as e:
+            raise SchemaError(f"{f.kind} field: the choice {v!r} breaks the field's own rules: {e}") from None
+
+
+def _bool_option(f: Field, name: str) -> None:
+    if not isinstance(getattr(f, name), bool):
+        raise _option_error(f, name, "True or False")
+
+
+def _int_option(f: Field, name: str, low: int | None = 0) -> None:
+    """An optional int option: None, or an int (not a bool) of at least ``low``, within 64 bits."""
+    value = getattr(f, name)
+    if value is None:
+        return
+    want = "None or an int" + (f" >= {low}" if low is not None else " within 64 bits")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _option_error(f, name, want)
+    if not (INT64_MIN if low is None else low) <= value <= INT64_MAX:
+        raise _option_error(f, name, want)
+
+
+def _number_option(f: Field, name: str) -> None:
+    value = getattr(f, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                              or not math.isfinite(value)):
+        raise _option_error(f, name, "None or a finite number")
+
+
+def _ordered(f: Field, low: str, high: str) -> None:
+    a, b = getattr(f, low), getattr(f, high)
+    if a is not None and b is not None and a > b:
+        raise SchemaError(f"{f.kind} field: {low}={a!r} is more than {high}={b!r}: no value could be written")
+
+
+def _choices_option(f: Str | Int, kind: type, what: str) -> None:
+    """``choices``: None, or a non-empty list or tuple of values of the field's kind (kept as a tuple)."""
+    values = f.choices
+    if values is None:
+        return
+    if not isinstance(values, list | tuple) or not values:
+        raise _option_error(f, "choices", f"None or a non-empty list or tuple of {what}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, kind):
+            raise SchemaError(f"{f.kind} field: option choices must hold only {what}, got {v!r}")
+    object.__setattr__(f, "choices", tuple(values))
 
 
 @dataclass(frozen=True)
@@ -117,20 +181,26 @@ class Str(Field):
     choices: tuple[str, ...] | None = None
     pattern: str | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "choices", _choices(self.choices))
+    def _check_options(self) -> None:
+        _int_option(self, "max_length")
+        _int_option(self, "min_length")
+        _ordered(self, "min_length", "max_length")
+        _choices_option(self, str, "str")
         if self.pattern is not None:
+            if not isinstance(self.pattern, str):
+                raise _option_error(self, "pattern", "None or a str (a regular expression)")
             try:
                 re.compile(self.pattern)
             except re.error as e:
                 raise SchemaError(f"Str pattern {self.pattern!r} does not compile: {e}") from None
+        _choices_fit(self)
 
     def _check(self, value: Any) -> str:
         s = _check_str(value)
         if self.max_length is not None and len(s) > self.max_length:
-            raise Invalid(f"is {len(s)} characters long, more than max_length={self.max_length}")
+            raise Invalid(f"is {_characters(len(s))} long, more than max_length={self.max_length}")
         if self.min_length is not None and len(s) < self.min_length:
-            raise Invalid(f"is {len(s)} characters long, less than min_length={self.min_length}")
+            raise Invalid(f"is {_characters(len(s))} long, less than min_length={self.min_length}")
         if self.choices is not None and s not in self.choices:
             raise Invalid(f"{s!r} is not one of the allowed values {list(self.choices)}")
         if self.pattern is not None and re.fullmatch(self.pattern, s) is None:
@@ -147,8 +217,12 @@ class Int(Field):
     max: int | None = None
     choices: tuple[int, ...] | None = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "choices", _choices(self.choices))
+    def _check_options(self) -> None:
+        _int_option(self, "min", None)
+        _int_option(self, "max", None)
+        _ordered(self, "min", "max")
+        _choices_option(self, int, "int")
+        _choices_fit(self)
 
     def _check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -161,7 +235,7 @@ class Int(Field):
             raise Invalid(f"{value} is more than max={self.max}")
         if self.choices is not None and value not in self.choices:
             raise Invalid(f"{value} is not one of the allowed values {list(self.choices)}")
-        return value
+        return value if value.__class__ is int else int(value)  # an IntEnum: shown as the int others read
 
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
@@ -175,6 +249,12 @@ class Float(Field):
     min: float | None = None
     max: float | None = None
     allow_nan: bool = False
+
+    def _check_options(self) -> None:
+        _number_option(self, "min")
+        _number_option(self, "max")
+        _ordered(self, "min", "max")
+        _bool_option(self, "allow_nan")
 
     def _check(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -266,6 +346,10 @@ class Ref(Field):
     kind: ClassVar[str] = "ref"
     collection: str = ""
 
+    def _check_options(self) -> None:
+        if not isinstance(self.collection, str) or not _NAME.match(self.collection):
+            raise _option_error(self, "collection", "the name of a collection of the schema")
+
     def _check(self, value: Any) -> str:
         s = _check_str(value, "a record id (str)")
         if not 0 < len(s) <= 200:
@@ -281,10 +365,13 @@ class Text(Field):
     merge: ClassVar[Literal["register", "text", "counter", "set"]] = "text"
     max_length: int | None = None
 
+    def _check_options(self) -> None:
+        _int_option(self, "max_length")
+
     def _check(self, value: Any) -> str:
         s = _check_str(value)
         if self.max_length is not None and len(s) > self.max_length:
-            raise Invalid(f"is {len(s)} characters long, more than max_length={self.max_length}")
+            raise Invalid(f"is {_characters(len(s))} long, more than max_length={self.max_length}")
         return s
 
     def check(self, value: Any) -> Any:
@@ -308,7 +395,7 @@ class Counter(Field):
             raise Invalid(f"expected an int, got {type(value).__name__}")
         if not INT64_MIN <= value <= INT64_MAX:
             raise Invalid(f"{value} does not fit in 64 bits")
-        return value
+        return value if value.__class__ is int else int(value)
 
     def check(self, value: Any) -> Any:
         return self._check(0 if value is None else value)
@@ -323,7 +410,11 @@ class Set(Field):
     of: Field = field(default_factory=lambda: Str())
     max_items: int | None = None
 
-    def __post_init__(self) -> None:
+    def _check_options(self) -> None:
+        if not isinstance(self.of, Field):
+            shown = self.of.__name__ if isinstance(self.of, type) else repr(self.of)
+            raise SchemaError(f"set field: option of must be a field type such as Str() or Int(), not {shown}")
+        _int_option(self, "max_items")
         if self.of.merge != "register" or isinstance(self.of, Float):
             raise SchemaError(f"Set elements must be Str, Int, Bool, Date, DateTime or Ref, not {self.of.kind}")
         if self.of.required:
@@ -351,21 +442,28 @@ _TYPES: dict[str, type[Field]] = {
 }
 
 
+def _known_keys(d: Mapping[Any, Any], known: Iterable[str], where: str) -> None:
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        raise SchemaError(f"{where}: unknown key {unknown[0]!r}; known: {sorted(known)}")
+
+
 def field_from_dict(d: Mapping[str, Any]) -> Field:
-    """Build a field type from its ``to_dict()`` form."""
+    """Build a field type from its ``to_dict()`` form; raises ``SchemaError`` for an unknown type or key or a
+    bad option."""
+    if not isinstance(d, Mapping):
+        raise SchemaError(f"a field must be a dict such as {{'type': 'str'}}, got {type(d).__name__}")
     d = dict(d)
     kind = d.pop("type", None)
-    if kind not in _TYPES:
+    if not isinstance(kind, str) or kind not in _TYPES:
         raise SchemaError(f"unknown field type {kind!r}; known: {sorted(_TYPES)}")
+    _known_keys(d, [f.name for f in dataclasses.fields(_TYPES[kind])], f"{kind} field")
     if "of" in d:
-        d["of"] = field_from_dict(d["of"])
-    for key in ("choices",):
-        if key in d and d[key] is not None:
-            d[key] = tuple(d[key])
-    try:
-        return _TYPES[kind](**d)
-    except TypeError as e:
-        raise SchemaError(f"bad options for a {kind} field: {e}") from None
+        try:
+            d["of"] = field_from_dict(d["of"])
+        except SchemaError as e:
+            raise SchemaError(f"set field: option of: {e}") from None
+    return _TYPES[kind](**d)
 
 
 RESERVED_FIELDS = frozenset({"id", "deleted"})
@@ -386,14 +484,18 @@ class Collection:
     strategy: Strategy = "crdt"
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise SchemaError(f"collection name {self.name!r} must match {_NAME.pattern}")
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise SchemaError(f"collection name {self.name!r} must be a str matching {_NAME.pattern}")
+        if not isinstance(self.fields, Mapping):
+            raise SchemaError(f"{self.name}: fields must be a dict of field name to field type, such as "
+                              f"{{'title': Str()}}, not a {type(self.fields).__name__}")
         for name, f in self.fields.items():
             if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_FIELDS:
                 raise SchemaError(f"{self.name}: field name {name!r} must match {_NAME.pattern} "
                                   f"and not be one of {sorted(RESERVED_FIELDS)}")
             if not isinstance(f, Field):
-                raise SchemaError(f"{self.name}.{name}: {f!r} is not a field type")
+                shown = f"the Python type {f.__name__}" if isinstance(f, type) else repr(f)
+                raise SchemaError(f"{self.name}.{name}: {shown} is not a field type (Str(), Int(), ...)")
         if self.delete_policy not in DELETE_POLICIES:
             raise SchemaError(f"{self.name}: delete_policy must be one of {DELETE_POLICIES}")
         if self.strategy not in STRATEGIES:
@@ -416,6 +518,9 @@ class Collection:
             if not isinstance(name, str):
                 raise ValidationError(self.name, record, repr(name), "field names must be str")
             f = self.field(record, name)
+            if value is None and f.merge == "counter":  # (``Counter.check`` reads None as 0: a silent reset)
+                raise ValidationError(self.name, record, name, "a counter cannot be set to None: write a number "
+                                      "(0 resets it) or increment() it")
             try:
                 out[name] = f.check(value)
             except Invalid as e:
@@ -437,6 +542,12 @@ class Schema:
     def __init__(self, *collections: Collection) -> None:
         self.collections: dict[str, Collection] = {}
         for c in collections:
+            if isinstance(c, list | tuple):
+                raise SchemaError("Schema takes its collections as separate arguments: Schema(Collection(...), "
+                                  f"Collection(...)), or Schema(*collections) for a {type(c).__name__}")
+            if not isinstance(c, Collection):
+                raise SchemaError(f"Schema takes Collection objects, not a {type(c).__name__} "
+                                  "(Schema.from_dict builds one from its dict form)")
             if c.name in self.collections:
                 raise SchemaError(f"collection {c.name!r} is defined twice")
             self.collections[c.name] = c
@@ -471,15 +582,44 @@ class Schema:
         return Schema(*(Collection(c.name, c.fields, c.delete_policy, strategy) for c in self))
 
     def to_dict(self) -> dict[str, Any]:
+        """The schema as plain JSON-able data (``{"version": 1, "collections": [...]}``): what the relay's
+        ``--schema FILE.json`` reads, and ``Schema.from_dict`` turns back into an equal schema."""
         return {"version": 1, "collections": [c.to_dict() for c in self]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Schema:
+        """The schema of a ``to_dict()`` dict (as read back from JSON). Raises ``SchemaError`` naming the
+        collection, the field and the option for anything malformed: an unknown key at any level, an option
+        of the wrong type or out of range, a field type or collection missing."""
+        if isinstance(d, str | bytes | bytearray):
+            raise SchemaError("Schema.from_dict takes the dict of Schema.to_dict(), not JSON text: parse it "
+                              "first (json.loads)")
+        if not isinstance(d, Mapping):
+            raise SchemaError(f"Schema.from_dict takes the dict of Schema.to_dict(), not a {type(d).__name__}")
+        _known_keys(d, ("version", "collections"), "schema")
+        if d.get("version") != 1 or isinstance(d.get("version"), bool):
+            raise SchemaError(f"unsupported schema version {d.get('version')!r}")
+        colls = d.get("collections")
+        if not isinstance(colls, list | tuple):
+            raise SchemaError(f"schema: collections must be a list of collection dicts, got {colls!r}"[:300])
+        return cls(*(_collection_from_dict(i, c) for i, c in enumerate(colls, 1)))
+
+
+def _collection_from_dict(i: int, c: Any) -> Collection:
+    if not isinstance(c, Mapping):
+        raise SchemaError(f"collection #{i}: must be a dict, got {type(c).__name__}")
+    if "name" not in c:
+        raise SchemaError(f"collection #{i} has no 'name'")
+    where = f"collection {c['name']!r}"
+    _known_keys(c, ("name", "fields", "delete_policy", "strategy"), where)
+    fields = c.get("fields")
+    if not isinstance(fields, Mapping):
+        raise SchemaError(f"{where}: fields must be a dict of field name to field dict, got "
+                          f"{type(fields).__name__}")
+    built: dict[str, Field] = {}
+    for name, f in fields.items():
         try:
-            if d.get("version") != 1:
-                raise SchemaError(f"unsupported schema version {d.get('version')!r}")
-            return cls(*(Collection(c["name"], {n: field_from_dict(f) for n, f in c["fields"].items()},
-                                    c.get("delete_policy", "delete-wins"), c.get("strategy", "crdt"))
-                         for c in d["collections"]))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise SchemaError(f"malformed schema dict: {e!r}") from None
+            built[name] = field_from_dict(f)
+        except SchemaError as e:
+            raise SchemaError(f"{where}, field {name!r}: {e}") from None
+    return Collection(c["name"], built, c.get("delete_policy", "delete-wins"), c.get("strategy", "crdt"))

@@ -25,6 +25,7 @@ BY_ID: dict[str, Callable[[Replica, Any], object]] = {
     "discard_record": lambda r, i: r.discard_record("accounts", i),
     "fix": lambda r, i: r.fix("accounts", i, {"name": "z"}),
     "retry": lambda r, i: r.retry("accounts", i),
+    "evict": lambda r, i: r.evict([("accounts", "a1"), ("accounts", i)]),
 }
 
 

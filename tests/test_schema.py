@@ -193,7 +193,7 @@ def test_drawn_records_are_created_and_read_back(data: st.DataObject) -> None:
      "unknown field type"),
     (lambda: Schema.from_dict({"version": 1, "collections": [{"name": "a", "fields": {"x": {"type": "int",
                                                                                             "nope": 1}}}]}),
-     "bad options"),
+     "collection 'a', field 'x': int field: unknown key 'nope'"),
 ])
 def test_malformed_schemas_raise_schema_error(make: Any, reason: str) -> None:
     with pytest.raises(SchemaError, match=reason):
@@ -204,3 +204,120 @@ def test_text_and_counter_and_set_defaults() -> None:
     assert Text().check(None) == "" and Counter().check(None) == 0 and Set(Int()).check(None) == frozenset()
     with pytest.raises(Exception, match="cannot be empty"):
         Text(required=True).check("")
+
+
+def _one(fields: dict[str, Any], **coll: Any) -> dict[str, Any]:
+    return {"version": 1, "collections": [{"name": "notes", "fields": fields, **coll}]}
+
+
+@pytest.mark.parametrize(("d", "message"), [
+    (_one({"t": {"type": "str", "max_length": "3"}}),
+     "collection 'notes', field 't': str field: option max_length must be None or an int >= 0, got '3'"),
+    (_one({"t": {"type": "str", "max_length": -3}}), "field 't': str field: option max_length must be"),
+    (_one({"t": {"type": "str", "min_length": 4, "max_length": 3}}), "min_length=4 is more than max_length=3"),
+    (_one({"t": {"type": "text", "max_length": 2.5}}), "field 't': text field: option max_length must be"),
+    (_one({"n": {"type": "int", "min": 5, "max": 1}}), "field 'n': int field: min=5 is more than max=1"),
+    (_one({"n": {"type": "int", "min": "0"}}), "field 'n': int field: option min must be"),
+    (_one({"n": {"type": "int", "max": True}}), "option max must be"),
+    (_one({"n": {"type": "int", "choices": [1, "2"]}}), "option choices must hold only int, got '2'"),
+    (_one({"f": {"type": "float", "min": 2.0, "max": 1.0}}), "field 'f': float field: min=2.0 is more than max"),
+    (_one({"f": {"type": "float", "max": "NaN"}}), "option max must be None or a finite number"),
+    (_one({"f": {"type": "float", "allow_nan": "yes"}}), "option allow_nan must be True or False"),
+    (_one({"t": {"type": "str", "required": "no"}}), "field 't': str field: option required must be True or False"),
+    (_one({"t": {"type": "str", "choices": "abc"}}), "option choices must be None or a non-empty list or tuple"),
+    (_one({"t": {"type": "str", "choices": []}}), "option choices must be None or a non-empty list or tuple"),
+    (_one({"t": {"type": "str", "choices": ["a", 1]}}), "option choices must hold only str, got 1"),
+    (_one({"t": {"type": "str", "pattern": 5}}), "option pattern must be"),
+    (_one({"s": {"type": "set", "max_items": -1}}), "field 's': set field: option max_items must be"),
+    (_one({"s": {"type": "set", "of": {"type": "str", "max_length": -1}}}),
+     "field 's': set field: option of: str field: option max_length must be"),
+    (_one({"r": {"type": "ref", "collection": 5}}), "field 'r': ref field: option collection must be"),
+    (_one({"t": {"type": "str", "maxlength": 3}}), "field 't': str field: unknown key 'maxlength'"),
+    (_one({"t": "str"}), "field 't': a field must be a dict"),
+    (_one({"t": {"type": "str"}}, **{"delete-policy": "edit-wins"}), "collection 'notes': unknown key 'delete-policy'"),
+    ({"version": 1, "collections": [], "colections": []}, "schema: unknown key 'colections'"),
+    ({"version": 1, "collections": [{"name": "a", "fields": {}}, {"fields": {}}]}, "collection #2 has no 'name'"),
+    ({"version": 1, "collections": [{"name": "a"}]}, "collection 'a': fields must be a dict"),
+    ({"version": 1, "collections": {"a": {}}}, "collections must be a list"),
+    ('{"version": 1, "collections": []}', "not JSON text: parse it first"),
+    ([], "not a list"),
+])
+def test_from_dict_refuses_bad_options_and_unknown_keys_naming_them(d: Any, message: str) -> None:
+    with pytest.raises(SchemaError) as e:
+        Schema.from_dict(d)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: Str(max_length=-1), "str field: option max_length must be None or an int >= 0, got -1"),
+    (lambda: Str(choices="abc"), "option choices must be None or a non-empty list or tuple of str"),  # type: ignore[arg-type]
+    (lambda: Str(required="no"), "option required must be True or False"),  # type: ignore[arg-type]
+    (lambda: Int(min=5, max=1), "int field: min=5 is more than max=1"),
+    (lambda: Int(min=2**63), "option min must be"),
+    (lambda: Float(min=math.nan), "option min must be None or a finite number"),
+    (lambda: Text(max_length=-1), "text field: option max_length must be"),
+    (lambda: Set(str), "option of must be a field type such as Str() or Int(), not str"),  # type: ignore[arg-type]
+    (lambda: Str(choices=["abcdef"], max_length=3), "the choice 'abcdef' breaks the field's own rules: is 6 "),
+    (lambda: Int(choices=[1, 50], max=10), "int field: the choice 50 breaks the field's own rules: 50 is more"),
+    (lambda: Schema.from_dict({"version": True, "collections": []}), "unsupported schema version True"),
+    (lambda: Set(Str(), max_items=-2), "option max_items must be"),
+    (lambda: Collection("a", [Str()]), "a: fields must be a dict"),  # type: ignore[arg-type]
+    (lambda: Collection("a", {"x": str}), "a.x: the Python type str is not a field type"),  # type: ignore[dict-item]
+    (lambda: Collection(5, {}), "collection name 5 must be a str"),  # type: ignore[arg-type]
+    (lambda: Schema([Collection("a", {})]), "Schema takes its collections as separate arguments"),  # type: ignore[arg-type]
+    (lambda: Schema({"version": 1}), "Schema takes Collection objects, not a dict"),  # type: ignore[arg-type]
+])
+def test_constructors_refuse_bad_options(make: Any, message: str) -> None:
+    with pytest.raises(SchemaError) as e:
+        make()
+    assert message in str(e.value)
+
+
+def test_replica_open_refuses_a_dict_for_a_schema_and_names_a_missing_directory(tmp_path: Any) -> None:
+    with pytest.raises(SchemaError, match="the schema must be a crdtsync Schema, not a dict"):
+        Replica.open(tmp_path / "r.db", {"version": 1}, device="d", user="u")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+    missing = tmp_path / "nope" / "r.db"
+    with pytest.raises(FileNotFoundError) as e:
+        Replica.open(missing, SCHEMA, device="d", user="u")
+    assert str(e.value) == f"[Errno 2] its directory {tmp_path / 'nope'} does not exist (create it first): '{missing}'"
+
+
+def test_a_counter_set_to_none_is_refused_not_reset(r: Replica) -> None:
+    rid = r.create("accounts", {"name": "Acme"}, id="a1")
+    r.increment("accounts", rid, "visits", 3)
+    with pytest.raises(ValidationError, match=r"^accounts/a1\.visits: a counter cannot be set to None"):
+        r.update("accounts", rid, {"visits": None})
+    with pytest.raises(ValidationError, match="a counter cannot be set to None"):
+        r.create("accounts", {"name": "Acme", "visits": None})
+    rec = r.get("accounts", rid)
+    assert rec is not None and rec.fields["visits"] == 3
+
+
+def test_an_int_enum_is_stored_and_shown_as_a_plain_int(r: Replica) -> None:
+    import enum
+
+    class Size(enum.IntEnum):
+        BIG = 500
+
+    rid = r.create("accounts", {"name": "Acme", "employees": Size.BIG, "visits": Size.BIG})
+    rec = r.get("accounts", rid)
+    assert rec is not None
+    assert type(rec.fields["employees"]) is int and type(rec.fields["visits"]) is int
+    assert rec.fields["employees"] == 500 and rec.fields["visits"] == 500
+
+
+def test_increment_of_an_int_field_says_an_int(r: Replica) -> None:
+    rid = r.create("accounts", {"name": "Acme"})
+    with pytest.raises(ValidationError, match=r"\.employees: is an int field, not a counter$"):
+        r.increment("accounts", rid, "employees", 1)
+
+
+def test_a_length_of_one_is_said_in_the_singular(r: Replica) -> None:
+    with pytest.raises(ValidationError, match="is 1 character long, less than min_length=2"):
+        r.create("accounts", {"name": "x"})
+
+
+def test_subscribe_refuses_what_is_not_callable(r: Replica) -> None:
+    with pytest.raises(TypeError, match="subscribe takes a function of a ChangeEvent, not 5"):
+        r.subscribe(5)  # type: ignore[arg-type]

@@ -45,19 +45,30 @@ def test_json_has_one_object_per_strategy_with_the_metrics(capsys: pytest.Captur
             assert key in s
 
 
+def test_simulate_help_gives_each_workload_option_its_text_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for said in ("devices editing the records, at least 1 (default: 5)", "records in the workload, at least 1 "
+                 "(default: 200)", "edits made across the devices, at least 0 (default: 5000)", "(default: 7)"):
+        assert said in out
+
+
 def test_bad_strategy_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", "--strategies", "crdt,nope"]) == 2
     assert "unknown strategy" in capsys.readouterr().err
     assert main(["simulate", "--loss", "1.5"]) == 2
-    assert "--loss in [0, 1]" in capsys.readouterr().err
+    assert "--loss must be in [0, 1], not 1.5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "says"), [
     (["--strategies", "crdt,,crdt"], "--strategies has an empty name in 'crdt,,crdt'"),
     (["--strategies", "crdt,"], "--strategies has an empty name"),
     (["--strategies", "crdt,lww-record,crdt"], "--strategies names crdt more than once"),
-    (["--sweep-edits", "-5"], "--sweep-edits must be >= 1"),
-    (["--sweep-edits", "0"], "--sweep-edits must be >= 1"),
+    (["--sweep-edits", "-5"], "--sweep-edits must be at least 1, not -5"),
+    (["--sweep-edits", "0"], "--sweep-edits must be at least 1, not 0"),
+    (["--devices", "0"], "crdtsync simulate: --devices must be at least 1, not 0\n"),
+    (["--records", "0", "--edits", "-1"], "--records must be at least 1, not 0; --edits must be at least 0, not -1"),
 ])
 def test_bad_strategy_lists_and_sweeps_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                         args: list[str], says: str) -> None:
@@ -216,8 +227,8 @@ def test_the_table_and_the_plot_title_name_the_fault_settings_changed() -> None:
     run = run_plan(make_plan(changed.but(devices=2, records=3, edits=5)), "crdt")
     assert table(changed, {"crdt": [run]}).splitlines()[0] == \
         "seed 3, 5 devices, 200 records, 5000 edits, --skew-ms 0, --offline-ms 5000, --loss 0.3"
-    assert title(changed) == ("crdtsync simulate --seed 3 --devices 5 --records 200 --edits 5000 "
-                              "--skew-ms 0 --offline-ms 5000 --loss 0.3")
+    assert title(changed) == "crdtsync simulate --seed 3 --skew-ms 0 --offline-ms 5000 --loss 0.3"
+    assert title(Params()) == "crdtsync simulate"  # simulator.md: options left at their default omitted
     assert table(Params(), {"crdt": [run]}).splitlines()[0] == "seed 7, 5 devices, 200 records, 5000 edits"
     assert "pooled" in table(Params(), {"crdt": [run, run]}).splitlines()[0]
 
@@ -255,5 +266,5 @@ def test_the_plot_title_names_the_options_that_shape_the_figure(tmp_path: Path,
     assert main(["simulate", *SMALL, "--runs", "2", "--strategies", "crdt", "--sweep-edits", "50",
                  "--plot", str(tmp_path / "p.png"), "--no-cpu"]) == 0
     assert plot_module.title(Params(devices=3, records=12, edits=120), seen["extra"]) == (
-        "crdtsync simulate --seed 7 --devices 3 --records 12 --edits 120 --strategies crdt --runs 2 "
+        "crdtsync simulate --devices 3 --records 12 --edits 120 --strategies crdt --runs 2 "
         "--sweep-edits 50")

@@ -91,3 +91,32 @@ def test_model_range_orders_by_segments_not_bytes() -> None:
     assert [k for k, _ in model_range(model, ())] == [("a",), ("a", "z"), ("a", 5), ("ab",), ("b",), (1,)]
     assert [k for k, _ in model_range(model, ("a",), start=("a", "z"), reverse=True)] == [("a", "z"), ("a",)]
     assert agreement_machine({"m": StoreFactory(lambda n: MemoryStore())}).__name__ == "StoreAgreement"
+
+
+def test_run_conformance_passes_sqlite_through_a_persistent_factory(tmp_path: Path) -> None:
+    """As docs/storage.md shows it: every check opens names of its own, so a persistent store carries no
+    data from one check into the next."""
+    f = StoreFactory(lambda name: SQLiteStore(tmp_path / name, synchronous="NORMAL"), persistent=True,
+                     thread_safe=True)
+    assert run_conformance(f, skip=("agrees_with_model",))[-2:] == ["closed", "threads"]
+
+
+class _Kept(MemoryStore):
+    """A broken backend: one store for every name, never closed (so every name shares its data)."""
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failure_shows_a_bounded_excerpt_of_what_the_store_held() -> None:
+    shared = _Kept()  # the round trip's 3 MB values are still there for the next check
+    with pytest.raises(ConformanceError) as e:
+        run_conformance(lambda n: shared)
+    message = str(e.value)
+    assert message.startswith("[overwrite_and_remove] store after removing everything: got [(('val', 0), b'')")
+    assert len(message) < 3000 and "characters in all)" in message
+
+
+def test_run_agreement_takes_bare_callables_as_run_conformance_does(tmp_path: Path) -> None:
+    run_agreement({"sqlite": lambda n: SQLiteStore(tmp_path / n, synchronous="NORMAL"),
+                   "memory": lambda n: MemoryStore()}, max_examples=5, steps=10)

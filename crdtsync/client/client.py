@@ -91,7 +91,7 @@ class _Session:
             for data in self.conn.data_to_send():
                 await self.ws.send(data)
         except ConnectionClosed as e:
-            raise _Lost(f"connection lost: {e}") from None
+            raise _Lost(f"connection lost: {_said(e)}") from None
 
     def fail(self, reason: str) -> None:
         """End the session: every future still waiting gets the loss. Each is marked as seen too
@@ -109,6 +109,50 @@ class _Session:
         self.pages.put_nowait(self.lost)
 
 
+def _said(e: BaseException) -> str:
+    """What an exception says, for a reason shown to the app: its text, or its type's name when it has none
+    (a ``wss://`` URL at a plain relay fails with a bare ``ConnectionResetError()``)."""
+    return str(e) or type(e).__name__
+
+
+#: the smallest ``interval`` (seconds): 0 made about 800 syncs a second
+MIN_INTERVAL = 0.01
+#: the smallest ``max_frame`` (bytes), as the relay's ``--max-frame``: a smaller one cannot hold a hello
+MIN_FRAME = 64 * 1024
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_options(*, token: object, interval: object, batch_size: object, backoff: object, max_frame: object,
+                   open_timeout: object) -> None:
+    """``TypeError`` for an option of the wrong type, ``ValueError`` for one out of its range (each names the
+    option and what it allows): a value that the client would otherwise spin or retry forever on."""
+    if token is not None and not isinstance(token, str):
+        raise TypeError(f"SyncClient token must be a str or None, not {type(token).__name__}")
+    if interval is not None:
+        if not _number(interval):
+            raise TypeError(f"SyncClient interval must be a number of seconds or None, not {type(interval).__name__}")
+        if not MIN_INTERVAL <= interval < float("inf"):  # type: ignore[operator]
+            raise ValueError(f"SyncClient interval must be at least {MIN_INTERVAL} seconds (or None: no scheduled "
+                             f"syncs), not {interval!r}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+        raise TypeError(f"SyncClient batch_size must be an int, not {type(batch_size).__name__}")
+    if not 1 <= batch_size <= MAX_PUSH:
+        raise ValueError(f"SyncClient batch_size must be 1 to {MAX_PUSH} (changes per push), not {batch_size}")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError(f"SyncClient backoff must be a Backoff or None, not {type(backoff).__name__}")
+    if not isinstance(max_frame, int) or isinstance(max_frame, bool):
+        raise TypeError(f"SyncClient max_frame must be an int (bytes), not {type(max_frame).__name__}")
+    if max_frame < MIN_FRAME:
+        raise ValueError(f"SyncClient max_frame must be at least {MIN_FRAME} bytes (64 KiB), not {max_frame}")
+    if not _number(open_timeout):
+        raise TypeError(f"SyncClient open_timeout must be a number of seconds, not {type(open_timeout).__name__}")
+    if not 0 < open_timeout < float("inf"):  # type: ignore[operator]
+        raise ValueError(f"SyncClient open_timeout must be more than 0 seconds, not {open_timeout!r}")
+
+
 class SyncClient:
     """Sync ``replica`` with the relay at ``url``. Use as ``async with SyncClient(...) as client:``."""
 
@@ -119,11 +163,13 @@ class SyncClient:
             parse_uri(url)
         except InvalidURI:
             raise LocalError(f"{url!r} is not a websocket URL: use ws://HOST:PORT (or wss:// behind TLS)") from None
+        _check_options(token=token, interval=interval, batch_size=batch_size, backoff=backoff, max_frame=max_frame,
+                       open_timeout=open_timeout)
         self.replica = replica
         self.url = url
         self.token = token
         self.interval = interval
-        self.batch_size = max(1, min(batch_size, MAX_PUSH))
+        self.batch_size = batch_size
         self.backoff = backoff or Backoff()
         self.max_frame = max_frame
         self.open_timeout = open_timeout
@@ -135,6 +181,7 @@ class SyncClient:
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self._fatal: SyncError | None = None
+        self._fatal_told = False  # its ``failed`` event was emitted (``_tell_fatal``)
         self._tasks: list[asyncio.Task[None]] = []
         self._close_done: asyncio.Event | None = None  # made by the first close(), set once it is done
         self._session: _Session | None = None
@@ -153,6 +200,9 @@ class SyncClient:
         await self.close()
 
     async def start(self) -> None:
+        """Start connecting (and the scheduled syncs, with ``interval``) in the background; returns at once.
+        A connection that comes runs a sync; one that fails is retried with ``backoff`` (``offline``
+        events). Starting twice does nothing. ``async with`` calls it."""
         if not self._tasks:
             self._tasks.append(asyncio.create_task(self._connect_loop(), name="crdtsync-client"))
             if self.interval is not None:
@@ -187,12 +237,16 @@ class SyncClient:
 
     @property
     def online(self) -> bool:
+        """Whether the client is connected and welcomed by the relay now (a sync can run)."""
         return self._session is not None and self._session.welcome is not None and self._session.lost is None
 
     # -- status events -------------------------------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[SyncStatus], None]) -> Callable[[], None]:
-        """Call ``callback`` with every status event; returns a function that unsubscribes."""
+        """Call ``callback`` with every status event; returns a function that unsubscribes. A ``callback``
+        that is not callable raises ``TypeError``."""
+        if not callable(callback):
+            raise TypeError(f"subscribe takes a function of a SyncStatus, not {callback!r}")
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 
@@ -317,6 +371,8 @@ class SyncClient:
         if self._fatal is None:
             self._fatal = SyncError(f"the replica was closed ({self.replica.device}): close the SyncClient "
                                     "before its Replica")
+            if not self._closed.is_set():  # told now, before ``sync_now`` raises it: an app that closes the
+                self._tell_fatal()         # client right after would not see an event a loop turn later
         self._wake.set()  # an idle worker ends (``_work_loop``), and with it the connection
 
     async def _connect_loop(self) -> None:
@@ -342,9 +398,15 @@ class SyncClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
         if self._fatal is not None:
+            self._tell_fatal()
+            self._fail_queue(self._fatal)
+
+    def _tell_fatal(self) -> None:
+        """Log the error that stopped the client and emit its ``failed`` event, once."""
+        if self._fatal is not None and not self._fatal_told:
+            self._fatal_told = True
             log.error("sync stopped: %s", self._fatal)
             self._emit(SyncStatus("failed", str(self._fatal)))
-            self._fail_queue(self._fatal)
 
     async def _connect_once(self) -> str:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -352,7 +414,7 @@ class SyncClient:
             ws = await connect(self.url, additional_headers=headers, max_size=self.max_frame + 1024,
                                open_timeout=self.open_timeout, compression=None)
         except (OSError, InvalidHandshake, TimeoutError) as e:
-            return f"cannot reach the relay: {e}"
+            return f"cannot reach the relay: {_said(e)}"
         session = _Session(ws, self.max_frame)
         self._session = session
         reader = asyncio.create_task(self._read_loop(session))
@@ -791,8 +853,8 @@ class SyncClient:
                     # a rolling upgrade), applied once the replica opens with a schema that has it
                     # (``retry_set_aside``); or malformed content, kept for the record
                     self.replica.set_aside(i.collection, i.record, i.update)
-                    refused.append(f"{i.collection}/{i.record}: {e}")
-                    self._emit(SyncStatus("error", f"update from the relay refused, set aside: {e}",
+                    refused.append(f"{i.collection}/{i.record}: {_said(e)}")
+                    self._emit(SyncStatus("error", f"update from the relay refused, set aside: {_said(e)}",
                                           collection=i.collection, record=i.record, code="invalid"))
             # one line a page, not one a record: a rolling upgrade (devices on the older schema refusing
             # a collection upgraded ones write) is expected, and an ERROR per update flooded crash reporting

@@ -126,7 +126,8 @@ def refuse_over_limits(doc: RecordDoc, limits: list[tuple[str, Field]], touched:
             continue
         where = f"{doc.collection.name}/{doc.id} {name}: merged with the relay's copy it"
         if isinstance(f, Text):
-            raise Refused("invalid", f"{where} is {size} characters long, more than max_length={f.max_length}")
+            long = "1 character" if size == 1 else f"{size} characters"
+            raise Refused("invalid", f"{where} is {long} long, more than max_length={f.max_length}")
         if isinstance(f, SetField):
             raise Refused("invalid", f"{where} holds {size} items, more than max_items={f.max_items}")
         raise Refused("invalid", f"{where} would add up to {size}, which does not fit in 64 bits")

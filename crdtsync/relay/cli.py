@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from ..errors import CrdtSyncError, LocalError
+from ..errors import CrdtSyncError, LocalError, StoreInUse
 from ..schema import Schema
 from ..store.base import ByteStore
 from ..store.sqlite import SQLiteStore
@@ -134,7 +134,8 @@ def load_schema(spec: str) -> Schema:
     except (ImportError, AttributeError) as e:
         raise LocalError(f"cannot load schema {spec}: {e}") from None
     if not isinstance(value, Schema):
-        raise LocalError(f"{spec} is a {type(value).__name__}, not a Schema")
+        kind = type(value).__name__
+        raise LocalError(f"{spec} is {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}, not a Schema")
     return value
 
 
@@ -225,8 +226,15 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
     files = raise_open_files_limit()
     try:
         store = open_store(args.db, synchronous=args.synchronous, pg_schema=args.pg_schema)
+    except StoreInUse:
+        print(f"crdtsync relay: cannot open the database {shown}: another relay (or another program) is using "
+              "it: one relay process per database", file=sys.stderr)
+        return 1
     except (sqlite3.Error, CrdtSyncError, ImportError) as e:  # (ImportError: psycopg not installed)
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # (its directory is missing, or not writable for the lock file)
+        print(f"crdtsync relay: cannot open the database {shown}: {e.strerror or e}", file=sys.stderr)
         return 1
     except Exception as e:  # psycopg's errors (bad URL, server down, refused login)
         if type(e).__module__.split(".")[0] != "psycopg":

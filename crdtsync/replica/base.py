@@ -24,6 +24,7 @@ from ..errors import (
     RecordBlocked,
     RecordDeleted,
     RecordNotFound,
+    SchemaError,
     ValidationError,
     WrongKeyError,
 )
@@ -64,6 +65,13 @@ def _check_name(kind: str, value: object) -> str:
     return value
 
 
+def _check_schema(schema: object) -> Schema:
+    if not isinstance(schema, Schema):
+        hint = " (Schema.from_dict builds one from its dict form)" if isinstance(schema, Mapping) else ""
+        raise SchemaError(f"the schema must be a crdtsync Schema, not a {type(schema).__name__}{hint}")
+    return schema
+
+
 class ReplicaBase:
     """What the replica's layers share (see the module docstring); use ``Replica``."""
 
@@ -72,7 +80,7 @@ class ReplicaBase:
                  cache_size: int = 2000, cache_bytes: int | None = 64 * 2**20, compact_after: int = 64) -> None:
         #: held by every public method (``locking.py``): a replica may be shared between threads
         self._lock = threading.RLock()
-        self.schema = schema
+        self.schema = _check_schema(schema)
         self.device = _check_name("device", device)
         self.user = _check_name("user", user)
         self.store = store
@@ -188,6 +196,7 @@ class ReplicaBase:
 
         ``key`` encrypts the store at rest (AES-GCM); a wrong key raises ``WrongKeyError``.
         """
+        _check_schema(schema)  # before the store is opened (or made)
         # checkpoints in the background: a sync's commit costs what it writes, however large the store
         inner: ByteStore = MemoryStore() if str(path) == ":memory:" else SQLiteStore(
             path, synchronous=synchronous, checkpoint="background")
@@ -245,8 +254,11 @@ class ReplicaBase:
     def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
         """Call ``callback`` after every change to a record; returns a function that unsubscribes.
 
-        A callback that raises is logged and does not disturb the write, which is already stored.
+        A callback that raises is logged and does not disturb the write, which is already stored. A
+        ``callback`` that is not callable raises ``TypeError`` (it would only fail at the first change).
         """
+        if not callable(callback):
+            raise TypeError(f"subscribe takes a function of a ChangeEvent, not {callback!r}")
         self._listeners.append(callback)
         return lambda: self._listeners.remove(callback) if callback in self._listeners else None
 

@@ -216,13 +216,15 @@ class ExchangingReplica(ReplicaBase):
         A record with pending changes stays, with them: the user's work is never dropped this way (the
         relay accepts or rejects those changes; a rejected one is kept as ``error`` for the user to export
         or discard). It leaves once the user discarded them, unless news of it came meanwhile (it is back
-        in scope). Records not known here are ignored. Returns the records removed, each also announced by
-        a ``ChangeEvent`` with ``origin="remote"`` and ``record=None``. If such a record comes back into
-        scope, the relay sends its whole state again.
+        in scope). Records not known here are ignored; an id that is not a str raises ``LocalError`` (before
+        anything is removed). Returns the records removed, each also announced by a ``ChangeEvent`` with
+        ``origin="remote"`` and ``record=None``. If such a record comes back into scope, the relay sends its
+        whole state again.
         """
         gone: list[tuple[str, str]] = []
         batch = Batch()
-        for c, rid in dict.fromkeys(records):
+        wanted = [(c, self._id_arg(c, rid)) for c, rid in records]
+        for c, rid in dict.fromkeys(wanted):
             if c not in self.schema.collections or not self.docs.exists(c, rid):
                 continue
             if self.outbox.for_record(c, rid):
@@ -328,9 +330,12 @@ class ExchangingReplica(ReplicaBase):
         return len(self.store.load_range(("aside",)))
 
     def get_meta(self, name: str) -> bytes | None:
+        """The bytes an app stored under ``name`` with ``set_meta`` (None if none): app state kept in the
+        replica's store, beside its records (it never syncs). The sync client keeps its cursor so."""
         return self.store.load(("meta", "app", name))
 
     def set_meta(self, name: str, value: bytes) -> None:
+        """Store ``value`` under ``name`` in the replica's store (committed at once; local, never synced)."""
         self.store.save(("meta", "app", name), value)
 
     # -- merging by hand -----------------------------------------------------------------------------------

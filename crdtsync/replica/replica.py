@@ -77,7 +77,8 @@ class Replica(ExchangingReplica):
         coll = self._coll(collection)
         f = coll.field(self._id_arg(collection, id), field)
         if f.merge != "counter":
-            raise ValidationError(collection, id, field, f"is a {f.kind} field, not a counter")
+            article = "an" if f.kind == "int" else "a"
+            raise ValidationError(collection, id, field, f"is {article} {f.kind} field, not a counter")
         try:
             f.check(by)
         except Invalid as e:
@@ -98,6 +99,10 @@ class Replica(ExchangingReplica):
         self._commit_local(coll, id, "increment", {field: by}, write)
 
     def delete(self, collection: str, id: str) -> None:
+        """Delete a record (a change like any other: it syncs). A concurrent edit is kept as the
+        collection's ``delete_policy`` says (docs/records.md); ``restore()`` brings the record back.
+        Deleting a deleted record without conflicts does nothing. Raises ``RecordNotFound`` for a record
+        that does not exist here, ``RecordBlocked`` while it holds a rejected change."""
         coll = self._coll(collection)
         rec = self._row(coll, self._id_arg(collection, id))
         if rec is None:
@@ -161,9 +166,9 @@ class Replica(ExchangingReplica):
         """Records of a collection from the materialised rows, in id order. ``where`` maps fields to the
         values they must equal, or is a predicate on ``Record``.
 
-        ``order_by`` sorts by a field (``descending`` reverses it), ties in id order. Records whose value is
-        None, and then NaN (``Float(allow_nan=True)``), come last either way. A naive datetime compares as
-        if in UTC; a set by its elements in order. ``limit`` (an int >= 0) keeps the first ones; a
+        ``order_by`` sorts by a field (``descending`` reverses it), ties in id order. Records holding NaN
+        (``Float(allow_nan=True)``), and then those whose value is None, come last either way. A naive
+        datetime compares as if in UTC; a set by its elements in order. ``limit`` (an int >= 0) keeps the first ones; a
         negative or non-int ``limit`` raises ``LocalError``."""
         coll = self._coll(collection)
         return self.rows.query(coll, where, include_deleted=include_deleted, order_by=order_by,
@@ -185,6 +190,8 @@ class Replica(ExchangingReplica):
         return self.docs.get(collection, id).doc.history()
 
     def status(self, collection: str, id: str) -> RecordStatus:
+        """The record's sync status (``pending``, ``syncing``, ``synced``, ``conflict`` or ``error``), as
+        ``get(...).status``; raises ``RecordNotFound`` for a record that does not exist here."""
         rec = self.get(collection, id)
         if rec is None:
             raise RecordNotFound(f"{collection}/{id} does not exist")

@@ -23,10 +23,14 @@ _DEFAULT_STRATEGIES = "crdt,lww-field,lww-record"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Params()
-    parser.add_argument("--seed", type=int, default=d.seed, help="the seed; a seed reproduces a run exactly")
-    parser.add_argument("--devices", type=int, default=d.devices)
-    parser.add_argument("--records", type=int, default=d.records)
-    parser.add_argument("--edits", type=int, default=d.edits)
+    parser.add_argument("--seed", type=int, default=d.seed,
+                        help="the seed; a seed reproduces a run exactly (default: %(default)s)")
+    parser.add_argument("--devices", type=int, default=d.devices,
+                        help="devices editing the records, at least 1 (default: %(default)s)")
+    parser.add_argument("--records", type=int, default=d.records,
+                        help="records in the workload, at least 1 (default: %(default)s)")
+    parser.add_argument("--edits", type=int, default=d.edits,
+                        help="edits made across the devices, at least 0 (default: %(default)s)")
     parser.add_argument("--strategies", default=_DEFAULT_STRATEGIES,
                         help=f"comma-separated, each once, from {','.join(STRATEGIES)}")
     parser.add_argument("--runs", type=int, default=1,
@@ -94,10 +98,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"crdtsync simulate: {chosen}", file=sys.stderr)
         return 2
     sweep_edits = 1 if args.sweep_edits is None else args.sweep_edits
-    if min(args.runs, args.devices, args.records, sweep_edits) < 1 \
-            or min(args.edits, args.skew_ms, args.offline_ms) < 0 or not 0 <= args.loss <= 1:
-        print("crdtsync simulate: --runs, --devices, --records and --sweep-edits must be >= 1, --edits, --skew-ms "
-              "and --offline-ms >= 0, --loss in [0, 1]", file=sys.stderr)
+    bad = [f"--{name.replace('_', '-')} must be at least {low}, not {value}"
+           for name, value, low in [("runs", args.runs, 1), ("devices", args.devices, 1),
+                                    ("records", args.records, 1), ("sweep_edits", sweep_edits, 1),
+                                    ("edits", args.edits, 0), ("skew_ms", args.skew_ms, 0),
+                                    ("offline_ms", args.offline_ms, 0)] if value < low]
+    if not 0 <= args.loss <= 1:
+        bad.append(f"--loss must be in [0, 1], not {args.loss:g}")
+    if bad:
+        print(f"crdtsync simulate: {'; '.join(bad)}", file=sys.stderr)
         return 2
     if args.plot is not None:
         from .plot import matplotlib_missing

@@ -55,8 +55,10 @@ def title(params: Params, extra: Sequence[str] = ()) -> str:
     """The figure's title: the command line that reproduces it (options left at their default omitted);
     ``extra``: the options beyond ``params`` that shape the figure (``--strategies``, ``--runs``,
     ``--sweep-edits``), as given."""
-    return " ".join([f"crdtsync simulate --seed {params.seed} --devices {params.devices} --records "
-                     f"{params.records} --edits {params.edits}", *changed_options(params), *extra])
+    d = Params()
+    run = [f"--{name} {getattr(params, name)}" for name in ("seed", "devices", "records", "edits")
+           if getattr(params, name) != getattr(d, name)]
+    return " ".join(["crdtsync simulate", *run, *changed_options(params), *extra])
 
 
 def sweep(base: Params, strategies: Sequence[Strategy], progress: _Step | None = None

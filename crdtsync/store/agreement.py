@@ -13,7 +13,7 @@ segments that break naive encodings (``""``, NUL, non-ASCII, ``"a"`` beside ``"a
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from .base import Batch, ByteStore
-from .conformance import ConformanceError, StoreFactory, key_order
+from .conformance import ConformanceError, StoreFactory, as_factory, key_order, shown
 from .keys import Key
 
 __all__ = ["agreement_machine", "model_range", "run_agreement"]
@@ -53,23 +53,26 @@ def model_range(model: Mapping[Key, bytes], prefix: Key, *, start: Key | None = 
     return [(k, model[k]) for k in keys]
 
 
-def agreement_machine(factories: Mapping[str, StoreFactory]) -> type[RuleBasedStateMachine]:
-    """A state machine class over one store of each backend in ``factories`` (name -> factory)."""
+def agreement_machine(factories: Mapping[str, StoreFactory | Callable[[str], ByteStore]],
+                      ) -> type[RuleBasedStateMachine]:
+    """A state machine class over one store of each backend in ``factories`` (name -> factory; a bare
+    callable is taken as a non-persistent, single-threaded factory, as by ``run_conformance``)."""
     if not factories:
         raise ValueError("agreement needs at least one backend")
+    backends = {b: as_factory(f) for b, f in factories.items()}
 
     class StoreAgreement(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
             self.name = f"agree{next(_counter)}"
-            self.stores: dict[str, ByteStore] = {b: f.open(self.name) for b, f in factories.items()}
+            self.stores: dict[str, ByteStore] = {b: f.open(self.name) for b, f in backends.items()}
             self.model: dict[Key, bytes] = {}
 
         def _agree(self, what: str, answers: dict[str, Any], want: object) -> None:
             for backend, got in answers.items():
                 if got != want:
-                    raise ConformanceError(f"{backend}: {what}: got {got!r}, the model says {want!r}; "
-                                           f"all answers: {answers!r}")
+                    raise ConformanceError(f"{backend}: {what}: got {shown(got)}, the model says {shown(want)}; "
+                                           f"all answers: {shown(answers)}")
 
         def _key(self, data: st.DataObject) -> Key:
             known = sorted(self.model, key=key_order)
@@ -150,10 +153,10 @@ def agreement_machine(factories: Mapping[str, StoreFactory]) -> type[RuleBasedSt
             answers = {b: list(s.iter_range(prefix, batch=page)) for b, s in self.stores.items()}
             self._agree(f"iter_range({prefix!r}, batch={page})", answers, model_range(self.model, prefix))
 
-        @precondition(lambda self: any(f.persistent for f in factories.values()))
+        @precondition(lambda self: any(f.persistent for f in backends.values()))
         @rule()
         def reopen(self) -> None:
-            for b, f in factories.items():
+            for b, f in backends.items():
                 if f.persistent:
                     self.stores[b].close()
                     self.stores[b] = f.open(self.name)
@@ -170,7 +173,8 @@ def agreement_machine(factories: Mapping[str, StoreFactory]) -> type[RuleBasedSt
     return StoreAgreement
 
 
-def run_agreement(factories: Mapping[str, StoreFactory], *, max_examples: int = 50, steps: int = 30) -> None:
+def run_agreement(factories: Mapping[str, StoreFactory | Callable[[str], ByteStore]], *, max_examples: int = 50,
+                  steps: int = 30) -> None:
     """Run the machine, seeded and reproducible; raises on the first disagreement (shrunk)."""
     run_state_machine_as_test(
         agreement_machine(factories),

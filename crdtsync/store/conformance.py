@@ -32,8 +32,8 @@ from ..errors import StoreClosed
 from .base import Batch, ByteStore
 from .keys import Key
 
-__all__ = ["CHECKS", "ByteStoreConformance", "ConformanceError", "StoreFactory", "key_order",
-           "run_conformance"]
+__all__ = ["CHECKS", "ByteStoreConformance", "ConformanceError", "StoreFactory", "as_factory", "key_order",
+           "run_conformance", "shown"]
 
 
 class ConformanceError(AssertionError):
@@ -54,6 +54,15 @@ class StoreFactory:
     thread_safe: bool = False
 
 
+def as_factory(factory: StoreFactory | Callable[[str], ByteStore]) -> StoreFactory:
+    """``factory`` itself, or a bare callable taken as a non-persistent, single-threaded factory."""
+    if isinstance(factory, StoreFactory):
+        return factory
+    if not callable(factory):
+        raise TypeError(f"expected a StoreFactory or a callable name -> ByteStore, got {type(factory).__name__}")
+    return StoreFactory(factory)
+
+
 def key_order(key: Key) -> tuple[tuple[int, str | int], ...]:
     """The order every backend must keep, written independently of the byte encoding.
 
@@ -63,8 +72,18 @@ def key_order(key: Key) -> tuple[tuple[int, str | int], ...]:
     return tuple((0, s) if isinstance(s, str) else (1, s) for s in key)
 
 
+#: the most characters of a value a failure shows (a store holding megabytes made messages as long)
+SHOWN = 600
+
+
+def shown(value: object, limit: int = SHOWN) -> str:
+    """``repr(value)``, cut to ``limit`` characters (saying how long it was) when longer."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters in all)"
+
+
 def _fail(what: str, got: object, want: object) -> ConformanceError:
-    return ConformanceError(f"{what}: got {got!r}, expected {want!r}")
+    return ConformanceError(f"{what}: got {shown(got)}, expected {shown(want)}")
 
 
 def _eq(got: object, want: object, what: str) -> None:
@@ -79,7 +98,7 @@ def _raises(exc: type[BaseException] | tuple[type[BaseException], ...], fn: Call
     except exc:
         return
     except BaseException as e:
-        raise ConformanceError(f"{what}: raised {type(e).__name__}: {e}, expected {exc}") from e
+        raise ConformanceError(f"{what}: raised {type(e).__name__}: {str(e)[:SHOWN]}, expected {exc}") from e
     raise ConformanceError(f"{what}: did not raise, expected {exc}")
 
 
@@ -103,7 +122,7 @@ TRICKY_KEYS: list[Key] = [
 
 
 def check_load_missing(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("load_missing")
     try:
         _eq(s.load(("nope",)), None, "load of a missing key")
         _eq(s.load_range(()), [], "load_range(()) of an empty store")
@@ -114,7 +133,7 @@ def check_load_missing(f: StoreFactory) -> None:
 
 def check_round_trip(f: StoreFactory) -> None:
     values = [b"", b"\x00", b"\x00" * 17, bytes(range(256)), b"\xff\xfe\x00x", os.urandom(3 << 20)]
-    s = f.open("main")
+    s = f.open("round_trip")
     try:
         for i, v in enumerate(values):
             s.save(("val", i), v)
@@ -132,7 +151,7 @@ def check_round_trip(f: StoreFactory) -> None:
 
 
 def check_overwrite_and_remove(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("overwrite_and_remove")
     try:
         s.save(("k",), b"one")
         s.save(("k",), b"two")
@@ -148,7 +167,7 @@ def check_overwrite_and_remove(f: StoreFactory) -> None:
 
 
 def check_key_segments(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("key_segments")
     try:
         _fill(s, TRICKY_KEYS)
         for i, k in enumerate(TRICKY_KEYS):
@@ -166,7 +185,7 @@ def check_key_segments(f: StoreFactory) -> None:
 
 
 def check_prefix_semantics(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("prefix_semantics")
     try:
         _fill(s, TRICKY_KEYS)
         for prefix in [("a",), ("a", ""), ("ab",), ("a\x00",), ("z",), ("é",), (0,), (-5,), ("z", 1), ("q",),
@@ -185,7 +204,7 @@ def check_prefix_semantics(f: StoreFactory) -> None:
 
 
 def check_start_limit_reverse(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("start_limit_reverse")
     try:
         keys: list[Key] = [("r", i) for i in range(10)] + [("r", 3, "x"), ("q", 5), ("s", 0)]
         _fill(s, keys)
@@ -212,7 +231,7 @@ def check_start_limit_reverse(f: StoreFactory) -> None:
 
 
 def check_iter_range_paging(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("iter_range_paging")
     try:
         keys: list[Key] = [("p", i) for i in range(2500)]
         b = Batch()
@@ -232,7 +251,7 @@ def check_iter_range_paging(f: StoreFactory) -> None:
 
 
 def check_remove_range(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("remove_range")
     try:
         _fill(s, TRICKY_KEYS)
         s.remove_range(("a",))
@@ -249,7 +268,7 @@ def check_remove_range(f: StoreFactory) -> None:
 
 
 def check_batch_semantics(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("batch_semantics")
     try:
         _fill(s, [("p", 1), ("p", 2), ("q", 1)])
         # Built by hand, so the backend itself must apply range removes, then removes, then saves.
@@ -282,7 +301,7 @@ def check_batch_semantics(f: StoreFactory) -> None:
 
 
 def check_two_step_commit(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("two_step_commit")
     try:
         _fill(s, [("p", 1), ("q", 1)])
         b = Batch()
@@ -321,7 +340,7 @@ def check_two_step_commit(f: StoreFactory) -> None:
 
 
 def check_isolation(f: StoreFactory) -> None:
-    a, b = f.open("one"), f.open("two")
+    a, b = f.open("isolation_one"), f.open("isolation_two")
     try:
         a.save(("k",), b"a")
         b.save(("k",), b"b")
@@ -337,7 +356,7 @@ def check_isolation(f: StoreFactory) -> None:
 def check_persistence(f: StoreFactory) -> None:
     if not f.persistent:
         return
-    s = f.open("durable")
+    s = f.open("persistence")
     s.save(("gone",), b"x")
     b = Batch()
     for k in TRICKY_KEYS:
@@ -346,14 +365,14 @@ def check_persistence(f: StoreFactory) -> None:
     s.commit(b)
     s.remove_range(("z",))
     s.close()
-    s = f.open("durable")
+    s = f.open("persistence")
     try:
         want = sorted((k for k in TRICKY_KEYS if k[0] != "z"), key=key_order)
         _eq(s.load_range(()), [(k, repr(k).encode()) for k in want], "data after close and reopen")
         s.save(("again",), b"y")
     finally:
         s.close()
-    s = f.open("durable")
+    s = f.open("persistence")
     try:
         _eq(s.load(("again",)), b"y", "a write after reopening, reopened again")
     finally:
@@ -361,7 +380,7 @@ def check_persistence(f: StoreFactory) -> None:
 
 
 def check_closed(f: StoreFactory) -> None:
-    s = f.open("main")
+    s = f.open("closed")
     s.save(("k",), b"v")
     s.close()
     ops: dict[str, Callable[[], object]] = {
@@ -440,9 +459,11 @@ def run_conformance(factory: StoreFactory | Callable[[str], ByteStore], *,
                     skip: tuple[str, ...] = ()) -> list[str]:
     """Run every check in :data:`CHECKS` (but ``skip``) against a backend; returns the names run.
 
-    A bare callable is taken as a non-persistent, single-threaded factory. Raises ConformanceError.
+    A bare callable is taken as a non-persistent, single-threaded factory. Each check opens its stores under
+    names of its own (the check's name), so none sees another's data; with a persistent factory, open them
+    in a fresh directory for each run. Raises ConformanceError, its message cut to a bounded excerpt.
     """
-    f = factory if isinstance(factory, StoreFactory) else StoreFactory(factory)
+    f = as_factory(factory)
     ran = []
     for name, check in CHECKS.items():
         if name in skip:
@@ -450,7 +471,10 @@ def run_conformance(factory: StoreFactory | Callable[[str], ByteStore], *,
         try:
             check(f)
         except ConformanceError as e:
-            raise ConformanceError(f"[{name}] {e}") from e
+            message = str(e)
+            if len(message) > 4 * SHOWN:
+                message = f"{message[:4 * SHOWN]}... ({len(message)} characters in all)"
+            raise ConformanceError(f"[{name}] {message}") from e
         ran.append(name)
     return ran
 

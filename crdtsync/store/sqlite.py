@@ -54,6 +54,7 @@ detected. ``":memory:"`` and ``file:`` URIs take no lock.
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import sqlite3
 import sys
@@ -455,6 +456,9 @@ def _lock_file(path: str) -> int | None:
     import fcntl
 
     lock_path = os.path.realpath(path) + "-lock"  # (a symlink to the file locks the file itself)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # else the error would name the lock file, which the user never named
+        raise FileNotFoundError(errno.ENOENT, f"its directory {folder} does not exist (create it first)", path)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

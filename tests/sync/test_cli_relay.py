@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crdtsync import Replica, SQLiteStore
+from crdtsync import LocalError, Replica, SQLiteStore
 from crdtsync.cli import main
 from crdtsync.relay.cli import load_schema
 
@@ -73,6 +73,15 @@ def test_a_schema_module_in_the_current_directory(tmp_path: Path, monkeypatch: p
     sys.modules.pop("my_app_schema_7f3", None)
 
 
+def test_a_schema_attribute_that_is_not_a_schema_is_named_with_its_article(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_bad_schema_8c1.py").write_text("SCHEMA = 5\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LocalError, match=r"^my_bad_schema_8c1:SCHEMA is an int, not a Schema$"):
+        load_schema("my_bad_schema_8c1:SCHEMA")
+    sys.modules.pop("my_bad_schema_8c1", None)
+
+
 def test_schema_files_and_their_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = tmp_path / "schema"  # a JSON file without the .json suffix
     plain.write_bytes(orjson.dumps(SCHEMA.to_dict()))
@@ -114,7 +123,33 @@ def test_a_second_relay_on_the_same_database_is_refused(tmp_path: Path, capsys: 
         running.close()
         taken.close()
     err = capsys.readouterr().err
-    assert f"cannot open the database {db}: {db} is open already" in err
+    assert f"cannot open the database {db}: another relay (or another program) is using it" in err
+
+
+def test_a_database_in_a_missing_directory_is_one_line_naming_both(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "nope" / "relay.db"
+    assert main(["relay", "--db", str(db), "--schema", "tests.sync.conftest:SCHEMA"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"crdtsync relay: cannot open the database {db}: its directory {tmp_path / 'nope'} does not "
+                   "exist (create it first)\n")
+
+
+def test_a_bad_option_in_a_json_schema_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(orjson.dumps({"version": 1, "collections": [
+        {"name": "notes", "fields": {"title": {"type": "str", "max_length": "3"}}}]}))
+    taken = socket.socket()  # a relay that started anyway stops there (exit 1), not serves
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        assert main(["relay", "--port", str(taken.getsockname()[1]), "--db", str(tmp_path / "r.db"), "--schema",
+                     str(bad)]) == 2
+    finally:
+        taken.close()
+    assert capsys.readouterr().err == ("crdtsync relay: collection 'notes', field 'title': str field: option "
+                                       "max_length must be None or an int >= 0, got '3'\n")
+    assert not (tmp_path / "r.db").exists()
 
 
 async def test_a_rate_under_one_frame_in_two_seconds_starts(tmp_path: Path) -> None:

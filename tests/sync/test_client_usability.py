@@ -22,6 +22,48 @@ def test_a_url_that_is_not_a_websocket_url_is_refused_at_once(url: str,
         SyncClient(make_replica("a"), url)
 
 
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"interval": 0}, ValueError, "interval must be at least 0.01 seconds (or None: no scheduled syncs), not 0"),
+    ({"interval": -1}, ValueError, "interval must be at least 0.01 seconds"),
+    ({"interval": float("nan")}, ValueError, "interval must be at least 0.01 seconds"),
+    ({"interval": "5"}, TypeError, "interval must be a number of seconds or None, not str"),
+    ({"max_frame": 10}, ValueError, "max_frame must be at least 65536 bytes (64 KiB), not 10"),
+    ({"max_frame": 1e6}, TypeError, "max_frame must be an int (bytes), not float"),
+    ({"open_timeout": 0}, ValueError, "open_timeout must be more than 0 seconds, not 0"),
+    ({"open_timeout": float("inf")}, ValueError, "open_timeout must be more than 0 seconds"),
+    ({"batch_size": 0}, ValueError, "batch_size must be 1 to 1000 (changes per push), not 0"),
+    ({"batch_size": 5000}, ValueError, "batch_size must be 1 to 1000 (changes per push), not 5000"),
+    ({"batch_size": 2.0}, TypeError, "batch_size must be an int, not float"),
+    ({"token": 5}, TypeError, "token must be a str or None, not int"),
+    ({"backoff": 1.5}, TypeError, "backoff must be a Backoff or None, not float"),
+])
+def test_options_out_of_range_are_refused_at_construction(options: dict[str, object], error: type[Exception],
+                                                          message: str, make_replica: Callable[..., Replica]) -> None:
+    with pytest.raises(error) as e:
+        SyncClient(make_replica("a"), "ws://127.0.0.1:8765", **options)  # type: ignore[arg-type]
+    assert str(e.value) == f"SyncClient {message}" or message in str(e.value)
+    SyncClient(make_replica("b"), "ws://127.0.0.1:8765", interval=0.01, max_frame=64 * 1024, open_timeout=0.5,
+               batch_size=1000, token="t")  # the ends of each range are allowed
+
+
+def test_subscribe_refuses_what_is_not_callable(make_replica: Callable[..., Replica]) -> None:
+    c = SyncClient(make_replica("a"), "ws://127.0.0.1:8765")
+    with pytest.raises(TypeError, match="subscribe takes a function of a SyncStatus, not 5"):
+        c.subscribe(5)  # type: ignore[arg-type]
+
+
+async def test_a_wss_url_at_a_plain_relay_says_what_failed(make_relay: RelayFactory,
+                                                            make_replica: Callable[..., Replica]) -> None:
+    """The TLS handshake meets a plain websocket server: the error has no text (``ConnectionResetError()``,
+    or another OSError); the reason names its type instead of ending in ": "."""
+    relay = await make_relay()
+    async with client(make_replica("a"), relay.url.replace("ws://", "wss://", 1)) as c:
+        st = await Watch(c).wait(lambda s: s.kind == "offline" and s.reason != "not started")
+    assert st.reason is not None and st.reason.startswith("cannot reach the relay: ")
+    said = st.reason.removeprefix("cannot reach the relay: ")
+    assert said.strip(), st.reason
+
+
 async def test_relay_down_is_offline_not_an_exception_storm(
         make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="crdtsync.client")
@@ -112,6 +154,24 @@ async def test_sync_now_after_the_replica_closed_fails_at_once_and_stops_the_cli
         st = await failed  # the idle connection ends too
         assert st.reason is not None and "the replica was closed" in st.reason
     assert w.kinds().count("online") == 1 and _tracebacks(caplog) == []
+
+
+async def test_the_failed_event_comes_before_sync_now_raises(make_relay: RelayFactory,
+                                                             make_replica: Callable[..., Replica]) -> None:
+    """docs/sync.md: an app that closes the client as soon as ``sync_now`` raises still saw ``failed``."""
+    relay = await make_relay()
+    a = make_replica("a")
+    c = client(a, relay.url)
+    seen: list[str] = []
+    c.subscribe(lambda s: seen.append(s.kind))
+    await c.start()
+    await sync(c)
+    a.close()
+    with pytest.raises(SyncError, match="the replica was closed"):
+        await c.sync_now()
+    assert seen[-1] == "failed" and c.status.kind == "failed"
+    await c.close()
+    assert seen.count("failed") == 1
 
 
 async def test_a_replica_closed_while_offline_fails_the_waiting_sync_and_stops_retrying(
