@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Traced", "Tracer", "any_strings", "first_start", "history_from_update", "scan_update", "shape_error"]
+__all__ = ["Traced", "Tracer", "any_strings", "client_start", "history_from_update", "scan_update", "shape_error"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -199,11 +199,11 @@ def shape_error(update: bytes) -> str | None:
 def scan_update(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None,
                                        list[tuple[int, int]] | None]:
     """``shape_error``, ``any_strings``, the root types the update's items name besides ``f``, ``s`` and
-    ``h``, and the Yjs client and first clock of each client's items in it (these two None when it cannot be
-    read to its end), in one pass: what the relay reads off each change before applying it. Only items that
-    name their parent name a root; the others take their parent from an item already in the document (or
-    in the update), so a document that held only our roots holds, after the update, only those and the ones
-    named here.
+    ``h``, and where each client's items start in it (these two None when it cannot be read to its end): the
+    positions of its client id and after its first clock (``client_start`` reads them), in one pass: what
+    the relay reads off each change before applying it. Only items that name their parent name a root; the
+    others take their parent from an item already in the document (or in the update), so a document that
+    held only our roots holds, after the update, only those and the ones named here.
 
     Varuints of one byte (counts and lengths, nearly always) are read inline, longer ones by ``_varuint``,
     and those only skipped (origins) by one regular expression match: 24k instructions a change, against
@@ -222,12 +222,12 @@ _SKIP2 = re.compile(rb"[\x80-\xff]*[\x00-\x7f][\x80-\xff]*[\x00-\x7f]").match
 
 def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None,
                                   list[tuple[int, int]] | None]:
-    """``scan_update``: (shape error, strings, other roots, starts); strings None when a text's characters
-    are in it; strings, roots and starts None when it could not be read."""
+    """``scan_update``: (shape error, strings, other roots, heads); strings None when a text's characters
+    are in it; strings, roots and heads None when it could not be read."""
     data = update
     out: list[str] | None = []
     roots: list[str] = []
-    starts: list[tuple[int, int]] = []
+    heads: list[tuple[int, int]] = []
     size = len(data)
     try:
         pos = 0
@@ -240,12 +240,11 @@ def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None
             pos += 1
             if structs & 0x80:
                 structs, pos = _varuint(data, pos - 1)
-            client, pos = _varuint(data, pos)
-            clock = data[pos]
-            pos += 1
-            if clock & 0x80:
-                clock, pos = _varuint(data, pos - 1)
-            starts.append((client, clock))
+            m = _SKIP2(data, pos)  # client, clock
+            if m is None:
+                return None, None, None, None
+            heads.append((pos, m.end()))
+            pos = m.end()
             for _ in range(structs):
                 info = data[pos]
                 pos += 1
@@ -314,23 +313,16 @@ def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None
                     return f"content of kind {kind} (only strings and text)", None, None, None
                 if pos > size:
                     return None, None, None, None
-        return None, out, roots, starts
+        return None, out, roots, heads
     except (ValueError, IndexError, UnicodeDecodeError):
         return None, None, None, None
 
 
-def first_start(update: bytes) -> tuple[int, int] | None:
-    """The Yjs client and first clock of the first client's items in a v1 update (None: no items, or it
-    cannot be read): its number of clients, then the first one's number of items, id and first clock."""
-    try:
-        if not update or update[0] == 0:
-            return None
-        pos = _varuint(update, 0)[1]
-        pos = _varuint(update, pos)[1]
-        client, pos = _varuint(update, pos)
-        return client, _varuint(update, pos)[0]
-    except (IndexError, ValueError):
-        return None
+def client_start(update: bytes, pos: int) -> tuple[int, int]:
+    """The Yjs client and first clock of a client's items in a v1 update, its id at ``pos`` (a head from
+    ``scan_update``)."""
+    client, pos = _varuint(update, pos)
+    return client, _varuint(update, pos)[0]
 
 
 def _varuint(data: bytes, pos: int) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
-from ..model.trace import first_start, scan_update
+from ..model.trace import client_start, scan_update
 from ..protocol.events import Change, Item, Rejection
 from ..protocol.frames import MAX_REASON, MAX_RETURNS
 from ..replica.docs import RecordDocs
@@ -124,17 +124,21 @@ class Outcome:
     waits: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _reuses_clocks(starts: list[tuple[int, int]], before: bytes, new: bytes) -> bool:
-    """Whether an update whose clients' items start at ``starts`` (client, first clock) holds items at clocks
-    a document with state vector ``before`` has already. ``new``: the part of it new to the document, which
-    starts with the same client and clock when all of a one-client update's items were new (a device's
-    change, nearly always: then nothing is decoded)."""
+def _reuses_clocks(update: bytes, heads: list[tuple[int, int]], before: bytes, new: bytes) -> bool:
+    """Whether ``update``, whose clients' items start at ``heads`` (``scan_update``), holds items at clocks a
+    document with state vector ``before`` has already. ``new``: the part of it new to the document. When all
+    of a one-client update's items were new, that part starts as the update does (one client, the same
+    number of items, id and first clock): a device's change, nearly always, and then nothing is decoded."""
     if before == b"\x00":
         return False
-    if len(starts) == 1 and first_start(new) == starts[0]:
+    if len(heads) == 1 and new.startswith(update[:heads[0][1]]):
         return False
     have = decode_sv(before)
-    return any(clock < have.get(client, 0) for client, clock in starts)
+    for pos, _ in heads:
+        client, clock = client_start(update, pos)
+        if clock < have.get(client, 0):
+            return True
+    return False
 
 
 def _encode_entry(a: Accepted) -> bytes:
@@ -339,7 +343,7 @@ class RelayLog:
             was = doc.state()
             if was.exists:
                 prev = {f: was.fields.get(f) for f in sorted(watched)}
-        shape, strings, roots, starts = scan_update(ch.update)
+        shape, strings, roots, heads = scan_update(ch.update)
         if shape is not None:
             raise Refused("invalid", f"{c}/{rid}: the update holds {shape}, which no record holds")
         saved = doc.parts_mark()  # applied in place (the common case is accepted); restored if refused
@@ -359,8 +363,8 @@ class RelayLog:
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
                     raise waits_for("it builds on writes", self._writers_missing(c, rid, device, ch.update,
                                                                                  doc.state_vector()))
-                if starts and not self._may_be_stored(device, ch.change_id) \
-                        and _reuses_clocks(starts, traced.before, traced.new):
+                if heads and not self._may_be_stored(device, ch.change_id) \
+                        and _reuses_clocks(ch.update, heads, traced.before, traced.new):
                     # a change this device never sent before, whose items start below what the relay holds of
                     # their client: another copy of the store wrote those clocks first. Yrs would skip its items
                     # as known and apply its deletions to the other copy's items: its writes lost, others'
