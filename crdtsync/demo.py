@@ -19,6 +19,7 @@ from .relay import Grant, Relay, Tokens
 from .replica import Record, Replica
 from .schema import Collection, Counter, Int, Ref, Schema, Set, Str, Text
 from .store import SQLiteStore
+from .timeouts import wait_for
 
 __all__ = ["DEMO_SCHEMA", "add_arguments", "run", "show"]
 
@@ -84,7 +85,7 @@ class _Device:
 
     async def sync(self) -> None:
         assert self.client is not None
-        await asyncio.wait_for(self.client.sync_now(), 30)
+        await wait_for(self.client.sync_now(), 30)
 
 
 async def _demo(base: Path) -> int:

@@ -25,6 +25,8 @@ message that says what to do about it.
     │   ├── RemoteValidationError       an update whose content breaks the schema (nothing was applied)
     │   ├── RemoteProtocolError         a frame that breaks the sync protocol
     │   └── Rejected                    the relay refused a change (invalid, forbidden, gone)
+    ├── StoreError                      the local store failed a write (nothing of the write was kept)
+    │   └── StoreFull                   its disk is full: free space, then write again
     ├── LocalProtocolError              the sync protocol API was driven in the wrong order
     └── SyncError                       a sync run failed (offline, auth refused, timed out)
         ├── AuthError                   the relay refused the token
@@ -52,6 +54,8 @@ __all__ = [
     "SchemaError",
     "StoreBehind",
     "StoreClosed",
+    "StoreError",
+    "StoreFull",
     "StoreInUse",
     "SyncError",
     "ValidationError",
@@ -131,6 +135,25 @@ class EncryptionError(LocalError):
 
 class WrongKeyError(EncryptionError):
     """The key given does not decrypt this store. Nothing was read or changed."""
+
+
+class StoreError(CrdtSyncError):
+    """The local store failed a write: neither the caller's mistake nor a peer's (the disk, the database
+    server). Nothing of the write was kept: the replica is as it was before it, and usable. ``path`` names
+    the store (its file), ``__cause__`` is the store's own error."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {reason}")
+
+
+class StoreFull(StoreError):
+    """The disk (or database) holding the store is full. Nothing of the write was kept; free some space
+    and write again."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "the disk is full: nothing of this write was stored; free some space and write "
+                               "again")
 
 
 class RemoteError(CrdtSyncError):

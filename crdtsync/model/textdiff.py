@@ -7,6 +7,15 @@ by word (then by character within short changed spans), and only a block too lon
 replaced whole. ``difflib`` at character level over a whole text took time growing with the cube of its
 length on repetitive texts (a 4 KB table-like note: 26 s for one ``update()``, measured); replacing a long
 changed line whole garbled a concurrent edit inside the same paragraph.
+
+The edits found are then made semantic (``_semantic``, after diff-match-patch's ``cleanupSemantic``): a
+stretch of old text kept between two edits is dropped (deleted and written again) when it is no longer than
+either of them, and one kept at the start or end of the text when it is no longer than the deletion and
+the insertion beside it. A rewrite then becomes one edit instead of many that keep scattered letters of the
+old text ("Call back" -> "Customer declined" kept the "C", an "a", an "l"...): merged with a concurrent
+rewrite, which deletes those letters, it read "ustomer declined, close deMeetingooedfr...", text neither
+user wrote. A real edit (a word fixed in a sentence) keeps the longer text around it, so concurrent edits
+of different words still merge character by character.
 """
 
 from __future__ import annotations
@@ -33,7 +42,46 @@ def text_edits(old: str, new: str) -> list[tuple[int, int, str]]:
     if not o or not w or len(o) + len(w) > _DIFF_LIMIT:
         return [(p, p + len(o), w)]
     edits = _block(o, w, p) if len(o) + len(w) <= _CHAR_LIMIT else _by_lines(o, w, p)
-    return edits[::-1]
+    return _semantic(old, edits)[::-1]
+
+
+def _semantic(old: str, edits: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """``edits`` (of ``old``, first first) with the stretches of old text kept between them that do not
+    outweigh them dropped: merged into one edit that deletes and writes them again (see the module
+    docstring). One pass with a stack, as ``cleanupSemantic``'s: a merged edit is larger, so the stretch
+    before it is weighed again. Then the stretches at either end of the text, which have no edit on their
+    other side, are weighed against both the deletion and the insertion beside them (a pure insertion
+    keeps the text it is inserted into: appending a line stays an insertion), and the pass runs again if
+    that merged something."""
+    # an edit on the stack: start, end, the parts of its insert and their length; ``gaps[i]``: the length
+    # of the old text kept before stack[i]
+    stack: list[tuple[int, int, list[str], int]] = []
+    gaps: list[int] = []
+    for s, e, ins in edits:
+        cur = (s, e, [ins], len(ins))
+        gap = s - (stack[-1][1] if stack else 0)
+        while stack and gap <= max(e - s, cur[3]) and gap <= max(stack[-1][1] - stack[-1][0], stack[-1][3]):
+            ps, pe, parts, n = stack.pop()
+            kept = old[pe:s]
+            parts.append(kept)
+            parts.extend(cur[2])
+            cur = (ps, e, parts, n + len(kept) + cur[3])
+            s = ps
+            gap = gaps.pop()
+        stack.append(cur)
+        gaps.append(gap)
+    merged = False
+    if stack:
+        s, e, parts, n = stack[0]
+        if 0 < s <= min(e - s, n):
+            stack[0] = (0, e, [old[:s], *parts], n + s)
+            merged = True
+        s, e, parts, n = stack[-1]
+        if 0 < len(old) - e <= min(e - s, n):
+            stack[-1] = (s, len(old), [*parts, old[e:]], n + len(old) - e)
+            merged = True
+    out = [(s, e, "".join(parts)) for s, e, parts, _ in stack]
+    return _semantic(old, out) if merged and len(out) > 1 else out
 
 
 def _trim(o: str, w: str, at: int) -> tuple[str, str, int]:

@@ -23,6 +23,8 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from ..timeouts import wait_for
+
 __all__ = ["AcceptErrors", "Bucket", "ConnectionCap", "LogThrottle", "default_max_connections", "open_files_limit",
            "raise_open_files_limit", "refuse"]
 
@@ -229,6 +231,6 @@ async def refuse(ws: ServerConnection, code: int, reason: str, wait: float = REF
     a client with no token held a connection slot (``ConnectionCap``) all that time, 60 a second keeping
     five in six real devices out."""
     try:
-        await asyncio.wait_for(ws.close(code, reason), wait)
+        await wait_for(ws.close(code, reason), wait)
     except TimeoutError:
         ws.transport.abort()

@@ -384,8 +384,10 @@ class Relay:
         try:
             if group.commit is not None:
                 await group.commit
-        except Exception:
-            log.exception("commit of %d changes failed; the relay stops", len(accepted))
+        except Exception as e:
+            # logged once, with its traceback, where the writer ends (``_writer_ended``): logging it here too
+            # printed the same traceback twice
+            e.add_note(f"(the relay was committing a group of {len(accepted)} changes)")
             self.log.abandon()
             for s in list(self.sessions):
                 s.abort(1011, "relay storage failure")

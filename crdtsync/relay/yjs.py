@@ -33,7 +33,6 @@ at its handshake already (503). An idle connection stays: a client may just be r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from ..protocol.yroom import (
 from ..protocol.ywebsocket import SYNC_UPDATE, sync_message
 from ..store.base import Batch, ByteStore
 from ..store.keys import Key
+from ..timeouts import wait_for
 from .admission import Bucket, ConnectionCap
 
 __all__ = ["YjsRooms", "room_from_path", "room_key"]
@@ -116,7 +116,7 @@ class _Conn:
         while len(self.queue) >= self.queue_size and not self.dead:
             self.space.clear()
             try:
-                await asyncio.wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
+                await wait_for(self.space.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 self._too_slow()
         if not self.dead:
@@ -169,10 +169,13 @@ class _Conn:
     async def close_after_queue(self, req: CloseRequest) -> None:
         """Send what is queued, then close with ``req``."""
         await self.put(req)
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(self.writer), self.send_timeout)
+        # asyncio.wait: neither the writer's end (cancelled by ``abandon``) nor the timeout raises here, and a
+        # cancellation of this task is never swallowed (suppress(CancelledError) around the wait did that)
+        await asyncio.wait([self.writer], timeout=self.send_timeout)
         if not self.writer.done():
             self.abandon(req)
+        elif not self.writer.cancelled() and (err := self.writer.exception()) is not None:
+            raise err
 
     async def _write(self) -> None:
         try:

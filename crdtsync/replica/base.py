@@ -25,12 +25,13 @@ from ..errors import (
     RecordDeleted,
     RecordNotFound,
     SchemaError,
+    StoreFull,
     ValidationError,
     WrongKeyError,
 )
 from ..model.record import RecordDoc
 from ..schema import Collection, Schema, Set
-from ..store.base import Batch, ByteStore
+from ..store.base import Batch, ByteStore, is_full, store_path
 from ..store.encrypted import EncryptedStore, is_encrypted
 from ..store.memory import MemoryStore
 from ..store.sqlite import SQLiteStore, Synchronous
@@ -321,8 +322,16 @@ class ReplicaBase:
                 batch.remove(("row", c, rid))
 
     def _commit(self, batch: Batch) -> None:
-        """Commit ``batch``; the rows it writes (or removes) are no longer behind their records."""
-        self.store.commit(batch)
+        """Commit ``batch``; the rows it writes (or removes) are no longer behind their records. A store
+        whose disk is full raises ``StoreFull`` naming it (the store's own error as its cause), not a raw
+        ``sqlite3.OperationalError``; the callers forget what memory holds of the failed write, as for any
+        error of the commit."""
+        try:
+            self.store.commit(batch)
+        except Exception as e:
+            if is_full(e):
+                raise StoreFull(store_path(self.store)) from e
+            raise
         if self._dirty:
             for key in [*batch.saves, *batch.removes]:
                 if key[0] == "row":

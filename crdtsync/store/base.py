@@ -7,6 +7,8 @@ durable: when it returns, every save and remove of the batch is on disk together
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ from functools import partial
 
 from .keys import Key
 
-__all__ = ["Batch", "ByteStore"]
+__all__ = ["Batch", "ByteStore", "is_full", "store_path"]
 
 
 @dataclass
@@ -119,3 +121,27 @@ class ByteStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
         """Release the backend's resources."""
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether a store's error says its disk (or database) is full: SQLite's ``SQLITE_FULL`` ("database or
+    disk is full"), PostgreSQL's ``disk_full`` (SQLSTATE 53100), or an ``OSError`` ENOSPC."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL \
+            or "database or disk is full" in str(exc)
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return getattr(exc, "sqlstate", None) == "53100"
+
+
+def store_path(store: ByteStore) -> str:
+    """What names ``store`` in an error message: its file (SQLite; through a wrapper such as
+    ``EncryptedStore``), its table (PostgreSQL), else its class."""
+    inner = getattr(store, "inner", None)
+    if isinstance(inner, ByteStore):
+        return store_path(inner)
+    for attr in ("path", "table"):
+        value = getattr(store, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(store).__name__

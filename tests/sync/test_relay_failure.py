@@ -5,6 +5,7 @@ listening and welcoming devices after its writer had died, acknowledging nothing
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import Callable
 
@@ -40,3 +41,29 @@ async def test_a_relay_whose_store_fails_stops_and_says_why(
         async with connect(relay.url, open_timeout=BOUND):
             pass
     assert [p.status for p in a.pending()] == ["pending"]  # nothing acknowledged, nothing lost
+
+
+async def test_a_failed_commit_is_logged_once_with_its_traceback(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica], caplog: pytest.LogCaptureFixture) -> None:
+    """The failure was logged twice with the same traceback: an ERROR "commit of N changes failed", then
+    the CRITICAL that stops the relay. Once now: the CRITICAL, whose traceback says what was committed."""
+    relay = await make_relay()
+    assert relay.relay is not None
+    a = make_replica("a")
+    a.create("accounts", {"name": "Acme"})
+    a.create("accounts", {"name": "Bolt"})
+    locker = sqlite3.connect(relay.path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="crdtsync"):
+            async with client(a, relay.url) as c:
+                syncing = asyncio.ensure_future(c.sync_now())
+                await asyncio.wait_for(relay.relay.wait_stopped(), BOUND)
+                syncing.cancel()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    with_traceback = [r for r in caplog.records if r.exc_info is not None and r.name.startswith("crdtsync.relay")]
+    assert [r.levelno for r in with_traceback] == [logging.CRITICAL], [r.getMessage() for r in with_traceback]
+    text = caplog.text
+    assert text.count("Traceback") == 1 and "the relay was committing a group of 2 changes" in text
