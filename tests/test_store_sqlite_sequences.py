@@ -115,3 +115,68 @@ def test_sequence_ints_beyond_64_bits_are_refused_as_for_any_key(tmp_path: Path)
             store.load((name, -(2**63) - 1))
     assert store.load_range(()) == []
     store.close()
+
+
+class _ReaderHook:
+    """The store's read connection, committing ``after`` through the store once its first read of ``kv``
+    returned: a commit landing between the two statements of one read."""
+
+    def __init__(self, conn: sqlite3.Connection, after: object) -> None:
+        self.conn, self.after, self.fired = conn, after, False
+
+    def execute(self, sql: str, *args: object) -> object:
+        cur = self.conn.execute(sql, *args)
+        if not self.fired and sql.startswith("SELECT k, v FROM kv "):
+            self.fired = True
+            rows = cur.fetchall()
+            self.after()  # type: ignore[operator]
+            return _Rows(rows)
+        return cur
+
+
+class _Rows:
+    def __init__(self, rows: list[object]) -> None:
+        self.rows = rows
+
+    def fetchall(self) -> list[object]:
+        return self.rows
+
+
+def test_a_read_sees_one_state_of_the_store_across_its_tables(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db", synchronous="OFF")
+    store.save(("out", 1), b"v")
+
+    def move() -> None:  # another thread's commit: the value moves from ("out", 1) to ("out", 1, "x")
+        b = Batch()
+        b.remove(("out", 1))
+        b.save(("out", 1, "x"), b"v")
+        store.commit(b)
+
+    reader = store._rdb
+    store._rdb = _ReaderHook(reader, move)  # type: ignore[assignment]
+    try:
+        assert len(store.load_range(("out",))) == 1  # before the move (or after it): never neither
+    finally:
+        store._rdb = reader
+    assert store.load_range(("out",)) == [(("out", 1, "x"), b"v")]
+    store.close()
+
+
+class _Weird(int):
+    def __int__(self) -> int:
+        return 77
+
+
+def test_an_int_subclass_is_the_key_its_value_encodes_as(tmp_path: Path) -> None:
+    sq, mem = SQLiteStore(tmp_path / "s.db"), MemoryStore()
+    for store in (sq, mem):
+        b = Batch()
+        b.save(("out", _Weird(3)), b"three")
+        b.save(("out", 4), b"four")
+        store.commit(b)
+        store.save(("log", _Weird(5)), b"five")
+    for key in [("out", 3), ("out", _Weird(3)), ("out", 77), ("log", 5), ("log", 77)]:
+        assert sq.load(key) == mem.load(key), key
+    assert sq.load_many([("out", _Weird(3)), ("log", 5)]) == [b"three", b"five"]
+    assert sq.load_range(()) == mem.load_range(())
+    sq.close()

@@ -180,6 +180,15 @@ class RelayLog:
         self.relay_id = raw.decode()
         self.head = int(store.load(("relay", "head")) or b"0")
         self.floor = int(store.load(("relay", "floor")) or b"0")
+        # Compaction notes each device's highest change id whose dedup key it dropped (``("relay", "compacted",
+        # device)``). A log compacted before that was noted (by an older relay) leaves every change id up to the
+        # latest a device could have stamped then in doubt (``_may_be_compacted``): 0 when nothing was compacted
+        tracked = store.load(("relay", "compaction-noted"))
+        if tracked is None:
+            tracked = str(hlc_pack(wall() + MAX_AHEAD_MS, 0xFFFF) if self.floor else 0).encode()
+            store.save(("relay", "compaction-noted"), tracked)
+        self.untracked_until = int(tracked)
+        self._compacted: dict[str, int | None] = {}
         last = store.load_range(("log",), reverse=True, limit=1)
         if last:  # head is saved with every batch; this only guards against an older layout
             self.head = max(self.head, int(last[0][0][1]))
@@ -307,6 +316,20 @@ class RelayLog:
         self._may_be_stored(device, 0)
         return self._dedup_top.get(device) or 0
 
+    def _compacted_top(self, device: str) -> int | None:
+        """The highest id of a change of ``device`` whose dedup key compaction dropped (None: none)."""
+        if device not in self._compacted:
+            raw = self.store.load(("relay", "compacted", device))
+            self._compacted[device] = None if raw is None else int(raw)
+        return self._compacted[device]
+
+    def _may_be_compacted(self, device: str, change_id: int) -> bool:
+        """Whether a change of ``device`` that has no dedup key may still have been stored, its key compacted
+        away: a change resent after a lost ack, not a new one. Not for an id above every compacted one of the
+        device, unless an older relay compacted the log without noting them (then up to ``untracked_until``)."""
+        top = self._compacted_top(device)
+        return (top is not None and change_id <= top) or change_id <= self.untracked_until
+
     def _may_be_stored(self, device: str, change_id: int) -> bool:
         """False when no change of ``device`` with an id as high as ``change_id`` is stored: a device numbers
         its changes in increasing order, so its new ones are all above the highest id stored (read once per
@@ -363,12 +386,13 @@ class RelayLog:
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
                     raise waits_for("it builds on writes", self._writers_missing(c, rid, device, ch.update,
                                                                                  doc.state_vector()))
-                if heads and not self._may_be_stored(device, ch.change_id) \
+                if heads and not self._may_be_compacted(device, ch.change_id) \
                         and _reuses_clocks(ch.update, heads, traced.before, traced.new):
-                    # a change this device never sent before, whose items start below what the relay holds of
-                    # their client: another copy of the store wrote those clocks first. Yrs would skip its items
-                    # as known and apply its deletions to the other copy's items: its writes lost, others'
-                    # wiped. (A change the device may have sent before is a resend: its items are the ones held.)
+                    # a change the relay never stored (no dedup key, and none compacted away), whose items start
+                    # below what the relay holds of their client: another copy of the store wrote those clocks
+                    # first. Yrs would skip its items as known and apply its deletions to the other copy's
+                    # items: its writes lost, others' wiped. (A resend after a lost ack has its dedup key, or
+                    # had it compacted away: its items are the ones held.)
                     raise Refused("invalid", _CLOCKS_REUSED.format(device=device))
                 new = traced.new
                 if not new:
@@ -674,6 +698,7 @@ class RelayLog:
             return None  # not after every group once the log is full: in steps of compact_slack entries
         batch = Batch()
         new_floor = self.floor
+        tops: dict[str, int] = {}
         for key, raw in self.store.load_range(("log",), start=("log", self.floor + 1), limit=chunk):
             seq = int(key[1])
             if seq > target:
@@ -681,13 +706,22 @@ class RelayLog:
             a = _decode_entry(seq, raw)
             batch.remove(("log", seq))
             batch.remove(("dedup", a.device, a.change_id))
+            if a.change_id > tops.get(a.device, -1):
+                tops[a.device] = a.change_id
             new_floor = seq
         if new_floor == self.floor:
             return None
         batch.save(("relay", "floor"), str(new_floor).encode())
+        for device, top in tops.items():  # (the highest change id of each device whose dedup key is gone)
+            was = self._compacted_top(device)
+            if was is None or top > was:
+                batch.save(("relay", "compacted", device), str(top).encode())
         return batch
 
     def compacted(self, batch: Batch) -> None:
+        for key, value in batch.saves.items():
+            if key[:2] == ("relay", "compacted"):
+                self._compacted[str(key[2])] = int(value)
         raw = batch.saves.get(("relay", "floor"))
         if raw is not None:
             self.floor = int(raw)

@@ -54,13 +54,14 @@ detected. ``":memory:"`` and ``file:`` URIs take no lock.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import os
 import sqlite3
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -107,13 +108,18 @@ _SEQ_UPSERT = {name: f"INSERT INTO kv_{name} (n, v) VALUES (?, ?) ON CONFLICT (n
                for name in SEQUENCES}
 
 
-def _seq(key: Key) -> str | None:
-    """The sequence table of ``key``, if it lives in one (``SEQUENCES``)."""
-    if len(key) == 2 and key[0] in _SEQ_PREFIX and isinstance(key[1], int) and not isinstance(key[1], bool):
+def _seq(key: Key) -> tuple[str, int] | None:
+    """The sequence table of ``key`` and its int, if it lives in one (``SEQUENCES``). The int is the value
+    ``encode_key`` encodes (an int subclass's own ``__int__`` is not asked)."""
+    if len(key) == 2 and key[0] in _SEQ_PREFIX:
         n = key[1]
+        if n.__class__ is not int:
+            if not isinstance(n, int) or isinstance(n, bool):
+                return None
+            return str(key[0]), int.from_bytes(encode_key((n,))[1:], "big") - _OFFSET
         if not -_OFFSET <= n < _OFFSET:
             raise ValueError(f"int key segment {n} does not fit in 64 bits")
-        return str(key[0])
+        return str(key[0]), n
     return None
 
 
@@ -125,8 +131,9 @@ def _seq_tables(prefix: Key) -> list[tuple[str, int | None]]:
     if prefix[0] in _SEQ_PREFIX and not isinstance(prefix[0], bool):
         if len(prefix) == 1:
             return [(str(prefix[0]), None)]
-        if len(prefix) == 2 and _seq(prefix) is not None:
-            return [(str(prefix[0]), int(prefix[1]))]
+        seq = _seq(prefix) if len(prefix) == 2 else None
+        if seq is not None:
+            return [seq]
     return []
 
 
@@ -198,15 +205,21 @@ class SQLiteStore(ByteStore):
     def _move_sequences(db: sqlite3.Connection) -> None:
         """Move the sequence keys an earlier version kept in ``kv`` to their tables, in one transaction."""
         for name, p in _SEQ_PREFIX.items():
-            rows = db.execute("SELECT k, v FROM kv WHERE k >= ? AND k < ? AND length(k) = ?",
-                              (p, prefix_end(p), len(p) + 8)).fetchall()
-            if not rows:
+            where = "k >= ? AND k < ? AND length(k) = ?"
+            if db.execute(f"SELECT 1 FROM kv WHERE {where} LIMIT 1", (p, prefix_end(p), len(p) + 8)).fetchone() is None:
                 continue
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(f"INSERT OR REPLACE INTO kv_{name} (n, v) VALUES (?, ?)",
-                               [(int.from_bytes(k[len(p):], "big") - _OFFSET, v) for k, v in rows])
-                db.execute("DELETE FROM kv WHERE k >= ? AND k < ? AND length(k) = ?", (p, prefix_end(p), len(p) + 8))
+                lo = p
+                while True:  # in pages, in key order: a relay's whole log is never in memory at once
+                    rows = db.execute(f"SELECT k, v FROM kv WHERE {where} ORDER BY k LIMIT 2000",
+                                      (lo, prefix_end(p), len(p) + 8)).fetchall()
+                    if not rows:
+                        break
+                    db.executemany(f"INSERT OR REPLACE INTO kv_{name} (n, v) VALUES (?, ?)",
+                                   [(int.from_bytes(k[len(p):], "big") - _OFFSET, v) for k, v in rows])
+                    lo = bytes(rows[-1][0]) + b"\x00"
+                db.execute(f"DELETE FROM kv WHERE {where}", (p, prefix_end(p), len(p) + 8))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -226,7 +239,7 @@ class SQLiteStore(ByteStore):
         seq = _seq(key)
         with self._rlock:
             if seq is not None:
-                row = self._reader().execute(f"SELECT v FROM kv_{seq} WHERE n = ?", (key[1],)).fetchone()
+                row = self._reader().execute(f"SELECT v FROM kv_{seq[0]} WHERE n = ?", (seq[1],)).fetchone()
             else:
                 row = self._reader().execute("SELECT v FROM kv WHERE k = ?", (encode_key(key),)).fetchone()
         return None if row is None else bytes(row[0])
@@ -235,11 +248,11 @@ class SQLiteStore(ByteStore):
         encoded = [encode_key(k) for k in keys]
         seqs: dict[str, list[int]] = {}
         for k in keys:
-            name = _seq(k)
-            if name is not None:
-                seqs.setdefault(name, []).append(int(k[1]))
+            seq = _seq(k)
+            if seq is not None:
+                seqs.setdefault(seq[0], []).append(seq[1])
         found: dict[bytes, bytes] = {}
-        with self._rlock:  # the read connection, as ``load``: never waits for a commit in progress
+        with self._rlock, self._snapshot(bool(seqs)):  # the read connection, as ``load``: never waits for a commit
             db = self._reader()
             for i in range(0, len(encoded), 500):
                 chunk = encoded[i:i + 500]
@@ -270,7 +283,7 @@ class SQLiteStore(ByteStore):
             sql += " LIMIT ?"
             args += (limit,)
         tables = _seq_tables(prefix)
-        with self._rlock:
+        with self._rlock, self._snapshot(bool(tables)):
             db = self._reader()
             rows = db.execute(sql, args).fetchall()
             if not tables:
@@ -284,6 +297,21 @@ class SQLiteStore(ByteStore):
         if limit is not None:
             del merged[limit:]
         return [(key, v) for _, key, v in merged]
+
+    @contextlib.contextmanager
+    def _snapshot(self, needed: bool) -> Iterator[None]:
+        """When ``needed``: the reads inside see one state of the store (a read transaction on the reader):
+        a read of ``kv`` and of a sequence table, with a commit between them, saw a key moved from one to
+        the other in both, or in neither. Call with ``_rlock`` held."""
+        if not needed:
+            yield
+            return
+        db = self._reader()
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
 
     @staticmethod
     def _seq_range(db: sqlite3.Connection, table: tuple[str, int | None], lo: bytes, hi: bytes, order: str,
@@ -361,7 +389,7 @@ class SQLiteStore(ByteStore):
                 ((key, value),) = batch.saves.items()
                 seq = _seq(key)
                 if seq is not None:
-                    db.execute(_SEQ_UPSERT[seq], (key[1], value))
+                    db.execute(_SEQ_UPSERT[seq[0]], (seq[1], value))
                 else:
                     db.execute(_UPSERT, (encode_key(key), value))
                 if self.checkpointer is not None:
@@ -380,17 +408,17 @@ class SQLiteStore(ByteStore):
             kv_saves: dict[Key, bytes] = {}
             kv_removes: list[Key] = []
             for k, v in batch.saves.items():
-                name = _seq(k)
-                if name is None:
+                seq = _seq(k)
+                if seq is None:
                     kv_saves[k] = v
                 else:
-                    seq_saves.setdefault(name, []).extend((int(k[1]), bytearray(v)))
+                    seq_saves.setdefault(seq[0], []).extend((seq[1], bytearray(v)))
             for k in batch.removes:
-                name = _seq(k)
-                if name is None:
+                seq = _seq(k)
+                if seq is None:
                     kv_removes.append(k)
                 else:
-                    seq_removes.setdefault(name, []).append(int(k[1]))
+                    seq_removes.setdefault(seq[0], []).append(seq[1])
             removes = _params([bytearray(encode_key(k)) for k in kv_removes], 1)
             flat: list[bytearray | int] = [0] * (2 * len(kv_saves))  # key, value, key, value ...
             flat[0::2] = [bytearray(encode_key(k)) for k in kv_saves]

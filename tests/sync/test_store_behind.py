@@ -287,3 +287,56 @@ async def test_a_change_resent_after_its_ack_was_lost_and_its_log_entry_compacte
     assert (res.uploaded, res.rejected) == (1, 0) and a.pending() == []
     rec = a.get("accounts", rid)
     assert rec is not None and rec.status == "synced" and rec.fields["employees"] == 5
+
+
+async def test_a_copy_s_write_numbered_below_the_other_copy_s_latest_is_refused_too(
+        make_relay: RelayFactory, tmp_path: Path) -> None:
+    """The original wrote first but synced last: its change id is below the copy's, which the relay stored,
+    so it looked like a resend (it has no dedup key, and none was compacted away: it is not one)."""
+    relay = await make_relay()
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    a = open_store(one)
+    rid = a.create("accounts", {"name": "Acme"})  # pending, never synced
+    a.close()
+    shutil.copy(one, two)
+    now = time.time_ns() // 1_000_000 + 1_000  # past the create's time
+    original = Replica.open(one, SCHEMA, device="phone", user="u", synchronous="NORMAL", wall=lambda: now)
+    copy = Replica.open(two, SCHEMA, device="phone", user="u", synchronous="NORMAL", wall=lambda: now + 10)
+    try:
+        original.update("accounts", rid, {"phone": "ORIGINAL"})
+        copy.update("accounts", rid, {"employees": 42})  # 10 ms later
+        assert original.pending()[-1].id < copy.pending()[-1].id
+        async with client(copy, relay.url) as c:
+            assert (await sync(c)).uploaded == 2
+        async with client(original, relay.url) as c:
+            res = await sync(c)
+        assert (res.uploaded, res.rejected) == (1, 1)  # its create is the copy's (the same bytes): acknowledged
+        rec = original.get("accounts", rid)
+        assert rec is not None and rec.status == "error" and rec.error is not None and "reuse clocks" in rec.error
+    finally:
+        original.close()
+        copy.close()
+
+
+def test_a_log_an_older_relay_compacted_still_takes_a_resend_whose_dedup_key_is_gone() -> None:
+    """An older relay compacted without noting the highest compacted id per device (nor the device's latest
+    change): a change it stored, resent after a lost ack, must not be taken for a copy's."""
+    from crdtsync.protocol.events import Change
+    from crdtsync.relay.log import RelayLog
+    from crdtsync.store import MemoryStore
+
+    from .test_relay_dedup import stage
+
+    r = Replica(MemoryStore(), SCHEMA, device="d", user="u")
+    rid = r.create("accounts", {"name": "A"})
+    r.update("accounts", rid, {"employees": 1})
+    changes = [Change(p.id, p.collection, p.record, u) for p, u in r.outgoing()]
+    store = MemoryStore()
+    lg = RelayLog(store, SCHEMA)
+    assert stage(lg, changes)[1] == [c.change_id for c in changes]
+    for c in changes:  # as an older relay's compaction left it
+        store.remove(("dedup", "d", c.change_id))
+    for key in (("relay", "last", "d"), ("relay", "compaction-noted")):
+        store.remove(key)
+    store.save(("relay", "floor"), b"2")
+    assert stage(RelayLog(store, SCHEMA), changes[1:]) == ([changes[1].change_id], [])
