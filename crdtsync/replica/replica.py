@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LocalError, NoSuchConflict, RecordDeleted, RecordExists, RecordNotFound, ValidationError
+from ..model.forms import form_edits
 from ..model.record import RecordDoc
 from ..model.state import Conflict, HistoryEntry, beyond64
-from ..schema import Bool, Invalid
+from ..schema import Bool, Collection, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
@@ -57,20 +58,50 @@ class Replica(ExchangingReplica):
         return rid
 
     @holds_lock
-    def update(self, collection: str, id: str, values: Mapping[str, Any]) -> None:
+    def update(self, collection: str, id: str, values: Mapping[str, Any], *, base: Record | None = None) -> None:
         """Change some fields. Text fields get a character diff; sets their added/removed elements;
-        counters the difference (use ``increment`` for concurrent-safe counting)."""
+        counters the difference (use ``increment`` for concurrent-safe counting).
+
+        ``base``: the record (from ``get``, ``query`` or an event of this replica) an edit form was filled
+        from. ``values`` are then the user's edits of what it showed, not of the record as it is now: a
+        field equal to its value in ``base`` is not written; a register changed is written as made having
+        seen only what ``base`` showed (a write made elsewhere since stays, a surfaced conflict); a counter
+        gets the difference from ``base``, a text the user's edits replayed on its text now, a set the
+        elements added and removed. See docs/records.md, "Saving a form".
+        """
         lock = self._lock  # taken here, not by a wrapper (``holds_lock``): the hottest call of an app
         lock.acquire()
         try:
             coll = self._coll(collection)
             checked = coll.check(id if id.__class__ is str else self._id_arg(collection, id), values, create=False)
+            if base is not None:
+                self._update_based(coll, id, checked, base)
+                return
             lr = self._writable(coll, id)
             if checked:
                 self._commit_local(coll, id, "update", self._shown(coll, checked),
                                    lambda doc, t: doc.write(checked, t), lr)
         finally:
             lock.release()
+
+    def _update_based(self, coll: Collection, rid: str, checked: dict[str, Any], base: Record) -> None:
+        """``update(..., base=)``: the form's edits relative to ``base`` (``model/forms.py``)."""
+        if not isinstance(base, Record):
+            raise LocalError(f"base must be a Record this replica returned, not {type(base).__name__}")
+        if (base.collection, base.id) != (coll.name, rid):
+            raise LocalError(f"base is the record {base.collection}/{base.id}, not {coll.name}/{rid}: pass the "
+                             "record the form was filled from")
+        lr = self._writable(coll, rid)
+        values, set_edits = form_edits(coll, base.fields, checked, lr.doc)
+        if not values:
+            return
+        values = coll.check(rid, values, create=False)  # what it makes of the record now: limits, counters
+        version = base.version  # None: a row stored before rows kept it; written as a plain update
+
+        def write(doc: RecordDoc, t: int) -> bytes:
+            return doc.write(values, t, base=version, set_edits=set_edits)
+
+        self._commit_local(coll, rid, "update", self._shown(coll, values), write, lr)
 
     def increment(self, collection: str, id: str, field: str, by: int = 1) -> None:
         """Add ``by`` to a counter field; increments made concurrently on several devices all count."""
