@@ -309,3 +309,31 @@ def test_a_row_stored_before_versions_saves_as_a_plain_update(tmp_path: Path) ->
         assert [(h.field, h.op) for h in d0.history("accounts", "r0")][-1] == ("stage", "set")
     finally:
         d0.close()
+
+
+@pytest.mark.parametrize("strategy", ["lww-field", "lww-record"])
+def test_forms_of_the_lww_strategies_save_the_user_edits(strategy: str, tmp_path: Path) -> None:
+    """The LWW strategies surface no conflict, but a form still writes only what the user changed: a
+    counter by its difference (under ``lww-record`` an increment set the counter to the increment itself:
+    a draft holds the value, not per-writer shares)."""
+    schema = Schema(Collection("a", {"name": Str(), "tags": Set(Str()), "n": Counter(), "notes": Text()},
+                               strategy=strategy))
+    a = Replica.open(tmp_path / "a.db", schema, device="d0", user="alice")
+    b = Replica.open(tmp_path / "b.db", schema, device="d1", user="bob")
+    try:
+        a.create("a", {"name": "x", "tags": {"p"}, "n": 1, "notes": "hi"}, id="r")
+        a.increment("a", "r", "n", 2)
+        assert a.get("a", "r")["n"] == 3  # type: ignore[index]
+        sync(a, b)
+        form = a.get("a", "r")
+        assert form is not None
+        b.update("a", "r", {"name": "y", "tags": {"p", "q"}})
+        sync(b, a)
+        a.update("a", "r", {**form.fields, "notes": "hi there", "n": 5}, base=form)
+        sync(a, b)
+        for r in (a, b):
+            assert r.get("a", "r").fields == {"name": "y", "tags": {"p", "q"}, "n": 5,  # type: ignore[union-attr]
+                                              "notes": "hi there"}
+    finally:
+        a.close()
+        b.close()
