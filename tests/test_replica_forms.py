@@ -337,3 +337,10 @@ def test_forms_of_the_lww_strategies_save_the_user_edits(strategy: str, tmp_path
     finally:
         a.close()
         b.close()
+
+
+def test_the_example_in_docs_records_runs() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "records.md").read_text()
+    section = text[text.index("## Saving a form (edits based on what the user saw)"):]
+    code = section[section.index("```python") + len("```python"):]
+    exec(compile(code[:code.index("```")], "docs/records.md", "exec"), {})
