@@ -107,8 +107,10 @@ def test_the_machine_passes_forms_saved_with_base() -> None:
             saved.append(any(w != replica.device and n != shown.version.get(w) for w, n in now.version.items()))
             super().save_form(replica, collection, id, shown, values)
 
-    run_state_machine_as_test(Counting, settings=_CATCH)
-    assert sum(saved) >= 5, saved
+    # (Hypothesis draws constants from the modules loaded, so how many forms a run saves varies with the
+    # tests run before: a larger budget than _CATCH's keeps this well clear of the bound)
+    run_state_machine_as_test(Counting, settings=settings(_CATCH, max_examples=400, stateful_step_count=40))
+    assert sum(saved) >= 5, (sum(saved), len(saved))
 
 
 def test_the_machine_catches_a_form_saved_without_base() -> None:
