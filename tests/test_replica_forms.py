@@ -344,3 +344,25 @@ def test_the_example_in_docs_records_runs() -> None:
     section = text[text.index("## Saving a form (edits based on what the user saw)"):]
     code = section[section.index("```python") + len("```python"):]
     exec(compile(code[:code.index("```")], "docs/records.md", "exec"), {})
+
+
+def test_a_field_left_as_shown_is_not_checked(tmp_path: Path) -> None:
+    """A value stored under older rules (shown as stored) that the user left alone does not stop the save of
+    the fields they edited; a plain update with every field of the form is refused."""
+    loose = Schema(Collection("accounts", {"name": Str(), "stage": Str()}))
+    strict = Schema(Collection("accounts", {"name": Str(max_length=4), "stage": Str()}))
+    r = Replica.open(tmp_path / "r.db", loose, device="d0", user="alice")
+    r.create("accounts", {"name": "Acme Ltd"}, id="r0")
+    r.close()
+    r = Replica.open(tmp_path / "r.db", strict, device="d0", user="alice")
+    try:
+        form = r.get("accounts", "r0")
+        assert form is not None and form["name"] == "Acme Ltd"
+        with pytest.raises(ValidationError, match="name"):
+            r.update("accounts", "r0", {**form.fields, "stage": "won"})
+        r.update("accounts", "r0", {**form.fields, "stage": "won"}, base=form)
+        assert r.get("accounts", "r0").fields == {"name": "Acme Ltd", "stage": "won"}  # type: ignore[union-attr]
+        with pytest.raises(ValidationError, match="name"):  # an edit of it is checked
+            r.update("accounts", "r0", {**form.fields, "name": "Acme Limited"}, base=form)
+    finally:
+        r.close()

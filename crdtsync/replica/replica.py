@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LocalError, NoSuchConflict, RecordDeleted, RecordExists, RecordNotFound, ValidationError
-from ..model.forms import form_edits
+from ..model.forms import form_edits, same_value
 from ..model.record import RecordDoc
 from ..model.state import Conflict, HistoryEntry, beyond64
 from ..schema import Bool, Collection, Invalid
@@ -73,10 +73,10 @@ class Replica(ExchangingReplica):
         lock.acquire()
         try:
             coll = self._coll(collection)
-            checked = coll.check(id if id.__class__ is str else self._id_arg(collection, id), values, create=False)
             if base is not None:
-                self._update_based(coll, id, checked, base)
+                self._update_based(coll, id if id.__class__ is str else self._id_arg(collection, id), values, base)
                 return
+            checked = coll.check(id if id.__class__ is str else self._id_arg(collection, id), values, create=False)
             lr = self._writable(coll, id)
             if checked:
                 self._commit_local(coll, id, "update", self._shown(coll, checked),
@@ -84,24 +84,29 @@ class Replica(ExchangingReplica):
         finally:
             lock.release()
 
-    def _update_based(self, coll: Collection, rid: str, checked: dict[str, Any], base: Record) -> None:
+    def _update_based(self, coll: Collection, rid: str, values: Mapping[str, Any], base: Record) -> None:
         """``update(..., base=)``: the form's edits relative to ``base`` (``model/forms.py``)."""
         if not isinstance(base, Record):
             raise LocalError(f"base must be a Record this replica returned, not {type(base).__name__}")
         if (base.collection, base.id) != (coll.name, rid):
             raise LocalError(f"base is the record {base.collection}/{base.id}, not {coll.name}/{rid}: pass the "
                              "record the form was filled from")
+        # a field left as shown is not checked either: a value stored under older rules, shown as stored,
+        # does not stop the user saving the fields they did edit
+        shown = base.fields
+        checked = coll.check(rid, {n: v for n, v in values.items() if n not in shown or n not in coll.fields
+                                   or not same_value(coll.fields[n], v, shown[n])}, create=False)
         lr = self._writable(coll, rid)
-        values, set_edits = form_edits(coll, base.fields, checked, lr.doc)
-        if not values:
+        edits, set_edits = form_edits(coll, shown, checked, lr.doc)
+        if not edits:
             return
-        values = coll.check(rid, values, create=False)  # what it makes of the record now: limits, counters
+        final = coll.check(rid, edits, create=False)  # what they make of the record now: limits, counters
         version = base.version  # None: a row stored before rows kept it; written as a plain update
 
         def write(doc: RecordDoc, t: int) -> bytes:
-            return doc.write(values, t, base=version, set_edits=set_edits)
+            return doc.write(final, t, base=version, set_edits=set_edits)
 
-        self._commit_local(coll, rid, "update", self._shown(coll, values), write, lr)
+        self._commit_local(coll, rid, "update", self._shown(coll, final), write, lr)
 
     def increment(self, collection: str, id: str, field: str, by: int = 1) -> None:
         """Add ``by`` to a counter field; increments made concurrently on several devices all count."""
