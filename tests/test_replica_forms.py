@@ -366,3 +366,33 @@ def test_a_field_left_as_shown_is_not_checked(tmp_path: Path) -> None:
             r.update("accounts", "r0", {**form.fields, "name": "Acme Limited"}, base=form)
     finally:
         r.close()
+
+
+def test_fix_with_base_corrects_without_overwriting_what_arrived_since(pair: tuple[Replica, Replica]) -> None:
+    """A fix form filled before d1's rename and note arrived: the fix sets what the user corrected, the
+    rejected change's other fields as they stand, and leaves d1's rename alone; a field both changed is a
+    conflict. Without ``base`` the fix wrote the form's stale name over d1's."""
+    d0, d1 = pair
+    d0.create("accounts", {"name": "Acme", "stage": "lead"}, id="r0")
+    d0.create("accounts", {"name": "Other"}, id="r1")
+    d0.acknowledge(p.id for p in d0.pending())
+    sync(d0, d1)
+    d0.update("accounts", "r0", {"stage": "won!!", "employees": 5})
+    d0.reject(d0.pending()[0].id, "invalid", "stage: no '!'")
+    shown = d0.get("accounts", "r0")  # the fix form
+    assert shown is not None
+    d1.update("accounts", "r0", {"name": "Acme Ltd", "employees": 7})
+    d0.import_updates(d1.export_updates())  # (the rejected change never left d0)
+    stored = d0.store.load_range(())
+    with pytest.raises(LocalError):
+        d0.fix("accounts", "r0", {"stage": "won"}, base=d0.get("accounts", "r1"))
+    assert d0.store.load_range(()) == stored
+    d0.fix("accounts", "r0", {**shown.fields, "stage": "won", "employees": 6}, base=shown)
+    [p] = d0.pending()
+    assert p.fields == {"stage": "won", "employees": 6}
+    sync(d0, d1)
+    for r in (d0, d1):
+        rec = r.get("accounts", "r0")
+        assert rec is not None and (rec["name"], rec["stage"], rec["employees"]) == ("Acme Ltd", "won", 6)
+        (c,) = rec.conflicts
+        assert c.field == "employees" and [x.value for x in c.candidates] == [6, 7]

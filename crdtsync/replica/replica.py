@@ -84,20 +84,25 @@ class Replica(ExchangingReplica):
         finally:
             lock.release()
 
-    def _update_based(self, coll: Collection, rid: str, values: Mapping[str, Any], base: Record) -> None:
-        """``update(..., base=)``: the form's edits relative to ``base`` (``model/forms.py``)."""
+    @staticmethod
+    def _form_values(coll: Collection, rid: str, values: Mapping[str, Any], base: Record) -> dict[str, Any]:
+        """A form's values, checked, for a save based on ``base``: refused unless ``base`` is a record of
+        the same id. A field left as shown is not checked: a value stored under older rules, shown as
+        stored, does not stop the user saving the fields they did edit."""
         if not isinstance(base, Record):
             raise LocalError(f"base must be a Record this replica returned, not {type(base).__name__}")
         if (base.collection, base.id) != (coll.name, rid):
             raise LocalError(f"base is the record {base.collection}/{base.id}, not {coll.name}/{rid}: pass the "
                              "record the form was filled from")
-        # a field left as shown is not checked either: a value stored under older rules, shown as stored,
-        # does not stop the user saving the fields they did edit
         shown = base.fields
-        checked = coll.check(rid, {n: v for n, v in values.items() if n not in shown or n not in coll.fields
-                                   or not same_value(coll.fields[n], v, shown[n])}, create=False)
+        return coll.check(rid, {n: v for n, v in values.items() if n not in shown or n not in coll.fields
+                                or not same_value(coll.fields[n], v, shown[n])}, create=False)
+
+    def _update_based(self, coll: Collection, rid: str, values: Mapping[str, Any], base: Record) -> None:
+        """``update(..., base=)``: the form's edits relative to ``base`` (``model/forms.py``)."""
+        checked = self._form_values(coll, rid, values, base)
         lr = self._writable(coll, rid)
-        edits, set_edits = form_edits(coll, shown, checked, lr.doc)
+        edits, set_edits = form_edits(coll, base.fields, checked, lr.doc)
         if not edits:
             return
         final = coll.check(rid, edits, create=False)  # what they make of the record now: limits, counters
@@ -246,7 +251,8 @@ class Replica(ExchangingReplica):
         ids = [x.id for x in self.outbox.for_record(collection, self._id_arg(collection, id))]
         return self._discard(collection, id, ids)
 
-    def fix(self, collection: str, id: str, values: Mapping[str, Any]) -> list[PendingChange]:
+    def fix(self, collection: str, id: str, values: Mapping[str, Any], *,
+            base: Record | None = None) -> list[PendingChange]:
         """Correct a record whose change the relay rejected, and send it again.
 
         The rejected change and the record's later changes (held behind it) are replaced, in one
@@ -254,6 +260,11 @@ class Replica(ExchangingReplica):
         with ``values`` over them. A record created by the rejected change is created again. ``values`` are
         checked against the schema first; a bad fix raises ``ValidationError`` and changes nothing. Returns
         the replaced changes. A deleted record cannot be fixed: discard its changes instead.
+
+        ``base``: the record a fix form was filled from, as for ``update``: ``values`` are then the user's
+        edits of it (a field equal to its value in ``base`` is not set; counters, texts and sets take the
+        user's edits over the record as it stands), and the new change is written as made having seen only
+        what ``base`` showed (and this device's own writes).
         """
         coll = self._coll(collection)
         changes = self.outbox.for_record(collection, self._id_arg(collection, id))
@@ -261,21 +272,24 @@ class Replica(ExchangingReplica):
         if first is None:
             raise LocalError(f"{collection}/{id} has no rejected change to fix")
         replaced = [e for e in changes if e.id >= first.id]
-        coll.check(id, values, create=False)  # a bad value raises before anything changes
-        before = self.docs.get(collection, id).doc.state()
+        # a bad value raises before anything changes
+        corrected = coll.check(id, values, create=False) if base is None else self._form_values(coll, id, values, base)
+        doc = self.docs.get(collection, id).doc
+        before = doc.state()
         if before.deleted or any(e.op in ("delete", "restore") or "deleted" in e.fields for e in replaced):
             raise RecordDeleted(f"{collection}/{id}: a rejected delete or restore cannot be fixed; "
                                 "discard_record() it instead")
         names = dict.fromkeys(n for e in replaced for n in e.fields)
         intended = {n: before.fields[n] for n in names if n in before.fields}
-        intended.update(values)
+        intended.update(corrected if base is None else form_edits(coll, base.fields, corrected, doc)[0])
+        version = None if base is None else base.version
 
         def write_fix(batch: Batch, lr: LoadedRecord) -> None:
             create = not lr.doc.state().exists
             checked = coll.check(id, intended, create=create)
             t = self.clock.now()
             op = "create" if create else "update"
-            update = lr.doc.write(checked, t, op=op, alive=create)
+            update = lr.doc.write(checked, t, op=op, alive=create, base=version)
             if update:
                 n = self.docs.append(batch, collection, id, update, change_id=t, lr=lr)
                 self.outbox.add(batch, OutboxEntry(t, collection, id, op, self._shown(coll, checked), n=n), update)
