@@ -47,6 +47,13 @@ def _insert_front(hist: Any, txn: Any, entries: list[str]) -> None:
             hist.insert(txn, i, entry)
 
 
+def _writer_device(writer: str) -> str:
+    """The device a writer tag belongs to: ``device`` for ``device`` and for ``device#N`` (the tag a device
+    writes a record under after a discard rebuilt it)."""
+    head, sep, tail = writer.rpartition("#")
+    return head if sep and head and tail.isdigit() else writer
+
+
 def _registers(coll: Collection) -> frozenset[str]:
     """The names of the plain (register) fields of a collection, computed once per collection."""
     hit = _REGISTERS.get(id(coll))
@@ -192,10 +199,7 @@ class RecordDoc(MergingRecordDoc):
     def own_writer(self, writer: str) -> bool:
         """Whether ``writer`` is this device (its tag now, or one it wrote under before a discard rebuilt the
         record: ``device#N``)."""
-        if writer == self.writer:
-            return True
-        head, sep, tail = writer.rpartition("#")
-        return (head if sep and head and tail.isdigit() else writer) == self.device
+        return writer == self.writer or _writer_device(writer) == self.device
 
     def based_seen(self, base: Mapping[str, int], vector: Mapping[str, int]) -> dict[str, int]:
         """The seen vector of a write made on what ``base`` (a record's version vector) showed: ``base``,
@@ -378,7 +382,7 @@ class RecordDoc(MergingRecordDoc):
                         if marker is None or marker.t > b:  # it wrote this set since: count its adds seen
                             if history is None:
                                 history = self.history()
-                            device = e.writer.rpartition("#")[0] if "#" in e.writer else e.writer
+                            device = _writer_device(e.writer)
                             n = min(n, sum(1 for h in history if h.field == name and h.op == "add"
                                            and h.device == device and h.time <= b
                                            and orjson.dumps(h.value).decode() == element))
