@@ -287,9 +287,19 @@ class DraftRecordDoc(RecordDoc):
 
         return self._write(write)
 
+    def counter_sum(self, name: str) -> int:
+        """A counter's value as this device shows it: a draft holds the field's value, not per-writer shares
+        (summing those found none, so ``increment`` set the counter to the increment)."""
+        value = self.state().fields.get(name)
+        return value if value.__class__ is int else 0
+
     def write(self, values: Mapping[str, Any], t: int, *, op: str = "set", full_seen: bool = False,
-              alive: bool = False) -> bytes:
-        """A draft: the record as this device sees it, with ``values`` applied (decoded Python values)."""
+              alive: bool = False, base: Mapping[str, int] | None = None,
+              set_edits: Mapping[str, tuple[frozenset[Any], frozenset[Any]]] | None = None) -> bytes:
+        """A draft: the record as this device sees it, with ``values`` applied (decoded Python values).
+
+        ``base`` and ``set_edits`` (a saved form) change nothing here: a draft carries no version, and a
+        set's value in ``values`` is already the user's edits applied to the record as it is now."""
         view = self._view()
         fields = dict(view.fields)
         changed = [DELETED] if alive else []

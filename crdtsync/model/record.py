@@ -19,7 +19,7 @@ from ..schema import INT64_MAX, INT64_MIN, Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
 from .slots import DELETED, SEP, Slot
-from .state import RecordState, SetEntry, _by, _record_state, clamp64, encoded_or_stored, share
+from .state import HistoryEntry, RecordState, SetEntry, _by, _record_state, clamp64, encoded_or_stored, share
 from .textdiff import text_edits
 
 __all__ = ["RecordDoc"]
@@ -45,6 +45,13 @@ def _insert_front(hist: Any, txn: Any, entries: list[str]) -> None:
     for start in range(((len(entries) - 1) // _RUN) * _RUN, -1, -_RUN):
         for i, entry in enumerate(entries[start:start + _RUN]):
             hist.insert(txn, i, entry)
+
+
+def _writer_device(writer: str) -> str:
+    """The device a writer tag belongs to: ``device`` for ``device`` and for ``device#N`` (the tag a device
+    writes a record under after a discard rebuilt it)."""
+    head, sep, tail = writer.rpartition("#")
+    return head if sep and head and tail.isdigit() else writer
 
 
 def _registers(coll: Collection) -> frozenset[str]:
@@ -100,22 +107,33 @@ class RecordDoc(MergingRecordDoc):
                                            "t": t}).decode())
 
     def write(self, values: Mapping[str, Any], t: int, *, op: str = "set", full_seen: bool = False,
-              alive: bool = False) -> bytes:
+              alive: bool = False, base: Mapping[str, int] | None = None,
+              set_edits: Mapping[str, tuple[frozenset[Any], frozenset[Any]]] | None = None) -> bytes:
         """Write checked values (decoded Python values) at HLC time ``t``; return the Yjs update.
 
         ``full_seen`` is for resolve: the write covers every value of the record, so nothing it replaces
         stays a conflict. ``alive`` (for create) also marks the record as not deleted, so a record with no
         field set still exists.
+
+        ``base`` (a form saved with ``update(..., base=record)``): the version vector of what the user saw.
+        The write then claims to have seen only that (``based_seen``), so a write another device made after
+        it stays live, a surfaced conflict. ``set_edits`` maps a set field to the elements the user added
+        and removed: added ones are added (even if present now), removed ones lose only the adds ``base``
+        had seen (``_write_set_edits``); such a field's value in ``values`` is not used.
         """
         state = self.state()
-        seen = dict(state.vector)
+        if base is not None:
+            seen = self.based_seen(base, state.vector)
+            covers = all(seen.get(w, 0) >= n for w, n in state.vector.items())
+        else:
+            seen, covers = dict(state.vector), True
         if full_seen:
             for s in self.slots().values():
                 seen[s.writer] = max(seen.get(s.writer, 0), s.t)
         if not alive and values.keys() <= _registers(self.collection) \
                 and type(self)._put_slot is RecordDoc._put_slot:
             out = self._write_registers(values, t, op, seen)
-            if out and self._advances and state.exists and not state.deleted and not state.conflicts \
+            if out and covers and self._advances and state.exists and not state.deleted and not state.conflicts \
                     and t > state.updated:
                 self._state = self._advanced(state, values, t)
             return out
@@ -165,15 +183,37 @@ class RecordDoc(MergingRecordDoc):
                         self._log(name, "inc", delta, t)
                     else:  # (bringing a sum beyond 64 bits back: the difference has no JSON form)
                         self._log(name, "set", value, t)
+                elif set_edits is not None and name in set_edits:
+                    added, removed = set_edits[name]
+                    self._write_set_edits(name, added, removed, t, seen)
                 else:
                     self._write_set(name, frozenset(value), state.fields.get(name, frozenset()), t, seen)
 
         out = self._write(body)
-        if out and self._advances and not alive and state.exists and not state.deleted and not state.conflicts \
-                and t > state.updated and all(self.collection.fields[n].merge in ("register", "counter")
-                                              for n in values):
+        if out and covers and self._advances and not alive and state.exists and not state.deleted \
+                and not state.conflicts and t > state.updated \
+                and all(self.collection.fields[n].merge in ("register", "counter") for n in values):
             self._state = self._advanced(state, values, t)
         return out
+
+    def own_writer(self, writer: str) -> bool:
+        """Whether ``writer`` is this device (its tag now, or one it wrote under before a discard rebuilt the
+        record: ``device#N``)."""
+        return writer == self.writer or _writer_device(writer) == self.device
+
+    def based_seen(self, base: Mapping[str, int], vector: Mapping[str, int]) -> dict[str, int]:
+        """The seen vector of a write made on what ``base`` (a record's version vector) showed: ``base``,
+        within what the record holds now (a write held back since, or discarded, is not claimed), and all of
+        this device's own writes (a device knows what it wrote; its own slot of a field is replaced anyway)."""
+        seen: dict[str, int] = {}
+        for w, n in vector.items():
+            if self.own_writer(w):
+                seen[w] = n
+            else:
+                b = base.get(w, 0)
+                if b.__class__ is int and b > 0:
+                    seen[w] = min(b, n)
+        return seen
 
     def counter_sum(self, name: str) -> int:
         """The sum of a counter's slots, beyond 64 bits if they add up to that (``state()`` shows it clamped):
@@ -306,6 +346,51 @@ class RecordDoc(MergingRecordDoc):
                 self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps(
                     {"a": mine.adds if mine else 0, "r": removed}).decode()
             self._log(name, "remove", enc, t)
+        self._set_raw = self._set_parsed = None
+        self._put_slot(name, None, t, seen)
+
+    def _write_set_edits(self, name: str, added: frozenset[Any], removed: frozenset[Any], t: int,
+                         seen: Mapping[str, int]) -> None:
+        """A set field of a saved form (``write(..., base=)``): add ``added``, even elements present now (the
+        user's add counts: a remove that has not seen it does not remove it); remove of each of ``removed``
+        still present only the adds the form had seen (``seen``): an add made elsewhere after it stays, as
+        an add-wins set keeps an add the remover had not seen."""
+        of = self.collection.fields[name].of  # type: ignore[attr-defined]
+        entries: dict[str, list[SetEntry]] = {}
+        for e in self.set_entries():
+            if e.field == name:
+                entries.setdefault(e.element, []).append(e)
+        slots = self.slots()
+        history: list[HistoryEntry] | None = None
+        for value in sorted(added, key=repr):
+            element = orjson.dumps(of.encode(value)).decode()
+            mine = next((e for e in entries.get(element, []) if e.writer == self.writer), None)
+            self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps(
+                {"a": (mine.adds if mine else 0) + 1, "r": dict(mine.removed) if mine else {}}).decode()
+            self._log(name, "add", of.encode(value), t)
+        stored = _stored_as(of, entries, removed) if removed else {}
+        for value in sorted(removed, key=repr):
+            for element in stored.get(value, []):
+                es = entries.get(element, [])
+                mine = next((e for e in es if e.writer == self.writer), None)
+                gone = dict(mine.removed) if mine else {}
+                for e in es:
+                    n = e.adds
+                    if not self.own_writer(e.writer):
+                        b = seen.get(e.writer, 0)
+                        marker = slots.get(f"{name}{SEP}{e.writer}")
+                        if marker is None or marker.t > b:  # it wrote this set since: count its adds seen
+                            if history is None:
+                                history = self.history()
+                            device = _writer_device(e.writer)
+                            n = min(n, sum(1 for h in history if h.field == name and h.op == "add"
+                                           and h.device == device and h.time <= b
+                                           and orjson.dumps(h.value).decode() == element))
+                    gone[e.writer] = max(gone.get(e.writer, 0), n)
+                self._sets[f"{name}{SEP}{element}{SEP}{self.writer}"] = orjson.dumps(
+                    {"a": mine.adds if mine else 0, "r": gone}).decode()
+            if value in stored:
+                self._log(name, "remove", encoded_or_stored(of, value), t)
         self._set_raw = self._set_parsed = None
         self._put_slot(name, None, t, seen)
 

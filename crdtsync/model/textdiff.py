@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import re
 
-__all__ = ["text_edits"]
+__all__ = ["merge3", "text_edits"]
 
 _DIFF_LIMIT = 20_000  # changed characters (old + new) above which the changed region is replaced whole
 _CHAR_LIMIT = 500  # a block of changed lines up to this many characters (old + new) is diffed by character
@@ -82,6 +82,47 @@ def _semantic(old: str, edits: list[tuple[int, int, str]]) -> list[tuple[int, in
             merged = True
     out = [(s, e, "".join(parts)) for s, e, parts, _ in stack]
     return _semantic(old, out) if merged and len(out) > 1 else out
+
+
+def merge3(base: str, mine: str, current: str) -> str:
+    """``mine`` (edited from ``base``) applied onto ``current`` (what ``base`` became meanwhile elsewhere).
+
+    The edits turning ``base`` into ``mine`` are replayed on ``current``, their places mapped through the
+    edits turning ``base`` into ``current``, as a text CRDT would merge them: a character of ``base`` this
+    edit deletes goes if it is still there; characters the other side inserted stay, even inside a range this
+    edit replaced; this edit's insert goes where the first character it replaced is now (or, if that is gone,
+    before the next character of ``base`` still there). Neither side's characters are dropped: where both
+    replaced the same words, both replacements show, one after the other.
+    """
+    if mine == base:
+        return current
+    if current == base:
+        return mine
+    # where each character of ``base`` is in ``current`` (-1: deleted there)
+    where = [-1] * len(base)
+    b = c = 0
+    for start, end, insert in reversed(text_edits(base, current)):
+        while b < start:
+            where[b] = c
+            b += 1
+            c += 1
+        b = end
+        c += len(insert)
+    while b < len(base):
+        where[b] = c
+        b += 1
+        c += 1
+    after = [len(current)] * (len(base) + 1)  # where the first character of ``base[k:]`` still there is
+    for k in range(len(base) - 1, -1, -1):
+        after[k] = where[k] if where[k] >= 0 else after[k + 1]
+    out = list(current)
+    for start, end, insert in text_edits(base, mine):  # last first: the places of earlier ones hold
+        at = after[start]
+        for k in range(min(end, len(base)) - 1, start - 1, -1):
+            if where[k] >= 0:
+                del out[where[k]]
+        out[at:at] = insert
+    return "".join(out)
 
 
 def _trim(o: str, w: str, at: int) -> tuple[str, str, int]:

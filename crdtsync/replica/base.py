@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Self
 
 import orjson
@@ -300,7 +301,7 @@ class ReplicaBase:
         rec = _new(Record)
         rec.__dict__.update(collection=coll.name, id=doc.id, fields=dict(state.fields), status=status,
                             conflicts=state.conflicts, deleted=state.deleted, error=error, updated=state.updated,
-                            changed_by=dict(state.changed_by))
+                            changed_by=dict(state.changed_by), version=MappingProxyType(dict(state.vector)))
         return rec
 
     def _record(self, coll: Collection, doc: RecordDoc) -> Record | None:
@@ -310,7 +311,7 @@ class ReplicaBase:
             return None
         status, error = self._status(coll.name, doc.id, bool(state.conflicts))
         return Record(coll.name, doc.id, dict(state.fields), status, state.conflicts, state.deleted, error,
-                      state.updated, dict(state.changed_by))
+                      state.updated, dict(state.changed_by), MappingProxyType(dict(state.vector)))
 
     def _stage_dirty_rows(self, batch: Batch) -> None:
         """Stage the rows not written yet into ``batch`` (``_commit`` forgets them once it is stored)."""

@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LocalError, NoSuchConflict, RecordDeleted, RecordExists, RecordNotFound, ValidationError
+from ..model.forms import form_edits, same_value
 from ..model.record import RecordDoc
 from ..model.state import Conflict, HistoryEntry, beyond64
-from ..schema import Bool, Invalid
+from ..schema import Bool, Collection, Invalid
 from ..store.base import Batch
 from .docs import LoadedRecord
 from .exchange import ExchangingReplica
@@ -57,13 +58,24 @@ class Replica(ExchangingReplica):
         return rid
 
     @holds_lock
-    def update(self, collection: str, id: str, values: Mapping[str, Any]) -> None:
+    def update(self, collection: str, id: str, values: Mapping[str, Any], *, base: Record | None = None) -> None:
         """Change some fields. Text fields get a character diff; sets their added/removed elements;
-        counters the difference (use ``increment`` for concurrent-safe counting)."""
+        counters the difference (use ``increment`` for concurrent-safe counting).
+
+        ``base``: the record (from ``get``, ``query`` or an event of this replica) an edit form was filled
+        from. ``values`` are then the user's edits of what it showed, not of the record as it is now: a
+        field equal to its value in ``base`` is not written; a register changed is written as made having
+        seen only what ``base`` showed (a write made elsewhere since stays, a surfaced conflict); a counter
+        gets the difference from ``base``, a text the user's edits replayed on its text now, a set the
+        elements added and removed. See docs/records.md, "Saving a form".
+        """
         lock = self._lock  # taken here, not by a wrapper (``holds_lock``): the hottest call of an app
         lock.acquire()
         try:
             coll = self._coll(collection)
+            if base is not None:
+                self._update_based(coll, id if id.__class__ is str else self._id_arg(collection, id), values, base)
+                return
             checked = coll.check(id if id.__class__ is str else self._id_arg(collection, id), values, create=False)
             lr = self._writable(coll, id)
             if checked:
@@ -71,6 +83,35 @@ class Replica(ExchangingReplica):
                                    lambda doc, t: doc.write(checked, t), lr)
         finally:
             lock.release()
+
+    @staticmethod
+    def _form_values(coll: Collection, rid: str, values: Mapping[str, Any], base: Record) -> dict[str, Any]:
+        """A form's values, checked, for a save based on ``base``: refused unless ``base`` is a record of
+        the same id. A field left as shown is not checked: a value stored under older rules, shown as
+        stored, does not stop the user saving the fields they did edit."""
+        if not isinstance(base, Record):
+            raise LocalError(f"base must be a Record this replica returned, not {type(base).__name__}")
+        if (base.collection, base.id) != (coll.name, rid):
+            raise LocalError(f"base is the record {base.collection}/{base.id}, not {coll.name}/{rid}: pass the "
+                             "record the form was filled from")
+        shown = base.fields
+        return coll.check(rid, {n: v for n, v in values.items() if n not in shown or n not in coll.fields
+                                or not same_value(coll.fields[n], v, shown[n])}, create=False)
+
+    def _update_based(self, coll: Collection, rid: str, values: Mapping[str, Any], base: Record) -> None:
+        """``update(..., base=)``: the form's edits relative to ``base`` (``model/forms.py``)."""
+        checked = self._form_values(coll, rid, values, base)
+        lr = self._writable(coll, rid)
+        edits, set_edits = form_edits(coll, base.fields, checked, lr.doc)
+        if not edits:
+            return
+        final = coll.check(rid, edits, create=False)  # what they make of the record now: limits, counters
+        version = base.version  # None: a row stored before rows kept it; written as a plain update
+
+        def write(doc: RecordDoc, t: int) -> bytes:
+            return doc.write(final, t, base=version, set_edits=set_edits)
+
+        self._commit_local(coll, rid, "update", self._shown(coll, final), write, lr)
 
     def increment(self, collection: str, id: str, field: str, by: int = 1) -> None:
         """Add ``by`` to a counter field; increments made concurrently on several devices all count."""
@@ -217,7 +258,8 @@ class Replica(ExchangingReplica):
         ids = [x.id for x in self.outbox.for_record(collection, self._id_arg(collection, id))]
         return self._discard(collection, id, ids)
 
-    def fix(self, collection: str, id: str, values: Mapping[str, Any]) -> list[PendingChange]:
+    def fix(self, collection: str, id: str, values: Mapping[str, Any], *,
+            base: Record | None = None) -> list[PendingChange]:
         """Correct a record whose change the relay rejected, and send it again.
 
         The rejected change and the record's later changes (held behind it) are replaced, in one
@@ -225,6 +267,11 @@ class Replica(ExchangingReplica):
         with ``values`` over them. A record created by the rejected change is created again. ``values`` are
         checked against the schema first; a bad fix raises ``ValidationError`` and changes nothing. Returns
         the replaced changes. A deleted record cannot be fixed: discard its changes instead.
+
+        ``base``: the record a fix form was filled from, as for ``update``: ``values`` are then the user's
+        edits of it (a field equal to its value in ``base`` is not set; counters, texts and sets take the
+        user's edits over the record as it stands), and the new change is written as made having seen only
+        what ``base`` showed (and this device's own writes).
         """
         coll = self._coll(collection)
         changes = self.outbox.for_record(collection, self._id_arg(collection, id))
@@ -232,21 +279,24 @@ class Replica(ExchangingReplica):
         if first is None:
             raise LocalError(f"{collection}/{id} has no rejected change to fix")
         replaced = [e for e in changes if e.id >= first.id]
-        coll.check(id, values, create=False)  # a bad value raises before anything changes
-        before = self.docs.get(collection, id).doc.state()
+        # a bad value raises before anything changes
+        corrected = coll.check(id, values, create=False) if base is None else self._form_values(coll, id, values, base)
+        doc = self.docs.get(collection, id).doc
+        before = doc.state()
         if before.deleted or any(e.op in ("delete", "restore") or "deleted" in e.fields for e in replaced):
             raise RecordDeleted(f"{collection}/{id}: a rejected delete or restore cannot be fixed; "
                                 "discard_record() it instead")
         names = dict.fromkeys(n for e in replaced for n in e.fields)
         intended = {n: before.fields[n] for n in names if n in before.fields}
-        intended.update(values)
+        intended.update(corrected if base is None else form_edits(coll, base.fields, corrected, doc)[0])
+        version = None if base is None else base.version
 
         def write_fix(batch: Batch, lr: LoadedRecord) -> None:
             create = not lr.doc.state().exists
             checked = coll.check(id, intended, create=create)
             t = self.clock.now()
             op = "create" if create else "update"
-            update = lr.doc.write(checked, t, op=op, alive=create)
+            update = lr.doc.write(checked, t, op=op, alive=create, base=version)
             if update:
                 n = self.docs.append(batch, collection, id, update, change_id=t, lr=lr)
                 self.outbox.add(batch, OutboxEntry(t, collection, id, op, self._shown(coll, checked), n=n), update)

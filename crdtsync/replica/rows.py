@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 import orjson
@@ -130,6 +131,7 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
                      for i, x in enumerate(c.candidates)]}
               for c in state.conflicts],
         "x": last_change,
+        "v": state.vector,
     }
     if state.hidden:
         row["o"] = sorted(state.hidden)
@@ -183,7 +185,9 @@ def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
                        for i, (v, d, u, t) in enumerate(c["v"])))
         for c in r["c"] if not others or c["f"] in unwritten or c["f"] == "deleted")
     by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items() if not others or n in unwritten}
-    return Record(coll.name, record_id, fields, cast(RecordStatus, r["s"]), conflicts, r["d"], r["e"], r["u"], by)
+    v = r.get("v")  # (a row stored before rows kept the version vector has none)
+    return Record(coll.name, record_id, fields, cast(RecordStatus, r["s"]), conflicts, r["d"], r["e"], r["u"], by,
+                  MappingProxyType(v) if isinstance(v, dict) else None)
 
 
 class Rows:

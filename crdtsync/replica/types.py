@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +18,13 @@ ChangeStatus = Literal["pending", "syncing", "error"]
 
 @dataclass(frozen=True)
 class Record:
-    """A record as the app sees it. ``status`` is its sync status; ``error`` the relay's reason, if any."""
+    """A record as the app sees it. ``status`` is its sync status; ``error`` the relay's reason, if any.
+
+    ``version`` is what it was computed from: the record's version vector (the latest write time of each
+    writer) as this replica held it, read-only. ``update(..., base=record)`` writes a form's values as
+    edits made having seen only that (see docs/records.md, "Saving a form"). None for a record read from a
+    row stored before rows kept it. It takes no part in equality.
+    """
 
     collection: str
     id: str
@@ -28,6 +35,7 @@ class Record:
     error: str | None = None
     updated: int = 0
     changed_by: dict[str, Candidate] = field(default_factory=dict)
+    version: Mapping[str, int] | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> Any:
         return self.fields[name]

@@ -2,7 +2,7 @@
 replica state machine to point at your own schema. See docs/testing.md.
 """
 
-from .cluster import Cluster, Message, Write
+from .cluster import Cluster, Form, Message, SaveForm, Write, save_with_base
 from .machine import ReplicaMachine, replica_machine
 from .strategies import (
     Op,
@@ -18,6 +18,6 @@ from .strategies import (
     update_values,
 )
 
-__all__ = ["Cluster", "Message", "Op", "OpKind", "ReplicaMachine", "Write", "collections", "edit_histories",
-           "field_types", "field_values", "invalid_values", "record_ids", "records", "replica_machine",
-           "schemas", "update_values"]
+__all__ = ["Cluster", "Form", "Message", "Op", "OpKind", "ReplicaMachine", "SaveForm", "Write", "collections",
+           "edit_histories", "field_types", "field_values", "invalid_values", "record_ids", "records",
+           "replica_machine", "save_with_base", "schemas", "update_values"]

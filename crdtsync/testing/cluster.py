@@ -25,13 +25,14 @@ from typing import Any
 import orjson
 
 from ..errors import RecordDeleted, ValidationError
+from ..model.forms import same_value
 from ..replica import Record, Replica
 from ..schema import Collection, Field, Invalid, Schema
 from ..store.base import ByteStore
 from ..store.memory import MemoryStore
 from .strategies import DEFAULT_IDS, Op
 
-__all__ = ["Cluster", "Message", "Write"]
+__all__ = ["Cluster", "Form", "Message", "SaveForm", "Write", "save_with_base"]
 
 DELETED_FIELD = "deleted"
 _EPOCH_MS = 1_750_000_000_000
@@ -71,6 +72,25 @@ class Message:
     dst: int
     blob: bytes
     known: frozenset[int]
+
+
+@dataclass(frozen=True)
+class Form:
+    """An edit form open on replica ``replica``: the record it shows (``shown``, as ``get`` returned it)
+    and what the oracle knew that replica had seen when it opened (``seen``)."""
+
+    replica: int
+    shown: Record
+    seen: frozenset[int]
+
+
+#: app code that saves a form: ``save(replica, collection, id, shown, values)``
+SaveForm = Callable[[Replica, str, str, Record, dict[str, Any]], None]
+
+
+def save_with_base(replica: Replica, collection: str, rid: str, shown: Record, values: dict[str, Any]) -> None:
+    """How a form should be saved: ``update(..., base=shown)``."""
+    replica.update(collection, rid, values, base=shown)
 
 
 def _elem(f: Field, v: Any) -> bytes:
@@ -242,6 +262,81 @@ class Cluster:
         self.tick()
         r.restore(collection, rid)
         self._record_deleted(i, self.schema[collection], rid, False)
+        return True
+
+    def open_form(self, i: int, collection: str, rid: str) -> Form | None:
+        """Open an edit form on replica ``i``: the record as it shows it now (None if it has no such record,
+        or it is deleted)."""
+        rec = self.replicas[i].get(collection, rid)
+        if rec is None or rec.deleted:
+            return None
+        return Form(i, rec, frozenset(self.known[i]))
+
+    def save_form(self, form: Form, values: Mapping[str, Any], save: SaveForm = save_with_base) -> bool:
+        """Save ``form`` with ``values`` (every field the form holds, some edited) through the app's ``save``.
+
+        The oracle counts the user's edits (the fields whose value differs from the one shown) as writes
+        made having seen only what the form showed, and this replica's own writes (a device knows what it
+        wrote): a write that reached the replica after the form opened, and that the save made disappear
+        without a conflict, is a lost write at the next ``check()``. A save refused with
+        ``ValidationError`` (a merged value over a limit) must change nothing; one of a record deleted
+        since is not made.
+        """
+        i, shown = form.replica, form.shown
+        r, coll = self.replicas[i], self.schema[shown.collection]
+        rid = shown.id
+        now = r.get(coll.name, rid)
+        if now is None or now.deleted:
+            return False
+        self.tick()
+        before, pending = r.store.load_range(()), {p.id for p in r.pending()}
+        try:
+            save(r, coll.name, rid, shown, dict(values))
+        except ValidationError as e:
+            assert (e.collection, e.record) == (coll.name, rid), e
+            assert r.store.load_range(()) == before, "a refused form save changed the store"
+            return False
+        new = [p for p in r.pending() if p.id not in pending]
+        if not new:
+            return False
+        t = new[-1].id
+        own = {w.id for w in self.writes if w.replica == i} | {op.id for op in self.set_ops if op.replica == i}
+        seen = form.seen | own
+        key = (coll.name, rid)
+        checked = coll.check(rid, values, create=False)
+        ids: list[int] = []
+        for name, value in checked.items():
+            f = coll.fields[name]
+            old = shown.fields.get(name)
+            if old is None and f.merge != "register":
+                old = frozenset() if f.merge == "set" else 0 if f.merge == "counter" else ""
+            if same_value(f, value, old):
+                continue
+            if f.merge == "register":
+                w = Write(self._id(), i, r.device, key, name, f.encode(value), t, seen)
+                self.writes.append(w)
+                ids.append(w.id)
+            elif f.merge == "counter":
+                self.counters[(coll.name, rid, name)].append((i, t, value - old))
+            elif f.merge == "set":
+                for el, add in [*((x, True) for x in sorted(_elem(f, v) for v in value - old)),
+                                *((x, False) for x in sorted(_elem(f, v) for v in old - value))]:
+                    op = _SetOp(self._id(), i, t, key, name, el, add, seen)
+                    self.set_ops.append(op)
+                    ids.append(op.id)
+        self.known[i].update(ids)
+        rec = r.get(coll.name, rid)
+        assert rec is not None, f"{coll.name}/{rid} missing right after a form save on d{i}"
+        for name, value in checked.items():  # the user's edits read back (a register's, now the latest write)
+            f = coll.fields[name]
+            if same_value(f, value, shown.fields.get(name)):
+                continue
+            if f.merge == "register":
+                assert _enc(f, rec.fields[name]) == _enc(f, value), (
+                    f"d{i} does not read its form's {coll.name}/{rid}.{name}={value!r}: {rec.fields[name]!r}")
+            elif f.merge == "set":
+                missing = {_elem(f, v) for v in value - shown.fields[name]} - {_elem(f, v) for v in rec.fields[name]}
+                assert not missing, f"d{i}: elements its form added to {coll.name}/{rid}.{name} are missing: {missing}"
         return True
 
     def open_conflicts(self, i: int) -> list[tuple[Record, int]]:

@@ -9,9 +9,11 @@
 
 Rules create, update, increment, delete, restore, resolve and discard on random replicas, and send, deliver
 (in any order, more than once) and drop exported blobs between them; a rule also tries writes that break
-the schema and checks that they change nothing. At the end of every run the machine exchanges everything,
-sending each replica only what it lacks (``settle_since``), and asserts convergence and no lost write (see
-``crdtsync.testing.cluster``). ``replica_machine(None)`` draws the schema itself, from
+the schema and checks that they change nothing. Another opens an edit form (keeps a record as shown) and,
+later, saves it with some fields edited, through ``save_form``: override it with your app's code (and set
+up app code in ``setup``, never by overriding ``start``). At the end of every run the machine exchanges
+everything, sending each replica only what it lacks (``settle_since``), and asserts convergence and no lost
+write (see ``crdtsync.testing.cluster``). ``replica_machine(None)`` draws the schema itself, from
 ``crdtsync.testing.schemas()``; ``replica_machine(SCHEMA, store="sqlite")`` runs it on SQLite files.
 """
 
@@ -20,15 +22,16 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
+from ..replica import Record, Replica
 from ..schema import Schema
 from ..store.base import ByteStore
 from ..store.sqlite import SQLiteStore
-from .cluster import Cluster
+from .cluster import Cluster, Form
 from .strategies import DEFAULT_IDS, field_values, invalid_values, records, schemas, update_values
 
 __all__ = ["ReplicaMachine", "replica_machine"]
@@ -50,15 +53,44 @@ class ReplicaMachine(RuleBasedStateMachine):
     #: settles with full exports, which repair whatever partial exports lost
     settle_since = True
 
+    #: edit forms open at once, at most (opening one more closes the oldest, unsaved)
+    max_forms = 3
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        start = cls.__dict__.get("start")
+        if start is not None and not hasattr(start, "hypothesis_stateful_initialize_rule"):
+            raise TypeError(
+                f"{cls.__name__}.start overrides the machine's @initialize rule without being one, so Hypothesis "
+                "would never call it and no cluster would exist: set up app code in setup(self) instead (it runs "
+                "once the cluster exists), or decorate start with @initialize(data=st.data()) and call "
+                "super().start(data)")
+
     def __init__(self) -> None:
         super().__init__()
         self.cluster: Cluster | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.forms: list[Form] = []
 
     @property
     def c(self) -> Cluster:
-        assert self.cluster is not None
+        if self.cluster is None:
+            raise RuntimeError("the cluster is made by start(), the machine's @initialize rule, and it has not run: "
+                               "a subclass sets up app code in setup(), not by overriding start()")
         return self.cluster
+
+    # -- app code: override these ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Set up app code once the cluster exists (``self.c.replicas``), at the start of every run: subscribe
+        your listeners, wrap replicas in your app's objects. Does nothing by default."""
+
+    def save_form(self, replica: Replica, collection: str, id: str, shown: Record, values: dict[str, Any]) -> None:
+        """How the app saves an edit form: ``values`` hold every field of the form, the user's edits over
+        ``shown`` (the record as ``get`` returned it when the form opened). By default
+        ``replica.update(collection, id, values, base=shown)``; override it with your app's code. The oracle
+        counts the save as made having seen only what ``shown`` showed."""
+        replica.update(collection, id, values, base=shown)
 
     @initialize(data=st.data())
     def start(self, data: st.DataObject) -> None:
@@ -81,6 +113,7 @@ class ReplicaMachine(RuleBasedStateMachine):
         self.cluster = Cluster(schema, n, ids=self.ids, skews=skews, cache_size=cache, cache_bytes=weight,
                                compact_after=data.draw(st.sampled_from([2, 64]), label="compact_after"),
                                store=store)
+        self.setup()
 
     def _pick(self, data: st.DataObject) -> tuple[int, str, str]:
         i = data.draw(st.integers(0, len(self.c.replicas) - 1), label="replica")
@@ -144,6 +177,32 @@ class ReplicaMachine(RuleBasedStateMachine):
         use_new = f is not None and c.kind == "concurrent-write" and data.draw(st.booleans(), label="new value")
         new = data.draw(field_values(f, ids=self.ids), label="value") if use_new and f is not None else None
         self.c.resolve(i, pick, choice, new, use_new=use_new)
+
+    @rule(data=st.data())
+    def edit_form(self, data: st.DataObject) -> None:
+        """Open an edit form on a record a replica holds (it keeps the record as shown while other rules
+        run; opening one more than ``max_forms`` closes the oldest, unsaved), or save an open one with one
+        to three of its fields edited, through ``save_form``: often right after another replica edited the
+        record and the form's replica received what the others have (it synced while the form was open)."""
+        if not self.forms or data.draw(st.integers(0, 2), label="open another form (0) or save one") == 0:
+            if (picked := self._existing(data)) is not None and (form := self.c.open_form(*picked)) is not None:
+                self.forms = [*self.forms, form][-self.max_forms:]
+            return
+        form = self.forms.pop(data.draw(st.integers(0, len(self.forms) - 1), label="form"))
+        coll = self.c.schema[form.shown.collection]
+        if data.draw(st.booleans(), label="edited elsewhere and synced while the form is open"):
+            # the case a stale form gets wrong, common in apps and otherwise rare in a run: another replica
+            # edits the record, and the form's replica receives what the others have
+            n = len(self.c.replicas)
+            other = (form.replica + data.draw(st.integers(1, n - 1), label="edited on")) % n
+            self.c.update(other, coll.name, form.shown.id, data.draw(update_values(coll, ids=self.ids),
+                                                                     label="edited there"))
+            for src in range(n):
+                if src != form.replica:
+                    self.c.send(src, form.replica, since=True)
+                    self.c.deliver(len(self.c.in_flight) - 1)
+        edits = data.draw(update_values(coll, ids=self.ids), label="edits")
+        self.c.save_form(form, {**form.shown.fields, **edits}, self.save_form)
 
     @rule(data=st.data())
     def invalid_write(self, data: st.DataObject) -> None:

@@ -335,3 +335,32 @@ async def test_a_held_change_goes_out_by_itself_once_the_changes_it_builds_on_re
         assert done.result is not None and done.result.held == 0
     assert b.pending() == []
     assert relay.relay is not None and relay.relay.log.head == 2
+
+
+async def test_a_stale_form_saved_with_base_keeps_what_arrived_while_it_was_open(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """The explorer's stale form, over a relay: a form saved with ``base=`` is accepted, and the rename, the
+    tag and the increment another device synced while it was open stay; a rename the user made too is a
+    conflict on both devices."""
+    relay = await make_relay()
+    a, b = make_replica("a"), make_replica("b")
+    a.create("accounts", {"name": "Acme", "tags": {"a"}, "visits": 1}, id="acme")
+    async with client(a, relay.url) as ca, client(b, relay.url) as cb:
+        await sync(ca)
+        await sync(cb)
+        shown = a.get("accounts", "acme")  # the form opens on a
+        assert shown is not None
+        b.update("accounts", "acme", {"name": "Acme Ltd", "tags": {"a", "b"}, "owner": "bob"})
+        b.increment("accounts", "acme", "visits", 2)
+        await sync(cb)
+        await sync(ca)  # a syncs while the form is open
+        a.update("accounts", "acme", {**shown.fields, "owner": "alice", "visits": 3}, base=shown)
+        await sync(ca)
+        await sync(cb)
+        assert a.pending() == []
+    for r in (a, b):
+        rec = r.get("accounts", "acme")
+        assert rec is not None
+        assert (rec["name"], rec["tags"], rec["owner"], rec["visits"]) == ("Acme Ltd", {"a", "b"}, "alice", 5)
+        (c,) = rec.conflicts
+        assert c.field == "owner" and [x.value for x in c.candidates] == ["alice", "bob"]
