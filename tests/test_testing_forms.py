@@ -151,3 +151,25 @@ def test_overriding_start_is_refused_unless_it_is_an_initialize_rule() -> None:
 
     run_state_machine_as_test(Initialize, settings=settings(_CATCH, max_examples=3, stateful_step_count=3))
     assert started
+
+
+def test_a_form_save_leaving_a_set_over_its_limit_as_shown_is_counted() -> None:
+    """The save checks only the user's edits (a set merged over ``max_items``, left as shown, does not stop
+    it), so the oracle counts the form's counter edit too: it checked every field of the form, raised
+    ``ValidationError`` after the save had gone through, and the machine's teardown then reported a counter
+    off by the uncounted edit (``visits is 643, the increments add up to 689``)."""
+    c = Cluster(SMALL, 2)
+    c.create(0, "accounts", "r0", {"visits": 7})
+    c.settle()
+    c.update(0, "accounts", "r0", {"tags": frozenset({"a", "b", "c"})})
+    c.update(1, "accounts", "r0", {"tags": frozenset({"x", "y", "z"})})
+    c.settle()
+    form = c.open_form(0, "accounts", "r0")
+    assert form is not None and len(form.shown["tags"]) == 6  # merged over max_items=4
+    c.increment(1, "accounts", "r0", "visits", 3)
+    assert c.save_form(form, {**form.shown.fields, "visits": 2, "name": "N"})
+    rec = c.replicas[0].get("accounts", "r0")
+    assert rec is not None and rec["visits"] == 2 and rec["name"] == "N"
+    c.settle(since=True)
+    c.check()  # 7 + 3 + (2 - 7)
+    assert [None if x is None else x["visits"] for x in (r.get("accounts", "r0") for r in c.replicas)] == [5, 5]

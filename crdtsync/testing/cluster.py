@@ -275,10 +275,11 @@ class Cluster:
     def save_form(self, form: Form, values: Mapping[str, Any], save: SaveForm = save_with_base) -> bool:
         """Save ``form`` with ``values`` (every field the form holds, some edited) through the app's ``save``.
 
-        The oracle counts the user's edits (the fields whose value differs from the one shown) as writes
-        made having seen only what the form showed, and this replica's own writes (a device knows what it
-        wrote): a write that reached the replica after the form opened, and that the save made disappear
-        without a conflict, is a lost write at the next ``check()``. A save refused with
+        The oracle counts the user's edits (the fields whose value differs from the one shown; only they
+        are checked against the schema, as ``update(..., base=)`` does: a field left as shown may break it)
+        as writes made having seen only what the form showed, and this replica's own writes (a device knows
+        what it wrote): a write that reached the replica after the form opened, and that the save made
+        disappear without a conflict, is a lost write at the next ``check()``. A save refused with
         ``ValidationError`` (a merged value over a limit) must change nothing; one of a record deleted
         since is not made.
         """
@@ -303,7 +304,10 @@ class Cluster:
         own = {w.id for w in self.writes if w.replica == i} | {op.id for op in self.set_ops if op.replica == i}
         seen = form.seen | own
         key = (coll.name, rid)
-        checked = coll.check(rid, values, create=False)
+        # only the user's edits are checked, as ``update(..., base=)`` does: a field left as shown may break
+        # the schema (a set merged over its max_items), and the save of the other fields still stands
+        checked = coll.check(rid, {n: v for n, v in values.items() if n not in shown.fields or n not in coll.fields
+                                   or not same_value(coll.fields[n], v, shown.fields[n])}, create=False)
         ids: list[int] = []
         for name, value in checked.items():
             f = coll.fields[name]
