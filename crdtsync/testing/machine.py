@@ -19,6 +19,7 @@ write (see ``crdtsync.testing.cluster``). ``replica_machine(None)`` draws the sc
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,6 +72,9 @@ class ReplicaMachine(RuleBasedStateMachine):
         self.cluster: Cluster | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self.forms: list[Form] = []
+        # the exception being handled where the run started (if any): one other than it, in flight at
+        # teardown, is a step's failure
+        self._outer: BaseException | None = None
 
     @property
     def c(self) -> Cluster:
@@ -94,6 +98,7 @@ class ReplicaMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def start(self, data: st.DataObject) -> None:
+        self._outer = sys.exc_info()[1]
         schema = self.schema if self.schema is not None else data.draw(schemas(), label="schema")
         # values for every collection must be drawable: if they are not (a Str pattern Hypothesis cannot
         # satisfy within the field's limits), every run is rejected here and Hypothesis fails the test
@@ -258,11 +263,15 @@ class ReplicaMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.cluster is None:
             return
+        # Hypothesis runs teardown in a ``finally``: after a step that raised, checking the state it left
+        # would report a symptom (a write it left half recorded) in place of the step's own error
+        failed = sys.exc_info()[1]
         try:
-            # "only what the other lacks", as a delta sync does: a replica whose partial exports lose
-            # something then differs here (full exports would repair it)
-            self.c.settle(since=self.settle_since)
-            self.c.check()
+            if failed is None or failed is self._outer:
+                # "only what the other lacks", as a delta sync does: a replica whose partial exports lose
+                # something then differs here (full exports would repair it)
+                self.c.settle(since=self.settle_since)
+                self.c.check()
         finally:
             self.c.close()
             if self._dir is not None:
