@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from crdtsync import Collection, Counter, Int, Replica, Schema, Set, Str, Text
+from crdtsync import Collection, Counter, Int, Record, Replica, Schema, Set, Str, Text
 from crdtsync.errors import LocalError, RecordDeleted, ValidationError
 from crdtsync.model.textdiff import merge3
 from crdtsync.store.base import Batch
@@ -36,17 +36,24 @@ def sync(a: Replica, b: Replica) -> None:
     a.import_updates(b.export_updates())
 
 
-def test_stale_form_keeps_what_arrived_while_it_was_open(pair: tuple[Replica, Replica]) -> None:
-    """The explorer's scenario: d0 opens a form; d1 renames the account and tags it; d0 syncs; the user saves
-    the form (every field of it, one changed). Without ``base`` the rename and the tag were overwritten on
-    every device, silently."""
-    d0, d1 = pair
+def renamed_while_open(d0: Replica, d1: Replica) -> Record:
+    """The explorer's scenario up to the save: d0 opens a form on an account; d1 renames it and tags it; d0
+    syncs. Returns the form (the record as d0 showed it)."""
     d0.create("accounts", {"name": "Acme", "tags": {"a"}}, id="r0")
     sync(d0, d1)
     form = d0.get("accounts", "r0")
     assert form is not None
     d1.update("accounts", "r0", {"name": "Acme Ltd", "tags": {"a", "b"}})
     sync(d1, d0)
+    return form
+
+
+def test_stale_form_keeps_what_arrived_while_it_was_open(pair: tuple[Replica, Replica]) -> None:
+    """The explorer's scenario: d0 opens a form; d1 renames the account and tags it; d0 syncs; the user saves
+    the form (every field of it, one changed). Without ``base`` the rename and the tag were overwritten on
+    every device, silently."""
+    d0, d1 = pair
+    form = renamed_while_open(d0, d1)
     d0.update("accounts", "r0", {**form.fields, "stage": "won"}, base=form)
     sync(d0, d1)
     for r in (d0, d1):
@@ -59,12 +66,7 @@ def test_stale_form_keeps_what_arrived_while_it_was_open(pair: tuple[Replica, Re
 def test_a_rename_made_since_the_form_opened_is_a_surfaced_conflict(pair: tuple[Replica, Replica]) -> None:
     """The user renamed too: both names stay, a conflict with the usual winner (the later write), on both."""
     d0, d1 = pair
-    d0.create("accounts", {"name": "Acme", "tags": {"a"}}, id="r0")
-    sync(d0, d1)
-    form = d0.get("accounts", "r0")
-    assert form is not None
-    d1.update("accounts", "r0", {"name": "Acme Ltd", "tags": {"a", "b"}})
-    sync(d1, d0)
+    form = renamed_while_open(d0, d1)
     d0.update("accounts", "r0", {**form.fields, "name": "ACME"}, base=form)
     sync(d0, d1)
     for r in (d0, d1):

@@ -179,16 +179,7 @@ class Cluster:
             elif f.merge == "counter":
                 self.counters[(coll.name, rid, name)].append((i, t, value - (old or 0)))
             elif f.merge == "set":
-                prev = old or frozenset()
-                # in encoded order, not set order: the oracle's ids do not depend on string hashing
-                for e in sorted(_elem(f, v) for v in value - prev):
-                    op = _SetOp(self._id(), i, t, key, name, e, True, seen)
-                    self.set_ops.append(op)
-                    new.append(op.id)
-                for e in sorted(_elem(f, v) for v in prev - value):
-                    op = _SetOp(self._id(), i, t, key, name, e, False, seen)
-                    self.set_ops.append(op)
-                    new.append(op.id)
+                new += self._set_edits(i, t, key, name, f, old or frozenset(), value, seen)
         self.known[i].update(new)
         rec = r.get(coll.name, rid)
         assert rec is not None, f"{coll.name}/{rid} missing right after a write on d{i}"
@@ -272,6 +263,19 @@ class Cluster:
             return None
         return Form(i, rec, frozenset(self.known[i]))
 
+    def _set_edits(self, i: int, t: int, key: tuple[str, str], name: str, f: Field, prev: Any, value: Any,
+                   seen: Any) -> list[int]:
+        """Note the adds and removes of a write of set field ``name`` (``prev`` to ``value``) by replica
+        ``i`` at time ``t``; return their ids. In encoded order, not set order: the oracle's ids do not depend
+        on string hashing."""
+        ids = []
+        for el, add in [*((x, True) for x in sorted(_elem(f, v) for v in value - prev)),
+                        *((x, False) for x in sorted(_elem(f, v) for v in prev - value))]:
+            op = _SetOp(self._id(), i, t, key, name, el, add, seen)
+            self.set_ops.append(op)
+            ids.append(op.id)
+        return ids
+
     def save_form(self, form: Form, values: Mapping[str, Any], save: SaveForm = save_with_base) -> bool:
         """Save ``form`` with ``values`` (every field the form holds, some edited) through the app's ``save``.
 
@@ -323,11 +327,7 @@ class Cluster:
             elif f.merge == "counter":
                 self.counters[(coll.name, rid, name)].append((i, t, value - old))
             elif f.merge == "set":
-                for el, add in [*((x, True) for x in sorted(_elem(f, v) for v in value - old)),
-                                *((x, False) for x in sorted(_elem(f, v) for v in old - value))]:
-                    op = _SetOp(self._id(), i, t, key, name, el, add, seen)
-                    self.set_ops.append(op)
-                    ids.append(op.id)
+                ids += self._set_edits(i, t, key, name, f, old, value, seen)
         self.known[i].update(ids)
         rec = r.get(coll.name, rid)
         assert rec is not None, f"{coll.name}/{rid} missing right after a form save on d{i}"
