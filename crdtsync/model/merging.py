@@ -342,7 +342,8 @@ class MergingRecordDoc(CheckedRecordDoc):
             self._build(ydoc.client_id())  # without what is pending
             return Traced(held=True)
         new = traced.new
-        if traced.history_changed and not exact and not history_from_update(traced, grown, strings):
+        if traced.history_changed and not exact and strings is not None \
+                and not history_from_update(traced, grown, strings):
             self._build(ydoc.client_id())  # as it was: the update again, traced exactly
             return self.apply_traced(update, exact=True, strings=None)
         if new:

@@ -18,7 +18,7 @@ from ..errors import ValidationError
 from ..schema import INT64_MAX, INT64_MIN, Collection, Field, Invalid
 from .document import EMPTY_UPDATE
 from .merging import MergingRecordDoc, merged
-from .slots import DELETED, SEP, Slot
+from .slots import DELETED, SEP, Slot, is_own_writer, writer_device
 from .state import HistoryEntry, RecordState, SetEntry, _by, _record_state, clamp64, encoded_or_stored, share
 from .textdiff import text_edits
 
@@ -45,13 +45,6 @@ def _insert_front(hist: Any, txn: Any, entries: list[str]) -> None:
     for start in range(((len(entries) - 1) // _RUN) * _RUN, -1, -_RUN):
         for i, entry in enumerate(entries[start:start + _RUN]):
             hist.insert(txn, i, entry)
-
-
-def _writer_device(writer: str) -> str:
-    """The device a writer tag belongs to: ``device`` for ``device`` and for ``device#N`` (the tag a device
-    writes a record under after a discard rebuilt it)."""
-    head, sep, tail = writer.rpartition("#")
-    return head if sep and head and tail.isdigit() else writer
 
 
 def _registers(coll: Collection) -> frozenset[str]:
@@ -199,7 +192,7 @@ class RecordDoc(MergingRecordDoc):
     def own_writer(self, writer: str) -> bool:
         """Whether ``writer`` is this device (its tag now, or one it wrote under before a discard rebuilt the
         record: ``device#N``)."""
-        return writer == self.writer or _writer_device(writer) == self.device
+        return writer == self.writer or is_own_writer(writer, self.device)
 
     def based_seen(self, base: Mapping[str, int], vector: Mapping[str, int]) -> dict[str, int]:
         """The seen vector of a write made on what ``base`` (a record's version vector) showed: ``base``,
@@ -382,7 +375,7 @@ class RecordDoc(MergingRecordDoc):
                         if marker is None or marker.t > b:  # it wrote this set since: count its adds seen
                             if history is None:
                                 history = self.history()
-                            device = _writer_device(e.writer)
+                            device = writer_device(e.writer)
                             n = min(n, sum(1 for h in history if h.field == name and h.op == "add"
                                            and h.device == device and h.time <= b
                                            and orjson.dumps(h.value).decode() == element))

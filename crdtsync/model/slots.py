@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DELETED", "SEP", "Slot", "dominated", "frontier", "mutually_concurrent", "winner"]
+__all__ = ["DELETED", "SEP", "Slot", "dominated", "frontier", "is_own_writer", "mutually_concurrent", "winner",
+           "writer_device"]
 
 SEP = "\x1f"
 DELETED = "@deleted"
@@ -89,3 +90,16 @@ def winner(slots: Iterable[Slot]) -> Slot | None:
 def mutually_concurrent(a: Slot, b: Slot) -> bool:
     """Neither write had seen the other."""
     return not a.saw(b) and not b.saw(a)
+
+
+def writer_device(writer: str) -> str:
+    """The device a writer tag belongs to: ``device`` for ``device`` and for ``device#N`` (the tag a device
+    writes a record under after a discard rebuilt it)."""
+    head, sep, tail = writer.rpartition("#")
+    return head if sep and head and tail.isdigit() else writer
+
+
+def is_own_writer(writer: str, device: str) -> bool:
+    """Whether ``device`` wrote under the tag ``writer``: its id, or ``device#N`` after it discarded changes
+    of a record."""
+    return writer == device or writer_device(writer) == device

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Traced", "Tracer", "any_strings", "client_start", "history_from_update", "scan_update", "shape_error"]
+__all__ = ["Traced", "Tracer", "any_strings", "client_start", "history_from_update", "scan_update"]
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -141,14 +141,13 @@ def _collect(changes: dict[str, dict[str, Any]], keys: list[str], values: dict[s
             values.pop(key, None)
 
 
-def history_from_update(traced: Traced, grown: int, values: list[str] | None = None) -> bool:
-    """Fill ``traced.history`` (the entries inserted into the history array) from ``traced.new``, the
-    update's part new to the document, without the history's delta (which walks the whole array); return
-    False, leaving it empty, when that cannot be told for sure (then trace the update exactly). ``grown``:
-    how much the array's length changed. ``values``: ``any_strings`` of the update as it came, when read
-    already (``scan_update``), else read here off ``traced.new``. The update as it came holds the new part's
-    values and those of any items the document had already; those would be values left over beyond the
-    new entries, so the count below fails and nothing wrong is filled in.
+def history_from_update(traced: Traced, grown: int, values: list[str]) -> bool:
+    """Fill ``traced.history`` (the entries inserted into the history array) from ``values``, the update's
+    ``any_strings``, without the history's delta (which walks the whole array); return False, leaving it
+    empty, when that cannot be told for sure (then trace the update exactly). ``grown``: how much the
+    array's length changed. The update holds the values of the part new to the document and those of any
+    items the document had already; those would be values left over beyond the new entries, so the count
+    below fails and nothing wrong is filled in.
 
     Sure only for an update whose content is all JSON strings in ``Any`` items (every change of a register,
     counter or set field, and every delete; a text edit is not, its characters are strings of another
@@ -158,10 +157,6 @@ def history_from_update(traced: Traced, grown: int, values: list[str] | None = N
     grew by its new entries minus the entries deleted from it: so the values left number exactly ``grown``
     only when there are no others and no entry was deleted, and then they are the new entries.
     """
-    if values is None:
-        values = any_strings(traced.new)
-        if values is None:
-            return False
     left: dict[str, int] = {}
     for v in values:
         left[v] = left.get(v, 0) + 1
@@ -179,38 +174,6 @@ def history_from_update(traced: Traced, grown: int, values: list[str] | None = N
     return True
 
 
-def any_strings(update: bytes) -> list[str] | None:
-    """The values of every ``Any`` item of a Yjs v1 update, in order, if all of them are strings and the
-    update holds no content of another kind but deleted items (None otherwise, or for one it cannot read)."""
-    return _scan(update)[1]
-
-
-def shape_error(update: bytes) -> str | None:
-    """What in a Yjs v1 update a record's document cannot hold, whatever it says (None: nothing found, or an
-    update this cannot read, which Yrs then refuses or not). A device writes strings under keys of the maps
-    ``f`` and ``s``, strings into the history ``h`` and characters into its texts, nothing else: an item
-    without a key in a map, under a key in the history or a text, a nested shared type, or content of
-    another kind (binary, embeds, formats, subdocuments) would be stored and sent to every reader while no
-    API shows it (room for covert data; the relay checks what the events report). Items placed by origin
-    take their parent and key from it: only those that name their parent are checked for keys."""
-    return _scan(update)[0]
-
-
-def scan_update(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None,
-                                       list[tuple[int, int]] | None]:
-    """``shape_error``, ``any_strings``, the root types the update's items name besides ``f``, ``s`` and
-    ``h``, and where each client's items start in it (these two None when it cannot be read to its end): the
-    positions of its client id and after its first clock (``client_start`` reads them), in one pass: what
-    the relay reads off each change before applying it. Only items that name their parent name a root; the
-    others take their parent from an item already in the document (or in the update), so a document that
-    held only our roots holds, after the update, only those and the ones named here.
-
-    Varuints of one byte (counts and lengths, nearly always) are read inline, longer ones by ``_varuint``,
-    and those only skipped (origins) by one regular expression match: 24k instructions a change, against
-    36k skipping them byte by byte in Python."""
-    return _scan(update)
-
-
 _MAPS = ("f", "s")  # the record's maps: every item under a key
 
 
@@ -220,10 +183,34 @@ _SKIP1 = re.compile(rb"[\x80-\xff]*[\x00-\x7f]").match
 _SKIP2 = re.compile(rb"[\x80-\xff]*[\x00-\x7f][\x80-\xff]*[\x00-\x7f]").match
 
 
-def _scan(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None,
-                                  list[tuple[int, int]] | None]:
-    """``scan_update``: (shape error, strings, other roots, heads); strings None when a text's characters
-    are in it; strings, roots and heads None when it could not be read."""
+def any_strings(update: bytes) -> list[str] | None:
+    """The values of every ``Any`` item of a Yjs v1 update, in order, if all of them are strings and the
+    update holds no content of another kind but deleted items (None otherwise, or for one it cannot read)."""
+    return scan_update(update)[1]
+
+
+def scan_update(update: bytes) -> tuple[str | None, list[str] | None, list[str] | None,
+                                       list[tuple[int, int]] | None]:
+    """One pass over a Yjs v1 update, for what the relay reads off each change before applying it:
+
+    - what in it a record's document cannot hold, whatever it says (None: nothing found, or an update this
+      cannot read, which Yrs then refuses or not). A device writes strings under keys of the maps ``f`` and
+      ``s``, strings into the history ``h`` and characters into its texts, nothing else: an item without a
+      key in a map, under a key in the history or a text, a nested shared type, or content of another kind
+      (binary, embeds, formats, subdocuments) would be stored and sent to every reader while no API shows it
+      (room for covert data; the relay checks what the events report). Items placed by origin take their
+      parent and key from it: only those that name their parent are checked for keys;
+    - ``any_strings``;
+    - the root types its items name besides ``f``, ``s`` and ``h``. Only items that name their parent name a
+      root; the others take their parent from an item already in the document (or in the update), so a
+      document that held only our roots holds, after the update, only those and the ones named here;
+    - where each client's items start in it: the positions of its client id and after its first clock
+      (``client_start`` reads them).
+
+    The last two are None when it cannot be read to its end, and the strings when a text's characters are
+    in it. Varuints of one byte (counts and lengths, nearly always) are read inline, longer ones by
+    ``_varuint``, and those only skipped (origins) by one regular expression match: 24k instructions a
+    change, against 36k skipping them byte by byte in Python."""
     data = update
     out: list[str] | None = []
     roots: list[str] = []

@@ -17,7 +17,7 @@ from pycrdt import Array, Map
 from ..clock import MAX_AHEAD_MS, MAX_TIME, hlc_wall_ms
 from ..model.document import parse_set, parse_slot
 from ..model.record import RecordDoc
-from ..model.slots import SEP, Slot
+from ..model.slots import SEP, Slot, is_own_writer, writer_device
 from ..model.state import beyond64
 from ..model.trace import Traced
 from ..schema import Collection, Counter, Field, Text
@@ -31,14 +31,6 @@ __all__ = ["MAX_AHEAD_MS", "Refused", "Waits", "apply_observed", "check_claims",
 
 
 
-def is_own_writer(writer: str, device: str) -> bool:
-    """A device writes slots tagged with its id, or ``device#N`` after it discarded changes of a record."""
-    if writer == device:
-        return True
-    head, sep, tail = writer.rpartition("#")
-    return bool(sep) and head == device and tail.isdigit()
-
-
 class Refused(Exception):
     """A change the relay refuses: ``code`` (``invalid``, ``forbidden``, ``gone``) and a reason for the device."""
 
@@ -50,12 +42,6 @@ class Refused(Exception):
 class Waits(Refused):
     """Not refused: held, not stored, for the device to send again (see ``RelayLog.stage``). Its reason
     reaches the device (ACK's ``waits``) and its user: make it with ``waits_for``."""
-
-
-def writer_device(writer: str) -> str:
-    """The device a writer tag belongs to: ``device`` for ``device`` and ``device#N`` (``is_own_writer``)."""
-    head, sep, tail = writer.rpartition("#")
-    return head if sep and head and tail.isdigit() else writer
 
 
 def waits_for(what: str, devices: Iterable[str], *, it: str = "them") -> Waits:

@@ -335,13 +335,8 @@ class RelayLog:
         its changes in increasing order, so its new ones are all above the highest id stored (read once per
         device, then kept up to date as changes are staged). Only a shortcut: ids below it are looked up."""
         if device not in self._dedup_top:
-            # the highest dedup key, or the change stored last if higher: compaction drops dedup keys with
-            # their log entries but keeps that one (a change resent after its ack was lost and its dedup key
-            # compacted away is then still no new change: see the reused-clocks check in ``_stage_one``)
             last = self.store.load_range(("dedup", device), reverse=True, limit=1)
-            arrived = self.store.load(("relay", "last", device))
-            tops = ([int(last[0][0][2])] if last else []) + ([int(arrived)] if arrived is not None else [])
-            self._dedup_top[device] = max(tops) if tops else None
+            self._dedup_top[device] = int(last[0][0][2]) if last else None
         top = self._dedup_top[device]
         return top is not None and change_id <= top
 
@@ -386,8 +381,8 @@ class RelayLog:
                     # relay's memory; so it is not stored, and the device keeps it and sends it again
                     raise waits_for("it builds on writes", self._writers_missing(c, rid, device, ch.update,
                                                                                  doc.state_vector()))
-                if heads and not self._may_be_compacted(device, ch.change_id) \
-                        and _reuses_clocks(ch.update, heads, traced.before, traced.new):
+                if heads and _reuses_clocks(ch.update, heads, traced.before, traced.new) \
+                        and not self._may_be_compacted(device, ch.change_id):
                     # a change the relay never stored (no dedup key, and none compacted away), whose items start
                     # below what the relay holds of their client: another copy of the store wrote those clocks
                     # first. Yrs would skip its items as known and apply its deletions to the other copy's
