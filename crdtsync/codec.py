@@ -4,7 +4,18 @@ length-prefixed byte strings. Decoding never raises anything but ``MalformedUpda
 
 from __future__ import annotations
 
-__all__ = ["Reader", "varuint_bytes", "write_bytes", "write_varuint"]
+from typing import Any
+
+import orjson
+
+__all__ = ["Reader", "dumps_kept", "varuint_bytes", "write_bytes", "write_varuint"]
+
+
+def dumps_kept(value: Any, option: int | None = None) -> bytes:
+    """``orjson.dumps`` for bytes that are kept (staged in a batch until its commit, or held by a sort): a
+    copy the size of the JSON. orjson (3.12 on) returns its output buffer without shrinking it: 4 KiB for
+    any JSON up to that, 32 KiB for 3 KB of it. The rows of an import of 20,000 records held 78 MiB so."""
+    return bytes(memoryview(orjson.dumps(value, option=option)))
 
 
 def write_varuint(out: bytearray, n: int) -> None:

@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import orjson
 
+from ..codec import dumps_kept
 from ..errors import LocalError
 from ..model.state import UNWRITTEN, Candidate, Conflict, RecordState, decoded_or_stored, encoded_or_stored
 from ..schema import Collection, Field, Invalid
@@ -135,7 +136,7 @@ def encode_row(coll: Collection, state: RecordState, status: RecordStatus, error
     }
     if state.hidden:
         row["o"] = sorted(state.hidden)
-    return orjson.dumps(row)
+    return dumps_kept(row)
 
 
 def row_marks(raw: bytes) -> tuple[int | None, str | None]:
@@ -302,7 +303,7 @@ def _total(value: Any) -> Any:
         return tuple((type(x).__name__, _total(x)) for x in value)
     if isinstance(value, dict | list):
         try:
-            return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+            return dumps_kept(value, option=orjson.OPT_SORT_KEYS)
         except TypeError:
             return repr(value).encode()
     return value
