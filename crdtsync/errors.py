@@ -18,6 +18,7 @@ message that says what to do about it.
     │   ├── NoSuchConflict              resolve() of a field that has no open conflict
     │   ├── StoreClosed                 the replica or store was closed
     │   ├── StoreInUse                  the store file is open already (in this process or another)
+    │   ├── StrategyMismatch            records written under a strategy of another document layout
     │   └── EncryptionError             the store is encrypted and the key is missing
     │       └── WrongKeyError           the key does not open this store
     ├── RemoteError                     a peer sent something we cannot accept
@@ -57,6 +58,7 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "StoreInUse",
+    "StrategyMismatch",
     "SyncError",
     "ValidationError",
     "WrongKeyError",
@@ -127,6 +129,24 @@ class StoreInUse(LocalError):
         self.path = path
         super().__init__(f"{path} is open already (in this process or another): one Replica or SQLiteStore "
                          "per file at a time; close the other one first")
+
+
+class StrategyMismatch(LocalError):
+    """The records of a collection were written under a strategy whose document layout the schema's strategy
+    cannot read (``crdt`` and ``lww-field`` write per-field slots, ``lww-record`` and ``lww-patch`` drafts:
+    docs/strategies.md, "Switching strategies"). ``Replica.open`` raises it before changing anything when
+    the schema gives a collection a strategy of the other layout than the store's; a write raises it for a
+    record whose document holds the other layout's content (a store switched by a crdtsync from before the
+    check), and nothing is written. ``collection``, ``record`` (None: the whole collection), ``held`` (the
+    strategy the store holds, or its layout's strategies when only the layout is known) and ``asked`` (the
+    schema's) say which."""
+
+    def __init__(self, collection: str, record: str | None, held: str, asked: str, message: str) -> None:
+        self.collection = collection
+        self.record = record
+        self.held = held
+        self.asked = asked
+        super().__init__(message)
 
 
 class EncryptionError(LocalError):

@@ -36,6 +36,7 @@ from ..clock import MAX_TIME
 from ..errors import RemoteValidationError
 from ..schema import INT64_MAX, INT64_MIN, Collection, Invalid
 from .document import MISSING, BaseRecordDoc, parse_set, parse_slot
+from .layouts import foreign_entry
 from .slots import DELETED, SEP, Slot
 from .state import SetEntry
 
@@ -263,7 +264,10 @@ class CheckedRecordDoc(BaseRecordDoc):
         try:
             s = parse_slot(key, raw)
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
-            raise RemoteValidationError(coll.name, self.id, None, f"malformed slot: {e}") from None
+            # a draft of lww-record or lww-patch says so (the peer's schema gives the collection another
+            # strategy), not "malformed slot: 't'"; only a refused entry pays for telling
+            why = foreign_entry(coll.strategy, key, raw)
+            raise RemoteValidationError(coll.name, self.id, None, why or f"malformed slot: {e}") from None
         name = s.field
         if name == DELETED:
             if not isinstance(s.value, bool):

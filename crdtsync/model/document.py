@@ -24,6 +24,7 @@ from pycrdt import Array, Doc, Map, Text, TransactionEvent
 
 from ..clock import MAX_TIME
 from ..schema import Collection
+from .layouts import record_mismatch
 from .slots import SEP, Slot
 from .state import HistoryEntry, RecordState, SetEntry, compute_state
 from .trace import Tracer
@@ -253,7 +254,16 @@ class BaseRecordDoc:
 
     def slots(self) -> dict[str, Slot]:
         if self._parsed is None:
-            self._parsed = {k: parse_slot(k, v) for k, v in self.raw_slots().items()}
+            raw = self.raw_slots()
+            try:
+                self._parsed = {k: parse_slot(k, v) for k, v in raw.items()}
+            except (ValueError, KeyError, TypeError) as e:
+                # the other layout's content (a draft: a store switched strategies before that was refused)
+                # says so, not ``KeyError: 't'``; merges refuse such entries, so nothing else is stored
+                err = record_mismatch(self.collection.name, self.id, self.collection.strategy, raw.items())
+                if err is not None:
+                    raise err from None
+                raise ValueError(f"{self.collection.name}/{self.id}: unreadable slot: {e!r}") from None
         return self._parsed
 
     def _set_map(self) -> dict[str, SetEntry]:

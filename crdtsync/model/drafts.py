@@ -43,6 +43,7 @@ import orjson
 from ..clock import MAX_TIME
 from ..errors import RemoteValidationError
 from ..schema import Collection, Field, Invalid
+from .layouts import DRAFT, IMAGE, foreign_entry, record_mismatch
 from .record import RecordDoc
 from .slots import DELETED, SEP, Slot
 from .state import UNWRITTEN, Candidate, RecordState, hidden_fields
@@ -50,8 +51,6 @@ from .state import UNWRITTEN, Candidate, RecordState, hidden_fields
 __all__ = ["DRAFT", "IMAGE", "SERVER_WRITER", "Draft", "DraftMode", "DraftRecordDoc", "Image", "Replay",
            "apply_draft", "decode_value", "encode_value", "shown_value"]
 
-DRAFT = "@draft"
-IMAGE = "@image"
 SERVER_WRITER = "#server"  # device names cannot hold '#', so this never collides with a device
 
 DraftMode = Literal["whole-record", "changed-fields"]
@@ -214,7 +213,14 @@ class DraftRecordDoc(RecordDoc):
     def drafts(self) -> list[Draft]:
         """Every draft this document holds, oldest first."""
         # one read of the whole map (``_read``): iterating a pycrdt Map costs a transaction per key
-        out = [self._draft(k, v) for k, v in self._read(self._slots).items() if k.startswith(DRAFT + SEP)]
+        entries = self._read(self._slots)
+        out = [self._draft(k, v) for k, v in entries.items() if k.startswith(DRAFT + SEP)]
+        if len(out) < len(entries) - (IMAGE in entries):
+            # a slot of crdt or lww-field (a store switched strategies before that was refused): it says so,
+            # where the record read as missing and a delete wrote a draft beside it
+            err = record_mismatch(self.collection.name, self.id, self.collection.strategy, entries.items())
+            if err is not None:
+                raise err
         out.sort(key=lambda d: (d.t, d.writer))
         return out
 
@@ -379,6 +385,9 @@ class DraftRecordDoc(RecordDoc):
                     d = self._draft(key, raw)
                     values, where = d.fields, "draft"
                 else:
+                    why = foreign_entry(coll.strategy, key, raw)  # (only a refused key pays for it)
+                    if why is not None:
+                        raise RemoteValidationError(coll.name, self.id, None, why)
                     raise ValueError(f"unexpected key {key!r}")
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as e:
                 raise RemoteValidationError(coll.name, self.id, None, f"malformed draft: {e}") from None

@@ -40,6 +40,7 @@ from .docs import LoadedRecord, RecordDocs
 from .layout import upgrade
 from .outbox import Outbox, OutboxEntry
 from .rows import Rows, delete_clash_row, row_marks, stale_row
+from .strategy import keep_strategies, refuse_other_layout, stored_strategies, strategy_key
 from .types import ChangeEvent, Record, RecordStatus
 
 __all__ = ["ReplicaBase"]
@@ -96,13 +97,19 @@ class ReplicaBase:
             for coll in schema:
                 new.save(("meta", "fields", coll.name), _field_names(coll))
                 new.save(("meta", "policy", coll.name), coll.delete_policy.encode())
+                new.save(strategy_key(coll.name), coll.strategy.encode())
             store.commit(new)
+            held: dict[str, str | None] = {coll.name: coll.strategy for coll in schema}
         else:
             meta = orjson.loads(ident)
             if meta["device"] != device:
                 raise LocalError(f"this store belongs to device {meta['device']!r}, not {device!r}; "
                                  "each device needs its own store")
             client_id = int(meta["client_id"])
+            # a strategy of another document layout than the store's is refused before anything is written
+            held = stored_strategies(store, schema)
+            for coll in schema:
+                refuse_other_layout(store_path(store), coll, held[coll.name])
         upgrade(store)
         self.outbox = Outbox(store)
         raw_hlc = store.load(("meta", "hlc"))
@@ -110,6 +117,10 @@ class ReplicaBase:
         self.docs = RecordDocs(store, schema, device=device, user=user, client_id=client_id,
                                new_client_id=self._new_client_id, cache_size=cache_size, cache_bytes=cache_bytes,
                                compact_after=compact_after, wall=wall, local=self.outbox)
+        # a store that kept no strategy (an earlier crdtsync's) has its layout told from its records
+        kept = keep_strategies(store_path(store), store, schema, held, self.docs, self.outbox)
+        if kept.saves:
+            store.commit(kept)
         self.rows = Rows(store)
         self._listeners: list[Callable[[ChangeEvent], None]] = []
         self._closed = False
