@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from crdtsync import (
@@ -22,6 +23,7 @@ from crdtsync import (
     Str,
     StrategyMismatch,
 )
+from crdtsync.model.layouts import first_layout
 from crdtsync.schema import Strategy
 from crdtsync.store.base import Batch
 from crdtsync.store.keys import Key
@@ -167,3 +169,17 @@ def test_a_remote_update_of_the_other_layout_is_refused_saying_so_and_nothing_is
     assert b.export_updates() == before
     rec = b.get("accounts", "x")
     assert (rec is None) if not existing else (rec is not None and rec["name"] == "B")
+
+
+def test_a_record_both_layouts_wrote_is_judged_by_its_earliest_write() -> None:
+    """An earlier crdtsync let a store switch layouts, so a record may hold both: the store's layout is the
+    one that created it (its earliest entry), the same whatever order Yrs lists the keys in."""
+    slot = orjson.dumps({"v": "A", "t": 100, "d": "P", "u": "u", "c": {}}).decode()
+    draft = orjson.dumps({"f": {}, "d": True, "k": ["@deleted"], "o": "delete", "b": 0, "dv": "P",
+                          "u": "u"}).decode()
+    later, earlier = f"@draft\x1fP\x1f{200:x}", f"@draft\x1fP\x1f{50:x}"
+    assert first_layout({later: draft, "name\x1fP": slot}) == "slots"
+    assert first_layout({"name\x1fP": slot, later: draft}) == "slots"
+    assert first_layout({"name\x1fP": slot, earlier: draft}) == "drafts"
+    assert first_layout({"@image": "{}", earlier: draft}) == "drafts"
+    assert first_layout({}) is None

@@ -15,16 +15,29 @@ is never taken for the other layout's), for errors that say what happened instea
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import orjson
 
+from ..clock import MAX_TIME
 from ..errors import StrategyMismatch
 from .slots import SEP
 
-__all__ = ["DRAFT", "IMAGE", "LAYOUTS", "Layout", "entry_layout", "foreign_entry", "keys_layout", "layout_of",
-           "layout_strategies", "record_mismatch", "strategies_text"]
+__all__ = [
+    "DRAFT",
+    "IMAGE",
+    "LAYOUTS",
+    "Layout",
+    "entry_layout",
+    "first_layout",
+    "foreign_entry",
+    "layout_of",
+    "layout_strategies",
+    "layout_text",
+    "record_mismatch",
+    "strategies_text",
+]
 
 Layout = Literal["slots", "drafts"]
 
@@ -50,6 +63,11 @@ def layout_of(strategy: str) -> Layout:
 def layout_strategies(layout: Layout) -> list[str]:
     """The strategies that write (and read) ``layout``."""
     return [s for s, lay in LAYOUTS.items() if lay == layout]
+
+
+def layout_text(layout: Layout) -> str:
+    """What a layout's records are made of, for messages: ``per-field slots``, ``drafts``."""
+    return _WHAT[layout]
 
 
 def strategies_text(layout: Layout) -> str:
@@ -84,12 +102,20 @@ def entry_layout(key: str, raw: Any) -> Layout | None:
     return None
 
 
-def keys_layout(keys: Iterable[str]) -> Layout | None:
-    """The layout of a document whose ``f`` map holds these keys, judged by their form alone (a store's own
-    documents, checked when they were stored); None for an empty map."""
-    for key in keys:
-        return "drafts" if key == IMAGE or key.startswith(DRAFT + SEP) else "slots"
-    return None
+def first_layout(entries: Mapping[str, Any]) -> Layout | None:
+    """The layout a document whose ``f`` map holds ``entries`` was first written in (a store's own documents,
+    checked when they were stored): that of its earliest draft or slot, by time, so that a record an earlier
+    crdtsync let both layouts write is judged by the strategy that created it. None for an empty map."""
+    best: tuple[int, Layout] | None = None
+    for key, raw in entries.items():
+        layout: Layout = "drafts" if key == IMAGE or key.startswith(DRAFT + SEP) else "slots"
+        try:
+            t = int(key.split(SEP)[2], 16) if layout == "drafts" else int(orjson.loads(raw)["t"])
+        except (ValueError, IndexError, KeyError, TypeError):  # (the image: no time of its own writer)
+            t = MAX_TIME
+        if best is None or t < best[0]:
+            best = (t, layout)
+    return None if best is None else best[1]
 
 
 def foreign_entry(strategy: str, key: str, raw: Any) -> str | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import StrategyMismatch
-from ..model.layouts import LAYOUTS, Layout, keys_layout, layout_of, layout_strategies, strategies_text
+from ..model.layouts import LAYOUTS, Layout, first_layout, layout_of, layout_strategies, layout_text, strategies_text
 from ..schema import Collection, Schema
 from ..store.base import Batch, ByteStore
 from .docs import RecordDocs
@@ -51,12 +51,12 @@ def refuse_other_layout(where: str, coll: Collection, held: str | None, layout: 
     if layout is None or layout == layout_of(coll.strategy):
         return
     known = held if held is not None else " or ".join(layout_strategies(layout))
-    holds = f"strategy {held!r}" if held is not None else strategies_text(layout)
+    holds = f"strategy {held!r} ({layout_text(layout)})" if held is not None else strategies_text(layout)
     raise StrategyMismatch(
         coll.name, None, known, coll.strategy,
-        f"{where}: collection {coll.name!r} was written under {holds}, in a document layout ({layout}) that "
-        f"{coll.strategy!r} cannot read: it writes {layout_of(coll.strategy)}. Nothing was changed. Open the "
-        f"store with a schema giving {coll.name!r} {' or '.join(map(repr, layout_strategies(layout)))}; to use "
+        f"{where}: collection {coll.name!r} was written under {holds}, which {coll.strategy!r} cannot read: it "
+        f"writes {layout_text(layout_of(coll.strategy))}, another document layout. Nothing was changed. Open the store "
+        f"with a schema giving {coll.name!r} {' or '.join(map(repr, layout_strategies(layout)))}; to use "
         f"{coll.strategy!r}, start a new store (another file), which gets its records from a relay or an "
         f"export under {strategies_text(layout_of(coll.strategy))}")
 
@@ -71,7 +71,7 @@ def infer_layout(store: ByteStore, docs: RecordDocs, outbox: Outbox, collection:
             ids.append(str(key[2]))
     ids += sorted(outbox.local_records(collection))[:1]
     for rid in ids:
-        layout = keys_layout(docs.get(collection, rid).doc.raw_slots())
+        layout = first_layout(docs.get(collection, rid).doc.raw_slots())
         if layout is not None:
             return layout
     return None
