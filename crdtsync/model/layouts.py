@@ -48,6 +48,10 @@ IMAGE = "@image"
 LAYOUTS: dict[str, Layout] = {"crdt": "slots", "lww-field": "slots", "lww-record": "drafts",
                               "lww-patch": "drafts"}
 
+#: what a refusal of an entry of the other layout says (``foreign_entry``): the relay adds its advice to a
+#: reason that holds it, and a device's ``RecordBlocked`` gives its own
+OTHER_LAYOUT = "written under another strategy (document layout)"
+
 _WHAT: dict[Layout, str] = {"slots": "per-field slots", "drafts": "drafts"}
 # the JSON keys an entry of each kind always holds (``document.parse_slot``, ``drafts._parse_draft``, ``_parse_image``)
 _SLOT_KEYS = frozenset({"t", "d", "u", "c"})
@@ -126,7 +130,7 @@ def foreign_entry(strategy: str, key: str, raw: Any) -> str | None:
     if layout is None or layout == layout_of(strategy):
         return None
     what = "the server's copy" if key == IMAGE else "a draft" if layout == "drafts" else "a slot"
-    return (f"{what} {key!r} of {strategies_text(layout)}: written under another strategy (document layout) "
+    return (f"{what} {key!r} of {strategies_text(layout)}: {OTHER_LAYOUT} "
             f"than {strategy!r} ({_WHAT[layout_of(strategy)]})")
 
 

@@ -39,6 +39,7 @@ from ..clock import hlc_pack
 from ..codec import Reader, varuint_bytes
 from ..errors import MalformedUpdate, RemoteValidationError
 from ..model.drafts import SERVER_WRITER, DraftRecordDoc
+from ..model.layouts import OTHER_LAYOUT, layout_of, layout_strategies
 from ..model.merging import merged
 from ..model.strategies import new_record_doc
 from ..model.trace import client_start, scan_update
@@ -416,7 +417,16 @@ class RelayLog:
                 if observed or roots is None or roots:  # (an update read whole that names no other root: none)
                     check_roots(doc, None if observed else roots)
             except (MalformedUpdate, RemoteValidationError) as e:
-                raise Refused("invalid", str(e)) from None
+                reason = str(e)
+                if OTHER_LAYOUT in reason:  # the device's schema gives the collection another strategy
+                    layout = layout_of(doc.collection.strategy)
+                    advice = (f", the strategy of the relay's {c!r}: the device's schema must give it "
+                              f"{' or '.join(map(repr, layout_strategies(layout)))}; fix() or retry() cannot help, "
+                              "discard_record() drops the change")
+                    if len(reason) + len(advice) > MAX_REASON:  # (a long record id, a long key in it)
+                        reason = reason[:MAX_REASON - len(advice) - 1] + "…"
+                    reason += advice
+                raise Refused("invalid", reason) from None
             except Refused:
                 raise
             except BaseException as e:

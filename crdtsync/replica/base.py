@@ -30,6 +30,7 @@ from ..errors import (
     ValidationError,
     WrongKeyError,
 )
+from ..model.layouts import OTHER_LAYOUT
 from ..model.record import RecordDoc
 from ..schema import Collection, Schema, Set
 from ..store.base import Batch, ByteStore, is_full, store_path
@@ -410,6 +411,10 @@ class ReplicaBase:
         err, _, _ = self.outbox.summary(coll.name, rid)
         if err is not None:
             code, reason = err.error or ("error", "")
+            if OTHER_LAYOUT in reason:  # written under a strategy the relay's collection does not use
+                raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); fix() or retry() "
+                                    "cannot help while this device's schema gives the collection a strategy of "
+                                    "another document layout than the relay's: discard_record() it")
             raise RecordBlocked(f"{coll.name}/{rid} has a rejected change ({code}: {reason}); fix() it with "
                                 "corrected values, discard_record() it, or retry() it once the relay accepts it")
 

@@ -17,7 +17,7 @@ import pytest
 from pycrdt import Doc, Map
 from websockets.asyncio.client import connect
 
-from crdtsync import Replica, SQLiteStore, SyncClient
+from crdtsync import RecordBlocked, Replica, SQLiteStore, SyncClient
 from crdtsync.client import SyncResult
 from crdtsync.clock import hlc_pack
 from crdtsync.model.drafts import IMAGE, SERVER_WRITER, DraftRecordDoc
@@ -308,3 +308,27 @@ async def test_a_restarted_relay_continues_from_its_stored_image(env: Env) -> No
         assert fields(r, "tasks", rid) == {"name": "Acme", "stage": "won", "amount": 20} and r.pending() == []
     doc = relay.log.reader.get("tasks", rid).doc
     assert isinstance(doc, DraftRecordDoc) and (img := doc.image()) is not None and img.n == 3
+
+
+async def test_a_change_written_under_a_strategy_of_another_layout_is_refused_saying_so(env: Env) -> None:
+    """A device whose schema gives a collection a strategy of the other document layout than the relay's
+    (deals: crdt, not lww-record; accounts: lww-record, not crdt): the relay's reason says so and what to do,
+    not "malformed slot: 't'", and the record's RecordBlocked does not send the user to fix() or retry()."""
+    wrong = Schema(Collection("deals", {"name": Str(), "stage": Str(), "amount": Int()}),
+                   Collection("tasks", {"name": Str(), "stage": Str(), "amount": Int()}, strategy="lww-patch"),
+                   Collection("accounts", {"name": Str(), "stage": Str()}, strategy="lww-record"))
+    r = Replica.open(env.tmp_path / "m.db", wrong, device="m", user="alice", synchronous="NORMAL")
+    env.replicas.append(r)
+    long_id = "d" * 200  # the longest id: the reason still fits in a frame
+    r.create("deals", {"name": "D"}, id=long_id)
+    r.create("accounts", {"name": "A"}, id="a1")
+    result = await env.sync(r)
+    assert (result.uploaded, result.rejected) == (0, 2)
+    for p, relays in zip(r.pending(), ["'lww-record' or 'lww-patch'", "'crdt' or 'lww-field'"], strict=True):
+        assert p.status == "error" and p.error is not None and p.error[0] == "invalid"
+        reason = p.error[1]
+        assert "written under another strategy (document layout)" in reason and len(reason) <= 500
+        assert f"the device's schema must give it {relays}" in reason, reason
+        with pytest.raises(RecordBlocked) as e:
+            r.update(p.collection, p.record, {"name": "B"})
+        assert "fix() it with" not in str(e.value) and "discard_record() it" in str(e.value)
