@@ -43,7 +43,7 @@ def dump(path: Path) -> dict[Key, bytes]:
         store.close()
 
 
-def set_strategy(path: Path, strategy: Strategy | None) -> None:
+def set_strategy(path: Path, strategy: str | None) -> None:
     """Overwrite the strategy the store keeps for accounts (None: none, as a store written before it was kept)."""
     store = SQLiteStore(path)
     try:
@@ -183,3 +183,12 @@ def test_a_record_both_layouts_wrote_is_judged_by_its_earliest_write() -> None:
     assert first_layout({"name\x1fP": slot, earlier: draft}) == "drafts"
     assert first_layout({"@image": "{}", earlier: draft}) == "drafts"
     assert first_layout({}) is None
+
+
+def test_a_kept_strategy_this_crdtsync_does_not_know_is_judged_by_the_records(tmp_path: Path) -> None:
+    path = tmp_path / "phone.db"
+    made_under(path, "crdt")
+    set_strategy(path, "lww-bogus")  # (a newer crdtsync's strategy, or a damaged key)
+    with pytest.raises(StrategyMismatch) as e:
+        Replica.open(path, schema("lww-record"), device="P", user="u")
+    assert e.value.held == "crdt or lww-field"

@@ -28,6 +28,7 @@ __all__ = [
     "DRAFT",
     "IMAGE",
     "LAYOUTS",
+    "OTHER_LAYOUT",
     "Layout",
     "entry_layout",
     "first_layout",
@@ -76,7 +77,7 @@ def layout_text(layout: Layout) -> str:
 
 def strategies_text(layout: Layout) -> str:
     """``'crdt' or 'lww-field' (per-field slots)``: the strategies of a layout, for messages."""
-    return " or ".join(map(repr, layout_strategies(layout))) + f" ({_WHAT[layout]})"
+    return " or ".join(map(repr, layout_strategies(layout))) + f" ({layout_text(layout)})"
 
 
 def _json_keys(raw: Any) -> frozenset[str] | None:
@@ -131,7 +132,7 @@ def foreign_entry(strategy: str, key: str, raw: Any) -> str | None:
         return None
     what = "the server's copy" if key == IMAGE else "a draft" if layout == "drafts" else "a slot"
     return (f"{what} {key!r} of {strategies_text(layout)}: {OTHER_LAYOUT} "
-            f"than {strategy!r} ({_WHAT[layout_of(strategy)]})")
+            f"than {strategy!r} ({layout_text(layout_of(strategy))})")
 
 
 def record_mismatch(collection: str, record: str, strategy: str, entries: Iterable[tuple[str, Any]]

@@ -10,7 +10,8 @@ store with a schema that gives the collection a strategy of the other layout rai
 before anything is written. A switch within a layout (``crdt`` to ``lww-field`` and back) is allowed, and
 recorded.
 
-A store written by a crdtsync from before the key has none: the first open tells the layout from what the
+A store written by a crdtsync from before the key has none: the first open (after the upgrade of the
+store's key layout, ``layout.py``, which any open of such a store makes) tells the layout from what the
 store holds (``infer_layout``: the document of the collection's first stored record, or of its first
 record with pending changes), refuses a schema of the other layout as above, and records the schema's
 strategy (for a collection with no record, whatever the schema gives it). Only that first record is read:
@@ -37,17 +38,22 @@ def strategy_key(collection: str) -> tuple[str, str, str]:
 
 
 def stored_strategies(store: ByteStore, schema: Schema) -> dict[str, str | None]:
-    """The strategy each collection of ``schema`` was last opened under in ``store`` (None: not kept)."""
+    """The strategy each collection of ``schema`` was last opened under in ``store`` (None: not kept, or not
+    one this crdtsync knows: judged by the records then, as for a store from before the key)."""
     names = [c.name for c in schema]
     raws = store.load_many([strategy_key(n) for n in names])
-    return {n: None if raw is None else raw.decode() for n, raw in zip(names, raws, strict=True)}
+    out: dict[str, str | None] = {}
+    for n, raw in zip(names, raws, strict=True):
+        name = raw.decode(errors="replace") if raw is not None else None
+        out[n] = name if name in LAYOUTS else None
+    return out
 
 
 def refuse_other_layout(where: str, coll: Collection, held: str | None, layout: Layout | None = None) -> None:
     """Raise ``StrategyMismatch`` when ``coll.strategy`` writes another layout than the store holds: that of
     strategy ``held``, or ``layout`` (told from the records, for a store that kept no strategy)."""
     if held is not None:
-        layout = LAYOUTS.get(held)
+        layout = LAYOUTS[held]
     if layout is None or layout == layout_of(coll.strategy):
         return
     known = held if held is not None else " or ".join(layout_strategies(layout))
