@@ -39,7 +39,7 @@ from .events import (
     Rejection,
     Welcome,
 )
-from .frames import MAX_FRAME, MAX_PUSH, FrameError, Kind, decode_parts, encode_frame
+from .frames import MAX_FRAME, MAX_PUSH, MAX_REASON, FrameError, Kind, decode_parts, encode_frame
 
 __all__ = ["CLOSE_CODES", "TRANSITIONS", "Connection", "Direction", "Role", "State", "encode_event"]
 
@@ -118,6 +118,12 @@ def _names(v: Any) -> Any:
     return "*" if v == "*" else tuple(v)
 
 
+def _clip(reason: str) -> str:
+    """A reason cut to the frame limit (``MAX_REASON``), marked as cut: a refusal naming a long record id or
+    value must reach the device, not fail to encode and end the session with 1011."""
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON - 1] + "\u2026"
+
+
 def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
     # the frames sent once per change or per write group first
     if isinstance(ev, Push):
@@ -138,15 +144,15 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
         return Kind.WELCOME, h, []
     if isinstance(ev, Ack):
         h = {"ids": [ev.id], "ok": list(ev.ok), "held": list(ev.held),
-             "rejected": [[r.change_id, r.code, r.reason] for r in ev.rejected]}
+             "rejected": [[r.change_id, r.code, _clip(r.reason)] for r in ev.rejected]}
         if ev.waits:  # (an optional field: only in the ACKs of clients that asked for it)
-            h["waits"] = [[i, why] for i, why in ev.waits]
+            h["waits"] = [[i, _clip(why)] for i, why in ev.waits]
         return Kind.ACK, h, []
     if isinstance(ev, Acks):
         h = {"ids": [a.id for a in ev.acks], "ok": [i for a in ev.acks for i in a.ok],
              "held": [i for a in ev.acks for i in a.held],
-             "rejected": [[r.change_id, r.code, r.reason] for a in ev.acks for r in a.rejected]}
-        waits = [[i, why] for a in ev.acks for i, why in a.waits]
+             "rejected": [[r.change_id, r.code, _clip(r.reason)] for a in ev.acks for r in a.rejected]}
+        waits = [[i, _clip(why)] for a in ev.acks for i, why in a.waits]
         if waits:
             h["waits"] = waits
         return Kind.ACK, h, []
@@ -159,7 +165,7 @@ def _to_frame(ev: Event) -> tuple[Kind, dict[str, Any], list[bytes]]:
                                "done": ev.done, "total": ev.total, "to": ev.to, "more": ev.more,
                                "reset": ev.reset}, [i.update for i in ev.items])
     if isinstance(ev, Bye):
-        return Kind.BYE, {"code": ev.code, "reason": ev.reason}, []
+        return Kind.BYE, {"code": ev.code, "reason": _clip(ev.reason)}, []
     raise LocalProtocolError(f"{type(ev).__name__} is not a frame that can be sent")
 
 
@@ -448,7 +454,7 @@ class Connection:
         return None
 
     def _fail(self, code: int, reason: str) -> None:
-        reason = reason[:500]
+        reason = _clip(reason)
         self._events.append(ProtocolError(code, reason))
         self._out.append(encode_frame(Kind.BYE, {"code": code, "reason": reason}))
         self._enter(State.CLOSED)

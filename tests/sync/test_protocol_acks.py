@@ -12,6 +12,7 @@ from crdtsync.protocol import (
     VERSION,
     Ack,
     Acks,
+    Bye,
     Change,
     Connection,
     Kind,
@@ -23,6 +24,7 @@ from crdtsync.protocol import (
     decode_frame,
     encode_frame,
 )
+from crdtsync.protocol.frames import MAX_REASON
 
 from .test_protocol import deliver, pair
 
@@ -148,3 +150,21 @@ def test_the_reasons_of_held_changes_go_to_the_ack_of_their_push() -> None:
     push(c, r, 4, 40)
     with pytest.raises(LocalProtocolError, match="only for changes it holds"):
         r.send(Ack(4, (40,), waits=((40, "stored, yet waits?"),)))
+
+
+def test_a_refusal_reason_over_the_frame_limit_is_cut_and_still_reaches_the_device() -> None:
+    """A relay's refusal naming a long record id or value went over the 500-character reason limit: the
+    ACK failed to encode and the session ended with 1011 instead of telling the device."""
+    c, r = pair()
+    push(c, r, 1, 10, 11)
+    long = "accounts/" + "x" * 700 + ": name: too long"
+    r.send(Acks((Ack(1, (), (Rejection(10, "invalid", long),), (11,), ((11, "waits for " + "y" * 600),)),)))
+    [frame] = r.data_to_send()
+    c.receive_data(frame)
+    [ack] = c.events_received()
+    assert isinstance(ack, Ack) and c.state is State.READY
+    [rej] = ack.rejected
+    assert len(rej.reason) == MAX_REASON and rej.reason.startswith("accounts/xxx") and rej.reason.endswith("\u2026")
+    r.send(Bye(4400, "z" * 900))
+    [bye] = r.data_to_send()
+    assert len(decode_frame(bye).header["reason"]) == MAX_REASON
