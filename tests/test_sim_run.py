@@ -362,3 +362,74 @@ def test_a_change_still_on_the_way_when_the_devices_agree_puts_off_convergence()
     head = run.server.head
     run.q.run_until(run.q.now + 60_000)
     assert run.server.head == head and run.settled()
+
+
+@pytest.mark.parametrize("name", ["noext", "out.xyz", "file/p.png", "folder.png"])
+def test_a_plot_path_that_cannot_be_written_is_a_usage_error_before_any_run(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--plot out.xyz`` (or ``noext``, or a path under a file) simulated for a minute and then died in
+    ``savefig`` with a traceback; ``noext`` wrote ``noext.png`` and said it wrote ``noext``."""
+    import crdtsync.sim.cli as sim_cli
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking the plot's path")
+
+    monkeypatch.setattr(sim_cli, "simulate", no_run)
+    (tmp_path / "file").write_text("a file, not a folder")
+    (tmp_path / "folder.png").mkdir()
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["simulate", *SMALL, "--plot", name]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"crdtsync simulate: --plot {name}: ") and captured.out == ""
+    if not name.endswith(".png"):
+        assert "use one of .avif, .eps, " in captured.err  # the formats matplotlib writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not (tmp_path / "file").is_dir()
+
+
+@pytest.mark.parametrize("fmt", ["svg", "svgz", "pdf", "eps", "jpg", "png"])
+def test_a_figure_is_written_in_the_format_its_extension_names_the_same_bytes_each_time(
+        fmt: str, tmp_path: Path) -> None:
+    """``.svg`` raised ``Unknown metadata key(s) passed to SVG writer: Software`` (leaving a truncated file)
+    and ``.jpg`` ``metadata not supported``; and the formats that stamp the time (svg, pdf, ps, gzip) are
+    written without it, as png was, so one seed gives one file."""
+    import datetime
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crdtsync.sim.plot import save_figure
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    ax.set_title("t")
+    paths = [tmp_path / f"a.{fmt}", tmp_path / "sub" / f"b.{fmt}"]
+    for p in paths:
+        p.parent.mkdir(exist_ok=True)
+        save_figure(fig, p)
+    plt.close(fig)
+    a, b = (p.read_bytes() for p in paths)
+    assert a == b and len(a) > 100
+    year = str(datetime.datetime.now().year).encode()
+    magic = {"svg": b"<?xml", "svgz": b"\x1f\x8b", "pdf": b"%PDF", "eps": b"%!PS", "jpg": b"\xff\xd8",
+             "png": b"\x89PNG"}
+    assert a.startswith(magic[fmt])
+    if fmt == "svgz":
+        import gzip
+
+        assert a[4:8] == b"\0\0\0\0"  # no time in the gzip header
+        a = gzip.decompress(a)
+    if fmt not in ("jpg", "png"):
+        assert year not in a
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a." + fmt, "sub"]  # no .part left behind
+
+
+def test_plot_svg_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole run, then the figure as SVG in a folder that did not exist, and the name it was written to."""
+    out = tmp_path / "new" / "out.svg"
+    assert main(["simulate", "--devices", "2", "--records", "2", "--edits", "5", "--strategies", "crdt",
+                 "--no-cpu", "--plot", str(out)]) == 0
+    assert capsys.readouterr().out.endswith(f"plot written to {out}\n")
+    assert out.read_bytes().startswith(b"<?xml")

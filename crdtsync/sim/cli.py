@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON (one object per strategy)")
     parser.add_argument("--no-cpu", action="store_true", help="leave out CPU time (byte-for-byte output)")
     parser.add_argument("--plot", type=Path, default=None,
-                        help='write a PNG of the comparison (needs matplotlib: pip install "crdtsync[plot]")')
+                        help="write a figure of the comparison, in the format its extension names (.png, .svg, "
+                             '.pdf, ...; needs matplotlib: pip install "crdtsync[plot]")')
     parser.add_argument("--sweep-edits", type=int, default=None,
                         help="edits per run in the plot's offline/skew sweeps, at least 1 (default: edits/5)")
 
@@ -115,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
             print(f'crdtsync simulate: --plot needs matplotlib ({missing}): pip install "crdtsync[plot]"',
                   file=sys.stderr)
             return 2
+        from .plot import plot_problem
+        problem = plot_problem(args.plot)
+        if problem is not None:
+            print(f"crdtsync simulate: --plot {args.plot}: {problem}", file=sys.stderr)
+            return 2
     params = Params(seed=args.seed, devices=args.devices, records=args.records, edits=args.edits,
                     skew_ms=args.skew_ms, offline_mean_ms=args.offline_ms, loss=args.loss)
     sweeps = 0
@@ -130,7 +136,11 @@ def run(args: argparse.Namespace) -> int:
         extra = [f"--strategies {args.strategies}"] if args.strategies != _DEFAULT_STRATEGIES else []
         extra += [f"--runs {args.runs}"] if args.runs != 1 else []
         extra += [f"--sweep-edits {args.sweep_edits}"] if args.sweep_edits is not None else []
-        plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress, extra=extra)
+        try:
+            plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress, extra=extra)
+        except OSError as e:
+            print(f"crdtsync simulate: could not write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            return 1
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
