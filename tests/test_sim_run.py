@@ -52,6 +52,28 @@ def test_simulate_help_gives_each_workload_option_its_text_and_default(capsys: p
     for said in ("devices editing the records, at least 1 (default: 5)", "records in the workload, at least 1 "
                  "(default: 200)", "edits made across the devices, at least 0 (default: 5000)", "(default: 7)"):
         assert said in out
+    # these said nothing of their defaults
+    for said in ("lww-patch (default: crdt,lww-field,lww-record)", "indep.surv pooled (default: 1)",
+                 "max clock skew of a device, at least 0 (default: 10000)",
+                 "mean offline period, at least 0 (default: 60000)", "probability, in [0, 1] (default: 0.05)"):
+        assert said in out
+
+
+def test_sweep_edits_without_a_plot_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """It was accepted and did nothing."""
+    assert main(["simulate", *SMALL, "--sweep-edits", "10"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "crdtsync simulate: --sweep-edits only sizes the sweeps of --plot, and there is no --plot\n"
+    assert captured.out == ""
+
+
+def test_the_tables_first_line_says_1_device_1_record_1_edit() -> None:
+    from crdtsync.sim.report import table
+
+    one = Params(devices=1, records=1, edits=1)
+    run = run_plan(make_plan(one), "crdt")
+    assert table(one, {"crdt": [run]}).splitlines()[0] == "seed 7, 1 device, 1 record, 1 edit"
+    assert table(one.but(edits=0), {"crdt": [run]}).splitlines()[0] == "seed 7, 1 device, 1 record, 0 edits"
 
 
 def test_bad_strategy_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,19 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edits", type=int, default=d.edits,
                         help="edits made across the devices, at least 0 (default: %(default)s)")
     parser.add_argument("--strategies", default=_DEFAULT_STRATEGIES,
-                        help=f"comma-separated, each once, from {','.join(STRATEGIES)}")
+                        help=f"comma-separated, each once, from {','.join(STRATEGIES)} (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=1,
-                        help="runs with seeds seed, seed+1, ...; means reported (indep.surv pooled)")
-    parser.add_argument("--skew-ms", type=int, default=d.skew_ms, help="max clock skew of a device")
-    parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms, help="mean offline period")
-    parser.add_argument("--loss", type=float, default=d.loss, help="message loss probability")
+                        help="runs, at least 1, with seeds seed, seed+1, ...; means reported, indep.surv pooled "
+                             "(default: %(default)s)")
+    parser.add_argument("--skew-ms", type=int, default=d.skew_ms,
+                        help="max clock skew of a device, at least 0 (default: %(default)s)")
+    parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms,
+                        help="mean offline period, at least 0 (default: %(default)s)")
+    parser.add_argument("--loss", type=float, default=d.loss,
+                        help="message loss probability, in [0, 1] (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per strategy)")
     parser.add_argument("--no-cpu", action="store_true", help="leave out CPU time (byte-for-byte output)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="write a figure of the comparison, in the format its extension names (.png, .svg, "
                              '.pdf, ...; needs matplotlib: pip install "crdtsync[plot]")')
     parser.add_argument("--sweep-edits", type=int, default=None,
-                        help="edits per run in the plot's offline/skew sweeps, at least 1 (default: edits/5)")
+                        help="edits per run in the plot's offline/skew sweeps, at least 1; only with --plot "
+                             "(default: edits/5)")
 
 
 class Progress:
@@ -106,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
                                     ("offline_ms", args.offline_ms, 0)] if value < low]
     if not 0 <= args.loss <= 1:
         bad.append(f"--loss must be in [0, 1], not {args.loss:g}")
+    if args.sweep_edits is not None and args.plot is None:
+        bad.append("--sweep-edits only sizes the sweeps of --plot, and there is no --plot")
     if bad:
         print(f"crdtsync simulate: {'; '.join(bad)}", file=sys.stderr)
         return 2
