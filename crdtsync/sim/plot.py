@@ -16,10 +16,10 @@ from typing import Any, Protocol
 from ..schema import Strategy
 from .report import changed_options
 from .run import StrategyResult, run_plan
-from .workload import Params, make_plan
+from .workload import Params, make_plan, offline_periods
 
-__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "matplotlib_missing", "plot", "plot_formats",
-           "plot_problem", "save_figure", "sweep", "sweep_runs", "title"]
+__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "matplotlib_missing", "offline_note", "plot",
+           "plot_formats", "plot_problem", "save_figure", "sweep", "sweep_runs", "title"]
 
 OFFLINE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)      # times the mean offline period
 SKEWS_MS = (0, 1_000, 10_000, 60_000, 300_000)    # max clock skew
@@ -125,6 +125,23 @@ def _variants(base: Params) -> dict[str, list[Params]]:
     return out
 
 
+def offline_note(base: Params) -> str:
+    """The offline sweep's points as played: a period still going when the workload ends is cut there, so on
+    a short run the longest periods asked for are not played (the points bunch up: the sweep saturates). Says
+    how long the workload lasts, how many periods were cut, and their mean per point, as played."""
+    plans = [make_plan(p) for p in _variants(base).get("offline", [])]
+    cut = total = 0
+    means = []
+    for plan in plans:
+        windows = [w for ws in plan.offline.values() for w in ws]
+        cut += sum(w.end == plan.end for w in windows)
+        total += len(windows)
+        means.append(offline_periods(plan) / max(1, len(windows)) / 1000)
+    end = plans[0].end / 1000 if plans else 0
+    return (f"as played: mean {', '.join(f'{m:.0f}' for m in means)} s\n"
+            f"({cut} of {total} periods cut at the workload's end, {end:.0f} s)")
+
+
 def sweep_runs(base: Params, strategies: Sequence[Strategy]) -> int:
     """How many runs ``sweep`` makes."""
     return sum(len(ps) for ps in _variants(base).values()) * len(strategies)
@@ -212,6 +229,8 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
         ax.set_xlabel("mean offline period (s)")
         ax.set_ylabel("lost updates")
         ax.legend()
+        ax.text(0.02, 0.98, offline_note(small), transform=ax.transAxes, ha="left", va="top", fontsize=7,
+                color="dimgrey")
     else:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no offline periods (--offline-ms 0):\nno sweep", ha="center", va="center")
