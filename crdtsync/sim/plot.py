@@ -226,11 +226,9 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
         ax.set_xscale("log")
         ax.set_xticks(xo, [f"{x:g}" for x in xo])
         ax.minorticks_off()
-        ax.set_xlabel("mean offline period (s)")
+        ax.set_xlabel(f"mean offline period (s)\n{offline_note(small)}")
         ax.set_ylabel("lost updates")
         ax.legend()
-        ax.text(0.02, 0.98, offline_note(small), transform=ax.transAxes, ha="left", va="top", fontsize=7,
-                color="dimgrey")
     else:
         ax.set_axis_off()
         ax.text(0.5, 0.5, "no offline periods (--offline-ms 0):\nno sweep", ha="center", va="center")
