@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from crdtsync.sim.oracle import DELETED, FinalRecord, Write, evaluate
+from crdtsync.sim.oracle import DELETED, FinalRecord, Write, evaluate, same_value
 
 
 def w(id: int, device: str, seq: int, field: str, value: object, seen: dict[str, int] | None = None,
@@ -76,6 +76,50 @@ def test_edit_hidden_by_a_concurrent_delete_is_a_delete_vs_update_loss_unless_su
     assert knowing.verdicts[1] == "superseded"
 
 
+def test_a_delete_offered_in_a_conflict_does_not_stand_for_the_int_1() -> None:
+    """An edit-vs-delete conflict offers the delete as the candidate ``True``, and ``True == 1``: a lost write
+    of ``amount`` 1 was judged surfaced by it, kept by a field showing ``True``, and overwritten knowingly by
+    someone whose screen showed the delete's candidate."""
+    lost = w(1, "A", 1, "amount", 1)
+    d = w(2, "B", 1, DELETED, True)
+    rep = evaluate([lost, d], [{"r": FinalRecord(True, {"amount": 5}, {"amount": [True, 7]})}])
+    assert rep.verdicts[1] == "lost" and rep.lost_updates == 1
+    assert evaluate([lost], [{"r": FinalRecord(False, {"amount": True})}]).verdicts[1] == "lost"
+    later = replace(w(3, "C", 1, "amount", 9, seen={"A": 1}), shown=(("amount", True),))
+    rep = evaluate([lost, later], [{"r": FinalRecord(False, {"amount": 9})}])
+    assert rep.verdicts[1] == "lost"
+    on_screen = replace(later, shown=(("amount", True), ("amount", 1)))
+    assert evaluate([lost, on_screen], [{"r": FinalRecord(False, {"amount": 9})}]).verdicts[1] == "superseded"
+
+
+def test_same_value_tells_types_apart_also_inside_containers() -> None:
+    assert same_value(1, 1) and same_value("x", "x") and same_value(None, None) and same_value(True, True)
+    assert not same_value(1, True) and not same_value(0, False) and not same_value(1, 1.0)
+    assert same_value([1, "a"], [1, "a"]) and not same_value([1], [True]) and not same_value((1,), [1])
+    assert same_value({"k": 1}, {"k": 1}) and not same_value({"k": 1}, {"k": True})
+    assert same_value({1, 2}, {2, 1}) and not same_value({1}, {True}) and not same_value({1}, {1, 2})
+
+
+def test_a_screen_shows_an_int_1_and_a_deletes_candidate_true_both() -> None:
+    """A record deleted while ``amount`` was set to 1 elsewhere shows ``amount`` 1 and the conflict's
+    candidates 1 and ``True`` (the delete): as a set, ``("amount", True)`` would vanish into ``("amount", 1)``."""
+    from crdtsync import Replica
+    from crdtsync.sim.device import on_screen
+    from crdtsync.sim.workload import COLLECTION, workload_schema
+    from crdtsync.store.memory import MemoryStore
+
+    a, b = (Replica(MemoryStore(), workload_schema(), device=n, user=n) for n in ("a", "b"))
+    a.create(COLLECTION, {"name": "n", "amount": 5}, id="r")
+    b.import_updates(a.export_updates())
+    a.update(COLLECTION, "r", {"amount": 1})
+    b.delete(COLLECTION, "r")
+    a.import_updates(b.export_updates())
+    shown = on_screen(a.get(COLLECTION, "r"))
+    amounts = [v for f, v in shown if f == "amount"]
+    assert len(amounts) == 2 and any(v is True for v in amounts) and any(type(v) is int and v == 1 for v in amounts)
+    assert (DELETED, True) in shown and len(shown) == len(set(map(repr, shown)))
+
+
 def test_a_delete_undone_without_anyone_seeing_it_is_a_resurrection() -> None:
     d = w(1, "A", 1, DELETED, True)
     rep = evaluate([d], [{"r": FinalRecord(False, {"name": "x"})}])
@@ -134,7 +178,8 @@ def _reference(ws: list[Write], finals: list[dict[str, FinalRecord]]) -> tuple[d
 
     def knowingly(o: Write, w: Write) -> bool:
         return (o is not w and o.record == w.record and o.field in (w.field, DELETED) and saw(o, w)
-                and (o.device == w.device or o.shown is None or (w.field, w.value) in o.shown))
+                and (o.device == w.device or o.shown is None
+                     or any(f == w.field and type(v) is type(w.value) and v == w.value for f, v in o.shown)))
 
     rank = ["lost", "superseded", "surfaced", "kept"]
     verdicts: dict[int, str] = {}
@@ -148,8 +193,11 @@ def _reference(ws: list[Write], finals: list[dict[str, FinalRecord]]) -> tuple[d
                 v = 3 if rec is not None and rec.deleted else \
                     2 if rec is not None and True in rec.conflicts.get(DELETED, ()) else 1 if sup else 0
             else:
-                v = 3 if rec is not None and not rec.deleted and rec.fields.get(x.field, object()) == x.value \
-                    else 2 if rec is not None and x.value in rec.conflicts.get(x.field, ()) else 1 if sup else 0
+                kept = rec is not None and not rec.deleted and x.field in rec.fields \
+                    and type(rec.fields[x.field]) is type(x.value) and rec.fields[x.field] == x.value
+                offered = rec is not None and any(type(c) is type(x.value) and c == x.value
+                                                  for c in rec.conflicts.get(x.field, ()))
+                v = 3 if kept else 2 if offered else 1 if sup else 0
             worst = min(worst, v)
         verdicts[x.id] = rank[worst]
         if x.field != DELETED:

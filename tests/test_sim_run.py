@@ -52,6 +52,28 @@ def test_simulate_help_gives_each_workload_option_its_text_and_default(capsys: p
     for said in ("devices editing the records, at least 1 (default: 5)", "records in the workload, at least 1 "
                  "(default: 200)", "edits made across the devices, at least 0 (default: 5000)", "(default: 7)"):
         assert said in out
+    # these said nothing of their defaults
+    for said in ("lww-patch (default: crdt,lww-field,lww-record)", "indep.surv pooled (default: 1)",
+                 "max clock skew of a device, at least 0 (default: 10000)",
+                 "mean offline period, at least 0 (default: 60000)", "probability, in [0, 1] (default: 0.05)"):
+        assert said in out
+
+
+def test_sweep_edits_without_a_plot_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """It was accepted and did nothing."""
+    assert main(["simulate", *SMALL, "--sweep-edits", "10"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "crdtsync simulate: --sweep-edits only sizes the sweeps of --plot, and there is no --plot\n"
+    assert captured.out == ""
+
+
+def test_the_tables_first_line_says_1_device_1_record_1_edit() -> None:
+    from crdtsync.sim.report import table
+
+    one = Params(devices=1, records=1, edits=1)
+    run = run_plan(make_plan(one), "crdt")
+    assert table(one, {"crdt": [run]}).splitlines()[0] == "seed 7, 1 device, 1 record, 1 edit"
+    assert table(one.but(edits=0), {"crdt": [run]}).splitlines()[0] == "seed 7, 1 device, 1 record, 0 edits"
 
 
 def test_bad_strategy_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -192,7 +214,7 @@ def test_a_later_edit_by_someone_who_never_saw_a_dropped_value_does_not_excuse_t
 def test_crdt_shows_the_clash_to_the_later_editor() -> None:
     out = play(_masked_plan(True), "crdt")
     c_write = next(w for w in out.writes if w.device == "d2")
-    assert c_write.shown is not None and {("name", "w0-name"), ("name", "w1-name")} <= c_write.shown
+    assert c_write.shown is not None and {("name", "w0-name"), ("name", "w1-name")} <= set(c_write.shown)
     assert run_plan(_masked_plan(True), "crdt").lost_updates == 0
 
 
@@ -268,3 +290,177 @@ def test_the_plot_title_names_the_options_that_shape_the_figure(tmp_path: Path,
     assert plot_module.title(Params(devices=3, records=12, edits=120), seen["extra"]) == (
         "crdtsync simulate --devices 3 --records 12 --edits 120 --strategies crdt --runs 2 "
         "--sweep-edits 50")
+
+
+def _converged_since(plan: Plan, strategy: Strategy, until: int) -> int | None:
+    """Replays ``plan`` to ``until`` (ms after the last edit), watching after every event: every outbox empty,
+    every cursor at the server's head, every device's state the same. Returns the moment that last became
+    true and stayed true to ``until`` (None if it was false at the end), ignoring what is in flight."""
+    from crdtsync.sim.device import snapshot
+    from crdtsync.sim.run import _Run
+
+    run = _Run(plan, strategy)
+    run.seed()
+    run.schedule()
+    run.q.run_until(plan.end)
+    run.heal()
+    since: list[int | None] = [None]
+
+    def watch() -> bool:
+        replicas = [d.replica for d in run.devices]
+        ok = all(r is not None and not len(r.outbox) for r in replicas) \
+            and all(d.cursor >= run.server.head for d in run.devices)
+        if ok:
+            states = [snapshot(r) for r in replicas if r is not None]
+            ok = all(s == states[0] for s in states)
+        if not ok:
+            since[0] = None
+        elif since[0] is None:
+            since[0] = run.q.now
+        return False
+
+    watch()
+    run.q.run_until(plan.end + until, stop=watch)
+    return None if since[0] is None else since[0] - plan.end
+
+
+@pytest.mark.parametrize("strategy", ["crdt", "lww-record"])
+def test_convergence_time_is_when_the_devices_last_came_to_agree_for_good(strategy: Strategy) -> None:
+    """With many devices polling every 10 s some poll is nearly always in flight: the run used to count as
+    converged only once none was (here 0.7 s after every device had agreed for good; with 150 devices, never)."""
+    plan = make_plan(Params(seed=3, devices=16, records=3, edits=60))
+    out = play(plan, strategy)
+    assert out.converged_ms is not None
+    assert out.converged_ms == _converged_since(plan, strategy, out.converged_ms + 30_000)
+
+
+def test_idle_polls_always_in_flight_do_not_stop_the_run_converging() -> None:
+    """Replies take 12 s and devices poll every 10 s: a message is always in flight, yet they agree."""
+    p = Params(seed=4, devices=3, records=4, edits=30, latency_ms=6_000, jitter_ms=0, loss=0.0)
+    plan = make_plan(p)
+    for s in ("crdt", "lww-field", "lww-record", "lww-patch"):
+        r = run_plan(plan, s)
+        assert r.converged and r.convergence_ms is not None, s
+        assert r.convergence_ms == _converged_since(plan, s, r.convergence_ms + 60_000), s
+        assert r.sim_ms < plan.end + r.convergence_ms + 30_000, s  # the run stopped there
+
+
+@settings(derandomize=True, max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["crdt", "lww-field", "lww-record", "lww-patch"]))
+def test_a_converged_run_stays_converged(seed: int, strategy: Strategy) -> None:
+    """Whatever was in flight when the run stopped changes nothing: played on for a minute, every device
+    still shows the state it ended with, and the server's log does not grow."""
+    plan = make_plan(_clash_params(seed).but(devices=8, p_delete=0.1, loss=0.2, duplicate=0.2))
+    out = play(plan, strategy)
+    assert out.converged_ms is not None
+    run = out.run
+    head = run.server.head
+    run.q.run_until(run.q.now + 60_000)
+    assert run.states() == out.states
+    assert run.server.head == head
+
+
+def test_a_change_still_on_the_way_when_the_devices_agree_puts_off_convergence() -> None:
+    """A late copy of an upload sent before the devices agreed (here: 30 s on the way, with a change id the
+    server has not seen) can still change the server's log: the run waits for every message sent before
+    they agreed, and convergence is when they agree again after it."""
+    from crdtsync.sim.network import Message
+    from crdtsync.sim.run import _Run
+
+    plan = make_plan(Params(seed=2, devices=3, records=3, edits=20, loss=0.0))
+    run = _Run(plan, "crdt")
+    run.seed()
+    run.schedule()
+    run.q.run_until(plan.end)
+    run.heal()
+    e = next(e for e in run.server.log if e.origin == "d0")
+    run.net.latency_ms, latency = 30_000, run.net.latency_ms
+    run.net.send(Message("d0", "server", "upload", {"changes": [(e.collection, e.record, 10**9, e.update)],
+                                                    "cursor": 0, "knowledge": {}}, 0))
+    run.net.latency_ms = latency
+    run.q.run_until(plan.end + 600_000, stop=run.check)
+    assert [x.update for x in run.server.log].count(e.update) == 2  # it arrived, and was logged again
+    assert run.converged_at is not None and run.converged_at > plan.end + 30_000
+    head = run.server.head
+    run.q.run_until(run.q.now + 60_000)
+    assert run.server.head == head and run.settled()
+
+
+@pytest.mark.parametrize("name", ["noext", "out.xyz", "file/p.png", "folder.png"])
+def test_a_plot_path_that_cannot_be_written_is_a_usage_error_before_any_run(
+        name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--plot out.xyz`` (or ``noext``, or a path under a file) simulated for a minute and then died in
+    ``savefig`` with a traceback; ``noext`` wrote ``noext.png`` and said it wrote ``noext``."""
+    import crdtsync.sim.cli as sim_cli
+
+    def no_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("simulated before checking the plot's path")
+
+    monkeypatch.setattr(sim_cli, "simulate", no_run)
+    (tmp_path / "file").write_text("a file, not a folder")
+    (tmp_path / "folder.png").mkdir()
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["simulate", *SMALL, "--plot", name]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"crdtsync simulate: --plot {name}: ") and captured.out == ""
+    if not name.endswith(".png"):
+        assert "use one of .avif, .eps, " in captured.err  # the formats matplotlib writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not (tmp_path / "file").is_dir()
+
+
+@pytest.mark.parametrize("fmt", ["svg", "svgz", "pdf", "eps", "jpg", "png"])
+def test_a_figure_is_written_in_the_format_its_extension_names_the_same_bytes_each_time(
+        fmt: str, tmp_path: Path) -> None:
+    """``.svg`` raised ``Unknown metadata key(s) passed to SVG writer: Software`` (leaving a truncated file)
+    and ``.jpg`` ``metadata not supported``; and the formats that stamp the time (svg, pdf, ps, gzip) are
+    written without it, as png was, so one seed gives one file."""
+    import datetime
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crdtsync.sim.plot import save_figure
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    ax.set_title("t")
+    paths = [tmp_path / f"a.{fmt}", tmp_path / "sub" / f"b.{fmt}"]
+    for p in paths:
+        p.parent.mkdir(exist_ok=True)
+        save_figure(fig, p)
+    plt.close(fig)
+    a, b = (p.read_bytes() for p in paths)
+    assert a == b and len(a) > 100
+    year = str(datetime.datetime.now().year).encode()
+    magic = {"svg": b"<?xml", "svgz": b"\x1f\x8b", "pdf": b"%PDF", "eps": b"%!PS", "jpg": b"\xff\xd8",
+             "png": b"\x89PNG"}
+    assert a.startswith(magic[fmt])
+    if fmt == "svgz":
+        import gzip
+
+        assert a[4:8] == b"\0\0\0\0"  # no time in the gzip header
+        a = gzip.decompress(a)
+    if fmt not in ("jpg", "png"):
+        assert year not in a
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a." + fmt, "sub"]  # no .part left behind
+
+
+def test_plot_svg_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole run, then the figure as SVG in a folder that did not exist, and the name it was written to."""
+    out = tmp_path / "new" / "out.svg"
+    assert main(["simulate", "--devices", "2", "--records", "2", "--edits", "5", "--strategies", "crdt",
+                 "--no-cpu", "--plot", str(out)]) == 0
+    assert capsys.readouterr().out.endswith(f"plot written to {out}\n")
+    assert out.read_bytes().startswith(b"<?xml")
+
+
+def test_the_offline_panel_says_what_the_sweep_played() -> None:
+    """At the default sweep size (1,000 edits) the workload lasts 446 s: periods still going then are cut,
+    so x2 and x4 (120 and 240 s asked for) played 107 and 121 s, and the panel drew them as 120 and 240."""
+    from crdtsync.sim.plot import offline_note
+
+    assert offline_note(Params(edits=1000)) == (
+        "as played: mean 11, 24, 40, 107, 121 s\n(9 of 65 periods cut at the workload's end, 446 s)")

@@ -32,18 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edits", type=int, default=d.edits,
                         help="edits made across the devices, at least 0 (default: %(default)s)")
     parser.add_argument("--strategies", default=_DEFAULT_STRATEGIES,
-                        help=f"comma-separated, each once, from {','.join(STRATEGIES)}")
+                        help=f"comma-separated, each once, from {','.join(STRATEGIES)} (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=1,
-                        help="runs with seeds seed, seed+1, ...; means reported (indep.surv pooled)")
-    parser.add_argument("--skew-ms", type=int, default=d.skew_ms, help="max clock skew of a device")
-    parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms, help="mean offline period")
-    parser.add_argument("--loss", type=float, default=d.loss, help="message loss probability")
+                        help="runs, at least 1, with seeds seed, seed+1, ...; means reported, indep.surv pooled "
+                             "(default: %(default)s)")
+    parser.add_argument("--skew-ms", type=int, default=d.skew_ms,
+                        help="max clock skew of a device, at least 0 (default: %(default)s)")
+    parser.add_argument("--offline-ms", type=int, default=d.offline_mean_ms,
+                        help="mean offline period, at least 0 (default: %(default)s)")
+    parser.add_argument("--loss", type=float, default=d.loss,
+                        help="message loss probability, in [0, 1] (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON (one object per strategy)")
     parser.add_argument("--no-cpu", action="store_true", help="leave out CPU time (byte-for-byte output)")
     parser.add_argument("--plot", type=Path, default=None,
-                        help='write a PNG of the comparison (needs matplotlib: pip install "crdtsync[plot]")')
+                        help="write a figure of the comparison, in the format its extension names (.png, .svg, "
+                             '.pdf, ...; needs matplotlib: pip install "crdtsync[plot]")')
     parser.add_argument("--sweep-edits", type=int, default=None,
-                        help="edits per run in the plot's offline/skew sweeps, at least 1 (default: edits/5)")
+                        help="edits per run in the plot's offline/skew sweeps, at least 1; only with --plot "
+                             "(default: edits/5)")
 
 
 class Progress:
@@ -105,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
                                     ("offline_ms", args.offline_ms, 0)] if value < low]
     if not 0 <= args.loss <= 1:
         bad.append(f"--loss must be in [0, 1], not {args.loss:g}")
+    if args.sweep_edits is not None and args.plot is None:
+        bad.append("--sweep-edits only sizes the sweeps of --plot, and there is no --plot")
     if bad:
         print(f"crdtsync simulate: {'; '.join(bad)}", file=sys.stderr)
         return 2
@@ -114,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
         if missing is not None:
             print(f'crdtsync simulate: --plot needs matplotlib ({missing}): pip install "crdtsync[plot]"',
                   file=sys.stderr)
+            return 2
+        from .plot import plot_problem
+        problem = plot_problem(args.plot)
+        if problem is not None:
+            print(f"crdtsync simulate: --plot {args.plot}: {problem}", file=sys.stderr)
             return 2
     params = Params(seed=args.seed, devices=args.devices, records=args.records, edits=args.edits,
                     skew_ms=args.skew_ms, offline_mean_ms=args.offline_ms, loss=args.loss)
@@ -130,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
         extra = [f"--strategies {args.strategies}"] if args.strategies != _DEFAULT_STRATEGIES else []
         extra += [f"--runs {args.runs}"] if args.runs != 1 else []
         extra += [f"--sweep-edits {args.sweep_edits}"] if args.sweep_edits is not None else []
-        plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress, extra=extra)
+        try:
+            plot(args.plot, params, chosen, results, sweep_edits=args.sweep_edits, progress=progress, extra=extra)
+        except OSError as e:
+            print(f"crdtsync simulate: could not write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            return 1
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0

@@ -12,7 +12,7 @@ from ..errors import LocalError
 from ..replica import Record, Replica
 from ..schema import Schema
 from ..store.memory import MemoryStore
-from .oracle import DELETED, FinalRecord, Write
+from .oracle import DELETED, FinalRecord, Write, shows
 from .workload import COLLECTION, Op
 
 __all__ = ["EPOCH_MS", "SimDevice", "merge_knowledge", "on_screen", "snapshot"]
@@ -37,15 +37,20 @@ def snapshot(replica: Replica) -> dict[str, FinalRecord]:
     return out
 
 
-def on_screen(rec: Record | None) -> frozenset[tuple[str, Any]]:
-    """What a user sees of ``rec``: each field's value, each conflict candidate, ``(deleted, True)`` if deleted."""
+def on_screen(rec: Record | None) -> tuple[tuple[str, Any], ...]:
+    """What a user sees of ``rec``: each field's value, each conflict candidate, ``(deleted, True)`` if deleted;
+    each pair once, but ``("amount", 1)`` and an edit-vs-delete candidate ``("amount", True)`` both (a set
+    would keep one of them, since ``1 == True``)."""
     if rec is None:
-        return frozenset()
-    shown = set(rec.fields.items())
-    shown.update((c.field, x.value) for c in rec.conflicts for x in c.candidates)
+        return ()
+    pairs = [*rec.fields.items(), *((c.field, x.value) for c in rec.conflicts for x in c.candidates)]
     if rec.deleted:
-        shown.add((DELETED, True))
-    return frozenset(shown)
+        pairs.append((DELETED, True))
+    shown: list[tuple[str, Any]] = []
+    for f, v in pairs:
+        if not shows(shown, f, v):
+            shown.append((f, v))
+    return tuple(shown)
 
 
 class SimDevice:

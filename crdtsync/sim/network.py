@@ -52,13 +52,18 @@ class EventQueue:
 
 @dataclass
 class Message:
-    """A message between a device and the server; ``size`` is what it would cost on the wire."""
+    """A message between a device and the server; ``size`` is what it would cost on the wire.
+
+    ``origin`` is the number of the message that started its exchange (set by ``Network.send``): an
+    upload's own, a reply's that of the upload it answers.
+    """
 
     sender: str
     receiver: str
     kind: str
     body: Any
     size: int
+    origin: int = 0
 
 
 @dataclass
@@ -77,7 +82,13 @@ class Network:
     messages_sent: int = 0
     messages_lost: int = 0
     in_flight: int = 0
+    sent: int = 0  # messages numbered so far (``Message.origin``)
     _counts: dict[str, int] = field(default_factory=dict)
+    _flying: dict[int, int] = field(default_factory=dict)  # origin -> copies in flight
+
+    def oldest_in_flight(self) -> int | None:
+        """The smallest ``origin`` among the messages in flight (None if none is)."""
+        return min(self._flying, default=None)
 
     def faults_off(self) -> None:
         self.loss = 0.0
@@ -90,6 +101,9 @@ class Network:
         rng = random.Random(f"{self.seed}:{msg.sender}:{n}")
         self.bytes_sent += msg.size
         self.messages_sent += 1
+        self.sent += 1
+        if not msg.origin:
+            msg.origin = self.sent
         copies = 2 if rng.random() < self.duplicate else 1
         lost = rng.random() < self.loss
         for _ in range(copies):
@@ -98,10 +112,16 @@ class Network:
                 self.messages_lost += 1
                 continue
             self.in_flight += 1
+            self._flying[msg.origin] = self._flying.get(msg.origin, 0) + 1
             self.queue.after(delay, partial(self._arrive, msg))
 
     def _arrive(self, msg: Message) -> None:
         self.in_flight -= 1
+        left = self._flying[msg.origin] - 1
+        if left:
+            self._flying[msg.origin] = left
+        else:
+            del self._flying[msg.origin]
         device = msg.receiver if msg.sender == "server" else msg.sender
         if device in self.cut:
             self.messages_lost += 1

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = ["DELETED", "FinalRecord", "OracleReport", "Verdict", "Write", "evaluate", "overwrote_knowingly",
-           "saw"]
+           "same_value", "saw", "shows"]
 
 DELETED = "deleted"
 Verdict = Literal["kept", "surfaced", "superseded", "lost"]
@@ -49,8 +49,9 @@ class Write:
     included). A device's knowledge never shrinks: its later writes have seen at least what its earlier
     ones had. ``shown`` is what its author's screen showed of the record just before writing, as
     ``(field, value)`` pairs: each field's value, each candidate of a conflict on a field, and
-    ``(deleted, True)`` if the record was shown deleted. ``None`` means not recorded: the author is then
-    taken to have had on screen every write it had seen.
+    ``(deleted, True)`` if the record was shown deleted (not a set: ``("amount", 1)`` and the
+    ``("amount", True)`` of an edit-vs-delete conflict are both shown, and ``==`` cannot tell them apart).
+    ``None`` means not recorded: the author is then taken to have had on screen every write it had seen.
     """
 
     id: int
@@ -61,7 +62,7 @@ class Write:
     value: Any
     seen: Mapping[str, int]
     time: int = 0
-    shown: frozenset[tuple[str, Any]] | None = None
+    shown: Collection[tuple[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,25 @@ class FinalRecord:
     deleted: bool
     fields: Mapping[str, Any]
     conflicts: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``a == b`` with types told apart (``True`` is not ``1``, nor ``1.0``), in lists, tuples, sets and dicts
+    too: a delete's conflict candidate ``True`` must not stand for a write of the int 1."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+    if isinstance(a, (set, frozenset)):
+        return {(type(x), x) for x in a} == {(type(y), y) for y in b}
+    return bool(a == b)
+
+
+def shows(shown: Iterable[tuple[str, Any]], field: str, value: Any) -> bool:
+    """True when ``shown`` holds ``(field, value)`` (values compared with ``same_value``)."""
+    return any(f == field and same_value(v, value) for f, v in shown)
 
 
 def saw(later: Write, earlier: Write) -> bool:
@@ -86,7 +106,7 @@ def overwrote_knowingly(later: Write, earlier: Write) -> bool:
     if not saw(later, earlier):
         return False
     return later.device == earlier.device or later.shown is None \
-        or (earlier.field, earlier.value) in later.shown
+        or shows(later.shown, earlier.field, earlier.value)
 
 
 @dataclass
@@ -118,9 +138,9 @@ def _verdict_on(w: Write, rec: FinalRecord | None, superseded: bool) -> Verdict:
         if rec is not None and any(v is True for v in rec.conflicts.get(DELETED, ())):
             return "surfaced"
         return "superseded" if superseded else "lost"
-    if rec is not None and not rec.deleted and w.field in rec.fields and rec.fields[w.field] == w.value:
+    if rec is not None and not rec.deleted and w.field in rec.fields and same_value(rec.fields[w.field], w.value):
         return "kept"
-    if rec is not None and any(v == w.value for v in rec.conflicts.get(w.field, ())):
+    if rec is not None and any(same_value(v, w.value) for v in rec.conflicts.get(w.field, ())):
         return "surfaced"
     return "superseded" if superseded else "lost"
 
@@ -167,7 +187,8 @@ def _superseded(ws: list[Write], lanes: Mapping[tuple[str, str, str], _Lane]) ->
             lane = lanes.get((w.record, w.device, f))
             if lane is not None and lane.seqs[-1] > w.seq:
                 out.add(w.id)
-    # by someone who had it on screen: look the values they saw up among the writes of that field
+    # by someone who had it on screen: look the values they saw up among the writes of that field (the key
+    # takes 1 and True for one value: ``overwrote_knowingly`` tells them apart)
     by_value: dict[tuple[str, str, Any], list[Write]] = defaultdict(list)
     for w in ws:
         by_value[(w.record, w.field, w.value)].append(w)

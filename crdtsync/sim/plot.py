@@ -4,17 +4,22 @@ and lost updates as offline periods and clock skew grow (sweeps over smaller run
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gzip
+import io
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..schema import Strategy
 from .report import changed_options
 from .run import StrategyResult, run_plan
-from .workload import Params, make_plan
+from .workload import Params, make_plan, offline_periods
 
-__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "matplotlib_missing", "plot", "sweep", "sweep_runs",
-           "title"]
+__all__ = ["OFFLINE_FACTORS", "SKEWS_MS", "SWEEP_POINTS", "matplotlib_missing", "offline_note", "plot",
+           "plot_formats", "plot_problem", "save_figure", "sweep", "sweep_runs", "title"]
 
 OFFLINE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)      # times the mean offline period
 SKEWS_MS = (0, 1_000, 10_000, 60_000, 300_000)    # max clock skew
@@ -38,12 +43,103 @@ def matplotlib_missing() -> str | None:
     return None
 
 
+def plot_formats() -> dict[str, str]:
+    """The image formats matplotlib can write, by file extension (``png``: ``Portable Network Graphics``)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return dict(sorted(FigureCanvasBase.get_supported_filetypes().items()))
+
+
+def plot_problem(path: Path) -> str | None:
+    """Why ``path`` cannot take the plot (no or unknown extension, a folder that cannot be made or written,
+    a folder in its place), or None if it can: checked before any run. Makes the missing folders."""
+    fmt = path.suffix[1:].lower()
+    formats = plot_formats()
+    if fmt not in formats:
+        said = f"unknown image format {path.suffix!r}" if fmt else "no file extension to tell the image format"
+        return f"{said}; use one of {', '.join('.' + f for f in formats)}"
+    if fmt == "pgf":
+        import matplotlib
+
+        tex = str(matplotlib.rcParams["pgf.texsystem"])
+        if shutil.which(tex) is None:
+            return f".pgf needs {tex} (LaTeX), which is not installed"
+    if path.is_dir():
+        return "is a folder"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot make its folder: {e.strerror or e}"
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "cannot be written"
+    return None
+
+
+# what makes each format's bytes depend on the moment it was written (and on the writer's name), left out
+_METADATA: dict[str, dict[str, None]] = {"png": {"Software": None}, "svg": {"Date": None},
+                                         "pdf": {"CreationDate": None}}
+
+
+@contextmanager
+def _source_date_epoch() -> Iterator[None]:
+    """PostScript takes its creation date from ``SOURCE_DATE_EPOCH`` (or the clock): pin it to 0."""
+    old = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SOURCE_DATE_EPOCH"]
+        else:
+            os.environ["SOURCE_DATE_EPOCH"] = old
+
+
+def save_figure(fig: Any, path: Path, dpi: int = 90) -> None:
+    """Write ``fig`` to ``path`` in the format its extension names (see ``plot_problem``), the same bytes for
+    the same figure whenever it is written (except ``.pgf``), and all at once: the file is written under
+    another name and renamed, so a failure leaves no half-written file behind."""
+    import matplotlib
+
+    fmt = path.suffix[1:].lower()
+    buf = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "crdtsync"}), _source_date_epoch():
+        if fmt == "svgz":  # gzip would stamp the current time in its header
+            fig.savefig(buf, format="svg", dpi=dpi, metadata=_METADATA["svg"])
+            data = gzip.compress(buf.getvalue(), mtime=0)
+        else:
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_METADATA.get(fmt))
+            data = buf.getvalue()
+    part = path.with_name(f".{path.name}.part")
+    try:
+        part.write_bytes(data)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+
+
 def _variants(base: Params) -> dict[str, list[Params]]:
     """The sweeps' parameters. With no offline periods (``offline_mean_ms`` 0) there is nothing to scale."""
     out = {"skew": [base.but(skew_ms=s) for s in SKEWS_MS]}
     if base.offline_mean_ms > 0:
         out["offline"] = [base.but(offline_mean_ms=int(base.offline_mean_ms * f)) for f in OFFLINE_FACTORS]
     return out
+
+
+def offline_note(base: Params) -> str:
+    """The offline sweep's points as played: a period still going when the workload ends is cut there, so on
+    a short run the longest periods asked for are not played (the points bunch up: the sweep saturates). Says
+    how long the workload lasts, how many periods were cut, and their mean per point, as played."""
+    plans = [make_plan(p) for p in _variants(base).get("offline", [])]
+    cut = total = 0
+    means = []
+    for plan in plans:
+        windows = [w for ws in plan.offline.values() for w in ws]
+        cut += sum(w.end == plan.end for w in windows)
+        total += len(windows)
+        means.append(offline_periods(plan) / max(1, len(windows)) / 1000)
+    end = plans[0].end / 1000 if plans else 0
+    return (f"as played: mean {', '.join(f'{m:.0f}' for m in means)} s\n"
+            f"({cut} of {total} periods cut at the workload's end, {end:.0f} s)")
 
 
 def sweep_runs(base: Params, strategies: Sequence[Strategy]) -> int:
@@ -80,7 +176,8 @@ def sweep(base: Params, strategies: Sequence[Strategy], progress: _Step | None =
 
 def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: dict[str, list[StrategyResult]],
          *, sweep_edits: int | None = None, progress: _Step | None = None, extra: Sequence[str] = ()) -> None:
-    """Write a 2x2 figure to ``path``: two bar charts of ``results`` and two sweeps."""
+    """Write a 2x2 figure to ``path``: two bar charts of ``results`` and two sweeps (in the format its
+    extension names: see ``plot_problem`` and ``save_figure``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,7 +226,7 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
         ax.set_xscale("log")
         ax.set_xticks(xo, [f"{x:g}" for x in xo])
         ax.minorticks_off()
-        ax.set_xlabel("mean offline period (s)")
+        ax.set_xlabel(f"mean offline period (s)\n{offline_note(small)}")
         ax.set_ylabel("lost updates")
         ax.legend()
     else:
@@ -151,6 +248,8 @@ def plot(path: Path, params: Params, strategies: Sequence[Strategy], results: di
 
     fig.suptitle(title(params, extra))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_figure(fig, path)
+    finally:
+        plt.close(fig)

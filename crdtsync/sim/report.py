@@ -97,6 +97,10 @@ def _fmt(v: Any, key: str = "") -> str:
     return str(v)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def table(params: Params, results: dict[str, list[StrategyResult]], *, cpu: bool = True) -> str:
     rows = [aggregate(s, rs, cpu=cpu) for s, rs in results.items()]
     cols = [(k, h) for k, h in _COLUMNS if cpu or k != "cpu_s"]
@@ -104,8 +108,8 @@ def table(params: Params, results: dict[str, list[StrategyResult]], *, cpu: bool
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = []
     runs = rows[0]["runs"] if rows else 0
-    lines.append(", ".join([f"seed {params.seed}", f"{params.devices} devices", f"{params.records} records",
-                            f"{params.edits} edits", *changed_options(params)])
+    lines.append(", ".join([f"seed {params.seed}", _count(params.devices, "device"),
+                            _count(params.records, "record"), _count(params.edits, "edit"), *changed_options(params)])
                  + (f", mean of {runs} runs (seeds {params.seed}..{params.seed + runs - 1}; indep.surv pooled over "
                     "them)" if runs > 1 else ""))
     for i, row in enumerate(cells):

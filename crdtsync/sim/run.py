@@ -83,6 +83,9 @@ class _Run:
         self.ops_skipped = 0
         self.healing = False
         self.converged_at: int | None = None
+        self._since: int | None = None  # when the system last became settled and converged
+        self._mark = 0  # messages sent by then
+        self._touched = True  # a device may have changed what it shows since the states were compared
         self._cut: dict[str, int] = {}
         self._ids = 0
 
@@ -134,7 +137,7 @@ class _Run:
                  "knowledge": dict(self.server.knowledge)}
         size = (24 + 8 * len(res.acked) + sum(40 + len(r[2]) for r in res.rejected)
                 + sum(len(e.collection) + len(e.record) + 10 + len(e.update) for e in entries))
-        self.net.send(Message("server", msg.sender, "reply", reply, size))
+        self.net.send(Message("server", msg.sender, "reply", reply, size, origin=msg.origin))
 
     def _device_receive(self, d: SimDevice, msg: Message) -> None:
         r = d.replica
@@ -149,6 +152,8 @@ class _Run:
             # the user sees the error and discards the record's changes (the only way forward)
             for gone in r.discard_record(pc.collection, pc.record):
                 self.notified.update(d.change_writes.get(gone.id, ()))
+        if body["entries"] or body["rejected"]:
+            self._touched = True
         r.apply_remote((e.collection, e.record, e.update) for e in body["entries"])
         d.set_cursor(body["head"])
         merge_knowledge(d.knowledge, body["knowledge"])
@@ -228,13 +233,16 @@ class _Run:
             if back:
                 self.sync(d)  # sync when the connection comes back
 
-    def quiet(self) -> bool:
+    def settled(self) -> bool:
+        """Every outbox empty and every device's cursor at the server's head: nothing left to send or fetch.
+
+        Idle polls and their empty replies may be in flight at any moment: they do not count."""
         head = self.server.head
         for d in self.devices:
             assert d.replica is not None
             if len(d.replica.outbox) or d.cursor < head:
                 return False
-        return self.net.in_flight == 0
+        return True
 
     def states(self) -> list[dict[str, FinalRecord]]:
         out = []
@@ -244,13 +252,30 @@ class _Run:
         return out
 
     def check(self) -> bool:
-        if not self.quiet():
+        """True (and ``converged_at`` set) once the system has converged for good.
+
+        Converged: settled (see ``settled``) and every device showing the same state. It holds for good once
+        every message sent before it first held, and every reply to one, has arrived with the system still
+        converged: a message sent later is an idle poll or its reply (no outbox holds a change, so it
+        carries none, and a reply brings nothing past a cursor at the head), which changes nothing.
+        ``converged_at`` is the moment it first held; the run can stop at the check that confirms it.
+        """
+        if not self.settled():
+            self._since = None
             return False
-        states = self.states()
-        if all(s == states[0] for s in states[1:]):
-            self.converged_at = self.q.now
-            return True
-        return False
+        if self._since is None or self._touched:
+            self._touched = False
+            states = self.states()
+            if not all(s == states[0] for s in states[1:]):
+                self._since = None
+                return False
+        if self._since is None:
+            self._since, self._mark = self.q.now, self.net.sent
+        oldest = self.net.oldest_in_flight()
+        if oldest is not None and oldest <= self._mark:
+            return False
+        self.converged_at = self._since
+        return True
 
 
 @dataclass

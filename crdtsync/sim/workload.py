@@ -15,7 +15,7 @@ from typing import Any, Literal
 from ..schema import Collection, Int, Ref, Schema, Str
 
 __all__ = ["COLLECTION", "FIELDS", "Crash", "Op", "Params", "Partition", "Plan", "Window", "make_plan",
-           "workload_schema"]
+           "offline_periods", "workload_schema"]
 
 COLLECTION = "accounts"
 FIELDS = ("name", "phone", "stage", "owner", "amount")  # the fields edits touch; ``parent`` is set at create
@@ -169,3 +169,9 @@ def make_plan(p: Params) -> Plan:
     crashes.sort(key=lambda c: (c.time, c.device))
     skews = [rng.randint(-p.skew_ms, p.skew_ms) if p.skew_ms > 0 else 0 for _ in range(p.devices)]
     return Plan(p, initial, ops, offline, partitions, crashes, skews, end)
+
+
+def offline_periods(plan: Plan) -> int:
+    """The total length (ms) of the plan's offline periods, every device's, as played: a period still going
+    when the workload ends is cut there (the devices come back online to converge)."""
+    return sum(w.end - w.start for ws in plan.offline.values() for w in ws)
