@@ -247,7 +247,7 @@ async def test_sync_events_are_truthful_and_in_order(make_relay: RelayFactory,
     # b did not make a's two changes; its own two came back neither as received nor as changed
     assert (last_down.done, last_down.total) == (2, 2) == (res.received, res.downloaded)
     assert (res.uploaded, res.rejected, res.reset) == (2, 0, False)
-    assert str(w.events[-2]).startswith("completed: 2 up, 2 received, 2 records changed, 0 rejected, 1 with")
+    assert str(w.events[-2]).startswith("completed: 2 up, 2 received, 2 records changed, 0 rejected, 0 held, 1 with")
     status = SyncStatus("conflict", collection="accounts", record=acct, conflicts=())
     assert "accounts/" in str(status)
 
