@@ -74,6 +74,29 @@ async def test_a_record_that_left_the_scope_under_a_compacted_log_leaves_with_th
     assert alice.get("contacts", by_file) is not None  # no ``where`` limit: nothing leaves such a collection
 
 
+async def test_a_record_that_left_the_scope_leaves_with_a_resync_for_a_collection_readable_again(
+        make_relay: RelayFactory, make_replica: Callable[..., Replica]) -> None:
+    """A collection with no cursor (readable again) makes the device ask for a full resync, which replaces
+    the delta that would have carried "left your scope": the reassigned account stayed, as after compaction."""
+    grants = {**GRANTS, "tok-alice-accounts": Grant("alice", frozenset({"accounts"}), frozenset({"accounts"}),
+                                                    {"accounts": {"owner": "alice"}})}
+    relay = await make_relay(grants)
+    admin, alice = make_replica("admin-pc", "admin"), make_replica("alice-phone", "alice")
+    moved = admin.create("accounts", {"name": "Moved", "owner": "alice"})
+    stays = admin.create("accounts", {"name": "Stays", "owner": "alice"})
+    async with client(admin, relay.url, token="tok-admin") as cadm:
+        await sync(cadm)
+        async with client(alice, relay.url, token="tok-alice-accounts") as ca:  # contacts: no cursor
+            await sync(ca)
+        admin.update("accounts", moved, {"owner": "bob"})
+        await sync(cadm)
+    ids = removed(alice)
+    async with client(alice, relay.url, token="tok-alice") as ca:  # same limit on accounts, contacts back
+        res = await sync(ca)
+    assert res.reset and ids == [moved]
+    assert [r.id for r in alice.query("accounts")] == [stays]
+
+
 @pytest.mark.parametrize("how", ["restored from a backup", "moved to a new database"])
 async def test_a_resync_from_a_relay_that_lost_changes_or_from_another_relay_removes_nothing(
         make_relay: RelayFactory, make_replica: Callable[..., Replica], tmp_path: Path, how: str) -> None:
