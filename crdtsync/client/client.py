@@ -87,6 +87,9 @@ class _Session:
         self.welcome: Welcome | None = None
         self.welcomed: asyncio.Future[Welcome] = asyncio.get_running_loop().create_future()
         self.lost: _Lost | None = None
+        # while a pull is received: the records live updates brought meanwhile (``_download``: a full resync
+        # does not remove them as records it did not bring)
+        self.live_records: set[tuple[str, str]] | None = None
 
     async def send(self, ev: Event) -> None:
         if self.lost is not None:
@@ -801,8 +804,16 @@ class SyncClient:
         wanted = sorted(collections) if collections is not None \
             else [c.name for c in self.replica.schema if readable == "*" or c.name in readable]
         # collections whose ``where`` limit changed: a full resync, after which what it did not bring is
-        # evicted (``_rescope``)
+        # evicted (``_evict_unsent``)
         rescope = self._rescoped(welcome, stored_relay, cursors, marks, wanted)
+        # a full resync from the relay log the cursors come from, whole (none past its head: a relay whose
+        # database lost changes, restored from a backup, has its head below them) sends every record of the
+        # scope the relay holds: a record of a ``where``-limited collection it does not bring has left the
+        # scope (the news of it was compacted away, or skipped with the delta it replaces), and is evicted
+        # too. Not after a resync from another relay log (a first sync, a relay started on an empty
+        # database) or one that lost changes: what it did not send may be the only copy of a record.
+        limited = {c for c in wanted if welcome.scopes is not None and c in welcome.scopes}
+        whole_log = stored_relay == relay_id and all(v <= welcome.head for v in cursors.values())
         if stored_relay != relay_id:
             cursors, marks = {}, {}
         for c in rescope:
@@ -824,48 +835,60 @@ class SyncClient:
         received = 0
         reset = False
         to = since
-        kept: set[tuple[str, str]] = set()  # the records of ``rescope`` collections the resync brought
-        while True:
-            page = await session.pages.get()
-            if isinstance(page, _Lost):
-                raise page
-            if isinstance(page, Live):  # arrived behind a page applied before it
-                self._apply_live(page.items)
-                continue
-            reset = reset or page.reset
-            cursor = None
-            if rescope:
-                kept.update((i.collection, i.record) for i in page.items if i.update and i.collection in rescope)
-            if page.to is not None:  # stored in the same commit as the page's updates
-                to = page.to
-                if rescope:  # the resync's last page (the only one with a cursor): the rest goes first
-                    self._rescope(rescope, kept)
-                _, cursors = self._cursor()
-                for c in wanted:
-                    cursors[c] = to if page.reset else max(cursors.get(c, 0), to)
-                cursor = self._cursor_meta(relay_id, cursors, marks)
-            changed.update(((rec.collection, rec.id), rec) for rec in self._apply(page.items, cursor))
-            received += len(page.items)
-            self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
-            if not page.more:
-                # answered (what came back of them is in, with its page): by a delta pull, which sends them
-                # back whatever the collections, or by a full resync of every collection
-                if not reset or collections is None:
-                    self.replica.returned(returns)
-                self._apply_queued_live(session)
-                return received, reset, to
+        kept: set[tuple[str, str]] = set()  # the records of ``watched`` collections the resync brought
+        watched = rescope | limited
+        session.live_records = set()
+        try:
+            while True:
+                page = await session.pages.get()
+                if isinstance(page, _Lost):
+                    raise page
+                if isinstance(page, Live):  # arrived behind a page applied before it
+                    self._apply_live(page.items)
+                    continue
+                reset = reset or page.reset
+                cursor = None
+                # (a pull asking for a resync gets only resync pages; one the relay turned into a resync, the
+                # log compacted under it, may have delta pages first: what they brought counts for nothing)
+                if watched and (page.reset or rescope):
+                    kept.update((i.collection, i.record) for i in page.items
+                                if i.update and i.collection in watched)
+                if page.to is not None:  # stored in the same commit as the page's updates
+                    to = page.to
+                    # the resync's last page (the only one with a cursor): what it did not bring goes first
+                    gone = rescope | (limited if page.reset and whole_log else set())
+                    if gone:
+                        self._evict_unsent(gone, kept | session.live_records, changed_limit=rescope)
+                    _, cursors = self._cursor()
+                    for c in wanted:
+                        cursors[c] = to if page.reset else max(cursors.get(c, 0), to)
+                    cursor = self._cursor_meta(relay_id, cursors, marks)
+                changed.update(((rec.collection, rec.id), rec) for rec in self._apply(page.items, cursor))
+                received += len(page.items)
+                self._emit(SyncStatus("progress", phase="download", done=page.done, total=page.total))
+                if not page.more:
+                    # answered (what came back of them is in, with its page): by a delta pull, which sends
+                    # them back whatever the collections, or by a full resync of every collection
+                    if not reset or collections is None:
+                        self.replica.returned(returns)
+                    self._apply_queued_live(session)
+                    return received, reset, to
+        finally:
+            session.live_records = None
 
-    def _rescope(self, collections: set[str], kept: set[tuple[str, str]]) -> None:
-        """After a full resync of collections whose ``where`` limit changed: their records it did not bring
-        are outside the new limit, and leave the device (``Replica.evict``: those with pending changes stay
-        until the user discards them). Done before the cursor and the new limit's fingerprint are stored: if
-        it is cut short, the next sync resyncs them again."""
+    def _evict_unsent(self, collections: set[str], kept: set[tuple[str, str]], *, changed_limit: set[str]) -> None:
+        """After a full resync of ``where``-limited collections (those in ``changed_limit`` because their limit
+        changed; the others because it replaced a delta, from the same relay log): their records it did not
+        bring are outside the scope, and leave the device (``Replica.evict``: those with pending changes stay
+        until the user discards them; each removal is a ``ChangeEvent`` with ``record=None``). ``kept``: the
+        records the resync brought, and those live updates brought meanwhile. Done before the cursor (and a
+        new limit's fingerprint) is stored: if it is cut short, the next sync resyncs them again."""
         for c in sorted(collections):
             gone = [(c, rid) for rid in self.replica.record_ids(c) if (c, rid) not in kept]
             removed = self.replica.evict(gone) if gone else []
             if removed:
-                log.warning("%s: outside this token's changed limit: %d record(s) removed from the device", c,
-                            len(removed))
+                why = "outside this token's changed limit" if c in changed_limit else "left this token's scope"
+                log.warning("%s: %s: %d record(s) removed from the device", c, why, len(removed))
 
     def _apply(self, items: tuple[Item, ...], cursor: dict[str, bytes] | None = None) -> list[Record]:
         """Merge a page: all at once, or item by item if one is bad (it is reported and skipped). The
@@ -928,6 +951,8 @@ class SyncClient:
                 if readable == "*" or c.name in readable:
                     cursors[c.name] = max(cursors.get(c.name, 0), top)
             cursor = self._cursor_meta(self._session.welcome.relay, cursors, marks)
+        if self._session.live_records is not None:
+            self._session.live_records.update((i.collection, i.record) for i in items if i.update)
         for rec in self._apply(items, cursor):
             if rec.conflicts:
                 self._emit(SyncStatus("conflict", "live update", collection=rec.collection, record=rec.id,

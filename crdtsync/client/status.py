@@ -46,8 +46,8 @@ class SyncResult:
 
     def __str__(self) -> str:
         return (f"{self.uploaded} up, {self.received} received, {self.downloaded} records changed, "
-                f"{self.rejected} rejected, {self.conflicts} with conflicts" + (" (full resync)" if self.reset
-                                                                                  else ""))
+                f"{self.rejected} rejected, {self.held} held, {self.conflicts} with conflicts"
+                + (" (full resync)" if self.reset else ""))
 
 
 @dataclass(frozen=True)

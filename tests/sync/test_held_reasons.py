@@ -40,6 +40,7 @@ async def test_a_held_change_says_why_until_the_device_it_waits_for_syncs(
         wb = Watch(cb)
         res = await sync(cb)
     assert (res.uploaded, res.rejected, res.held) == (0, 0, 1)
+    assert "0 rejected, 1 held, 0 with conflicts" in str(res)  # as the app's log shows the run
     [pc] = b.pending()
     assert (pc.status, pc.error, pc.waiting) == ("pending", None, UNNAMED)
     [ev] = [e for e in wb.events if e.kind == "held"]
