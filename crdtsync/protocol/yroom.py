@@ -15,9 +15,16 @@ websocket connection to that room: feed it each binary message with ``receive()`
 4. if ``close`` is set, send what is queued and close the connection with its code and reason.
 
 It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
-the current awareness states; it answers a client's step 1 with step 2, which carries the updates the
-room holds pending (as Yjs's ``encodeStateAsUpdate`` does); it relays awareness and drops a
+the current awareness states; it answers a client's step 1 with step 2; it relays awareness and drops a
 leaving connection's awareness states. It also answers query-awareness, which the reference ignores.
+
+Step 2 carries what the room's document holds, not the updates the room holds pending (waiting for one
+not received yet): unlike Yjs's ``encodeStateAsUpdate``, which merges them in. Yrs keeps pending what it
+reads and cannot integrate, and some of that no Yjs client can read: one 21-byte update held pending and
+merged into every step 2 made every Yjs client that joined throw and show an empty document, for good.
+What the room integrates later is sent to every connection then (step 3 below), so a client that joined
+meanwhile loses nothing. Updates that no Yjs client writes (``yupdate.structure_error``: an item whose
+origin is a later clock of its own client, ...) are refused as malformed before anything is stored.
 
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
 change the document is refused: it is not applied, the client is told why (a y-protocols permission-denied
@@ -37,6 +44,7 @@ from typing import Any
 from pycrdt import Doc, get_state, get_update, merge_updates
 
 from ..errors import RemoteProtocolError
+from .yupdate import structure_error
 from .ywebsocket import (
     SYNC_STEP1,
     SYNC_STEP2,
@@ -179,27 +187,28 @@ class YRoom:
         return self.doc.get_state()
 
     def full_state(self) -> bytes:
-        """The room's state to store: the document, and the updates still waiting for a missing one."""
+        """The room's state to store: the document, and the updates still waiting for a missing one (not for
+        clients: ``diff``)."""
         if not self.waiting:
             return self.doc.get_update()
         return merge_updates(self.doc.get_update(), *self.waiting)
 
     def diff(self, state_vector: bytes) -> bytes:
-        """What a peer at ``state_vector`` lacks (sync step 2); ``RemoteProtocolError`` if it is garbage."""
+        """What a peer at ``state_vector`` lacks of the document (sync step 2); ``RemoteProtocolError`` if it
+        is garbage. Not what waits: the room could not integrate it, and Yjs may not be able to read it (see
+        the module docstring); the peer gets it, as every connection does, once the document takes it in."""
         decode_state_vector(state_vector)
         try:
-            diff = self.doc.get_update(state_vector)
+            return self.doc.get_update(state_vector)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError(f"state vector rejected by Yrs: {e}") from None
-        # as Yjs's ``encodeStateAsUpdate`` does, the peer also gets what the room holds pending: it keeps
-        # them pending in turn, and integrates them when the update they wait for comes
-        return merge_updates(diff, *self.waiting) if self.waiting else diff
 
     @staticmethod
     def check_update(update: bytes) -> None:
-        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update."""
+        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update that a Yjs client could
+        have written (``structure_error``)."""
         # Yrs sizes a table by the update's first count before reading on: four bytes claiming 2**28
         # clients cost over a second. Each client takes at least 3 bytes, so refuse such counts early.
         clients = Reader(update, "update").var_uint()
@@ -211,10 +220,14 @@ class YRoom:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
+        impossible = structure_error(update)
+        if impossible is not None:
+            raise RemoteProtocolError(impossible)
 
     def is_news(self, update: bytes) -> bool:
         """Whether applying ``update`` would change the room (its document, or what it holds waiting: a
-        reader sends back the waiting updates it got in step 2); ``RemoteProtocolError`` if Yrs refuses it."""
+        reader that holds a pending update, sent by the writer it came from or by the room before step 2
+        left them out, sends it back); ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
         # the part of the update the document lacks: its first varuint counts the clients with new structs
@@ -227,8 +240,8 @@ class YRoom:
                 raise
             raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
         if rest[:1] != b"\x00":
-            # new structs, unless the room holds them waiting (a reader that got them in step 2 keeps them
-            # pending and sends them back when it reconnects): then nothing the room lacks, merged in, is new
+            # new structs, unless the room holds them waiting (a reader that has them pending sends them back
+            # each time it connects): then nothing the room lacks, merged in, is new
             if not self.waiting:
                 return True
             full = merge_updates(self.doc.get_update(), *self.waiting)

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pycrdt import Decoder, Doc, Map, Text, merge_updates, write_var_uint
+from pycrdt import Array, Decoder, Doc, Map, Text, XmlElement, XmlFragment, XmlText, merge_updates, write_var_uint
 
 from crdtsync.errors import RemoteProtocolError
 from crdtsync.protocol.yroom import CLOSE_MALFORMED, CLOSE_READ_ONLY, MAX_READ_ONLY_CHECKS, YRoom, YSession
+from crdtsync.protocol.yupdate import structure_error
 from crdtsync.protocol.ywebsocket import (
     MAX_SAFE_INT,
     MESSAGE_AWARENESS,
@@ -33,6 +34,7 @@ from crdtsync.protocol.ywebsocket import (
     var_uint,
 )
 from crdtsync.relay.yjs import room_from_path
+from tests.yjs.impossible import EDITS, IMPOSSIBLE
 
 
 @settings(derandomize=True, max_examples=300)
@@ -283,19 +285,86 @@ def _text_of(update: bytes, *more: bytes) -> str:
     return str(doc.get("t", type=Text))
 
 
-def test_step2_carries_the_updates_the_room_holds_pending() -> None:
-    """As Yjs's ``encodeStateAsUpdate`` does: a client that joins while the room holds an update waiting
-    for a missing one gets it too, and integrates it when the missing one comes (it ended at "hello")."""
+def test_step2_leaves_out_what_the_room_holds_pending_and_the_transaction_that_lets_it_in_carries_it() -> None:
+    """Step 2 merged in the updates the room holds pending, as Yjs's ``encodeStateAsUpdate`` does; one that Yjs
+    cannot read (held since before the room refused such updates, in a stored room) then made every client
+    that joined throw and show an empty document. A client that joined meanwhile gets what waited from the
+    transaction that lets it in, which goes to every connection."""
     first, more, deletion = _three_updates()
     room = YRoom("r")
     room.apply(more)
     step2 = parse_message(YSession(room, can_write=True).receive(sync_message(SYNC_STEP1, b"\x00")).reply[0])
     assert isinstance(step2, SyncMessage) and step2.step == SYNC_STEP2
-    assert _text_of(step2.payload) == ""
-    assert _text_of(step2.payload, first) == "hello world"
+    assert step2.payload == room.doc.get_update() and room.waiting == [more]
+    applied = room.integrate(first)
+    assert applied.update is not None and _text_of(step2.payload, applied.update) == "hello world"
     lone_delete = YRoom("d")
     lone_delete.apply(deletion)  # a deletion of items the room lacks: Yrs keeps it pending too
-    assert _text_of(lone_delete.diff(b"\x00"), first, more) == "llo world"
+    assert lone_delete.diff(b"\x00") == lone_delete.doc.get_update()
+    poison = IMPOSSIBLE[0][2]
+    held = YRoom("p", merge_updates(*EDITS[:3]))
+    assert held.apply(poison) is None and held.waiting  # a stored room from before the check
+    assert held.diff(b"\x00") == held.doc.get_update()
+    reloaded = YRoom("p", held.full_state())
+    assert reloaded.waiting and reloaded.diff(b"\x00") == reloaded.doc.get_update()
+
+
+@pytest.mark.parametrize(("name", "prefix", "update", "what"), IMPOSSIBLE, ids=[c[0] for c in IMPOSSIBLE])
+def test_an_update_no_yjs_client_writes_is_refused_before_anything_is_stored(name: str, prefix: int, update: bytes,
+                                                                             what: str) -> None:
+    """Yrs read each and held it pending for good, and every step 2 carried it: every Yjs client that joined
+    threw in ``integrateStructs`` and showed an empty room, also after a restart (``tests/yjs/impossible.py``)."""
+    room = YRoom("r")
+    for u in EDITS[:prefix]:
+        assert room.apply(u) is None
+    before = room.full_state()
+    for step in (SYNC_STEP2, SYNC_UPDATE):
+        out = YSession(room, can_write=True).receive(sync_message(step, update))
+        assert out.close is not None and out.close.code == CLOSE_MALFORMED, name
+        assert what in out.close.reason and len(out.close.reason.encode()) <= 123
+        assert not out.updates and room.full_state() == before
+
+
+def test_the_updates_yjs_and_pycrdt_write_pass_the_structure_check() -> None:
+    for u in EDITS:
+        YRoom.check_update(u)
+        assert structure_error(u) is None
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["text", "emoji", "delete", "map", "nested", "array", "xml"]),
+                          st.integers(0, 40), st.text(alphabet="abé✓ ", min_size=1, max_size=4)),
+                min_size=1, max_size=25))
+def test_updates_of_real_edits_are_never_taken_for_impossible(edits: list[tuple[str, int, str]]) -> None:
+    """Edits of every kind, each update as sent and the whole document: origins, right origins and parents
+    of the writer's own client all come before its items."""
+    doc: Doc[Any] = Doc(client_id=3)
+    text, root, arr = doc.get("t", type=Text), doc.get("m", type=Map), doc.get("a", type=Array)
+    frag = doc.get("x", type=XmlFragment)
+    updates: list[bytes] = []
+    doc.observe(lambda e: updates.append(e.update))
+    for kind, at, value in edits:
+        if kind == "text" and str(text).isascii():  # (offsets count UTF-16 units once an emoji is in)
+            text.insert(at % (len(text) + 1), value)
+        elif kind == "emoji":  # two UTF-16 units: the clocks of the items after it count them
+            text.insert(0, f"😀{value}")
+        elif kind == "delete" and str(text)[:1].isascii() and len(text):
+            del text[0:1]
+        elif kind == "map":
+            root[value] = {"n": at, "s": [value, at / 3]}
+        elif kind == "nested":
+            inner = root.get("inner")
+            if not isinstance(inner, Map):
+                root["inner"] = inner = Map({"k": Text(value)})
+            inner[value] = at
+            inner["k"].insert(0, value)
+        elif kind == "array":
+            arr.insert(at % (len(arr) + 1), Array([value, Map({"v": at})]))
+        else:
+            el = frag.children.insert(at % (len(frag.children) + 1), XmlElement("p", {"a": value}))
+            el.children.append(XmlText(value))
+    for u in (*updates, doc.get_update()):
+        assert structure_error(u) is None, u.hex()
 
 
 def test_a_stored_room_state_keeps_a_deletion_that_came_before_its_items() -> None:
