@@ -46,6 +46,7 @@ from pycrdt import Doc, get_state, get_update, merge_updates
 from ..errors import RemoteProtocolError
 from .yupdate import structure_error
 from .ywebsocket import (
+    MAX_STATE_VECTOR_ENTRIES,
     SYNC_STEP1,
     SYNC_STEP2,
     AwarenessEntry,
@@ -57,6 +58,7 @@ from .ywebsocket import (
     decode_state_vector,
     parse_message,
     permission_denied_message,
+    state_vector_entries,
     sync_message,
     var_uint,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "CLOSE_SERVER_ERROR",
     "CLOSE_TOO_SLOW",
     "EMPTY_UPDATE",
+    "MAX_AWARENESS_CLIENTS",
     "MAX_READ_ONLY_CHECKS",
     "Applied",
     "CloseRequest",
@@ -83,6 +86,10 @@ CLOSE_MALFORMED = 4400
 CLOSE_READ_ONLY = 4403
 
 EMPTY_UPDATE = b"\x00\x00"
+
+# Client ids one connection may publish awareness states for. A WebsocketProvider publishes one, its
+# document's; each further id costs every client of the room a presence entry, and every joiner a copy.
+MAX_AWARENESS_CLIENTS = 16
 
 # A read-only WebsocketProvider sends one step 2 a connection (the answer to ours) and updates only when
 # it is edited, which is refused. Checking an update that brings no new items costs a copy of the room,
@@ -195,9 +202,11 @@ class YRoom:
 
     def diff(self, state_vector: bytes) -> bytes:
         """What a peer at ``state_vector`` lacks of the document (sync step 2); ``RemoteProtocolError`` if it
-        is garbage. Not what waits: the room could not integrate it, and Yjs may not be able to read it (see
-        the module docstring); the peer gets it, as every connection does, once the document takes it in."""
-        decode_state_vector(state_vector)
+        is garbage, or names more than ``MAX_STATE_VECTOR_ENTRIES`` clients beyond the room's. Not what
+        waits: the room could not integrate it, and Yjs may not be able to read it (see the module
+        docstring); the peer gets it, as every connection does, once the document takes it in."""
+        state = self.doc.get_state()
+        state_vector_entries(state_vector, Reader(state).var_uint() + MAX_STATE_VECTOR_ENTRIES)
         try:
             return self.doc.get_update(state_vector)
         except BaseException as e:
@@ -320,12 +329,25 @@ class YRoom:
         return [e for e in self.awareness.values() if not e.removed]
 
     def apply_awareness(self, entries: tuple[AwarenessEntry, ...], controlled: set[int]) -> list[AwarenessEntry]:
-        """y-protocols' ``applyAwarenessUpdate`` rules; returns the entries that took effect."""
-        changed = []
+        """y-protocols' ``applyAwarenessUpdate`` rules; returns the entries that took effect. ``controlled``:
+        the client ids whose state the connection set. ``RemoteProtocolError``, and nothing applied, if the
+        entries would give it more than ``MAX_AWARENESS_CLIENTS``. The removal of a state the room does not
+        hold is dropped: it changes nothing, and keeping each one made the room's states grow without end."""
+        now: dict[int, AwarenessEntry] = {}
         for e in entries:
-            cur = self.awareness.get(e.client)
+            cur = now.get(e.client) or self.awareness.get(e.client)
+            if cur is None and e.removed:
+                continue
             cur_clock = 0 if cur is None else cur.clock
             if cur_clock < e.clock or (cur_clock == e.clock and e.removed and cur is not None and not cur.removed):
+                now[e.client] = e
+        added = [c for c, e in now.items() if not e.removed and c not in controlled]
+        if added and len(controlled) + len(added) > MAX_AWARENESS_CLIENTS:
+            raise RemoteProtocolError(f"awareness states of more than {MAX_AWARENESS_CLIENTS} clients from one "
+                                      "connection")
+        changed = []
+        for e in entries:
+            if now.get(e.client) is e:
                 self.awareness[e.client] = e
                 changed.append(e)
                 if e.removed:
