@@ -189,6 +189,8 @@ class YRoom:
         if state:
             self.apply(state)
         self.awareness: dict[int, AwarenessEntry] = {}
+        # client id -> the ``controlled`` set of the live connection that publishes its state (``YSession``)
+        self.publisher: dict[int, set[int]] = {}
 
     def state_vector(self) -> bytes:
         return self.doc.get_state()
@@ -332,9 +334,18 @@ class YRoom:
         """y-protocols' ``applyAwarenessUpdate`` rules; returns the entries that took effect. ``controlled``:
         the client ids whose state the connection set. ``RemoteProtocolError``, and nothing applied, if the
         entries would give it more than ``MAX_AWARENESS_CLIENTS``. The removal of a state the room does not
-        hold is dropped: it changes nothing, and keeping each one made the room's states grow without end."""
+        hold is dropped: it changes nothing, and keeping each one made the room's states grow without end.
+
+        An entry for a client id whose state another live connection publishes is ignored (not applied, not
+        relayed): with a higher clock, anyone in the room, a read-only token too, replaced another client's
+        presence for everyone and for that client itself. A provider echoes the states it receives, at the
+        clocks it got them: those changed nothing anyway. Once that connection has closed, the id is free
+        again (its client reconnecting publishes it anew)."""
         now: dict[int, AwarenessEntry] = {}
         for e in entries:
+            publisher = self.publisher.get(e.client)
+            if publisher is not None and publisher is not controlled:
+                continue
             cur = now.get(e.client) or self.awareness.get(e.client)
             if cur is None and e.removed:
                 continue
@@ -352,14 +363,19 @@ class YRoom:
                 changed.append(e)
                 if e.removed:
                     controlled.discard(e.client)
+                    self.publisher.pop(e.client, None)
                 else:
                     controlled.add(e.client)
+                    self.publisher[e.client] = controlled
         return changed
 
     def remove_awareness(self, clients: set[int]) -> list[AwarenessEntry]:
-        """Drop the states of ``clients`` (a connection left); returns the removal entries to relay."""
+        """Drop the states of ``clients``, the ``controlled`` set of a connection that left (their ids are free
+        again); returns the removal entries to relay."""
         out = []
         for client in sorted(clients):
+            if self.publisher.get(client) is clients:
+                del self.publisher[client]
             cur = self.awareness.get(client)
             if cur is not None and not cur.removed:
                 gone = AwarenessEntry(client, cur.clock, "null")

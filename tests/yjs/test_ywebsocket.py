@@ -550,3 +550,27 @@ def test_the_removal_of_a_state_the_room_never_held_is_not_kept() -> None:
     s = YSession(room, can_write=False)
     out = s.receive(awareness_message([AwarenessEntry(i, 1, "null") for i in range(1, 1001)]))
     assert out.close is None and not out.to_all and room.awareness == {}
+
+
+def test_a_connection_cannot_set_or_remove_the_presence_of_a_client_another_connection_publishes() -> None:
+    """A read-only token sent alice's client id with a higher clock: bob saw "MALLORY-as-alice", and alice's
+    own state was replaced. Echoes of others' states stay harmless, and alice reconnecting works."""
+    room = YRoom("r")
+    alice, bob, mallory = (YSession(room, can_write=w) for w in (True, True, False))
+    mine = AwarenessEntry(1, 1, '{"user":"alice"}')
+    assert alice.receive(awareness_message([mine])).to_all
+    assert bob.receive(awareness_message([AwarenessEntry(2, 1, '{"user":"bob"}')])).to_all
+    for forged in (AwarenessEntry(1, 10**6, '{"user":"MALLORY-as-alice"}'), AwarenessEntry(1, 10**6, "null"),
+                   AwarenessEntry(1, 1, "null")):
+        own = AwarenessEntry(3, 1, '{"user":"mallory"}')
+        out = mallory.receive(awareness_message([forged, own]))
+        assert out.close is None and room.awareness[1] == mine
+        assert out.to_all in ([], [awareness_message([own])])  # its own state only, once
+    assert bob.receive(awareness_message([mine, AwarenessEntry(2, 1, '{"user":"bob"}')])).to_all == []  # an echo
+    assert alice.receive(awareness_message([AwarenessEntry(1, 2, '{"user":"alice","at":2}')])).to_all
+    assert mallory.controlled == {3} and bob.controlled == {2} and alice.controlled == {1}
+    assert alice.leave() == [awareness_message([AwarenessEntry(1, 2, "null")])]
+    again = YSession(room, can_write=True)  # alice's reconnect: a new connection, the same client id
+    assert again.receive(awareness_message([AwarenessEntry(1, 3, '{"user":"alice"}')])).to_all
+    assert room.awareness[1].state == '{"user":"alice"}' and again.controlled == {1}
+    assert mallory.receive(awareness_message([AwarenessEntry(1, 99, '{"user":"x"}')])).to_all == []
