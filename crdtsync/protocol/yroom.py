@@ -29,8 +29,8 @@ origin is a later clock of its own client, ...) are refused as malformed before 
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
 change the document is refused: it is not applied, the client is told why (a y-protocols permission-denied
 message, which ``WebsocketProvider`` logs) and closed with code 4403. Updates that bring nothing new, like
-the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room (with the
-updates it got pending from the room's step 2), are fine.
+the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room (with any
+updates it holds pending that the room holds pending too), are fine.
 
 Close codes: 4400-4499 tell ``WebsocketProvider`` (y-websocket 3.1+) not to reconnect, which is right for
 a client that sends garbage or writes without permission; 1011 and 1013 make it reconnect and resync.
@@ -183,7 +183,8 @@ class YRoom:
         self.doc: Doc[Any] = Doc()
         # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
         # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
-        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them.
+        # encoding leaves both out, so a stored state made from it alone would lose them (a sync step 2 leaves
+        # them out on purpose: ``diff``).
         # Each entry is a remainder (what the document lacks of an update, see ``_remainder``), kept once
         self.waiting: list[bytes] = []
         if state:
@@ -217,9 +218,10 @@ class YRoom:
             raise RemoteProtocolError(f"state vector rejected by Yrs: {e}") from None
 
     @staticmethod
-    def check_update(update: bytes) -> None:
-        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update that a Yjs client could
-        have written (``structure_error``)."""
+    def check_update(update: bytes, *, to_store: bool = True) -> None:
+        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update, and, if it is
+        ``to_store``, one that a Yjs client could have written (``structure_error``: read in Python, about
+        70 ms a MiB, so not for a read-only client's update, which is never stored)."""
         # Yrs sizes a table by the update's first count before reading on: four bytes claiming 2**28
         # clients cost over a second. Each client takes at least 3 bytes, so refuse such counts early.
         clients = Reader(update, "update").var_uint()
@@ -231,14 +233,14 @@ class YRoom:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
-        impossible = structure_error(update)
+        impossible = structure_error(update) if to_store else None
         if impossible is not None:
             raise RemoteProtocolError(impossible)
 
     def is_news(self, update: bytes) -> bool:
         """Whether applying ``update`` would change the room (its document, or what it holds waiting: a
-        reader that holds a pending update, sent by the writer it came from or by the room before step 2
-        left them out, sends it back); ``RemoteProtocolError`` if Yrs refuses it."""
+        reader that holds a pending update, from a relay version whose step 2 carried them, sends it back);
+        ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
         # the part of the update the document lacks: its first varuint counts the clients with new structs
@@ -422,7 +424,7 @@ class YSession:
         if isinstance(msg, SyncMessage):
             if msg.step == SYNC_STEP1:
                 return Outcome(reply=[sync_message(SYNC_STEP2, self.room.diff(msg.payload))])
-            self.room.check_update(msg.payload)
+            self.room.check_update(msg.payload, to_store=self.can_write)
             if msg.payload == EMPTY_UPDATE:
                 return Outcome()
             if not self.can_write:

@@ -333,6 +333,8 @@ def test_an_update_no_yjs_client_writes_is_refused_before_anything_is_stored(nam
         assert out.close is not None and out.close.code == CLOSE_MALFORMED, name
         assert what in out.close.reason and len(out.close.reason.encode()) <= 123
         assert not out.updates and room.full_state() == before
+    out = YSession(room, can_write=False).receive(sync_message(SYNC_UPDATE, update))
+    assert out.close is not None and out.close.code == CLOSE_READ_ONLY  # a change, as any other
 
 
 def test_the_updates_yjs_and_pycrdt_write_pass_the_structure_check() -> None:
