@@ -576,3 +576,34 @@ def test_a_connection_cannot_set_or_remove_the_presence_of_a_client_another_conn
     assert again.receive(awareness_message([AwarenessEntry(1, 3, '{"user":"alice"}')])).to_all
     assert room.awareness[1].state == '{"user":"alice"}' and again.controlled == {1}
     assert mallory.receive(awareness_message([AwarenessEntry(1, 99, '{"user":"x"}')])).to_all == []
+
+
+@settings(derandomize=True, max_examples=500)
+@given(st.sampled_from([*EDITS, *(c[2] for c in IMPOSSIBLE)]),
+       st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255), st.booleans()), max_size=4))
+def test_the_structure_check_gives_a_verdict_or_none_and_never_raises(update: bytes,
+                                                                     edits: list[tuple[int, int, bool]]) -> None:
+    raw = bytearray(update)
+    for at, byte, insert in edits:
+        if insert or not raw:
+            raw.insert(at % (len(raw) + 1), byte)
+        else:
+            raw[at % len(raw)] = byte
+    verdict = structure_error(bytes(raw))
+    assert verdict is None or len(f"malformed message: {verdict}".encode()) <= 123  # a close reason's room
+
+
+def test_the_longest_structure_verdict_fits_a_close_reason() -> None:
+    def leb(n: int) -> bytes:
+        out = bytearray()
+        while n > 0x7F:
+            out.append(0x80 | (n & 0x7F))
+            n >>= 7
+        return bytes(out + bytes([n]))
+
+    client, clock = leb(2**64 - 1), leb(2**32 - 1)
+    update = b"\x01\x01" + client + clock + b"\x44" + client + clock + b"\x01x\x00"
+    verdict = structure_error(update)
+    assert verdict is not None and "right origin" in verdict
+    out = YSession(YRoom("r"), can_write=True).receive(sync_message(SYNC_UPDATE, update))
+    assert out.close is not None and len(out.close.reason.encode()) <= 123, out.close
