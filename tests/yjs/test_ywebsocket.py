@@ -607,3 +607,25 @@ def test_the_longest_structure_verdict_fits_a_close_reason() -> None:
     assert verdict is not None and "right origin" in verdict
     out = YSession(YRoom("r"), can_write=True).receive(sync_message(SYNC_UPDATE, update))
     assert out.close is not None and len(out.close.reason.encode()) <= 123, out.close
+
+
+def test_updates_yrs_leaves_waiting_once_their_missing_one_came_are_offered_again() -> None:
+    """A text's inserts U1..U3 and a map set U4 arriving as U4, U3, U2, then U1: Yrs took in U1 and left U2
+    and U3 waiting for good; clients other than the writer never got "bc", nor anything built on it."""
+    src: Doc[Any] = Doc(client_id=7)
+    text, root = src.get("t", type=Text), src.get("m", type=Map)
+    ups: list[bytes] = []
+    src.observe(lambda e: ups.append(e.update))
+    text.insert(0, "a")
+    text.insert(1, "b")
+    text.insert(2, "c")
+    root["k"] = "v"
+    room = YRoom("r")
+    sent = [room.integrate(u) for u in reversed(ups)]
+    assert str(room.doc.get("t", type=Text)) == "abc" and room.waiting == []
+    assert sent[-1].unblocked  # so the transaction goes to the sender of U1 too
+    online: Doc[Any] = Doc()
+    for a in sent:
+        if a.update is not None:
+            online.apply_update(a.update)
+    assert str(online.get("t", type=Text)) == "abc" and online.get("m", type=Map).to_py() == {"k": "v"}
