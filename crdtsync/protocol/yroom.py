@@ -15,15 +15,22 @@ websocket connection to that room: feed it each binary message with ``receive()`
 4. if ``close`` is set, send what is queued and close the connection with its code and reason.
 
 It mirrors the reference server (y-websocket's ``utils.js``): on connect the server sends sync step 1 and
-the current awareness states; it answers a client's step 1 with step 2, which carries the updates the
-room holds pending (as Yjs's ``encodeStateAsUpdate`` does); it relays awareness and drops a
+the current awareness states; it answers a client's step 1 with step 2; it relays awareness and drops a
 leaving connection's awareness states. It also answers query-awareness, which the reference ignores.
+
+Step 2 carries what the room's document holds, not the updates the room holds pending (waiting for one
+not received yet): unlike Yjs's ``encodeStateAsUpdate``, which merges them in. Yrs keeps pending what it
+reads and cannot integrate, and some of that no Yjs client can read: one 21-byte update held pending and
+merged into every step 2 made every Yjs client that joined throw and show an empty document, for good.
+What the room integrates later is sent to every connection then (step 3 below), so a client that joined
+meanwhile loses nothing. Updates that no Yjs client writes (``yupdate.structure_error``: an item whose
+origin is a later clock of its own client, ...) are refused as malformed before anything is stored.
 
 A read-only session may read and may publish awareness (presence), but a step 2 or update that would
 change the document is refused: it is not applied, the client is told why (a y-protocols permission-denied
 message, which ``WebsocketProvider`` logs) and closed with code 4403. Updates that bring nothing new, like
-the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room (with the
-updates it got pending from the room's step 2), are fine.
+the empty step 2 every fresh client answers with, or a reconnecting reader's copy of the room (with any
+updates it holds pending that the room holds pending too), are fine.
 
 Close codes: 4400-4499 tell ``WebsocketProvider`` (y-websocket 3.1+) not to reconnect, which is right for
 a client that sends garbage or writes without permission; 1011 and 1013 make it reconnect and resync.
@@ -37,7 +44,9 @@ from typing import Any
 from pycrdt import Doc, get_state, get_update, merge_updates
 
 from ..errors import RemoteProtocolError
+from .yupdate import structure_error
 from .ywebsocket import (
+    MAX_STATE_VECTOR_ENTRIES,
     SYNC_STEP1,
     SYNC_STEP2,
     AwarenessEntry,
@@ -49,6 +58,7 @@ from .ywebsocket import (
     decode_state_vector,
     parse_message,
     permission_denied_message,
+    state_vector_entries,
     sync_message,
     var_uint,
 )
@@ -60,6 +70,7 @@ __all__ = [
     "CLOSE_SERVER_ERROR",
     "CLOSE_TOO_SLOW",
     "EMPTY_UPDATE",
+    "MAX_AWARENESS_CLIENTS",
     "MAX_READ_ONLY_CHECKS",
     "Applied",
     "CloseRequest",
@@ -75,6 +86,10 @@ CLOSE_MALFORMED = 4400
 CLOSE_READ_ONLY = 4403
 
 EMPTY_UPDATE = b"\x00\x00"
+
+# Client ids one connection may publish awareness states for. A WebsocketProvider publishes one, its
+# document's; each further id costs every client of the room a presence entry, and every joiner a copy.
+MAX_AWARENESS_CLIENTS = 16
 
 # A read-only WebsocketProvider sends one step 2 a connection (the answer to ours) and updates only when
 # it is edited, which is refused. Checking an update that brings no new items costs a copy of the room,
@@ -168,38 +183,46 @@ class YRoom:
         self.doc: Doc[Any] = Doc()
         # updates not wholly in the document: structs Yrs keeps pending (they build on one not received
         # yet), or deletions of items the document lacks (Yrs keeps them pending too). The document's own
-        # encoding leaves both out, so a stored state or a sync step 2 made from it alone would lose them.
+        # encoding leaves both out, so a stored state made from it alone would lose them (a sync step 2 leaves
+        # them out on purpose: ``diff``).
         # Each entry is a remainder (what the document lacks of an update, see ``_remainder``), kept once
         self.waiting: list[bytes] = []
+        self._held: tuple[list[bytes], bytes] = ([], EMPTY_UPDATE)  # ``waiting`` and their merge
         if state:
             self.apply(state)
         self.awareness: dict[int, AwarenessEntry] = {}
+        # client id -> the ``controlled`` set of the live connection that publishes its state (``YSession``)
+        self.publisher: dict[int, set[int]] = {}
 
     def state_vector(self) -> bytes:
         return self.doc.get_state()
 
     def full_state(self) -> bytes:
-        """The room's state to store: the document, and the updates still waiting for a missing one."""
+        """The room's state to store: the document, and the updates still waiting for a missing one (not for
+        clients: ``diff``)."""
         if not self.waiting:
             return self.doc.get_update()
         return merge_updates(self.doc.get_update(), *self.waiting)
 
     def diff(self, state_vector: bytes) -> bytes:
-        """What a peer at ``state_vector`` lacks (sync step 2); ``RemoteProtocolError`` if it is garbage."""
-        decode_state_vector(state_vector)
+        """What a peer at ``state_vector`` lacks of the document (sync step 2); ``RemoteProtocolError`` if it
+        is garbage, or names more than ``MAX_STATE_VECTOR_ENTRIES`` clients beyond the room's. Not what
+        waits: the room could not integrate it, and Yjs may not be able to read it (see the module
+        docstring); the peer gets it, as every connection does, once the document takes it in."""
+        state = self.doc.get_state()
+        state_vector_entries(state_vector, Reader(state).var_uint() + MAX_STATE_VECTOR_ENTRIES)
         try:
-            diff = self.doc.get_update(state_vector)
+            return self.doc.get_update(state_vector)
         except BaseException as e:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError(f"state vector rejected by Yrs: {e}") from None
-        # as Yjs's ``encodeStateAsUpdate`` does, the peer also gets what the room holds pending: it keeps
-        # them pending in turn, and integrates them when the update they wait for comes
-        return merge_updates(diff, *self.waiting) if self.waiting else diff
 
     @staticmethod
-    def check_update(update: bytes) -> None:
-        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update."""
+    def check_update(update: bytes, *, to_store: bool = True) -> None:
+        """Raise ``RemoteProtocolError`` unless ``update`` decodes as a Yjs v1 update, and, if it is
+        ``to_store``, one that a Yjs client could have written (``structure_error``: read in Python, about
+        70 ms a MiB, so not for a read-only client's update, which is never stored)."""
         # Yrs sizes a table by the update's first count before reading on: four bytes claiming 2**28
         # clients cost over a second. Each client takes at least 3 bytes, so refuse such counts early.
         clients = Reader(update, "update").var_uint()
@@ -211,10 +234,14 @@ class YRoom:
             if not _is_pycrdt_error(e):
                 raise
             raise RemoteProtocolError("update does not decode as a Yjs v1 update") from None
+        impossible = structure_error(update) if to_store else None
+        if impossible is not None:
+            raise RemoteProtocolError(impossible)
 
     def is_news(self, update: bytes) -> bool:
         """Whether applying ``update`` would change the room (its document, or what it holds waiting: a
-        reader sends back the waiting updates it got in step 2); ``RemoteProtocolError`` if Yrs refuses it."""
+        reader that holds a pending update, from a relay version whose step 2 carried them, sends it back);
+        ``RemoteProtocolError`` if Yrs refuses it."""
         if update == EMPTY_UPDATE:
             return False
         # the part of the update the document lacks: its first varuint counts the clients with new structs
@@ -227,8 +254,8 @@ class YRoom:
                 raise
             raise RemoteProtocolError(f"update rejected by Yrs: {e}") from None
         if rest[:1] != b"\x00":
-            # new structs, unless the room holds them waiting (a reader that got them in step 2 keeps them
-            # pending and sends them back when it reconnects): then nothing the room lacks, merged in, is new
+            # new structs, unless the room holds them waiting (a reader that has them pending sends them back
+            # each time it connects): then nothing the room lacks, merged in, is new
             if not self.waiting:
                 return True
             full = merge_updates(self.doc.get_update(), *self.waiting)
@@ -265,6 +292,8 @@ class YRoom:
         unblocked = False
         try:
             self.doc.apply_update(update)
+            if txns and self.waiting:
+                self._offer_waiting(txns)
             sv = self.doc.get_state()
             txn = txns[0] if len(txns) == 1 else (merge_updates(*txns) if txns else None)
             if txns and self.waiting:
@@ -289,6 +318,28 @@ class YRoom:
                 self.doc.unobserve(sub)
         return Applied(update=txn if capture else None, unblocked=unblocked)
 
+    def _offer_waiting(self, txns: list[bytes]) -> None:
+        """Apply the waiting updates again (their merge), while that takes something in (``txns`` grows), as
+        long as few wait (``_CONTAINED_UP_TO``: with 32 small ones, an edit took about twice as long). Yrs
+        (pycrdt 0.14) does not always take in waiting updates once the one they wait for came: a text's
+        inserts U2, U3 and a map set U4 arriving as U4, U3, U2, then U1 left U2 and U3 waiting for good,
+        and with them everything built on them."""
+        if len(self.waiting) > _CONTAINED_UP_TO:
+            return
+        if self._held[0] != self.waiting:  # merged once for as long as the same updates wait
+            self._held = (list(self.waiting), merge_updates(*self.waiting))
+        held = self._held[1]
+        for _ in range(len(self.waiting)):
+            seen = len(txns)
+            try:
+                self.doc.apply_update(held)
+            except BaseException as e:  # each was read when it came: should Yrs refuse them now, leave them
+                if not _is_pycrdt_error(e):
+                    raise
+                return
+            if len(txns) == seen:
+                return
+
     def _holds_waiting(self, rest: bytes) -> bool:
         """Whether ``rest`` (a remainder) is already among the waiting updates: one of them byte for byte,
         or, while few wait (``_CONTAINED_UP_TO``), contained in them (merging it in changes nothing). That
@@ -307,24 +358,51 @@ class YRoom:
         return [e for e in self.awareness.values() if not e.removed]
 
     def apply_awareness(self, entries: tuple[AwarenessEntry, ...], controlled: set[int]) -> list[AwarenessEntry]:
-        """y-protocols' ``applyAwarenessUpdate`` rules; returns the entries that took effect."""
-        changed = []
+        """y-protocols' ``applyAwarenessUpdate`` rules; returns the entries that took effect. ``controlled``:
+        the client ids whose state the connection set. ``RemoteProtocolError``, and nothing applied, if the
+        entries would give it more than ``MAX_AWARENESS_CLIENTS``. The removal of a state the room does not
+        hold is dropped: it changes nothing, and keeping each one made the room's states grow without end.
+
+        An entry for a client id whose state another live connection publishes is ignored (not applied, not
+        relayed): with a higher clock, anyone in the room, a read-only token too, replaced another client's
+        presence for everyone and for that client itself. A provider echoes the states it receives, at the
+        clocks it got them: those changed nothing anyway. Once that connection has closed, the id is free
+        again (its client reconnecting publishes it anew)."""
+        now: dict[int, AwarenessEntry] = {}
         for e in entries:
-            cur = self.awareness.get(e.client)
+            publisher = self.publisher.get(e.client)
+            if publisher is not None and publisher is not controlled:
+                continue
+            cur = now.get(e.client) or self.awareness.get(e.client)
+            if cur is None and e.removed:
+                continue
             cur_clock = 0 if cur is None else cur.clock
             if cur_clock < e.clock or (cur_clock == e.clock and e.removed and cur is not None and not cur.removed):
+                now[e.client] = e
+        added = [c for c, e in now.items() if not e.removed and c not in controlled]
+        if added and len(controlled) + len(added) > MAX_AWARENESS_CLIENTS:
+            raise RemoteProtocolError(f"awareness states of more than {MAX_AWARENESS_CLIENTS} clients from one "
+                                      "connection")
+        changed = []
+        for e in entries:
+            if now.get(e.client) is e:
                 self.awareness[e.client] = e
                 changed.append(e)
                 if e.removed:
                     controlled.discard(e.client)
+                    self.publisher.pop(e.client, None)
                 else:
                     controlled.add(e.client)
+                    self.publisher[e.client] = controlled
         return changed
 
     def remove_awareness(self, clients: set[int]) -> list[AwarenessEntry]:
-        """Drop the states of ``clients`` (a connection left); returns the removal entries to relay."""
+        """Drop the states of ``clients``, the ``controlled`` set of a connection that left (their ids are free
+        again); returns the removal entries to relay."""
         out = []
         for client in sorted(clients):
+            if self.publisher.get(client) is clients:
+                del self.publisher[client]
             cur = self.awareness.get(client)
             if cur is not None and not cur.removed:
                 gone = AwarenessEntry(client, cur.clock, "null")
@@ -371,7 +449,7 @@ class YSession:
         if isinstance(msg, SyncMessage):
             if msg.step == SYNC_STEP1:
                 return Outcome(reply=[sync_message(SYNC_STEP2, self.room.diff(msg.payload))])
-            self.room.check_update(msg.payload)
+            self.room.check_update(msg.payload, to_store=self.can_write)
             if msg.payload == EMPTY_UPDATE:
                 return Outcome()
             if not self.can_write:

@@ -11,13 +11,15 @@ from typing import Any
 
 import pytest
 import websockets
-from pycrdt import Array, Doc
+from pycrdt import Array, Doc, Text, merge_updates
 
 from crdtsync.protocol.ywebsocket import SYNC_UPDATE, sync_message
+from crdtsync.store.base import Batch
 from crdtsync.store.memory import MemoryStore
 from crdtsync.store.sqlite import SQLiteStore
 from tests.interop.nodeclient import NodeClient, node_missing
-from tests.yjs.harness import PyYClient, yjs_server
+from tests.yjs.harness import PyYClient, YjsServer, yjs_server
+from tests.yjs.impossible import EDITS, IMPOSSIBLE
 
 pytestmark = pytest.mark.skipif(node_missing() is not None, reason=str(node_missing()))
 
@@ -199,3 +201,53 @@ async def test_a_provider_with_the_protocols_option_connects() -> None:
         await asyncio.gather(a.synced(), b.synced())
         await a.command({"op": "set", "key": "k", "value": "v"})
         await b.wait(map_keys=["k"])
+
+
+async def _refused(url: str, updates: list[bytes]) -> tuple[int | None, str | None]:
+    """Send ``updates`` on one raw connection; the close code and reason the room ends it with."""
+    async with websockets.connect(url) as raw:
+        for u in updates:
+            await raw.send(sync_message(SYNC_UPDATE, u))
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await asyncio.wait_for(raw.recv(), 10)
+        return raw.close_code, raw.close_reason
+
+
+async def test_an_update_no_yjs_client_writes_leaves_the_room_readable_for_joiners() -> None:
+    """Each update of ``tests/yjs/impossible.py`` (an item whose origin or parent is a later clock of its own
+    client, a deleted range of length 0) was held pending for good and merged into every step 2: each Yjs
+    client that joined threw in ``integrateStructs`` and showed an empty document. Now refused (4400)."""
+    async def one(srv: YjsServer, name: str, prefix: int, update: bytes, what: str) -> None:
+        room = f"imp-{name}"
+        expected: Doc[Any] = Doc()
+        for u in EDITS[:prefix]:
+            expected.apply_update(u)
+        text = str(expected.get("t", type=Text))
+        async with NodeClient(srv.url, room) as writer:
+            await writer.synced()
+            await writer.command({"op": "set", "key": "before", "value": "kept"})
+            code, reason = await _refused(srv.room_url(room), [*EDITS[:prefix], update])
+            assert code == 4400 and reason is not None and what in reason, (name, code, reason)
+            async with NodeClient(srv.url, room) as joiner:
+                await joiner.synced()
+                await joiner.wait(map_keys=["before"], text_includes=[text])
+                assert (await joiner.dump())["t"] == text
+                assert not joiner.saw("connection-close")
+
+    async with yjs_server(MemoryStore()) as srv:
+        await asyncio.gather(*(one(srv, *case) for case in IMPOSSIBLE))
+
+
+async def test_a_stored_room_holding_an_update_yjs_cannot_read_still_loads() -> None:
+    """A room stored before such updates were refused keeps the one it holds pending (in its snapshot): its
+    step 2 merged it in, and every joiner, after every restart, got an empty document."""
+    content: Doc[Any] = Doc(client_id=5)
+    content.get("t", type=Text).insert(0, "still here")
+    store = MemoryStore()
+    batch = Batch()
+    batch.save(("yjs", "held", "s"), merge_updates(content.get_update(), IMPOSSIBLE[0][2]))
+    store.commit(batch)
+    async with yjs_server(store) as srv, NodeClient(srv.url, "held") as joiner:
+        await joiner.synced()
+        await joiner.wait(text_includes=["still here"])
