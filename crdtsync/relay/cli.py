@@ -80,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default="relay.db", metavar="FILE|postgresql://...",
                         help="the relay's SQLite file, created if missing (default: relay.db), or a PostgreSQL "
                              "URL (postgresql://user:password@host:port/dbname; needs crdtsync[postgres]): "
-                             "the relay keeps its table kv there, created if missing")
+                             "the relay keeps its table kv there, created if missing. To move a relay from one "
+                             "database to another: crdtsync relay-copy")
     parser.add_argument("--pg-schema", default=None, metavar="NAME",
                         help="with a PostgreSQL --db only: the schema that holds the relay's table (default: "
                              "the server's search path)")
