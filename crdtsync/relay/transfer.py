@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ..errors import CrdtSyncError, LocalError, StoreError, StoreInUse
 from ..store.base import Batch, ByteStore, store_path
+from ..store.keys import Key
 from .cli import check_db, holds_replica, is_postgres_url, open_store, shown_db
 
 __all__ = ["Copied", "add_arguments", "check_source", "copy_relay_store", "run"]
@@ -44,14 +45,20 @@ class Copied:
     head: int
 
 
+def _add(h: hashlib._Hash, key: Key, value: bytes) -> None:
+    """Take one key and its value into the digest ``h`` (the value's length first: no two sequences of
+    keys and values hash alike by shifting bytes between them)."""
+    h.update(repr(key).encode())
+    h.update(len(value).to_bytes(8, "big"))
+    h.update(value)
+
+
 def _digest(store: ByteStore, page: int) -> tuple[int, str]:
     """The number of keys of ``store`` and a digest of every key and value, in key order, read in pages."""
     h = hashlib.sha256()
     n = 0
     for key, value in store.iter_range((), batch=page):
-        h.update(repr(key).encode())
-        h.update(len(value).to_bytes(8, "big"))
-        h.update(value)
+        _add(h, key, value)
         n += 1
     return n, h.hexdigest()
 
@@ -80,9 +87,7 @@ def copy_relay_store(src: ByteStore, dst: ByteStore, *, page: int = PAGE) -> Cop
         batch = Batch()
         for key, value in src.iter_range((), batch=page):
             batch.save(key, value)
-            h.update(repr(key).encode())
-            h.update(len(value).to_bytes(8, "big"))
-            h.update(value)
+            _add(h, key, value)
             n += 1
             if len(batch.saves) >= page:
                 dst.commit(batch)
