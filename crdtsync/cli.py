@@ -13,6 +13,7 @@ __all__ = ["main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("crdtsync.demo", "devices editing offline and merging, with a surfaced conflict"),
     "relay": ("crdtsync.relay.cli", "run a sync relay (websockets, SQLite, tokens)"),
+    "relay-copy": ("crdtsync.relay.transfer", "copy a stopped relay's database to another (SQLite, PostgreSQL)"),
     "simulate": ("crdtsync.sim.cli", "compare conflict strategies on a seeded simulated workload"),
 }
 

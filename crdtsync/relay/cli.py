@@ -9,6 +9,7 @@ import importlib
 import ipaddress
 import logging
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -26,8 +27,8 @@ from .admission import raise_open_files_limit
 from .auth import Tokens, load_tokens, unknown_names
 from .server import Limits, Relay
 
-__all__ = ["add_arguments", "is_postgres_url", "limits", "load_schema", "open_store", "read_tokens", "reload_tokens",
-           "run"]
+__all__ = ["add_arguments", "check_db", "holds_replica", "is_postgres_url", "limits", "load_schema", "open_store",
+           "read_tokens", "reload_tokens", "run", "shown_db"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -79,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default="relay.db", metavar="FILE|postgresql://...",
                         help="the relay's SQLite file, created if missing (default: relay.db), or a PostgreSQL "
                              "URL (postgresql://user:password@host:port/dbname; needs crdtsync[postgres]): "
-                             "the relay keeps its table kv there, created if missing")
+                             "the relay keeps its table kv there, created if missing. To move a relay from one "
+                             "database to another: crdtsync relay-copy")
     parser.add_argument("--pg-schema", default=None, metavar="NAME",
                         help="with a PostgreSQL --db only: the schema that holds the relay's table (default: "
                              "the server's search path)")
@@ -152,7 +154,25 @@ def is_postgres_url(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
-def _shown(db: str) -> str:
+#: a URL's scheme (two characters at least: ``C://`` is a Windows path)
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+def check_db(db: str) -> None:
+    """Raise ``LocalError`` if ``db`` is a URL of another kind than PostgreSQL's: ``mysql://x/y`` was taken
+    for a SQLite path ("its directory .../mysql:/x does not exist")."""
+    m = _URL_SCHEME.match(db)
+    if m is not None and not is_postgres_url(db):
+        raise LocalError(f"unknown database URL scheme {m.group(1)}://: the relay's database is a SQLite file or a "
+                         "PostgreSQL URL (postgresql://...)")
+
+
+def holds_replica(store: ByteStore) -> bool:
+    """Whether ``store`` holds a device's replica (``Replica.open`` wrote it): not a relay's database."""
+    return store.load(("meta", "identity")) is not None
+
+
+def shown_db(db: str) -> str:
     """The database as it may be printed: a URL without its password."""
     if not is_postgres_url(db):
         return db
@@ -221,7 +241,7 @@ def reload_tokens(relay: Relay, path: Path) -> bool:
 
 
 async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> int:
-    shown = _shown(args.db)
+    shown = shown_db(args.db)
     # before anything is opened: the default connection cap is derived from the limit (``Relay``)
     files = raise_open_files_limit()
     try:
@@ -241,6 +261,11 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
             raise
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
+    if holds_replica(store):  # before the relay writes its keys into a device's file
+        store.close()
+        print(f"crdtsync relay: {shown} holds a device's replica (Replica.open), not a relay's database: give the "
+              "relay a database of its own", file=sys.stderr)
+        return 2
     try:
         relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args), cache_mb=args.cache_mb,
                       max_connections=args.max_connections)
@@ -299,6 +324,11 @@ def run(args: argparse.Namespace) -> int:
     # websockets' own DEBUG lines hold every request line (a Yjs client's ?token=...) and every frame; its
     # INFO lines are two per connection ("connection open", "connection closed"): only with -v
     logging.getLogger("websockets").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        check_db(args.db)
+    except LocalError as e:
+        print(f"crdtsync relay: --db: {e}", file=sys.stderr)
+        return 2
     if args.pg_schema is not None and not is_postgres_url(args.db):
         print(f"crdtsync relay: --pg-schema is for a PostgreSQL --db (postgresql://...); {args.db} is a SQLite "
               "file", file=sys.stderr)

@@ -73,6 +73,9 @@ log = logging.getLogger("crdtsync.relay")
 
 _EMPTY_UPDATE = b"\x00\x00"
 _CONTROL = re.compile(r"[\x00-\x1f]")
+#: the held changes whose holding was logged at INFO, remembered (oldest forgotten first) so that the same
+#: change held again, sent at every sync of its device, is logged at DEBUG only
+_HELD_LOGGED_MAX = 4096
 _NAMES_READ_MAX = 64 * 1024  # the largest held update whose missing writers are named (``_writers_missing``)
 
 
@@ -214,6 +217,7 @@ class RelayLog:
         self._stored_dedup: dict[tuple[str, int], bytes | None] = {}  # looked up for the group being staged
         # per device, the highest change id stored or staged (None: none); see ``_may_be_stored``
         self._dedup_top: dict[str, int | None] = {}
+        self._held_logged: dict[tuple[str, int], None] = {}  # (device, change id), oldest first
         self.clients = ClientBindings(store)  # Yjs client ids bound to the devices writing under them
         #: records a full resync looks at between two turns of the event loop (``scope_chunks``)
         self.scope_chunk = 200
@@ -233,6 +237,19 @@ class RelayLog:
         return owner == user
 
     # -- writing -------------------------------------------------------------------------------------------
+
+    def _log_held(self, device: str, ch: Change, reason: str) -> None:
+        """Log a held change at INFO the first time, at DEBUG when it is held again: a device sends its held
+        changes at every sync, and a change that stays held (its writer's device never syncs) made a line
+        at each (``_HELD_LOGGED_MAX`` of them are remembered)."""
+        key = (device, ch.change_id)
+        first = key not in self._held_logged
+        if first:
+            self._held_logged[key] = None
+            if len(self._held_logged) > _HELD_LOGGED_MAX:
+                del self._held_logged[next(iter(self._held_logged))]
+        log.log(logging.INFO if first else logging.DEBUG, "holding back %s change %d of %s/%s%s: %s", device,
+                ch.change_id, ch.collection, ch.record, "" if first else " again", reason)
 
     def stage(self, batch: Batch, device: str, grant: Grant, changes: Sequence[Change]) -> Outcome:
         """Validate and apply one push's changes, in order, staging the accepted ones into ``batch``."""
@@ -263,8 +280,7 @@ class RelayLog:
                 refused.add(key)  # the record's later changes build on this one: they wait too
                 out.held.append(ch.change_id)
                 out.waits.append((ch.change_id, e.reason[:MAX_REASON]))
-                log.info("holding back %s change %d of %s/%s: %s", device, ch.change_id, ch.collection, ch.record,
-                         e.reason)
+                self._log_held(device, ch, e.reason)
                 continue
             except Refused as e:
                 refused.add(key)

@@ -33,12 +33,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from ..errors import StoreFull
 from ..protocol.events import (
     Ack,
 )
 from ..protocol.frames import MAX_FRAME
 from ..schema import Schema
-from ..store.base import Batch, ByteStore
+from ..store.base import Batch, ByteStore, is_full, store_path
 from .admission import AcceptErrors, ConnectionCap, LogThrottle, refuse
 from .auth import Grant, Tokens
 from .fanout import LiveFrames
@@ -248,7 +249,14 @@ class Relay:
         for its process to exit and be restarted, instead of welcoming devices it can never answer."""
         if task.cancelled() or task.exception() is None:
             return
-        self.failure = task.exception()
+        failure = task.exception()
+        if failure is not None and is_full(failure) and not isinstance(failure, StoreFull):
+            # said plainly, on the CRITICAL line and the command's last line alike (the store's own error,
+            # its cause, is in the traceback)
+            full = StoreFull(store_path(self.store))
+            full.__cause__ = failure
+            failure = full
+        self.failure = failure
         log.critical("storing failed (%r): the relay stops", self.failure, exc_info=self.failure)
         for session in list(self.sessions):
             session.abort(1011, "relay storage failure")

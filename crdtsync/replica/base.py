@@ -91,6 +91,9 @@ class ReplicaBase:
         self._random = random_bytes
         self._wall = wall
         ident = store.load(("meta", "identity"))
+        if ident is None and store.load(("relay", "id")) is not None:
+            raise LocalError(f"{store_path(store)} is a relay's database, not a device's replica: open a store of "
+                             "the device's own")
         if ident is None:
             client_id = self._new_client_id()
             new = Batch()  # a new store: its rows will be written under this schema (``_rows_for_schema``)

@@ -222,7 +222,7 @@ class SQLiteStore(ByteStore):
                 db.execute(f"DELETE FROM kv WHERE {where}", (p, prefix_end(p), len(p) + 8))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
 
     def _conn(self) -> sqlite3.Connection:
@@ -451,7 +451,7 @@ class SQLiteStore(ByteStore):
                             db.execute(_SEQ_SAVES[(name, len(chunk) // 2)], chunk)
                     db.execute("COMMIT")
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
             if self.checkpointer is not None:
                 self.checkpointer.wrote(len(batch.saves) + len(batch.removes) + len(batch.range_removes))
@@ -497,6 +497,17 @@ def _lock_file(path: str) -> int | None:
         os.close(fd)
         raise
     return fd
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo the transaction a failed statement left open, if any. On some errors SQLite rolls back by itself
+    (``SQLITE_FULL``: "database or disk is full"), and a ROLLBACK then failed with "cannot rollback - no
+    transaction is active", which replaced the error that said why (a full disk showed as that). Call it in
+    an ``except`` that re-raises: an error of the rollback itself never hides the one being raised."""
+    if not db.in_transaction:
+        return
+    with contextlib.suppress(sqlite3.Error):
+        db.execute("ROLLBACK")
 
 
 def _nothing() -> None:

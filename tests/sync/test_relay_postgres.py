@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from crdtsync import Replica
-from crdtsync.relay.cli import _shown
+from crdtsync.relay.cli import shown_db
 
 from .conftest import BOUND, SCHEMA, client, sync
 
@@ -109,10 +109,10 @@ async def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(t
     assert "cannot open the database postgresql://relay:***@127.0.0.1" in msg and "s3cretpw" not in msg
 
 
-def test_urls_are_shown_without_their_password() -> None:
-    assert _shown("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
-    assert _shown("postgresql://u@h/d") == "postgresql://u@h/d"
-    assert _shown("relay.db") == "relay.db"
+def test_urls_areshown_db_without_their_password() -> None:
+    assert shown_db("postgresql://u:pw@h:5/d") == "postgresql://u:***@h:5/d"
+    assert shown_db("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert shown_db("relay.db") == "relay.db"
 
 
 async def test_a_second_relay_on_the_same_postgresql_schema_is_refused(pg_server: str, tmp_path: Path) -> None:
