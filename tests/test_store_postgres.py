@@ -169,3 +169,22 @@ def test_a_replica_runs_on_postgres(pg_server: str, schema: str) -> None:
         assert len(r.pending()) == 2
     finally:
         r.close()
+
+
+def test_the_relay_lock_is_the_tables_however_it_is_named(pg_server: str, schema: str) -> None:
+    """``hold`` was keyed on the schema option as given: a store naming no schema (its search path set in
+    the URL's options) and one naming the schema that path leads to both held "the" relay lock on one table,
+    and two relays numbered one log each on their own, overwriting each other's entries."""
+    named = PostgresStore(pg_server, schema=schema)
+    by_path = PostgresStore(f"{pg_server} options='-c search_path={schema}'")
+    other = PostgresStore(pg_server, schema=schema, table="kv2")
+    try:
+        assert named.hold("relay")
+        assert not by_path.hold("relay")  # the same table: held already
+        assert by_path.hold("other")  # (another name, another lock)
+        assert other.hold("relay")  # another table: its own lock
+        named.close()
+        assert by_path.hold("relay")  # released when the holder closed
+    finally:
+        for s in (named, by_path, other):
+            s.close()

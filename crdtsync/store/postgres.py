@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreClosed
+from ..errors import StoreClosed, StoreError
 from .base import Batch, ByteStore
 from .keys import Key, decode_key, encode_key, prefix_end
 
@@ -78,6 +78,7 @@ class PostgresStore(ByteStore):
         self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True,
                                                               connect_timeout=connect_timeout)
         t = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        self._t = t
         self._sql = {
             "load": sql.SQL("SELECT v FROM {} WHERE k = %b").format(t),
             "asc": sql.SQL("SELECT k, v FROM {} WHERE k >= %b AND k < %b ORDER BY k ASC LIMIT %s").format(t),
@@ -102,11 +103,19 @@ class PostgresStore(ByteStore):
         """Take the session-level advisory lock ``name`` of this store's table, on its connection: held
         until the store closes or its process dies. False (and nothing held) if another session holds it:
         ``crdtsync relay`` holds ``"relay"``, for one relay process per table (two would number one log
-        each on their own)."""
-        digest = hashlib.blake2b(f"crdtsync\0{name}\0{self.schema or ''}\0{self.table}".encode(), digest_size=8)
-        key = int.from_bytes(digest.digest(), "big", signed=True)
+        each on their own).
+
+        The lock is keyed on the table the server resolved (its OID: advisory locks belong to one
+        database), not on how it was named: a store naming no schema (the search path, maybe set in the
+        URL's ``options``) and one naming the schema the path leads to hold the same lock."""
         with self._lock:
-            row = self._conn().execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            db = self._conn()
+            row = db.execute("SELECT to_regclass(%s)::oid", (self._t.as_string(db),)).fetchone()
+            if row is None or row[0] is None:  # (dropped since the store was opened)
+                raise StoreError(self.table, "the store's table is gone (dropped since the store was opened)")
+            digest = hashlib.blake2b(f"crdtsync\0{name}\0{int(row[0])}".encode(), digest_size=8)
+            key = int.from_bytes(digest.digest(), "big", signed=True)
+            row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         return bool(row and row[0])
 
     def _conn(self) -> psycopg.Connection[Any]:
