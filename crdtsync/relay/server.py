@@ -10,8 +10,9 @@ committed changes.
 Paths: ``/`` (or ``/sync``) speaks the crdtsync protocol; ``/yjs/<room>`` is handed to the plain Yjs rooms
 (``crdtsync.relay.yjs``) after the room grants are checked; a ``/yjs/`` client offering subprotocols gets its
 first one. A plain HTTP GET of ``/`` or ``/health`` is answered 200 "okay" (health checks), whatever the
-load. At most ``max_connections`` websockets (devices and Yjs clients together) are open at once: one more
-is refused at its handshake with 503 (``crdtsync.relay.admission``).
+load, while the store works (503 once it failed: ``Relay.store_failed``). At most ``max_connections``
+websockets (devices and Yjs clients together) are open at once: one more is refused at its handshake with
+503 (``crdtsync.relay.admission``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import hashlib
 import importlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,6 +35,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from ..errors import StoreClosed, StoreError
 from ..protocol.events import (
     Ack,
 )
@@ -45,7 +48,7 @@ from .fanout import LiveFrames
 from .log import Accepted, Outcome, RelayLog
 from .session import PushJob, Session
 
-__all__ = ["Limits", "Relay"]
+__all__ = ["Limits", "Relay", "is_store_failure"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -55,6 +58,16 @@ def _health(ws: ServerConnection, request: Request) -> Response | None:
     if request.headers.get("Upgrade", "").lower() != "websocket" and urlsplit(request.path).path in ("/", "/health"):
         return ws.respond(HTTPStatus.OK, "okay")
     return None
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether an error raised through a store call is the store's own failure (its database gone, locked,
+    unreadable, or the store closed) rather than a bug in what asked: SQLite's and psycopg's errors and
+    crdtsync's store errors. Reads are no more likely than commits to work again in the same process (a
+    PostgreSQL connection once lost stays lost: ``PostgresStore``), so either stops the relay."""
+    if isinstance(exc, StoreClosed | StoreError | sqlite3.Error):
+        return True
+    return type(exc).__module__.split(".")[0] == "psycopg"
 
 
 def _subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -244,17 +257,33 @@ class Relay:
 
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
         """The writer ended: after ``stop()`` asked it to, or because storing failed (a storage error, a
-        database gone). Then nothing can be acknowledged any more: the relay stops, with ``failure`` set,
-        for its process to exit and be restarted, instead of welcoming devices it can never answer."""
+        database gone): then ``store_failed``."""
         if task.cancelled() or task.exception() is None:
             return
-        self.failure = task.exception()
-        log.critical("storing failed (%r): the relay stops", self.failure, exc_info=self.failure)
+        exc = task.exception()
+        assert exc is not None
+        self.store_failed(exc, "storing", always=True)
+
+    def store_failed(self, exc: BaseException, doing: str, *, always: bool = False) -> bool:
+        """Whether ``exc``, raised while ``doing`` something with the store, is the store's failure
+        (``is_store_failure``; ``always``: whatever it is). If so the relay stops, with ``failure`` set, for
+        its process to exit and be restarted, instead of welcoming devices it can never answer (a
+        connection to a database server that restarted stays broken). Said once: the first failure is
+        logged CRITICAL with its traceback, every connection is closed with 1011, health checks and new
+        connections get 503; later failures (the other connections' reads) are not logged again."""
+        if not always and not is_store_failure(exc):
+            return False
+        if self.failure is not None:
+            return True
+        self.failure = exc
+        log.critical("%s failed (%r): the relay stops; closing %d connection(s) with 1011", doing, exc,
+                     len(self.sessions), exc_info=exc)
         for session in list(self.sessions):
-            session.abort(1011, "relay storage failure")
+            session.abort(1011, "relay storage failure", quiet=True)
         stopping = asyncio.ensure_future(self.stop())
         self._closing.add(stopping)
         stopping.add_done_callback(self._closing.discard)
+        return True
 
     # -- the writer ----------------------------------------------------------------------------------------
 
@@ -389,9 +418,7 @@ class Relay:
             # printed the same traceback twice
             e.add_note(f"(the relay was committing a group of {len(accepted)} changes)")
             self.log.abandon()
-            for s in list(self.sessions):
-                s.abort(1011, "relay storage failure")
-            raise
+            raise  # the writer ends: ``_writer_ended`` stops the relay
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
@@ -412,8 +439,12 @@ class Relay:
 
     def _fan_out(self, accepted: list[Accepted]) -> None:
         frames = LiveFrames(self.log, accepted)  # one frame per scope, the same bytes for every device in it
-        for s in list(self.sessions):
-            s.fan_out(frames)
+        try:
+            for s in list(self.sessions):
+                s.fan_out(frames)  # (a limited scope's frame reads records from the store)
+        except Exception as e:
+            if not self.store_failed(e, "fanning changes out"):
+                raise
 
     async def _commit_compaction(self, batch: Batch) -> None:
         await asyncio.to_thread(self.store.commit, batch)
@@ -430,7 +461,10 @@ class Relay:
     # -- connections ---------------------------------------------------------------------------------------
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Health checks are answered whatever the load; a websocket over ``max_connections`` gets 503."""
+        """Health checks are answered whatever the load (503 once the store failed); a websocket over
+        ``max_connections`` gets 503, any once the store failed (the relay is stopping)."""
+        if self.failure is not None:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "relay storage failure: stopping\n")
         return _health(ws, request) or self.connections.process_request(ws, request)
 
     async def _handle(self, ws: ServerConnection) -> None:
