@@ -183,8 +183,25 @@ def test_the_relay_lock_is_the_tables_however_it_is_named(pg_server: str, schema
         assert not by_path.hold("relay")  # the same table: held already
         assert by_path.hold("other")  # (another name, another lock)
         assert other.hold("relay")  # another table: its own lock
-        named.close()
-        assert by_path.hold("relay")  # released when the holder closed
     finally:
         for s in (named, by_path, other):
             s.close()
+
+
+def test_connections_have_keepalives_and_a_tcp_user_timeout_unless_told_otherwise(pg_server: str) -> None:
+    """Without keepalives nor ``tcp_user_timeout`` a server gone from the network (a partition that drops
+    packets) left a query waiting for ever; what the conninfo sets is kept."""
+    plain = PostgresStore(pg_server)
+    told = PostgresStore(f"{pg_server} keepalives_idle=60")
+    listener = plain.listen("ch")
+    try:
+        for conn, idle in ((plain._db, "10"), (told._db, "60"), (listener._db, "10")):
+            assert conn is not None
+            params = conn.info.get_parameters()
+            assert (params.get("keepalives"), params.get("keepalives_idle")) == ("1", idle), params
+            assert (params.get("keepalives_interval"), params.get("keepalives_count")) == ("5", "3"), params
+            assert params.get("tcp_user_timeout") == "30000", params
+    finally:
+        listener.close()
+        plain.close()
+        told.close()

@@ -25,6 +25,7 @@ from ..store.sqlite import SQLiteStore
 from .admission import raise_open_files_limit
 from .auth import Tokens, load_tokens, unknown_names
 from .server import Limits, Relay
+from .watchdog import WatchedStore
 
 __all__ = ["add_arguments", "is_postgres_url", "limits", "load_schema", "open_store", "read_tokens", "reload_tokens",
            "run"]
@@ -104,6 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="websockets open at once, devices and Yjs clients together; one more is refused at its "
                              "handshake with 503 (default: the open-files limit, raised to the hard limit at start, "
                              "less an eighth and at least 64 for the database, logs and handshakes)")
+    parser.add_argument("--store-timeout", type=_number(float, 0), default=30.0, metavar="SECONDS",
+                        help="a database call (a read or a commit) that has not returned after this long makes the "
+                             "relay log CRITICAL and exit with status 1, for its supervisor to restart it: a hung "
+                             "database server otherwise hangs the relay (default: 30; 0: no limit)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: FULL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection and commit")
@@ -241,6 +246,8 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
             raise
         print(f"crdtsync relay: cannot open the database {shown}: {e}", file=sys.stderr)
         return 1
+    if args.store_timeout > 0:
+        store = WatchedStore(store, args.store_timeout)
     try:
         relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args), cache_mb=args.cache_mb,
                       max_connections=args.max_connections)

@@ -13,7 +13,8 @@ a listener never hears of data it cannot read yet, and a failed commit notifies 
 
 Install with the ``postgres`` extra (``pip install "crdtsync[postgres]"``). Like ``SQLiteStore``, one
 store holds one connection, shared by threads under a lock. A lost connection is not re-established:
-operations raise psycopg's ``OperationalError``; open a new store.
+operations raise psycopg's ``OperationalError``; open a new store. Connections have TCP keepalives and a
+``tcp_user_timeout`` unless the conninfo sets them (``_timeouts``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ def _psycopg() -> Any:
     return psycopg
 
 
+def _timeouts(conninfo: str, connect_timeout: int) -> dict[str, Any]:
+    """What bounds the waits of a connection to ``conninfo``: how long to connect (``connect_timeout``), and,
+    unless ``conninfo`` sets them, TCP keepalives (an idle connection whose server is gone from the network
+    ends after about 25 s: 10 s idle, then 3 probes 5 s apart) and ``tcp_user_timeout`` (data sent and not
+    acknowledged for 30 s ends it). A server that is there but does not answer is not bounded by these
+    (the relay's ``--store-timeout`` is)."""
+    pg = _psycopg()
+    given = pg.conninfo.conninfo_to_dict(conninfo)
+    wanted: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                              "keepalives_count": 3}
+    if pg.pq.version() >= 120000:  # (libpq 12 added it)
+        wanted["tcp_user_timeout"] = 30_000
+    return {k: v for k, v in wanted.items() if k not in given} | {"connect_timeout": connect_timeout}
+
+
 @dataclass(frozen=True)
 class Notification:
     """One NOTIFY received: its channel, its payload (text, at most 8000 bytes) and the sender's pid."""
@@ -76,7 +92,7 @@ class PostgresStore(ByteStore):
         self.schema = schema
         self._lock = threading.RLock()
         self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True,
-                                                              connect_timeout=connect_timeout)
+                                                              **_timeouts(conninfo, connect_timeout))
         t = sql.Identifier(schema, table) if schema else sql.Identifier(table)
         self._t = t
         self._sql = {
@@ -204,7 +220,7 @@ class Listener:
         if not self.channels:
             raise ValueError("listen to at least one channel")
         self._pending: deque[Notification] = deque()
-        self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True)
+        self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True, **_timeouts(conninfo, 10))
         for ch in self.channels:
             self._db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
 
@@ -260,7 +276,7 @@ class AsyncListener:
         chans = tuple(channels)
         if not chans:
             raise ValueError("listen to at least one channel")
-        conn = await pg.AsyncConnection.connect(conninfo, autocommit=True)
+        conn = await pg.AsyncConnection.connect(conninfo, autocommit=True, **_timeouts(conninfo, 10))
         try:
             for ch in chans:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))

@@ -1,11 +1,14 @@
 """``crdtsync relay`` on a PostgreSQL server that fails under it: real faults on a server of the tests' own
-(restarted), a relay process as a user runs it. It must not keep serving on a connection that is gone: it
-logs CRITICAL once and exits 1, for its supervisor to restart it, and nothing a device was not told is
-stored is lost."""
+(restarted, or frozen with SIGSTOP), a relay process as a user runs it. It must not keep serving on a
+connection that is gone, nor hang on a server that does not answer: it logs CRITICAL once and exits 1, for
+its supervisor to restart it, and nothing a device was not told is stored is lost."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +30,7 @@ from pg_server import PgServer, find_bindir  # noqa: E402 - after the skip: it n
 
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PgServer]:
-    """A PostgreSQL server these tests may restart (never the shared ``pg_server``)."""
+    """A PostgreSQL server these tests may restart and freeze (never the shared ``pg_server``)."""
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, pg_isready) found")
@@ -109,3 +112,35 @@ async def test_a_pull_that_finds_the_connection_gone_stops_the_relay(own_pg: PgS
             proc.kill()
             await proc.wait()
 
+
+async def test_a_relay_whose_postgresql_hangs_exits_after_the_store_timeout(
+        own_pg: PgServer, tmp_path: Path, make_replica: Callable[..., Replica]) -> None:
+    """PostgreSQL frozen (SIGSTOP on the postmaster and its backends: a hung server) froze the relay: no
+    health check, no log line, no SIGTERM answered, for as long as the server hung. A store call that has
+    not returned after ``--store-timeout`` seconds now makes it log CRITICAL and exit 1."""
+    a = make_replica("a")
+    a.create("accounts", {"name": "Acme"})
+    proc, url = await _relay(tmp_path, own_pg, "--store-timeout", "1")
+    frozen: list[int] = []
+    try:
+        async with client(a, url) as c:
+            await sync(c)
+            frozen = own_pg.processes()
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            a.create("accounts", {"name": "Bolt"})
+            syncing = asyncio.ensure_future(c.sync_now())
+            t0 = time.monotonic()
+            code, err = await _exit_code(proc)
+            took = time.monotonic() - t0
+            syncing.cancel()
+        assert code == 1, err
+        assert err.count(" CRITICAL ") == 1 and "crdtsync relay: the store has not answered a" in err, err
+        assert 1.0 <= took < 1.0 + BOUND / 4, took  # the limit, plus the watch's period and the exit
+        assert [p.status for p in a.pending()] == ["pending"]  # not acknowledged: sent again later
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
