@@ -95,12 +95,15 @@ class Limits:
     # less than this on average (seconds; 0: always in a thread); see ``Relay._begin_commit``
     inline_sync: float = 0.002
     hello_timeout: float = 10.0
+    # seconds between two reads that check the store works while the relay is idle (``Relay._check_store``;
+    # 0: none): a store that failed then stops the relay before a device finds out
+    store_check: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.rate > 0 or self.burst < 1 or self.max_frame < 1024 or self.send_queue < 1 \
-                or not self.hello_timeout > 0:
+                or not self.hello_timeout > 0 or not self.store_check >= 0:
             raise ValueError(f"bad relay limits: {self} (rate > 0, burst >= 1, max_frame >= 1024, send_queue >= 1, "
-                             "hello_timeout > 0)")
+                             "hello_timeout > 0, store_check >= 0)")
 
 
 @dataclass
@@ -150,6 +153,7 @@ class Relay:
         self._jobs: deque[PushJob | None] = deque()
         self._arrived: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._stopped = asyncio.Event()
         #: why the relay stopped by itself (its writer failed to store), None while it runs or after ``stop()``
@@ -215,6 +219,8 @@ class Relay:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
         self._writer.add_done_callback(self._writer_ended)
+        if self.limits.store_check > 0:
+            self._checker = asyncio.create_task(self._check_store(), name="crdtsync-relay-store-check")
         loop = asyncio.get_running_loop()
         self._accept_errors = AcceptErrors(loop.get_exception_handler())
         loop.set_exception_handler(self._accept_errors)
@@ -237,6 +243,9 @@ class Relay:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
         if self._writer is not None:
             if not self._writer.done():
                 self.submit(None)
@@ -284,6 +293,18 @@ class Relay:
         self._closing.add(stopping)
         stopping.add_done_callback(self._closing.discard)
         return True
+
+    async def _check_store(self) -> None:
+        """Read from the store every ``Limits.store_check`` seconds (in a thread): an idle relay whose
+        database connection broke (its server restarted) stops then (``store_failed``), as it would at the
+        next device's connection, rather than answer health checks with "okay" until then."""
+        while True:
+            await asyncio.sleep(self.limits.store_check)
+            try:
+                await asyncio.to_thread(self.store.load, ("relay", "head"))
+            except Exception as e:
+                self.store_failed(e, "checking the store", always=True)
+                return
 
     # -- the writer ----------------------------------------------------------------------------------------
 

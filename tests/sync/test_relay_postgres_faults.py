@@ -15,17 +15,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from pg_server import PgServer, find_bindir
 from websockets.asyncio.client import connect
 
 from crdtsync import Replica
 from crdtsync.protocol.events import Pull
+from crdtsync.relay import Limits, Relay, Tokens
+from crdtsync.store.postgres import PostgresStore
 
 from .conftest import BOUND, SCHEMA, RawClient, client, sync
 from .test_relay_postgres import pg_url, start_relay
 
 psycopg = pytest.importorskip("psycopg", reason='psycopg is not installed: pip install -e ".[postgres]"')
-
-from pg_server import PgServer, find_bindir  # noqa: E402 - after the skip: it needs psycopg
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,21 @@ async def test_a_relay_whose_postgresql_restarted_exits_at_its_next_connection(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_an_idle_relay_whose_postgresql_restarted_stops_by_itself(own_pg: PgServer) -> None:
+    """With no device connecting, it said "okay" to health checks on a broken connection for as long as
+    none came; its periodic check of the store (``Limits.store_check``) stops it now."""
+    store = PostgresStore(own_pg.conninfo, schema=f"r_{uuid.uuid4().hex[:12]}")
+    relay = Relay(store, SCHEMA, Tokens(None), limits=Limits(store_check=0.05))
+    try:
+        await relay.start("127.0.0.1", 0)
+        await asyncio.to_thread(own_pg.restart)
+        await asyncio.wait_for(relay.wait_stopped(), BOUND)
+        assert isinstance(relay.failure, psycopg.OperationalError)
+    finally:
+        await relay.stop()
+        store.close()
 
 
 async def test_a_pull_that_finds_the_connection_gone_stops_the_relay(own_pg: PgServer, tmp_path: Path) -> None:
