@@ -288,9 +288,9 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         signalled = asyncio.ensure_future(stop.wait())
         await asyncio.wait([stopped, signalled], return_when=asyncio.FIRST_COMPLETED)
         signalled.cancel()
-        if relay.failure is not None:  # it stopped by itself: storing failed (logged); a supervisor restarts it
+        if relay.failure is not None:  # it stopped by itself: its store failed (logged); a supervisor restarts it
             await stopped
-            print(f"crdtsync relay: storing failed, stopped: {relay.failure!r}", file=sys.stderr)
+            print(f"crdtsync relay: the store failed, stopped: {relay.failure!r}", file=sys.stderr)
             return 1
         stopped.cancel()
         log.info("shutting down")

@@ -156,7 +156,7 @@ class Relay:
         self._checker: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._stopped = asyncio.Event()
-        #: why the relay stopped by itself (its writer failed to store), None while it runs or after ``stop()``
+        #: why the relay stopped by itself (its store failed: ``store_failed``), None while it runs or after ``stop()``
         self.failure: BaseException | None = None
         self.device_binding = asyncio.Lock()  # device ids are bound to users one at a time
         #: the connections open (``len(relay.connections)``) and the cap on them

@@ -216,7 +216,7 @@ class Session:
                                                                      self.grant.user)
                 last = await asyncio.to_thread(self.relay.log.last_change, ev.device) if ok else 0
         except Exception as e:  # the store failed (the relay stops), or a bug: this connection ends
-            if not self.relay.store_failed(e, f"reading device {ev.device!r}'s binding"):
+            if not self.relay.store_failed(e, f"binding device {ev.device!r}"):
                 log.exception("binding device %r failed", ev.device)
                 self.abort(1011, "relay storage failure")
             return

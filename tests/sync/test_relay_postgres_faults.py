@@ -83,7 +83,7 @@ async def test_a_relay_whose_postgresql_restarted_exits_at_its_next_connection(
             syncing.cancel()
         assert code == 1, err
         _one_critical(err)
-        assert "crdtsync relay: storing failed, stopped" in err
+        assert "crdtsync relay: the store failed, stopped" in err
         assert [p.status for p in a.pending()] == (["pending"] if pending else [])  # nothing lost
     finally:
         if proc.returncode is None:
