@@ -51,9 +51,10 @@ class WatchedStore(ByteStore):
         self.inner = inner
         self.limit = limit
         self._stuck = stuck
-        self._calls: dict[int, tuple[str, float]] = {}  # call number -> (what, when it started)
+        # call number -> (what, when it started); no lock: under the GIL, next() on a count, a dict's item
+        # set or deleted, and list() of its values are each atomic: no lock on every store call
+        self._calls: dict[int, tuple[str, float]] = {}
         self._numbers = itertools.count()
-        self._lock = threading.Lock()
         self._closed = threading.Event()
         # how often the calls in progress are looked at: a stuck call is noticed within limit + period
         self.period = max(0.05, min(1.0, limit / 4))
@@ -67,22 +68,18 @@ class WatchedStore(ByteStore):
     def _watch(self) -> None:
         while not self._closed.wait(self.period):
             now = time.monotonic()
-            with self._lock:
-                oldest = min(self._calls.values(), key=lambda c: c[1], default=None)
+            oldest = min(list(self._calls.values()), key=lambda c: c[1], default=None)
             if oldest is not None and now - oldest[1] > self.limit:
                 self._stuck(oldest[0], now - oldest[1])
                 return  # said once
 
     def _begin(self, what: str) -> int:
         n = next(self._numbers)
-        started = time.monotonic()
-        with self._lock:
-            self._calls[n] = (what, started)
+        self._calls[n] = (what, time.monotonic())
         return n
 
     def _end(self, n: int) -> None:
-        with self._lock:
-            del self._calls[n]
+        del self._calls[n]
 
     def load(self, key: Key) -> bytes | None:
         n = self._begin("a read")
