@@ -89,6 +89,10 @@ class PgServer:
     def conninfo(self) -> str:
         return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={DATABASE}"
 
+    @property
+    def _options(self) -> str:
+        return f"{'' if self.fsync else '-F '}-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
+
     def start(self) -> None:
         r = self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                       "--locale=C", "--no-sync", timeout=120)
@@ -96,9 +100,8 @@ class PgServer:
             raise RuntimeError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
         for _attempt in range(3):  # another process may take the free port before the server binds it
             self.port = _free_port()
-            opts = f"{'' if self.fsync else '-F '}-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
-            r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60",
-                          "start", timeout=90)
+            r = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options, "-w", "-t",
+                          "60", "start", timeout=90)
             if r.returncode == 0:
                 break
         else:
@@ -113,6 +116,28 @@ class PgServer:
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres",
                              autocommit=True, connect_timeout=10) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
+
+    def restart(self) -> None:
+        """Stop the server (fast: its sessions are ended) and start it again on the same port."""
+        for action in ("stop", "start"):
+            args = ("-m", "fast") if action == "stop" else ("-l", str(self.log), "-o", self._options)
+            r = self._run("pg_ctl", "-D", str(self.data), *args, "-w", "-t", "30", action, timeout=60)
+            if r.returncode != 0:
+                raise RuntimeError(f"pg_ctl {action} failed:\n{r.stdout}\n{r.stderr}\n{self._log()}")
+
+    def processes(self) -> list[int]:
+        """The server's processes (Linux): its postmaster and every process it started (the backends)."""
+        root = int((self.data / "postmaster.pid").read_text().split()[0])
+        pids = [root]
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rpartition(")")[2].split()[1]) == root:
+                    pids.append(int(entry.name))
+        return pids
 
     def _log(self) -> str:
         try:

@@ -169,3 +169,39 @@ def test_a_replica_runs_on_postgres(pg_server: str, schema: str) -> None:
         assert len(r.pending()) == 2
     finally:
         r.close()
+
+
+def test_the_relay_lock_is_the_tables_however_it_is_named(pg_server: str, schema: str) -> None:
+    """``hold`` was keyed on the schema option as given: a store naming no schema (its search path set in
+    the URL's options) and one naming the schema that path leads to both held "the" relay lock on one table,
+    and two relays numbered one log each on their own, overwriting each other's entries."""
+    named = PostgresStore(pg_server, schema=schema)
+    by_path = PostgresStore(f"{pg_server} options='-c search_path={schema}'")
+    other = PostgresStore(pg_server, schema=schema, table="kv2")
+    try:
+        assert named.hold("relay")
+        assert not by_path.hold("relay")  # the same table: held already
+        assert by_path.hold("other")  # (another name, another lock)
+        assert other.hold("relay")  # another table: its own lock
+    finally:
+        for s in (named, by_path, other):
+            s.close()
+
+
+def test_connections_have_keepalives_and_a_tcp_user_timeout_unless_told_otherwise(pg_server: str) -> None:
+    """Without keepalives nor ``tcp_user_timeout`` a server gone from the network (a partition that drops
+    packets) left a query waiting for ever; what the conninfo sets is kept."""
+    plain = PostgresStore(pg_server)
+    told = PostgresStore(f"{pg_server} keepalives_idle=60")
+    listener = plain.listen("ch")
+    try:
+        for conn, idle in ((plain._db, "10"), (told._db, "60"), (listener._db, "10")):
+            assert conn is not None
+            params = conn.info.get_parameters()
+            assert (params.get("keepalives"), params.get("keepalives_idle")) == ("1", idle), params
+            assert (params.get("keepalives_interval"), params.get("keepalives_count")) == ("5", "3"), params
+            assert params.get("tcp_user_timeout") == "30000", params
+    finally:
+        listener.close()
+        plain.close()
+        told.close()

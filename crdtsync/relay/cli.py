@@ -26,6 +26,7 @@ from ..store.sqlite import SQLiteStore
 from .admission import raise_open_files_limit
 from .auth import Tokens, load_tokens, unknown_names
 from .server import Limits, Relay
+from .watchdog import WatchedStore
 
 __all__ = ["add_arguments", "check_db", "holds_replica", "is_postgres_url", "limits", "load_schema", "open_store",
            "read_tokens", "reload_tokens", "run", "shown_db"]
@@ -106,6 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="websockets open at once, devices and Yjs clients together; one more is refused at its "
                              "handshake with 503 (default: the open-files limit, raised to the hard limit at start, "
                              "less an eighth and at least 64 for the database, logs and handshakes)")
+    parser.add_argument("--store-timeout", type=_number(float, 0), default=30.0, metavar="SECONDS",
+                        help="a database call (a read or a commit) that has not returned after this long makes the "
+                             "relay log CRITICAL and exit with status 1, for its supervisor to restart it: a hung "
+                             "database server otherwise hangs the relay (default: 30; 0: no limit)")
     parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
                         help="SQLite durability: FULL survives power loss, NORMAL a killed process (default: FULL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every connection and commit")
@@ -266,6 +271,8 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         print(f"crdtsync relay: {shown} holds a device's replica (Replica.open), not a relay's database: give the "
               "relay a database of its own", file=sys.stderr)
         return 2
+    if args.store_timeout > 0:
+        store = WatchedStore(store, args.store_timeout)
     try:
         relay = Relay(store, schema, tokens, keep_log=args.keep_log, limits=limits(args), cache_mb=args.cache_mb,
                       max_connections=args.max_connections)
@@ -306,9 +313,9 @@ async def _serve(args: argparse.Namespace, schema: Schema, tokens: Tokens) -> in
         signalled = asyncio.ensure_future(stop.wait())
         await asyncio.wait([stopped, signalled], return_when=asyncio.FIRST_COMPLETED)
         signalled.cancel()
-        if relay.failure is not None:  # it stopped by itself: storing failed (logged); a supervisor restarts it
+        if relay.failure is not None:  # it stopped by itself: its store failed (logged); a supervisor restarts it
             await stopped
-            print(f"crdtsync relay: storing failed, stopped: {relay.failure!r}", file=sys.stderr)
+            print(f"crdtsync relay: the store failed, stopped: {relay.failure!r}", file=sys.stderr)
             return 1
         stopped.cancel()
         log.info("shutting down")

@@ -10,8 +10,9 @@ committed changes.
 Paths: ``/`` (or ``/sync``) speaks the crdtsync protocol; ``/yjs/<room>`` is handed to the plain Yjs rooms
 (``crdtsync.relay.yjs``) after the room grants are checked; a ``/yjs/`` client offering subprotocols gets its
 first one. A plain HTTP GET of ``/`` or ``/health`` is answered 200 "okay" (health checks), whatever the
-load. At most ``max_connections`` websockets (devices and Yjs clients together) are open at once: one more
-is refused at its handshake with 503 (``crdtsync.relay.admission``).
+load, while the store works (503 once it failed: ``Relay.store_failed``). At most ``max_connections``
+websockets (devices and Yjs clients together) are open at once: one more is refused at its handshake with
+503 (``crdtsync.relay.admission``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import asyncio
 import hashlib
 import importlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from ..errors import StoreFull
+from ..errors import StoreClosed, StoreError, StoreFull
 from ..protocol.events import (
     Ack,
 )
@@ -46,7 +48,7 @@ from .fanout import LiveFrames
 from .log import Accepted, Outcome, RelayLog
 from .session import PushJob, Session
 
-__all__ = ["Limits", "Relay"]
+__all__ = ["Limits", "Relay", "is_store_failure"]
 
 log = logging.getLogger("crdtsync.relay")
 
@@ -56,6 +58,16 @@ def _health(ws: ServerConnection, request: Request) -> Response | None:
     if request.headers.get("Upgrade", "").lower() != "websocket" and urlsplit(request.path).path in ("/", "/health"):
         return ws.respond(HTTPStatus.OK, "okay")
     return None
+
+
+def is_store_failure(exc: BaseException) -> bool:
+    """Whether an error raised through a store call is the store's own failure (its database gone, locked,
+    unreadable, or the store closed) rather than a bug in what asked: SQLite's and psycopg's errors and
+    crdtsync's store errors. Reads are no more likely than commits to work again in the same process (a
+    PostgreSQL connection once lost stays lost: ``PostgresStore``), so either stops the relay."""
+    if isinstance(exc, StoreClosed | StoreError | sqlite3.Error):
+        return True
+    return type(exc).__module__.split(".")[0] == "psycopg"
 
 
 def _subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -83,12 +95,15 @@ class Limits:
     # less than this on average (seconds; 0: always in a thread); see ``Relay._begin_commit``
     inline_sync: float = 0.002
     hello_timeout: float = 10.0
+    # seconds between two reads that check the store works while the relay is idle (``Relay._check_store``;
+    # 0: none): a store that failed then stops the relay before a device finds out
+    store_check: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.rate > 0 or self.burst < 1 or self.max_frame < 1024 or self.send_queue < 1 \
-                or not self.hello_timeout > 0:
+                or not self.hello_timeout > 0 or not self.store_check >= 0:
             raise ValueError(f"bad relay limits: {self} (rate > 0, burst >= 1, max_frame >= 1024, send_queue >= 1, "
-                             "hello_timeout > 0)")
+                             "hello_timeout > 0, store_check >= 0)")
 
 
 @dataclass
@@ -138,9 +153,10 @@ class Relay:
         self._jobs: deque[PushJob | None] = deque()
         self._arrived: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
         self._server: Server | None = None
         self._stopped = asyncio.Event()
-        #: why the relay stopped by itself (its writer failed to store), None while it runs or after ``stop()``
+        #: why the relay stopped by itself (its store failed: ``store_failed``), None while it runs or after ``stop()``
         self.failure: BaseException | None = None
         self.device_binding = asyncio.Lock()  # device ids are bound to users one at a time
         #: the connections open (``len(relay.connections)``) and the cap on them
@@ -203,6 +219,8 @@ class Relay:
             log.warning("no tokens file: the relay is OPEN to anyone who can reach it (development only)")
         self._writer = asyncio.create_task(self._write_loop(), name="crdtsync-relay-writer")
         self._writer.add_done_callback(self._writer_ended)
+        if self.limits.store_check > 0:
+            self._checker = asyncio.create_task(self._check_store(), name="crdtsync-relay-store-check")
         loop = asyncio.get_running_loop()
         self._accept_errors = AcceptErrors(loop.get_exception_handler())
         loop.set_exception_handler(self._accept_errors)
@@ -225,6 +243,9 @@ class Relay:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
             self._server = None
+        if self._checker is not None:
+            self._checker.cancel()
+            self._checker = None
         if self._writer is not None:
             if not self._writer.done():
                 self.submit(None)
@@ -245,24 +266,51 @@ class Relay:
 
     def _writer_ended(self, task: asyncio.Task[None]) -> None:
         """The writer ended: after ``stop()`` asked it to, or because storing failed (a storage error, a
-        database gone). Then nothing can be acknowledged any more: the relay stops, with ``failure`` set,
-        for its process to exit and be restarted, instead of welcoming devices it can never answer."""
+        database gone): then ``store_failed``."""
         if task.cancelled() or task.exception() is None:
             return
-        failure = task.exception()
-        if failure is not None and is_full(failure) and not isinstance(failure, StoreFull):
+        exc = task.exception()
+        assert exc is not None
+        self.store_failed(exc, "storing", always=True)
+
+    def store_failed(self, exc: BaseException, doing: str, *, always: bool = False) -> bool:
+        """Whether ``exc``, raised while ``doing`` something with the store, is the store's failure
+        (``is_store_failure``; ``always``: whatever it is). If so the relay stops, with ``failure`` set, for
+        its process to exit and be restarted, instead of welcoming devices it can never answer (a
+        connection to a database server that restarted stays broken). Said once: the first failure is
+        logged CRITICAL with its traceback, every connection is closed with 1011, health checks and new
+        connections get 503; later failures (the other connections' reads) are not logged again."""
+        if not always and not is_store_failure(exc):
+            return False
+        if self.failure is not None:
+            return True
+        if is_full(exc) and not isinstance(exc, StoreFull):
             # said plainly, on the CRITICAL line and the command's last line alike (the store's own error,
             # its cause, is in the traceback)
             full = StoreFull(store_path(self.store))
-            full.__cause__ = failure
-            failure = full
-        self.failure = failure
-        log.critical("storing failed (%r): the relay stops", self.failure, exc_info=self.failure)
+            full.__cause__ = exc
+            exc = full
+        self.failure = exc
+        log.critical("%s failed (%r): the relay stops; closing %d connection(s) with 1011", doing, exc,
+                     len(self.sessions), exc_info=exc)
         for session in list(self.sessions):
-            session.abort(1011, "relay storage failure")
+            session.abort(1011, "relay storage failure", quiet=True)
         stopping = asyncio.ensure_future(self.stop())
         self._closing.add(stopping)
         stopping.add_done_callback(self._closing.discard)
+        return True
+
+    async def _check_store(self) -> None:
+        """Read from the store every ``Limits.store_check`` seconds (in a thread): an idle relay whose
+        database connection broke (its server restarted) stops then (``store_failed``), as it would at the
+        next device's connection, rather than answer health checks with "okay" until then."""
+        while True:
+            await asyncio.sleep(self.limits.store_check)
+            try:
+                await asyncio.to_thread(self.store.load, ("relay", "head"))
+            except Exception as e:
+                self.store_failed(e, "checking the store", always=True)
+                return
 
     # -- the writer ----------------------------------------------------------------------------------------
 
@@ -397,9 +445,7 @@ class Relay:
             # printed the same traceback twice
             e.add_note(f"(the relay was committing a group of {len(accepted)} changes)")
             self.log.abandon()
-            for s in list(self.sessions):
-                s.abort(1011, "relay storage failure")
-            raise
+            raise  # the writer ends: ``_writer_ended`` stops the relay
         self.log.committed(accepted)
         if accepted:
             log.debug("stored %d changes (head %d)", len(accepted), self.log.head)
@@ -420,8 +466,12 @@ class Relay:
 
     def _fan_out(self, accepted: list[Accepted]) -> None:
         frames = LiveFrames(self.log, accepted)  # one frame per scope, the same bytes for every device in it
-        for s in list(self.sessions):
-            s.fan_out(frames)
+        try:
+            for s in list(self.sessions):
+                s.fan_out(frames)  # (a limited scope's frame reads records from the store)
+        except Exception as e:
+            if not self.store_failed(e, "fanning changes out"):
+                raise
 
     async def _commit_compaction(self, batch: Batch) -> None:
         await asyncio.to_thread(self.store.commit, batch)
@@ -438,7 +488,10 @@ class Relay:
     # -- connections ---------------------------------------------------------------------------------------
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Health checks are answered whatever the load; a websocket over ``max_connections`` gets 503."""
+        """Health checks are answered whatever the load (503 once the store failed); a websocket over
+        ``max_connections`` gets 503, any once the store failed (the relay is stopping)."""
+        if self.failure is not None:
+            return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "relay storage failure: stopping\n")
         return _health(ws, request) or self.connections.process_request(ws, request)
 
     async def _handle(self, ws: ServerConnection) -> None:

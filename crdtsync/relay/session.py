@@ -111,10 +111,12 @@ class Session:
         with contextlib.suppress(asyncio.QueueFull):
             self.out.put_nowait(None)
 
-    def abort(self, code: int, reason: str) -> None:
-        """Close this connection with a code and reason, without waiting for queued frames."""
+    def abort(self, code: int, reason: str, *, quiet: bool = False) -> None:
+        """Close this connection with a code and reason, without waiting for queued frames (logged unless
+        ``quiet``: the relay closing every connection says so once)."""
         if self._closing is None:
-            log.warning("closing %s (%s): %d %s", self.device or "?", self.ws.remote_address, code, reason)
+            if not quiet:
+                log.warning("closing %s (%s): %d %s", self.device or "?", self.ws.remote_address, code, reason)
             self._closing = (code, reason)
             self.live = False
             while not self.out.empty():
@@ -160,9 +162,10 @@ class Session:
             if e.sent is not None and e.sent.code == CloseCode.MESSAGE_TOO_BIG:
                 log.warning("%s (%s) sent a frame over the %d-byte limit (relay --max-frame): closed with 1009",
                             self.device or "a device", self.ws.remote_address, self.relay.limits.max_frame)
-        except Exception:  # a bug here: the device is told (1011), not sent a normal close it would retry
-            log.exception("internal error serving %s (%s)", self.device or "?", self.ws.remote_address)
-            self.abort(1011, "relay failure: internal error")
+        except Exception as e:  # a bug here: the device is told (1011), not sent a normal close it would retry
+            if not self.relay.store_failed(e, f"serving {self.device or 'a device'}"):
+                log.exception("internal error serving %s (%s)", self.device or "?", self.ws.remote_address)
+                self.abort(1011, "relay failure: internal error")
         finally:
             self.live = False
             if self._hello_timer is not None:
@@ -212,9 +215,10 @@ class Session:
                 ok = self.grant.anonymous or await asyncio.to_thread(self.relay.log.bind_device, ev.device,
                                                                      self.grant.user)
                 last = await asyncio.to_thread(self.relay.log.last_change, ev.device) if ok else 0
-        except Exception:
-            log.exception("binding device %r failed", ev.device)
-            self.abort(1011, "relay storage failure")
+        except Exception as e:  # the store failed (the relay stops), or a bug: this connection ends
+            if not self.relay.store_failed(e, f"binding device {ev.device!r}"):
+                log.exception("binding device %r failed", ev.device)
+                self.abort(1011, "relay storage failure")
             return
         if self._closing is not None or self.conn.state is State.CLOSED:
             return
@@ -286,9 +290,10 @@ class Session:
                 self._go_live(to, wanted)
         except ConnectionClosed:
             pass
-        except Exception:
-            log.exception("serving pull %d to %s failed", ev.id, self.device)
-            self.abort(1011, "internal error while serving the pull")
+        except Exception as e:  # the store failed (the relay stops), or a bug: this connection ends
+            if not self.relay.store_failed(e, f"serving a pull to {self.device}"):
+                log.exception("serving pull %d to %s failed", ev.id, self.device)
+                self.abort(1011, "internal error while serving the pull")
 
     async def _serve_delta(self, ev: Pull, wanted: frozenset[str] | None) -> int:
         """The records it asked back (``Pull.returns``), then the log after its cursor, page by page; returns

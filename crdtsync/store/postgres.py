@@ -13,7 +13,8 @@ a listener never hears of data it cannot read yet, and a failed commit notifies 
 
 Install with the ``postgres`` extra (``pip install "crdtsync[postgres]"``). Like ``SQLiteStore``, one
 store holds one connection, shared by threads under a lock. A lost connection is not re-established:
-operations raise psycopg's ``OperationalError``; open a new store.
+operations raise psycopg's ``OperationalError``; open a new store. Connections have TCP keepalives and a
+``tcp_user_timeout`` unless the conninfo sets them (``_timeouts``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreClosed
+from ..errors import StoreClosed, StoreError
 from .base import Batch, ByteStore
 from .keys import Key, decode_key, encode_key, prefix_end
 
@@ -44,6 +45,21 @@ def _psycopg() -> Any:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError('PostgresStore needs psycopg 3: pip install "crdtsync[postgres]"') from e
     return psycopg
+
+
+def _timeouts(conninfo: str, connect_timeout: int) -> dict[str, Any]:
+    """What bounds the waits of a connection to ``conninfo``: how long to connect (``connect_timeout``), and,
+    unless ``conninfo`` sets them, TCP keepalives (an idle connection whose server is gone from the network
+    ends after about 25 s: 10 s idle, then 3 probes 5 s apart) and ``tcp_user_timeout`` (data sent and not
+    acknowledged for 30 s ends it). A server that is there but does not answer is not bounded by these
+    (the relay's ``--store-timeout`` is)."""
+    pg = _psycopg()
+    given = pg.conninfo.conninfo_to_dict(conninfo)
+    wanted: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                              "keepalives_count": 3}
+    if pg.pq.version() >= 120000:  # (libpq 12 added it)
+        wanted["tcp_user_timeout"] = 30_000
+    return {k: v for k, v in wanted.items() if k not in given} | {"connect_timeout": connect_timeout}
 
 
 @dataclass(frozen=True)
@@ -76,8 +92,9 @@ class PostgresStore(ByteStore):
         self.schema = schema
         self._lock = threading.RLock()
         self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True,
-                                                              connect_timeout=connect_timeout)
+                                                              **_timeouts(conninfo, connect_timeout))
         t = sql.Identifier(schema, table) if schema else sql.Identifier(table)
+        self._t = t
         self._sql = {
             "load": sql.SQL("SELECT v FROM {} WHERE k = %b").format(t),
             "asc": sql.SQL("SELECT k, v FROM {} WHERE k >= %b AND k < %b ORDER BY k ASC LIMIT %s").format(t),
@@ -102,11 +119,19 @@ class PostgresStore(ByteStore):
         """Take the session-level advisory lock ``name`` of this store's table, on its connection: held
         until the store closes or its process dies. False (and nothing held) if another session holds it:
         ``crdtsync relay`` holds ``"relay"``, for one relay process per table (two would number one log
-        each on their own)."""
-        digest = hashlib.blake2b(f"crdtsync\0{name}\0{self.schema or ''}\0{self.table}".encode(), digest_size=8)
-        key = int.from_bytes(digest.digest(), "big", signed=True)
+        each on their own).
+
+        The lock is keyed on the table the server resolved (its OID: advisory locks belong to one
+        database), not on how it was named: a store naming no schema (the search path, maybe set in the
+        URL's ``options``) and one naming the schema the path leads to hold the same lock."""
         with self._lock:
-            row = self._conn().execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            db = self._conn()
+            row = db.execute("SELECT to_regclass(%s)::oid", (self._t.as_string(db),)).fetchone()
+            if row is None or row[0] is None:  # (dropped since the store was opened)
+                raise StoreError(self.table, "the store's table is gone (dropped since the store was opened)")
+            digest = hashlib.blake2b(f"crdtsync\0{name}\0{int(row[0])}".encode(), digest_size=8)
+            key = int.from_bytes(digest.digest(), "big", signed=True)
+            row = db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
         return bool(row and row[0])
 
     def _conn(self) -> psycopg.Connection[Any]:
@@ -195,7 +220,7 @@ class Listener:
         if not self.channels:
             raise ValueError("listen to at least one channel")
         self._pending: deque[Notification] = deque()
-        self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True)
+        self._db: psycopg.Connection[Any] | None = pg.connect(conninfo, autocommit=True, **_timeouts(conninfo, 10))
         for ch in self.channels:
             self._db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
 
@@ -251,7 +276,7 @@ class AsyncListener:
         chans = tuple(channels)
         if not chans:
             raise ValueError("listen to at least one channel")
-        conn = await pg.AsyncConnection.connect(conninfo, autocommit=True)
+        conn = await pg.AsyncConnection.connect(conninfo, autocommit=True, **_timeouts(conninfo, 10))
         try:
             for ch in chans:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(ch)))
