@@ -219,8 +219,7 @@ class Replica(ExchangingReplica):
         """Every open conflict (of one collection, or all)."""
         out: list[Conflict] = []
         for coll in [self._coll(collection)] if collection else list(self.schema):
-            for rec in self.rows.scan(coll, self._overlay(coll)):
-                out.extend(rec.conflicts)
+            out += self.rows.conflicts(coll, self._overlay(coll))
         return out
 
     def history(self, collection: str, id: str) -> list[HistoryEntry]:
