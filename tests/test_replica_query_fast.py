@@ -129,4 +129,5 @@ def test_values_stored_under_another_kind_match_as_they_show(written: bool) -> N
     assert [x.id for x in r.query("t", where={"extra": None})] == ["n1", "o0", "o1", "o2", "o3", "o4", "o5"]
     assert [x.id for x in r.query("t", where={"visits": 0})] == ["n0", "n1", "o0", "o1", "o2", "o3", "o4", "o5"]
     assert [x.id for x in r.query("t", where={"b": 1})] == []
+    assert r.query("t", where={"s": "\ud800"}) == []  # (no JSON form: it raised in the byte check)
     assert [x.id for x in r.query("t", where={"b": True}, order_by="i", limit=1)] == ["n0"]

@@ -248,7 +248,10 @@ def _probes(coll: Collection, where: Mapping[str, Any]) -> list[tuple[bytes, ...
             continue
         head = orjson.dumps(name) + b":"
         if type(wanted) is str:
-            out.append((head + orjson.dumps(wanted),))
+            try:
+                out.append((head + orjson.dumps(wanted),))
+            except orjson.JSONEncodeError:  # a lone surrogate: no row holds it as JSON; parsed, it matches nothing
+                continue
         elif type(wanted) is int and -_EXACT_INT < wanted < _EXACT_INT:
             out.append((head + str(wanted).encode(), head + b"-0") if wanted == 0 else (head + str(wanted).encode(),))
     return out
