@@ -77,3 +77,10 @@ def test_hot_record_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -
     assert "cost at the last checkpoint / at the first" in out
     assert set(_rows(out, {"employees", "owner", "visits", "tags", "notes"})) == {
         "employees", "owner", "visits", "tags", "notes"}
+
+
+def test_query_bench_runs_at_toy_size(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import bench_query
+    assert bench_query.main(["--sizes", "120", "--rounds", "1"]) == 0  # (it checks each result against the baseline)
+    out = capsys.readouterr().out
+    assert "where state='open'" in out and "conflicts()" in out and "full/fast" in out

@@ -106,3 +106,13 @@ def test_tampered_or_swapped_values_are_detected(tmp_path: Path) -> None:
         assert r.get("accounts", rid) is not None
         with pytest.raises(WrongKeyError, match="tampered"):
             r.get("accounts", other)
+
+
+def test_a_key_for_a_plain_store_is_not_a_wrong_key(tmp_path: Path) -> None:
+    """``WrongKeyError`` means another key may open the store (ask the user again); no key opens a plain
+    store, so a key given for one raises the base ``EncryptionError`` (as README says)."""
+    plain = tmp_path / "plain.db"
+    Replica.open(plain, DEMO_SCHEMA, device="phone", user="alice").close()
+    with pytest.raises(EncryptionError, match="open it without a key") as e:
+        Replica.open(plain, DEMO_SCHEMA, device="phone", user="alice", key=KEY)
+    assert not isinstance(e.value, WrongKeyError)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from crdtsync import Collection, Counter, LocalError, Replica, Schema, Str
+from crdtsync import Collection, Counter, LocalError, RecordNotFound, Replica, Schema, Str, ValidationError
 
 SCHEMA = Schema(Collection("accounts", {"name": Str(), "visits": Counter()}))
 
@@ -55,3 +55,32 @@ def test_one_collection_name_where_a_list_is_expected_raises_clearly(method: str
                                          r"pass \['accounts'\]"):
         BY_COLLECTIONS[method](r, "accounts")
     assert BY_COLLECTIONS[method](r, ["accounts"])  # the list works
+
+
+@pytest.mark.parametrize("method", ["fix", "retry", "discard_record"])
+def test_the_outbox_methods_raise_record_not_found_for_a_missing_record(method: str) -> None:
+    """As ``update``, ``delete``, ``status``... do: ``retry`` returned None silently, ``fix`` raised "has no
+    rejected change", ``discard_record`` returned []. A record that exists keeps its answer."""
+    r = Replica.open(":memory:", SCHEMA, device="a", user="u")
+    r.create("accounts", {"name": "x"}, id="a1")
+    r.acknowledge([p.id for p in r.pending()])
+    with pytest.raises(RecordNotFound, match=r"^accounts/nope does not exist$"):
+        BY_ID[method](r, "nope")
+    if method == "fix":
+        with pytest.raises(LocalError, match="has no rejected change"):
+            BY_ID[method](r, "a1")
+    else:
+        assert BY_ID[method](r, "a1") in (None, [])
+
+
+def test_a_collection_object_or_a_where_of_another_kind_says_what_to_pass() -> None:
+    r = Replica.open(":memory:", SCHEMA, device="a", user="u")
+    coll = next(iter(SCHEMA))
+    with pytest.raises(ValidationError, match=r"pass the collection's name \('accounts'\)") as e:
+        r.query(coll)  # type: ignore[arg-type]
+    assert len(str(e.value)) < 120
+    with pytest.raises(ValidationError, match="pass the collection's name"):
+        r.get(coll, "a1")  # type: ignore[arg-type]
+    for where in ([("name", "x")], "name"):
+        with pytest.raises(LocalError, match="where is a mapping of field names to values, or a function"):
+            r.query("accounts", where=where)  # type: ignore[arg-type]

@@ -292,7 +292,16 @@ class ReplicaBase:
     # -- helpers -------------------------------------------------------------------------------------------
 
     def _coll(self, name: str) -> Collection:
+        if isinstance(name, Collection):  # (iterating a Schema yields them): its repr made a long message
+            raise ValidationError(name.name, None, None, "a Collection was passed where its name is expected: "
+                                  f"pass the collection's name ({name.name!r})")
         return self.schema.collection(name)
+
+    def _missing(self, coll: Collection, rid: str) -> None:
+        """Raise ``RecordNotFound`` unless the record exists here or has pending changes (a method of the
+        outbox, ``fix``, ``retry`` or ``discard_record``, given an id with neither)."""
+        if not self.outbox.for_record(coll.name, rid) and self._row(coll, rid) is None:
+            raise RecordNotFound(f"{coll.name}/{rid} does not exist")
 
     def _status(self, coll: str, rid: str, has_conflicts: bool) -> tuple[RecordStatus, str | None]:
         err, syncing, queued = self.outbox.summary(coll, rid)

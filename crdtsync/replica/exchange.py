@@ -107,8 +107,10 @@ class ExchangingReplica(ReplicaBase):
         self._restatus([change_id], "error", (code, reason), persist=True)
 
     def retry(self, collection: str, id: str) -> None:
-        """Put a record's rejected changes back in the queue (after access was granted again, say)."""
-        ids = [e.id for e in self.outbox.for_record(collection, self._id_arg(collection, id)) if e.status == "error"]
+        """Put a record's rejected changes back in the queue (after access was granted again, say). A record
+        without any does not change; one that does not exist here raises ``RecordNotFound``."""
+        self._missing(self._coll(collection), self._id_arg(collection, id))
+        ids = [e.id for e in self.outbox.for_record(collection, id) if e.status == "error"]
         self._restatus(ids, "pending", None, persist=True)
 
     def acknowledge(self, ids: Iterable[int]) -> None:

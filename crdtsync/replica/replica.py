@@ -219,8 +219,7 @@ class Replica(ExchangingReplica):
         """Every open conflict (of one collection, or all)."""
         out: list[Conflict] = []
         for coll in [self._coll(collection)] if collection else list(self.schema):
-            for rec in self.rows.scan(coll, self._overlay(coll)):
-                out.extend(rec.conflicts)
+            out += self.rows.conflicts(coll, self._overlay(coll))
         return out
 
     def history(self, collection: str, id: str) -> list[HistoryEntry]:
@@ -254,8 +253,11 @@ class Replica(ExchangingReplica):
         return self._discard(e.collection, e.record, ids)
 
     def discard_record(self, collection: str, id: str) -> list[PendingChange]:
-        """Throw away every pending change of a record (for instance one the relay rejected)."""
-        ids = [x.id for x in self.outbox.for_record(collection, self._id_arg(collection, id))]
+        """Throw away every pending change of a record (for instance one the relay rejected). Returns what
+        was discarded: nothing for a record without pending changes; a record that does not exist here
+        raises ``RecordNotFound``."""
+        self._missing(self._coll(collection), self._id_arg(collection, id))
+        ids = [x.id for x in self.outbox.for_record(collection, id)]
         return self._discard(collection, id, ids)
 
     def fix(self, collection: str, id: str, values: Mapping[str, Any], *,
@@ -266,7 +268,8 @@ class Replica(ExchangingReplica):
         transaction, by one new pending change: it sets the fields they set, as they stand on this device,
         with ``values`` over them. A record created by the rejected change is created again. ``values`` are
         checked against the schema first; a bad fix raises ``ValidationError`` and changes nothing. Returns
-        the replaced changes. A deleted record cannot be fixed: discard its changes instead.
+        the replaced changes. A deleted record cannot be fixed: discard its changes instead. A record without
+        a rejected change raises ``LocalError``; one that does not exist here, ``RecordNotFound``.
 
         ``base``: the record a fix form was filled from, as for ``update``: ``values`` are then the user's
         edits of it (a field equal to its value in ``base`` is not set; counters, texts and sets take the
@@ -274,7 +277,8 @@ class Replica(ExchangingReplica):
         what ``base`` showed (and this device's own writes).
         """
         coll = self._coll(collection)
-        changes = self.outbox.for_record(collection, self._id_arg(collection, id))
+        self._missing(coll, self._id_arg(collection, id))
+        changes = self.outbox.for_record(collection, id)
         first = next((e for e in changes if e.status == "error"), None)
         if first is None:
             raise LocalError(f"{collection}/{id} has no rejected change to fix")

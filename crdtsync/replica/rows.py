@@ -27,20 +27,22 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
 from ..codec import dumps_kept
 from ..errors import LocalError
 from ..model.state import UNWRITTEN, Candidate, Conflict, RecordState, decoded_or_stored, encoded_or_stored
-from ..schema import Collection, Field, Invalid
+from ..schema import Bool, Collection, Counter, Field, Int, Invalid, Ref, Str, Text
 from ..store.base import Batch, ByteStore
 from .types import Record, RecordStatus
 
 __all__ = ["Rows", "Where", "decode_value", "delete_clash_row", "encode_value", "stale_row"]
 
 Where = Mapping[str, Any] | Callable[[Record], bool] | None
+
+_new = object.__new__
 
 
 def encode_value(f: Field | None, value: Any) -> Any:
@@ -171,9 +173,31 @@ def delete_clash_row(raw: bytes) -> bool:
     return any(c["k"] in ("edit-vs-delete", "delete-vs-edit") for c in orjson.loads(raw)["c"])
 
 
+_PLAIN: dict[int, tuple[Collection, frozenset[str]]] = {}
+#: the field types whose ``decode_value`` returns the stored JSON value itself, whatever it is (the value
+#: when the type reads it, and the value as stored when it does not): a row's value of such a field is
+#: its value, with no decoding
+_AS_STORED = (Str, Int, Ref, Bool, Text, Counter)
+
+
+def _plain(coll: Collection) -> frozenset[str]:
+    """The fields of a collection whose row values are their values (``_AS_STORED``), once per collection."""
+    hit = _PLAIN.get(id(coll))
+    if hit is None or hit[0] is not coll:
+        if len(_PLAIN) >= 1024:
+            _PLAIN.clear()
+        hit = _PLAIN[id(coll)] = (coll, frozenset(n for n, f in coll.fields.items() if type(f) in _AS_STORED))
+    return hit[1]
+
+
 def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
-    r = orjson.loads(raw)
-    fields = {n: decode_value(coll.fields.get(n), v) for n, v in r["f"].items()}
+    return _decode_parsed(coll, record_id, orjson.loads(raw))
+
+
+def _decode_parsed(coll: Collection, record_id: str, r: dict[str, Any]) -> Record:
+    """``decode_row`` of a row parsed already."""
+    plain = _plain(coll)
+    fields = {n: v if n in plain else decode_value(coll.fields.get(n), v) for n, v in r["f"].items()}
     unwritten = _unwritten(coll)
     others = fields.keys() != unwritten.keys()
     if others:
@@ -184,11 +208,53 @@ def decode_row(coll: Collection, record_id: str, raw: bytes) -> Record:
         Conflict(coll.name, record_id, c["f"], c["k"],
                  tuple(Candidate(decode_value(_cand_field(coll, c["k"], c["f"], i), v), d, u, t)
                        for i, (v, d, u, t) in enumerate(c["v"])))
-        for c in r["c"] if not others or c["f"] in unwritten or c["f"] == "deleted")
+        for c in r["c"] if not others or c["f"] in unwritten or c["f"] == "deleted") if r["c"] else ()
     by = {n: Candidate(None, d, u, t) for n, (d, u, t) in r["b"].items() if not others or n in unwritten}
     v = r.get("v")  # (a row stored before rows kept the version vector has none)
-    return Record(coll.name, record_id, fields, cast(RecordStatus, r["s"]), conflicts, r["d"], r["e"], r["u"], by,
-                  MappingProxyType(v) if isinstance(v, dict) else None)
+    # built without the frozen ``__init__`` (one ``object.__setattr__`` per attribute), as ``_save_row`` does
+    rec = _new(Record)
+    rec.__dict__.update(collection=coll.name, id=record_id, fields=fields, status=r["s"], conflicts=conflicts,
+                        deleted=r["d"], error=r["e"], updated=r["u"], changed_by=by,
+                        version=MappingProxyType(v) if isinstance(v, dict) else None)
+    return rec
+
+
+def _row_value(coll: Collection, r: dict[str, Any], name: str) -> Any:
+    """What ``decode_row(...).fields.get(name)`` is, for a field of ``coll``, read from a parsed row alone."""
+    f = coll.fields[name]
+    fields = r["f"]
+    if name not in fields:
+        return UNWRITTEN[f.merge]  # (a row stored under a schema without the field)
+    v = fields[name]
+    return v if name in _plain(coll) else decode_value(f, v)
+
+
+#: a row holds an open conflict only if its bytes hold this (rows are orjson's compact JSON: the list of
+#: conflicts, ``"c"``, is ``[]`` when empty); a field value (a peer's object) may hold it too: then the row
+#: is decoded, as any row would be
+_CONFLICT_MARK = b'"c":[{'
+_EXACT_INT = 10**15  # an int below this in magnitude is, as a float, its digits and ".0" in orjson's JSON
+
+
+def _probes(coll: Collection, where: Mapping[str, Any]) -> list[tuple[bytes, ...]]:
+    """Necessary conditions on a row's bytes for a ``where`` of field values: for each field of a type whose
+    row value is its value (``Str``, ``Int``, ``Ref``) asked to equal a str or an int (not a bool: a bool
+    never matches a number), the bytes its value would be stored as, one of which the row must hold to
+    match (an int: also as a float, ``5.0`` beginning as ``5`` does, and ``-0.0`` for 0). Other values and
+    fields give none: their rows are parsed."""
+    out: list[tuple[bytes, ...]] = []
+    for name, wanted in where.items():
+        if type(coll.fields[name]) not in (Str, Int, Ref):
+            continue
+        head = orjson.dumps(name) + b":"
+        if type(wanted) is str:
+            try:
+                out.append((head + orjson.dumps(wanted),))
+            except orjson.JSONEncodeError:  # a lone surrogate: no row holds it as JSON; parsed, it matches nothing
+                continue
+        elif type(wanted) is int and -_EXACT_INT < wanted < _EXACT_INT:
+            out.append((head + str(wanted).encode(), head + b"-0") if wanted == 0 else (head + str(wanted).encode(),))
+    return out
 
 
 class Rows:
@@ -205,12 +271,13 @@ class Rows:
         raw = self.store.load(("row", coll.name, record_id))
         return None if raw is None else decode_row(coll, record_id, raw)
 
-    def scan(self, coll: Collection, overlay: Mapping[str, Record | None] | None = None) -> Iterator[Record]:
-        """Every record of ``coll`` in id order. ``overlay`` (id -> record, None for none) takes the place
-        of the stored rows of those ids: records whose rows are not written yet."""
+    def _entries(self, coll: Collection, overlay: Mapping[str, Record | None] | None
+                 ) -> Iterator[tuple[str, bytes | None, Record | None]]:
+        """Every record of ``coll`` in id order, as (id, its stored row, None), or (id, None, the record)
+        for the ids of ``overlay`` (id -> record, None for none): records whose rows are not written yet."""
         if not overlay:
             for key, raw in self.store.iter_range(("row", coll.name)):
-                yield decode_row(coll, str(key[2]), raw)
+                yield str(key[2]), raw, None
             return
         extra = sorted(overlay)  # str order is the order of the encoded keys
         j = 0
@@ -219,65 +286,116 @@ class Rows:
             while j < len(extra) and extra[j] <= rid:
                 rec = overlay[extra[j]]
                 if rec is not None:
-                    yield rec
+                    yield extra[j], None, rec
                 j += 1
             if rid not in overlay:
-                yield decode_row(coll, rid, raw)
+                yield rid, raw, None
         for rid in extra[j:]:
             rec = overlay[rid]
             if rec is not None:
-                yield rec
+                yield rid, None, rec
+
+    def scan(self, coll: Collection, overlay: Mapping[str, Record | None] | None = None) -> Iterator[Record]:
+        """Every record of ``coll`` in id order. ``overlay`` (id -> record, None for none) takes the place
+        of the stored rows of those ids: records whose rows are not written yet."""
+        for rid, raw, rec in self._entries(coll, overlay):
+            yield decode_row(coll, rid, raw) if rec is None else rec  # type: ignore[arg-type]
+
+    def conflicts(self, coll: Collection, overlay: Mapping[str, Record | None] | None = None) -> list[Conflict]:
+        """Every open conflict of ``coll``, in id order; only the rows that may hold one are decoded."""
+        out: list[Conflict] = []
+        for rid, raw, rec in self._entries(coll, overlay):
+            if rec is None:
+                if _CONFLICT_MARK not in raw:  # type: ignore[operator]
+                    continue
+                rec = decode_row(coll, rid, raw)  # type: ignore[arg-type]
+            out.extend(rec.conflicts)
+        return out
 
     def query(self, coll: Collection, where: Where = None, *, include_deleted: bool = False,
               order_by: str | None = None, descending: bool = False, limit: int | None = None,
               overlay: Mapping[str, Record | None] | None = None) -> list[Record]:
+        """The records of ``coll`` that ``where`` keeps (see ``Replica.query``).
+
+        What it spares, the results unchanged: a ``where`` of field values skips the rows whose bytes
+        cannot match (``_probes``), and is checked on the values of its fields alone, read from the parsed
+        row (``_row_value``); with ``order_by`` and a ``limit``, each row kept gives only its sort value,
+        and only the rows returned are decoded whole. A predicate ``where`` sees every record, decoded."""
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise LocalError(f"{coll.name}: limit is an int >= 0 (or None for no limit), got {limit!r}")
         if where is not None and not callable(where):
+            if not isinstance(where, Mapping):
+                raise LocalError(f"{coll.name}: where is a mapping of field names to values, or a function of "
+                                 f"a Record that returns whether to keep it, not a {type(where).__name__}")
             for name in where:
                 coll.field(None, name)
         if limit == 0:
             return []
-        out: list[Record] = []
-        for rec in self.scan(coll, overlay):
-            if rec.deleted and not include_deleted:
-                continue
-            if where is not None:
-                if callable(where):
-                    if not where(rec):
-                        continue
-                elif any(not _same(rec.fields.get(k), v) for k, v in where.items()):
-                    continue
-            out.append(rec)
-            if limit is not None and order_by is None and len(out) >= limit:
-                break
         if order_by is not None:
             coll.field(None, order_by)
-            # ties (and the NaNs and missing values, which go last both ways) stay in id order: the sort
-            # is stable, reversed or not
-            present: list[tuple[Any, Record]] = []
-            nans: list[Record] = []
-            missing: list[Record] = []
-            for r in out:
-                v = r.fields.get(order_by)
-                if v is None:
-                    missing.append(r)
-                elif v != v:  # NaN (``Float(allow_nan=True)``): equal to nothing, it left the order arbitrary
-                    nans.append(r)
+        pred = where if callable(where) else None
+        values = list(where.items()) if where is not None and not callable(where) else []
+        probes = _probes(coll, dict(values)) if values else []
+        lazy = order_by is not None and limit is not None and pred is None  # decode only the rows returned
+        kept: list[tuple[Any, Record | tuple[str, bytes]]] = []  # (sort value, record or its id and row)
+        for rid, raw, rec in self._entries(coll, overlay):
+            if rec is None:
+                assert raw is not None
+                if probes and not all(any(p in raw for p in alts) for alts in probes):
+                    continue
+                if pred is None:
+                    r = orjson.loads(raw)
+                    if r["d"] and not include_deleted:
+                        continue
+                    if any(not _same(_row_value(coll, r, k), v) for k, v in values):
+                        continue
+                    if lazy:
+                        assert order_by is not None
+                        kept.append((_row_value(coll, r, order_by), (rid, raw)))
+                        continue
+                    rec = _decode_parsed(coll, rid, r)
                 else:
-                    present.append((_sortable(v) if isinstance(v, dt.datetime | frozenset) else v, r))
-            try:
-                present.sort(key=_first, reverse=descending)
-            except TypeError:  # values of several types (a field whose kind changed between app versions
-                # keeps the values written before that its new kind cannot read): grouped by type
-                present.sort(key=lambda p: (type(p[0]).__name__, _total(p[0])), reverse=descending)
-            out = [r for _, r in present] + nans + missing
+                    rec = decode_row(coll, rid, raw)
+                    if (rec.deleted and not include_deleted) or not pred(rec):
+                        continue
+            elif (rec.deleted and not include_deleted) \
+                    or (not pred(rec) if pred is not None else any(not _same(rec.fields.get(k), v) for k, v in values)):
+                continue
+            kept.append((None if order_by is None else rec.fields.get(order_by), rec))
+            if limit is not None and order_by is None and len(kept) >= limit:
+                break
+        if order_by is not None:
+            kept = _ordered(kept, descending)
             if limit is not None:
-                out = out[:limit]
-        return out
+                kept = kept[:limit]
+        return [x if isinstance(x, Record) else decode_row(coll, x[0], x[1]) for _, x in kept]
 
 
-def _first(pair: tuple[Any, Record]) -> Any:
+_Kept = tuple[Any, Record | tuple[str, bytes]]
+
+
+def _ordered(kept: list[_Kept], descending: bool) -> list[_Kept]:
+    """``query``'s records (each with its ``order_by`` value) in order: ties (and the NaNs and missing
+    values, which go last both ways) stay in id order, the sort being stable, reversed or not."""
+    present: list[_Kept] = []
+    nans: list[_Kept] = []
+    missing: list[_Kept] = []
+    for v, x in kept:
+        if v is None:
+            missing.append((v, x))
+        elif v != v:  # NaN (``Float(allow_nan=True)``): equal to nothing, it left the order arbitrary
+            nans.append((v, x))
+        else:
+            present.append((_sortable(v) if isinstance(v, dt.datetime | frozenset) else v, x))
+    try:
+        present.sort(key=_first, reverse=descending)
+    except TypeError:  # values of several types (a field whose kind changed between app versions
+        # keeps the values written before that its new kind cannot read): grouped by type
+        present.sort(key=lambda p: (type(p[0]).__name__, _total(p[0])), reverse=descending)
+    return present + nans + missing
+
+
+def _first(pair: _Kept) -> Any:
     return pair[0]
 
 

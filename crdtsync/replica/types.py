@@ -24,6 +24,10 @@ class Record:
     writer) as this replica held it, read-only. ``update(..., base=record)`` writes a form's values as
     edits made having seen only that (see docs/records.md, "Saving a form"). None for a record read from a
     row stored before rows kept it. It takes no part in equality.
+
+    ``changed_by`` says, per field, who wrote the value it shows and when: a ``Candidate`` whose ``device``,
+    ``user`` and ``time`` are the write's, and whose ``value`` is always None (the value is in ``fields``;
+    a row does not keep it twice).
     """
 
     collection: str

@@ -52,7 +52,7 @@ class EncryptedStore(ByteStore):
         meta_raw = inner.load(CRYPTO_KEY)
         if meta_raw is None:
             if inner.load_range((), limit=1):
-                raise EncryptionError("this store holds unencrypted data; it cannot be opened with a key")
+                raise EncryptionError("this store holds unencrypted data: open it without a key (no key opens it)")
             salt = os.urandom(16)
             self._aead = AESGCM(_derive(key, salt))
             meta = {"v": 1, "kdf": "scrypt" if isinstance(key, str) else "raw", "salt": salt.hex(),
