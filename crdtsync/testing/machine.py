@@ -236,10 +236,9 @@ class ReplicaMachine(RuleBasedStateMachine):
         replica's edit the form did not show) is given, sometimes one of its fields too."""
         coll = self.c.schema[form.shown.collection]
         edits = data.draw(update_values(coll, ids=self.ids), label="edits")
-        if theirs:  # (not one condition with the draw: mypy would take its type from the dict)
-            if data.draw(st.booleans(), label="also edit a field edited there"):
-                name = data.draw(st.sampled_from(sorted(theirs)), label="field edited on both")
-                edits[name] = data.draw(field_values(coll.fields[name], ids=self.ids), label="edit")
+        if len(theirs) > 0 and data.draw(st.booleans(), label="also edit a field edited there"):
+            name = data.draw(st.sampled_from(sorted(theirs)), label="field edited on both")
+            edits[name] = data.draw(field_values(coll.fields[name], ids=self.ids), label="edit")
         self.c.save_form(form, {**form.shown.fields, **edits}, self.save_form)
 
     @rule(data=st.data())
