@@ -11,10 +11,12 @@ Rules create, update, increment, delete, restore, resolve and discard on random 
 (in any order, more than once) and drop exported blobs between them; a rule also tries writes that break
 the schema and checks that they change nothing. Another opens an edit form (keeps a record as shown) and,
 later, saves it with some fields edited, through ``save_form``: override it with your app's code (and set
-up app code in ``setup``, never by overriding ``start``). At the end of every run the machine exchanges
-everything, sending each replica only what it lacks (``settle_since``), and asserts convergence and no lost
-write (see ``crdtsync.testing.cluster``). ``replica_machine(None)`` draws the schema itself, from
-``crdtsync.testing.schemas()``; ``replica_machine(SCHEMA, store="sqlite")`` runs it on SQLite files.
+up app code in ``setup``, never by overriding ``start``); ``stale_form`` saves a form another replica's edit
+made stale, in one step, so that a save without ``base=`` is caught at once (``Cluster.save_form`` checks
+it). At the end of every run the machine exchanges everything, sending each replica only what it lacks
+(``settle_since``), and asserts convergence and no lost write (see ``crdtsync.testing.cluster``).
+``replica_machine(None)`` draws the schema itself, from ``crdtsync.testing.schemas()``;
+``replica_machine(SCHEMA, store="sqlite")`` runs it on SQLite files.
 """
 
 from __future__ import annotations
