@@ -26,6 +26,7 @@ import orjson
 
 from ..errors import RecordDeleted, ValidationError
 from ..model.forms import same_value
+from ..model.state import UNWRITTEN
 from ..replica import Record, Replica
 from ..schema import Collection, Field, Invalid, Schema
 from ..store.base import ByteStore
@@ -341,7 +342,50 @@ class Cluster:
             elif f.merge == "set":
                 missing = {_elem(f, v) for v in value - shown.fields[name]} - {_elem(f, v) for v in rec.fields[name]}
                 assert not missing, f"d{i}: elements its form added to {coll.name}/{rid}.{name} are missing: {missing}"
+        self._check_save(i, coll, now, rec, shown, checked)
         return True
+
+    def _check_save(self, i: int, coll: Collection, now: Record, after: Record, shown: Record,
+                    edits: Mapping[str, Any]) -> None:
+        """A form save on replica ``i`` kept what the replica held just before it (``now``) and the form did
+        not show: each write in effect there (or an open conflict's candidate) is still in effect, a
+        candidate, or overwritten by a write made having seen it; a counter moved by the user's edit only;
+        a set kept every element but those the user removed and gained none but those the user added.
+        The same properties ``check()`` asserts once everything is exchanged, checked here on the saving
+        replica alone, so that a save made without ``base=`` fails at the step that made it, saying so."""
+        key = (coll.name, now.id)
+        where = f"d{i}'s form save of {coll.name}/{now.id}"
+        same: dict[str, list[Write]] = defaultdict(list)
+        for w in self.writes:
+            if w.key == key:
+                same[w.field].append(w)
+        for name, f in coll.fields.items():
+            old = shown.fields.get(name, UNWRITTEN[f.merge])
+            edited = name in edits and not same_value(f, edits[name], old)
+            if f.merge == "register":
+                live = {(x.device, x.time) for c in now.conflicts if c.field == name for x in c.candidates}
+                if (by := now.changed_by.get(name)) is not None:
+                    live.add((by.device, by.time))
+                for w in same[name]:
+                    if (w.device, w.time) in live and not self._survives(w, after, same[name]):
+                        raise AssertionError(
+                            f"lost write {w}: {where} overwrote it without a conflict, and the form did not show "
+                            f"it (saved without base=?)\n  record before the save: {now}\n  after: {after}")
+            elif f.merge == "counter":
+                want = now.fields[name] + (edits[name] - old if edited else 0)
+                assert after.fields[name] == want, (
+                    f"{where} made counter {name} {after.fields[name]}: it was {now.fields[name]} and the form "
+                    f"changed it by {edits[name] - old if edited else 0}, so the increments add up to {want} "
+                    "(saved without base=?)")
+            elif f.merge == "set":
+                held, got = {_elem(f, v) for v in now.fields[name]}, {_elem(f, v) for v in after.fields[name]}
+                value = {_elem(f, v) for v in edits[name]} if edited else set()
+                was = {_elem(f, v) for v in old} if edited else set()
+                gone, extra = held - (was - value) - got, got - held - (value - was)
+                assert not gone and not extra, (
+                    f"{where} left set {name} {sorted(got)}: it held {sorted(held)}, the user "
+                    f"added {sorted(value - was)} and removed {sorted(was - value)}, so add-wins says neither "
+                    f"{sorted(gone)} gone nor {sorted(extra)} added (saved without base=?)")
 
     def open_conflicts(self, i: int) -> list[tuple[Record, int]]:
         """(record, index of the conflict in it) for every open conflict on replica ``i``."""

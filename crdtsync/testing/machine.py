@@ -11,10 +11,12 @@ Rules create, update, increment, delete, restore, resolve and discard on random 
 (in any order, more than once) and drop exported blobs between them; a rule also tries writes that break
 the schema and checks that they change nothing. Another opens an edit form (keeps a record as shown) and,
 later, saves it with some fields edited, through ``save_form``: override it with your app's code (and set
-up app code in ``setup``, never by overriding ``start``). At the end of every run the machine exchanges
-everything, sending each replica only what it lacks (``settle_since``), and asserts convergence and no lost
-write (see ``crdtsync.testing.cluster``). ``replica_machine(None)`` draws the schema itself, from
-``crdtsync.testing.schemas()``; ``replica_machine(SCHEMA, store="sqlite")`` runs it on SQLite files.
+up app code in ``setup``, never by overriding ``start``); ``stale_form`` saves a form another replica's edit
+made stale, in one step, so that a save without ``base=`` is caught at once (``Cluster.save_form`` checks
+it). At the end of every run the machine exchanges everything, sending each replica only what it lacks
+(``settle_since``), and asserts convergence and no lost write (see ``crdtsync.testing.cluster``).
+``replica_machine(None)`` draws the schema itself, from ``crdtsync.testing.schemas()``;
+``replica_machine(SCHEMA, store="sqlite")`` runs it on SQLite files.
 """
 
 from __future__ import annotations
@@ -194,19 +196,51 @@ class ReplicaMachine(RuleBasedStateMachine):
                 self.forms = [*self.forms, form][-self.max_forms:]
             return
         form = self.forms.pop(data.draw(st.integers(0, len(self.forms) - 1), label="form"))
-        coll = self.c.schema[form.shown.collection]
+        theirs: dict[str, Any] = {}
         if data.draw(st.booleans(), label="edited elsewhere and synced while the form is open"):
-            # the case a stale form gets wrong, common in apps and otherwise rare in a run: another replica
-            # edits the record, and the form's replica receives what the others have
-            n = len(self.c.replicas)
-            other = (form.replica + data.draw(st.integers(1, n - 1), label="edited on")) % n
-            self.c.update(other, coll.name, form.shown.id, data.draw(update_values(coll, ids=self.ids),
-                                                                     label="edited there"))
-            for src in range(n):
-                if src != form.replica:
-                    self.c.send(src, form.replica, since=True)
-                    self.c.deliver(len(self.c.in_flight) - 1)
+            theirs = self._edit_elsewhere(form, data)
+        self._save(form, theirs, data)
+
+    @rule(data=st.data())
+    def stale_form(self, data: st.DataObject) -> None:
+        """The case a form saved without ``base=`` gets wrong, in one step: open an edit form on a record
+        (made first if no replica holds any), have another replica edit that record and the form's
+        replica receive the edit (the form is now stale), then save the form with one to three fields
+        edited (sometimes one the other replica edited too) through ``save_form``. The oracle counts the
+        save as made having seen only what the form showed, so a save that overwrites the other edit
+        without a conflict fails the run."""
+        if (picked := self._existing(data)) is None:
+            i, coll, rid = self._pick(data)
+            self.c.create(i, coll, rid, data.draw(records(self.c.schema[coll], ids=self.ids), label="values"))
+        else:
+            i, coll, rid = picked
+        if (form := self.c.open_form(i, coll, rid)) is None:
+            return
+        self._save(form, self._edit_elsewhere(form, data), data)
+
+    def _edit_elsewhere(self, form: Form, data: st.DataObject) -> dict[str, Any]:
+        """Another replica edits the form's record (receiving it first if it lacks it), and the form's
+        replica receives what that one has, as a device that synced while its form was open; returns the
+        values written there."""
+        coll, rid, n = form.shown.collection, form.shown.id, len(self.c.replicas)
+        other = (form.replica + data.draw(st.integers(1, n - 1), label="edited on")) % n
+        if self.c.replicas[other].get(coll, rid) is None:
+            self.c.send(form.replica, other, since=True)
+            self.c.deliver(len(self.c.in_flight) - 1)
+        theirs: dict[str, Any] = data.draw(update_values(self.c.schema[coll], ids=self.ids), label="edited there")
+        self.c.update(other, coll, rid, theirs)
+        self.c.send(other, form.replica, since=True)
+        self.c.deliver(len(self.c.in_flight) - 1)
+        return theirs
+
+    def _save(self, form: Form, theirs: dict[str, Any], data: st.DataObject) -> None:
+        """Save ``form`` with one to three fields edited through ``save_form``; when ``theirs`` (another
+        replica's edit the form did not show) is given, sometimes one of its fields too."""
+        coll = self.c.schema[form.shown.collection]
         edits = data.draw(update_values(coll, ids=self.ids), label="edits")
+        if len(theirs) > 0 and data.draw(st.booleans(), label="also edit a field edited there"):
+            name = data.draw(st.sampled_from(sorted(theirs)), label="field edited on both")
+            edits[name] = data.draw(field_values(coll.fields[name], ids=self.ids), label="edit")
         self.c.save_form(form, {**form.shown.fields, **edits}, self.save_form)
 
     @rule(data=st.data())
