@@ -12,6 +12,7 @@ the tests at a server you already run instead (its database must be disposable).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -160,6 +161,14 @@ def pg_server() -> Iterator[str]:
     if os.environ.get("CRDTSYNC_PG_DSN"):
         yield os.environ["CRDTSYNC_PG_DSN"]
         return
+    with own_server() as server:
+        yield server.conninfo
+
+
+@contextlib.contextmanager
+def own_server() -> Iterator[PgServer]:
+    """A PostgreSQL server started for the caller alone (one it may restart or freeze), stopped on exit;
+    skips if no server binaries are found."""
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, pg_isready) found: install the "
@@ -167,6 +176,6 @@ def pg_server() -> Iterator[str]:
     server = PgServer(bindir)
     try:
         server.start()
-        yield server.conninfo
+        yield server
     finally:
         server.stop()

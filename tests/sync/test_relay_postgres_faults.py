@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from pg_server import PgServer, find_bindir
+from pg_server import PgServer, own_server
 from websockets.asyncio.client import connect
 
 from crdtsync import Replica
@@ -32,15 +32,8 @@ psycopg = pytest.importorskip("psycopg", reason='psycopg is not installed: pip i
 @pytest.fixture(scope="module")
 def own_pg() -> Iterator[PgServer]:
     """A PostgreSQL server these tests may restart and freeze (never the shared ``pg_server``)."""
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl, pg_isready) found")
-    server = PgServer(bindir)
-    try:
-        server.start()
+    with own_server() as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def _relay(tmp_path: Path, server: PgServer, *extra: str) -> tuple[asyncio.subprocess.Process, str]:
